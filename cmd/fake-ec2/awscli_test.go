@@ -1,0 +1,176 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
+)
+
+// awsCLI is Debian's AWS CLI v2; an older `aws` earlier on PATH may ignore --endpoint-url.
+const awsCLI = "/usr/bin/aws"
+
+// cli runs the AWS CLI against the fake and returns its stdout, or its stderr as the error.
+type cli struct {
+	t        *testing.T
+	endpoint string
+	env      []string
+}
+
+func newCLI(t *testing.T, endpoint string) *cli {
+	if _, err := os.Stat(awsCLI); err != nil {
+		t.Fatalf("the Debian AWS CLI is missing (%v): apt-get install awscli, as .ci/run does", err)
+	}
+	home := t.TempDir()
+	return &cli{t: t, endpoint: endpoint, env: []string{
+		"HOME=" + home, "PATH=/usr/bin:/bin",
+		"AWS_ACCESS_KEY_ID=AKIAFAKEEC2", "AWS_SECRET_ACCESS_KEY=fake-secret", "AWS_DEFAULT_REGION=us-east-1",
+		"AWS_PAGER=", "AWS_CONFIG_FILE=" + home + "/config", "AWS_SHARED_CREDENTIALS_FILE=" + home + "/credentials",
+		"AWS_EC2_METADATA_DISABLED=true",
+	}}
+}
+
+func (c *cli) run(args ...string) ([]byte, error) {
+	args = append([]string{"ec2", "--endpoint-url", c.endpoint, "--output", "json"}, args...)
+	cmd := exec.Command(awsCLI, args...)
+	cmd.Env = c.env
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out, errors.New(string(ee.Stderr))
+	}
+	return out, err
+}
+
+// must runs the CLI and decodes its JSON output into v.
+func (c *cli) must(v any, args ...string) {
+	c.t.Helper()
+	out, err := c.run(args...)
+	if err != nil {
+		c.t.Fatalf("aws ec2 %s: %v", strings.Join(args, " "), err)
+	}
+	if v != nil {
+		if err := json.Unmarshal(out, v); err != nil {
+			c.t.Fatalf("aws ec2 %s: decode %q: %v", args[0], out, err)
+		}
+	}
+}
+
+// TestAWSCLIScenario drives fake-ec2 with the AWS CLI as an operator would: read the type's
+// network cards, create an ENI in card 3's subnet, attach it on card 3, assign addresses,
+// find it with a filter, and read back EC2's error codes.
+func TestAWSCLIScenario(t *testing.T) {
+	p := startFakeEC2(t, "--instance-type", "trn1.32xlarge")
+	c := newCLI(t, p.ready.Endpoint)
+	instance := p.ready.Instances[0].ID
+
+	var types struct {
+		InstanceTypes []struct {
+			InstanceType string
+			NetworkInfo  struct {
+				MaximumNetworkCards       int
+				MaximumNetworkInterfaces  int
+				DefaultNetworkCardIndex   int
+				Ipv4AddressesPerInterface int
+				NetworkCards              []struct {
+					NetworkCardIndex         int
+					MaximumNetworkInterfaces int
+				}
+			}
+		}
+	}
+	c.must(&types, "describe-instance-types", "--instance-types", "trn1.32xlarge")
+	if len(types.InstanceTypes) != 1 {
+		t.Fatalf("describe-instance-types returned %d types", len(types.InstanceTypes))
+	}
+	ni := types.InstanceTypes[0].NetworkInfo
+	if ni.MaximumNetworkCards != 8 || len(ni.NetworkCards) != 8 || ni.Ipv4AddressesPerInterface != 50 || ni.MaximumNetworkInterfaces != 40 {
+		t.Fatalf("trn1.32xlarge network info = %+v, want 8 cards x 5 ENIs, 50 IPv4 each", ni)
+	}
+	for i, card := range ni.NetworkCards {
+		if card.NetworkCardIndex != i || card.MaximumNetworkInterfaces != 5 {
+			t.Errorf("card %d = %+v, want index %d with 5 ENIs", i, card, i)
+		}
+	}
+
+	var created struct {
+		NetworkInterface struct {
+			NetworkInterfaceId, SubnetId, Status, MacAddress, PrivateIpAddress string
+			TagSet                                                             []struct{ Key, Value string }
+		}
+	}
+	card3Subnet := fakeec2.CardSubnetID(3)
+	c.must(&created, "create-network-interface", "--subnet-id", card3Subnet, "--description", "multinic card 3",
+		"--tag-specifications", "ResourceType=network-interface,Tags=[{Key=multinic/card,Value=3}]")
+	eni := created.NetworkInterface
+	if !strings.HasPrefix(eni.NetworkInterfaceId, "eni-") || eni.SubnetId != card3Subnet || eni.Status != "available" ||
+		len(eni.TagSet) != 1 || eni.TagSet[0].Value != "3" {
+		t.Fatalf("created ENI = %+v", eni)
+	}
+
+	var attached struct {
+		AttachmentId     string
+		NetworkCardIndex int
+	}
+	c.must(&attached, "attach-network-interface", "--network-interface-id", eni.NetworkInterfaceId,
+		"--instance-id", instance, "--network-card-index", "3", "--device-index", "1")
+	if !strings.HasPrefix(attached.AttachmentId, "eni-attach-") || attached.NetworkCardIndex != 3 {
+		t.Fatalf("attach = %+v, want an attachment on card 3", attached)
+	}
+
+	var assigned struct {
+		AssignedPrivateIpAddresses []struct{ PrivateIpAddress string }
+	}
+	c.must(&assigned, "assign-private-ip-addresses", "--network-interface-id", eni.NetworkInterfaceId,
+		"--secondary-private-ip-address-count", "5")
+	if len(assigned.AssignedPrivateIpAddresses) != 5 {
+		t.Fatalf("assigned %d addresses, want 5", len(assigned.AssignedPrivateIpAddresses))
+	}
+
+	var described struct {
+		NetworkInterfaces []struct {
+			NetworkInterfaceId string
+			Status             string
+			Attachment         struct {
+				InstanceId       string
+				NetworkCardIndex int
+				DeviceIndex      int
+			}
+			PrivateIpAddresses []struct {
+				PrivateIpAddress string
+				Primary          bool
+			}
+		}
+	}
+	c.must(&described, "describe-network-interfaces", "--filters",
+		"Name=attachment.instance-id,Values="+instance, "Name=tag:multinic/card,Values=3")
+	if len(described.NetworkInterfaces) != 1 {
+		t.Fatalf("filter by instance and tag found %d ENIs, want 1: %+v", len(described.NetworkInterfaces), described)
+	}
+	got := described.NetworkInterfaces[0]
+	if got.NetworkInterfaceId != eni.NetworkInterfaceId || got.Status != "in-use" || got.Attachment.InstanceId != instance ||
+		got.Attachment.NetworkCardIndex != 3 || got.Attachment.DeviceIndex != 1 || len(got.PrivateIpAddresses) != 6 ||
+		!got.PrivateIpAddresses[0].Primary || got.PrivateIpAddresses[0].PrivateIpAddress != eni.PrivateIpAddress {
+		t.Fatalf("described ENI = %+v", got)
+	}
+
+	// Errors come back with EC2's codes, which the CLI prints on stderr.
+	for _, tc := range []struct {
+		args []string
+		code string
+	}{
+		{[]string{"delete-network-interface", "--network-interface-id", eni.NetworkInterfaceId}, "InvalidParameterValue"},
+		{[]string{"attach-network-interface", "--network-interface-id", "eni-0000000000000dead", "--instance-id", instance,
+			"--network-card-index", "3", "--device-index", "2"}, "InvalidNetworkInterfaceID.NotFound"},
+		{[]string{"detach-network-interface", "--attachment-id", "eni-attach-0000000000000dead"}, "InvalidAttachmentID.NotFound"},
+	} {
+		_, err := c.run(tc.args...)
+		if err == nil || !strings.Contains(err.Error(), "("+tc.code+")") {
+			t.Errorf("aws ec2 %s: err %v, want code %s", tc.args[0], err, tc.code)
+		}
+	}
+}

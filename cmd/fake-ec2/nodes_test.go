@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/e2e/fakeec2"
+)
+
+// TestTwoNodesReachEachOtherPerCard runs the binary with two materialized trn1.32xlarge
+// nodes, attaches an ENI on cards 1 and 2 of each through the real SDK, plays the agent
+// (link up, address), pings node to node over each card, reads IMDS from inside a node's
+// netns, then stops fake-ec2 with SIGTERM and checks that nothing it made is left.
+func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and links")
+	}
+	ping, err := exec.LookPath("ping")
+	if err != nil {
+		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
+	}
+	hostLinks := linkNames(t)
+	prefix := fmt.Sprintf("fe2t%d", os.Getpid()%100000)
+	nodes := []string{prefix + "-n1", prefix + "-n2"}
+	p := startFakeEC2(t, "--nodes", "2", "--netns", strings.Join(nodes, ","), "--fabric-prefix", prefix)
+	client := fakeec2.NewClient(p.ready.Endpoint, p.ready.Region)
+	ctx := context.Background()
+
+	// Each node gets one ENI on card 1 and one on card 2; addr[node][card] is its address.
+	addr := map[string]map[int]string{}
+	for i, inst := range p.ready.Instances {
+		addr[nodes[i]] = map[int]string{}
+		for _, card := range []int{1, 2} {
+			created, err := client.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: aws.String(fakeec2.CardSubnetID(card))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			eni := created.NetworkInterface
+			if _, err := client.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+				NetworkInterfaceId: eni.NetworkInterfaceId, InstanceId: aws.String(inst.ID),
+				NetworkCardIndex: aws.Int32(int32(card)), DeviceIndex: aws.Int32(1),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			configureENILink(t, nodes[i], aws.ToString(eni.MacAddress), aws.ToString(eni.PrivateIpAddress)+"/20")
+			addr[nodes[i]][card] = aws.ToString(eni.PrivateIpAddress)
+		}
+	}
+	for _, card := range []int{1, 2} {
+		from, to := addr[nodes[0]][card], addr[nodes[1]][card]
+		out, err := exec.Command("ip", "netns", "exec", nodes[0], ping, "-c", "2", "-W", "2", "-I", from, to).CombinedOutput()
+		if err != nil {
+			t.Errorf("card %d: ping %s -> %s from %s: %v\n%s", card, from, to, nodes[0], err, out)
+		}
+	}
+
+	// The agent on node 2 finds its own instance on IMDS at the loopback of its netns.
+	id, err := imdsIn(t, nodes[1], p.ready.Endpoint).GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(id.Content)
+	if string(b) != p.ready.Instances[1].ID {
+		t.Errorf("IMDS in %s says instance %q, want %q", nodes[1], b, p.ready.Instances[1].ID)
+	}
+
+	if err := p.stop(); err != nil {
+		t.Fatalf("stop fake-ec2: %v\n%s", err, p.output)
+	}
+	for _, n := range append(nodes, prefix+"-vpc") {
+		if _, err := os.Stat(filepath.Join(fabric.NetNSDir, n)); !os.IsNotExist(err) {
+			t.Errorf("netns %s still exists after SIGTERM (stat: %v)", n, err)
+		}
+	}
+	if after := linkNames(t); !slices.Equal(hostLinks, after) {
+		t.Errorf("host links changed: before %v, after %v", hostLinks, after)
+	}
+}
+
+// configureENILink does what the agent will: find the ENI's link by MAC, bring it up, address it.
+func configureENILink(t *testing.T, netnsName, mac, cidr string) {
+	t.Helper()
+	err := inNetNS(netnsName, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if l.Attrs().HardwareAddr.String() != mac {
+				continue
+			}
+			a, err := netlink.ParseAddr(cidr)
+			if err != nil {
+				return err
+			}
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return err
+			}
+			return netlink.LinkSetUp(l)
+		}
+		return fmt.Errorf("no link with MAC %s", mac)
+	})
+	if err != nil {
+		t.Fatalf("configure ENI link in %s: %v", netnsName, err)
+	}
+}
+
+func inNetNS(name string, f func() error) error {
+	n, err := ns.GetNS(filepath.Join(fabric.NetNSDir, name))
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error { return f() })
+}
+
+// imdsIn returns an SDK IMDS client whose connections are opened inside netns name, at the
+// same address fake-ec2 listens on in the host netns.
+func imdsIn(t *testing.T, name, endpoint string) *imds.Client {
+	t.Helper()
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		var c net.Conn
+		err := inNetNS(name, func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
+	t.Cleanup(hc.CloseIdleConnections)
+	return imds.New(imds.Options{Endpoint: endpoint, HTTPClient: hc})
+}
+
+func linkNames(t *testing.T) []string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
+}

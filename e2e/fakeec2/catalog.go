@@ -1,0 +1,67 @@
+package fakeec2
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"slices"
+)
+
+// catalog.json holds a few real instance types with their network cards. Every
+// card of a type has the same limits and bandwidth, which holds for the types
+// listed; numbers are approximately the published ones.
+//
+//go:embed catalog.json
+var catalogJSON []byte
+
+// InstanceType is one catalog entry.
+type InstanceType struct {
+	Name                   string  `json:"instanceType"`
+	VCPUs                  int     `json:"vcpus"`
+	MemoryMiB              int     `json:"memoryMiB"`
+	NetworkPerformance     string  `json:"networkPerformance"`
+	MaxInterfaces          int     `json:"maximumNetworkInterfaces"`
+	IPv4PerInterface       int     `json:"ipv4AddressesPerInterface"`
+	EFASupported           bool    `json:"efaSupported"`
+	NetworkCards           int     `json:"networkCards"`
+	InterfacesPerCard      int     `json:"interfacesPerCard"`
+	CardBaselineGbps       float64 `json:"cardBaselineGbps"`
+	CardPeakGbps           float64 `json:"cardPeakGbps"`
+	CardNetworkPerformance string  `json:"cardNetworkPerformance"`
+}
+
+var catalog = mustLoadCatalog(catalogJSON)
+
+func mustLoadCatalog(b []byte) map[string]*InstanceType {
+	var types []*InstanceType
+	if err := json.Unmarshal(b, &types); err != nil {
+		panic(fmt.Sprintf("parse embedded catalog: %v", err))
+	}
+	m := make(map[string]*InstanceType, len(types))
+	for _, t := range types {
+		if t.NetworkCards < 1 || t.InterfacesPerCard < 1 || t.IPv4PerInterface < 1 {
+			panic(fmt.Sprintf("embedded catalog: bad entry %q", t.Name))
+		}
+		m[t.Name] = t
+	}
+	return m
+}
+
+// InstanceTypes lists the names of the types the fake knows, sorted.
+func InstanceTypes() []string {
+	names := make([]string, 0, len(catalog))
+	for n := range catalog {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// LookupInstanceType returns a copy of the catalog entry for name.
+func LookupInstanceType(name string) (InstanceType, bool) {
+	t, ok := catalog[name]
+	if !ok {
+		return InstanceType{}, false
+	}
+	return *t, true
+}

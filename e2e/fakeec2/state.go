@@ -1,0 +1,237 @@
+package fakeec2
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// unattachedIPv4Limit bounds addresses on an ENI that is not attached to any
+// instance (EC2 applies the instance type's limit once it is attached).
+const unattachedIPv4Limit = 50
+
+type instance struct {
+	id       string
+	typ      *InstanceType
+	az       string
+	subnetID string
+	primary  string // ENI ID
+	tags     map[string]string
+	launched time.Time
+}
+
+type subnet struct {
+	id   string
+	az   string
+	pool *pool
+	tags map[string]string
+}
+
+type attachment struct {
+	id                  string
+	instanceID          string
+	card, device        int
+	deleteOnTermination bool
+	at                  time.Time
+}
+
+type eni struct {
+	seq             int // creation order, for stable listings
+	id              string
+	subnetID        string
+	mac             string
+	description     string
+	primaryIP       netip.Addr
+	secondary       []netip.Addr
+	prefixes        []netip.Prefix
+	groups          []string
+	tags            map[string]string
+	sourceDestCheck bool
+	clientToken     string
+	att             *attachment
+	primaryOfInst   bool // card 0 device 0 of its instance: never detached
+}
+
+func (e *eni) status() string {
+	if e.att != nil {
+		return "in-use"
+	}
+	return "available"
+}
+
+// slots counts what the per-ENI IPv4 limit is charged with. Real EC2 tracks
+// prefixes separately; here each /28 prefix takes one slot, which keeps the
+// limit meaningful without modelling prefix quotas.
+func (e *eni) slots() int { return 1 + len(e.secondary) + len(e.prefixes) }
+
+// attachmentInfo is what the LinkMaker is told about e.
+func (s *Server) attachmentInfo(e *eni) Attachment {
+	sn := s.subnets[e.subnetID]
+	a := Attachment{
+		ENIID:      e.id,
+		MAC:        e.mac,
+		SubnetID:   e.subnetID,
+		SubnetCIDR: sn.pool.cidr.String(),
+		PrimaryIP:  e.primaryIP.String(),
+		Primary:    e.primaryOfInst,
+	}
+	if e.att != nil {
+		a.InstanceID, a.NetworkCard, a.DeviceIndex = e.att.instanceID, e.att.card, e.att.device
+	}
+	return a
+}
+
+// ipLimit is the per-ENI IPv4 limit that applies to e now.
+func (s *Server) ipLimit(e *eni) int {
+	if e.att != nil {
+		return s.instances[e.att.instanceID].typ.IPv4PerInterface
+	}
+	return unattachedIPv4Limit
+}
+
+// sortedENIs lists ENIs in creation order.
+func (s *Server) sortedENIs() []*eni {
+	out := slices.Collect(maps.Values(s.enis))
+	slices.SortFunc(out, func(a, b *eni) int { return cmp.Compare(a.seq, b.seq) })
+	return out
+}
+
+// instanceENIs lists the ENIs attached to an instance by card, then device.
+func (s *Server) instanceENIs(id string) []*eni {
+	var out []*eni
+	for _, e := range s.enis {
+		if e.att != nil && e.att.instanceID == id {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b *eni) int {
+		return cmp.Or(cmp.Compare(a.att.card, b.att.card), cmp.Compare(a.att.device, b.att.device))
+	})
+	return out
+}
+
+// newID returns prefix-<17 hex digits>, unique among used.
+func (s *Server) newID(prefix string, used func(string) bool) string {
+	for {
+		id := fmt.Sprintf("%s-%017x", prefix, s.rng.Uint64())
+		if !used(id) {
+			return id
+		}
+	}
+}
+
+// newMAC returns a unique locally administered unicast MAC.
+func (s *Server) newMAC() string {
+	for {
+		v := s.rng.Uint64()
+		mac := fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+		if !s.macs[mac] {
+			s.macs[mac] = true
+			return mac
+		}
+	}
+}
+
+// releaseAll returns every address of e to its subnet.
+func (s *Server) releaseAll(e *eni) {
+	p := s.subnets[e.subnetID].pool
+	p.releaseIP(e.primaryIP)
+	for _, a := range e.secondary {
+		p.releaseIP(a)
+	}
+	for _, pfx := range e.prefixes {
+		p.releasePrefix(pfx)
+	}
+}
+
+// addrRequest is what Create and Assign ask for beyond the primary address.
+type addrRequest struct {
+	count       int          // secondary addresses chosen by EC2
+	explicit    []netip.Addr // secondary addresses chosen by the caller
+	prefixCount int
+	prefixes    []netip.Prefix
+	reassign    bool // AllowReassignment: explicit addresses may move from another ENI
+}
+
+func (r addrRequest) slots() int { return r.count + len(r.explicit) + r.prefixCount + len(r.prefixes) }
+
+// assign gives e the requested addresses all-or-nothing and returns the new ones.
+func (s *Server) assign(e *eni, r addrRequest) (ips []netip.Addr, pfxs []netip.Prefix, retErr error) {
+	sn := s.subnets[e.subnetID]
+	p := sn.pool
+	if e.slots()+r.slots() > s.ipLimit(e) {
+		return nil, nil, errIPLimit()
+	}
+	// Validate explicit requests before touching anything.
+	seen := map[netip.Addr]bool{}
+	for _, a := range r.explicit {
+		owner, ok := p.ownerOf(a)
+		switch {
+		case !ok:
+			return nil, nil, errInvalidParam("Address %s does not fall within the subnet's address range or is reserved", a)
+		case seen[a] || owner == e.id:
+			return nil, nil, newErr("InvalidIPAddress.InUse", "Address %s is in use.", a)
+		case owner != "" && (!r.reassign || !s.isSecondaryOf(owner, a)):
+			return nil, nil, newErr("InvalidIPAddress.InUse", "Address %s is in use.", a)
+		}
+		seen[a] = true
+	}
+	for i, pfx := range r.prefixes {
+		valid, free := p.prefixOK(pfx)
+		if !valid {
+			return nil, nil, errInvalidParam("Prefix %s is not a /28 block in subnet %s", pfx, sn.id)
+		}
+		if !free || slices.Contains(r.prefixes[:i], pfx) {
+			return nil, nil, errInvalidParam("Prefix %s is in use.", pfx)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			for _, a := range ips {
+				p.releaseIP(a)
+			}
+			for _, x := range pfxs {
+				p.releasePrefix(x)
+			}
+			ips, pfxs = nil, nil
+		}
+	}()
+	for _, pfx := range r.prefixes {
+		p.claimPrefix(pfx, e.id)
+		pfxs = append(pfxs, pfx)
+	}
+	for range r.prefixCount {
+		pfx, ok := p.allocPrefix(e.id)
+		if !ok {
+			return ips, pfxs, errNoFreePrefixes(sn.id)
+		}
+		pfxs = append(pfxs, pfx)
+	}
+	for range r.count {
+		a, ok := p.allocIP(e.id)
+		if !ok {
+			return ips, pfxs, errNoFreeAddresses(sn.id)
+		}
+		ips = append(ips, a)
+	}
+	// Explicit addresses last: reassignment cannot be rolled back, so nothing may fail after it.
+	for _, a := range r.explicit {
+		if owner, _ := p.ownerOf(a); owner != "" {
+			o := s.enis[owner]
+			o.secondary = slices.DeleteFunc(o.secondary, func(x netip.Addr) bool { return x == a })
+		}
+		p.claimIP(a, e.id)
+	}
+	e.secondary = append(e.secondary, ips...)
+	e.secondary = append(e.secondary, r.explicit...)
+	e.prefixes = append(e.prefixes, pfxs...)
+	return append(ips, r.explicit...), pfxs, nil
+}
+
+func (s *Server) isSecondaryOf(eniID string, a netip.Addr) bool {
+	o, ok := s.enis[eniID]
+	return ok && slices.Contains(o.secondary, a)
+}

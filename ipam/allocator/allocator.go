@@ -1,0 +1,570 @@
+// Package allocator is the node agent's per-card address allocator: warm pools, one address per
+// (pod, card), cooldown before reuse, and whole-ENI (exclusive) allocations. It knows nothing of EC2 or
+// links; the agent feeds it addresses and asks it what to refill or give back.
+//
+// Every operation that changes state writes the whole state through a store.Store before it returns; if the
+// write fails the in-memory change is undone, so memory and disk never disagree about what was answered.
+// One mutex serialises everything, including that write.
+package allocator
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// DefaultCooldown is how long a released address rests before it is given out again, so that peers' ARP
+// entries and conntrack state for the old pod age out first.
+const DefaultCooldown = 30 * time.Second
+
+// Request asks for one address on one card for one (container, interface) of a pod.
+type Request struct {
+	Card         int
+	ContainerID  string
+	IfName       string
+	PodNamespace string
+	PodName      string
+	PodUID       string
+	// Exclusive asks for a whole ENI (its primary address) instead of a shared secondary address.
+	Exclusive bool
+}
+
+// Allocation is a granted Request.
+type Allocation struct {
+	Request
+	Address     netip.Addr
+	ENIID       string
+	AllocatedAt time.Time
+}
+
+// PoolAddress is one address the allocator knows, for the ENI manager and reconcile.
+type PoolAddress struct {
+	Card    int
+	ENIID   string
+	Address netip.Addr
+	// Exclusive: the primary address standing for a whole ENI in the card's exclusive pool.
+	Exclusive bool
+	Allocated bool
+	// RestUntil is when a released address may be reused; zero if never released.
+	RestUntil time.Time
+}
+
+// Counts describes one pool of a card. Capacity = Allocated + Warm + Cooling.
+type Counts struct {
+	Capacity  int
+	Allocated int
+	// Warm: free and rested, ready to allocate now.
+	Warm int
+	// Cooling: free but still resting after a release.
+	Cooling int
+}
+
+// Stats is a card's shared pool (embedded) and its exclusive-ENI pool.
+type Stats struct {
+	Counts
+	Exclusive Counts
+}
+
+// Option configures New.
+type Option func(*Allocator)
+
+// WithCooldown sets how long released addresses rest; 0 disables the rest.
+func WithCooldown(d time.Duration) Option { return func(a *Allocator) { a.cooldown = d } }
+
+// WithClock replaces time.Now, for tests.
+func WithClock(now func() time.Time) Option { return func(a *Allocator) { a.nowFn = now } }
+
+// Allocator holds every card's pools and allocations.
+type Allocator struct {
+	st       store.Store
+	nowFn    func() time.Time
+	cooldown time.Duration
+
+	mu     sync.Mutex
+	cards  map[int]*card
+	slots  map[netip.Addr]*slot // every known address, across cards: an address lives in one place only
+	allocs map[key]*Allocation
+}
+
+type key struct{ containerID, ifName string }
+
+func keyOf(r Request) key { return key{r.ContainerID, r.IfName} }
+
+// slot is one known address: a secondary of a shared ENI or the primary of an exclusive ENI.
+type slot struct {
+	card      int
+	addr      netip.Addr
+	eni       string
+	exclusive bool
+	holder    *Allocation // nil when free
+	restUntil time.Time
+}
+
+func (s *slot) free() bool                 { return s.holder == nil }
+func (s *slot) usable(now time.Time) bool  { return s.holder == nil && !s.restUntil.After(now) }
+func (s *slot) resting(now time.Time) bool { return s.holder == nil && s.restUntil.After(now) }
+
+func (s *slot) pool() PoolAddress {
+	return PoolAddress{Card: s.card, ENIID: s.eni, Address: s.addr, Exclusive: s.exclusive,
+		Allocated: s.holder != nil, RestUntil: s.restUntil}
+}
+
+type card struct {
+	shared    map[netip.Addr]*slot
+	exclusive map[string]*slot // by ENI id
+	allocs    map[key]*Allocation
+	// changed is closed (and replaced) whenever an address may have become available on the card.
+	changed chan struct{}
+}
+
+// New returns an allocator persisting through st, restored from st's checkpoint when there is one. A
+// checkpoint that cannot be read or breaks an invariant is an error: the caller decides whether to start
+// empty.
+func New(st store.Store, opts ...Option) (*Allocator, error) {
+	a := &Allocator{
+		st:       st,
+		nowFn:    time.Now,
+		cooldown: DefaultCooldown,
+		cards:    map[int]*card{},
+		slots:    map[netip.Addr]*slot{},
+		allocs:   map[key]*Allocation{},
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	cp, found, err := st.Load()
+	if err != nil {
+		return nil, fmt.Errorf("restore allocator: %w", err)
+	}
+	if found {
+		if err := a.restore(cp); err != nil {
+			return nil, fmt.Errorf("restore allocator: %w: %w", store.ErrCorrupt, err)
+		}
+	}
+	return a, nil
+}
+
+// now is the clock without monotonic reading or zone, so times compare equal after a checkpoint round trip.
+func (a *Allocator) now() time.Time { return a.nowFn().Round(0).UTC() }
+
+func (a *Allocator) card(n int) *card {
+	c := a.cards[n]
+	if c == nil {
+		c = &card{
+			shared:    map[netip.Addr]*slot{},
+			exclusive: map[string]*slot{},
+			allocs:    map[key]*Allocation{},
+			changed:   make(chan struct{}),
+		}
+		a.cards[n] = c
+	}
+	return c
+}
+
+func (c *card) notify() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (a *Allocator) addSlot(s *slot) {
+	a.slots[s.addr] = s
+	c := a.card(s.card)
+	if s.exclusive {
+		c.exclusive[s.eni] = s
+	} else {
+		c.shared[s.addr] = s
+	}
+}
+
+func (a *Allocator) removeSlot(s *slot) {
+	delete(a.slots, s.addr)
+	c := a.card(s.card)
+	if s.exclusive {
+		delete(c.exclusive, s.eni)
+	} else {
+		delete(c.shared, s.addr)
+	}
+}
+
+func (a *Allocator) hold(s *slot, al *Allocation) {
+	s.holder = al
+	k := keyOf(al.Request)
+	a.allocs[k] = al
+	a.card(al.Card).allocs[k] = al
+}
+
+func (a *Allocator) unhold(s *slot, al *Allocation) {
+	s.holder = nil
+	k := keyOf(al.Request)
+	delete(a.allocs, k)
+	delete(a.card(al.Card).allocs, k)
+}
+
+func (a *Allocator) persist() error {
+	if err := a.st.Save(a.checkpoint()); err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (a *Allocator) checkpoint() store.Checkpoint {
+	cp := store.Checkpoint{
+		Allocations: make([]store.Allocation, 0, len(a.allocs)),
+		Addresses:   make([]store.Address, 0, len(a.slots)),
+	}
+	for _, al := range a.listLocked() {
+		cp.Allocations = append(cp.Allocations, store.Allocation{
+			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
+			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID, Exclusive: al.Exclusive,
+			Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
+		})
+	}
+	for _, p := range a.knownLocked() {
+		cp.Addresses = append(cp.Addresses, store.Address{
+			Card: p.Card, Address: p.Address, ENIID: p.ENIID, Exclusive: p.Exclusive, RestUntil: p.RestUntil,
+		})
+	}
+	return cp
+}
+
+func (a *Allocator) restore(cp store.Checkpoint) error {
+	for _, ad := range cp.Addresses {
+		if err := checkAddress(ad.Card, ad.ENIID, ad.Address); err != nil {
+			return err
+		}
+		if _, dup := a.slots[ad.Address]; dup {
+			return fmt.Errorf("address %s listed twice", ad.Address)
+		}
+		if ad.Exclusive {
+			if _, dup := a.card(ad.Card).exclusive[ad.ENIID]; dup {
+				return fmt.Errorf("exclusive ENI %s listed twice on card %d", ad.ENIID, ad.Card)
+			}
+		}
+		a.addSlot(&slot{card: ad.Card, addr: ad.Address, eni: ad.ENIID, exclusive: ad.Exclusive, restUntil: ad.RestUntil})
+	}
+	for _, sa := range cp.Allocations {
+		al := &Allocation{
+			Request: Request{Card: sa.Card, ContainerID: sa.ContainerID, IfName: sa.IfName,
+				PodNamespace: sa.PodNamespace, PodName: sa.PodName, PodUID: sa.PodUID, Exclusive: sa.Exclusive},
+			Address: sa.Address, ENIID: sa.ENIID, AllocatedAt: sa.AllocatedAt,
+		}
+		if err := checkRequest(al.Request); err != nil {
+			return err
+		}
+		if _, dup := a.allocs[keyOf(al.Request)]; dup {
+			return fmt.Errorf("container %s interface %s allocated twice", al.ContainerID, al.IfName)
+		}
+		s := a.slots[al.Address]
+		switch {
+		case s == nil:
+			return fmt.Errorf("allocation of %s to container %s interface %s: address not in the pool",
+				al.Address, al.ContainerID, al.IfName)
+		case s.card != al.Card || s.eni != al.ENIID || s.exclusive != al.Exclusive:
+			return fmt.Errorf("allocation of %s to container %s interface %s: pool has it on card %d ENI %s",
+				al.Address, al.ContainerID, al.IfName, s.card, s.eni)
+		case s.holder != nil:
+			return fmt.Errorf("address %s held by container %s interface %s and container %s interface %s",
+				al.Address, s.holder.ContainerID, s.holder.IfName, al.ContainerID, al.IfName)
+		}
+		if other := a.podOnCard(al.Request); other != nil {
+			return fmt.Errorf("pod %s holds card %d twice: %s and %s", podName(al.Request), al.Card,
+				other.Address, al.Address)
+		}
+		a.hold(s, al)
+	}
+	return nil
+}
+
+func checkRequest(r Request) error {
+	switch {
+	case r.Card < 0:
+		return fmt.Errorf("card %d: %w: must be 0 or more", r.Card, ErrInvalid)
+	case r.ContainerID == "":
+		return fmt.Errorf("empty container id: %w", ErrInvalid)
+	case r.IfName == "":
+		return fmt.Errorf("empty interface name for container %s: %w", r.ContainerID, ErrInvalid)
+	}
+	return nil
+}
+
+func checkAddress(cardN int, eniID string, addr netip.Addr) error {
+	switch {
+	case cardN < 0:
+		return fmt.Errorf("card %d: %w: must be 0 or more", cardN, ErrInvalid)
+	case eniID == "":
+		return fmt.Errorf("address %s on card %d: %w: empty ENI id", addr, cardN, ErrInvalid)
+	case !addr.IsValid():
+		return fmt.Errorf("address on card %d ENI %s: %w: not set", cardN, eniID, ErrInvalid)
+	}
+	return nil
+}
+
+// samePod decides whether two requests come from one pod: by UID when both have one, else by
+// namespace/name, else by sandbox container id.
+func samePod(x, y Request) bool {
+	switch {
+	case x.PodUID != "" && y.PodUID != "":
+		return x.PodUID == y.PodUID
+	case x.PodName != "" && y.PodName != "":
+		return x.PodNamespace == y.PodNamespace && x.PodName == y.PodName
+	default:
+		return x.ContainerID == y.ContainerID
+	}
+}
+
+func podName(r Request) string {
+	switch {
+	case r.PodName != "" && r.PodUID != "":
+		return r.PodNamespace + "/" + r.PodName + " (uid " + r.PodUID + ")"
+	case r.PodName != "":
+		return r.PodNamespace + "/" + r.PodName
+	case r.PodUID != "":
+		return "uid " + r.PodUID
+	default:
+		return "container " + r.ContainerID
+	}
+}
+
+// podOnCard returns the pod's allocation on the request's card under another (container, interface).
+func (a *Allocator) podOnCard(r Request) *Allocation {
+	c := a.cards[r.Card]
+	if c == nil {
+		return nil
+	}
+	k := keyOf(r)
+	for ak, al := range c.allocs {
+		if ak != k && samePod(al.Request, r) {
+			return al
+		}
+	}
+	return nil
+}
+
+// pick returns the usable slot that has rested longest (never-used ones first), lowest address on ties, so
+// a just-rested address is reused last.
+func pick[K comparable](m map[K]*slot, now time.Time) *slot {
+	var best *slot
+	for _, s := range m {
+		if !s.usable(now) {
+			continue
+		}
+		if best == nil {
+			best = s
+			continue
+		}
+		if c := s.restUntil.Compare(best.restUntil); c < 0 || c == 0 && s.addr.Less(best.addr) {
+			best = s
+		}
+	}
+	return best
+}
+
+// resting counts the free slots still resting and when the first becomes usable.
+func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time) {
+	for _, s := range m {
+		if s.resting(now) {
+			n++
+			if next.IsZero() || s.restUntil.Before(next) {
+				next = s.restUntil
+			}
+		}
+	}
+	return n, next
+}
+
+// Allocate grants req an address on its card and returns only once that is persisted.
+//   - The same (ContainerID, IfName) again returns the same allocation, changing nothing; with a different
+//     card, pod or mode it is ErrInterfaceTaken.
+//   - The same pod holding the card under another (container, interface) is ErrCardTaken (*CardTakenError).
+//   - No usable address (or exclusive ENI) is ErrPoolEmpty (*PoolEmptyError); see WaitForAddress.
+func (a *Allocator) Allocate(req Request) (Allocation, error) {
+	if err := checkRequest(req); err != nil {
+		return Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
+	}
+	al, err := a.allocate(req)
+	if err != nil {
+		return Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
+	}
+	return al, nil
+}
+
+func (a *Allocator) allocate(req Request) (Allocation, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cur, ok := a.allocs[keyOf(req)]; ok {
+		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.Request, req) {
+			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
+				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), ErrInterfaceTaken)
+		}
+		return *cur, nil
+	}
+	if other := a.podOnCard(req); other != nil {
+		return Allocation{}, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
+	}
+	c := a.card(req.Card)
+	now := a.now()
+	var s *slot
+	if req.Exclusive {
+		s = pick(c.exclusive, now)
+	} else {
+		s = pick(c.shared, now)
+	}
+	if s == nil {
+		e := &PoolEmptyError{Card: req.Card, Exclusive: req.Exclusive}
+		if req.Exclusive {
+			e.Cooling, e.NextReady = resting(c.exclusive, now)
+		} else {
+			e.Cooling, e.NextReady = resting(c.shared, now)
+		}
+		return Allocation{}, e
+	}
+	al := &Allocation{Request: req, Address: s.addr, ENIID: s.eni, AllocatedAt: now}
+	a.hold(s, al)
+	if err := a.persist(); err != nil {
+		a.unhold(s, al)
+		return Allocation{}, err
+	}
+	return *al, nil
+}
+
+// Release frees the (container, interface)'s address into cooldown and persists before returning. An
+// unknown pair is (zero, false, nil): releasing twice is harmless.
+func (a *Allocator) Release(containerID, ifName string) (Allocation, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	al, ok := a.allocs[key{containerID, ifName}]
+	if !ok {
+		return Allocation{}, false, nil
+	}
+	if err := a.releaseLocked([]*Allocation{al}); err != nil {
+		return Allocation{}, false, fmt.Errorf("release card %d container %s interface %s: %w",
+			al.Card, containerID, ifName, err)
+	}
+	return *al, true, nil
+}
+
+// ReleaseIf releases every allocation for which match is true, with one write, and returns them. match
+// runs under the allocator's lock: it must not call the allocator. For GC: decide outside (List), then
+// release here by key.
+func (a *Allocator) ReleaseIf(match func(Allocation) bool) ([]Allocation, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var hit []*Allocation
+	for _, al := range a.listPtrsLocked() {
+		if match(*al) {
+			hit = append(hit, al)
+		}
+	}
+	if len(hit) == 0 {
+		return nil, nil
+	}
+	if err := a.releaseLocked(hit); err != nil {
+		return nil, fmt.Errorf("release %d allocations: %w", len(hit), err)
+	}
+	out := make([]Allocation, len(hit))
+	for i, al := range hit {
+		out[i] = *al
+	}
+	return out, nil
+}
+
+// releaseLocked moves the allocations' addresses into cooldown, persists, and undoes it all on failure.
+func (a *Allocator) releaseLocked(als []*Allocation) error {
+	until := a.now().Add(a.cooldown)
+	prev := make([]time.Time, len(als))
+	for i, al := range als {
+		s := a.slots[al.Address]
+		prev[i] = s.restUntil
+		a.unhold(s, al)
+		s.restUntil = until
+	}
+	if err := a.persist(); err != nil {
+		for i, al := range als {
+			s := a.slots[al.Address]
+			s.restUntil = prev[i]
+			a.hold(s, al)
+		}
+		return err
+	}
+	for _, al := range als {
+		a.card(al.Card).notify()
+	}
+	return nil
+}
+
+// Lookup returns the allocation of (containerID, ifName).
+func (a *Allocator) Lookup(containerID, ifName string) (Allocation, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	al, ok := a.allocs[key{containerID, ifName}]
+	if !ok {
+		return Allocation{}, false
+	}
+	return *al, true
+}
+
+// List returns every allocation, by card then address.
+func (a *Allocator) List() []Allocation {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.listLocked()
+}
+
+func (a *Allocator) listLocked() []Allocation {
+	ptrs := a.listPtrsLocked()
+	out := make([]Allocation, len(ptrs))
+	for i, al := range ptrs {
+		out[i] = *al
+	}
+	return out
+}
+
+func (a *Allocator) listPtrsLocked() []*Allocation {
+	out := make([]*Allocation, 0, len(a.allocs))
+	for _, al := range a.allocs {
+		out = append(out, al)
+	}
+	slices.SortFunc(out, func(x, y *Allocation) int {
+		return cmp.Or(cmp.Compare(x.Card, y.Card), x.Address.Compare(y.Address))
+	})
+	return out
+}
+
+// Known returns every address the allocator knows, held or not, by card then address.
+func (a *Allocator) Known() []PoolAddress {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.knownLocked()
+}
+
+func (a *Allocator) knownLocked() []PoolAddress {
+	out := make([]PoolAddress, 0, len(a.slots))
+	for _, s := range a.slots {
+		out = append(out, s.pool())
+	}
+	slices.SortFunc(out, comparePool)
+	return out
+}
+
+func comparePool(x, y PoolAddress) int {
+	return cmp.Or(cmp.Compare(x.Card, y.Card), x.Address.Compare(y.Address))
+}
+
+// Cards returns the cards that have any known address, ascending.
+func (a *Allocator) Cards() []int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []int
+	for n, c := range a.cards {
+		if len(c.shared)+len(c.exclusive) > 0 {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

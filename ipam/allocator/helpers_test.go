@@ -1,0 +1,125 @@
+package allocator
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// fakeClock is a settable clock shared by the allocator and the test.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *fakeClock {
+	return &fakeClock{t: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// newTest returns an allocator on a fresh memory store with a fake clock and the default cooldown.
+func newTest(t testing.TB, opts ...Option) (*Allocator, *store.Memory, *fakeClock) {
+	t.Helper()
+	st := store.NewMemory()
+	clk := newClock()
+	a, err := New(st, append([]Option{WithClock(clk.Now)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, st, clk
+}
+
+// addr returns 10.<card>.<i/250>.<i%250+1>: distinct per card and index.
+func addr(card, i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(card), byte(i / 250), byte(i%250 + 1)})
+}
+
+func eni(card int) string { return fmt.Sprintf("eni-%02d", card) }
+
+// seed gives the card n warm addresses on one ENI.
+func seed(t testing.TB, a *Allocator, card, n int) []netip.Addr {
+	t.Helper()
+	addrs := make([]netip.Addr, n)
+	for i := range addrs {
+		addrs[i] = addr(card, i)
+	}
+	if added, err := a.AddAddresses(card, eni(card), addrs...); err != nil || added != n {
+		t.Fatalf("seed card %d: added %d, err %v", card, added, err)
+	}
+	return addrs
+}
+
+// req is pod p's request for card on interface net<card>, sandbox "sandbox-<p>".
+func req(p, card int) Request {
+	return Request{
+		Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
+		PodNamespace: "team", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p),
+	}
+}
+
+func mustAllocate(t testing.TB, a *Allocator, r Request) Allocation {
+	t.Helper()
+	al, err := a.Allocate(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return al
+}
+
+// state is everything observable, for before/after comparisons.
+type state struct {
+	Allocs []Allocation
+	Known  []PoolAddress
+}
+
+func snapshot(a *Allocator) state { return state{a.List(), a.Known()} }
+
+// checkInvariants fails the test if an address is held twice or a pod holds a card twice, and checks
+// that List and Known agree.
+func checkInvariants(t testing.TB, a *Allocator) {
+	t.Helper()
+	byAddr := map[netip.Addr]Allocation{}
+	type podCard struct {
+		uid  string
+		card int
+	}
+	byPod := map[podCard]Allocation{}
+	for _, al := range a.List() {
+		if prev, dup := byAddr[al.Address]; dup {
+			t.Errorf("%s held by %s/%s and %s/%s", al.Address, prev.ContainerID, prev.IfName, al.ContainerID, al.IfName)
+		}
+		byAddr[al.Address] = al
+		pc := podCard{al.PodUID, al.Card}
+		if prev, dup := byPod[pc]; dup {
+			t.Errorf("pod %s holds card %d twice: %s and %s", al.PodUID, al.Card, prev.Address, al.Address)
+		}
+		byPod[pc] = al
+	}
+	held := 0
+	for _, k := range a.Known() {
+		if k.Allocated {
+			held++
+			if _, ok := byAddr[k.Address]; !ok {
+				t.Errorf("%s marked allocated but no allocation holds it", k.Address)
+			}
+		}
+	}
+	if held != len(byAddr) {
+		t.Errorf("%d addresses marked allocated, %d allocations", held, len(byAddr))
+	}
+}

@@ -1,0 +1,223 @@
+package allocator
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// AddAddresses puts eniID's secondary addresses into the card's shared pool as warm, skipping any address
+// already known (anywhere), and persists. It returns how many were added.
+func (a *Allocator) AddAddresses(cardN int, eniID string, addrs ...netip.Addr) (int, error) {
+	for _, ad := range addrs {
+		if err := checkAddress(cardN, eniID, ad); err != nil {
+			return 0, fmt.Errorf("add addresses to card %d: %w", cardN, err)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var added []*slot
+	for _, ad := range addrs {
+		if _, known := a.slots[ad]; known {
+			continue
+		}
+		s := &slot{card: cardN, addr: ad, eni: eniID}
+		a.addSlot(s)
+		added = append(added, s)
+	}
+	if len(added) == 0 {
+		return 0, nil
+	}
+	if err := a.persist(); err != nil {
+		for _, s := range added {
+			a.removeSlot(s)
+		}
+		return 0, fmt.Errorf("add %d addresses of %s to card %d: %w", len(added), eniID, cardN, err)
+	}
+	a.card(cardN).notify()
+	return len(added), nil
+}
+
+// AddExclusiveENI puts a whole ENI into the card's exclusive pool; an exclusive request gets its primary
+// address. Adding the same ENI again is a no-op; an ENI or address known in another role is ErrConflict.
+func (a *Allocator) AddExclusiveENI(cardN int, eniID string, primary netip.Addr) error {
+	if err := checkAddress(cardN, eniID, primary); err != nil {
+		return fmt.Errorf("add exclusive ENI to card %d: %w", cardN, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s, known := a.slots[primary]; known {
+		if s.exclusive && s.card == cardN && s.eni == eniID {
+			return nil
+		}
+		return fmt.Errorf("add exclusive ENI %s to card %d: address %s already known on card %d ENI %s: %w",
+			eniID, cardN, primary, s.card, s.eni, ErrConflict)
+	}
+	c := a.card(cardN)
+	if s, known := c.exclusive[eniID]; known {
+		return fmt.Errorf("add exclusive ENI %s to card %d: already there with address %s: %w",
+			eniID, cardN, s.addr, ErrConflict)
+	}
+	for _, s := range c.shared {
+		if s.eni == eniID {
+			return fmt.Errorf("add exclusive ENI %s to card %d: ENI serves the shared pool: %w",
+				eniID, cardN, ErrConflict)
+		}
+	}
+	s := &slot{card: cardN, addr: primary, eni: eniID, exclusive: true}
+	a.addSlot(s)
+	if err := a.persist(); err != nil {
+		a.removeSlot(s)
+		return fmt.Errorf("add exclusive ENI %s to card %d: %w", eniID, cardN, err)
+	}
+	c.notify()
+	return nil
+}
+
+// RemoveAddresses drops free addresses (shared, or the primary of a free exclusive ENI) from the card and
+// persists. Held addresses, unknown ones and ones on another card are skipped: an allocated address is
+// never removed from under a pod. It returns the ones removed.
+//
+// To give addresses back to EC2, remove them here first and unassign only what was returned; on an EC2
+// failure, AddAddresses them back. The other order races with Allocate.
+func (a *Allocator) RemoveAddresses(cardN int, addrs ...netip.Addr) ([]netip.Addr, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var removed []*slot
+	for _, ad := range addrs {
+		s, ok := a.slots[ad]
+		if !ok || s.card != cardN || !s.free() {
+			continue
+		}
+		a.removeSlot(s)
+		removed = append(removed, s)
+	}
+	if len(removed) == 0 {
+		return nil, nil
+	}
+	if err := a.persist(); err != nil {
+		for _, s := range removed {
+			a.addSlot(s)
+		}
+		return nil, fmt.Errorf("remove %d addresses from card %d: %w", len(removed), cardN, err)
+	}
+	out := make([]netip.Addr, len(removed))
+	for i, s := range removed {
+		out[i] = s.addr
+	}
+	return out, nil
+}
+
+// Surplus returns the card's warm (free and rested) shared addresses beyond warmTarget, highest first:
+// candidates to give back to EC2. Resting addresses are never offered. It changes nothing.
+func (a *Allocator) Surplus(cardN, warmTarget int) []PoolAddress {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cards[cardN]
+	if c == nil {
+		return nil
+	}
+	now := a.now()
+	var warm []PoolAddress
+	for _, s := range c.shared {
+		if s.usable(now) {
+			warm = append(warm, s.pool())
+		}
+	}
+	if len(warm) <= warmTarget {
+		return nil
+	}
+	slices.SortFunc(warm, func(x, y PoolAddress) int { return y.Address.Compare(x.Address) })
+	return warm[:len(warm)-max(warmTarget, 0)]
+}
+
+// Stats counts the card's pools.
+func (a *Allocator) Stats(cardN int) Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.statsLocked(cardN)
+}
+
+func (a *Allocator) statsLocked(cardN int) Stats {
+	var st Stats
+	c := a.cards[cardN]
+	if c == nil {
+		return st
+	}
+	now := a.now()
+	count := func(n *Counts, s *slot) {
+		n.Capacity++
+		switch {
+		case !s.free():
+			n.Allocated++
+		case s.resting(now):
+			n.Cooling++
+		default:
+			n.Warm++
+		}
+	}
+	for _, s := range c.shared {
+		count(&st.Counts, s)
+	}
+	for _, s := range c.exclusive {
+		count(&st.Exclusive, s)
+	}
+	return st
+}
+
+// Need returns how many shared addresses to ask EC2 for on the card: enough that free addresses (warm plus
+// resting, which come back by themselves) reach warmTarget, and that at least minFree are usable right now.
+func (a *Allocator) Need(cardN, warmTarget, minFree int) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := a.statsLocked(cardN)
+	return max(warmTarget-(st.Warm+st.Cooling), minFree-st.Warm, 0)
+}
+
+// WaitForAddress blocks until the card has a usable address (exclusive: a usable exclusive ENI) or ctx
+// ends. It wakes on AddAddresses, AddExclusiveENI, releases and reconcile, and when a resting address's
+// time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
+func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive bool) error {
+	if cardN < 0 {
+		return fmt.Errorf("wait for address on card %d: %w", cardN, ErrInvalid)
+	}
+	for {
+		a.mu.Lock()
+		c := a.card(cardN)
+		now := a.now()
+		var ready bool
+		var next time.Time
+		if exclusive {
+			ready = pick(c.exclusive, now) != nil
+			_, next = resting(c.exclusive, now)
+		} else {
+			ready = pick(c.shared, now) != nil
+			_, next = resting(c.shared, now)
+		}
+		changed := c.changed
+		a.mu.Unlock()
+		if ready {
+			return nil
+		}
+		var timeout <-chan time.Time
+		var timer *time.Timer
+		if !next.IsZero() {
+			timer = time.NewTimer(next.Sub(now))
+			timeout = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return fmt.Errorf("wait for address on card %d: %w", cardN, ctx.Err())
+		case <-changed:
+		case <-timeout:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}

@@ -1,0 +1,295 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/ipam/store"
+)
+
+func TestAddAddresses(t *testing.T) {
+	a, st, _ := newTest(t)
+	seed(t, a, 1, 3)
+	saves := st.Saves()
+	// Known ones (on any card) are skipped, duplicates in one call count once.
+	n, err := a.AddAddresses(1, "eni-b", addr(1, 0), addr(1, 3), addr(1, 3), addr(2, 0))
+	if err != nil || n != 2 {
+		t.Fatalf("added %d err %v, want 2", n, err)
+	}
+	if n, err := a.AddAddresses(2, "eni-c", addr(2, 0)); n != 0 || err != nil {
+		t.Fatalf("re-add on another card: %d %v", n, err)
+	}
+	if st.Saves() != saves+1 {
+		t.Errorf("%d saves, want one for the call that added", st.Saves()-saves)
+	}
+	for _, k := range a.Known() {
+		if k.Address == addr(1, 0) && k.ENIID != eni(1) {
+			t.Errorf("re-adding moved %s to %s", k.Address, k.ENIID)
+		}
+	}
+	for _, bad := range []struct {
+		card int
+		eni  string
+		addr netip.Addr
+	}{{-1, "eni", addr(1, 9)}, {1, "", addr(1, 9)}, {1, "eni", netip.Addr{}}} {
+		if _, err := a.AddAddresses(bad.card, bad.eni, bad.addr); !errors.Is(err, ErrInvalid) {
+			t.Errorf("AddAddresses(%d, %q, %v): %v, want ErrInvalid", bad.card, bad.eni, bad.addr, err)
+		}
+	}
+}
+
+func TestSurplusAndRemove(t *testing.T) {
+	a, _, _ := newTest(t)
+	addrs := seed(t, a, 3, 8)                                    // 10.3.0.1 .. 10.3.0.8
+	mustAllocate(t, a, req(1, 3))                                // takes .1
+	mustAllocate(t, a, req(2, 3))                                // takes .2
+	if _, _, err := a.Release("sandbox-2", "net3"); err != nil { // .2 rests
+		t.Fatal(err)
+	}
+	// Warm now: .3 .. .8 (6). Held .1 and resting .2 are never offered.
+	for _, tc := range []struct {
+		target int
+		want   []netip.Addr
+	}{
+		{target: 0, want: []netip.Addr{addrs[7], addrs[6], addrs[5], addrs[4], addrs[3], addrs[2]}},
+		{target: 4, want: []netip.Addr{addrs[7], addrs[6]}},
+		{target: 6, want: nil},
+		{target: 10, want: nil},
+	} {
+		var got []netip.Addr
+		for _, p := range a.Surplus(3, tc.target) {
+			got = append(got, p.Address)
+			if p.ENIID != eni(3) || p.Allocated {
+				t.Errorf("surplus entry %+v", p)
+			}
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("Surplus(target %d) = %v, want %v", tc.target, got, tc.want)
+		}
+	}
+	if got := a.Surplus(9, 0); got != nil {
+		t.Errorf("surplus of unknown card: %v", got)
+	}
+
+	// Removing skips the held address and ones on another card or unknown.
+	removed, err := a.RemoveAddresses(3, addrs[0], addrs[7], addrs[1], addr(4, 0), netip.MustParseAddr("192.0.2.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []netip.Addr{addrs[7], addrs[1]}; !reflect.DeepEqual(removed, want) {
+		t.Fatalf("removed %v, want %v", removed, want)
+	}
+	if al, ok := a.Lookup("sandbox-1", "net3"); !ok || al.Address != addrs[0] {
+		t.Fatal("held address removed from under its pod")
+	}
+	if s := a.Stats(3); s.Counts != (Counts{Capacity: 6, Allocated: 1, Warm: 5}) {
+		t.Errorf("stats after remove %+v", s.Counts)
+	}
+}
+
+func TestNeed(t *testing.T) {
+	a, _, _ := newTest(t)
+	seed(t, a, 1, 4)
+	mustAllocate(t, a, req(1, 1))
+	mustAllocate(t, a, req(2, 1))
+	if _, _, err := a.Release("sandbox-2", "net1"); err != nil {
+		t.Fatal(err)
+	}
+	// Card 1: 1 allocated, 2 warm, 1 cooling. Card 5: nothing.
+	for _, tc := range []struct {
+		card, target, minFree, want int
+	}{
+		{1, 0, 0, 0},
+		{1, 3, 0, 0}, // warm + cooling already reach 3
+		{1, 5, 0, 2},
+		{1, 3, 3, 1}, // only 2 usable now
+		{1, 3, 2, 0},
+		{5, 3, 1, 3},
+		{5, 0, 1, 1},
+	} {
+		if got := a.Need(tc.card, tc.target, tc.minFree); got != tc.want {
+			t.Errorf("Need(card %d, target %d, min %d) = %d, want %d", tc.card, tc.target, tc.minFree, got, tc.want)
+		}
+	}
+}
+
+func TestWaitForAddress(t *testing.T) {
+	t.Run("wakes on add", func(t *testing.T) {
+		a, _, _ := newTest(t)
+		done := make(chan error, 1)
+		go func() { done <- a.WaitForAddress(context.Background(), 2, false) }()
+		select {
+		case err := <-done:
+			t.Fatalf("returned before any address: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		seed(t, a, 3, 1) // another card: keeps waiting
+		select {
+		case err := <-done:
+			t.Fatalf("woke for another card: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		seed(t, a, 2, 1)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("not woken by AddAddresses")
+		}
+	})
+	t.Run("wakes on exclusive ENI", func(t *testing.T) {
+		a, _, _ := newTest(t)
+		seed(t, a, 2, 1) // shared addresses do not satisfy an exclusive wait
+		done := make(chan error, 1)
+		go func() { done <- a.WaitForAddress(context.Background(), 2, true) }()
+		time.Sleep(30 * time.Millisecond)
+		if err := a.AddExclusiveENI(2, "eni-x", netip.MustParseAddr("10.2.200.1")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("not woken by AddExclusiveENI")
+		}
+	})
+	t.Run("wakes when rest ends", func(t *testing.T) {
+		st := store.NewMemory()
+		a, err := New(st, WithCooldown(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed(t, a, 1, 1)
+		mustAllocate(t, a, req(1, 1))
+		if _, _, err := a.Release("sandbox-1", "net1"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := a.WaitForAddress(context.Background(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(start); waited < 80*time.Millisecond {
+			t.Errorf("returned after %s, while the address still rested", waited)
+		}
+		mustAllocate(t, a, req(2, 1))
+	})
+	t.Run("context ends", func(t *testing.T) {
+		a, _, _ := newTest(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		if err := a.WaitForAddress(ctx, 1, false); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("wait: %v, want deadline exceeded", err)
+		}
+	})
+}
+
+func TestCompare(t *testing.T) {
+	ip := netip.MustParseAddr
+	held := Allocation{Request: req(1, 1), Address: ip("10.1.0.1"), ENIID: "eni-1"}
+	heldX := Allocation{Request: req(2, 1), Address: ip("10.1.9.1"), ENIID: "eni-x"}
+	heldX.Exclusive = true
+	known := []PoolAddress{
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.1"), Allocated: true},
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.2")},
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.3")},
+		{Card: 1, ENIID: "eni-x", Address: ip("10.1.9.1"), Exclusive: true, Allocated: true},
+	}
+	allocs := []Allocation{held, heldX}
+	ec2All := []EC2Address{
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.100"), Primary: true},
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.1")},
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.2")},
+		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.3")},
+		{Card: 1, ENIID: "eni-x", Address: ip("10.1.9.1"), Primary: true},
+	}
+	without := func(drop ...string) []EC2Address {
+		var out []EC2Address
+	next:
+		for _, e := range ec2All {
+			for _, d := range drop {
+				if e.Address == ip(d) {
+					continue next
+				}
+			}
+			out = append(out, e)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		ec2  []EC2Address
+		want Diff
+	}{
+		{name: "in sync", ec2: ec2All},
+		{name: "held address gone", ec2: without("10.1.0.1"), want: Diff{Lost: []Allocation{held}}},
+		{name: "exclusive ENI gone", ec2: without("10.1.9.1"), want: Diff{Lost: []Allocation{heldX}}},
+		{name: "free address gone", ec2: without("10.1.0.3"), want: Diff{Stale: []PoolAddress{known[2]}}},
+		{name: "new addresses", ec2: append(without(),
+			EC2Address{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.9")},
+			EC2Address{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.9")}, // listed twice: added once
+			EC2Address{Card: 1, ENIID: "eni-x", Address: ip("10.1.9.2")}, // on an exclusive ENI: not pooled
+			EC2Address{Card: 2, ENIID: "eni-2", Address: ip("10.2.0.7")},
+			EC2Address{Card: 2, ENIID: "eni-2", Address: ip("10.2.0.100"), Primary: true},
+		), want: Diff{Unknown: []EC2Address{
+			{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.9")},
+			{Card: 2, ENIID: "eni-2", Address: ip("10.2.0.7")},
+		}}},
+		{name: "address moved to another ENI", ec2: append(without("10.1.0.2", "10.1.0.1"),
+			EC2Address{Card: 1, ENIID: "eni-9", Address: ip("10.1.0.2")},
+			EC2Address{Card: 1, ENIID: "eni-9", Address: ip("10.1.0.1")},
+		), want: Diff{Lost: []Allocation{held}, Stale: []PoolAddress{known[1]}}},
+		{name: "EC2 reports nothing", ec2: nil, want: Diff{
+			Lost: []Allocation{held, heldX}, Stale: []PoolAddress{known[1], known[2]}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Compare(known, allocs, tc.ec2)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("Compare:\n got %+v\nwant %+v", got, tc.want)
+			}
+			if got.Empty() != (tc.name == "in sync") {
+				t.Errorf("Empty() = %v", got.Empty())
+			}
+		})
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	a, _, _ := newTest(t)
+	addrs := seed(t, a, 1, 3)
+	held := mustAllocate(t, a, req(1, 1)) // addrs[0]
+	ec2 := []EC2Address{
+		{Card: 1, ENIID: eni(1), Address: addrs[1]},
+		{Card: 1, ENIID: eni(1), Address: addr(1, 10)},
+	}
+	d, err := a.Reconcile(ec2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Lost) != 1 || d.Lost[0] != held || len(d.Stale) != 1 || d.Stale[0].Address != addrs[2] ||
+		len(d.Unknown) != 1 || d.Unknown[0].Address != addr(1, 10) {
+		t.Fatalf("diff %+v", d)
+	}
+	// Lost allocations stay; stale removed; unknown added as warm.
+	if _, ok := a.Lookup("sandbox-1", "net1"); !ok {
+		t.Error("reconcile released a lost allocation")
+	}
+	if s := a.Stats(1); s.Counts != (Counts{Capacity: 3, Allocated: 1, Warm: 2}) {
+		t.Errorf("stats %+v", s.Counts)
+	}
+	// A second pass over the same EC2 view only reports the lost allocation again.
+	d, err = a.Reconcile(ec2)
+	if err != nil || len(d.Lost) != 1 || len(d.Stale)+len(d.Unknown) != 0 {
+		t.Fatalf("second pass: %+v %v", d, err)
+	}
+	if _, err := a.Reconcile([]EC2Address{{Card: 1, Address: addr(1, 11)}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("reconcile with an ENI-less address: %v, want ErrInvalid", err)
+	}
+}

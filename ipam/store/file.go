@@ -1,0 +1,240 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// CheckpointFile is the checkpoint's name inside the store directory.
+	CheckpointFile = "checkpoint.json"
+	// LockFile is the flock target inside the store directory; it is never removed, so every agent locks the
+	// same inode.
+	LockFile = "lock"
+
+	tempPrefix = CheckpointFile + ".tmp-"
+	dirMode    = 0o700
+	fileMode   = 0o600
+	// lockPoll is how often Lock retries while another process holds the lock.
+	lockPoll = 10 * time.Millisecond
+)
+
+// FileStore is a Store in one directory. Save needs the lock (Lock); Load does not, so tools can read a
+// live agent's state.
+type FileStore struct {
+	dir string
+
+	mu   sync.Mutex
+	lock *os.File // non-nil while the flock is held
+
+	// beforeRename, when set (tests only), runs after the temp file is written and synced and before it
+	// replaces the checkpoint: the window a crash would hit.
+	beforeRename func() error
+}
+
+// NewFileStore returns a store in dir, creating it (mode 0700) when missing. It does not take the lock.
+func NewFileStore(dir string) (*FileStore, error) {
+	if dir == "" {
+		return nil, errors.New("create store: empty directory")
+	}
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return nil, fmt.Errorf("create store dir %s: %w", dir, err)
+	}
+	return &FileStore{dir: dir}, nil
+}
+
+// Dir returns the store's directory.
+func (s *FileStore) Dir() string { return s.dir }
+
+// Path returns the checkpoint's path.
+func (s *FileStore) Path() string { return filepath.Join(s.dir, CheckpointFile) }
+
+// Lock takes the exclusive flock, waiting up to timeout for another holder to let go. Once held, it
+// removes temp files an interrupted Save left behind: with the lock held nobody else can be writing them.
+func (s *FileStore) Lock(timeout time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	path := filepath.Join(s.dir, LockFile)
+	if s.lock != nil {
+		return fmt.Errorf("lock %s: %w", path, ErrLocked)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fileMode)
+	if err != nil {
+		return fmt.Errorf("open lock %s: %w", path, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return fmt.Errorf("lock %s: %w", path, err)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			f.Close()
+			return fmt.Errorf("lock %s after %s: %w", path, timeout, ErrLockTimeout)
+		}
+		time.Sleep(min(lockPoll, left))
+	}
+	s.lock = f
+	if err := s.removeTemps(); err != nil {
+		s.unlockLocked()
+		return err
+	}
+	return nil
+}
+
+// Unlock releases the flock. Closing the descriptor would release it too, but an explicit LOCK_UN lets a
+// failure be reported instead of ignored.
+func (s *FileStore) Unlock() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lock == nil {
+		return fmt.Errorf("unlock %s: %w", filepath.Join(s.dir, LockFile), ErrNotLocked)
+	}
+	return s.unlockLocked()
+}
+
+func (s *FileStore) unlockLocked() error {
+	f := s.lock
+	s.lock = nil
+	uerr := unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	cerr := f.Close()
+	if err := errors.Join(uerr, cerr); err != nil {
+		return fmt.Errorf("unlock %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+func (s *FileStore) removeTemps() error {
+	leftovers, err := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
+	if err != nil {
+		return fmt.Errorf("list temp files in %s: %w", s.dir, err)
+	}
+	for _, p := range leftovers {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove leftover %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// Load reads the checkpoint. A missing file is (zero, false, nil); an unreadable, empty or unparsable one
+// is an error wrapping ErrCorrupt and naming the path; a newer version wraps ErrUnsupportedVersion.
+func (s *FileStore) Load() (Checkpoint, bool, error) {
+	path := s.Path()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Checkpoint{}, false, nil
+	}
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("read checkpoint %s: %w", path, err)
+	}
+	cp, err := decode(data)
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("load checkpoint %s: %w", path, err)
+	}
+	return cp, true, nil
+}
+
+// decode checks the version before the body so a newer format is reported as such, not as corruption.
+func decode(data []byte) (Checkpoint, error) {
+	var head struct {
+		Version *int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if head.Version == nil {
+		return Checkpoint{}, fmt.Errorf("%w: no \"version\"", ErrCorrupt)
+	}
+	if v := *head.Version; v != Version {
+		return Checkpoint{}, fmt.Errorf("%w: version %d, this build reads %d", ErrUnsupportedVersion, v, Version)
+	}
+	var cp Checkpoint
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&cp); err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return cp, nil
+}
+
+// Save writes cp (stamped with Version) durably: temp file, fsync, rename, fsync the directory.
+func (s *FileStore) Save(cp Checkpoint) (retErr error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	path := s.Path()
+	if s.lock == nil {
+		return fmt.Errorf("save checkpoint %s: %w", path, ErrNotLocked)
+	}
+	cp.Version = Version
+	data, err := json.MarshalIndent(cp, "", " ")
+	if err != nil {
+		return fmt.Errorf("encode checkpoint %s: %w", path, err)
+	}
+	data = append(data, '\n')
+
+	f, err := os.CreateTemp(s.dir, tempPrefix+"*") // created 0600
+	if err != nil {
+		return fmt.Errorf("create temp checkpoint in %s: %w", s.dir, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if retErr != nil {
+			f.Close()
+			os.Remove(tmp) // best effort: Lock removes leftovers anyway
+		}
+	}()
+	if err := f.Chmod(fileMode); err != nil { // whatever the umask or temp default
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if s.beforeRename != nil {
+		if err := s.beforeRename(); err != nil {
+			return fmt.Errorf("save checkpoint %s: %w", path, err)
+		}
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
+	}
+	// The rename is only durable once the directory entry is.
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir %s: %w", dir, err)
+	}
+	serr := d.Sync()
+	cerr := d.Close()
+	if err := errors.Join(serr, cerr); err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
+	}
+	return nil
+}

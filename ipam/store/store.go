@@ -1,0 +1,78 @@
+// Package store keeps the allocator's checkpoint on local disk, crash-safe and owned by one agent at a time.
+//
+// The checkpoint is one versioned JSON document rewritten whole on every change: temp file in the same
+// directory, write, fsync, rename over the old one, fsync the directory. A crash at any point leaves either
+// the old or the new checkpoint, never a mix. An exclusive flock on a lock file next to it keeps a second
+// agent on the node from writing the same state.
+package store
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Version is the checkpoint format this build writes and the newest it reads.
+const Version = 1
+
+// Sentinel errors; the returned errors wrap them with the path and the cause.
+var (
+	// ErrCorrupt: the checkpoint exists but cannot be parsed. The caller decides what to do; the store never
+	// silently starts empty.
+	ErrCorrupt = errors.New("checkpoint corrupt")
+	// ErrUnsupportedVersion: the checkpoint was written by a newer (or unknown) format.
+	ErrUnsupportedVersion = errors.New("checkpoint version unsupported")
+	// ErrLockTimeout: another process held the lock until the deadline.
+	ErrLockTimeout = errors.New("lock held by another process")
+	// ErrNotLocked: Save or Unlock without holding the lock.
+	ErrNotLocked = errors.New("lock not held")
+	// ErrLocked: Lock called twice on the same store.
+	ErrLocked = errors.New("lock already held by this store")
+)
+
+// Checkpoint is everything the allocator needs to come back after a restart.
+type Checkpoint struct {
+	// Version is stamped by Save; Load only returns checkpoints of a version it understands.
+	Version     int          `json:"version"`
+	Allocations []Allocation `json:"allocations"`
+	// Addresses is every address the allocator knows, held or not; a held one also appears in Allocations.
+	Addresses []Address `json:"addresses"`
+}
+
+// Allocation is one address given to one (container, interface).
+type Allocation struct {
+	Card         int        `json:"card"`
+	ContainerID  string     `json:"containerID"`
+	IfName       string     `json:"ifName"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
+	PodUID       string     `json:"podUID,omitempty"`
+	Exclusive    bool       `json:"exclusive,omitempty"`
+	Address      netip.Addr `json:"address"`
+	ENIID        string     `json:"eniID"`
+	AllocatedAt  time.Time  `json:"allocatedAt"`
+}
+
+// Address is one address known on a card: a secondary address of a shared ENI, or, when Exclusive, the
+// primary address standing for a whole ENI that is given to one pod.
+type Address struct {
+	Card      int        `json:"card"`
+	Address   netip.Addr `json:"address"`
+	ENIID     string     `json:"eniID"`
+	Exclusive bool       `json:"exclusive,omitempty"`
+	// RestUntil is when a released address may be given out again; zero for one never released.
+	RestUntil time.Time `json:"restUntil,omitzero"`
+}
+
+// Store loads and saves the checkpoint.
+type Store interface {
+	// Load returns the last saved checkpoint; found is false when none was ever saved.
+	Load() (cp Checkpoint, found bool, err error)
+	// Save durably replaces the checkpoint before returning.
+	Save(cp Checkpoint) error
+}
+
+var (
+	_ Store = (*FileStore)(nil)
+	_ Store = (*Memory)(nil)
+)

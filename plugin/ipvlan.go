@@ -1,0 +1,140 @@
+// Package plugin is the multinic CNI plugin: its verbs and the netlink work they do
+// in the pod's network namespace.
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+)
+
+// CreateIPVlanChild creates an ipvlan child of the link named parent (in the
+// calling thread's netns, the host's) inside podNS, named ifName. mtu 0 keeps the
+// parent's MTU. The child is created under a random temporary name and renamed
+// inside podNS, so it never appears in either netns under a name someone else may
+// be using or waiting for. It is left down and unaddressed (see ConfigureInterface);
+// on error nothing is left behind.
+func CreateIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlink.IPVlanMode, mtu int) (*current.Interface, error) {
+	iface, err := createIPVlanChild(parent, podNS, ifName, mode, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("create ipvlan child of %q in %s: %w", parent, podNS.Path(), err)
+	}
+	return iface, nil
+}
+
+func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlink.IPVlanMode, mtu int) (_ *current.Interface, retErr error) {
+	if mtu < 0 {
+		return nil, fmt.Errorf("mtu %d invalid: must be 0 (the parent's) or more", mtu)
+	}
+	p, err := netlinksafe.LinkByName(parent)
+	if err != nil {
+		return nil, fmt.Errorf("find parent: %w", err)
+	}
+	// The kernel accepts a child MTU above the parent's on create; packets it cannot send would be lost.
+	if pmtu := p.Attrs().MTU; mtu > pmtu {
+		return nil, fmt.Errorf("mtu %d invalid: must be at most the parent's %d", mtu, pmtu)
+	}
+	tmpName, err := ip.RandomVethName()
+	if err != nil {
+		return nil, err
+	}
+	child := &netlink.IPVlan{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:        tmpName,
+			MTU:         mtu,
+			ParentIndex: p.Attrs().Index,
+			Namespace:   netlink.NsFd(int(podNS.Fd())),
+		},
+		Mode: mode,
+	}
+	if err := netlink.LinkAdd(child); err != nil {
+		return nil, fmt.Errorf("add link %q: %w", tmpName, err)
+	}
+	index := 0 // the child's index in podNS, once known
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if delErr := podNS.Do(func(ns.NetNS) error { return deleteLink(index, tmpName) }); delErr != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", delErr))
+		}
+	}()
+
+	var iface *current.Interface
+	err = podNS.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(tmpName)
+		if err != nil {
+			return fmt.Errorf("find link %q: %w", tmpName, err)
+		}
+		index = l.Attrs().Index
+		if err := netlink.LinkSetName(l, ifName); err != nil {
+			return fmt.Errorf("rename %q to %q: %w", tmpName, ifName, err)
+		}
+		// Read it back: the name is now ifName, and the MAC is the parent's.
+		if l, err = netlink.LinkByIndex(index); err != nil {
+			return fmt.Errorf("find link %q: %w", ifName, err)
+		}
+		iface = &current.Interface{
+			Name:    l.Attrs().Name,
+			Mac:     l.Attrs().HardwareAddr.String(),
+			Mtu:     l.Attrs().MTU,
+			Sandbox: podNS.Path(),
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return iface, nil
+}
+
+// deleteLink deletes the link with this index, or this name when the index is 0,
+// from the calling thread's netns. A link already gone is not an error.
+func deleteLink(index int, name string) error {
+	var l netlink.Link
+	var err error
+	if index > 0 {
+		l, err = netlink.LinkByIndex(index)
+	} else {
+		l, err = netlinksafe.LinkByName(name)
+	}
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return netlink.LinkDel(l)
+}
+
+// ConfigureInterface adds addr to the link ifName in podNS and sets it up. On error
+// the caller deletes the link, which takes the address with it.
+func ConfigureInterface(podNS ns.NetNS, ifName string, addr *net.IPNet) error {
+	err := podNS.Do(func(ns.NetNS) error {
+		if addr == nil {
+			return errors.New("no address")
+		}
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: addr}); err != nil {
+			return fmt.Errorf("add address %s: %w", addr, err)
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set up: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("configure %q in %s: %w", ifName, podNS.Path(), err)
+	}
+	return nil
+}

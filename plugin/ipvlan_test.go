@@ -1,0 +1,209 @@
+package plugin
+
+import (
+	"errors"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/nettest"
+)
+
+const (
+	parentName = "eth1"
+	parentMTU  = 9001
+)
+
+var parentMAC = net.HardwareAddr{0x02, 0x00, 0x00, 0x00, 0x10, 0x01}
+
+// newParent makes a throwaway "host" netns holding an up veth pair whose end
+// parentName stands in for an ENI (MAC, jumbo MTU), and an empty pod netns.
+func newParent(t *testing.T) (hostNS, podNS ns.NetNS) {
+	t.Helper()
+	hostNS, podNS = nettest.NewNS(t), nettest.NewNS(t)
+	h := nettest.Handle(t, hostNS)
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: parentName, HardwareAddr: parentMAC, MTU: parentMTU},
+		PeerName:  parentName + "-peer",
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatalf("add parent veth: %v", err)
+	}
+	for _, name := range []string{parentName, parentName + "-peer"} {
+		if err := h.LinkSetUp(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			t.Fatalf("set %s up: %v", name, err)
+		}
+	}
+	return hostNS, podNS
+}
+
+func linkNames(t *testing.T, n ns.NetNS) []string {
+	t.Helper()
+	links, err := nettest.Handle(t, n).LinkList()
+	if err != nil {
+		t.Fatalf("list links in %s: %v", n.Path(), err)
+	}
+	var names []string
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func TestCreateIPVlanChild(t *testing.T) {
+	nettest.RequireLinkType(t, "ipvlan")
+	tests := []struct {
+		name    string
+		mode    netlink.IPVlanMode
+		mtu     int
+		wantMTU int
+	}{
+		{name: "l2 parent mtu", mode: netlink.IPVLAN_MODE_L2, mtu: 0, wantMTU: parentMTU},
+		{name: "l2 mtu 1500", mode: netlink.IPVLAN_MODE_L2, mtu: 1500, wantMTU: 1500},
+		{name: "l3", mode: netlink.IPVLAN_MODE_L3, mtu: 1500, wantMTU: 1500},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hostNS, podNS := newParent(t)
+			hostLinks := linkNames(t, hostNS)
+			addr := &net.IPNet{IP: net.IPv4(10, 1, 0, 5), Mask: net.CIDRMask(24, 32)}
+
+			var iface *current.Interface
+			err := hostNS.Do(func(ns.NetNS) error {
+				var err error
+				iface, err = CreateIPVlanChild(parentName, podNS, "net1", tt.mode, tt.mtu)
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := current.Interface{Name: "net1", Mac: parentMAC.String(), Mtu: tt.wantMTU, Sandbox: podNS.Path()}
+			if *iface != want {
+				t.Errorf("interface = %+v, want %+v", *iface, want)
+			}
+			if err := ConfigureInterface(podNS, "net1", addr); err != nil {
+				t.Fatal(err)
+			}
+
+			h := nettest.Handle(t, podNS)
+			l, err := h.LinkByName("net1")
+			if err != nil {
+				t.Fatalf("child not in pod netns: %v", err)
+			}
+			ipvl, ok := l.(*netlink.IPVlan)
+			if !ok || l.Type() != "ipvlan" {
+				t.Fatalf("child is %T (type %q), want ipvlan", l, l.Type())
+			}
+			if ipvl.Mode != tt.mode {
+				t.Errorf("mode = %v, want %v", ipvl.Mode, tt.mode)
+			}
+			if got := l.Attrs().MTU; got != tt.wantMTU {
+				t.Errorf("mtu = %d, want %d", got, tt.wantMTU)
+			}
+			if got := l.Attrs().HardwareAddr; got.String() != parentMAC.String() {
+				t.Errorf("mac = %s, want the parent's %s", got, parentMAC)
+			}
+			if l.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("flags = %v, want up", l.Attrs().Flags)
+			}
+			addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+			if err != nil {
+				t.Fatalf("list addresses: %v", err)
+			}
+			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == addr.String() }) {
+				t.Errorf("addresses = %v, want %s", addrs, addr)
+			}
+			// The child takes the parent's carrier (lower up), asynchronously; ipvlan
+			// reports operstate unknown rather than up.
+			deadline := time.Now().Add(5 * time.Second)
+			for l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				if l, err = h.LinkByName("net1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+				t.Errorf("raw flags = %#x, want lower up (the parent has carrier)", l.Attrs().RawFlags)
+			}
+			if got := l.Attrs().OperState; got != netlink.OperUp && got != netlink.OperUnknown {
+				t.Errorf("operstate = %v, want up or unknown", got)
+			}
+			if got := linkNames(t, hostNS); !slices.Equal(got, hostLinks) {
+				t.Errorf("host netns links = %v, want unchanged %v", got, hostLinks)
+			}
+		})
+	}
+}
+
+// TestCreateIPVlanChildFailure checks that a failed create leaves both netns as
+// they were, including when it fails after the link exists (the rename).
+func TestCreateIPVlanChildFailure(t *testing.T) {
+	nettest.RequireLinkType(t, "ipvlan")
+	tests := []struct {
+		name    string
+		parent  string
+		ifName  string
+		mtu     int
+		wantErr func(error) bool
+	}{
+		{
+			name: "ifname taken in pod netns", parent: parentName, ifName: "taken0",
+			wantErr: func(err error) bool { return errors.Is(err, unix.EEXIST) },
+		},
+		{
+			name: "mtu above parent", parent: parentName, ifName: "net1", mtu: parentMTU + 1,
+			wantErr: func(err error) bool { return strings.Contains(err.Error(), "must be at most the parent's 9001") },
+		},
+		{
+			name: "no parent", parent: "nosuch0", ifName: "net1",
+			wantErr: func(err error) bool { return errors.As(err, &netlink.LinkNotFoundError{}) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hostNS, podNS := newParent(t)
+			if err := nettest.Handle(t, podNS).LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "taken0"}}); err != nil {
+				t.Fatalf("add taken0: %v", err)
+			}
+			hostLinks, podLinks := linkNames(t, hostNS), linkNames(t, podNS)
+
+			err := hostNS.Do(func(ns.NetNS) error {
+				_, err := CreateIPVlanChild(tt.parent, podNS, tt.ifName, netlink.IPVLAN_MODE_L2, tt.mtu)
+				return err
+			})
+			if err == nil || !tt.wantErr(err) {
+				t.Fatalf("error = %v, want a %s error", err, tt.name)
+			}
+			if prefix := `create ipvlan child of "` + tt.parent + `" in ` + podNS.Path() + ": "; !strings.HasPrefix(err.Error(), prefix) {
+				t.Errorf("error = %q, want prefix %q", err, prefix)
+			}
+			if got := linkNames(t, podNS); !slices.Equal(got, podLinks) {
+				t.Errorf("pod netns links = %v, want %v", got, podLinks)
+			}
+			if got := linkNames(t, hostNS); !slices.Equal(got, hostLinks) {
+				t.Errorf("host netns links = %v, want %v", got, hostLinks)
+			}
+		})
+	}
+}
+
+// TestConfigureInterfaceNoLink needs no ipvlan: it runs wherever there is root.
+func TestConfigureInterfaceNoLink(t *testing.T) {
+	podNS := nettest.NewNS(t)
+	addr := &net.IPNet{IP: net.IPv4(10, 1, 0, 5), Mask: net.CIDRMask(24, 32)}
+	err := ConfigureInterface(podNS, "net1", addr)
+	if !errors.As(err, &netlink.LinkNotFoundError{}) {
+		t.Fatalf("error = %v, want link not found", err)
+	}
+	if want := `configure "net1" in ` + podNS.Path() + ": "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error = %q, want prefix %q", err, want)
+	}
+}
