@@ -76,6 +76,7 @@ func TestAWSCLIScenario(t *testing.T) {
 				MaximumNetworkInterfaces  int
 				DefaultNetworkCardIndex   int
 				Ipv4AddressesPerInterface int
+				EfaSupported              bool
 				NetworkCards              []struct {
 					NetworkCardIndex         int
 					MaximumNetworkInterfaces int
@@ -88,8 +89,9 @@ func TestAWSCLIScenario(t *testing.T) {
 		t.Fatalf("describe-instance-types returned %d types", len(types.InstanceTypes))
 	}
 	ni := types.InstanceTypes[0].NetworkInfo
-	if ni.MaximumNetworkCards != 8 || len(ni.NetworkCards) != 8 || ni.Ipv4AddressesPerInterface != 50 || ni.MaximumNetworkInterfaces != 40 {
-		t.Fatalf("trn1.32xlarge network info = %+v, want 8 cards x 5 ENIs, 50 IPv4 each", ni)
+	// Booleans are checked where the CLI is stricter than the SDK: it reads "True" as false.
+	if ni.MaximumNetworkCards != 8 || len(ni.NetworkCards) != 8 || ni.Ipv4AddressesPerInterface != 50 || ni.MaximumNetworkInterfaces != 40 || !ni.EfaSupported {
+		t.Fatalf("trn1.32xlarge network info = %+v, want 8 cards x 5 ENIs, 50 IPv4 each, EFA", ni)
 	}
 	for i, card := range ni.NetworkCards {
 		if card.NetworkCardIndex != i || card.MaximumNetworkInterfaces != 5 {
@@ -100,6 +102,7 @@ func TestAWSCLIScenario(t *testing.T) {
 	var created struct {
 		NetworkInterface struct {
 			NetworkInterfaceId, SubnetId, Status, MacAddress, PrivateIpAddress string
+			SourceDestCheck                                                    bool
 			TagSet                                                             []struct{ Key, Value string }
 		}
 	}
@@ -108,7 +111,7 @@ func TestAWSCLIScenario(t *testing.T) {
 		"--tag-specifications", "ResourceType=network-interface,Tags=[{Key=multinic/card,Value=3}]")
 	eni := created.NetworkInterface
 	if !strings.HasPrefix(eni.NetworkInterfaceId, "eni-") || eni.SubnetId != card3Subnet || eni.Status != "available" ||
-		len(eni.TagSet) != 1 || eni.TagSet[0].Value != "3" {
+		!eni.SourceDestCheck || len(eni.TagSet) != 1 || eni.TagSet[0].Value != "3" {
 		t.Fatalf("created ENI = %+v", eni)
 	}
 
@@ -136,9 +139,11 @@ func TestAWSCLIScenario(t *testing.T) {
 			NetworkInterfaceId string
 			Status             string
 			Attachment         struct {
-				InstanceId       string
-				NetworkCardIndex int
-				DeviceIndex      int
+				InstanceId          string
+				NetworkCardIndex    int
+				DeviceIndex         int
+				Status              string
+				DeleteOnTermination *bool
 			}
 			PrivateIpAddresses []struct {
 				PrivateIpAddress string
@@ -153,7 +158,8 @@ func TestAWSCLIScenario(t *testing.T) {
 	}
 	got := described.NetworkInterfaces[0]
 	if got.NetworkInterfaceId != eni.NetworkInterfaceId || got.Status != "in-use" || got.Attachment.InstanceId != instance ||
-		got.Attachment.NetworkCardIndex != 3 || got.Attachment.DeviceIndex != 1 || len(got.PrivateIpAddresses) != 6 ||
+		got.Attachment.NetworkCardIndex != 3 || got.Attachment.DeviceIndex != 1 || got.Attachment.Status != "attached" ||
+		got.Attachment.DeleteOnTermination == nil || *got.Attachment.DeleteOnTermination || len(got.PrivateIpAddresses) != 6 ||
 		!got.PrivateIpAddresses[0].Primary || got.PrivateIpAddresses[0].PrivateIpAddress != eni.PrivateIpAddress {
 		t.Fatalf("described ENI = %+v", got)
 	}

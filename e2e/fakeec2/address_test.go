@@ -109,9 +109,10 @@ func TestSubnetExhaustionAndReuse(t *testing.T) {
 // TestConcurrentAssignUnassign hammers one subnet from many goroutines and then
 // checks that no address ended up with two owners and the counters agree.
 func TestConcurrentAssignUnassign(t *testing.T) {
-	cfg := Config{Subnets: []SubnetConfig{{ID: "subnet-0main00000000000", CIDR: "10.0.0.0/22"}}}
+	cfg := Config{Subnets: []SubnetConfig{{ID: "subnet-0main00000000000", CIDR: "10.0.0.0/18"}}}
 	f := start(t, cfg)
-	const workers = 40
+	// At peak a worker holds up to 28 addresses: 200 of them need more than a /20.
+	const workers = 200
 	enis := make([]string, workers)
 	for i := range enis {
 		enis[i] = aws.ToString(f.createENI(t, "subnet-0main00000000000").NetworkInterfaceId)

@@ -5,7 +5,6 @@ import (
 	"encoding/xml"
 	"net/http"
 	"slices"
-	"strconv"
 	"time"
 )
 
@@ -324,5 +323,3 @@ func (s *Server) instanceTypeXML(t *InstanceType) xmlInstanceType {
 	}
 	return x
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

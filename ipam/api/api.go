@@ -1,0 +1,191 @@
+// Package api is the wire protocol between the multinic CNI plugin (the client: one short-lived process per
+// CNI call) and the node agent (the server), spoken as HTTP/1.1 with JSON bodies over a root-only unix socket.
+//
+// Endpoints (versioned so that an old plugin and a new agent can coexist during an upgrade):
+//
+//	POST /v1/allocate      AllocateRequest  -> AllocateResponse
+//	POST /v1/release       ReleaseRequest   -> ReleaseResponse
+//	GET  /v1/allocations                    -> ListResponse
+//	GET  /v1/status?card=N                  -> Status
+//
+// Any other answer than 200 carries an Error: {"code": "...", "message": "..."}. The codes are a small stable
+// set (see Code); the client turns them back into *Error values that match the sentinels ErrInvalid,
+// ErrCardTaken, ErrInterfaceTaken, ErrTryAgain, ErrNotManaged, ErrUnavailable and ErrInternal with errors.Is,
+// so the plugin maps them to CNI codes in one place. The server maps backend errors to codes in one
+// function, errorFor.
+//
+// For debugging, as root:
+//
+//	curl --unix-socket /run/multinic/agent.sock http://agent/v1/allocations
+package api
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/multinic/multinic/ipam/allocator"
+)
+
+// DefaultSocketPath is where the agent listens and the plugin connects unless configured otherwise.
+const DefaultSocketPath = "/run/multinic/agent.sock"
+
+// Paths of the v1 endpoints.
+const (
+	pathAllocate    = "/v1/allocate"
+	pathRelease     = "/v1/release"
+	pathAllocations = "/v1/allocations"
+	pathStatus      = "/v1/status"
+)
+
+// MaxRequestBytes bounds a request body; a real request is a few hundred bytes.
+const MaxRequestBytes = 64 << 10
+
+// maxIfNameLen is IFNAMSIZ less the terminating NUL.
+const maxIfNameLen = 15
+
+// AllocateRequest asks the agent for one address on one network card for one (container, interface) of a
+// pod. Sending the same (containerID, ifName) again returns the same allocation.
+type AllocateRequest struct {
+	// Card is the EC2 network card index (NetworkCardIndex). Required, even when 0.
+	Card int `json:"card"`
+	// ContainerID is CNI_CONTAINERID, the pod sandbox. Required.
+	ContainerID string `json:"containerID"`
+	// IfName is CNI_IFNAME, the interface name inside the pod (net1, ...). Required.
+	IfName string `json:"ifName"`
+	// PodNamespace, PodName and PodUID come from CNI_ARGS (K8S_POD_*); they identify the pod for the
+	// one-address-per-pod-per-card rule and for garbage collection.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	PodUID       string `json:"podUID,omitempty"`
+	// Exclusive asks for a whole ENI (moved into the pod) instead of a shared secondary address.
+	Exclusive bool `json:"exclusive,omitempty"`
+	// Netns is CNI_NETNS, an absolute path; the agent's GC frees the allocation once it no longer exists.
+	Netns string `json:"netns,omitempty"`
+}
+
+// AllocateResponse is a granted AllocateRequest: what the plugin needs to build the pod interface.
+type AllocateResponse struct {
+	// Address is the pod's address, e.g. "10.0.16.5".
+	Address netip.Addr `json:"address"`
+	// PrefixLen is the subnet's prefix length, e.g. 20.
+	PrefixLen int `json:"prefixLen"`
+	// Gateway is the subnet's router (the VPC's .1 address).
+	Gateway netip.Addr `json:"gateway"`
+	// SubnetCIDR is the ENI's subnet, e.g. "10.0.16.0/20".
+	SubnetCIDR netip.Prefix `json:"subnetCIDR"`
+	// ENIID is the EC2 network interface that carries Address, e.g. "eni-0123456789abcdef0".
+	ENIID string `json:"eniID"`
+	// LinkName is the ENI's link in the node's netns: the ipvlan parent, or the link to move in exclusive mode.
+	LinkName string `json:"linkName"`
+	// MAC is the ENI's hardware address, e.g. "02:12:34:56:78:9a".
+	MAC string `json:"mac"`
+	// MTU is the ENI link's MTU.
+	MTU int `json:"mtu"`
+	// Exclusive is true when the whole ENI belongs to this pod (Address is its primary address).
+	Exclusive bool `json:"exclusive,omitempty"`
+}
+
+// ReleaseRequest gives back what (containerID, ifName) holds. Releasing twice, or something never allocated,
+// is not an error: Released is then false.
+type ReleaseRequest struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// ReleaseResponse says whether an allocation existed and was released.
+type ReleaseResponse struct {
+	Released bool `json:"released"`
+}
+
+// Allocation is one live allocation in the agent, as listed by GET /v1/allocations.
+type Allocation struct {
+	AllocateRequest
+	Address     netip.Addr `json:"address"`
+	ENIID       string     `json:"eniID"`
+	AllocatedAt time.Time  `json:"allocatedAt"`
+}
+
+// ListResponse is the body of GET /v1/allocations.
+type ListResponse struct {
+	Allocations []Allocation `json:"allocations"`
+}
+
+// Status says whether an ADD on the card could be served now: the agent is up, manages the card, and has a
+// free address or can get one. The plugin answers CNI STATUS with it.
+type Status struct {
+	Card  int  `json:"card"`
+	Ready bool `json:"ready"`
+	// Reason explains Ready=false, e.g. "card 3: subnet subnet-0abc has no free addresses".
+	Reason string `json:"reason,omitempty"`
+}
+
+// Validate checks what the agent needs; errors match ErrInvalid and name the JSON key.
+func (r AllocateRequest) Validate() error {
+	if r.Card < 0 {
+		return invalidf("\"card\" %d invalid: must be 0 or more", r.Card)
+	}
+	if err := checkIDs(r.ContainerID, r.IfName); err != nil {
+		return err
+	}
+	if r.Netns != "" && !filepath.IsAbs(r.Netns) {
+		return invalidf("\"netns\" %q invalid: must be an absolute path", r.Netns)
+	}
+	return nil
+}
+
+// Validate checks the release request; errors match ErrInvalid and name the JSON key.
+func (r ReleaseRequest) Validate() error { return checkIDs(r.ContainerID, r.IfName) }
+
+func checkIDs(containerID, ifName string) error {
+	if containerID == "" {
+		return invalidf("\"containerID\" is required")
+	}
+	return checkIfName(ifName)
+}
+
+// checkIfName applies the kernel's rules for interface names, as CNI does.
+func checkIfName(name string) error {
+	switch {
+	case name == "":
+		return invalidf("\"ifName\" is required")
+	case len(name) > maxIfNameLen:
+		return invalidf("\"ifName\" %q invalid: longer than %d bytes", name, maxIfNameLen)
+	case name == "." || name == "..":
+		return invalidf("\"ifName\" %q invalid", name)
+	case strings.ContainsAny(name, "/: \t\n\r\x00"):
+		return invalidf("\"ifName\" %q invalid: contains '/', ':' or whitespace", name)
+	}
+	return nil
+}
+
+// AllocatorRequest is the allocator's view of the request (everything but Netns, which the agent keeps for
+// GC).
+func (r AllocateRequest) AllocatorRequest() allocator.Request {
+	return allocator.Request{
+		Card:         r.Card,
+		ContainerID:  r.ContainerID,
+		IfName:       r.IfName,
+		PodNamespace: r.PodNamespace,
+		PodName:      r.PodName,
+		PodUID:       r.PodUID,
+		Exclusive:    r.Exclusive,
+	}
+}
+
+// pod names the request's pod for logs.
+func (r AllocateRequest) pod() string {
+	switch {
+	case r.PodName != "":
+		return r.PodNamespace + "/" + r.PodName
+	case r.PodUID != "":
+		return "uid " + r.PodUID
+	}
+	return ""
+}
+
+func invalidf(format string, args ...any) *Error {
+	return &Error{Code: CodeInvalid, Message: fmt.Sprintf(format, args...)}
+}

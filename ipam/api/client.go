@@ -1,0 +1,182 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Default client timeouts. An allocate may wait while the agent refills an empty pool from EC2 (rate limited
+// to 5 calls/s per account), so it gets longer.
+const (
+	DefaultAllocateTimeout = 30 * time.Second
+	DefaultTimeout         = 5 * time.Second
+)
+
+// maxResponseBytes bounds what the client reads; a list of every allocation on a big node is well under it.
+const maxResponseBytes = 16 << 20
+
+// Client talks to the agent. It is safe for concurrent use.
+//
+// Errors the agent sends come back as *Error (errors.Is with ErrInvalid, ErrTryAgain, ...), wrapped with what
+// was being done. When the agent cannot be reached (no socket, nobody listening, connection lost, no answer
+// before the timeout) the error matches ErrUnavailable; the request may or may not have been applied, which is
+// safe to retry or journal since allocate and release are idempotent.
+type Client struct {
+	path    string
+	timeout time.Duration
+	hc      *http.Client
+}
+
+// NewClient returns a client for the agent's socket. A timeout > 0 bounds every call; 0 means
+// DefaultAllocateTimeout for Allocate and DefaultTimeout for the others. A shorter deadline on the caller's
+// context wins.
+func NewClient(socketPath string, timeout time.Duration) *Client {
+	c := &Client{path: socketPath, timeout: timeout}
+	c.hc = &http.Client{Transport: &http.Transport{
+		// Proxy stays nil: HTTP_PROXY in the plugin's environment must not redirect a unix socket call.
+		DialContext:         c.dial,
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     30 * time.Second,
+	}}
+	return c
+}
+
+// Close drops idle connections to the agent.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// Allocate asks for an address (or a whole ENI) on req.Card.
+func (c *Client) Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error) {
+	var resp AllocateResponse
+	err := req.Validate()
+	if err == nil {
+		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), http.MethodPost, pathAllocate, req, &resp)
+	}
+	if err != nil {
+		return AllocateResponse{}, fmt.Errorf("allocate card %d for container %s interface %s: %w",
+			req.Card, req.ContainerID, req.IfName, err)
+	}
+	return resp, nil
+}
+
+// Release gives back what (req.ContainerID, req.IfName) holds. Releasing what is not held is not an error.
+func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error) {
+	var resp ReleaseResponse
+	err := req.Validate()
+	if err == nil {
+		err = c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodPost, pathRelease, req, &resp)
+	}
+	if err != nil {
+		return ReleaseResponse{}, fmt.Errorf("release container %s interface %s: %w", req.ContainerID, req.IfName, err)
+	}
+	return resp, nil
+}
+
+// List returns every live allocation on the node.
+func (c *Client) List(ctx context.Context) ([]Allocation, error) {
+	var resp ListResponse
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathAllocations, nil, &resp); err != nil {
+		return nil, fmt.Errorf("list allocations: %w", err)
+	}
+	return resp.Allocations, nil
+}
+
+// Status says whether an ADD on card could be served now.
+func (c *Client) Status(ctx context.Context, card int) (Status, error) {
+	var st Status
+	err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathStatus+"?card="+strconv.Itoa(card), nil, &st)
+	if err != nil {
+		return Status{}, fmt.Errorf("get status of card %d: %w", card, err)
+	}
+	return st, nil
+}
+
+func (c *Client) timeoutFor(def time.Duration) time.Duration {
+	if c.timeout > 0 {
+		return c.timeout
+	}
+	return def
+}
+
+func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.path)
+	// No socket file, or a file nobody listens on (the agent died): the agent is down.
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+		return nil, fmt.Errorf("%w: connect to %s: %w", ErrUnavailable, c.path, err)
+	}
+	return conn, err
+}
+
+func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	// The host is ignored: the transport always dials the socket.
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return c.transportError(ctx, timeout, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return c.transportError(ctx, timeout, err)
+	}
+	if len(data) > maxResponseBytes {
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("agent answer larger than %d bytes", maxResponseBytes)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e Error
+		if err := json.Unmarshal(data, &e); err != nil || e.Code == "" {
+			return &Error{Code: CodeInternal, Message: fmt.Sprintf("agent answered %s: %.200q", resp.Status, data)}
+		}
+		return &e
+	}
+	// Unknown fields are fine here: a newer agent may add some.
+	if err := json.Unmarshal(data, out); err != nil {
+		return &Error{Code: CodeInternal, Message: fmt.Sprintf("decode agent answer: %v", err)}
+	}
+	return nil
+}
+
+// transportError classifies a failure to get an answer at all.
+func (c *Client) transportError(ctx context.Context, timeout time.Duration, err error) error {
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		return err
+	case errors.Is(ctx.Err(), context.Canceled):
+		// The caller gave up; that says nothing about the agent.
+		return err
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: no answer from %s in time (client timeout %s): %w", ErrUnavailable, c.path, timeout, err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		// The agent died or restarted in the middle of the call.
+		return fmt.Errorf("%w: connection to %s lost: %w", ErrUnavailable, c.path, err)
+	}
+	return err
+}

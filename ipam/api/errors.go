@@ -1,0 +1,124 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/multinic/multinic/ipam/allocator"
+)
+
+// Code is the stable, machine-readable kind of an error on the wire.
+type Code string
+
+// The codes. Clients must treat an unknown code (from a newer agent) like CodeInternal.
+const (
+	// CodeInvalid: a malformed request: bad JSON, an unknown field, a missing or bad value (CNI code 7).
+	CodeInvalid Code = "invalid"
+	// CodeCardTaken: the pod already holds an address on the card under another (container, interface).
+	CodeCardTaken Code = "card-taken"
+	// CodeInterfaceTaken: the (container, interface) already holds a different allocation.
+	CodeInterfaceTaken Code = "interface-taken"
+	// CodeTryAgain: nothing free right now (empty pool, EC2 refusing or throttling); the message carries
+	// EC2's own error code when there is one (CNI code 11).
+	CodeTryAgain Code = "try-again"
+	// CodeNotManaged: the agent does not manage this card.
+	CodeNotManaged Code = "not-managed"
+	// CodeUnavailable: the agent is up but cannot serve yet (starting, restoring state, shutting down).
+	CodeUnavailable Code = "unavailable"
+	// CodeInternal: anything else.
+	CodeInternal Code = "internal"
+)
+
+// Sentinels, matched with errors.Is against the *Error values the client returns. ErrUnavailable also matches
+// the client's errors when the agent cannot be reached at all.
+var (
+	ErrInvalid        = errors.New("invalid request")
+	ErrCardTaken      = errors.New("card already taken by this pod")
+	ErrInterfaceTaken = errors.New("interface already allocated differently")
+	ErrTryAgain       = errors.New("try again later")
+	ErrNotManaged     = errors.New("card not managed by this agent")
+	ErrUnavailable    = errors.New("agent unavailable")
+	ErrInternal       = errors.New("agent internal error")
+)
+
+// codes ties each code to its sentinel and HTTP status; the order is the order errorFor tries them in.
+var codes = []struct {
+	code     Code
+	sentinel error
+	status   int
+}{
+	{CodeInvalid, ErrInvalid, http.StatusBadRequest},
+	{CodeCardTaken, ErrCardTaken, http.StatusConflict},
+	{CodeInterfaceTaken, ErrInterfaceTaken, http.StatusConflict},
+	{CodeTryAgain, ErrTryAgain, http.StatusServiceUnavailable},
+	{CodeNotManaged, ErrNotManaged, http.StatusNotFound},
+	{CodeUnavailable, ErrUnavailable, http.StatusServiceUnavailable},
+	{CodeInternal, ErrInternal, http.StatusInternalServerError},
+}
+
+// Error is an error as it travels on the wire, and as the client returns it.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+	// status overrides the HTTP status the server sends the error with (413 for an oversized body).
+	status int
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return string(e.Code)
+	}
+	return e.Message
+}
+
+// Is makes errors.Is(err, ErrTryAgain) and friends true for the matching code.
+func (e *Error) Is(target error) bool {
+	for _, c := range codes {
+		if c.code == e.Code {
+			return target == c.sentinel
+		}
+	}
+	return false
+}
+
+// httpStatus is the HTTP status an error with code c is sent with; the body's code is what counts.
+func httpStatus(c Code) int {
+	for _, x := range codes {
+		if x.code == c {
+			return x.status
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+// errorFor maps a backend error to its wire form: the one place where backend errors become codes. The message
+// is the whole error text, so EC2's error code and the allocator's details reach the plugin's CNI error.
+func errorFor(err error) *Error {
+	var apiErr *Error
+	if errors.As(err, &apiErr) {
+		return &Error{Code: apiErr.Code, Message: err.Error()}
+	}
+	code := CodeInternal
+	switch {
+	case errors.Is(err, allocator.ErrInvalid):
+		code = CodeInvalid
+	case errors.Is(err, allocator.ErrCardTaken):
+		code = CodeCardTaken
+	case errors.Is(err, allocator.ErrInterfaceTaken):
+		code = CodeInterfaceTaken
+	case errors.Is(err, allocator.ErrPoolEmpty),
+		// A backend that gave up waiting for a refill.
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		code = CodeTryAgain
+	default:
+		// A backend may also wrap our sentinels: fmt.Errorf("card %d: %w", n, api.ErrNotManaged).
+		for _, c := range codes {
+			if errors.Is(err, c.sentinel) {
+				code = c.code
+				break
+			}
+		}
+	}
+	return &Error{Code: code, Message: err.Error()}
+}

@@ -1,0 +1,195 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeBackend answers with its funcs, or with fixed values when a func is nil, and counts calls.
+type fakeBackend struct {
+	allocate func(context.Context, AllocateRequest) (AllocateResponse, error)
+	release  func(context.Context, ReleaseRequest) (ReleaseResponse, error)
+	list     func(context.Context) ([]Allocation, error)
+	status   func(context.Context, int) (Status, error)
+
+	mu    sync.Mutex
+	calls int
+}
+
+var _ Backend = &fakeBackend{}
+
+var testResponse = AllocateResponse{
+	Address:    netip.MustParseAddr("10.0.16.5"),
+	PrefixLen:  20,
+	Gateway:    netip.MustParseAddr("10.0.16.1"),
+	SubnetCIDR: netip.MustParsePrefix("10.0.16.0/20"),
+	ENIID:      "eni-0123456789abcdef0",
+	LinkName:   "ens33",
+	MAC:        "02:12:34:56:78:9a",
+	MTU:        9001,
+}
+
+func (f *fakeBackend) count() {
+	f.mu.Lock()
+	f.calls++
+	f.mu.Unlock()
+}
+
+func (f *fakeBackend) Calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+func (f *fakeBackend) Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error) {
+	f.count()
+	if f.allocate != nil {
+		return f.allocate(ctx, req)
+	}
+	return testResponse, nil
+}
+
+func (f *fakeBackend) Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error) {
+	f.count()
+	if f.release != nil {
+		return f.release(ctx, req)
+	}
+	return ReleaseResponse{Released: true}, nil
+}
+
+func (f *fakeBackend) List(ctx context.Context) ([]Allocation, error) {
+	f.count()
+	if f.list != nil {
+		return f.list(ctx)
+	}
+	return nil, nil
+}
+
+func (f *fakeBackend) Status(ctx context.Context, card int) (Status, error) {
+	f.count()
+	if f.status != nil {
+		return f.status(ctx, card)
+	}
+	return Status{Ready: true}, nil
+}
+
+// shortDir is a temporary directory short enough for a unix socket path (TempDir's often is not).
+func shortDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "mn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// server is a running Serve on a socket from Listen.
+type server struct {
+	path string
+	stop func() error // cancels Serve's context and waits for it to return
+}
+
+func startServer(t testing.TB, b Backend, logger *slog.Logger, grace time.Duration) *server {
+	t.Helper()
+	path := filepath.Join(shortDir(t), "agent.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, l, b, logger, grace) }()
+	var once sync.Once
+	var serr error
+	s := &server{path: path, stop: func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case serr = <-done:
+			case <-time.After(10 * time.Second):
+				serr = errors.New("serve did not return within 10s of its context being cancelled")
+			}
+		})
+		return serr
+	}}
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func newTestClient(t testing.TB, path string, timeout time.Duration) *Client {
+	c := NewClient(path, timeout)
+	t.Cleanup(c.Close)
+	return c
+}
+
+// rawDo sends a hand-made request to the socket and returns the status and the decoded error body.
+func rawDo(t testing.TB, path, method, target string, body []byte) (int, *Error) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequest(method, "http://agent"+target, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp.StatusCode, nil
+	}
+	var e Error
+	if err := json.Unmarshal(data, &e); err != nil {
+		t.Fatalf("%s %s answered %d with a body that is not an error: %q", method, target, resp.StatusCode, data)
+	}
+	return resp.StatusCode, &e
+}
+
+// lockedBuffer is an io.Writer for a logger shared by the server's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) lines() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
+}

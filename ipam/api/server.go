@@ -1,0 +1,317 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Backend is what the agent plugs into the server. Errors may wrap the allocator's sentinels, this package's
+// sentinels, or be an *Error; errorFor turns them into codes. ctx is cancelled when the client goes away.
+type Backend interface {
+	Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error)
+	Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error)
+	List(ctx context.Context) ([]Allocation, error)
+	Status(ctx context.Context, card int) (Status, error)
+}
+
+// ShutdownGrace is how long Serve lets requests in flight finish once its context is done; after it their
+// contexts are cancelled and their connections closed.
+const ShutdownGrace = 10 * time.Second
+
+// Serve answers requests on l with b until ctx is done, then shuts down gracefully and returns nil. It closes
+// l (which, for a listener from Listen, removes the socket file). A nil logger discards the logs.
+func Serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger) error {
+	return serve(ctx, l, b, logger, ShutdownGrace)
+}
+
+func serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger, grace time.Duration) error {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	// Requests outlive ctx by the grace period, so they get a context of their own.
+	reqCtx, cancelReqs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelReqs()
+	srv := &http.Server{
+		Handler: &handler{b: b, log: logger},
+		// No ReadTimeout or WriteTimeout: an allocate may legitimately wait for a refill, and the socket is
+		// root-only, so slow clients are not an attack.
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve on %s: %w", l.Addr(), err)
+	case <-ctx.Done():
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		logger.Warn("requests still running after the shutdown grace period, cancelling them", "grace", grace)
+		cancelReqs()
+		srv.Close()
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve on %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
+type handler struct {
+	b   Backend
+	log *slog.Logger
+}
+
+// reqLog collects what the one log line per request says.
+type reqLog struct {
+	attrs []slog.Attr
+}
+
+func (rl *reqLog) add(attrs ...slog.Attr) { rl.attrs = append(rl.attrs, attrs...) }
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rl := &reqLog{}
+	var (
+		status  = http.StatusOK
+		body    any
+		errBody *Error
+	)
+	func() {
+		// A panicking backend must still answer, or the client would take the agent for dead.
+		defer func() {
+			if p := recover(); p != nil {
+				errBody = &Error{Code: CodeInternal, Message: fmt.Sprintf("agent panicked serving %s: %v", r.URL.Path, p)}
+			}
+		}()
+		body, errBody = h.route(w, r, rl)
+	}()
+	if errBody != nil {
+		status = errBody.status
+		if status == 0 {
+			status = httpStatus(errBody.Code)
+		}
+		body = errBody
+	}
+	writeJSON(w, status, body)
+
+	level, result := slog.LevelInfo, "ok"
+	if errBody != nil {
+		result = string(errBody.Code)
+		rl.add(slog.String("error", errBody.Message))
+		if errBody.Code == CodeInternal {
+			level = slog.LevelError
+		} else {
+			level = slog.LevelWarn
+		}
+	} else if r.Method == http.MethodGet {
+		// STATUS and list are polled; keep them out of the normal log.
+		level = slog.LevelDebug
+	}
+	rl.add(slog.String("result", result), slog.Duration("duration", time.Since(start)))
+	h.log.LogAttrs(r.Context(), level, r.Method+" "+r.URL.Path, rl.attrs...)
+}
+
+// methods is each endpoint's one method.
+var methods = map[string]string{
+	pathAllocate:    http.MethodPost,
+	pathRelease:     http.MethodPost,
+	pathAllocations: http.MethodGet,
+	pathStatus:      http.MethodGet,
+}
+
+// route dispatches to the endpoint and returns its body or its error.
+func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any, *Error) {
+	method, ok := methods[r.URL.Path]
+	switch {
+	case !ok:
+		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
+	case r.Method != method:
+		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("%s %s: method not allowed, use %s", r.Method, r.URL.Path, method)}
+	}
+	body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
+	ctx := r.Context()
+	switch r.URL.Path {
+	case pathAllocate:
+		req, err := decodeAllocateRequest(body)
+		if err != nil {
+			return nil, asError(err)
+		}
+		rl.add(slog.Int("card", req.Card), slog.String("container", req.ContainerID),
+			slog.String("ifname", req.IfName), slog.String("pod", req.pod()), slog.Bool("exclusive", req.Exclusive))
+		resp, err := h.b.Allocate(ctx, req)
+		if err != nil {
+			return nil, errorFor(err)
+		}
+		if !resp.Address.IsValid() {
+			return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("allocate card %d for container %s: backend returned no address", req.Card, req.ContainerID)}
+		}
+		rl.add(slog.String("address", resp.Address.String()), slog.String("eni", resp.ENIID))
+		return resp, nil
+	case pathRelease:
+		var req ReleaseRequest
+		if err := decodeJSON(body, &req); err != nil {
+			return nil, asError(err)
+		}
+		rl.add(slog.String("container", req.ContainerID), slog.String("ifname", req.IfName))
+		if err := req.Validate(); err != nil {
+			return nil, asError(err)
+		}
+		resp, err := h.b.Release(ctx, req)
+		if err != nil {
+			return nil, errorFor(err)
+		}
+		rl.add(slog.Bool("released", resp.Released))
+		return resp, nil
+	case pathAllocations:
+		if err := checkQuery(r.URL.Query()); err != nil {
+			return nil, err
+		}
+		list, err := h.b.List(ctx)
+		if err != nil {
+			return nil, errorFor(err)
+		}
+		if list == nil {
+			list = []Allocation{} // "[]", not null
+		}
+		rl.add(slog.Int("count", len(list)))
+		return ListResponse{Allocations: list}, nil
+	default: // pathStatus
+		card, perr := parseCard(r.URL.Query())
+		if perr != nil {
+			return nil, perr
+		}
+		rl.add(slog.Int("card", card))
+		st, err := h.b.Status(ctx, card)
+		if err != nil {
+			return nil, errorFor(err)
+		}
+		st.Card = card
+		rl.add(slog.Bool("ready", st.Ready))
+		return st, nil
+	}
+}
+
+func asError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return errorFor(err)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	// The client sees a truncated body as an error; nothing more to do here.
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decodeAllocateRequest reads and validates an allocate request. It never panics; any error matches
+// ErrInvalid.
+func decodeAllocateRequest(r io.Reader) (AllocateRequest, error) {
+	// The outer Card shadows the embedded one, so a missing "card" is told apart from card 0.
+	var w struct {
+		AllocateRequest
+		Card *int `json:"card"`
+	}
+	if err := decodeJSON(r, &w); err != nil {
+		return AllocateRequest{}, err
+	}
+	if w.Card == nil {
+		return AllocateRequest{}, invalidf("\"card\" is required")
+	}
+	req := w.AllocateRequest
+	req.Card = *w.Card
+	if err := req.Validate(); err != nil {
+		return AllocateRequest{}, err
+	}
+	return req, nil
+}
+
+// decodeJSON decodes exactly one JSON object into v, refusing unknown fields and trailing data. Errors are
+// *Error with CodeInvalid and say which field or byte is wrong.
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	// Reading to EOF also lets net/http notice a client that goes away while the backend works.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return jsonError(err)
+		}
+		return invalidf("decode request: trailing data after the JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) *Error {
+	var (
+		syn *json.SyntaxError
+		typ *json.UnmarshalTypeError
+		mbe *http.MaxBytesError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		e := invalidf("decode request: body larger than %d bytes", mbe.Limit)
+		e.status = http.StatusRequestEntityTooLarge
+		return e
+	case errors.Is(err, io.EOF):
+		return invalidf("decode request: empty body")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalidf("decode request: truncated JSON")
+	case errors.As(err, &syn):
+		return invalidf("decode request: malformed JSON at byte %d: %s", syn.Offset, strings.TrimPrefix(syn.Error(), "json: "))
+	case errors.As(err, &typ):
+		if typ.Field != "" {
+			return invalidf("decode request: %q: cannot use JSON %s as %s", typ.Field, typ.Value, typ.Type)
+		}
+		return invalidf("decode request: cannot use JSON %s as %s", typ.Value, typ.Type)
+	}
+	// DisallowUnknownFields' error is `json: unknown field "x"`, with no type to match.
+	return invalidf("decode request: %s", strings.TrimPrefix(err.Error(), "json: "))
+}
+
+// parseCard reads the one query parameter of GET /v1/status.
+func parseCard(q url.Values) (int, *Error) {
+	vals, ok := q["card"]
+	delete(q, "card")
+	if err := checkQuery(q); err != nil {
+		return 0, err
+	}
+	switch {
+	case !ok:
+		return 0, invalidf("query parameter \"card\" is required")
+	case len(vals) != 1:
+		return 0, invalidf("query parameter \"card\" given %d times", len(vals))
+	}
+	card, err := strconv.Atoi(vals[0])
+	if err != nil || card < 0 {
+		return 0, invalidf("query parameter \"card\" %q invalid: must be a number, 0 or more", vals[0])
+	}
+	return card, nil
+}
+
+// checkQuery refuses query parameters the endpoint does not know, as unknown JSON fields are refused.
+func checkQuery(q url.Values) *Error {
+	for k := range q {
+		return invalidf("unknown query parameter %q", k)
+	}
+	return nil
+}
