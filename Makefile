@@ -4,12 +4,15 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin
-BINARIES  := fake-ec2
+BINARIES  := fake-ec2 multinic multinic-agent
 # Packages whose tests need kernel features this host lacks (ipvlan, dummy, vlan): run in the test VM.
 VM_PKGS   ?= ./plugin/
 GOTEST    ?= $(GO) test -count=1
+# Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
+FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest
+FUZZTIME  ?= 5m
 
-.PHONY: help build test test-unit test-vm e2e bench demo lint fuzz clean
+.PHONY: help build test test-unit test-vm test-fuzz e2e bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,7 +21,7 @@ build: ## build every binary into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
-test: lint build test-unit test-vm ## the whole suite CI runs: lint, unit and root tests on the host, kernel tests in the VM
+test: lint build test-unit test-vm test-fuzz ## the whole suite CI runs: lint, unit + root tests, kernel tests in the VM, short fuzzing
 	@echo "make test: all suites passed"
 
 test-unit: ## unit tests, plus root tests in throwaway netns when run as root
@@ -26,6 +29,9 @@ test-unit: ## unit tests, plus root tests in throwaway netns when run as root
 
 test-vm: ## tests that need ipvlan/dummy/vlan, inside a QEMU VM with Debian's kernel
 	bash e2e/vm/vmtest.sh $(VM_PKGS)
+
+test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus also runs in test-unit)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 e2e: ## real kube-apiserver + Multus end to end (issue 5)
 	@echo "make e2e: not built yet: the Multus/kube-apiserver e2e lands with issue 5"
@@ -41,8 +47,11 @@ lint: ## gofmt and go vet
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-fuzz: ## fuzz targets (issue 6)
-	@echo "make fuzz: not built yet: fuzz targets land with issues 4 and 6"
+fuzz: ## run every fuzz target for FUZZTIME (default 5m); crashers land in testdata/fuzz as regression inputs
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) "$$pkg" || exit 1; \
+	done
 
 clean: ## remove build outputs (the VM kernel cache lives outside the checkout)
 	rm -rf $(BIN) .vmtest

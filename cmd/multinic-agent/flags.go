@@ -1,0 +1,247 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/multinic/multinic/ipam/agent"
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni"
+)
+
+// Defaults of the flags that are the agent's own (the ENI manager's come from package eni).
+const (
+	DefaultStateDir    = "/var/lib/multinic"
+	DefaultMetricsAddr = "127.0.0.1:61679"
+	DefaultLockTimeout = 10 * time.Second
+	// maxCards bounds the cards --security-groups applies to when given for every card.
+	maxCards = 64
+)
+
+// options is the parsed command line; see parseFlags for what each means.
+type options struct {
+	socket       string
+	stateDir     string
+	cluster      string
+	nodeName     string
+	kubeconfig   string
+	managedCards []int
+	allCards     bool
+	cards        map[int]eni.CardConfig
+	warmTarget   int
+	minFree      int
+	maxBatch     int
+	prefixMode   bool
+	cooldown     time.Duration
+	surplusDelay time.Duration
+	waitTimeout  time.Duration
+	gcGrace      time.Duration
+	gcInterval   time.Duration
+	refill       time.Duration
+	reconcile    time.Duration
+	mtu          int
+	metricsAddr  string
+	ec2Endpoint  string
+	imdsEndpoint string
+	ec2Rate      float64
+	ec2Burst     int
+	lockTimeout  time.Duration
+	linkNetns    string
+	logLevel     slog.Level
+}
+
+// defaultNodeName is $NODE_NAME (set from the downward API in the DaemonSet), else the hostname.
+func defaultNodeName() string {
+	if n := os.Getenv("NODE_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+// parseFlags reads the command line. It is pure but for the NODE_NAME and hostname default.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("multinic-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: multinic-agent [flags]\n\n"+
+			"The multinic node agent: keeps per-network-card pools of ENI-backed addresses and serves them to the\n"+
+			"multinic CNI plugin over a root-only unix socket. AWS credentials and region come from the SDK's\n"+
+			"default chain (environment, shared config, IMDS role); the region from IMDS placement if unset.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "unix socket the plugin connects to (created mode 0600, directory 0700)")
+	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "directory of the crash-safe checkpoint; locked so that one agent at a time uses it")
+	fs.StringVar(&o.cluster, "cluster", "", "cluster name, written to the tag "+eni.TagCluster+" of every ENI the agent creates (required)")
+	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(), "Kubernetes node name: the GC's pod list selector and the tag "+eni.TagNodeName+"; taken from $NODE_NAME, else the hostname")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for the API server; GC then frees allocations of pods no longer on this node. Empty: GC frees allocations whose netns path is gone")
+	managed := fs.String("managed-cards", "", `network cards to serve: "" = every card but the default card (0), "all", or a list like "1,2,5-7"`)
+	subnets := fs.String("subnet-per-card", "", `subnet of each card's ENIs, e.g. "1=subnet-0a,2=subnet-0b"; cards not listed use the primary ENI's subnet`)
+	groups := fs.String("security-groups", "", `security groups of the ENIs the agent creates: "sg-1,sg-2" for every card and/or "3=sg-9" for one card (repeat the card for several groups); default the primary ENI's`)
+	fs.IntVar(&o.warmTarget, "warm-target", eni.DefaultWarmTarget, "free addresses (warm plus cooling) each card keeps assigned")
+	fs.IntVar(&o.minFree, "min-free", eni.DefaultMinFree, "addresses each card keeps ready to allocate right now")
+	fs.IntVar(&o.maxBatch, "max-batch", eni.DefaultMaxBatch, "most addresses one AssignPrivateIpAddresses asks for")
+	fs.BoolVar(&o.prefixMode, "prefix-mode", false, "assign /28 prefixes (16 addresses per EC2 call) instead of single addresses")
+	fs.DurationVar(&o.cooldown, "cooldown", allocator.DefaultCooldown, "how long a released address rests before it is given out again")
+	fs.DurationVar(&o.surplusDelay, "surplus-delay", eni.DefaultSurplusDelay, "how long warm addresses beyond --warm-target (and free exclusive ENIs) wait before they go back to EC2; 0: at once")
+	fs.DurationVar(&o.waitTimeout, "wait-timeout", agent.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
+	fs.DurationVar(&o.gcGrace, "gc-grace", agent.DefaultGCGrace, "how long a pod must have been seen gone before GC frees its allocations")
+	fs.DurationVar(&o.gcInterval, "gc-interval", agent.DefaultGCInterval, "time between GC passes")
+	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
+	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")
+	fs.IntVar(&o.mtu, "mtu", eni.DefaultMTU, "MTU set on every ENI link")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", DefaultMetricsAddr, "address of the HTTP server for /metrics, /healthz and /readyz; empty: none")
+	fs.StringVar(&o.ec2Endpoint, "ec2-endpoint", "", "EC2 API endpoint URL; default $AWS_ENDPOINT_URL_EC2, else the SDK's regional endpoint")
+	fs.StringVar(&o.imdsEndpoint, "imds-endpoint", "", "IMDS endpoint URL; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, else the SDK's (http://169.254.169.254)")
+	fs.Float64Var(&o.ec2Rate, "ec2-rate", eni.DefaultEC2Rate, "EC2 calls per second through the agent's one rate limiter (EC2 refills 5/s for mutating calls)")
+	fs.IntVar(&o.ec2Burst, "ec2-burst", eni.DefaultEC2Burst, "burst of the EC2 rate limiter")
+	fs.DurationVar(&o.lockTimeout, "lock-timeout", DefaultLockTimeout, "how long to wait for another agent to let go of --state-dir")
+	fs.StringVar(&o.linkNetns, "link-netns", "", "path of the netns holding the ENI links (e.g. /var/run/netns/node1); default the agent's own")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if o.managedCards, o.allCards, err = eni.ParseCards(*managed); err != nil {
+		return o, fmt.Errorf("--managed-cards: %w", err)
+	}
+	if o.cards, err = parseCardConfig(*subnets, *groups); err != nil {
+		return o, err
+	}
+	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return o, fmt.Errorf("--log-level %q invalid: want debug, info, warn or error", *level)
+	}
+	return o, o.validate()
+}
+
+func (o options) validate() error {
+	switch {
+	case o.cluster == "":
+		return errors.New("--cluster is required: it tags the ENIs the agent creates")
+	case o.nodeName == "":
+		return errors.New("--node-name is empty and neither $NODE_NAME nor the hostname gives one")
+	case o.stateDir == "":
+		return errors.New("--state-dir is required")
+	case o.socket == "":
+		return errors.New("--socket is required")
+	case o.warmTarget < 0:
+		return fmt.Errorf("--warm-target %d invalid: must be 0 or more", o.warmTarget)
+	case o.minFree < 0:
+		return fmt.Errorf("--min-free %d invalid: must be 0 or more", o.minFree)
+	case o.maxBatch < 1:
+		return fmt.Errorf("--max-batch %d invalid: must be 1 or more", o.maxBatch)
+	case o.cooldown < 0:
+		return fmt.Errorf("--cooldown %s invalid: must be 0 or more", o.cooldown)
+	case o.waitTimeout <= 0:
+		return fmt.Errorf("--wait-timeout %s invalid: must be more than 0", o.waitTimeout)
+	case o.gcGrace <= 0:
+		return fmt.Errorf("--gc-grace %s invalid: must be more than 0", o.gcGrace)
+	case o.gcInterval <= 0:
+		return fmt.Errorf("--gc-interval %s invalid: must be more than 0", o.gcInterval)
+	case o.refill <= 0:
+		return fmt.Errorf("--refill-interval %s invalid: must be more than 0", o.refill)
+	case o.mtu < 68 || o.mtu > 9001:
+		return fmt.Errorf("--mtu %d invalid: must be 68-9001", o.mtu)
+	case o.ec2Rate <= 0:
+		return fmt.Errorf("--ec2-rate %g invalid: must be more than 0", o.ec2Rate)
+	case o.ec2Burst < 1:
+		return fmt.Errorf("--ec2-burst %d invalid: must be 1 or more", o.ec2Burst)
+	}
+	return nil
+}
+
+// parseCardConfig reads --subnet-per-card ("1=subnet-a,2=subnet-b") and --security-groups ("sg-1,sg-2",
+// "3=sg-9,3=sg-8" or both; per-card groups replace the all-card ones for that card).
+func parseCardConfig(subnets, groups string) (map[int]eni.CardConfig, error) {
+	cards := map[int]eni.CardConfig{}
+	for _, item := range splitList(subnets) {
+		k, v, ok := strings.Cut(item, "=")
+		card, err := strconv.Atoi(strings.TrimSpace(k))
+		v = strings.TrimSpace(v)
+		if !ok || err != nil || card < 0 || !strings.HasPrefix(v, "subnet-") {
+			return nil, fmt.Errorf("--subnet-per-card %q invalid: %q must be card=subnet-id, e.g. 1=subnet-0abc", subnets, item)
+		}
+		if _, dup := cards[card]; dup {
+			return nil, fmt.Errorf("--subnet-per-card %q invalid: card %d given twice", subnets, card)
+		}
+		cards[card] = eni.CardConfig{SubnetID: v}
+	}
+	var all []string
+	perCard := map[int][]string{}
+	for _, item := range splitList(groups) {
+		k, v, ok := strings.Cut(item, "=")
+		if !ok {
+			if !strings.HasPrefix(item, "sg-") {
+				return nil, fmt.Errorf("--security-groups %q invalid: %q must be sg-id or card=sg-id", groups, item)
+			}
+			all = append(all, item)
+			continue
+		}
+		card, err := strconv.Atoi(strings.TrimSpace(k))
+		v = strings.TrimSpace(v)
+		if err != nil || card < 0 || !strings.HasPrefix(v, "sg-") {
+			return nil, fmt.Errorf("--security-groups %q invalid: %q must be sg-id or card=sg-id", groups, item)
+		}
+		perCard[card] = append(perCard[card], v)
+	}
+	// eni.Config has no "every card" groups: spell them out for every card there can be.
+	if len(all) > 0 {
+		for card := range maxCards {
+			cc := cards[card]
+			cc.SecurityGroupIDs = all
+			cards[card] = cc
+		}
+	}
+	for card, sgs := range perCard {
+		cc := cards[card]
+		cc.SecurityGroupIDs = sgs
+		cards[card] = cc
+	}
+	if len(cards) == 0 {
+		return nil, nil
+	}
+	return cards, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// eniConfig is the ENI manager's configuration from the flags.
+func (o options) eniConfig(logger *slog.Logger) eni.Config {
+	return eni.Config{
+		Cluster: o.cluster, NodeName: o.nodeName,
+		ManagedCards: o.managedCards, AllCards: o.allCards, Cards: o.cards,
+		WarmTarget: &o.warmTarget, MinFree: &o.minFree, MaxBatch: o.maxBatch, PrefixMode: o.prefixMode,
+		SurplusDelay: surplusDelay(o.surplusDelay), MTU: o.mtu,
+		RefillInterval: o.refill, ReconcileInterval: o.reconcile,
+		EC2Rate: o.ec2Rate, EC2Burst: o.ec2Burst,
+		Logger: logger.With("component", "eni"),
+	}
+}
+
+// surplusDelay maps the flag's 0 ("at once") to eni's negative (its 0 is "the default").
+func surplusDelay(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
+}

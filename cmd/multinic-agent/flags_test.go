@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-env")
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(t *testing.T, o options)
+	}{
+		{name: "defaults", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
+			if o.socket != "/run/multinic/agent.sock" || o.stateDir != DefaultStateDir || o.nodeName != "node-env" ||
+				o.managedCards != nil || o.allCards || o.cooldown != 30*time.Second || o.gcGrace != time.Minute ||
+				o.metricsAddr != DefaultMetricsAddr || o.waitTimeout != 10*time.Second {
+				t.Errorf("defaults: %+v", o)
+			}
+		}},
+		{name: "cards list", args: []string{"--cluster", "c", "--managed-cards", "1,2,5-7"}, check: func(t *testing.T, o options) {
+			if !slices.Equal(o.managedCards, []int{1, 2, 5, 6, 7}) {
+				t.Errorf("cards %v", o.managedCards)
+			}
+		}},
+		{name: "all cards", args: []string{"--cluster", "c", "--managed-cards", "all"}, check: func(t *testing.T, o options) {
+			if !o.allCards {
+				t.Error("all not set")
+			}
+		}},
+		{name: "subnets and groups", args: []string{"--cluster", "c", "--subnet-per-card", "1=subnet-a, 2=subnet-b",
+			"--security-groups", "sg-all,3=sg-x,3=sg-y"}, check: func(t *testing.T, o options) {
+			if o.cards[1].SubnetID != "subnet-a" || o.cards[2].SubnetID != "subnet-b" ||
+				!slices.Equal(o.cards[1].SecurityGroupIDs, []string{"sg-all"}) ||
+				!slices.Equal(o.cards[3].SecurityGroupIDs, []string{"sg-x", "sg-y"}) || o.cards[3].SubnetID != "" {
+				t.Errorf("cards %+v", o.cards)
+			}
+		}},
+		{name: "surplus 0 means at once", args: []string{"--cluster", "c", "--surplus-delay", "0"}, check: func(t *testing.T, o options) {
+			if d := surplusDelay(o.surplusDelay); d >= 0 {
+				t.Errorf("surplus delay %s given to eni, want negative (at once)", d)
+			}
+		}},
+		{name: "no cluster", args: nil, wantErr: "--cluster is required"},
+		{name: "bad cards", args: []string{"--cluster", "c", "--managed-cards", "1,x"}, wantErr: "--managed-cards"},
+		{name: "bad subnet", args: []string{"--cluster", "c", "--subnet-per-card", "1=sn-1"}, wantErr: "--subnet-per-card"},
+		{name: "subnet twice", args: []string{"--cluster", "c", "--subnet-per-card", "1=subnet-a,1=subnet-b"}, wantErr: "card 1 given twice"},
+		{name: "bad group", args: []string{"--cluster", "c", "--security-groups", "group1"}, wantErr: "--security-groups"},
+		{name: "bad mtu", args: []string{"--cluster", "c", "--mtu", "10000"}, wantErr: "--mtu 10000 invalid"},
+		{name: "bad batch", args: []string{"--cluster", "c", "--max-batch", "0"}, wantErr: "--max-batch 0 invalid"},
+		{name: "bad grace", args: []string{"--cluster", "c", "--gc-grace", "0s"}, wantErr: "--gc-grace"},
+		{name: "bad level", args: []string{"--cluster", "c", "--log-level", "loud"}, wantErr: "--log-level"},
+		{name: "stray argument", args: []string{"--cluster", "c", "extra"}, wantErr: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+		})
+	}
+}
+
+func TestHelpDocumentsEveryFlag(t *testing.T) {
+	var out strings.Builder
+	_, err := parseFlags([]string{"--help"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, f := range []string{"socket", "state-dir", "cluster", "node-name", "kubeconfig", "managed-cards", "subnet-per-card",
+		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
+		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate"} {
+		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
+			t.Errorf("--help does not document --%s", f)
+		}
+	}
+}

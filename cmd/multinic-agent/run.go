@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/multinic/multinic/ipam/agent"
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// run is the whole agent: lock and restore the state, start the ENI manager (discovery and reconcile with
+// EC2), then serve the socket, GC and metrics until ctx ends, and stop in the reverse order.
+func run(ctx context.Context, args []string) (retErr error) {
+	o, err := parseFlags(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	slog.SetDefault(logger)
+
+	st, err := store.NewFileStore(o.stateDir)
+	if err != nil {
+		return err
+	}
+	if err := st.Lock(o.lockTimeout); err != nil {
+		return fmt.Errorf("lock state dir %s (is another agent running?): %w", o.stateDir, err)
+	}
+	defer func() {
+		if err := st.Unlock(); err != nil {
+			retErr = errors.Join(retErr, err)
+		}
+	}()
+	alloc, err := allocator.New(st, allocator.WithCooldown(o.cooldown))
+	if err != nil {
+		// A corrupt checkpoint stops the agent: starting empty would hand out addresses pods still use.
+		return err
+	}
+	logger.Info("state restored", "dir", o.stateDir, "allocations", len(alloc.List()), "addresses", len(alloc.Known()))
+
+	ec2c, imdsc, err := awsClients(ctx, o)
+	if err != nil {
+		return err
+	}
+	links, err := eni.NewNetlinkLinks(o.linkNetns)
+	if err != nil {
+		return err
+	}
+	defer links.Close()
+	mgr, err := eni.New(o.eniConfig(logger), eni.Deps{EC2: ec2c, IMDS: imdsc, Allocator: alloc, Links: links})
+	if err != nil {
+		return err
+	}
+
+	var kube kubernetes.Interface
+	if o.kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+		if err != nil {
+			return fmt.Errorf("load kubeconfig %s: %w", o.kubeconfig, err)
+		}
+		rc.UserAgent = "multinic-agent"
+		if kube, err = kubernetes.NewForConfig(rc); err != nil {
+			return fmt.Errorf("kubernetes client from %s: %w", o.kubeconfig, err)
+		}
+	}
+	ag, err := agent.New(agent.Config{
+		Allocator: alloc, Pools: mgr, StateDir: o.stateDir, WaitTimeout: o.waitTimeout,
+		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval,
+		Cards:    mgr.ManagedCards,
+		EC2Stats: func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
+		Logger:   logger.With("component", "agent"),
+	})
+	if err != nil {
+		return err
+	}
+
+	// Metrics and health first, so a probe sees the agent alive while discovery runs.
+	var metricsSrv *http.Server
+	if o.metricsAddr != "" {
+		l, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
+		}
+		metricsSrv = &http.Server{Handler: ag.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := metricsSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("metrics server", "error", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			metricsSrv.Shutdown(sctx)
+		}()
+		logger.Info("serving metrics", "addr", l.Addr().String())
+	}
+
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("start eni manager: %w", err)
+	}
+	defer mgr.Stop()
+	logger.Info("eni manager started", "instance", mgr.InstanceID(), "cards", mgr.ManagedCards())
+
+	l, err := api.Listen(o.socket)
+	if err != nil {
+		return err
+	}
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		ag.Run(ctx)
+	}()
+	defer func() { <-gcDone }()
+	logger.Info("serving allocations", "socket", o.socket, "node", o.nodeName)
+	err = api.Serve(ctx, l, ag, logger.With("component", "api"))
+	logger.Info("shutting down")
+	return err
+}
+
+// awsClients builds the EC2 and IMDS clients from the SDK's default chain, the endpoints overridden by the
+// flags, and the region from IMDS placement when nothing else sets it.
+func awsClients(ctx context.Context, o options) (*ec2.Client, *imds.Client, error) {
+	loadOpts := []func(*awsconfig.LoadOptions) error{}
+	if o.imdsEndpoint != "" {
+		loadOpts = append(loadOpts, awsconfig.WithEC2IMDSEndpoint(o.imdsEndpoint))
+	}
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load aws config: %w", err)
+	}
+	imdsc := imds.NewFromConfig(cfg, func(io *imds.Options) {
+		if o.imdsEndpoint != "" {
+			io.Endpoint = o.imdsEndpoint
+		}
+	})
+	if cfg.Region == "" {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		out, err := imdsc.GetRegion(rctx, &imds.GetRegionInput{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("region from imds placement (set AWS_REGION to skip): %w", err)
+		}
+		cfg.Region = out.Region
+	}
+	ec2c := ec2.NewFromConfig(cfg, func(eo *ec2.Options) {
+		if o.ec2Endpoint != "" {
+			eo.BaseEndpoint = aws.String(o.ec2Endpoint)
+		}
+	})
+	return ec2c, imdsc, nil
+}
+
+func ec2Stats(s eni.CallStats) agent.EC2Stats {
+	return agent.EC2Stats{Calls: s.Calls, Throttles: s.Throttles, Retries: s.Retries}
+}

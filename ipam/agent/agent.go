@@ -1,0 +1,333 @@
+// Package agent is the node agent's backend for the plugin's socket (api.Backend): it allocates from the
+// allocator's per-card pools, asks the ENI manager (Pools) to refill them, waits a bounded time when a pool
+// is empty, garbage-collects the allocations of pods that are gone, and exposes Prometheus metrics and health
+// endpoints.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// Defaults for the zero values of Config.
+const (
+	// DefaultWaitTimeout bounds how long an allocate waits for a refill of an empty pool.
+	DefaultWaitTimeout = 10 * time.Second
+	// DefaultGCGrace is how long an allocation's pod must have been seen gone before GC releases it.
+	DefaultGCGrace = 60 * time.Second
+	// DefaultGCInterval is how often GC looks for allocations whose pod is gone.
+	DefaultGCInterval = 15 * time.Second
+	// NetnsFile holds the netns path of every allocation, next to the allocator's checkpoint.
+	NetnsFile = "netns.json"
+)
+
+var _ api.Backend = (*Agent)(nil)
+
+// EC2Stats is a snapshot of the ENI manager's EC2 call counters, for metrics.
+type EC2Stats struct {
+	// Calls counts attempts by action and result ("ok" or EC2's error code).
+	Calls     map[string]map[string]int
+	Throttles int
+	Retries   int
+}
+
+// Config configures an Agent. Allocator, Pools and StateDir are required; zero values of the others take
+// the documented defaults.
+type Config struct {
+	Allocator *allocator.Allocator
+	Pools     Pools
+	// StateDir holds NetnsFile. The caller holds the directory's lock (store.FileStore.Lock).
+	StateDir string
+
+	// WaitTimeout bounds the wait for a refill of an empty pool (0: DefaultWaitTimeout). The request's
+	// context bounds it too.
+	WaitTimeout time.Duration
+
+	// NodeName is this node's Kubernetes name, for the pod list of GC.
+	NodeName string
+	// Kube, when set, is how GC learns which pods live on the node; nil: GC goes by netns existence.
+	Kube kubernetes.Interface
+	// GCGrace: an allocation is released once its pod has been seen gone for this long, on two passes
+	// at least (0: DefaultGCGrace).
+	GCGrace time.Duration
+	// GCInterval is the time between GC passes in Run (0: DefaultGCInterval).
+	GCInterval time.Duration
+
+	// Cards lists the cards whose pool gauges are exported even while empty (the managed ones, once
+	// known). Cards with any known address are exported anyway.
+	Cards func() []int
+	// EC2Stats, when set, exports the manager's EC2 call counters.
+	EC2Stats func() EC2Stats
+
+	Logger *slog.Logger
+	// Now replaces time.Now for GC decisions, for tests.
+	Now func() time.Time
+}
+
+// Agent serves allocations; it is safe for concurrent use.
+type Agent struct {
+	cfg     Config
+	alloc   *allocator.Allocator
+	pools   Pools
+	log     *slog.Logger
+	netns   *netnsRecords
+	metrics *metrics
+	gc      *gcState
+}
+
+// New returns an agent over a restored allocator. It loads the netns records from cfg.StateDir.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.Allocator == nil:
+		return nil, errors.New("new agent: allocator required")
+	case cfg.Pools == nil:
+		return nil, errors.New("new agent: pools required")
+	case cfg.StateDir == "":
+		return nil, errors.New("new agent: state dir required")
+	case cfg.WaitTimeout < 0:
+		return nil, fmt.Errorf("new agent: wait timeout %s invalid: must be 0 or more", cfg.WaitTimeout)
+	case cfg.GCGrace < 0:
+		return nil, fmt.Errorf("new agent: gc grace %s invalid: must be 0 or more", cfg.GCGrace)
+	case cfg.GCInterval < 0:
+		return nil, fmt.Errorf("new agent: gc interval %s invalid: must be 0 or more", cfg.GCInterval)
+	}
+	if cfg.WaitTimeout == 0 {
+		cfg.WaitTimeout = DefaultWaitTimeout
+	}
+	if cfg.GCGrace == 0 {
+		cfg.GCGrace = DefaultGCGrace
+	}
+	if cfg.GCInterval == 0 {
+		cfg.GCInterval = DefaultGCInterval
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	recs, err := loadNetnsRecords(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("new agent: %w", err)
+	}
+	a := &Agent{
+		cfg:   cfg,
+		alloc: cfg.Allocator,
+		pools: cfg.Pools,
+		log:   cfg.Logger,
+		netns: recs,
+		gc:    &gcState{seen: map[gcKey]gcSeen{}},
+	}
+	a.metrics = newMetrics(a)
+	return a, nil
+}
+
+func reqLogAttrs(req api.AllocateRequest) []any {
+	return []any{"card", req.Card, "container", req.ContainerID, "ifname", req.IfName,
+		"pod", podOf(req.PodNamespace, req.PodName, req.PodUID)}
+}
+
+func podOf(ns, name, uid string) string {
+	switch {
+	case name != "":
+		return ns + "/" + name
+	case uid != "":
+		return "uid " + uid
+	}
+	return ""
+}
+
+// Allocate grants req an address on its card, waiting up to WaitTimeout for a refill when the pool is
+// empty. Errors wrap api.ErrNotManaged, api.ErrTryAgain (with EC2's last error on the card) or the
+// allocator's sentinels.
+func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api.AllocateResponse, retErr error) {
+	start := time.Now()
+	log := a.log.With(reqLogAttrs(req)...)
+	defer func() {
+		a.metrics.observeAllocate(time.Since(start), retErr)
+	}()
+	if err := req.Validate(); err != nil {
+		return api.AllocateResponse{}, err
+	}
+	pod := podOf(req.PodNamespace, req.PodName, req.PodUID)
+	if !a.pools.Managed(req.Card) {
+		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
+	}
+	_, existed := a.alloc.Lookup(req.ContainerID, req.IfName)
+	// The netns is recorded before the allocation, so that no allocation ever lacks it after a crash.
+	if err := a.netns.put(req.ContainerID, req.IfName, req.Netns, existed); err != nil {
+		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, err)
+	}
+	var al allocator.Allocation
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if al.Address.IsValid() && !existed {
+			// Give back what this call took: the caller is told it failed.
+			if _, _, err := a.alloc.Release(req.ContainerID, req.IfName); err != nil {
+				log.Error("roll back allocation", "address", al.Address, "error", err)
+			}
+		}
+		if _, ok := a.alloc.Lookup(req.ContainerID, req.IfName); !ok {
+			a.netns.drop(req.ContainerID, req.IfName)
+		}
+	}()
+
+	waited, err := a.allocateWait(ctx, req, existed, log)
+	if err != nil {
+		return api.AllocateResponse{}, err
+	}
+	al = waited
+	// Refill in the background so the next pod finds a warm address.
+	a.pools.Kick(req.Card)
+	info, ok := a.pools.ENI(al.ENIID)
+	if !ok {
+		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: address %s is on ENI %s, which the ENI manager does not know",
+			req.Card, pod, al.Address, al.ENIID)
+	}
+	resp = api.AllocateResponse{
+		Address:    al.Address,
+		PrefixLen:  info.SubnetCIDR.Bits(),
+		Gateway:    info.Gateway,
+		SubnetCIDR: info.SubnetCIDR,
+		ENIID:      al.ENIID,
+		LinkName:   info.LinkName,
+		MAC:        info.MAC,
+		MTU:        info.MTU,
+		Exclusive:  al.Exclusive,
+	}
+	log.Info("allocated", "address", al.Address, "eni", al.ENIID, "link", info.LinkName,
+		"exclusive", al.Exclusive, "again", existed, "duration", time.Since(start))
+	return resp, nil
+}
+
+// allocateWait allocates, kicking the pool and waiting for a refill while it is empty, until WaitTimeout or
+// ctx ends.
+func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (allocator.Allocation, error) {
+	pod := podOf(req.PodNamespace, req.PodName, req.PodUID)
+	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.WaitTimeout)
+	defer cancel()
+	if req.Exclusive && !existed {
+		if err := a.pools.EnsureExclusive(waitCtx, req.Card); err != nil {
+			if ctx.Err() != nil {
+				return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, ctx.Err())
+			}
+			return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w: %w",
+				req.Card, pod, api.ErrTryAgain, err)
+		}
+	}
+	start := time.Now()
+	for {
+		al, err := a.alloc.Allocate(req.AllocatorRequest())
+		if err == nil {
+			return al, nil
+		}
+		if !errors.Is(err, allocator.ErrPoolEmpty) {
+			return allocator.Allocation{}, err
+		}
+		a.pools.Kick(req.Card)
+		log.Debug("pool empty, waiting for a refill", "error", err)
+		if werr := a.alloc.WaitForAddress(waitCtx, req.Card, req.Exclusive); werr != nil {
+			if ctx.Err() != nil {
+				// The client went away or its own deadline passed.
+				return allocator.Allocation{}, fmt.Errorf("%w (gave up waiting for a refill: %w)", err, ctx.Err())
+			}
+			last := a.pools.LastError(req.Card)
+			reason := "none"
+			if last != nil {
+				reason = last.Error()
+			}
+			return allocator.Allocation{}, fmt.Errorf("%w: %w; waited %s for a refill; last EC2 error on card %d: %s",
+				api.ErrTryAgain, err, time.Since(start).Round(time.Millisecond), req.Card, reason)
+		}
+	}
+}
+
+// Release gives back what (containerID, ifName) holds; releasing what is not held is not an error.
+func (a *Agent) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
+	if err := req.Validate(); err != nil {
+		return api.ReleaseResponse{}, err
+	}
+	al, ok, err := a.alloc.Release(req.ContainerID, req.IfName)
+	if err != nil {
+		a.metrics.releases.WithLabelValues("error").Inc()
+		return api.ReleaseResponse{}, err
+	}
+	a.netns.drop(req.ContainerID, req.IfName)
+	if !ok {
+		a.metrics.releases.WithLabelValues("unknown").Inc()
+		a.log.Info("release: nothing allocated", "container", req.ContainerID, "ifname", req.IfName)
+		return api.ReleaseResponse{}, nil
+	}
+	a.metrics.releases.WithLabelValues("ok").Inc()
+	a.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
+		"pod", podOf(al.PodNamespace, al.PodName, al.PodUID), "address", al.Address, "eni", al.ENIID)
+	return api.ReleaseResponse{Released: true}, nil
+}
+
+// List returns every allocation, with the netns each was made for.
+func (a *Agent) List(context.Context) ([]api.Allocation, error) {
+	als := a.alloc.List()
+	out := make([]api.Allocation, 0, len(als))
+	for _, al := range als {
+		out = append(out, a.toAPI(al))
+	}
+	return out, nil
+}
+
+func (a *Agent) toAPI(al allocator.Allocation) api.Allocation {
+	netns, _ := a.netns.get(al.ContainerID, al.IfName)
+	return api.Allocation{
+		AllocateRequest: api.AllocateRequest{
+			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
+			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID,
+			Exclusive: al.Exclusive, Netns: netns,
+		},
+		Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
+	}
+}
+
+// Status says whether an ADD on card could be served now.
+func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
+	st := api.Status{Card: card}
+	switch {
+	case !a.pools.Managed(card):
+		st.Reason = fmt.Sprintf("card %d is not managed by this agent", card)
+	case !a.pools.Ready():
+		st.Reason = "agent not ready: ENIs of the managed cards are still being set up"
+	default:
+		stats := a.alloc.Stats(card)
+		if last := a.pools.LastError(card); stats.Warm == 0 && last != nil {
+			st.Reason = fmt.Sprintf("card %d: no free address and the last refill failed: %v", card, last)
+			break
+		}
+		st.Ready = true
+	}
+	return st, nil
+}
+
+// Run runs GC every GCInterval until ctx ends, and keeps the netns records in step. It returns nil once
+// ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := a.CollectGarbage(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("garbage collection", "error", err)
+		}
+	}
+}

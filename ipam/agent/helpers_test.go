@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// fakePools is a Pools whose behaviour the test sets: which cards are managed, what Kick does, what
+// EnsureExclusive does, and what LastError says.
+type fakePools struct {
+	mu        sync.Mutex
+	ready     bool
+	managed   map[int]bool
+	enis      map[string]ENIInfo
+	kicks     map[int]int
+	lastErr   map[int]error
+	exclusive []int
+	onKick    func(card int)
+	ensure    func(ctx context.Context, card int) error
+}
+
+var _ Pools = (*fakePools)(nil)
+
+func newFakePools(cards ...int) *fakePools {
+	fp := &fakePools{ready: true, managed: map[int]bool{}, enis: map[string]ENIInfo{}, kicks: map[int]int{}, lastErr: map[int]error{}}
+	for _, c := range cards {
+		fp.managed[c] = true
+		fp.enis[eniOf(c)] = ENIInfo{ID: eniOf(c), Card: c, LinkName: fmt.Sprintf("ens%d", c), MAC: fmt.Sprintf("02:00:00:00:00:%02x", c),
+			MTU: 9001, SubnetCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), 0, 0}), 20), Gateway: netip.AddrFrom4([4]byte{10, byte(c), 0, 1})}
+	}
+	return fp
+}
+
+func (f *fakePools) Ready() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ready
+}
+
+func (f *fakePools) Managed(card int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.managed[card]
+}
+
+func (f *fakePools) ENI(id string) (ENIInfo, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.enis[id]
+	return e, ok
+}
+
+func (f *fakePools) Kick(card int) {
+	f.mu.Lock()
+	f.kicks[card]++
+	fn := f.onKick
+	f.mu.Unlock()
+	if fn != nil {
+		fn(card)
+	}
+}
+
+func (f *fakePools) LastError(card int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastErr[card]
+}
+
+func (f *fakePools) EnsureExclusive(ctx context.Context, card int) error {
+	f.mu.Lock()
+	f.exclusive = append(f.exclusive, card)
+	fn := f.ensure
+	f.mu.Unlock()
+	if fn != nil {
+		return fn(ctx, card)
+	}
+	return nil
+}
+
+func (f *fakePools) kicked(card int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.kicks[card]
+}
+
+func eniOf(card int) string { return fmt.Sprintf("eni-%02d", card) }
+
+// addrOf returns 10.<card>.0.<i+10>.
+func addrOf(card, i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(card), 0, byte(i + 10)}) }
+
+// fakeClock is a settable clock for GC decisions.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type testAgent struct {
+	*Agent
+	alloc *allocator.Allocator
+	pools *fakePools
+	clock *fakeClock
+	dir   string
+	logs  *syncBuffer
+}
+
+// newTestAgent returns an agent over a fresh allocator (no cooldown) on a file store in a temp dir, with
+// warm addresses on the given cards (warm[card] = count). change edits the config before New.
+func newTestAgent(t *testing.T, fp *fakePools, warm map[int]int, change func(*Config)) *testAgent {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.NewFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Lock(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Unlock() })
+	al, err := allocator.New(st, allocator.WithCooldown(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for card, n := range warm {
+		addrs := make([]netip.Addr, n)
+		for i := range addrs {
+			addrs[i] = addrOf(card, i)
+		}
+		if _, err := al.AddAddresses(card, eniOf(card), addrs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk := &fakeClock{t: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
+	logs := &syncBuffer{}
+	cfg := Config{Allocator: al, Pools: fp, StateDir: dir, WaitTimeout: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Now: clk.Now}
+	if change != nil {
+		change(&cfg)
+	}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testAgent{Agent: a, alloc: al, pools: fp, clock: clk, dir: dir, logs: logs}
+}

@@ -1,0 +1,204 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+const metricsNamespace = "multinic"
+
+// Allocation results, the values of the result label of multinic_allocations_total.
+const (
+	resultOK             = "ok"
+	resultTryAgain       = "try_again"
+	resultCardTaken      = "card_taken"
+	resultInterfaceTaken = "interface_taken"
+	resultNotManaged     = "not_managed"
+	resultInvalid        = "invalid"
+	resultCanceled       = "canceled"
+	resultError          = "error"
+)
+
+// metrics is the agent's own registry: per-card pool gauges read from the allocator at scrape time, EC2
+// counters read from the manager at scrape time, and the agent's own counters and histogram.
+type metrics struct {
+	reg         *prometheus.Registry
+	allocations *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	releases    *prometheus.CounterVec
+	gcReleases  *prometheus.CounterVec
+}
+
+func newMetrics(a *Agent) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "allocations_total",
+			Help: "Allocate requests answered, by result (ok, try_again, card_taken, interface_taken, not_managed, invalid, canceled, error).",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Name: "allocation_duration_seconds",
+			Help:    "Time to answer an allocate request, waits for a refill included, by result.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"result"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "releases_total",
+			Help: "Release requests answered, by result (ok, unknown: nothing was allocated, error).",
+		}, []string{"result"}),
+		gcReleases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "gc_releases_total",
+			Help: "Allocations released by garbage collection, by reason (pod-gone, netns-gone).",
+		}, []string{"reason"}),
+	}
+	m.reg.MustRegister(m.allocations, m.latency, m.releases, m.gcReleases,
+		&poolCollector{a: a}, &ec2Collector{stats: a.cfg.EC2Stats},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{resultOK, resultTryAgain} {
+		m.allocations.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *metrics) observeAllocate(d time.Duration, err error) {
+	r := resultOf(err)
+	m.allocations.WithLabelValues(r).Inc()
+	m.latency.WithLabelValues(r).Observe(d.Seconds())
+}
+
+func resultOf(err error) string {
+	switch {
+	case err == nil:
+		return resultOK
+	case errors.Is(err, api.ErrNotManaged):
+		return resultNotManaged
+	case errors.Is(err, context.Canceled):
+		return resultCanceled
+	case errors.Is(err, api.ErrTryAgain), errors.Is(err, allocator.ErrPoolEmpty):
+		return resultTryAgain
+	case errors.Is(err, allocator.ErrCardTaken):
+		return resultCardTaken
+	case errors.Is(err, allocator.ErrInterfaceTaken):
+		return resultInterfaceTaken
+	case errors.Is(err, api.ErrInvalid), errors.Is(err, allocator.ErrInvalid):
+		return resultInvalid
+	}
+	return resultError
+}
+
+var (
+	descCapacity = prometheus.NewDesc(metricsNamespace+"_card_capacity",
+		"Addresses the agent holds on the card (allocated + warm + cooling), by pool (shared, exclusive).", []string{"card", "pool"}, nil)
+	descAllocated = prometheus.NewDesc(metricsNamespace+"_card_allocated",
+		"Addresses of the card given to pods, by pool.", []string{"card", "pool"}, nil)
+	descWarm = prometheus.NewDesc(metricsNamespace+"_card_warm",
+		"Free, rested addresses of the card, ready to allocate now, by pool.", []string{"card", "pool"}, nil)
+	descCooling = prometheus.NewDesc(metricsNamespace+"_card_cooling",
+		"Free addresses of the card still resting after a release, by pool.", []string{"card", "pool"}, nil)
+	descManaged = prometheus.NewDesc(metricsNamespace+"_card_managed",
+		"1 for every card this agent serves.", []string{"card"}, nil)
+	descReady = prometheus.NewDesc(metricsNamespace+"_ready",
+		"1 once every managed card has its ENI attached and its link up.", nil, nil)
+)
+
+// poolCollector reads the allocator's per-card counts at scrape time.
+type poolCollector struct{ a *Agent }
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCapacity, descAllocated, descWarm, descCooling, descManaged, descReady} {
+		ch <- d
+	}
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	cards := c.a.alloc.Cards()
+	if c.a.cfg.Cards != nil {
+		cards = append(cards, c.a.cfg.Cards()...)
+	}
+	slices.Sort(cards)
+	cards = slices.Compact(cards)
+	for _, n := range cards {
+		card := strconv.Itoa(n)
+		st := c.a.alloc.Stats(n)
+		for _, p := range []struct {
+			pool string
+			c    allocator.Counts
+		}{{"shared", st.Counts}, {"exclusive", st.Exclusive}} {
+			ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(p.c.Capacity), card, p.pool)
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(p.c.Allocated), card, p.pool)
+			ch <- prometheus.MustNewConstMetric(descWarm, prometheus.GaugeValue, float64(p.c.Warm), card, p.pool)
+			ch <- prometheus.MustNewConstMetric(descCooling, prometheus.GaugeValue, float64(p.c.Cooling), card, p.pool)
+		}
+		if c.a.pools.Managed(n) {
+			ch <- prometheus.MustNewConstMetric(descManaged, prometheus.GaugeValue, 1, card)
+		}
+	}
+	ready := 0.0
+	if c.a.pools.Ready() {
+		ready = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+}
+
+var (
+	descEC2Calls = prometheus.NewDesc(metricsNamespace+"_ec2_calls_total",
+		"EC2 API attempts by action and result (ok or EC2's error code).", []string{"action", "result"}, nil)
+	descEC2Throttles = prometheus.NewDesc(metricsNamespace+"_ec2_throttles_total",
+		"EC2 attempts answered with a throttling error (RequestLimitExceeded and the like).", nil, nil)
+	descEC2Retries = prometheus.NewDesc(metricsNamespace+"_ec2_retries_total",
+		"EC2 attempts that were retries of a failed attempt.", nil, nil)
+)
+
+// ec2Collector reads the manager's EC2 counters at scrape time.
+type ec2Collector struct{ stats func() EC2Stats }
+
+func (c *ec2Collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descEC2Calls
+	ch <- descEC2Throttles
+	ch <- descEC2Retries
+}
+
+func (c *ec2Collector) Collect(ch chan<- prometheus.Metric) {
+	if c.stats == nil {
+		return
+	}
+	st := c.stats()
+	for action, m := range st.Calls {
+		for result, n := range m {
+			ch <- prometheus.MustNewConstMetric(descEC2Calls, prometheus.CounterValue, float64(n), action, result)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descEC2Throttles, prometheus.CounterValue, float64(st.Throttles))
+	ch <- prometheus.MustNewConstMetric(descEC2Retries, prometheus.CounterValue, float64(st.Retries))
+}
+
+// Registry is the agent's metrics registry, for tests and for adding collectors.
+func (a *Agent) Registry() *prometheus.Registry { return a.metrics.reg }
+
+// Handler serves /metrics, /healthz (the process is up and its state restored: true once an Agent exists)
+// and /readyz (every managed card has its ENI: Pools.Ready).
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.pools.Ready() {
+			http.Error(w, "not ready: ENIs of the managed cards are still being set up", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}

@@ -1,0 +1,224 @@
+package eni
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Tags the manager puts on every ENI it creates. An ENI is the manager's only when it carries TagCluster
+// with the configured cluster, TagNode with this instance's ID and TagCard.
+const (
+	TagCluster = "multinic.io/cluster"
+	TagNode    = "multinic.io/node"
+	TagCard    = "multinic.io/card"
+	TagManaged = "multinic.io/managed"
+	// TagMode is ModeShared or ModeExclusive: whether the ENI serves the card's shared pool or stands for
+	// one pod's whole-ENI allocation.
+	TagMode       = "multinic.io/mode"
+	ModeShared    = "shared"
+	ModeExclusive = "exclusive"
+	// TagNodeName is the Kubernetes node name, for people reading the console.
+	TagNodeName = "multinic.io/node-name"
+	// TagNoManage is the Amazon VPC CNI's opt-out tag: an ENI with it set to "true" is never touched.
+	TagNoManage = "node.k8s.amazonaws.com/no_manage"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultWarmTarget        = 8
+	DefaultMinFree           = 2
+	DefaultMaxBatch          = 10
+	DefaultSurplusDelay      = time.Minute
+	DefaultMTU               = 9001
+	DefaultRefillInterval    = 30 * time.Second
+	DefaultReconcileInterval = 5 * time.Minute
+	DefaultLinkTimeout       = 60 * time.Second
+	DefaultLinkPoll          = 100 * time.Millisecond
+	DefaultEC2Rate           = 4.0 // calls/s, a bit under EC2's 5/s refill for mutating calls
+	DefaultEC2Burst          = 10
+	DefaultMaxAttempts       = 8
+	DefaultBackoffBase       = 200 * time.Millisecond
+	DefaultBackoffMax        = 20 * time.Second
+	DefaultErrorBackoffMax   = time.Minute
+	// PrefixSize is how many addresses a /28 prefix delegates.
+	PrefixSize = 16
+)
+
+// CardConfig overrides where a card's ENIs are created. Empty fields mean "as the primary ENI".
+type CardConfig struct {
+	SubnetID         string
+	SecurityGroupIDs []string
+}
+
+// Config configures a Manager. Zero values take the documented defaults.
+type Config struct {
+	// Cluster is the cluster name written to TagCluster. Required.
+	Cluster string
+	// NodeName is the Kubernetes node name, written to TagNodeName (informational).
+	NodeName string
+
+	// ManagedCards lists the cards to serve. nil: every card except the instance type's default card
+	// (DefaultNetworkCardIndex, 0), which carries the node's primary network. AllCards overrides it.
+	ManagedCards []int
+	// AllCards serves every card, the default card included (on it, extra ENIs next to the primary).
+	AllCards bool
+	// Cards overrides subnet and security groups per card; default the primary ENI's.
+	Cards map[int]CardConfig
+
+	// WarmTarget is how many free addresses each card keeps (nil: DefaultWarmTarget).
+	WarmTarget *int
+	// MinFree is how many addresses each card keeps usable right now (nil: DefaultMinFree).
+	MinFree *int
+	// MaxBatch bounds the addresses one AssignPrivateIpAddresses asks for (0: DefaultMaxBatch).
+	MaxBatch int
+	// PrefixMode assigns /28 prefixes (16 addresses each, one per call) instead of single addresses.
+	PrefixMode bool
+	// SurplusDelay: a warm address beyond WarmTarget goes back to EC2 only after it has been surplus
+	// this long (0: DefaultSurplusDelay; negative: at once). Free exclusive ENIs are detached and
+	// deleted after the same delay.
+	SurplusDelay time.Duration
+	// MTU set on every ENI link (0: DefaultMTU).
+	MTU int
+
+	// RefillInterval is how often each card's pool is checked without a Kick (0: DefaultRefillInterval).
+	RefillInterval time.Duration
+	// ReconcileInterval is how often the allocator is compared with EC2 and detached ENIs of this node
+	// are deleted (0: DefaultReconcileInterval; negative: only at start).
+	ReconcileInterval time.Duration
+	// LinkTimeout bounds the wait for an attached ENI's link to appear (0: DefaultLinkTimeout).
+	LinkTimeout time.Duration
+	// LinkPoll is the interval between link lookups (0: DefaultLinkPoll).
+	LinkPoll time.Duration
+
+	// EC2Rate and EC2Burst set the one token bucket every EC2 call (every attempt) goes through
+	// (0: DefaultEC2Rate, DefaultEC2Burst).
+	EC2Rate  float64
+	EC2Burst int
+	// MaxAttempts per EC2 call, the first included (0: DefaultMaxAttempts).
+	MaxAttempts int
+	// BackoffBase and BackoffMax bound the full-jitter exponential backoff between attempts
+	// (0: DefaultBackoffBase, DefaultBackoffMax).
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// ErrorBackoffMax bounds how long a card's refill loop waits after repeated failures
+	// (0: DefaultErrorBackoffMax). The wait starts at RefillInterval/10 and doubles.
+	ErrorBackoffMax time.Duration
+
+	// Logger (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+// withDefaults fills zero values; it changes nothing else.
+func (c Config) withDefaults() Config {
+	if c.WarmTarget == nil {
+		c.WarmTarget = ptr(DefaultWarmTarget)
+	}
+	if c.MinFree == nil {
+		c.MinFree = ptr(DefaultMinFree)
+	}
+	c.MaxBatch = or(c.MaxBatch, DefaultMaxBatch)
+	switch {
+	case c.SurplusDelay == 0:
+		c.SurplusDelay = DefaultSurplusDelay
+	case c.SurplusDelay < 0:
+		c.SurplusDelay = 0
+	}
+	c.MTU = or(c.MTU, DefaultMTU)
+	c.RefillInterval = or(c.RefillInterval, DefaultRefillInterval)
+	c.ReconcileInterval = or(c.ReconcileInterval, DefaultReconcileInterval)
+	c.LinkTimeout = or(c.LinkTimeout, DefaultLinkTimeout)
+	c.LinkPoll = or(c.LinkPoll, DefaultLinkPoll)
+	c.EC2Rate = or(c.EC2Rate, DefaultEC2Rate)
+	c.EC2Burst = or(c.EC2Burst, DefaultEC2Burst)
+	c.MaxAttempts = or(c.MaxAttempts, DefaultMaxAttempts)
+	c.BackoffBase = or(c.BackoffBase, DefaultBackoffBase)
+	c.BackoffMax = or(c.BackoffMax, DefaultBackoffMax)
+	c.ErrorBackoffMax = or(c.ErrorBackoffMax, DefaultErrorBackoffMax)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Cluster == "":
+		return errors.New("cluster name empty: required for the ENI tags")
+	case *c.WarmTarget < 0:
+		return fmt.Errorf("warm target %d invalid: must be 0 or more", *c.WarmTarget)
+	case *c.MinFree < 0:
+		return fmt.Errorf("min free %d invalid: must be 0 or more", *c.MinFree)
+	case c.MaxBatch < 1:
+		return fmt.Errorf("max batch %d invalid: must be 1 or more", c.MaxBatch)
+	case c.MTU < 68 || c.MTU > 9001:
+		return fmt.Errorf("mtu %d invalid: must be 68-9001", c.MTU)
+	case c.EC2Rate < 0 || c.EC2Burst < 1:
+		return fmt.Errorf("ec2 rate %g burst %d invalid: rate must be > 0 and burst >= 1", c.EC2Rate, c.EC2Burst)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("max attempts %d invalid: must be 1 or more", c.MaxAttempts)
+	}
+	for _, k := range c.ManagedCards {
+		if k < 0 {
+			return fmt.Errorf("managed card %d invalid: must be 0 or more", k)
+		}
+	}
+	for k, cc := range c.Cards {
+		if k < 0 {
+			return fmt.Errorf("card %d config invalid: card must be 0 or more", k)
+		}
+		if cc.SubnetID != "" && !strings.HasPrefix(cc.SubnetID, "subnet-") {
+			return fmt.Errorf("card %d subnet %q invalid: must start with subnet-", k, cc.SubnetID)
+		}
+		for _, g := range cc.SecurityGroupIDs {
+			if !strings.HasPrefix(g, "sg-") {
+				return fmt.Errorf("card %d security group %q invalid: must start with sg-", k, g)
+			}
+		}
+	}
+	return nil
+}
+
+// ParseCards parses a managed-cards flag: "" (every non-default card), "all", or a list like "1,2,5-7".
+// It returns (nil, false) for "", (nil, true) for "all".
+func ParseCards(s string) (cards []int, all bool, err error) {
+	s = strings.TrimSpace(s)
+	switch s {
+	case "":
+		return nil, false, nil
+	case "all":
+		return nil, true, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b := a
+		var err2 error
+		if isRange {
+			b, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || a < 0 || b < a || b > 1023 {
+			return nil, false, fmt.Errorf("cards %q invalid: %q must be a card number or a range like 2-5", s, part)
+		}
+		for k := a; k <= b; k++ {
+			cards = append(cards, k)
+		}
+	}
+	slices.Sort(cards)
+	return slices.Compact(cards), false, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func or[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}

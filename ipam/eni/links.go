@@ -1,0 +1,111 @@
+package eni
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Links finds and configures ENI links in the node's network namespace.
+type Links interface {
+	// FindByMAC returns the name of the link with this MAC; found is false while there is none.
+	FindByMAC(mac net.HardwareAddr) (name string, found bool, err error)
+	SetUp(name string) error
+	SetMTU(name string, mtu int) error
+}
+
+// NoLinks pretends every ENI's link exists with an empty name and does nothing: for running the
+// manager where no node netns is to be configured (dry runs, tests of EC2 behaviour only).
+type NoLinks struct{}
+
+func (NoLinks) FindByMAC(net.HardwareAddr) (string, bool, error) { return "", true, nil }
+func (NoLinks) SetUp(string) error                               { return nil }
+func (NoLinks) SetMTU(string, int) error                         { return nil }
+
+// NetlinkLinks is Links over netlink in one network namespace, held open by a handle so no thread
+// ever switches namespaces.
+type NetlinkLinks struct {
+	h  netlinksafe.Handle
+	ns ns.NetNS // nil for the current netns
+}
+
+var _ Links = (*NetlinkLinks)(nil)
+
+// NewNetlinkLinks opens a handle in the netns at path (e.g. /var/run/netns/node1); "" is the current one.
+func NewNetlinkLinks(path string) (*NetlinkLinks, error) {
+	if path == "" {
+		h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return nil, fmt.Errorf("open netlink handle: %w", err)
+		}
+		return &NetlinkLinks{h: h}, nil
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		_ = n.Close()
+		return nil, fmt.Errorf("open netlink handle in %s: %w", path, err)
+	}
+	return &NetlinkLinks{h: h, ns: n}, nil
+}
+
+// Close releases the handle and the netns.
+func (l *NetlinkLinks) Close() error {
+	l.h.Close()
+	if l.ns != nil {
+		return l.ns.Close()
+	}
+	return nil
+}
+
+func (l *NetlinkLinks) FindByMAC(mac net.HardwareAddr) (string, bool, error) {
+	links, err := l.h.LinkList()
+	if err != nil {
+		return "", false, fmt.Errorf("list links: %w", err)
+	}
+	for _, k := range links {
+		a := k.Attrs()
+		// Skip ipvlan children and the like: they share the ENI's MAC but are not the ENI.
+		switch k.Type() {
+		case "ipvlan", "ipvtap", "macvlan", "macvtap", "vlan":
+			continue
+		}
+		if strings.EqualFold(a.HardwareAddr.String(), mac.String()) {
+			return a.Name, true, nil
+		}
+	}
+	return "", false, nil
+}
+
+func (l *NetlinkLinks) SetUp(name string) error {
+	k, err := l.h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := l.h.LinkSetUp(k); err != nil {
+		return fmt.Errorf("set link %s up: %w", name, err)
+	}
+	return nil
+}
+
+func (l *NetlinkLinks) SetMTU(name string, mtu int) error {
+	k, err := l.h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if k.Attrs().MTU == mtu {
+		return nil
+	}
+	if err := l.h.LinkSetMTU(k, mtu); err != nil {
+		return fmt.Errorf("set link %s mtu %d: %w", name, mtu, err)
+	}
+	return nil
+}

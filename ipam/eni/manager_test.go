@@ -1,0 +1,683 @@
+package eni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/smithy-go"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/ipam/allocator"
+)
+
+func TestDiscoveryAndSetup(t *testing.T) {
+	for _, tc := range []struct {
+		typ   string
+		cards int
+	}{
+		{"trn1.32xlarge", 8},
+		{"p5.48xlarge", 32},
+	} {
+		t.Run(tc.typ, func(t *testing.T) {
+			e := newEnv(t, envOpts{typ: tc.typ})
+			// ENIs that are not ours, attached before the manager starts.
+			untagged := e.foreignENI(1, 1, nil)
+			noManage := e.foreignENI(2, 1, map[string]string{TagNoManage: "true"})
+			// Carries our tags but also no_manage: still not ours.
+			ourButNoManage := e.foreignENI(3, 1, map[string]string{TagNoManage: "true",
+				TagCluster: testCluster, TagNode: e.inst, TagCard: "3"})
+			st0 := e.srv.State()
+			before := map[string]fakeec2.ENIState{}
+			for _, id := range []string{untagged, noManage, ourButNoManage, st0.Instances[0].PrimaryENI} {
+				before[id], _ = st0.ENI(id)
+			}
+
+			cfg := e.fastConfig(tc.cards)
+			cfg.EC2Rate, cfg.EC2Burst = 100, 200 // one rate limiter, roomy enough to show setup speed
+			t0 := time.Now()
+			m := e.start(cfg, e.alloc)
+			waitReady(t, m, 30*time.Second)
+			ready := time.Since(t0)
+			eventually(t, 10*time.Second, "warm pools", func() bool {
+				for k := 1; k < tc.cards; k++ {
+					if e.alloc.Stats(k).Warm < 4 {
+						return false
+					}
+				}
+				return true
+			})
+			t.Logf("%s: %d cards ready in %s, warm in %s; EC2 calls %v", tc.typ, tc.cards-1, ready.Round(time.Millisecond),
+				time.Since(t0).Round(time.Millisecond), m.Stats().EC2.Calls)
+
+			if got, want := m.ManagedCards(), seq(1, tc.cards); !slices.Equal(got, want) {
+				t.Errorf("managed cards %v, want %v", got, want)
+			}
+			ours := e.ours()
+			if len(ours) != tc.cards-1 {
+				t.Fatalf("%d ENIs of ours, want %d", len(ours), tc.cards-1)
+			}
+			perCard := map[int]fakeec2.ENIState{}
+			for _, x := range ours {
+				if _, dup := perCard[x.Card]; dup {
+					t.Errorf("card %d has two ENIs of ours", x.Card)
+				}
+				perCard[x.Card] = x
+				wantDev := 1
+				if x.Card <= 3 { // device 1 is taken by a foreign ENI on cards 1-3
+					wantDev = 2
+				}
+				switch {
+				case x.Status != "in-use" || x.InstanceID != e.inst:
+					t.Errorf("%s: status %s instance %s", x.ID, x.Status, x.InstanceID)
+				case x.Device != wantDev:
+					t.Errorf("%s on card %d: device %d, want %d", x.ID, x.Card, x.Device, wantDev)
+				case !x.DeleteOnTermination:
+					t.Errorf("%s: DeleteOnTermination false", x.ID)
+				case x.SubnetID != fakeec2.CardSubnetID(x.Card):
+					t.Errorf("%s on card %d: subnet %s, want %s", x.ID, x.Card, x.SubnetID, fakeec2.CardSubnetID(x.Card))
+				case x.Tags[TagCard] != strconv.Itoa(x.Card) || x.Tags[TagMode] != ModeShared || x.Tags[TagNodeName] != "node-a":
+					t.Errorf("%s: tags %v", x.ID, x.Tags)
+				}
+				info, ok := m.ENI(x.ID)
+				wantLink := fmt.Sprintf("ens%dd%d", x.Card, x.Device)
+				if !ok || info.Card != x.Card || info.MAC != x.MAC || info.LinkName != wantLink || info.MTU != DefaultMTU ||
+					info.Gateway != info.SubnetCIDR.Addr().Next() || !info.SubnetCIDR.Contains(netip.MustParseAddr(x.PrimaryIP)) {
+					t.Errorf("ENI(%s) = %+v, %v", x.ID, info, ok)
+				}
+				if up, mtu := e.links.state(wantLink); !up || mtu != DefaultMTU {
+					t.Errorf("link %s: up %v mtu %d", wantLink, up, mtu)
+				}
+			}
+			if _, ok := perCard[0]; ok {
+				t.Error("an ENI was added on the default card 0")
+			}
+			st := e.srv.State()
+			for id, b := range before {
+				if a, _ := st.ENI(id); !reflect.DeepEqual(a, b) {
+					t.Errorf("foreign ENI %s changed:\nbefore %+v\nafter  %+v", id, b, a)
+				}
+			}
+			for k := 1; k < tc.cards; k++ {
+				checkNoLeak(t, e, e.alloc, k)
+			}
+			if _, ok := m.ENI(noManage); ok {
+				t.Error("manager knows the no_manage ENI")
+			}
+		})
+	}
+}
+
+func seq(from, to int) []int {
+	var out []int
+	for k := from; k < to; k++ {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestRestartAdopts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// freshAllocator: the checkpoint is lost too; reconcile rebuilds the pool from EC2.
+		freshAllocator bool
+	}{
+		{"same checkpoint", false},
+		{"lost checkpoint", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			cfg := e.fastConfig(8)
+			cfg.ManagedCards = []int{1, 2, 3}
+			m1 := e.start(cfg, e.alloc)
+			waitReady(t, m1, 10*time.Second)
+			eventually(t, 5*time.Second, "warm", func() bool { return e.alloc.Stats(3).Warm == 4 })
+			al, err := e.alloc.Allocate(podReq(1, 2))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m1.Stop()
+			enisBefore := e.ours()
+
+			a2 := e.alloc
+			if tc.freshAllocator {
+				e.st = nil
+				a2 = newEnvAllocator(t)
+			} else {
+				a2 = e.newAllocator(0)
+			}
+			m2 := e.start(cfg, a2)
+			waitReady(t, m2, 10*time.Second)
+			time.Sleep(300 * time.Millisecond) // a refill round
+			if n := m2.Stats().EC2.Calls["CreateNetworkInterface"]["ok"]; n != 0 {
+				t.Errorf("restart created %d ENIs", n)
+			}
+			after := e.ours()
+			if len(after) != len(enisBefore) {
+				t.Errorf("%d ENIs after restart, %d before", len(after), len(enisBefore))
+			}
+			for id := range enisBefore {
+				if _, ok := m2.ENI(id); !ok {
+					t.Errorf("ENI %s not adopted", id)
+				}
+			}
+			for _, k := range []int{1, 2, 3} {
+				checkNoLeak(t, e, a2, k)
+			}
+			if !tc.freshAllocator {
+				if got, ok := a2.Lookup(al.ContainerID, al.IfName); !ok || got.Address != al.Address {
+					t.Errorf("allocation lost over restart: %+v %v", got, ok)
+				}
+			}
+		})
+	}
+}
+
+func newEnvAllocator(t testing.TB) *allocator.Allocator {
+	a, err := allocator.New(newMemStore(), allocator.WithCooldown(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestRefillAndShrink(t *testing.T) {
+	const (
+		cooldown = 400 * time.Millisecond
+		delay    = 300 * time.Millisecond
+		pods     = 20
+	)
+	for _, tc := range []struct {
+		name   string
+		prefix bool
+	}{
+		{"addresses", false},
+		{"prefixes", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{cooldown: cooldown})
+			cfg := e.fastConfig(8)
+			cfg.ManagedCards = []int{1}
+			cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch = ptr(6), ptr(2), 4
+			cfg.PrefixMode = tc.prefix
+			cfg.SurplusDelay = delay
+			a := e.alloc
+			m := e.start(cfg, a)
+			waitReady(t, m, 10*time.Second)
+			want := 6
+			if tc.prefix {
+				want = PrefixSize
+			}
+			eventually(t, 5*time.Second, "warm target", func() bool { return a.Stats(1).Warm == want })
+			mine := e.ours()
+			if len(mine) != 1 {
+				t.Fatalf("%d ENIs", len(mine))
+			}
+			for _, x := range mine {
+				if tc.prefix && (len(x.Prefixes) != 1 || len(x.SecondaryIPs) != 0) {
+					t.Errorf("prefix mode: ENI has prefixes %v secondaries %v", x.Prefixes, x.SecondaryIPs)
+				}
+				if !tc.prefix && len(x.SecondaryIPs) != 6 {
+					t.Errorf("ENI has %d secondaries, want 6", len(x.SecondaryIPs))
+				}
+			}
+			checkNoLeak(t, e, a, 1)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var als []allocator.Allocation
+			for p := range pods {
+				al, err := allocWait(ctx, m, a, podReq(p, 1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				als = append(als, al)
+			}
+			eventually(t, 5*time.Second, "refill after allocations", func() bool {
+				return m.alloc.Need(1, 6, 2) == 0
+			})
+			grown := len(e.ec2Addresses(1))
+			if grown < pods+6 {
+				t.Errorf("EC2 holds %d addresses after %d allocations, want >= %d", grown, pods, pods+6)
+			}
+			if tc.prefix && grown%PrefixSize != 0 {
+				t.Errorf("prefix mode: %d addresses, not whole /28s", grown)
+			}
+			checkNoLeak(t, e, a, 1)
+
+			released := time.Now()
+			for _, al := range als {
+				if _, _, err := a.Release(al.ContainerID, al.IfName); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m.Kick(1)
+			// Resting addresses are not returned to EC2: nothing shrinks before cooldown + delay.
+			time.Sleep(cooldown - 100*time.Millisecond)
+			if n := len(e.ec2Addresses(1)); n != grown {
+				t.Errorf("EC2 holds %d addresses during cooldown, want %d", n, grown)
+			}
+			shrunk := want
+			if tc.prefix {
+				shrunk = PrefixSize // one /28 is >= the target of 6
+			}
+			eventually(t, 5*time.Second, "shrink", func() bool { return len(e.ec2Addresses(1)) == shrunk })
+			if took := time.Since(released); took < cooldown+delay-50*time.Millisecond {
+				t.Errorf("shrunk %s after release, before cooldown %s + delay %s", took, cooldown, delay)
+			}
+			eventually(t, 2*time.Second, "pool matches", func() bool { return a.Stats(1).Capacity == shrunk })
+			checkNoLeak(t, e, a, 1)
+			// The fake changes its state before the manager has read the answer: wait for the count.
+			eventually(t, 2*time.Second, "unassign counted", func() bool {
+				return m.Stats().EC2.Calls["UnassignPrivateIpAddresses"]["ok"] > 0
+			})
+			t.Logf("calls: %v", m.Stats().EC2.Calls)
+		})
+	}
+}
+
+func TestSecondENIWhenFull(t *testing.T) {
+	e := newEnv(t, envOpts{typ: "m5.large", subnets: []fakeec2.SubnetConfig{{ID: fakeec2.CardSubnetID(0), CIDR: "10.0.0.0/20"}}})
+	cfg := e.fastConfig(1)
+	cfg.AllCards = true
+	cfg.WarmTarget, cfg.MinFree = ptr(4), ptr(1)
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// m5.large: 10 IPv4 per ENI (9 secondaries), 3 ENIs: the primary and two of ours.
+	for p := range 12 {
+		if _, err := allocWait(ctx, m, e.alloc, podReq(p, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "second ENI", func() bool { return len(e.ours()) == 2 })
+	devs := map[int]int{}
+	for _, x := range e.ours() {
+		devs[x.Device] = len(x.SecondaryIPs)
+	}
+	if devs[1] != 9 || devs[2] == 0 {
+		t.Errorf("devices (secondaries) %v, want device 1 full (9) and device 2 in use", devs)
+	}
+	// Fill the card: 18 addresses on two ENIs, then it is full.
+	for p := 12; p < 18; p++ {
+		if _, err := allocWait(ctx, m, e.alloc, podReq(p, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "card full error", func() bool {
+		err := m.LastError(0)
+		return err != nil && errors.Is(err, ErrCardFull)
+	})
+	t.Logf("last error: %v", m.LastError(0))
+	wctx, wcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer wcancel()
+	if _, err := allocWait(wctx, m, e.alloc, podReq(99, 0)); err == nil || !strings.Contains(err.Error(), "card full") {
+		t.Errorf("19th allocation: %v, want a timeout naming the full card", err)
+	}
+	checkNoLeak(t, e, e.alloc, 0)
+}
+
+func TestThrottledBurst(t *testing.T) {
+	const allocs, cards = 200, 8
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Throttle: true}})
+	cfg := e.fastConfig(cards)
+	cfg.AllCards = true
+	cfg.WarmTarget, cfg.MinFree = ptr(DefaultWarmTarget), ptr(DefaultMinFree)
+	cfg.EC2Rate, cfg.EC2Burst = DefaultEC2Rate, DefaultEC2Burst
+	cfg.BackoffBase, cfg.BackoffMax = DefaultBackoffBase, DefaultBackoffMax
+	t0 := time.Now()
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 30*time.Second)
+	readyIn := time.Since(t0)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	var mu sync.Mutex
+	seen := map[netip.Addr]bool{}
+	t1 := time.Now()
+	for i := range allocs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			al, err := allocWait(ctx, m, e.alloc, podReq(i, i%cards))
+			if err != nil {
+				failed.Add(1)
+				t.Errorf("allocation %d: %v", i, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[al.Address] {
+				t.Errorf("address %s given twice", al.Address)
+			}
+			seen[al.Address] = true
+		}()
+	}
+	wg.Wait()
+	burst := time.Since(t1)
+	st := m.Stats()
+	fakeThrottles := 0
+	for _, res := range e.srv.State().Calls {
+		fakeThrottles += res["RequestLimitExceeded"]
+	}
+	t.Logf("ready in %s; %d allocations over %d cards in %s, %d failed; throttles: manager saw %d, fake sent %d; retries %d; calls %v",
+		readyIn.Round(time.Millisecond), allocs, cards, burst.Round(time.Millisecond), failed.Load(), st.EC2.Throttles,
+		fakeThrottles, st.EC2.Retries, st.EC2.Calls)
+	if failed.Load() != 0 {
+		t.Errorf("%d allocations failed", failed.Load())
+	}
+	if st.EC2.Throttles != fakeThrottles {
+		t.Errorf("manager counted %d throttles, fake sent %d", st.EC2.Throttles, fakeThrottles)
+	}
+	for k := range cards {
+		checkNoLeak(t, e, e.alloc, k)
+	}
+}
+
+// TestRetryOnThrottle squeezes EC2's mutate bucket below what the manager's limiter allows, so the
+// retries with backoff must carry the refill through RequestLimitExceeded.
+func TestRetryOnThrottle(t *testing.T) {
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Rates: map[string]fakeec2.Rate{
+		fakeec2.ClassMutate: {Burst: 3, PerSecond: 20}}}})
+	cfg := e.fastConfig(8)
+	cfg.WarmTarget, cfg.MaxBatch = ptr(20), 2
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 20*time.Second)
+	eventually(t, 20*time.Second, "warm pools", func() bool {
+		for k := 1; k < 8; k++ {
+			if e.alloc.Stats(k).Warm < 20 {
+				return false
+			}
+		}
+		return true
+	})
+	st := m.Stats().EC2
+	t.Logf("throttles %d retries %d calls %v", st.Throttles, st.Retries, st.Calls)
+	if st.Throttles == 0 || st.Retries == 0 {
+		t.Errorf("throttles %d retries %d: the test did not throttle", st.Throttles, st.Retries)
+	}
+	for k := 1; k < 8; k++ {
+		if err := m.LastError(k); err != nil {
+			t.Errorf("card %d: %v", k, err)
+		}
+		checkNoLeak(t, e, e.alloc, k)
+	}
+}
+
+func TestSubnetExhaustion(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		warm, batch     int
+		wantPool        int
+		wantErrContains string
+		// wantFree: what the subnet has left (EC2 assigns all or nothing).
+		wantFree int
+	}{
+		// The ENI takes 1 of the /28's 11 usable addresses, the initial batch the other 10; the
+		// refill for the last 6 of the target fails.
+		{"refill fails", 16, 10, 10, "assign 6 addresses on card 1", 0},
+		// The initial batch cannot fit: the ENI is created bare, the refill fails.
+		{"initial batch too big", 30, 30, 0, "assign 30 addresses on card 1", 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const tiny = "subnet-0tiny0000000001"
+			e := newEnv(t, envOpts{subnets: []fakeec2.SubnetConfig{
+				{ID: fakeec2.CardSubnetID(0), CIDR: "10.0.0.0/20"}, {ID: tiny, CIDR: "10.0.16.0/28"}}})
+			cfg := e.fastConfig(0)
+			cfg.ManagedCards = []int{1}
+			cfg.Cards = map[int]CardConfig{1: {SubnetID: tiny}}
+			cfg.WarmTarget, cfg.MaxBatch = ptr(tc.warm), tc.batch
+			m := e.start(cfg, e.alloc)
+			waitReady(t, m, 10*time.Second)
+			eventually(t, 5*time.Second, "last error", func() bool { return m.LastError(1) != nil })
+			err := m.LastError(1)
+			var ae *APIError
+			if !errors.As(err, &ae) || ae.Code != "InsufficientFreeAddressesInSubnet" {
+				t.Errorf("last error %v: want EC2's InsufficientFreeAddressesInSubnet", err)
+			}
+			for _, want := range []string{tc.wantErrContains, tiny, "InsufficientFreeAddressesInSubnet"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("last error %q does not name %q", err, want)
+				}
+			}
+			t.Logf("last error: %v", err)
+			if got := e.alloc.Stats(1).Capacity; got != tc.wantPool {
+				t.Errorf("pool %d, want %d", got, tc.wantPool)
+			}
+			if sn, _ := e.srv.State().Subnet(tiny); sn.Available != tc.wantFree {
+				t.Errorf("subnet has %d free addresses", sn.Available)
+			}
+			for _, x := range e.srv.State().ENIs {
+				if x.Status == "available" {
+					t.Errorf("leaked detached ENI %s", x.ID)
+				}
+			}
+			checkNoLeak(t, e, e.alloc, 1)
+		})
+	}
+}
+
+func TestAttachFailureDeletesENI(t *testing.T) {
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{
+		"AttachNetworkInterface": {Rate: 1, Code: "AttachmentLimitExceeded"}}}})
+	cfg := e.fastConfig(8)
+	cfg.ManagedCards = []int{1, 2}
+	m := e.start(cfg, e.alloc)
+	eventually(t, 5*time.Second, "attach errors", func() bool {
+		err1, err2 := m.LastError(1), m.LastError(2)
+		return err1 != nil && err2 != nil && ErrorCode(err1) == "AttachmentLimitExceeded"
+	})
+	t.Logf("last error: %v", m.LastError(1))
+	if m.Ready() {
+		t.Error("ready without ENIs")
+	}
+	calls := e.srv.State().Calls
+	if c, d := calls["CreateNetworkInterface"]["ok"], calls["DeleteNetworkInterface"]["ok"]; c == 0 || c != d {
+		t.Errorf("%d ENIs created, %d deleted", c, d)
+	}
+	if n := len(e.ours()); n != 0 {
+		t.Errorf("%d ENIs of ours left: %v", n, e.ours())
+	}
+	// Once attaches work again the cards recover by themselves.
+	if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, m, 5*time.Second)
+	eventually(t, 2*time.Second, "error cleared", func() bool { return m.LastError(1) == nil && m.LastError(2) == nil })
+	if n := len(e.ours()); n != 2 {
+		t.Errorf("%d ENIs after recovery, want 2", n)
+	}
+}
+
+func TestGCDetached(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ourTags := map[string]string{TagCluster: testCluster, TagNode: e.inst, TagCard: "1", TagMode: ModeShared}
+	leftover := e.foreignENI(1, -1, ourTags)
+	otherNode := e.foreignENI(1, -1, map[string]string{TagCluster: testCluster, TagNode: "i-other", TagCard: "1"})
+	otherCluster := e.foreignENI(1, -1, map[string]string{TagCluster: "other", TagNode: e.inst, TagCard: "1"})
+	noManage := e.foreignENI(1, -1, map[string]string{TagCluster: testCluster, TagNode: e.inst, TagCard: "1", TagNoManage: "true"})
+	untagged := e.foreignENI(1, -1, nil)
+	cfg := e.fastConfig(8)
+	cfg.ManagedCards = []int{1}
+	m := e.start(cfg, e.alloc)
+	if _, ok := e.eniState(leftover); ok {
+		t.Error("leftover ENI of this node not deleted")
+	}
+	for _, id := range []string{otherNode, otherCluster, noManage, untagged} {
+		if _, ok := e.eniState(id); !ok {
+			t.Errorf("ENI %s deleted, not ours", id)
+		}
+	}
+	// A leftover made while running goes at the next pass.
+	waitReady(t, m, 5*time.Second)
+	late := e.foreignENI(1, -1, ourTags)
+	if err := m.GC(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.eniState(late); ok {
+		t.Error("late leftover not deleted")
+	}
+}
+
+func TestExclusive(t *testing.T) {
+	const cooldown, delay = 200 * time.Millisecond, 200 * time.Millisecond
+	e := newEnv(t, envOpts{cooldown: cooldown})
+	cfg := e.fastConfig(8)
+	cfg.ManagedCards = []int{1}
+	cfg.SurplusDelay = delay
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 5*time.Second)
+	if err := m.EnsureExclusive(context.Background(), 5); !errors.Is(err, ErrNotManaged) {
+		t.Errorf("EnsureExclusive on an unmanaged card: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r := podReq(1, 1)
+	r.Exclusive = true
+	al, err := allocWait(ctx, m, e.alloc, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, ok := e.eniState(al.ENIID)
+	if !ok || x.Tags[TagMode] != ModeExclusive || x.Card != 1 || x.Device != 2 || x.PrimaryIP != al.Address.String() ||
+		len(x.SecondaryIPs) != 0 || !x.DeleteOnTermination {
+		t.Fatalf("exclusive ENI %+v", x)
+	}
+	info, ok := m.ENI(al.ENIID)
+	if !ok || info.LinkName != "ens1d2" {
+		t.Errorf("ENI info %+v %v", info, ok)
+	}
+	// A second exclusive pod gets a second ENI.
+	r2 := podReq(2, 1)
+	r2.Exclusive = true
+	al2, err := allocWait(ctx, m, e.alloc, r2)
+	if err != nil || al2.ENIID == al.ENIID {
+		t.Fatalf("second exclusive: %+v %v", al2, err)
+	}
+	if _, _, err := e.alloc.Release(al.ContainerID, al.IfName); err != nil {
+		t.Fatal(err)
+	}
+	// Free ENIs go after cooldown + delay; the one still held stays.
+	eventually(t, 5*time.Second, "surplus exclusive ENI deleted", func() bool { _, ok := e.eniState(al.ENIID); return !ok })
+	if _, ok := e.eniState(al2.ENIID); !ok {
+		t.Error("held exclusive ENI deleted")
+	}
+	if _, ok := m.ENI(al.ENIID); ok {
+		t.Error("manager still knows the deleted ENI")
+	}
+}
+
+func TestParseCards(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		cards   []int
+		all     bool
+		wantErr bool
+	}{
+		{"", nil, false, false},
+		{"all", nil, true, false},
+		{"1,3", []int{1, 3}, false, false},
+		{"5-7, 1 ,6", []int{1, 5, 6, 7}, false, false},
+		{"x", nil, false, true},
+		{"3-1", nil, false, true},
+		{"-1", nil, false, true},
+	} {
+		cards, all, err := ParseCards(tc.in)
+		if (err != nil) != tc.wantErr || all != tc.all || !slices.Equal(cards, tc.cards) {
+			t.Errorf("ParseCards(%q) = %v, %v, %v", tc.in, cards, all, err)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no cluster", Config{}, "cluster"},
+		{"bad subnet", Config{Cluster: "c", Cards: map[int]CardConfig{1: {SubnetID: "nope"}}}, `subnet "nope"`},
+		{"bad mtu", Config{Cluster: "c", MTU: 10}, "mtu 10"},
+		{"negative warm", Config{Cluster: "c", WarmTarget: ptr(-1)}, "warm target -1"},
+		{"ok", Config{Cluster: "c"}, ""},
+	} {
+		err := tc.cfg.withDefaults().validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	c := newCaller(nil, Config{MaxAttempts: 3, BackoffBase: 100 * time.Millisecond, BackoffMax: time.Second, EC2Rate: 1, EC2Burst: 1})
+	for attempt := range 40 {
+		limit := min(100*time.Millisecond<<min(attempt, 30), time.Second)
+		for range 50 {
+			if d := c.backoff(attempt); d <= 0 || d > limit {
+				t.Fatalf("attempt %d: backoff %s outside (0, %s]", attempt, d, limit)
+			}
+		}
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	api := func(code string) error { return &smithy.GenericAPIError{Code: code, Message: "m"} }
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"throttle", api("RequestLimitExceeded"), true},
+		{"internal", api("InternalError"), true},
+		{"unavailable", api("Unavailable"), true},
+		{"no addresses", api("InsufficientFreeAddressesInSubnet"), false},
+		{"limit", api("PrivateIpAddressLimitExceeded"), false},
+		{"denied", api("UnauthorizedOperation"), false},
+		{"transport", errors.New("connection reset"), true},
+		{"cancelled", fmt.Errorf("x: %w", context.Canceled), false},
+	} {
+		if got := retryable(tc.err); got != tc.want {
+			t.Errorf("%s: retryable %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestSlowDefaults measures setup on p5.48xlarge with the default limiter (4/s, burst 10) and EC2's
+// throttling on. Slow (~25s): ENI_SLOW=1 runs it.
+func TestSlowDefaults(t *testing.T) {
+	if os.Getenv("ENI_SLOW") == "" {
+		t.Skip("ENI_SLOW=1 runs it")
+	}
+	e := newEnv(t, envOpts{typ: "p5.48xlarge", faults: fakeec2.Faults{Throttle: true}})
+	cfg := e.fastConfig(32)
+	cfg.WarmTarget, cfg.MinFree = nil, nil
+	cfg.EC2Rate, cfg.EC2Burst, cfg.BackoffBase, cfg.BackoffMax = 0, 0, 0, 0
+	t0 := time.Now()
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 2*time.Minute)
+	ready := time.Since(t0)
+	eventually(t, 2*time.Minute, "warm", func() bool {
+		for k := 1; k < 32; k++ {
+			if e.alloc.Stats(k).Warm < DefaultWarmTarget {
+				return false
+			}
+		}
+		return true
+	})
+	st := m.Stats().EC2
+	t.Logf("p5.48xlarge defaults: 31 cards ready in %s, warm in %s; throttles %d; calls %v",
+		ready.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), st.Throttles, st.Calls)
+}

@@ -1,0 +1,224 @@
+package eni
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/multinic/multinic/ipam/allocator"
+)
+
+func (m *Manager) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(m.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := m.reconcile(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("reconcile with EC2 failed", "err", err)
+		}
+	}
+}
+
+// Reconcile runs one reconcile and GC pass now (it also runs at Start and every ReconcileInterval).
+func (m *Manager) Reconcile(ctx context.Context) error { return m.reconcile(ctx) }
+
+// reconcile re-reads the instance's ENIs, adopts the manager's own, compares what EC2 says they hold with
+// the allocator and fixes the allocator (stale addresses out, unknown ones in as warm, exclusive ENIs it
+// lost registered again), re-assigns addresses of live allocations EC2 no longer has, and deletes
+// detached ENIs of this node. It holds opMu, so no address change is half done meanwhile.
+func (m *Manager) reconcile(ctx context.Context) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	enis, err := m.describeAttached(ctx)
+	if err != nil {
+		return err
+	}
+	var missing []string
+	m.mu.Lock()
+	for _, ni := range enis {
+		if id := aws.ToString(ni.SubnetId); id != "" && !m.subnets[id].IsValid() {
+			missing = append(missing, id)
+		}
+	}
+	m.mu.Unlock()
+	if len(missing) > 0 {
+		if err := m.describeSubnets(ctx, missing); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	m.setAttachedLocked(enis)
+	var adopted []*eniState
+	for _, e := range m.enis {
+		if e.adopted && !e.linkChecked {
+			e.linkChecked = true
+			adopted = append(adopted, e)
+		}
+	}
+	m.mu.Unlock()
+	for _, e := range adopted {
+		m.adoptLink(e)
+	}
+
+	// What EC2 says our ENIs hold. Addresses of a shared ENI whose link is not ready are left out unless
+	// the allocator knows them already: they join the pool when the link is up, not before.
+	known := map[netip.Addr]bool{}
+	exclusiveKnown := map[string]bool{}
+	for _, p := range m.alloc.Known() {
+		known[p.Address] = true
+		if p.Exclusive {
+			exclusiveKnown[p.ENIID] = true
+		}
+	}
+	var ec2Addrs []allocator.EC2Address
+	var lostExclusive []*eniState
+	m.mu.Lock()
+	for _, ni := range enis {
+		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
+		if e == nil {
+			continue
+		}
+		var pending []netip.Addr
+		add := func(a netip.Addr, primary bool) {
+			if !e.exclusive && !e.linkReady && !primary && !known[a] {
+				pending = append(pending, a)
+				return
+			}
+			ec2Addrs = append(ec2Addrs, allocator.EC2Address{Card: e.card, ENIID: e.id, Address: a, Primary: primary})
+		}
+		for _, a := range ni.PrivateIpAddresses {
+			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil {
+				add(ip, aws.ToBool(a.Primary))
+			}
+		}
+		for _, p := range ni.Ipv4Prefixes {
+			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
+				for _, a := range expand(pfx) {
+					add(a, false)
+				}
+			}
+		}
+		if !e.linkReady {
+			e.pending = pending
+		}
+		if e.exclusive && !exclusiveKnown[e.id] {
+			lostExclusive = append(lostExclusive, e)
+		}
+	}
+	m.mu.Unlock()
+
+	diff, err := m.alloc.Reconcile(ec2Addrs)
+	if err != nil {
+		return err
+	}
+	if !diff.Empty() {
+		m.log.Warn("allocator and EC2 disagreed", "stale", len(diff.Stale), "unknown", len(diff.Unknown), "lost", len(diff.Lost))
+	}
+	for _, e := range lostExclusive {
+		m.mu.Lock()
+		ready := e.linkReady
+		if !ready {
+			e.pendingExclusive = true
+		}
+		m.mu.Unlock()
+		if ready {
+			if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary); err != nil {
+				m.log.Error("register exclusive ENI", "card", e.card, "eni", e.id, "err", err)
+			}
+		}
+	}
+	m.reassignLost(ctx, diff.Lost)
+	return m.gcLocked(ctx)
+}
+
+// adoptLink looks once, without waiting, for an adopted ENI's link. An exclusive ENI whose link is not in
+// the node netns is taken to be inside its pod.
+func (m *Manager) adoptLink(e *eniState) {
+	name, found, err := m.links.FindByMAC(e.mac)
+	if err == nil && found {
+		if err := m.links.SetMTU(name, m.cfg.MTU); err == nil {
+			err = m.links.SetUp(name)
+		}
+		if err != nil {
+			m.log.Warn("set up adopted ENI link", "card", e.card, "eni", e.id, "err", err)
+			return
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if found {
+		e.linkName, e.linkReady = name, true
+	} else if e.exclusive {
+		e.linkReady = true
+	}
+}
+
+// reassignLost asks EC2 to give back to their ENI the addresses of live allocations it no longer has
+// (someone unassigned them behind the agent's back). Best effort: failures are logged.
+func (m *Manager) reassignLost(ctx context.Context, lost []allocator.Allocation) {
+	byENI := map[string][]string{}
+	for _, al := range lost {
+		if !al.Exclusive {
+			byENI[al.ENIID] = append(byENI[al.ENIID], al.Address.String())
+		}
+	}
+	for id, addrs := range byENI {
+		m.mu.Lock()
+		e := m.enis[id]
+		m.mu.Unlock()
+		if e == nil || m.cfg.PrefixMode {
+			m.log.Error("allocations lost their address in EC2; their ENI is gone or in prefix mode",
+				"eni", id, "addresses", addrs)
+			continue
+		}
+		_, err := do(ctx, m.ec2, "AssignPrivateIpAddresses", func(ctx context.Context, o func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error) {
+			return m.ec2.api.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{
+				NetworkInterfaceId: aws.String(id), PrivateIpAddresses: addrs}, o)
+		})
+		if err != nil {
+			m.log.Error("re-assign lost addresses", "card", e.card, "eni", id, "addresses", addrs, "err", err)
+			continue
+		}
+		m.mu.Lock()
+		e.secondaries += len(addrs)
+		m.mu.Unlock()
+		m.log.Warn("re-assigned addresses EC2 had lost", "card", e.card, "eni", id, "addresses", addrs)
+	}
+}
+
+// GC deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
+// attach, or of a detach whose delete failed.
+func (m *Manager) GC(ctx context.Context) error {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	return m.gcLocked(ctx)
+}
+
+func (m *Manager) gcLocked(ctx context.Context) error {
+	enis, err := m.describeENIs(ctx, []types.Filter{
+		{Name: aws.String("tag:" + TagNode), Values: []string{m.instanceID}},
+		{Name: aws.String("tag:" + TagCluster), Values: []string{m.cfg.Cluster}},
+		{Name: aws.String("status"), Values: []string{string(types.NetworkInterfaceStatusAvailable)}},
+	})
+	if err != nil {
+		return fmt.Errorf("gc: %w", err)
+	}
+	for _, ni := range enis {
+		if ni.Attachment != nil || ni.Status != types.NetworkInterfaceStatusAvailable || !m.ownsTags(ni) {
+			continue
+		}
+		id := aws.ToString(ni.NetworkInterfaceId)
+		m.log.Info("deleting detached ENI of this node", "eni", id, "card", tagMap(ni.TagSet)[TagCard])
+		m.deleteENI(ctx, -1, id)
+	}
+	return nil
+}

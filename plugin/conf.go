@@ -1,0 +1,311 @@
+package plugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// Modes of a network (the "mode" key).
+const (
+	// ModeIPVlan gives the pod an ipvlan child of the card's ENI: many pods share the card.
+	ModeIPVlan = "ipvlan"
+	// ModeExclusive moves a whole ENI of the card into the pod.
+	ModeExclusive = "exclusive"
+)
+
+// Limits of the "mtu" key: IPv4's minimum and the VPC's jumbo frame size.
+const (
+	MinMTU = 68
+	MaxMTU = 9001
+)
+
+// MaxNetworkCard bounds "networkCard"; the largest instance types have 32 cards. It also keeps the
+// per-interface route table (RouteTableBase + card) in a small, recognisable range.
+const MaxNetworkCard = 255
+
+// SupportedVersions are the CNI versions the plugin speaks (config and result).
+var SupportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
+
+// NetConf is the network configuration (a NetworkAttachmentDefinition's spec.config) as it arrives on stdin.
+// Optional fields are pointers: nil means unset.
+type NetConf struct {
+	types.PluginConf
+
+	// NetworkCard is the EC2 network card index. Required.
+	NetworkCard *int `json:"networkCard"`
+	// Mode is ModeIPVlan (default) or ModeExclusive.
+	Mode string `json:"mode,omitempty"`
+	// IPVlanMode is "l2" (default), "l3" or "l3s"; only with mode ipvlan.
+	IPVlanMode string `json:"ipvlanMode,omitempty"`
+	// MTU of the pod interface; nil or 0 means the ENI's MTU as the agent reports it.
+	MTU *int `json:"mtu,omitempty"`
+	// AgentSocket is the agent's unix socket; default api.DefaultSocketPath.
+	AgentSocket string `json:"agentSocket,omitempty"`
+	// PolicyRouting (default true) adds a route table and a source rule per pod interface.
+	PolicyRouting *bool `json:"policyRouting,omitempty"`
+	// Routes are extra destinations reached through this interface (main table).
+	Routes []RouteConf `json:"routes,omitempty"`
+
+	// Args carries Multus's network selection element "cni-args" as args.cni.
+	Args *struct {
+		CNI json.RawMessage `json:"cni,omitempty"`
+	} `json:"args,omitempty"`
+	// RuntimeConfig is accepted and ignored: the plugin declares no capabilities.
+	RuntimeConfig json.RawMessage `json:"runtimeConfig,omitempty"`
+	// Attachments is the old spelling of cni.dev/valid-attachments that libcni also sends on GC.
+	Attachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
+}
+
+// RouteConf is one extra destination: {"dst": "10.100.0.0/16"}.
+type RouteConf struct {
+	Dst string `json:"dst"`
+}
+
+// UnmarshalJSON refuses keys other than "dst": a "gw" silently ignored would route elsewhere than meant.
+func (r *RouteConf) UnmarshalJSON(b []byte) error {
+	type plain RouteConf
+	var p plain
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&p); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field ") {
+			return fmt.Errorf("route %s: %s: a route has only \"dst\"", b, strings.TrimPrefix(err.Error(), "json: "))
+		}
+		return err
+	}
+	*r = RouteConf(p)
+	return nil
+}
+
+// PodArgs are the per-pod options taken from args.cni (Multus's "cni-args"). Unknown keys there are
+// ignored (they may be meant for another plugin of the chain, e.g. tuning's "sysctl").
+type PodArgs struct {
+	// MTU overrides the network's mtu for this pod.
+	MTU *int `json:"mtu,omitempty"`
+	// Routes are added to the network's routes for this pod.
+	Routes []RouteConf `json:"routes,omitempty"`
+}
+
+// Config is a loaded, defaulted and validated NetConf: what the verbs work from.
+type Config struct {
+	Name       string
+	CNIVersion string
+	Card       int
+	Mode       string
+	IPVlanMode netlink.IPVlanMode
+	// MTU is 0 for "the ENI's MTU".
+	MTU           int
+	AgentSocket   string
+	PolicyRouting bool
+	// Routes are the network's and the pod's extra destinations, in order, without duplicates.
+	Routes []netip.Prefix
+	DNS    types.DNS
+	// ValidAttachments is set on GC.
+	ValidAttachments []types.GCAttachment
+	// Raw is the decoded configuration, for prevResult.
+	Raw *NetConf
+}
+
+// RouteTable is the route table of the pod interface on this card.
+func (c *Config) RouteTable() int { return RouteTableBase + c.Card }
+
+// standardKeys are the keys of a plugin configuration that the CNI spec, libcni or Multus may send.
+var standardKeys = []string{
+	"args", "capabilities", "cni.dev/attachments", "cni.dev/valid-attachments", "cniVersion", "dns", "ipam",
+	"name", "prevResult", "runtimeConfig", "type",
+}
+
+// ourKeys are the keys this plugin defines.
+var ourKeys = []string{"agentSocket", "ipvlanMode", "mode", "mtu", "networkCard", "policyRouting", "routes"}
+
+// ipvlanModes maps "ipvlanMode" values to the kernel's.
+var ipvlanModes = map[string]netlink.IPVlanMode{
+	"l2":  netlink.IPVLAN_MODE_L2,
+	"l3":  netlink.IPVLAN_MODE_L3,
+	"l3s": netlink.IPVLAN_MODE_L3S,
+}
+
+// invalidConfig is the error of a bad configuration: CNI code 7.
+func invalidConfig(format string, args ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, args...), "")
+}
+
+// loadConf parses, defaults and validates a configuration. It is pure: it touches nothing. Every error is a
+// *types.Error with code 7 naming the key.
+func loadConf(data []byte) (*Config, error) {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return nil, invalidConfig("parse network configuration: %s", jsonProblem(err))
+	}
+	if keys == nil {
+		return nil, invalidConfig("parse network configuration: not a JSON object")
+	}
+	var unknown []string
+	for k := range keys {
+		if !slices.Contains(standardKeys, k) && !slices.Contains(ourKeys, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return nil, invalidConfig("unknown key %q: known keys are %s", unknown[0], strings.Join(ourKeys, ", "))
+	}
+	// Go's decoder matches keys case-insensitively; the check above already refused "NetworkCard".
+	n := &NetConf{}
+	if err := json.Unmarshal(data, n); err != nil {
+		return nil, invalidConfig("parse network configuration: %s", jsonProblem(err))
+	}
+
+	c := &Config{
+		Name:             n.Name,
+		CNIVersion:       n.CNIVersion,
+		Mode:             n.Mode,
+		AgentSocket:      n.AgentSocket,
+		PolicyRouting:    true,
+		DNS:              n.DNS,
+		ValidAttachments: n.ValidAttachments,
+		Raw:              n,
+	}
+	if c.ValidAttachments == nil {
+		c.ValidAttachments = n.Attachments
+	}
+	if !slices.Contains(SupportedVersions, c.CNIVersion) {
+		return nil, invalidConfig("cniVersion %q invalid: must be one of %s", c.CNIVersion, strings.Join(SupportedVersions, ", "))
+	}
+	switch {
+	case n.NetworkCard == nil:
+		return nil, invalidConfig("networkCard is required")
+	case *n.NetworkCard < 0:
+		return nil, invalidConfig("networkCard %d invalid: must be 0 or more", *n.NetworkCard)
+	case *n.NetworkCard > MaxNetworkCard:
+		return nil, invalidConfig("networkCard %d invalid: must be at most %d", *n.NetworkCard, MaxNetworkCard)
+	}
+	c.Card = *n.NetworkCard
+
+	switch c.Mode {
+	case "":
+		c.Mode = ModeIPVlan
+	case ModeIPVlan, ModeExclusive:
+	default:
+		return nil, invalidConfig("mode %q invalid: must be %q or %q", c.Mode, ModeIPVlan, ModeExclusive)
+	}
+	switch m, ok := ipvlanModes[n.IPVlanMode]; {
+	case n.IPVlanMode == "":
+		c.IPVlanMode = netlink.IPVLAN_MODE_L2
+	case c.Mode != ModeIPVlan:
+		return nil, invalidConfig("ipvlanMode %q invalid: only applies to mode %q", n.IPVlanMode, ModeIPVlan)
+	case !ok:
+		return nil, invalidConfig("ipvlanMode %q invalid: must be l2, l3 or l3s", n.IPVlanMode)
+	default:
+		c.IPVlanMode = m
+	}
+	if n.MTU != nil {
+		if err := checkMTU("mtu", *n.MTU); err != nil {
+			return nil, err
+		}
+		c.MTU = *n.MTU
+	}
+	switch {
+	case c.AgentSocket == "":
+		c.AgentSocket = api.DefaultSocketPath
+	case !filepath.IsAbs(c.AgentSocket):
+		return nil, invalidConfig("agentSocket %q invalid: must be an absolute path", c.AgentSocket)
+	case len(c.AgentSocket) > 107:
+		return nil, invalidConfig("agentSocket %q invalid: longer than 107 bytes", c.AgentSocket)
+	}
+	if n.PolicyRouting != nil {
+		c.PolicyRouting = *n.PolicyRouting
+	}
+	if n.IPAM.Type != "" {
+		return nil, invalidConfig("ipam %q invalid: multinic takes its addresses from the multinic agent, remove \"ipam\"", n.IPAM.Type)
+	}
+	var err error
+	if c.Routes, err = appendRoutes(nil, "routes", n.Routes); err != nil {
+		return nil, err
+	}
+
+	if n.Args != nil && len(n.Args.CNI) > 0 && !bytes.Equal(bytes.TrimSpace(n.Args.CNI), []byte("null")) {
+		var pa PodArgs
+		if err := json.Unmarshal(n.Args.CNI, &pa); err != nil {
+			return nil, invalidConfig("args.cni invalid: %s", jsonProblem(err))
+		}
+		if pa.MTU != nil {
+			if err := checkMTU("args.cni.mtu", *pa.MTU); err != nil {
+				return nil, err
+			}
+			c.MTU = *pa.MTU
+		}
+		if c.Routes, err = appendRoutes(c.Routes, "args.cni.routes", pa.Routes); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// checkMTU accepts 0 (the ENI's MTU) and MinMTU..MaxMTU.
+func checkMTU(key string, mtu int) error {
+	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {
+		return invalidConfig("%s %d invalid: must be %d-%d, or 0 for the ENI's MTU", key, mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
+
+// appendRoutes validates routes and appends the new ones to have.
+func appendRoutes(have []netip.Prefix, key string, routes []RouteConf) ([]netip.Prefix, error) {
+	for i, r := range routes {
+		p, err := netip.ParsePrefix(r.Dst)
+		switch {
+		case err != nil:
+			return nil, invalidConfig("%s[%d].dst %q invalid: want an IPv4 CIDR such as 10.100.0.0/16", key, i, r.Dst)
+		case !p.Addr().Is4():
+			return nil, invalidConfig("%s[%d].dst %q invalid: must be IPv4", key, i, r.Dst)
+		case p != p.Masked():
+			return nil, invalidConfig("%s[%d].dst %q invalid: host bits set, did you mean %s?", key, i, r.Dst, p.Masked())
+		case p.Bits() == 0:
+			return nil, invalidConfig("%s[%d].dst %q invalid: the pod's default route stays on its primary interface", key, i, r.Dst)
+		}
+		if !slices.Contains(have, p) {
+			have = append(have, p)
+		}
+	}
+	return have, nil
+}
+
+// jsonProblem describes a decoding error by the key it is about, where the decoder knows it.
+func jsonProblem(err error) string {
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) && typeErr.Field != "" {
+		return fmt.Sprintf("%s: want %s, got %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	}
+	return err.Error()
+}
+
+// K8sArgs are the CNI_ARGS kubelet's runtime (and Multus) pass.
+type K8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // the names are the keys
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+// parseArgs parses CNI_ARGS. Unknown keys are an error unless IgnoreUnknown is set, as in every reference
+// plugin. Errors are *types.Error with code 7.
+func parseArgs(s string) (*K8sArgs, error) {
+	a := &K8sArgs{}
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, invalidConfig("CNI_ARGS invalid: %v", err)
+	}
+	return a, nil
+}

@@ -1,0 +1,234 @@
+package plugin
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// DefaultJournalDir holds the releases DEL could not hand to the agent (it was down): one file per
+// (containerID, ifName). The plugin replays it at the start of every call; the agent should replay it
+// at start-up with ReplayJournal.
+const DefaultJournalDir = "/var/lib/multinic/pending-releases"
+
+// journalVersion is the version of a journal record.
+const journalVersion = 1
+
+// journalLockTimeout bounds the wait for another process working on the journal.
+const journalLockTimeout = 5 * time.Second
+
+// journalRecord is one pending release.
+type journalRecord struct {
+	Version     int       `json:"version"`
+	ContainerID string    `json:"containerID"`
+	IfName      string    `json:"ifName"`
+	Card        int       `json:"card"`
+	AgentSocket string    `json:"agentSocket,omitempty"`
+	JournaledAt time.Time `json:"journaledAt"`
+}
+
+// Releaser is what a journal replay needs: the agent's client, or the agent's own backend.
+type Releaser interface {
+	Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error)
+}
+
+var _ Releaser = &api.Client{}
+
+// journalFile names the record of (containerID, ifName); both are free of '/' but may hold '_' and '.'.
+func journalFile(dir, containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
+	return filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// addJournal records a pending release durably: temp file, fsync, rename, fsync of the directory.
+// Recording the same (containerID, ifName) twice keeps one record.
+func addJournal(dir string, rec journalRecord) (retErr error) {
+	rec.Version = journalVersion
+	if rec.JournaledAt.IsZero() {
+		rec.JournaledAt = time.Now().UTC()
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
+	}
+	unlock, err := lockJournal(dir)
+	if err != nil {
+		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
+	}
+	defer unlock()
+	if err := writeFileSync(journalFile(dir, rec.ContainerID, rec.IfName), data); err != nil {
+		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
+	}
+	return nil
+}
+
+// hasJournal says whether a release of (containerID, ifName) is pending.
+func hasJournal(dir, containerID, ifName string) bool {
+	_, err := os.Stat(journalFile(dir, containerID, ifName))
+	return err == nil
+}
+
+// ReplayJournal hands every pending release in dir to r and removes the records it applied. It stops at
+// the first api.ErrUnavailable (the agent is still down) and returns it. A record the agent refuses as
+// invalid can never succeed: it is removed and reported. A missing or empty dir is nothing to do.
+// Releasing is idempotent, so a replay racing a DEL of the same attachment is harmless.
+func ReplayJournal(ctx context.Context, dir string, r Releaser) (released int, retErr error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
+	}
+	if !hasRecords(entries) {
+		return 0, nil
+	}
+	unlock, err := lockJournal(dir)
+	if err != nil {
+		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
+	}
+	defer unlock()
+	// Read again under the lock.
+	if entries, err = os.ReadDir(dir); err != nil {
+		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
+	}
+	var errs []error
+	removed := false
+	for _, e := range entries {
+		if !isRecord(e) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var rec journalRecord
+		if err := json.Unmarshal(data, &rec); err != nil || rec.Version != journalVersion {
+			errs = append(errs, fmt.Errorf("release journal record %s: unreadable or unknown version, left in place", path))
+			continue
+		}
+		_, err = r.Release(ctx, api.ReleaseRequest{ContainerID: rec.ContainerID, IfName: rec.IfName})
+		switch {
+		case errors.Is(err, api.ErrUnavailable):
+			errs = append(errs, err)
+			return released, fmt.Errorf("replay release journal %s: %w", dir, errors.Join(errs...))
+		case errors.Is(err, api.ErrInvalid):
+			errs = append(errs, fmt.Errorf("release journal record %s dropped: %w", path, err))
+		case err != nil:
+			errs = append(errs, err)
+			continue
+		default:
+			released++
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		removed = true
+	}
+	if removed {
+		if err := syncDir(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return released, fmt.Errorf("replay release journal %s: %w", dir, err)
+	}
+	return released, nil
+}
+
+func isRecord(e fs.DirEntry) bool {
+	return e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".json") && !strings.HasPrefix(e.Name(), ".")
+}
+
+func hasRecords(entries []fs.DirEntry) bool {
+	for _, e := range entries {
+		if isRecord(e) {
+			return true
+		}
+	}
+	return false
+}
+
+// lockJournal creates dir (mode 0700) when missing and takes an exclusive flock on dir/.lock, waiting at
+// most journalLockTimeout.
+func lockJournal(dir string) (unlock func(), retErr error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create journal directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open journal lock: %w", err)
+	}
+	deadline := time.Now().Add(journalLockTimeout)
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("lock journal: %w", err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock journal: still held by another process after %s", journalLockTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// writeFileSync replaces path with data so that a crash leaves the old or the new content, never a mix.
+func writeFileSync(path string, data []byte) (retErr error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,682 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// Step names a step of ADD, after which Plugin.Hook runs.
+type Step string
+
+// The steps of ADD, in order. Each one's effect is undone when a later one fails.
+const (
+	StepAllocate Step = "allocate" // the agent granted an address (undo: release)
+	StepLink     Step = "link"     // the ipvlan child exists / the ENI link is in the pod (undo: delete / move back)
+	StepAddress  Step = "address"  // address and MTU set, link up
+	StepRoutes   Step = "routes"   // extra routes and the per-interface table
+	StepRule     Step = "rule"     // the source rule (undo: delete rules)
+	StepSysctl   Step = "sysctl"   // rp_filter
+	StepResult   Step = "result"   // the result is built
+)
+
+// Plugin runs the CNI verbs. The zero value is not ready: use New.
+type Plugin struct {
+	// JournalDir holds releases DEL could not deliver (agent down); DefaultJournalDir.
+	JournalDir string
+	// Timeout bounds each agent call; 0 means the api client's defaults.
+	Timeout time.Duration
+	// Hook, when set, runs after each ADD step; an error fails ADD there. For tests.
+	Hook func(Step) error
+	// Logf reports what does not fail the call (a journaled release, a failed replay); nil discards.
+	Logf func(format string, args ...any)
+}
+
+// New returns a Plugin with the production settings.
+func New() *Plugin {
+	return &Plugin{JournalDir: DefaultJournalDir, Logf: func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "multinic: "+format+"\n", args...)
+	}}
+}
+
+func (p *Plugin) logf(format string, args ...any) {
+	if p.Logf != nil {
+		p.Logf(format, args...)
+	}
+}
+
+// Funcs are the verbs for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: p.GC}
+}
+
+// Add is CNI ADD: it prints the result in the configuration's version.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	res, conf, err := p.add(args)
+	if err != nil {
+		return cniError(err)
+	}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// Del is CNI DEL.
+func (p *Plugin) Del(args *skel.CmdArgs) error { return cniError(p.del(args)) }
+
+// Check is CNI CHECK.
+func (p *Plugin) Check(args *skel.CmdArgs) error { return cniError(p.check(args)) }
+
+// Status is CNI STATUS: code 50 when ADD cannot be served now.
+func (p *Plugin) Status(args *skel.CmdArgs) error { return cniError(p.status(args)) }
+
+// GC is CNI GC: it releases this network's allocations that are not valid attachments.
+func (p *Plugin) GC(args *skel.CmdArgs) error { return cniError(p.gc(args)) }
+
+func (p *Plugin) step(s Step) error {
+	if p.Hook == nil {
+		return nil
+	}
+	if err := p.Hook(s); err != nil {
+		return fmt.Errorf("after step %s: %w", s, err)
+	}
+	return nil
+}
+
+func (p *Plugin) client(conf *Config) *api.Client { return api.NewClient(conf.AgentSocket, p.Timeout) }
+
+// replay applies pending releases; it is best effort (the agent may still be down), and bounded in time.
+func (p *Plugin) replay(client *api.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := ReplayJournal(ctx, p.JournalDir, client); err != nil {
+		p.logf("%v", err)
+	}
+}
+
+// openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns.
+func openPodNS(path string) (ns.NetNS, error) {
+	podNS, err := ns.GetNS(path)
+	if err != nil {
+		return nil, err
+	}
+	same, err := isCurrentNS(podNS)
+	if err != nil {
+		podNS.Close()
+		return nil, err
+	}
+	if same {
+		podNS.Close()
+		return nil, types.NewError(types.ErrInvalidNetNS,
+			fmt.Sprintf("netns %s is the host's (the plugin's own) netns: refusing to configure it", path), "")
+	}
+	return podNS, nil
+}
+
+// isCurrentNS compares n with the calling thread's netns by device and inode.
+func isCurrentNS(n ns.NetNS) (bool, error) {
+	cur, err := ns.GetCurrentNS()
+	if err != nil {
+		return false, err
+	}
+	defer cur.Close()
+	var a, b unix.Stat_t
+	if err := unix.Fstat(int(n.Fd()), &a); err != nil {
+		return false, fmt.Errorf("stat netns %s: %w", n.Path(), err)
+	}
+	if err := unix.Fstat(int(cur.Fd()), &b); err != nil {
+		return false, fmt.Errorf("stat current netns: %w", err)
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
+// routing is the Routing of an allocation under conf.
+func routing(conf *Config, ifName string, resp api.AllocateResponse) Routing {
+	r := Routing{
+		IfName:    ifName,
+		Address:   resp.Address,
+		PrefixLen: resp.PrefixLen,
+		Gateway:   resp.Gateway,
+		Routes:    conf.Routes,
+	}
+	if conf.Mode == ModeIPVlan && conf.IPVlanMode != netlink.IPVLAN_MODE_L2 {
+		r.Gateway = netip.Addr{} // L3: the parent routes; no ARP, routes need the device only
+	}
+	if conf.PolicyRouting {
+		r.Table = conf.RouteTable()
+	}
+	return r
+}
+
+// checkResponse refuses an agent answer the plugin cannot apply.
+func checkResponse(conf *Config, resp api.AllocateResponse) error {
+	switch {
+	case !resp.Address.Is4():
+		return fmt.Errorf("agent answered address %v: want IPv4", resp.Address)
+	case resp.PrefixLen < 1 || resp.PrefixLen > 32:
+		return fmt.Errorf("agent answered prefix length %d: want 1-32", resp.PrefixLen)
+	case !resp.Gateway.Is4():
+		return fmt.Errorf("agent answered gateway %v: want IPv4", resp.Gateway)
+	case resp.LinkName == "":
+		return errors.New("agent answered no link name")
+	case resp.Exclusive != (conf.Mode == ModeExclusive):
+		return fmt.Errorf("agent answered exclusive=%t for mode %s", resp.Exclusive, conf.Mode)
+	}
+	return nil
+}
+
+func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr error) {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return nil, nil, err
+	}
+	k8s, err := parseArgs(args.Args)
+	if err != nil {
+		return nil, nil, err
+	}
+	podNS, err := openPodNS(args.Netns)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer podNS.Close()
+	// An interface already there (a repeated ADD, another plugin's) is refused before the agent is asked:
+	// the rollback of a failed ADD must never take away what an earlier ADD made.
+	if err := requireNoLink(podNS, args.IfName); err != nil {
+		return nil, nil, err
+	}
+
+	client := p.client(conf)
+	defer client.Close()
+	p.replay(client)
+	if hasJournal(p.JournalDir, args.ContainerID, args.IfName) {
+		return nil, nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
+			"container %s interface %s: a release is still pending for the agent", args.ContainerID, args.IfName), "")
+	}
+
+	ctx := context.Background()
+	resp, err := client.Allocate(ctx, api.AllocateRequest{
+		Card:         conf.Card,
+		ContainerID:  args.ContainerID,
+		IfName:       args.IfName,
+		PodNamespace: string(k8s.K8S_POD_NAMESPACE),
+		PodName:      string(k8s.K8S_POD_NAME),
+		PodUID:       string(k8s.K8S_POD_UID),
+		Exclusive:    conf.Mode == ModeExclusive,
+		Netns:        args.Netns,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if err := p.release(client, conf, args.ContainerID, args.IfName); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", err))
+		}
+	}()
+	if err := p.step(StepAllocate); err != nil {
+		return nil, nil, err
+	}
+	if err := checkResponse(conf, resp); err != nil {
+		return nil, nil, err
+	}
+	mtu := conf.MTU
+	if mtu == 0 {
+		mtu = resp.MTU
+	}
+
+	if conf.Mode == ModeExclusive {
+		err = MoveLinkIn(resp.LinkName, resp.MAC, podNS, args.IfName)
+	} else {
+		_, err = CreateIPVlanChild(resp.LinkName, podNS, args.IfName, conf.IPVlanMode, mtu)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		if err := teardown(podNS, args.IfName, conf.RouteTable()); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", err))
+		}
+	}()
+	if err := p.step(StepLink); err != nil {
+		return nil, nil, err
+	}
+
+	r := routing(conf, args.IfName, resp)
+	addr := ipNet(netip.PrefixFrom(resp.Address, resp.PrefixLen))
+	if conf.Mode == ModeExclusive && mtu > 0 {
+		if err := setMTU(podNS, args.IfName, mtu); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := ConfigureInterface(podNS, args.IfName, addr); err != nil {
+		return nil, nil, err
+	}
+	if err := p.step(StepAddress); err != nil {
+		return nil, nil, err
+	}
+	if err := AddRoutes(podNS, r); err != nil {
+		return nil, nil, err
+	}
+	if err := p.step(StepRoutes); err != nil {
+		return nil, nil, err
+	}
+	if r.Table > 0 {
+		if err := AddRule(podNS, r); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := p.step(StepRule); err != nil {
+		return nil, nil, err
+	}
+	if err := SetRPFilter(podNS, args.IfName); err != nil {
+		return nil, nil, err
+	}
+	if err := p.step(StepSysctl); err != nil {
+		return nil, nil, err
+	}
+
+	res, err := buildResult(podNS, conf, args.IfName, r)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := p.step(StepResult); err != nil {
+		return nil, nil, err
+	}
+	return res, conf, nil
+}
+
+// requireNoLink fails when podNS already has a link named ifName.
+func requireNoLink(podNS ns.NetNS, ifName string) error {
+	return podNS.Do(func(ns.NetNS) error {
+		_, err := netlinksafe.LinkByName(ifName)
+		switch {
+		case err == nil:
+			return fmt.Errorf("interface %q already exists in %s: DEL the attachment first", ifName, podNS.Path())
+		case errors.As(err, &netlink.LinkNotFoundError{}):
+			return nil
+		}
+		return fmt.Errorf("look for %q in %s: %w", ifName, podNS.Path(), err)
+	})
+}
+
+// setMTU sets the MTU of ifName in podNS.
+func setMTU(podNS ns.NetNS, ifName string, mtu int) error {
+	err := podNS.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(l, mtu)
+	})
+	if err != nil {
+		return fmt.Errorf("set mtu %d of %q in %s: %w", mtu, ifName, podNS.Path(), err)
+	}
+	return nil
+}
+
+// buildResult reads the interface back and describes it: one interface with its sandbox, the address
+// pointing at it, and the extra routes.
+func buildResult(podNS ns.NetNS, conf *Config, ifName string, r Routing) (*current.Result, error) {
+	var iface *current.Interface
+	err := podNS.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		iface = &current.Interface{
+			Name:    l.Attrs().Name,
+			Mac:     l.Attrs().HardwareAddr.String(),
+			Mtu:     l.Attrs().MTU,
+			Sandbox: podNS.Path(),
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read %q in %s: %w", ifName, podNS.Path(), err)
+	}
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{iface},
+		IPs: []*current.IPConfig{{
+			Interface: current.Int(0),
+			Address:   *ipNet(netip.PrefixFrom(r.Address, r.PrefixLen)),
+			Gateway:   netIP(r.Gateway),
+		}},
+		DNS: conf.DNS,
+	}
+	for _, dst := range r.Routes {
+		res.Routes = append(res.Routes, &types.Route{Dst: *ipNet(dst), GW: netIP(r.Gateway)})
+	}
+	return res, nil
+}
+
+// release gives the address of (containerID, ifName) back, or journals the release when the agent is down.
+func (p *Plugin) release(client *api.Client, conf *Config, containerID, ifName string) error {
+	_, err := client.Release(context.Background(), api.ReleaseRequest{ContainerID: containerID, IfName: ifName})
+	if errors.Is(err, api.ErrUnavailable) {
+		jerr := addJournal(p.JournalDir, journalRecord{
+			ContainerID: containerID, IfName: ifName, Card: conf.Card, AgentSocket: conf.AgentSocket,
+		})
+		if jerr != nil {
+			return errors.Join(err, jerr)
+		}
+		p.logf("agent unavailable, release of %s/%s journaled in %s", containerID, ifName, p.JournalDir)
+		return nil
+	}
+	return err
+}
+
+// teardown removes what ADD made in podNS, from the host's netns: the rules of table, and the link (an
+// ipvlan child is deleted; an ENI goes back to the host). A missing link is not an error; a link that is
+// neither an ipvlan nor a moved ENI is not ours and stays.
+func teardown(podNS ns.NetNS, ifName string, table int) error {
+	var isIPVlan bool
+	err := podNS.Do(func(ns.NetNS) error {
+		if err := DeleteRules(table); err != nil {
+			return err
+		}
+		l, err := netlinksafe.LinkByName(ifName)
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("find link: %w", err)
+		}
+		if _, ours := parseAlias(l.Attrs().Alias); ours {
+			return nil // moved out below
+		}
+		if l.Type() == "ipvlan" {
+			isIPVlan = true
+			if err := netlink.LinkDel(l); err != nil {
+				return fmt.Errorf("delete link: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clean up %q in %s: %w", ifName, podNS.Path(), err)
+	}
+	if isIPVlan {
+		return nil
+	}
+	_, err = MoveLinkOut(podNS, ifName)
+	return err
+}
+
+// del releases first (a gone netns must not leak the address), then removes what ADD made.
+func (p *Plugin) del(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	client := p.client(conf)
+	defer client.Close()
+	p.replay(client)
+	if err := p.release(client, conf, args.ContainerID, args.IfName); err != nil {
+		return err
+	}
+	if args.Netns == "" {
+		return nil
+	}
+	podNS, err := openPodNS(args.Netns)
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	if errors.As(err, &notExist) || errors.As(err, &notNS) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer podNS.Close()
+	return teardown(podNS, args.IfName, conf.RouteTable())
+}
+
+func (p *Plugin) status(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	client := p.client(conf)
+	defer client.Close()
+	p.replay(client)
+	st, err := client.Status(context.Background(), conf.Card)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("card %d not ready: %s", conf.Card, st.Reason), "")
+	}
+	return nil
+}
+
+func (p *Plugin) gc(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	client := p.client(conf)
+	defer client.Close()
+	p.replay(client)
+	allocs, err := client.List(context.Background())
+	if err != nil {
+		return err
+	}
+	valid := make(map[types.GCAttachment]bool, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid[a] = true
+	}
+	var errs []error
+	for _, a := range allocs {
+		if a.Card != conf.Card || a.Exclusive != (conf.Mode == ModeExclusive) ||
+			valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
+			continue
+		}
+		if err := p.release(client, conf, a.ContainerID, a.IfName); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if a.Netns == "" {
+			continue
+		}
+		// Best effort: the netns is usually gone with the pod.
+		podNS, err := openPodNS(a.Netns)
+		if err != nil {
+			continue
+		}
+		if err := teardown(podNS, a.IfName, conf.RouteTable()); err != nil {
+			errs = append(errs, err)
+		}
+		podNS.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Plugin) check(args *skel.CmdArgs) error {
+	conf, err := loadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.Raw.RawPrevResult == nil {
+		return invalidConfig("prevResult is required by CHECK")
+	}
+	if err := version.ParsePrevResult(&conf.Raw.PluginConf); err != nil {
+		return invalidConfig("prevResult invalid: %v", err)
+	}
+	res, err := current.NewResultFromResult(conf.Raw.PrevResult)
+	if err != nil {
+		return invalidConfig("prevResult invalid: %v", err)
+	}
+	iface, ipc, err := ipOf(res, args.IfName, args.Netns)
+	if err != nil {
+		return err
+	}
+	prefix, ok := netipx(ipc.Address)
+	if !ok {
+		return invalidConfig("prevResult address %s invalid", ipc.Address.String())
+	}
+
+	client := p.client(conf)
+	defer client.Close()
+	p.replay(client)
+	allocs, err := client.List(context.Background())
+	if err != nil {
+		return err
+	}
+	var alloc *api.Allocation
+	for i := range allocs {
+		if allocs[i].ContainerID == args.ContainerID && allocs[i].IfName == args.IfName {
+			alloc = &allocs[i]
+		}
+	}
+	switch {
+	case alloc == nil:
+		return fmt.Errorf("check %s/%s: the agent holds no allocation for it", args.ContainerID, args.IfName)
+	case alloc.Card != conf.Card:
+		return fmt.Errorf("check %s/%s: the agent's allocation is on card %d, the network's card is %d", args.ContainerID, args.IfName, alloc.Card, conf.Card)
+	case alloc.Address != prefix.Addr():
+		return fmt.Errorf("check %s/%s: the agent allocated %s, prevResult has %s", args.ContainerID, args.IfName, alloc.Address, prefix.Addr())
+	case alloc.Exclusive != (conf.Mode == ModeExclusive):
+		return fmt.Errorf("check %s/%s: the agent's allocation has exclusive=%t, the network's mode is %s", args.ContainerID, args.IfName, alloc.Exclusive, conf.Mode)
+	}
+
+	podNS, err := openPodNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer podNS.Close()
+	r := Routing{IfName: args.IfName, Address: prefix.Addr(), PrefixLen: prefix.Bits(), Routes: conf.Routes}
+	if gw, ok := netip.AddrFromSlice(ipc.Gateway.To4()); ok {
+		r.Gateway = gw
+	}
+	if conf.PolicyRouting {
+		r.Table = conf.RouteTable()
+	}
+	if err := podNS.Do(func(ns.NetNS) error { return checkInterface(conf, iface, r) }); err != nil {
+		return fmt.Errorf("check %q in %s: %w", args.IfName, args.Netns, err)
+	}
+	return nil
+}
+
+// netipx converts a result address.
+func netipx(n net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP.To4())
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits != 32 {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+// checkInterface, in the pod netns, compares the interface with what ADD made.
+func checkInterface(conf *Config, iface *current.Interface, r Routing) error {
+	l, err := netlinksafe.LinkByName(r.IfName)
+	if err != nil {
+		return err
+	}
+	a := l.Attrs()
+	if conf.Mode == ModeExclusive {
+		if _, ours := parseAlias(a.Alias); !ours {
+			return fmt.Errorf("link has alias %q, want a moved ENI's", a.Alias)
+		}
+	} else {
+		ipvl, ok := l.(*netlink.IPVlan)
+		if !ok {
+			return fmt.Errorf("link is a %s, want ipvlan", l.Type())
+		}
+		if ipvl.Mode != conf.IPVlanMode {
+			return fmt.Errorf("ipvlan mode is %v, want %v", ipvl.Mode, conf.IPVlanMode)
+		}
+	}
+	if iface.Mac != "" && !strings.EqualFold(a.HardwareAddr.String(), iface.Mac) {
+		return fmt.Errorf("mac is %s, prevResult has %s", a.HardwareAddr, iface.Mac)
+	}
+	if conf.MTU > 0 && a.MTU != conf.MTU {
+		return fmt.Errorf("mtu is %d, want %d", a.MTU, conf.MTU)
+	}
+	if a.Flags&net.FlagUp == 0 {
+		return errors.New("link is down")
+	}
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	want := ipNet(netip.PrefixFrom(r.Address, r.PrefixLen)).String()
+	if !slices.ContainsFunc(addrs, func(x netlink.Addr) bool { return x.IPNet.String() == want }) {
+		return fmt.Errorf("address %s missing", want)
+	}
+	var routes []netlink.Route
+	routes = append(routes, r.extraRoutes(a.Index)...)
+	if r.Table > 0 {
+		routes = append(routes, r.tableRoutes(a.Index)...)
+	}
+	for _, want := range routes {
+		table := want.Table
+		if table == 0 {
+			table = unix.RT_TABLE_MAIN
+		}
+		have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{Dst: want.Dst, Table: table, LinkIndex: a.Index},
+			netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+		if err != nil {
+			return fmt.Errorf("list routes: %w", err)
+		}
+		if !slices.ContainsFunc(have, func(h netlink.Route) bool { return h.Gw.Equal(want.Gw) }) {
+			return fmt.Errorf("route to %s via %v in table %d missing", want.Dst, want.Gw, table)
+		}
+	}
+	if r.Table > 0 {
+		rules, err := netlinksafe.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("list rules: %w", err)
+		}
+		want := r.rule()
+		if !slices.ContainsFunc(rules, func(h netlink.Rule) bool {
+			return h.Priority == want.Priority && h.Src != nil && h.Src.String() == want.Src.String()
+		}) {
+			return fmt.Errorf("rule from %s lookup %d missing", r.Address, r.Table)
+		}
+	}
+	if v, err := readSysctl(r.IfName, "rp_filter"); err != nil || v != RPFilterLoose {
+		return fmt.Errorf("rp_filter is %q (%v), want %s", v, err, RPFilterLoose)
+	}
+	return nil
+}
+
+// ipOf returns the first IPv4 address of prevResult that points at the interface named ifName in sandbox.
+func ipOf(res *current.Result, ifName, sandbox string) (*current.Interface, *current.IPConfig, error) {
+	for i, iface := range res.Interfaces {
+		if iface.Name != ifName || iface.Sandbox != sandbox {
+			continue
+		}
+		for _, ipc := range res.IPs {
+			if ipc.Interface != nil && *ipc.Interface == i && ipc.Address.IP.To4() != nil {
+				return iface, ipc, nil
+			}
+		}
+		return nil, nil, fmt.Errorf("prevResult has no IPv4 address on %q", ifName)
+	}
+	return nil, nil, fmt.Errorf("prevResult has no interface %q in %s", ifName, sandbox)
+}

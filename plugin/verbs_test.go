@@ -1,0 +1,654 @@
+package plugin
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// modeCase is one way of giving the pod its interface: exclusive runs on the host; ipvlan needs the VM.
+type modeCase struct {
+	name       string
+	mode       string
+	ipvlanMode string // "" for the default
+	exclusive  bool
+	l3         bool
+}
+
+var modeCases = []modeCase{
+	{name: "exclusive", mode: ModeExclusive, exclusive: true},
+	{name: "ipvlan l2", mode: ModeIPVlan},
+	{name: "ipvlan l3", mode: ModeIPVlan, ipvlanMode: "l3", l3: true},
+}
+
+func (m modeCase) require(t *testing.T) {
+	t.Helper()
+	if m.mode == ModeIPVlan {
+		nettest.RequireLinkType(t, "ipvlan")
+	}
+	nettest.RequireRoot(t)
+}
+
+func (m modeCase) extra(more ...string) string {
+	var parts []string
+	if m.ipvlanMode != "" {
+		parts = append(parts, `"ipvlanMode": "`+m.ipvlanMode+`"`)
+	}
+	return strings.Join(append(parts, more...), ", ")
+}
+
+// TestAddCheckDel attaches a pod in each mode and checks every effect, CHECK, the traffic through the
+// interface (L2 and exclusive), and that DEL takes it all back.
+func TestAddCheckDel(t *testing.T) {
+	for _, m := range modeCases {
+		t.Run(m.name, func(t *testing.T) {
+			m.require(t)
+			e := newEnv(t, m.exclusive)
+			e.addPodEth0()
+			nodeLinks := linkNames(t, e.node)
+			mainBefore := routeStrings(t, e.pod, unix.RT_TABLE_MAIN, "eth0")
+			args := e.args(e.conf(m.mode, m.extra(`"mtu": 1500`, `"routes": [{"dst": "10.100.0.0/16"}]`)))
+
+			res, err := e.add(args)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			// The agent's request.
+			if n := e.agent.numAllocateCalls(); n != 1 {
+				t.Fatalf("allocate calls = %d, want 1", n)
+			}
+			req := e.agent.allocates[0]
+			wantReq := api.AllocateRequest{Card: card, ContainerID: e.containerID, IfName: podIfName, PodNamespace: "default",
+				PodName: "pod-a", PodUID: "uid-a", Exclusive: m.exclusive, Netns: e.pod.Path()}
+			if req != wantReq {
+				t.Errorf("allocate request = %+v, want %+v", req, wantReq)
+			}
+
+			// The result.
+			wantGW := net.IP(gatewayIP.AsSlice())
+			if m.l3 {
+				wantGW = nil
+			}
+			if len(res.Interfaces) != 1 || len(res.IPs) != 1 || len(res.Routes) != 1 {
+				t.Fatalf("result = %+v, want one interface, one IP, one route", res)
+			}
+			wantIface := current.Interface{Name: podIfName, Mac: eniMAC.String(), Mtu: 1500, Sandbox: e.pod.Path()}
+			if *res.Interfaces[0] != wantIface {
+				t.Errorf("result interface = %+v, want %+v", *res.Interfaces[0], wantIface)
+			}
+			ipc := res.IPs[0]
+			if ipc.Interface == nil || *ipc.Interface != 0 || ipc.Address.String() != "10.1.0.5/24" || !ipc.Gateway.Equal(wantGW) {
+				t.Errorf("result ip = %+v, want 10.1.0.5/24 gw %v on interface 0", ipc, wantGW)
+			}
+			if r := res.Routes[0]; r.Dst.String() != "10.100.0.0/16" || !r.GW.Equal(wantGW) {
+				t.Errorf("result route = %+v, want 10.100.0.0/16 via %v", r, wantGW)
+			}
+
+			// The pod interface.
+			h := nettest.Handle(t, e.pod)
+			l, err := h.LinkByName(podIfName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := l.Attrs()
+			if a.MTU != 1500 || a.HardwareAddr.String() != eniMAC.String() || a.Flags&net.FlagUp == 0 {
+				t.Errorf("link = mtu %d mac %s flags %v, want mtu 1500 mac %s up", a.MTU, a.HardwareAddr, a.Flags, eniMAC)
+			}
+			if m.exclusive {
+				if want := (origState{Name: eniName, MTU: eniMTU, Up: true}).alias(); a.Alias != want {
+					t.Errorf("alias = %q, want %q", a.Alias, want)
+				}
+			} else if ipvl, ok := l.(*netlink.IPVlan); !ok {
+				t.Errorf("link is %s, want ipvlan", l.Type())
+			} else if want := map[bool]netlink.IPVlanMode{false: netlink.IPVLAN_MODE_L2, true: netlink.IPVLAN_MODE_L3}[m.l3]; ipvl.Mode != want {
+				t.Errorf("ipvlan mode = %v, want %v", ipvl.Mode, want)
+			}
+			addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(addrs) != 1 || addrs[0].IPNet.String() != "10.1.0.5/24" {
+				t.Errorf("addresses = %v, want 10.1.0.5/24", addrs)
+			}
+
+			// Policy routing.
+			table := RouteTableBase + card
+			gwText := "via 10.1.0.1"
+			if m.l3 {
+				gwText = "scope link"
+			}
+			wantTable := []string{"0.0.0.0/0 " + gwText, "10.1.0.0/24 scope link src 10.1.0.5"}
+			if got := routeStrings(t, e.pod, table, podIfName); !slices.Equal(got, wantTable) {
+				t.Errorf("table %d = %q, want %q", table, got, wantTable)
+			}
+			rules, err := h.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rules) != 1 || rules[0].Src.String() != "10.1.0.5/32" || rules[0].Priority != RulePriority {
+				t.Errorf("rules of table %d = %v, want from 10.1.0.5/32 priority %d", table, rules, RulePriority)
+			}
+			// The main table: the pod's default route untouched, the extra route added.
+			wantMain := "10.100.0.0/16 " + map[bool]string{false: "via 10.1.0.1 src 10.1.0.5", true: "src 10.1.0.5"}[m.l3]
+			if got := routeStrings(t, e.pod, unix.RT_TABLE_MAIN, podIfName); !slices.Contains(got, wantMain) {
+				t.Errorf("main table on %s = %q, want %q in it", podIfName, got, wantMain)
+			}
+			if got := routeStrings(t, e.pod, unix.RT_TABLE_MAIN, "eth0"); !slices.Equal(got, mainBefore) {
+				t.Errorf("main table on eth0 = %q, want unchanged %q", got, mainBefore)
+			}
+			var rpf string
+			if err := e.pod.Do(func(ns.NetNS) error { rpf, err = readSysctl(podIfName, "rp_filter"); return err }); err != nil || rpf != "2" {
+				t.Errorf("rp_filter = %q (%v), want 2", rpf, err)
+			}
+			if m.exclusive {
+				if _, err := nettest.Handle(t, e.node).LinkByName(eniName); err == nil {
+					t.Errorf("ENI link %s still in the node netns", eniName)
+				}
+			}
+
+			// Traffic from the interface's address leaves through it (the pod's default route is eth0).
+			// In L3 mode the node would route it: not wired in this test.
+			if !m.l3 {
+				if err := e.dialFromPod(podAddr); err != nil {
+					t.Errorf("connect from %s to %s: %v", podAddr, remoteAddr, err)
+				}
+			}
+
+			if err := e.check(args, res); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := e.del(args); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			e.requireClean([]string{"eth0", "eth0-peer", "lo"})
+			if m.exclusive {
+				e.requireENIHome()
+			}
+			if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
+				t.Errorf("node links = %v, want %v", got, nodeLinks)
+			}
+			if err := e.del(args); err != nil {
+				t.Errorf("DEL again: %v", err)
+			}
+		})
+	}
+}
+
+// routeStrings lists the routes of table on the link ifName in n as "dst [via gw|scope link] [src]".
+func routeStrings(t *testing.T, n ns.NetNS, table int, ifName string) []string {
+	t.Helper()
+	h := nettest.Handle(t, n)
+	l, err := h.LinkByName(ifName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table, LinkIndex: l.Attrs().Index},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range routes {
+		dst := "0.0.0.0/0"
+		if r.Dst != nil {
+			dst = r.Dst.String()
+		}
+		s := dst
+		switch {
+		case r.Gw != nil:
+			s += " via " + r.Gw.String()
+		case r.Scope == netlink.SCOPE_LINK:
+			s += " scope link"
+		}
+		if r.Src != nil {
+			s += " src " + r.Src.String()
+		}
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestCheckDetectsDrift breaks one thing ADD made at a time; CHECK must notice each.
+func TestCheckDetectsDrift(t *testing.T) {
+	nettest.RequireRoot(t)
+	tests := []struct {
+		name   string
+		break_ func(e *env, h netlinksafe.Handle) error
+	}{
+		{"rule deleted", func(e *env, h netlinksafe.Handle) error {
+			return e.pod.Do(func(ns.NetNS) error { return DeleteRules(RouteTableBase + card) })
+		}},
+		{"table default route deleted", func(e *env, h netlinksafe.Handle) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")),
+				Gw: net.IP(gatewayIP.AsSlice()), Table: RouteTableBase + card})
+		}},
+		{"rp_filter strict", func(e *env, h netlinksafe.Handle) error {
+			return e.pod.Do(func(ns.NetNS) error {
+				return os.WriteFile(sysctlPath(podIfName, "rp_filter"), []byte("1"), 0o644)
+			})
+		}},
+		{"mtu changed", func(e *env, h netlinksafe.Handle) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.LinkSetMTU(l, 1400)
+		}},
+		{"address removed", func(e *env, h netlinksafe.Handle) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.AddrDel(l, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.1.0.5/24"))})
+		}},
+		{"link down", func(e *env, h netlinksafe.Handle) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.LinkSetDown(l)
+		}},
+		{"extra route deleted", func(e *env, h netlinksafe.Handle) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("10.100.0.0/16"))})
+		}},
+		{"agent forgot the allocation", func(e *env, h netlinksafe.Handle) error {
+			e.agent.mu.Lock()
+			clear(e.agent.allocs)
+			e.agent.mu.Unlock()
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			args := e.args(e.conf(ModeExclusive, `"mtu": 1500, "routes": [{"dst": "10.100.0.0/16"}]`))
+			res, err := e.add(args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.del(args) })
+			if err := e.check(args, res); err != nil {
+				t.Fatalf("CHECK before the change: %v", err)
+			}
+			if err := tt.break_(e, nettest.Handle(t, e.pod)); err != nil {
+				t.Fatalf("break: %v", err)
+			}
+			if err := e.check(args, res); err == nil {
+				t.Errorf("CHECK after %s passed, want an error", tt.name)
+			}
+		})
+	}
+}
+
+// TestAddFailureRollsBack fails ADD after each step: nothing may be left behind.
+func TestAddFailureRollsBack(t *testing.T) {
+	steps := []Step{StepAllocate, StepLink, StepAddress, StepRoutes, StepRule, StepSysctl, StepResult}
+	for _, m := range modeCases[:2] { // exclusive on the host, ipvlan L2 in the VM
+		for _, s := range steps {
+			t.Run(m.name+"/"+string(s), func(t *testing.T) {
+				m.require(t)
+				e := newEnv(t, m.exclusive)
+				nodeLinks := linkNames(t, e.node)
+				injected := errors.New("injected failure")
+				var seen []Step
+				e.p.Hook = func(got Step) error {
+					seen = append(seen, got)
+					if got == s {
+						return injected
+					}
+					return nil
+				}
+				_, err := e.add(e.args(e.conf(m.mode, `"routes": [{"dst": "10.100.0.0/16"}]`)))
+				if !errors.Is(err, injected) && !strings.Contains(err.Error(), injected.Error()) {
+					t.Fatalf("ADD error = %v, want the injected failure", err)
+				}
+				if seen[len(seen)-1] != s {
+					t.Fatalf("steps seen = %v, want them to end at %s", seen, s)
+				}
+				e.requireClean([]string{"lo"})
+				if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
+					t.Errorf("node links = %v, want %v", got, nodeLinks)
+				}
+				if m.exclusive {
+					e.requireENIHome()
+				}
+			})
+		}
+	}
+}
+
+// TestAddProvokedFailures fails ADD for real (no hook): a taken ifname, an MTU above the ENI's.
+func TestAddProvokedFailures(t *testing.T) {
+	nettest.RequireRoot(t)
+	t.Run("ifname taken", func(t *testing.T) {
+		e := newEnv(t, true)
+		h := nettest.Handle(t, e.pod)
+		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: podIfName}, PeerName: "other0"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.add(e.args(e.conf(ModeExclusive, ""))); err == nil || !strings.Contains(err.Error(), "already exists") {
+			t.Fatalf("ADD error = %v, want the ifname taken", err)
+		}
+		if n := e.agent.numAllocateCalls(); n != 0 {
+			t.Errorf("allocate calls = %d, want 0", n)
+		}
+		if s := e.podState(); !slices.Equal(s.links, []string{"lo", podIfName, "other0"}) {
+			t.Errorf("pod links = %v, want the taken one left alone", s.links)
+		}
+		e.requireENIHome()
+	})
+	t.Run("ADD twice", func(t *testing.T) {
+		e := newEnv(t, true)
+		args := e.args(e.conf(ModeExclusive, ""))
+		res, err := e.add(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.add(args); err == nil {
+			t.Fatal("second ADD passed")
+		}
+		// The first ADD's interface, address and allocation are intact.
+		if err := e.check(args, res); err != nil {
+			t.Errorf("CHECK after a failed second ADD: %v", err)
+		}
+		if err := e.del(args); err != nil {
+			t.Fatal(err)
+		}
+		e.requireENIHome()
+	})
+	t.Run("wrong MAC", func(t *testing.T) {
+		e := newEnv(t, true)
+		ans := e.agent.answers[card]
+		ans.MAC = "02:00:00:00:99:99"
+		e.agent.answers[card] = ans
+		_, err := e.add(e.args(e.conf(ModeExclusive, "")))
+		if err == nil || !strings.Contains(err.Error(), "refusing to move it") {
+			t.Fatalf("ADD error = %v, want a MAC mismatch", err)
+		}
+		e.requireClean([]string{"lo"})
+		e.requireENIHome()
+	})
+}
+
+// TestAddRefusesHostNetns: CNI_NETNS naming the plugin's own netns is refused before the agent is asked.
+func TestAddRefusesHostNetns(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(ModeExclusive, ""))
+	args.Netns = e.node.Path()
+	_, err := e.add(args)
+	if cniCode(err) != int(types.ErrInvalidNetNS) {
+		t.Fatalf("ADD error = %v, want code %d", err, types.ErrInvalidNetNS)
+	}
+	if n := e.agent.numAllocateCalls(); n != 0 {
+		t.Errorf("allocate calls = %d, want 0", n)
+	}
+	e.requireENIHome()
+}
+
+// TestAddErrorCodes checks the CNI codes of agent errors at the verb boundary.
+func TestAddErrorCodes(t *testing.T) {
+	tests := []struct {
+		name     string
+		allocErr error
+		stop     bool
+		want     uint
+		wantMsg  string
+	}{
+		{"try again", &api.Error{Code: api.CodeTryAgain, Message: "card 1: InsufficientFreeAddressesInSubnet"}, false, types.ErrTryAgainLater, "InsufficientFreeAddressesInSubnet"},
+		{"card taken", &api.Error{Code: api.CodeCardTaken, Message: "pod default/pod-a holds card 1 as net2"}, false, ErrCardTaken, "as net2"},
+		{"interface taken", &api.Error{Code: api.CodeInterfaceTaken, Message: "net1 is on card 2"}, false, ErrInterfaceTaken, "card 2"},
+		{"not managed", &api.Error{Code: api.CodeNotManaged, Message: "card 1 not managed"}, false, ErrCardNotManaged, "not managed"},
+		{"invalid", &api.Error{Code: api.CodeInvalid, Message: "bad ifName"}, false, types.ErrInvalidNetworkConfig, "bad ifName"},
+		{"internal", &api.Error{Code: api.CodeInternal, Message: "boom"}, false, types.ErrInternal, "boom"},
+		{"agent down", nil, true, types.ErrTryAgainLater, "agent unavailable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			e.agent.allocErr = tt.allocErr
+			if tt.stop {
+				e.srv.halt()
+			}
+			err := e.inNode(func() error { return e.p.Add(e.args(e.conf(ModeExclusive, ""))) })
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != tt.want || !strings.Contains(te.Msg, tt.wantMsg) {
+				t.Fatalf("ADD error = %#v, want code %d with %q", err, tt.want, tt.wantMsg)
+			}
+			e.requireENIHome()
+		})
+	}
+}
+
+// TestDel covers DEL when things are gone or down.
+func TestDel(t *testing.T) {
+	t.Run("netns deleted", func(t *testing.T) {
+		e := newEnv(t, true)
+		pod, remove := newDetachedNS(t)
+		e.pod = pod
+		args := e.args(e.conf(ModeExclusive, ""))
+		if _, err := e.add(args); err != nil {
+			t.Fatal(err)
+		}
+		remove()
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		if !e.agent.released(e.containerID, podIfName) || e.agent.numAllocs() != 0 {
+			t.Errorf("the address was not released")
+		}
+		if err := e.del(args); err != nil {
+			t.Errorf("DEL again: %v", err)
+		}
+	})
+	t.Run("no netns given", func(t *testing.T) {
+		e := newEnv(t, true)
+		args := e.args(e.conf(ModeExclusive, ""))
+		if _, err := e.add(args); err != nil {
+			t.Fatal(err)
+		}
+		args.Netns = ""
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		if e.agent.numAllocs() != 0 {
+			t.Errorf("the address was not released")
+		}
+		args.Netns = e.pod.Path()
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL with the netns: %v", err)
+		}
+		e.requireENIHome()
+	})
+	t.Run("unknown container", func(t *testing.T) {
+		e := newEnv(t, true)
+		if err := e.del(e.args(e.conf(ModeExclusive, ""))); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	})
+	t.Run("agent down then back", func(t *testing.T) {
+		e := newEnv(t, true)
+		args := e.args(e.conf(ModeExclusive, ""))
+		res, err := e.add(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.srv.halt()
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL with the agent down: %v", err)
+		}
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL twice with the agent down: %v", err)
+		}
+		// The netns work was done; the release waits in the journal.
+		e.requireENIHome()
+		if got := journalEntries(t, e.p.JournalDir); len(got) != 1 {
+			t.Fatalf("journal = %v, want one record", got)
+		}
+		if e.agent.numAllocs() != 1 {
+			t.Fatalf("agent allocations = %d, want the one still held", e.agent.numAllocs())
+		}
+		// ADD of the same attachment must not run before the release is delivered.
+		if _, err := e.add(args); cniCode(err) != int(types.ErrTryAgainLater) {
+			t.Errorf("ADD with a pending release = %v, want code 11", err)
+		}
+		e.srv.start()
+		// Any call replays the journal: STATUS here.
+		if err := e.inNode(func() error { return cniError(e.p.status(args)) }); err != nil {
+			t.Fatalf("STATUS: %v", err)
+		}
+		if e.agent.numAllocs() != 0 || !e.agent.released(e.containerID, podIfName) {
+			t.Errorf("the journaled release was not replayed")
+		}
+		if got := journalEntries(t, e.p.JournalDir); len(got) != 0 {
+			t.Errorf("journal = %v, want empty", got)
+		}
+		_ = res
+	})
+}
+
+func journalEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestStatus: 50 when the agent is down or the card not ready.
+func TestStatus(t *testing.T) {
+	nettest.RequireRoot(t)
+	e := newEnv(t, true)
+	args := e.args(e.conf(ModeExclusive, ""))
+	status := func() error { return e.p.Status(args) }
+	if err := status(); err != nil {
+		t.Fatalf("STATUS ready: %v", err)
+	}
+	e.agent.mu.Lock()
+	e.agent.status = api.Status{Ready: false, Reason: "subnet-0abc has no free addresses"}
+	e.agent.mu.Unlock()
+	if err := status(); cniCode(err) != int(types.ErrPluginNotAvailable) || !strings.Contains(err.Error(), "no free addresses") {
+		t.Errorf("STATUS not ready = %v, want code 50 with the reason", err)
+	}
+	e.srv.halt()
+	if err := status(); cniCode(err) != int(types.ErrPluginNotAvailable) {
+		t.Errorf("STATUS agent down = %v, want code 50", err)
+	}
+}
+
+// TestGC releases what is not valid, on this network's card only, and cleans the link when the netns
+// is still there.
+func TestGC(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(ModeExclusive, ""))
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	e.agent.mu.Lock()
+	for _, a := range []api.Allocation{
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "valid", IfName: "net1", Exclusive: true}},
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "gone", IfName: "net1", Exclusive: true, Netns: "/var/run/netns/nosuch"}},
+		{AllocateRequest: api.AllocateRequest{Card: 2, ContainerID: "other-card", IfName: "net2", Exclusive: true}},
+	} {
+		e.agent.allocs[attachment{a.ContainerID, a.IfName}] = a
+	}
+	e.agent.mu.Unlock()
+	gcConf := e.conf(ModeExclusive, `"cni.dev/valid-attachments": [{"containerID": "valid", "ifname": "net1"}]`)
+	if err := e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	for _, tc := range []struct {
+		id, ifName string
+		want       bool
+	}{{"valid", "net1", false}, {"gone", "net1", true}, {"other-card", "net2", false}, {e.containerID, podIfName, true}} {
+		if got := e.agent.released(tc.id, tc.ifName); got != tc.want {
+			t.Errorf("released %s/%s = %t, want %t", tc.id, tc.ifName, got, tc.want)
+		}
+	}
+	// The live pod's ENI came back from its netns.
+	e.requireENIHome()
+	if s := e.podState(); !slices.Equal(s.links, []string{"lo"}) || len(s.rules) != 0 || len(s.tableRoutes) != 0 {
+		t.Errorf("pod netns after GC = %+v, want only lo", s)
+	}
+}
+
+// TestPolicyRoutingOff: without the rule, traffic from the interface's address follows the pod's default
+// route (eth0) and does not reach the card's subnet: the rule is what makes it leave through net1.
+func TestPolicyRoutingOff(t *testing.T) {
+	e := newEnv(t, true)
+	e.addPodEth0()
+	args := e.args(e.conf(ModeExclusive, `"policyRouting": false`))
+	res, err := e.add(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.del(args) })
+	if s := e.podState(); len(s.rules) != 0 || len(s.tableRoutes) != 0 {
+		t.Errorf("rules %v, table routes %v: want none with policyRouting false", s.rules, s.tableRoutes)
+	}
+	if err := e.check(args, res); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := e.dialFromPod(podAddr); err == nil {
+		t.Errorf("connect from %s to %s passed without the rule: the test cannot tell the rule's effect", podAddr, remoteAddr)
+	}
+}
+
+// TestCheckIPVlan: CHECK compares the ipvlan mode, and DEL with the netns gone releases the address.
+func TestCheckIPVlan(t *testing.T) {
+	nettest.RequireLinkType(t, "ipvlan")
+	e := newEnv(t, false)
+	args := e.args(e.conf(ModeIPVlan, ""))
+	res, err := e.add(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.check(args, res); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	l3 := *args
+	l3.StdinData = e.conf(ModeIPVlan, `"ipvlanMode": "l3"`)
+	if err := e.check(&l3, res); err == nil || !strings.Contains(err.Error(), "ipvlan mode") {
+		t.Errorf("CHECK with ipvlanMode l3 = %v, want a mode mismatch", err)
+	}
+	if err := e.del(args); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean([]string{"lo"})
+}
+
+// TestDelIPVlanNetnsGone: the child dies with the netns; DEL still releases.
+func TestDelIPVlanNetnsGone(t *testing.T) {
+	nettest.RequireLinkType(t, "ipvlan")
+	e := newEnv(t, false)
+	pod, remove := newDetachedNS(t)
+	e.pod = pod
+	nodeLinks := linkNames(t, e.node)
+	args := e.args(e.conf(ModeIPVlan, ""))
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	remove()
+	for range 2 {
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	}
+	if !e.agent.released(e.containerID, podIfName) || e.agent.numAllocs() != 0 {
+		t.Error("the address was not released")
+	}
+	if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
+		t.Errorf("node links = %v, want %v", got, nodeLinks)
+	}
+}
