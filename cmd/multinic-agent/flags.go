@@ -15,6 +15,7 @@ import (
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/nad"
 )
 
 // Defaults of the flags that are the agent's own (the ENI manager's come from package eni).
@@ -24,6 +25,9 @@ const (
 	DefaultLockTimeout = 10 * time.Second
 	// maxCards bounds the cards --security-groups applies to when given for every card.
 	maxCards = 64
+	// InClusterKubeconfig as --kubeconfig means the pod's service account (rest.InClusterConfig).
+	InClusterKubeconfig = "in-cluster"
+	DefaultNADMode      = "both"
 )
 
 // options is the parsed command line; see parseFlags for what each means.
@@ -56,6 +60,43 @@ type options struct {
 	lockTimeout  time.Duration
 	linkNetns    string
 	logLevel     slog.Level
+
+	// Publishing (package nad); publishNADs and nodeResources are resolved: false without a kubeconfig.
+	publishNADs     bool
+	nodeResources   bool
+	nadNamespace    string
+	nadModes        []string
+	resourcePrefix  string
+	publishInterval time.Duration
+}
+
+// optBool is a boolean flag that knows whether it was given, for defaults that depend on other flags.
+type optBool struct{ set, v bool }
+
+func (b *optBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.v)
+}
+
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a boolean", s)
+	}
+	b.set, b.v = true, v
+	return nil
+}
+
+func (b *optBool) IsBoolFlag() bool { return true }
+
+// or is the flag's value if given, else def.
+func (b *optBool) or(def bool) bool {
+	if b.set {
+		return b.v
+	}
+	return def
 }
 
 // defaultNodeName is $NODE_NAME (set from the downward API in the DaemonSet), else the hostname.
@@ -76,14 +117,18 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		fmt.Fprintf(fs.Output(), "Usage: multinic-agent [flags]\n\n"+
 			"The multinic node agent: keeps per-network-card pools of ENI-backed addresses and serves them to the\n"+
 			"multinic CNI plugin over a root-only unix socket. AWS credentials and region come from the SDK's\n"+
-			"default chain (environment, shared config, IMDS role); the region from IMDS placement if unset.\n\nFlags:\n")
+			"default chain (environment, shared config, IMDS role); the region from IMDS placement if unset.\n\n"+
+			"With --kubeconfig it also publishes one NetworkAttachmentDefinition per managed card (pods list them in\n"+
+			"the annotation "+nad.NetworksAnnotation+", e.g. \"kube-system/multinic-card-1,kube-system/multinic-card-2\")\n"+
+			"and advertises each card as the extended resource multinic.io/card-N on its Node (pods request\n"+
+			"multinic.io/card-N: 1 so that the scheduler picks a node with that card). Without it nothing is published.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "unix socket the plugin connects to (created mode 0600, directory 0700)")
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "directory of the crash-safe checkpoint; locked so that one agent at a time uses it")
 	fs.StringVar(&o.cluster, "cluster", "", "cluster name, written to the tag "+eni.TagCluster+" of every ENI the agent creates (required)")
 	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(), "Kubernetes node name: the GC's pod list selector and the tag "+eni.TagNodeName+"; taken from $NODE_NAME, else the hostname")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for the API server; GC then frees allocations of pods no longer on this node. Empty: GC frees allocations whose netns path is gone")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", `kubeconfig for the API server, or "`+InClusterKubeconfig+`" for the pod's service account; GC then frees allocations of pods no longer on this node, and NADs and node resources are published. Empty: GC frees allocations whose netns path is gone, nothing is published`)
 	managed := fs.String("managed-cards", "", `network cards to serve: "" = every card but the default card (0), "all", or a list like "1,2,5-7"`)
 	subnets := fs.String("subnet-per-card", "", `subnet of each card's ENIs, e.g. "1=subnet-0a,2=subnet-0b"; cards not listed use the primary ENI's subnet`)
 	groups := fs.String("security-groups", "", `security groups of the ENIs the agent creates: "sg-1,sg-2" for every card and/or "3=sg-9" for one card (repeat the card for several groups); default the primary ENI's`)
@@ -107,6 +152,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", DefaultLockTimeout, "how long to wait for another agent to let go of --state-dir")
 	fs.StringVar(&o.linkNetns, "link-netns", "", "path of the netns holding the ENI links (e.g. /var/run/netns/node1); default the agent's own")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	var publishNADs, nodeResources optBool
+	fs.Var(&publishNADs, "publish-nads", "create and keep one NetworkAttachmentDefinition per managed card (multinic-card-N, multinic-card-N-exclusive) in --nad-namespace; default true with --kubeconfig. Pods name them as <namespace>/<name> in "+nad.NetworksAnnotation)
+	fs.StringVar(&o.nadNamespace, "nad-namespace", nad.DefaultNamespace, "namespace of the published NADs (with Multus' namespaceIsolation, list it in Multus' globalNamespaces or use \"default\")")
+	nadMode := fs.String("nad-mode", DefaultNADMode, "which NADs to publish per card: ipvlan (multinic-card-N), exclusive (multinic-card-N-exclusive) or both")
+	fs.Var(&nodeResources, "node-resources", "advertise each managed card as the extended resource <resource-prefix>N on this Node's status (capacity and allocatable: the addresses the card can hold, 0 until its ENI is ready); default true with --kubeconfig")
+	fs.StringVar(&o.resourcePrefix, "resource-prefix", nad.DefaultResourcePrefix, "prefix of the cards' extended resources and of the NADs' "+nad.ResourceNameAnnotation+" annotation: card N is <prefix>N")
+	fs.DurationVar(&o.publishInterval, "publish-interval", nad.DefaultInterval, "time between two checks of the NADs and the node resources (each makes no write when nothing drifted)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -123,6 +175,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
 		return o, fmt.Errorf("--log-level %q invalid: want debug, info, warn or error", *level)
 	}
+	if o.nadModes, err = nad.ParseModes(*nadMode); err != nil {
+		return o, fmt.Errorf("--nad-mode: %w", err)
+	}
+	switch {
+	case publishNADs.set && publishNADs.v && o.kubeconfig == "":
+		return o, errors.New("--publish-nads needs --kubeconfig")
+	case nodeResources.set && nodeResources.v && o.kubeconfig == "":
+		return o, errors.New("--node-resources needs --kubeconfig")
+	}
+	o.publishNADs = publishNADs.or(o.kubeconfig != "")
+	o.nodeResources = nodeResources.or(o.kubeconfig != "")
 	return o, o.validate()
 }
 
@@ -158,8 +221,23 @@ func (o options) validate() error {
 		return fmt.Errorf("--ec2-rate %g invalid: must be more than 0", o.ec2Rate)
 	case o.ec2Burst < 1:
 		return fmt.Errorf("--ec2-burst %d invalid: must be 1 or more", o.ec2Burst)
+	case o.publishInterval <= 0:
+		return fmt.Errorf("--publish-interval %s invalid: must be more than 0", o.publishInterval)
+	}
+	if err := (nad.Options{Namespace: o.nadNamespace}).Validate(); err != nil {
+		return fmt.Errorf("--nad-namespace: %w", err)
+	}
+	if err := nad.ValidateResourcePrefix(o.resourcePrefix); err != nil {
+		return fmt.Errorf("--resource-prefix: %w", err)
 	}
 	return nil
+}
+
+// nadOptions are the NADs' rendering options from the flags. Only what every node of a DaemonSet shares
+// goes in (the socket path, not --mtu: the plugin takes the ENI's MTU from the agent), so that every
+// node renders the same NADs.
+func (o options) nadOptions() nad.Options {
+	return nad.Options{Namespace: o.nadNamespace, Modes: o.nadModes, ResourcePrefix: o.resourcePrefix, AgentSocket: o.socket}
 }
 
 // parseCardConfig reads --subnet-per-card ("1=subnet-a,2=subnet-b") and --security-groups ("sg-1,sg-2",

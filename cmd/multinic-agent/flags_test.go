@@ -58,6 +58,40 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad grace", args: []string{"--cluster", "c", "--gc-grace", "0s"}, wantErr: "--gc-grace"},
 		{name: "bad level", args: []string{"--cluster", "c", "--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "stray argument", args: []string{"--cluster", "c", "extra"}, wantErr: "unexpected argument"},
+		{name: "no kubeconfig: nothing published", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
+			if o.publishNADs || o.nodeResources {
+				t.Errorf("publishNADs=%v nodeResources=%v without a kubeconfig", o.publishNADs, o.nodeResources)
+			}
+		}},
+		{name: "kubeconfig: publishing defaults", args: []string{"--cluster", "c", "--kubeconfig", "in-cluster"}, check: func(t *testing.T, o options) {
+			no := o.nadOptions()
+			if !o.publishNADs || !o.nodeResources || o.nadNamespace != "kube-system" || !slices.Equal(o.nadModes, []string{"ipvlan", "exclusive"}) ||
+				o.resourcePrefix != "multinic.io/card-" || o.publishInterval != time.Minute ||
+				no.Namespace != "kube-system" || no.AgentSocket != o.socket || no.ResourcePrefix != o.resourcePrefix {
+				t.Errorf("publishing defaults: %+v / %+v", o, no)
+			}
+		}},
+		{name: "kubeconfig, publishing off", args: []string{"--cluster", "c", "--kubeconfig", "k", "--publish-nads=false",
+			"--node-resources=false"}, check: func(t *testing.T, o options) {
+			if o.publishNADs || o.nodeResources {
+				t.Errorf("publishNADs=%v nodeResources=%v", o.publishNADs, o.nodeResources)
+			}
+		}},
+		{name: "publishing options", args: []string{"--cluster", "c", "--kubeconfig", "k", "--node-resources=false",
+			"--nad-namespace", "default", "--nad-mode", "exclusive", "--resource-prefix", "example.com/nic", "--publish-interval", "5s"},
+			check: func(t *testing.T, o options) {
+				if !o.publishNADs || o.nodeResources || o.nadNamespace != "default" || !slices.Equal(o.nadModes, []string{"exclusive"}) ||
+					o.resourcePrefix != "example.com/nic" || o.publishInterval != 5*time.Second {
+					t.Errorf("publishing options: %+v", o)
+				}
+			}},
+		{name: "publish without kubeconfig", args: []string{"--cluster", "c", "--publish-nads"}, wantErr: "--publish-nads needs --kubeconfig"},
+		{name: "resources without kubeconfig", args: []string{"--cluster", "c", "--node-resources=true"}, wantErr: "--node-resources needs --kubeconfig"},
+		{name: "bad nad mode", args: []string{"--cluster", "c", "--nad-mode", "all"}, wantErr: "--nad-mode"},
+		{name: "bad nad namespace", args: []string{"--cluster", "c", "--nad-namespace", "Kube_System"}, wantErr: "--nad-namespace"},
+		{name: "bad resource prefix", args: []string{"--cluster", "c", "--resource-prefix", "kubernetes.io/card-"}, wantErr: "--resource-prefix"},
+		{name: "bad publish interval", args: []string{"--cluster", "c", "--publish-interval", "0s"}, wantErr: "--publish-interval"},
+		{name: "bad bool", args: []string{"--cluster", "c", "--publish-nads=maybe"}, wantErr: "publish-nads"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,7 +118,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	}
 	for _, f := range []string{"socket", "state-dir", "cluster", "node-name", "kubeconfig", "managed-cards", "subnet-per-card",
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
-		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate"} {
+		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
+		"nad-mode", "node-resources", "resource-prefix", "publish-interval"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}

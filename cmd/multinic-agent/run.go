@@ -14,8 +14,8 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	nadclient "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/client/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
@@ -68,14 +68,17 @@ func run(ctx context.Context, args []string) (retErr error) {
 	}
 
 	var kube kubernetes.Interface
+	var nads nadclient.Interface
 	if o.kubeconfig != "" {
-		rc, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+		rc, err := restConfig(o.kubeconfig)
 		if err != nil {
-			return fmt.Errorf("load kubeconfig %s: %w", o.kubeconfig, err)
+			return err
 		}
-		rc.UserAgent = "multinic-agent"
 		if kube, err = kubernetes.NewForConfig(rc); err != nil {
 			return fmt.Errorf("kubernetes client from %s: %w", o.kubeconfig, err)
+		}
+		if nads, err = nadclient.NewForConfig(rc); err != nil {
+			return fmt.Errorf("network-attachment-definition client from %s: %w", o.kubeconfig, err)
 		}
 	}
 	ag, err := agent.New(agent.Config{
@@ -116,16 +119,33 @@ func run(ctx context.Context, args []string) (retErr error) {
 	defer mgr.Stop()
 	logger.Info("eni manager started", "instance", mgr.InstanceID(), "cards", mgr.ManagedCards())
 
+	// The managed cards are known now: publish their NADs and node resources.
+	pub, err := newPublisher(o, kube, nads, mgr, logger.With("component", "publisher"))
+	if err != nil {
+		return err
+	}
+	if pub != nil {
+		stop := runPublisher(ctx, pub, mgr.WaitReady)
+		defer stop()
+		logger.Info("publishing", "nads", o.publishNADs, "nadNamespace", o.nadNamespace, "nadModes", o.nadModes,
+			"nodeResources", o.nodeResources, "resourcePrefix", o.resourcePrefix)
+	}
+
 	l, err := api.Listen(o.socket)
 	if err != nil {
 		return err
 	}
+	// GC gets its own context: if Serve fails while ctx lives, the deferred wait must not hang.
+	gcCtx, gcCancel := context.WithCancel(ctx)
 	gcDone := make(chan struct{})
 	go func() {
 		defer close(gcDone)
-		ag.Run(ctx)
+		ag.Run(gcCtx)
 	}()
-	defer func() { <-gcDone }()
+	defer func() {
+		gcCancel()
+		<-gcDone
+	}()
 	logger.Info("serving allocations", "socket", o.socket, "node", o.nodeName)
 	err = api.Serve(ctx, l, ag, logger.With("component", "api"))
 	logger.Info("shutting down")

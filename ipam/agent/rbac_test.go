@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// TestPolicyRulesCoverGC: every API call a GC pass makes (with pagination) is one PolicyRules grants, and
+// GC makes at least one, so that the ClusterRole built from PolicyRules is what the agent needs.
+func TestPolicyRulesCoverGC(t *testing.T) {
+	kube := fake.NewClientset(pod("default", "live", "uid-live", "node-a", corev1.PodRunning))
+	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+		c.Kube = kube
+		c.NodeName = "node-a"
+		c.GCGrace = time.Second
+	})
+	ctx := context.Background()
+	if _, err := ta.Allocate(ctx, req(1, "c-gone", "net1", "gone")); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := ta.CollectGarbage(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ta.clock.Advance(2 * time.Second)
+	}
+	acts := kube.Actions()
+	if len(acts) == 0 {
+		t.Fatal("GC made no API call")
+	}
+	for _, a := range acts {
+		res := a.GetResource().Resource
+		if s := a.GetSubresource(); s != "" {
+			res += "/" + s
+		}
+		ok := false
+		for _, r := range PolicyRules {
+			if slices.Contains(r.APIGroups, a.GetResource().Group) && slices.Contains(r.Resources, res) && slices.Contains(r.Verbs, a.GetVerb()) {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("GC called %s %s/%s, not granted by PolicyRules", a.GetVerb(), a.GetResource().Group, res)
+		}
+	}
+}
