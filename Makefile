@@ -6,7 +6,7 @@ GO        ?= go
 BIN       := bin
 BINARIES  := fake-ec2 multinic multinic-agent
 # Packages whose tests need kernel features this host lacks (ipvlan, dummy, vlan): run in the test VM.
-VM_PKGS   ?= ./plugin/
+VM_PKGS   ?= ./plugin/ ./e2e/nodes/
 GOTEST    ?= $(GO) test -count=1
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
 FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest

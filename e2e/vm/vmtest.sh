@@ -17,6 +17,9 @@
 #   MULTINIC_VM_TESTFLAGS     extra flags for every test binary, e.g. "-test.run TestX"
 #   MULTINIC_VM_ACCEL         QEMU accelerator (default tcg: /dev/kvm is not usable here)
 #
+# Inside the VM, tests see MULTINIC_IN_VM=1 and MULTINIC_BIN_DIR, a folder with the project's
+# binaries (fake-ec2, multinic, multinic-agent) built here with CGO_ENABLED=0 (the guest has no Go).
+#
 # Exit status:
 #   0  the VM ran and every test binary passed
 #   1  a test binary failed (or could not start) inside the VM
@@ -168,6 +171,12 @@ if [ $# -eq 0 ]; then
 	set -- "${pkgs[@]}"
 fi
 
+# The project's binaries, for tests that run them (e2e/harness): static, in RUN/bin, which the guest sees
+# as $MULTINIC_BIN_DIR (the VM has no Go toolchain to build them).
+mkdir "$RUN/bin"
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$RUN/bin/" ./cmd/fake-ec2 ./cmd/multinic ./cmd/multinic-agent) >&2 ||
+	die "go build of the binaries failed"
+
 # go list from the caller's directory, so relative patterns mean what they mean to go test.
 listing=$(go list -f '{{.ImportPath}} {{.Dir}} {{len .TestGoFiles}} {{len .XTestGoFiles}}' "$@") || die "go list $*"
 n=0
@@ -197,12 +206,14 @@ NONCE=$NONCE
 MODS="$MODS"
 TEST_TIMEOUT=$TEST_TIMEOUT
 TESTFLAGS=$(printf %q "${MULTINIC_VM_TESTFLAGS:-}")
+MULTINIC_BIN_DIR=$(printf %q "/mnt/host/${RUN#"$ROOT"/}/bin")
 EOF
 cat >"$TMP/r/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/tmp TMPDIR=/tmp MULTINIC_IN_VM=1
 . /vmtest.env
+export MULTINIC_BIN_DIR
 mkdir -p /proc /sys /dev /tmp /run /var /mnt/host
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

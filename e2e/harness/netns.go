@@ -1,0 +1,93 @@
+package harness
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/e2e/fabric"
+)
+
+// createNetNS makes a named netns like `ip netns add` and opens it with a route netlink handle.
+// Unshare runs on a goroutine whose locked thread is never unlocked, so the runtime destroys that thread
+// instead of reusing it in the new netns.
+func createNetNS(name string) (ns.NetNS, netlinksafe.Handle, error) {
+	if err := os.MkdirAll(fabric.NetNSDir, 0o755); err != nil {
+		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	path := filepath.Join(fabric.NetNSDir, name)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	_ = f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked, see above
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		_ = os.Remove(path)
+		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	nsh, h, err := openNetNS(path)
+	if err != nil {
+		_ = deleteNetNS(path)
+		return nil, netlinksafe.Handle{}, err
+	}
+	return nsh, h, nil
+}
+
+// openNetNS opens the netns at path and a NETLINK_ROUTE handle in it (the default families fail in the
+// test VM, which loads neither xfrm nor nfnetlink).
+func openNetNS(path string) (ns.NetNS, netlinksafe.Handle, error) {
+	nsh, err := ns.GetNS(path)
+	if err != nil {
+		return nil, netlinksafe.Handle{}, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(nsh.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		_ = nsh.Close()
+		return nil, netlinksafe.Handle{}, fmt.Errorf("netlink handle in %s: %w", path, err)
+	}
+	return nsh, h, nil
+}
+
+// deleteNetNS unmounts and removes a named netns; a missing one is success.
+func deleteNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// writeSysctl writes /proc/sys/<key> (key like "net/ipv4/ip_forward") inside n. A key the kernel lacks is
+// an error unless optional.
+func writeSysctl(n ns.NetNS, key, value string, optional bool) error {
+	err := n.Do(func(ns.NetNS) error {
+		return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
+	})
+	if err != nil && !(optional && errors.Is(err, os.ErrNotExist)) {
+		return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, n.Path(), err)
+	}
+	return nil
+}

@@ -1,0 +1,313 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// agentStopTimeout bounds the wait for an agent after SIGTERM before it is killed.
+const agentStopTimeout = 20 * time.Second
+
+// Node is one instance: its netns (holding its ENI links), its IMDS listener and its running agent.
+type Node struct {
+	region *Region
+	// Index is the node's position (0-based); its name is "node<Index+1>".
+	Index int
+	// Name is the Kubernetes node name the agent runs with.
+	Name       string
+	InstanceID string
+	// NetNSName is the node's netns under /var/run/netns; NetNSPath its path.
+	NetNSName, NetNSPath string
+	// PrimaryIP is the primary ENI's address (card 0, device 0, on the node's ens0d0).
+	PrimaryIP netip.Addr
+	// PodCIDR is the range of the pods' eth0 addresses on this node: 10.244.<Index+1>.0/24.
+	PodCIDR netip.Prefix
+	// Dir holds the agent's socket, state dir and log; Socket and StateDir are inside it.
+	Dir, Socket, StateDir string
+	// IMDSEndpoint is this instance's own IMDS listener.
+	IMDSEndpoint string
+	// Client talks to the agent over its socket.
+	Client *api.Client
+
+	netns ns.NetNS
+	h     netlinksafe.Handle
+
+	mu       sync.Mutex
+	agent    *exec.Cmd
+	exited   chan struct{} // closed when the agent process has been reaped
+	agentLog *os.File
+	podSeq   int
+}
+
+func (r *Region) newNode(tb testing.TB, i int, in fakeec2.InstanceState, netnsName string) (*Node, error) {
+	n := &Node{
+		region: r, Index: i, Name: fmt.Sprintf("node%d", i+1), InstanceID: in.ID,
+		NetNSName: netnsName, NetNSPath: filepath.Join(fabric.NetNSDir, netnsName),
+		PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i + 1), 0}), 24),
+	}
+	if e, ok := r.fake.State().ENI(in.PrimaryENI); ok {
+		n.PrimaryIP, _ = netip.ParseAddr(e.PrimaryIP)
+	}
+	if !n.PrimaryIP.IsValid() {
+		return nil, fmt.Errorf("node %s: no primary address for %s", n.Name, in.ID)
+	}
+	var err error
+	// A short path: unix socket paths are limited to 107 bytes.
+	if n.Dir, err = os.MkdirTemp("", "mnh-"+n.Name+"-"); err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	n.Socket, n.StateDir = filepath.Join(n.Dir, "agent.sock"), filepath.Join(n.Dir, "state")
+	if n.netns, n.h, err = openNetNS(n.NetNSPath); err != nil {
+		return n, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if err := n.setupRouting(); err != nil {
+		return n, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if n.IMDSEndpoint, err = r.fake.ListenIMDS(in.ID, "127.0.0.1:0"); err != nil {
+		return n, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	n.Client = api.NewClient(n.Socket, 0)
+	if err := n.StartAgent(); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// setupRouting makes the node a router for its pods' eth0: forwarding on, no reverse path filter (a pod's
+// reply from a multinic address may come back through eth0 when policy routing is off), default route
+// through the primary ENI's subnet gateway (the fabric's router).
+func (n *Node) setupRouting() error {
+	for _, kv := range [][2]string{
+		{"net/ipv4/ip_forward", "1"}, {"net/ipv4/conf/all/rp_filter", "0"}, {"net/ipv4/conf/default/rp_filter", "0"},
+	} {
+		if err := writeSysctl(n.netns, kv[0], kv[1], false); err != nil {
+			return err
+		}
+	}
+	primary, err := n.h.LinkByName(fabric.NodeLinkName(0, 0))
+	if err != nil {
+		return fmt.Errorf("find primary link %s: %w", fabric.NodeLinkName(0, 0), err)
+	}
+	var gw netip.Addr
+	for _, sn := range n.region.fake.State().Subnets {
+		if p := netip.MustParsePrefix(sn.CIDR); p.Contains(n.PrimaryIP) {
+			gw = Gateway(p)
+		}
+	}
+	def := netlink.Route{LinkIndex: primary.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: net.IP(gw.AsSlice())}
+	if err := n.h.RouteReplace(&def); err != nil {
+		return fmt.Errorf("default route via %s: %w", gw, err)
+	}
+	return nil
+}
+
+// NetNS is the node's netns, open for the region's lifetime (do not close it).
+func (n *Node) NetNS() ns.NetNS { return n.netns }
+
+// Handle is a route netlink handle bound to the node's netns (do not close it).
+func (n *Node) Handle() netlinksafe.Handle { return n.h }
+
+// agentArgs are the agent's flags: its own socket, state and IMDS; ENI links in the node's netns; each
+// managed card's ENIs in that card's subnet (fakeec2.SubnetsPerCard); short intervals for tests; then
+// Config.AgentArgs.
+func (n *Node) agentArgs() []string {
+	cfg := n.region.cfg
+	cards := make([]string, len(cfg.ManagedCards))
+	subnets := make([]string, len(cfg.ManagedCards))
+	for i, c := range cfg.ManagedCards {
+		cards[i] = strconv.Itoa(c)
+		subnets[i] = fmt.Sprintf("%d=%s", c, fakeec2.CardSubnetID(c)) // each card in its own subnet
+	}
+	args := []string{
+		"--cluster", DefaultCluster, "--node-name", n.Name,
+		"--socket", n.Socket, "--state-dir", n.StateDir,
+		"--ec2-endpoint", n.region.endpoint, "--imds-endpoint", n.IMDSEndpoint,
+		"--link-netns", n.NetNSPath,
+		"--managed-cards", strings.Join(cards, ","), "--subnet-per-card", strings.Join(subnets, ","),
+		"--warm-target", strconv.Itoa(cfg.WarmTarget), "--min-free", "1",
+		"--cooldown", "1s", "--refill-interval", "1s",
+		"--ec2-rate", "100", "--ec2-burst", "100",
+		"--metrics-addr", "", "--lock-timeout", "5s", "--log-level", "debug",
+	}
+	return append(args, cfg.AgentArgs...)
+}
+
+// StartAgent starts the node's agent (after StopAgent, or at NewRegion) without waiting for it to be ready;
+// see WaitReady.
+func (n *Node) StartAgent() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.agent != nil {
+		return fmt.Errorf("start agent on %s: already running", n.Name)
+	}
+	if n.agentLog == nil {
+		f, err := os.Create(filepath.Join(n.Dir, "agent.log"))
+		if err != nil {
+			return fmt.Errorf("start agent on %s: %w", n.Name, err)
+		}
+		n.agentLog = f
+	}
+	cmd := exec.Command(filepath.Join(n.region.binDir, AgentBinary), n.agentArgs()...)
+	// Static credentials and region: nothing is read from the host's AWS config.
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + n.Dir,
+		"AWS_ACCESS_KEY_ID=AKIDHARNESS", "AWS_SECRET_ACCESS_KEY=harness", "AWS_REGION=" + fakeec2.DefaultRegion,
+		"AWS_CONFIG_FILE=" + filepath.Join(n.Dir, "aws-config"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(n.Dir, "aws-credentials"),
+	}
+	cmd.Stdout, cmd.Stderr = n.agentLog, n.agentLog
+	fmt.Fprintf(n.agentLog, "=== harness: %s %s\n", cmd.Path, strings.Join(cmd.Args[1:], " "))
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent on %s: %w", n.Name, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	n.agent, n.exited = cmd, exited
+	return nil
+}
+
+// StopAgent sends SIGTERM to the agent and waits for it (SIGKILL after 20s). It returns an error unless the
+// agent exited 0 on SIGTERM (an agent that had exited by itself is an error too). Stopping a stopped agent
+// does nothing.
+func (n *Node) StopAgent() error {
+	n.mu.Lock()
+	cmd, exited := n.agent, n.exited
+	n.agent, n.exited = nil, nil
+	n.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	select {
+	case <-exited:
+		return fmt.Errorf("agent on %s had exited by itself: %v", n.Name, cmd.ProcessState)
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(agentStopTimeout):
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("agent on %s ignored SIGTERM for %s: killed", n.Name, agentStopTimeout)
+	}
+	if !cmd.ProcessState.Success() {
+		return fmt.Errorf("agent on %s after SIGTERM: %v, want exit 0", n.Name, cmd.ProcessState)
+	}
+	return nil
+}
+
+// WaitReady waits until the agent reports every managed card ready.
+func (n *Node) WaitReady() error { return n.waitReady(n.region.cfg.ReadyTimeout) }
+
+func (n *Node) waitReady(timeout time.Duration) error {
+	n.mu.Lock()
+	exited := n.exited
+	n.mu.Unlock()
+	if exited == nil {
+		return fmt.Errorf("agent on %s is not running", n.Name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for _, c := range n.region.cfg.ManagedCards {
+		for {
+			st, err := n.Client.Status(ctx, c)
+			if err == nil && st.Ready {
+				break
+			}
+			if err == nil {
+				err = errors.New(st.Reason)
+			}
+			select {
+			case <-exited:
+				return fmt.Errorf("agent on %s exited while starting (log %s):\n%s", n.Name, n.agentLog.Name(), tail(n.agentLog.Name()))
+			case <-ctx.Done():
+				return fmt.Errorf("agent on %s not ready on card %d after %s: %w (log %s):\n%s", n.Name, c, timeout, err, n.agentLog.Name(), tail(n.agentLog.Name()))
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// Allocations lists the agent's live allocations.
+func (n *Node) Allocations() ([]api.Allocation, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return n.Client.List(ctx)
+}
+
+// Allocation is the agent's allocation of (containerID, ifName); ok is false when it has none.
+func (n *Node) Allocation(containerID, ifName string) (a api.Allocation, ok bool, err error) {
+	all, err := n.Allocations()
+	if err != nil {
+		return a, false, err
+	}
+	for _, x := range all {
+		if x.ContainerID == containerID && x.IfName == ifName {
+			return x, true, nil
+		}
+	}
+	return a, false, nil
+}
+
+// AgentLog is the path of the agent's log (stdout and stderr of every start).
+func (n *Node) AgentLog() string { return filepath.Join(n.Dir, "agent.log") }
+
+// LinkStats reads the counters of a link in the node's netns.
+func (n *Node) LinkStats(name string) (netlink.LinkStatistics, error) { return linkStats(n.h, name) }
+
+// close stops the agent and releases the node's handles; the node dir goes unless the test failed.
+func (n *Node) close(tb testing.TB) error {
+	err := n.StopAgent()
+	if n.Client != nil {
+		n.Client.Close()
+	}
+	if n.h.Handle != nil {
+		n.h.Close()
+	}
+	if n.netns != nil {
+		err = errors.Join(err, n.netns.Close())
+	}
+	if n.agentLog != nil {
+		_ = n.agentLog.Close()
+		if tb.Failed() || err != nil {
+			tb.Logf("--- %s agent log (tail of %s):\n%s", n.Name, n.agentLog.Name(), tail(n.agentLog.Name()))
+		}
+	}
+	if n.Dir != "" {
+		err = errors.Join(err, os.RemoveAll(n.Dir))
+	}
+	return err
+}
+
+// tail returns the last lines of a log file.
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	const max = 8000
+	if len(b) > max {
+		b = b[len(b)-max:]
+	}
+	return string(b)
+}
