@@ -1,0 +1,27 @@
+package cluster
+
+import (
+	"os"
+	"testing"
+)
+
+// E2EEnv set to "1" turns the e2e tests on; `make e2e` sets it after building the tools.
+const E2EEnv = "MULTINIC_E2E"
+
+// RequireE2E gates a test on the real binaries. Without MULTINIC_E2E=1 it skips, saying how to run it;
+// with MULTINIC_E2E=1 a missing binary, or not being root, fails the test: nothing is skipped silently
+// in the e2e run.
+func RequireE2E(tb testing.TB) *Tools {
+	tb.Helper()
+	if os.Getenv(E2EEnv) != "1" {
+		tb.Skipf("e2e test: runs with `make e2e` (bash e2e/tools/build.sh && %s=1 go test ./e2e/cluster/)", E2EEnv)
+	}
+	tools, err := FindTools()
+	if err != nil {
+		tb.Fatalf("%s=1 but the e2e binaries are missing: %v", E2EEnv, err)
+	}
+	if os.Geteuid() != 0 {
+		tb.Fatalf("%s=1 but the e2e needs root (network namespaces, CNI plugins)", E2EEnv)
+	}
+	return tools
+}
