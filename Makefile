@@ -9,7 +9,7 @@ BINARIES  := fake-ec2 multinic multinic-agent
 VM_PKGS   ?= ./plugin/ ./e2e/nodes/
 GOTEST    ?= $(GO) test -count=1
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
-FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest
+FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 
 .PHONY: help build test test-unit test-vm test-fuzz e2e bench demo lint fuzz clean

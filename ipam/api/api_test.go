@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,6 +149,7 @@ func TestErrorCodes(t *testing.T) {
 		{"allocator pool empty with EC2 code", fmt.Errorf("refill card 3: %w: %w", &allocator.PoolEmptyError{Card: 3}, ec2Err),
 			CodeTryAgain, ErrTryAgain, 503, "InsufficientFreeAddressesInSubnet"},
 		{"backend gave up waiting", fmt.Errorf("wait for refill on card 3: %w", context.DeadlineExceeded), CodeTryAgain, ErrTryAgain, 503, "deadline"},
+		{"state disk full", fmt.Errorf("save checkpoint: %w", &os.PathError{Op: "write", Path: "/var/lib/multinic/c.tmp", Err: syscall.ENOSPC}), CodeTryAgain, ErrTryAgain, 503, "no space left"},
 		{"api error", &Error{Code: CodeNotManaged, Message: "card 7 is not managed"}, CodeNotManaged, ErrNotManaged, 404, "card 7 is not managed"},
 		{"wrapped api error", fmt.Errorf("status: %w", &Error{Code: CodeTryAgain, Message: "throttled"}), CodeTryAgain, ErrTryAgain, 503, "status: throttled"},
 		{"api sentinel not managed", fmt.Errorf("card 7: %w", ErrNotManaged), CodeNotManaged, ErrNotManaged, 404, "card 7"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"syscall"
 
 	"github.com/multinic/multinic/ipam/allocator"
 )
@@ -109,7 +110,9 @@ func errorFor(err error) *Error {
 		code = CodeInterfaceTaken
 	case errors.Is(err, allocator.ErrPoolEmpty),
 		// A backend that gave up waiting for a refill.
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		// The state disk is full: nothing was taken, and the same request works once space returns.
+		errors.Is(err, syscall.ENOSPC):
 		code = CodeTryAgain
 	default:
 		// A backend may also wrap our sentinels: fmt.Errorf("card %d: %w", n, api.ErrNotManaged).

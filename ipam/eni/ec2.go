@@ -141,6 +141,15 @@ func retryable(err error) bool {
 	return true
 }
 
+// attemptObserverKey carries a func(action string, err error) that do calls for every failed attempt
+// it is about to retry. A card's loop uses it so LastError shows EC2's code while retries go on (they
+// can take a minute), instead of "none" until they run out; do itself does not know the card.
+type attemptObserverKey struct{}
+
+func withAttemptObserver(ctx context.Context, observe func(action string, err error)) context.Context {
+	return context.WithValue(ctx, attemptObserverKey{}, observe)
+}
+
 // do runs fn (an SDK call given the noRetry option) until it succeeds, fails for good, or ctx ends.
 // Errors carry EC2's code as *APIError.
 func do[O any](ctx context.Context, c *caller, action string, fn func(context.Context, func(*ec2.Options)) (O, error)) (O, error) {
@@ -162,6 +171,9 @@ func do[O any](ctx context.Context, c *caller, action string, fn func(context.Co
 		c.count(action, result, attempt > 0)
 		if !retryable(err) || attempt+1 >= c.maxAttempts || ctx.Err() != nil {
 			return zero, wrapAPI(err)
+		}
+		if observe, ok := ctx.Value(attemptObserverKey{}).(func(string, error)); ok {
+			observe(action, wrapAPI(err))
 		}
 		t := time.NewTimer(c.backoff(attempt))
 		select {

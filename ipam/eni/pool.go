@@ -19,9 +19,12 @@ import (
 // LastError tells them why.
 func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 	log := m.log.With("card", cs.index)
+	stepCtx := withAttemptObserver(ctx, func(action string, err error) {
+		m.setLastErr(cs, fmt.Errorf("%s on card %d (retrying): %w", action, cs.index, err))
+	})
 	failures := 0
 	for {
-		next, err := m.step(ctx, cs)
+		next, err := m.step(stepCtx, cs)
 		if ctx.Err() != nil {
 			return
 		}

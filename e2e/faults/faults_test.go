@@ -1,0 +1,712 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/plugin"
+)
+
+const card = 1
+
+var (
+	exclusive = harness.Attachment{Card: card, Mode: plugin.ModeExclusive, IfName: "net1"}
+	shared    = harness.Attachment{Card: card, Mode: plugin.ModeIPVlan, IfName: "net1"}
+)
+
+func attachTimed(p *harness.Pod, a harness.Attachment) (time.Duration, error) {
+	start := time.Now()
+	_, err := p.Attach(a)
+	return time.Since(start), err
+}
+
+// ec2Case is an EC2 fault that should make an ADD on an empty pool fail with CNI code 11 and EC2's code.
+type ec2Case struct {
+	fault, injected string
+	att             harness.Attachment
+	faults          fakeec2.Faults
+	// want are substrings of the CNI message (EC2's code, the subnet, ...).
+	want []string
+	// allowSuccess: the agent's backoff may ride the fault out; success is recorded, not failed.
+	allowSuccess bool
+	// prepare runs after the faults are set (drain the pool, fill the subnet, ...); its undo runs once the
+	// fault clears.
+	prepare func(t *testing.T, r *harness.Region, n *harness.Node) (undo func())
+	extra   []string // agent flags
+}
+
+func runEC2Case(t *testing.T, c ec2Case) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig(c.extra...))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, c.fault, modeOf(c.att), c.injected)
+	canIPVlan := c.att.Mode != plugin.ModeIPVlan || hasIPVlan()
+	var notes []string
+	for i := range rounds() {
+		if err := region.Fake().SetFaults(c.faults); err != nil {
+			t.Fatal(err)
+		}
+		undo := func() {}
+		if c.prepare != nil {
+			undo = c.prepare(t, region, node)
+		}
+		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		before := region.State().Calls
+		d, err := attachTimed(pod, c.att)
+		run.addResult(d, err)
+		notes = append(notes, "fake-ec2 during the ADD: "+callsDiff(before, region.State().Calls))
+		switch code, msg := cniError(err); {
+		case err == nil && c.allowSuccess:
+			notes = append(notes, fmt.Sprintf("round %d: ADD succeeded in %s: the agent's backoff rode the fault out", i+1, d.Round(time.Millisecond)))
+		case err == nil:
+			t.Errorf("ADD under %s succeeded, want CNI error 11", c.injected)
+		case code != types.ErrTryAgainLater:
+			t.Errorf("ADD under %s: CNI code %d (%s), want 11", c.injected, code, msg)
+		default:
+			for _, s := range c.want {
+				if !strings.Contains(msg, s) {
+					t.Errorf("ADD under %s: message %q lacks %q", c.injected, msg, s)
+				}
+			}
+		}
+		// The fault clears; the runtime retries with a new sandbox.
+		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+			t.Fatal(err)
+		}
+		undo()
+		if canIPVlan {
+			rp := w.newPod(t, fmt.Sprintf("r%d", i))
+			d, err := attachTimed(rp, c.att)
+			run.recovered(d, err)
+			if err != nil {
+				t.Errorf("ADD after the fault cleared: %v", err)
+			}
+		} else {
+			// No ipvlan on this kernel: the plugin cannot finish an ipvlan ADD here, so recovery is checked
+			// one level down: the agent allocates again once EC2 answers.
+			d, err := agentRecovers(node)
+			run.recovered(d, err)
+			if err != nil {
+				t.Errorf("allocate after the fault cleared: %v", err)
+			}
+			notes = append(notes, "recovery checked with the agent's API (no ipvlan on this kernel)")
+		}
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// callsDiff says which EC2 calls fake-ec2 answered, and how, between two snapshots.
+func callsDiff(before, after map[string]map[string]int) string {
+	var out []string
+	for action, m := range after {
+		for result, n := range m {
+			if d := n - before[action][result]; d > 0 && !strings.HasPrefix(action, "IMDS") && !strings.HasPrefix(action, "Describe") {
+				out = append(out, fmt.Sprintf("%s %s x%d", action, result, d))
+			}
+		}
+	}
+	if len(out) == 0 {
+		return "no mutating call"
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+func modeOf(a harness.Attachment) string {
+	if a.Mode == "" {
+		return plugin.ModeIPVlan
+	}
+	return a.Mode
+}
+
+func dedup(s []string) []string {
+	var out []string
+	for _, x := range s {
+		if len(out) == 0 || out[len(out)-1] != x {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+var (
+	ipvlanOnce sync.Once
+	ipvlanOK   bool
+)
+
+// hasIPVlan reports whether the kernel can make ipvlan links: a probe in a throwaway netns.
+func hasIPVlan() bool {
+	ipvlanOnce.Do(func() {
+		n, err := testutils.NewNS()
+		if err != nil {
+			return
+		}
+		defer func() { _ = n.Close(); _ = testutils.UnmountNS(n) }()
+		ipvlanOK = n.Do(func(ns.NetNS) error {
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "lower0"}, PeerName: "lower1"}); err != nil {
+				return err
+			}
+			lower, err := netlinksafe.LinkByName("lower0")
+			if err != nil {
+				return err
+			}
+			return netlink.LinkAdd(&netlink.IPVlan{LinkAttrs: netlink.LinkAttrs{Name: "probe0", ParentIndex: lower.Attrs().Index}, Mode: netlink.IPVLAN_MODE_L2})
+		}) == nil
+	})
+	return ipvlanOK
+}
+
+// agentRecovers allocates and releases one shared address through the agent's API, waiting for a refill.
+func agentRecovers(n *harness.Node) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
+	defer cancel()
+	req := api.AllocateRequest{Card: card, ContainerID: "faults-recover", IfName: "net1", PodNamespace: "default",
+		PodName: "recover", Netns: n.NetNSPath}
+	start := time.Now()
+	_, err := n.Client.Allocate(ctx, req)
+	d := time.Since(start)
+	if err != nil {
+		return d, err
+	}
+	_, err = n.Client.Release(ctx, api.ReleaseRequest{ContainerID: req.ContainerID, IfName: req.IfName})
+	return d, err
+}
+
+// drainShared takes every usable shared address of the card through the agent's API (an allocation on an
+// empty pool is cut short after 300 ms), so that the next ADD needs a refill; undo gives them back.
+func drainShared(t *testing.T, _ *harness.Region, n *harness.Node) func() {
+	t.Helper()
+	var taken []api.ReleaseRequest
+	for i := range 200 {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("faults-drain-%d", i), IfName: "net1",
+			PodNamespace: "default", PodName: fmt.Sprintf("drain-%d", i), Netns: n.NetNSPath}
+		_, err := n.Client.Allocate(ctx, req)
+		cancel()
+		if err != nil {
+			break
+		}
+		taken = append(taken, api.ReleaseRequest{ContainerID: req.ContainerID, IfName: req.IfName})
+	}
+	if len(taken) == 0 {
+		t.Logf("drain: the pool of card %d was already empty", card)
+	}
+	undo := func() {
+		for _, r := range taken {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := n.Client.Release(ctx, r); err != nil {
+				t.Errorf("release drained %s: %v", r.ContainerID, err)
+			}
+			cancel()
+		}
+		taken = nil
+	}
+	t.Cleanup(undo) // a fatal test still gives them back before the region goes
+	return undo
+}
+
+// TestEC2ServerError: EC2 answers 500 InternalError to the call an ADD on an empty pool needs.
+func TestEC2ServerError(t *testing.T) {
+	t.Run("exclusive", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "ec2-5xx", att: exclusive,
+			injected: "CreateNetworkInterface: InternalError (500) at rate 1.0; no free exclusive ENI",
+			faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"CreateNetworkInterface": {Rate: 1, Code: "InternalError", Status: 500}}},
+			want:     []string{"InternalError"},
+		})
+	})
+	t.Run("ipvlan", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "ec2-5xx-ipvlan", att: shared,
+			injected: "AssignPrivateIpAddresses: InternalError (500) at rate 1.0; shared pool drained",
+			faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"AssignPrivateIpAddresses": {Rate: 1, Code: "InternalError", Status: 500}}},
+			want:     []string{"InternalError"},
+			prepare:  drainShared,
+		})
+	})
+}
+
+// burnToken spends the bucket of an action with a request the fake refuses after the throttle check.
+func burnToken(t *testing.T, r *harness.Region, action string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, r.Endpoint()+"/", strings.NewReader(url.Values{"Action": {action}}.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=faults")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("burn %s token: %v", action, err)
+	}
+	resp.Body.Close()
+}
+
+// TestThrottle: EC2 throttles the call an ADD on an empty pool needs.
+func TestThrottle(t *testing.T) {
+	t.Run("exclusive", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "throttle", att: exclusive,
+			injected: "CreateNetworkInterface: RequestLimitExceeded (503) at rate 1.0; no free exclusive ENI",
+			faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"CreateNetworkInterface": {Rate: 1, Code: "RequestLimitExceeded"}}},
+			want:     []string{"RequestLimitExceeded"},
+		})
+	})
+	t.Run("ipvlan", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "throttle-ipvlan", att: shared,
+			injected: "AssignPrivateIpAddresses: RequestLimitExceeded (503) at rate 1.0; shared pool drained",
+			faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"AssignPrivateIpAddresses": {Rate: 1, Code: "RequestLimitExceeded"}}},
+			want:     []string{"RequestLimitExceeded"},
+			prepare:  drainShared,
+		})
+	})
+	t.Run("bucket", func(t *testing.T) {
+		// A squeezed bucket (1 token, 1/s) that is empty when the ADD comes: the agent's backoff may get
+		// through before --wait-timeout, or answer 11 with RequestLimitExceeded. Either is fine; which one
+		// is recorded.
+		runEC2Case(t, ec2Case{
+			fault: "throttle-bucket", att: exclusive,
+			injected: "CreateNetworkInterface bucket burst 1, 1/s, empty at ADD; no free exclusive ENI",
+			faults:   fakeec2.Faults{Rates: map[string]fakeec2.Rate{"CreateNetworkInterface": {Burst: 1, PerSecond: 1}}},
+			want:     []string{"RequestLimitExceeded"}, allowSuccess: true,
+			prepare: func(t *testing.T, r *harness.Region, _ *harness.Node) func() {
+				burnToken(t, r, "CreateNetworkInterface")
+				return func() {}
+			},
+		})
+	})
+}
+
+// TestAttachFailure: an exclusive ADD needs a new ENI and EC2 refuses to attach it; the ENI it created
+// must be deleted.
+func TestAttachFailure(t *testing.T) {
+	runEC2Case(t, ec2Case{
+		fault: "attach-failure", att: exclusive,
+		injected: "AttachNetworkInterface: AttachmentLimitExceeded (400) at rate 1.0",
+		faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"AttachNetworkInterface": {Rate: 1, Code: "AttachmentLimitExceeded"}}},
+		want:     []string{"AttachmentLimitExceeded"},
+	})
+}
+
+// fillSubnet takes every free address of the card's subnet with ENIs that are not the agent's; undo
+// deletes them.
+func fillSubnet(t *testing.T, r *harness.Region, _ *harness.Node) func() {
+	t.Helper()
+	c := r.Fake().Client()
+	subnet := fakeec2.CardSubnetID(card)
+	var made []string
+	undo := func() {
+		for _, id := range made {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
+				t.Errorf("delete filler ENI %s: %v", id, err)
+			}
+			cancel()
+		}
+		made = nil
+	}
+	t.Cleanup(undo)
+	for {
+		sn, ok := r.State().Subnet(subnet)
+		if !ok {
+			t.Fatalf("subnet %s not in fake-ec2", subnet)
+		}
+		if sn.Available == 0 {
+			return undo
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
+			SubnetId: aws.String(subnet), Description: aws.String("faults: subnet filler"),
+			SecondaryPrivateIpAddressCount: aws.Int32(int32(min(49, sn.Available-1))),
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("fill subnet %s (%d free): %v", subnet, sn.Available, err)
+		}
+		made = append(made, aws.ToString(out.NetworkInterface.NetworkInterfaceId))
+	}
+}
+
+// TestSubnetExhausted: the card's subnet has no free address when an exclusive ADD needs a new ENI.
+func TestSubnetExhausted(t *testing.T) {
+	runEC2Case(t, ec2Case{
+		fault: "subnet-exhausted", att: exclusive,
+		injected: "card 1's subnet filled by other ENIs; no free exclusive ENI",
+		want:     []string{"InsufficientFreeAddressesInSubnet", fakeec2.CardSubnetID(card)},
+		prepare:  fillSubnet,
+	})
+}
+
+// TestLatency: 2 s on every EC2 call. A warm pool serves the ADD without EC2; an empty one needs
+// CreateNetworkInterface + AttachNetworkInterface (4 s and more), beyond the fast variant's --wait-timeout.
+func TestLatency(t *testing.T) {
+	const latency = 2 * time.Second
+	lat := fakeec2.Faults{Latency: fakeec2.Duration(latency)}
+	t.Run("warm", func(t *testing.T) {
+		nettest.RequireRoot(t)
+		region := harness.NewRegion(t, regionConfig())
+		node := region.Node(0)
+		w := newWatch(t, region, node)
+		run := newRun(t, "latency-warm", plugin.ModeExclusive, "2 s on every EC2 call; a free exclusive ENI in the pool")
+		var worst time.Duration
+		var lastErr error
+		for i := range rounds() {
+			// Warm the exclusive pool: ADD and DEL once without latency, let the ENI rest (--cooldown 1s).
+			warm := w.newPod(t, fmt.Sprintf("w%d", i))
+			if _, err := warm.Attach(exclusive); err != nil {
+				t.Fatalf("warm-up ADD: %v", err)
+			}
+			if err := warm.Del(); err != nil {
+				t.Fatalf("warm-up DEL: %v", err)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			if err := region.Fake().SetFaults(lat); err != nil {
+				t.Fatal(err)
+			}
+			pod := w.newPod(t, fmt.Sprintf("f%d", i))
+			d, err := attachTimed(pod, exclusive)
+			if d > worst || err != nil {
+				worst, lastErr = d, err
+			}
+			if err != nil {
+				t.Errorf("ADD with a warm pool under 2 s EC2 latency: %v", err)
+			} else if d >= latency {
+				t.Errorf("ADD with a warm pool took %s under 2 s EC2 latency: the hot path called EC2", d)
+			}
+			if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := pod.Del(); err != nil {
+				t.Errorf("DEL: %v", err)
+			}
+		}
+		run.addResult(worst, lastErr)
+		l, details := w.cleanup(t)
+		run.finish(l, details, "ADD ms is the slowest of the rounds")
+	})
+	t.Run("empty", func(t *testing.T) {
+		nettest.RequireRoot(t)
+		region := harness.NewRegion(t, regionConfig())
+		node := region.Node(0)
+		w := newWatch(t, region, node)
+		run := newRun(t, "latency-empty", plugin.ModeExclusive,
+			fmt.Sprintf("2 s on every EC2 call; no free exclusive ENI; --wait-timeout %s", waitTimeout()))
+		var notes []string
+		for i := range rounds() {
+			if err := region.Fake().SetFaults(lat); err != nil {
+				t.Fatal(err)
+			}
+			pod := w.newPod(t, fmt.Sprintf("f%d", i))
+			d, err := attachTimed(pod, exclusive)
+			run.addResult(d, err)
+			switch code, msg := cniError(err); {
+			case err == nil:
+				notes = append(notes, "success within --wait-timeout")
+			case code != types.ErrTryAgainLater:
+				t.Errorf("ADD on an empty pool under 2 s latency: CNI code %d (%s), want 11 or success", code, msg)
+			default:
+				notes = append(notes, "11 once --wait-timeout ran out")
+				if d > waitTimeout()+3*time.Second {
+					t.Errorf("ADD answered 11 after %s, want about --wait-timeout %s", d, waitTimeout())
+				}
+			}
+			if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := pod.Del(); err != nil {
+				t.Errorf("DEL: %v", err)
+			}
+			rp := w.newPod(t, fmt.Sprintf("r%d", i))
+			d, err = attachTimed(rp, exclusive)
+			run.recovered(d, err)
+			if err != nil {
+				t.Errorf("ADD after the latency cleared: %v", err)
+			}
+		}
+		l, details := w.cleanup(t)
+		run.finish(l, details, strings.Join(dedup(notes), "; "))
+	})
+}
+
+// waitCall waits until fake-ec2 has answered action successfully more than before times.
+func waitCall(t *testing.T, r *harness.Region, action string, before int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for r.State().Calls[action]["ok"] <= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("no successful %s within %s", action, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAgentKilled: the agent is SIGKILLed while an exclusive ADD is in flight (its ENI created, the attach
+// held 3 s by fake-ec2). The runtime sees 11; after the agent restarts and the runtime DELs, nothing leaks
+// (the detached ENI the dead agent created is the restarted agent's to delete).
+func TestAgentKilled(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig())
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "agent-killed", plugin.ModeExclusive, "SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
+	var notes []string
+	for i := range rounds() {
+		if err := region.Fake().SetFaults(fakeec2.Faults{ActionLatency: map[string]fakeec2.Duration{
+			"AttachNetworkInterface": fakeec2.Duration(3 * time.Second)}}); err != nil {
+			t.Fatal(err)
+		}
+		before := region.State().Calls["CreateNetworkInterface"]["ok"]
+		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		type result struct {
+			d   time.Duration
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			d, err := attachTimed(pod, exclusive)
+			done <- result{d, err}
+		}()
+		waitCall(t, region, "CreateNetworkInterface", before, 10*time.Second)
+		time.Sleep(200 * time.Millisecond) // into the attach
+		pid := node.AgentPID()
+		if pid == 0 {
+			t.Fatal("agent not running")
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill agent: %v", err)
+		}
+		res := <-done
+		run.addResult(res.d, res.err)
+		orphans := 0
+		for _, e := range ownENIs(region.State(), node) {
+			if e.Status == "available" {
+				orphans++
+			}
+		}
+		notes = append(notes, fmt.Sprintf("%d detached ENI(s) of the dead agent right after the kill", orphans))
+		switch code, msg := cniError(res.err); {
+		case res.err == nil:
+			notes = append(notes, "ADD succeeded")
+		case code != types.ErrTryAgainLater:
+			t.Errorf("ADD with the agent killed: CNI code %d (%s), want 11", code, msg)
+		default:
+			notes = append(notes, "11: agent unavailable")
+		}
+		// StopAgent reaps the dead agent (and says it had died by itself).
+		if err := node.StopAgent(); err == nil {
+			t.Errorf("StopAgent after SIGKILL: no error, want one saying the agent had exited")
+		}
+		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.WaitReady(); err != nil {
+			t.Fatal(err)
+		}
+		// The runtime DELs the failed ADD, then retries with a new sandbox.
+		if err := pod.Del(); err != nil {
+			t.Errorf("DEL after the agent restarted: %v", err)
+		}
+		rp := w.newPod(t, fmt.Sprintf("r%d", i))
+		d, err := attachTimed(rp, exclusive)
+		run.recovered(d, err)
+		if err != nil {
+			t.Errorf("ADD after the agent restarted: %v", err)
+		}
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestNetnsDeleted: the runtime deletes the pod's netns (unmounts and removes its path) while an exclusive
+// ADD waits for EC2. The plugin holds the netns open, so the ADD may finish into it; the DEL then finds no
+// netns and must still release the allocation.
+func TestNetnsDeleted(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig())
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	w.tolerated = Leaks{ENILinksMissing: rounds()} // see the end
+	run := newRun(t, "netns-deleted", plugin.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
+	var notes []string
+	for i := range rounds() {
+		if err := region.Fake().SetFaults(fakeec2.Faults{ActionLatency: map[string]fakeec2.Duration{
+			"CreateNetworkInterface": fakeec2.Duration(2 * time.Second)}}); err != nil {
+			t.Fatal(err)
+		}
+		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		type result struct {
+			d   time.Duration
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			d, err := attachTimed(pod, exclusive)
+			done <- result{d, err}
+		}()
+		time.Sleep(time.Second)
+		if err := unix.Unmount(pod.NetNSPath, unix.MNT_DETACH); err != nil {
+			t.Fatalf("unmount %s: %v", pod.NetNSPath, err)
+		}
+		if err := os.Remove(pod.NetNSPath); err != nil {
+			t.Fatalf("remove %s: %v", pod.NetNSPath, err)
+		}
+		res := <-done
+		run.addResult(res.d, res.err)
+		if res.err == nil {
+			notes = append(notes, "ADD succeeded into the unlinked netns (the plugin held it open)")
+		} else {
+			code, msg := cniError(res.err)
+			notes = append(notes, fmt.Sprintf("ADD failed with code %d", code))
+			t.Logf("ADD with the netns deleted: code %d: %s", code, msg)
+		}
+		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+			t.Fatal(err)
+		}
+		// DEL with the netns path gone succeeds and releases the allocation.
+		if err := pod.Del(); err != nil {
+			t.Errorf("DEL with the netns gone: %v", err)
+		}
+		if _, ok, err := node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
+			t.Errorf("after DEL with the netns gone the agent still holds the allocation (err %v)", err)
+		}
+		rp := w.newPod(t, fmt.Sprintf("r%d", i))
+		d, err := attachTimed(rp, exclusive)
+		run.recovered(d, err)
+		if err != nil {
+			t.Errorf("ADD of a new pod afterwards: %v", err)
+		}
+	}
+	l, details := w.cleanup(t)
+	// The fabric's ENI links are veth pairs: the ENI that was in the deleted netns lost its link with it
+	// (when the last handle on the netns closed), where the kernel would move a real ENI's device back to
+	// the root netns. Counted, not failed: a limitation of e2e/fabric, see the note.
+	if l.ENILinksMissing > 0 {
+		notes = append(notes, fmt.Sprintf("%d ENI link(s) died with the netns: a veth in e2e/fabric, where a real ENI's device "+
+			"returns to the root netns; the allocation itself was released", l.ENILinksMissing))
+	}
+	run.finishTolerating(l, details, strings.Join(dedup(notes), "; "), Leaks{ENILinksMissing: rounds()})
+}
+
+// mountTmpfs mounts a tmpfs of size bytes on a new folder, unmounted when the test ends.
+func mountTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// fill writes a file in dir until the file system is full; it returns the file's path.
+func fill(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatalf("create filler: %v", err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("fill %s: %v", dir, err)
+			}
+			break
+		}
+	}
+	// Smaller writes take the last partial block.
+	for _, n := range []int{1024, 64, 1} {
+		for {
+			if _, err := f.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+	}
+	return path
+}
+
+// TestDiskFull: the agent's --state-dir is a tiny tmpfs, filled up before an exclusive ADD. The ADD fails
+// (nothing half-taken); once space returns, ADD works.
+func TestDiskFull(t *testing.T) {
+	nettest.RequireRoot(t)
+	dir := mountTmpfs(t, 256<<10)
+	region := harness.NewRegion(t, regionConfig("--state-dir", dir))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	w.stateDir = dir // --state-dir overrides the harness's: the leak count reads the checkpoint there
+	run := newRun(t, "disk-full", plugin.ModeExclusive, "--state-dir on a 256 KiB tmpfs, filled before the ADD")
+	var notes []string
+	for i := range rounds() {
+		filler := fill(t, dir)
+		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		d, err := attachTimed(pod, exclusive)
+		run.addResult(d, err)
+		switch code, msg := cniError(err); {
+		case err == nil:
+			t.Errorf("ADD with the state dir full succeeded: the allocation cannot have been checkpointed")
+		case code != types.ErrTryAgainLater:
+			t.Errorf("ADD with the state dir full: CNI code %d, want %d (try again later): %s", code, types.ErrTryAgainLater, msg)
+		default:
+			notes = append(notes, fmt.Sprintf("CNI code %d", code))
+			if !strings.Contains(msg, "no space left on device") {
+				t.Errorf("ADD with the state dir full: message %q does not say the disk is full", msg)
+			}
+		}
+		if _, ok, err := node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
+			t.Errorf("after the failed ADD the agent holds an allocation for it (err %v)", err)
+		}
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+		if err := pod.Del(); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+		rp := w.newPod(t, fmt.Sprintf("r%d", i))
+		d, err = attachTimed(rp, exclusive)
+		run.recovered(d, err)
+		if err != nil {
+			t.Errorf("ADD once space returned: %v", err)
+		}
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
