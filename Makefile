@@ -35,7 +35,7 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
-	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/
+	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
 
 bench: ## benchmarks into BENCHMARKS.md (issue 6)
 	@echo "make bench: not built yet: benchmarks land with issue 6"
