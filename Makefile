@@ -40,8 +40,14 @@ e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/
 bench: ## benchmarks into BENCHMARKS.md (issue 6)
 	@echo "make bench: not built yet: benchmarks land with issue 6"
 
-demo: build ## fake-ec2 with real ENI links on every card of a trn1.32xlarge, then teardown
-	$(GO) run ./e2e/demo
+# Flags of the demo, e.g. DEMO_FLAGS="-rate-per-card 50000000 -conns 8" (bin/demo -h lists them).
+DEMO_FLAGS ?=
+# One build configuration (static, trimmed) for the demo and every binary it runs, on the host or in the
+# test VM (e2e/vm/vmtest.sh --run builds the same way): a cold build compiles the dependencies once.
+demo: ## fake-ec2 trn1.32xlarge, the agent, 4 pods on every card, per-card throughput over 1/2/4/7 cards (in the test VM without ipvlan)
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/demo ./e2e/demo
+	CGO_ENABLED=0 $(BIN)/demo $(DEMO_FLAGS)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -31,15 +31,21 @@ var (
 // os.Exit(harness.Main(m)).
 func Main(m *testing.M) int {
 	code := m.Run()
+	RemoveBuiltBinaries()
+	return code
+}
+
+// RemoveBuiltBinaries removes the folder BinDir built the binaries into, if it built them. Main calls it;
+// a program that uses the harness calls it before it exits.
+func RemoveBuiltBinaries() {
 	if builtDir != "" {
 		_ = os.RemoveAll(builtDir)
 	}
-	return code
 }
 
 // BinDir returns the folder of the multinic and multinic-agent binaries: $MULTINIC_BIN_DIR, or a
 // temporary folder they were built into with `go build` (once per process). It fails tb when neither works.
-func BinDir(tb testing.TB) string {
+func BinDir(tb TB) string {
 	tb.Helper()
 	binOnce.Do(func() { binDir, binErr = findOrBuild() })
 	if binErr != nil {
@@ -65,7 +71,7 @@ func findOrBuild() (string, error) {
 		return "", fmt.Errorf("build binaries: %w", err)
 	}
 	builtDir = dir
-	out, err := exec.Command("go", "build", "-o", dir+"/",
+	out, err := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
 		"github.com/multinic/multinic/cmd/"+PluginBinary, "github.com/multinic/multinic/cmd/"+AgentBinary).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("build binaries: %w\n%s", err, out)

@@ -29,7 +29,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -70,6 +69,9 @@ type Config struct {
 	AgentArgs []string
 	// ReadyTimeout bounds the wait for each agent to be ready (DefaultReadyTimeout).
 	ReadyTimeout time.Duration
+	// RatePerCard is the fabric's rate limit of every ENI in bit/s, both directions (fabric.Config.RatePerCard:
+	// tbf, and ifb + mirred for what the ENI sends); 0 = none.
+	RatePerCard uint64
 }
 
 // Region is a fake EC2 region with its nodes. Use NewRegion.
@@ -90,7 +92,7 @@ var regionSeq atomic.Int32
 // NewRegion starts fake-ec2 with cfg.Nodes instances, the fabric with their netns, and one real agent per
 // node, and waits until every agent is ready on every managed card. It fails tb on any error (skipping it
 // unless it runs as root), and tears everything down when tb ends.
-func NewRegion(tb testing.TB, cfg Config) *Region {
+func NewRegion(tb TB, cfg Config) *Region {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("needs root: creates network namespaces, links and runs the agent")
@@ -133,7 +135,7 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-func (r *Region) start(tb testing.TB) error {
+func (r *Region) start(tb TB) error {
 	it, ok := fakeec2.LookupInstanceType(r.cfg.InstanceType)
 	if !ok {
 		return fmt.Errorf("instance type %q not in fake-ec2's catalog %v", r.cfg.InstanceType, fakeec2.InstanceTypes())
@@ -154,10 +156,13 @@ func (r *Region) start(tb testing.TB) error {
 		fcfg.Instances = append(fcfg.Instances, fakeec2.InstanceConfig{ID: id, Type: it.Name})
 		nodeNS[id] = fmt.Sprintf("%s-n%d", r.cfg.Prefix, i+1)
 	}
+	if err := shareNetNSDir(); err != nil {
+		return err
+	}
 	if err := fabric.Cleanup(r.cfg.Prefix); err != nil {
 		return err
 	}
-	if r.fab, err = fabric.New(fabric.Config{Prefix: r.cfg.Prefix, Nodes: nodeNS}); err != nil {
+	if r.fab, err = fabric.New(fabric.Config{Prefix: r.cfg.Prefix, Nodes: nodeNS, RatePerCard: r.cfg.RatePerCard}); err != nil {
 		return err
 	}
 	if r.fake, err = fakeec2.New(fcfg, fakeec2.WithLinkMaker(r.fab)); err != nil {
@@ -252,7 +257,7 @@ func (r *Region) routeVPC() error {
 
 // close tears down in dependency order: pods (DEL through the plugin, while the agents still run), agents,
 // fake-ec2 (detaches every ENI link), fabric, and finally whatever netns with the prefix is left.
-func (r *Region) close(tb testing.TB) error {
+func (r *Region) close(tb TB) error {
 	r.mu.Lock()
 	pods := slices.Clone(r.pods)
 	r.mu.Unlock()

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -59,7 +58,7 @@ type Node struct {
 	podSeq   int
 }
 
-func (r *Region) newNode(tb testing.TB, i int, in fakeec2.InstanceState, netnsName string) (*Node, error) {
+func (r *Region) newNode(tb TB, i int, in fakeec2.InstanceState, netnsName string) (*Node, error) {
 	n := &Node{
 		region: r, Index: i, Name: fmt.Sprintf("node%d", i+1), InstanceID: in.ID,
 		NetNSName: netnsName, NetNSPath: filepath.Join(fabric.NetNSDir, netnsName),
@@ -175,6 +174,9 @@ func (n *Node) StartAgent() error {
 		"AWS_CONFIG_FILE=" + filepath.Join(n.Dir, "aws-config"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(n.Dir, "aws-credentials"),
 	}
 	cmd.Stdout, cmd.Stderr = n.agentLog, n.agentLog
+	// Its own process group: a terminal's Ctrl-C reaches only the harness's process, which stops the agent
+	// in order (pods first) instead of the agent dying under them.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	fmt.Fprintf(n.agentLog, "=== harness: %s %s\n", cmd.Path, strings.Join(cmd.Args[1:], " "))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start agent on %s: %w", n.Name, err)
@@ -279,7 +281,7 @@ func (n *Node) AgentLog() string { return filepath.Join(n.Dir, "agent.log") }
 func (n *Node) LinkStats(name string) (netlink.LinkStatistics, error) { return linkStats(n.h, name) }
 
 // close stops the agent and releases the node's handles; the node dir goes unless the test failed.
-func (n *Node) close(tb testing.TB) error {
+func (n *Node) close(tb TB) error {
 	err := n.StopAgent()
 	if n.Client != nil {
 		n.Client.Close()

@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"testing"
+	"syscall"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -91,7 +91,7 @@ type Pod struct {
 // AddPod creates a pod netns on the node with eth0 (a veth to the node: PrimaryIP/32, default route via the
 // node) and runs CNI ADD of the real plugin, from inside the node's netns, for each attachment in order.
 // It fails tb if anything fails. The pod is DEL'd and removed when tb ends (or by Remove).
-func (n *Node) AddPod(tb testing.TB, name string, atts []Attachment) *Pod {
+func (n *Node) AddPod(tb TB, name string, atts []Attachment) *Pod {
 	tb.Helper()
 	p, err := n.NewPod(name)
 	if err != nil {
@@ -265,6 +265,7 @@ func (p *Pod) CNI(command string, a Attachment, prevResult []byte) ([]byte, erro
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // not killed halfway by a terminal's Ctrl-C
 	// Do runs on a thread locked in the node's netns; the child forked from it starts there.
 	err = n.netns.Do(func(ns.NetNS) error { return cmd.Run() })
 	if err != nil {

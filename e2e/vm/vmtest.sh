@@ -3,9 +3,14 @@
 # link types this host kernel lacks (ipvlan, dummy, 802.1q).
 #
 # Usage: e2e/vm/vmtest.sh [PACKAGE...]
+#        e2e/vm/vmtest.sh --run PACKAGE [--] [ARG...]
 #   PACKAGE  go package patterns, resolved from the current directory like `go test`
 #            does. Default: every package of the module whose tests import
 #            internal/nettest (the tests that need root and, maybe, the VM).
+#   --run    build the main package PACKAGE (CGO_ENABLED=0) and run it as root in the VM
+#            with ARGs, from the package's folder (read-only; /tmp is writable), its
+#            output streamed live to this terminal; the kernel is kept quiet on the
+#            console. `make demo` uses it when the host kernel lacks ipvlan.
 #
 # Environment:
 #   MULTINIC_VM_CACHE         cache root for kernels and initramfs
@@ -21,24 +26,34 @@
 # binaries (fake-ec2, multinic, multinic-agent) built here with CGO_ENABLED=0 (the guest has no Go).
 #
 # Exit status:
-#   0  the VM ran and every test binary passed
-#   1  a test binary failed (or could not start) inside the VM
+#   0  the VM ran and every test binary passed (--run: the program exited 0)
+#   1  a test binary failed (or could not start) inside the VM (--run: the program
+#      exited non-zero)
 #   2  setup failed on the host: kernel lookup/download, initramfs, go test -c, usage
 #   3  the VM crashed or failed: kernel panic, qemu error, guest setup (modprobe,
 #      9p mount) failed, or no result reported
 #   4  the VM timed out
+#   130, 143  interrupted (SIGINT, SIGTERM)
 #
 # Host needs (Debian): qemu-system-x86 busybox-static cpio xz-utils, and root for
 # `apt-get update` when the package lists are missing.
 set -euo pipefail
 
 # Modules the guest loads, in this order; their dependencies come from modules.dep.
-readonly MODS="virtio_pci 9pnet_virtio 9p ipvlan dummy 8021q macvlan veth bridge"
+# ifb sch_tbf sch_ingress act_mirred cls_u32: the fabric's per-card rate limit (e2e/fabric/tc.go).
+readonly MODS="virtio_pci 9pnet_virtio 9p ipvlan dummy 8021q macvlan veth bridge ifb sch_tbf sch_ingress act_mirred cls_u32"
 
 log() { printf 'vmtest: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RUNPKG=''
+if [ "${1:-}" = --run ]; then
+	[ $# -ge 2 ] || die "usage: $0 --run PACKAGE [--] [ARG...]"
+	RUNPKG=$2
+	shift 2
+	if [ "${1:-}" = -- ]; then shift; fi
+fi
 CACHE_BASE=${MULTINIC_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multinic/vm}
 TEST_TIMEOUT=${MULTINIC_VM_TEST_TIMEOUT:-5m}
 ACCEL=${MULTINIC_VM_ACCEL:-tcg}
@@ -164,7 +179,7 @@ exec 9>&-
 
 # --- test binaries ------------------------------------------------------------------
 
-if [ $# -eq 0 ]; then
+if [ -z "$RUNPKG" ] && [ $# -eq 0 ]; then
 	mapfile -t pkgs < <(cd "$ROOT" && go list -e -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./... |
 		awk '/ github.com\/multinic\/multinic\/internal\/nettest( |$)/ {print $1}')
 	[ ${#pkgs[@]} -gt 0 ] || die "no package tests import internal/nettest: name the packages"
@@ -177,24 +192,40 @@ mkdir "$RUN/bin"
 (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$RUN/bin/" ./cmd/fake-ec2 ./cmd/multinic ./cmd/multinic-agent) >&2 ||
 	die "go build of the binaries failed"
 
-# go list from the caller's directory, so relative patterns mean what they mean to go test.
-listing=$(go list -f '{{.ImportPath}} {{.Dir}} {{len .TestGoFiles}} {{len .XTestGoFiles}}' "$@") || die "go list $*"
 n=0
-{
-	echo 'rc=0'
-	while read -r pkg dir nt nx; do
-		if [ "$((nt + nx))" = 0 ]; then log "$pkg has no tests: skipped"; continue; fi
-		case $dir/ in "$ROOT"/*) ;; *) die "$pkg is outside $ROOT" ;; esac
-		rel=${dir#"$ROOT"} rel=${rel#/}
-		bin=$(printf '%s' "${rel:-root}" | tr / _).test
-		CGO_ENABLED=0 go test -c -o "$RUN/$bin" "$pkg" >&2 || die "go test -c $pkg failed"
-		n=$((n + 1))
-		printf 'runtest %q %q %q\n' "$pkg" "/mnt/host/$rel" "/mnt/host/${RUN#"$ROOT"/}/$bin"
-	done <<<"$listing"
-	# shellcheck disable=SC2016 # expanded by the guest
-	echo 'exit $rc'
-} >"$TMP/tests.sh"
-[ "$n" -gt 0 ] || die "no test binaries to run"
+if [ -n "$RUNPKG" ]; then
+	# go list from the caller's directory, so a relative pattern means what it means to go build.
+	read -r pkg dir name < <(go list -f '{{.ImportPath}} {{.Dir}} {{.Name}}' "$RUNPKG") || die "go list $RUNPKG"
+	[ "$name" = main ] || die "$pkg is not a main package"
+	case $dir/ in "$ROOT"/*) ;; *) die "$pkg is outside $ROOT" ;; esac
+	rel=${dir#"$ROOT"} rel=${rel#/}
+	CGO_ENABLED=0 go build -trimpath -o "$RUN/prog" "$pkg" >&2 || die "go build $pkg failed"
+	n=1
+	{
+		printf 'cd %q || exit 1\n' "/mnt/host/$rel"
+		printf 'exec %q' "/mnt/host/${RUN#"$ROOT"/}/prog"
+		if [ $# -gt 0 ]; then printf ' %q' "$@"; fi
+		printf '\n'
+	} >"$TMP/tests.sh"
+else
+	# go list from the caller's directory, so relative patterns mean what they mean to go test.
+	listing=$(go list -f '{{.ImportPath}} {{.Dir}} {{len .TestGoFiles}} {{len .XTestGoFiles}}' "$@") || die "go list $*"
+	{
+		echo 'rc=0'
+		while read -r pkg dir nt nx; do
+			if [ "$((nt + nx))" = 0 ]; then log "$pkg has no tests: skipped"; continue; fi
+			case $dir/ in "$ROOT"/*) ;; *) die "$pkg is outside $ROOT" ;; esac
+			rel=${dir#"$ROOT"} rel=${rel#/}
+			bin=$(printf '%s' "${rel:-root}" | tr / _).test
+			CGO_ENABLED=0 go test -c -o "$RUN/$bin" "$pkg" >&2 || die "go test -c $pkg failed"
+			n=$((n + 1))
+			printf 'runtest %q %q %q\n' "$pkg" "/mnt/host/$rel" "/mnt/host/${RUN#"$ROOT"/}/$bin"
+		done <<<"$listing"
+		# shellcheck disable=SC2016 # expanded by the guest
+		echo 'exit $rc'
+	} >"$TMP/tests.sh"
+	[ "$n" -gt 0 ] || die "no test binaries to run"
+fi
 
 # --- per-run initramfs: the base plus /init and the test list ----------------------
 
@@ -207,6 +238,7 @@ MODS="$MODS"
 TEST_TIMEOUT=$TEST_TIMEOUT
 TESTFLAGS=$(printf %q "${MULTINIC_VM_TESTFLAGS:-}")
 MULTINIC_BIN_DIR=$(printf %q "/mnt/host/${RUN#"$ROOT"/}/bin")
+RUNPROG=${RUNPKG:+1}
 EOF
 cat >"$TMP/r/init" <<'EOF'
 #!/bin/busybox sh
@@ -223,6 +255,8 @@ mount -t tmpfs tmpfs /run
 ln -s /run /var/run
 ln -s /proc/self/fd /dev/fd
 exec </dev/null >/dev/console 2>&1
+# --run: only the program's output on the console (kernel messages stay in dmesg).
+if [ -n "$RUNPROG" ]; then echo 1 >/proc/sys/kernel/printk; fi
 
 result() { # result 0|1|2: isa-debug-exit makes qemu exit with 2*N+1 (1, 3, 5)
 	echo "VMTEST-RESULT-$NONCE rc=$1"
@@ -242,8 +276,10 @@ runtest() { # runtest PKG DIR BINARY
 	r=$?
 	if [ "$r" = 0 ]; then echo "--- vmtest: ok $1"; else echo "--- vmtest: FAIL $1 (exit $r)"; rc=1; fi
 }
-(. /tests.sh) # ends with `exit $rc`: a subshell, so /init goes on to report it
-if [ $? = 0 ]; then result 0; else result 1; fi
+(. /tests.sh) # ends with `exit $rc` (--run: execs the program): a subshell, so /init goes on to report it
+r=$?
+if [ -n "$RUNPROG" ] && [ "$r" != 0 ]; then echo "vmtest: the program exited $r"; fi
+if [ "$r" = 0 ]; then result 0; else result 1; fi
 EOF
 chmod 755 "$TMP/r/init"
 (cd "$TMP/r" && find . | cpio -o -H newc --quiet) >"$TMP/run.cpio"
@@ -254,7 +290,12 @@ base_size=$(stat -c %s "$KDIR/base.cpio.gz")
 # --- boot -------------------------------------------------------------------------
 
 WALL=${MULTINIC_VM_TIMEOUT:-$((120 + 300 * n))}
-log "booting $(basename "$KDIR") for $n test binaries (limit ${WALL}s)"
+if [ -n "$RUNPKG" ]; then
+	what="$pkg" failed="$pkg failed" hide='/^VMTEST-RESULT-/d'
+else
+	what="$n test binaries" failed="tests failed" hide=''
+fi
+log "booting $(basename "$KDIR") for $what (limit ${WALL}s)"
 # A job, so that cleanup can stop it: TERM to timeout is passed on to qemu.
 timeout --foreground -k 5 "$WALL" qemu-system-x86_64 -accel "$ACCEL" -smp 1 -m 1024 \
 	-nodefaults -display none -serial stdio -no-reboot -nic none \
@@ -262,20 +303,23 @@ timeout --foreground -k 5 "$WALL" qemu-system-x86_64 -accel "$ACCEL" -smp 1 -m 1
 	-append 'console=ttyS0 quiet panic=-1 oops=panic' \
 	-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
 	-virtfs "local,path=$ROOT,mount_tag=host0,security_model=none,readonly=on" </dev/null 2>&1 |
-	tr -d '\r' | tee "$TMP/console.log" &
+	sed -u 's/\r//g' | tee "$TMP/console.log" | sed -u "$hide" &
 rc=0
 wait $! || rc=$? # pipefail: the status of timeout, i.e. of qemu
 guest=$(sed -n "s/^VMTEST-RESULT-$NONCE rc=//p" "$TMP/console.log" | tail -1)
 
 if [ "$rc" = 1 ] && [ "$guest" = 0 ]; then
-	log "PASS ($n test binaries)"
+	log "PASS ($what)"
 	exit 0
 elif [ "$rc" = 3 ] && [ -n "$guest" ]; then
-	log "FAIL: tests failed inside the VM"
+	log "FAIL: $failed inside the VM"
 	exit 1
 elif [ "$rc" = 5 ] && [ -n "$guest" ]; then
 	log "VM FAILED: guest setup failed (modules or 9p mount, see above)"
 	exit 3
+elif grep -q '^qemu-system-x86_64: terminating on signal' "$TMP/console.log"; then
+	log "VM STOPPED: qemu was interrupted (qemu exit $rc)"
+	exit 130
 elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 	log "VM TIMED OUT after ${WALL}s (MULTINIC_VM_TIMEOUT)"
 	exit 4
