@@ -17,5 +17,13 @@
 // and the runtime runs Multus in such a mount namespace too. The NADs are then byte for byte what the
 // DaemonSet publishes, and the harness still reaches each agent at its own socket path.
 //
+// # Exclusive on the host, ipvlan in the test VM
+//
+// TestMultinicThroughMultus runs the cases with the exclusive NADs on this host. The same cases with the
+// ipvlan NADs need a kernel with ipvlan: TestMultinicThroughMultusIPVlanVM starts the control plane on
+// the host and boots the test VM (e2e/vm/vmtest.sh, user networking) in which
+// TestMultinicThroughMultusIPVlan reaches that API server at 10.0.2.2 and runs the region, the agents and
+// static Multus and plugins (MULTINIC_TOOLS_STATIC=1 e2e/tools/build.sh) there; see vm_test.go.
+//
 // Run it with `make e2e` (MULTINIC_E2E=1, root; see cluster.RequireE2E).
 package multus

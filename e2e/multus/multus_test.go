@@ -58,12 +58,20 @@ var nadGVR = schema.GroupVersionResource{Group: "k8s.cni.cncf.io", Version: "v1"
 
 // TestMultinicThroughMultus is the issue 5 e2e: manifests applied to a real kube-apiserver, two agents
 // publishing NADs and node resources, and pods attached to cards through the real Multus thin plugin.
-// The cases use the exclusive NADs (a whole ENI per card), which this host's kernel supports.
+// The cases use the exclusive NADs (a whole ENI per card), which this host's kernel supports; the same
+// cases with the ipvlan NADs run in the test VM (TestMultinicThroughMultusIPVlanVM).
 func TestMultinicThroughMultus(t *testing.T) {
 	tools := cluster.RequireE2E(t)
 	setupBinaries(t)
 	start := time.Now()
 	c := cluster.Start(t, cluster.Options{Tools: tools})
+	runCases(t, c, tools, plugin.ModeExclusive, managedCards, start)
+}
+
+// runCases runs the cases on the control plane c with the NADs of mode (plugin.ModeExclusive or
+// plugin.ModeIPVlan): applies the manifests, starts the region and its agents, then the pods. allCards are
+// the cards of the "all-cards" pod.
+func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode string, allCards []int, start time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
@@ -100,10 +108,11 @@ func TestMultinicThroughMultus(t *testing.T) {
 	checkNodeResources(ctx, t, c, region)
 
 	e := newEnv(t, c, tools, region)
+	e.mode = mode
 	e.snapshot(t)
 
 	t.Run("all-cards", func(t *testing.T) {
-		p := e.addPod(ctx, t, region.Node(0), "all-cards", managedCards)
+		p := e.addPod(ctx, t, region.Node(0), "all-cards", allCards)
 		e.checkPod(ctx, t, p)
 		e.deletePod(ctx, t, p)
 		e.settle(t)
@@ -127,7 +136,7 @@ func TestMultinicThroughMultus(t *testing.T) {
 		// Multus wraps the delegate's error; the plugin's code and message must come through.
 		msg := err.Error()
 		t.Logf("Multus ADD failed as it should: %s", msg)
-		if !strings.Contains(msg, "multinic-card-3-exclusive") || !strings.Contains(msg, "net2") ||
+		if !strings.Contains(msg, nad.Name(3, e.mode)) || !strings.Contains(msg, "net2") ||
 			!strings.Contains(strings.ToLower(msg), "card 3") {
 			t.Errorf("ADD error %q does not name the NAD, net2 and card 3", msg)
 		}
@@ -153,7 +162,7 @@ func TestMultinicThroughMultus(t *testing.T) {
 		// The plugin's own code, under Multus' configuration: a pod holding card 3 through Multus, and a
 		// second attachment to card 3 made by calling the plugin as Multus calls it, with the NAD's config.
 		holder := e.addPod(ctx, t, n, "card-holder", []int{3})
-		u, err := e.c.Dynamic.Resource(nadGVR).Namespace(nad.DefaultNamespace).Get(ctx, nad.Name(3, plugin.ModeExclusive), metav1.GetOptions{})
+		u, err := e.c.Dynamic.Resource(nadGVR).Namespace(nad.DefaultNamespace).Get(ctx, nad.Name(3, e.mode), metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,6 +344,7 @@ type env struct {
 	cniPath   string
 	confList  map[string]string // per node name: the conflist file
 	multusLog string
+	mode      string // of the pods' NADs: plugin.ModeExclusive or plugin.ModeIPVlan
 	pods      []*pod
 	base      map[string]baseline // per node name
 }
@@ -445,13 +455,13 @@ type pod struct {
 	removed     bool
 }
 
-// newPod creates the Pod object (networks: the exclusive NAD of each card, in order) and its netns,
+// newPod creates the Pod object (networks: the NAD of e.mode of each card, in order) and its netns,
 // without running ADD. Both go when the test ends.
 func (e *env) newPod(ctx context.Context, t *testing.T, n *harness.Node, name string, cards []int) (*pod, error) {
 	t.Helper()
 	var nets []string
 	for _, c := range cards {
-		nets = append(nets, nad.DefaultNamespace+"/"+nad.Name(c, plugin.ModeExclusive))
+		nets = append(nets, nad.DefaultNamespace+"/"+nad.Name(c, e.mode))
 	}
 	obj := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default",
@@ -574,11 +584,13 @@ type networkStatus struct {
 	Default   bool     `json:"default"`
 }
 
-// checkPod asserts what a pod with exclusive attachments to p.cards must look like: netN per card with one
-// address in the card's subnet, that address an ENI's on that card of the node in fake-ec2 (the ENI's MAC
-// on netN), the agent's allocation, the ADD result and the Pod's network-status annotation agreeing.
+// checkPod asserts what a pod with attachments of e.mode to p.cards must look like: netN per card with one
+// address in the card's subnet, that address an ENI's on that card of the node in fake-ec2 (exclusive: its
+// primary; ipvlan: a secondary), the ENI's MAC on netN (an ipvlan has its parent's), the agent's
+// allocation, the ADD result and the Pod's network-status annotation agreeing.
 func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 	t.Helper()
+	exclusive := e.mode == plugin.ModeExclusive
 	st := e.region.State()
 	obj, err := e.c.Client.CoreV1().Pods(p.obj.Namespace).Get(ctx, p.obj.Name, metav1.GetOptions{})
 	if err != nil {
@@ -630,23 +642,30 @@ func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 		case en.InstanceID != p.node.InstanceID || en.Card != card || en.SubnetID != subnet.ID || en.Status != "in-use":
 			t.Errorf("pod %s %s address %s is on ENI %s (%s card %d subnet %s %s), want %s card %d subnet %s",
 				p.obj.Name, ifName, addr, en.ID, en.InstanceID, en.Card, en.SubnetID, en.Status, p.node.InstanceID, card, subnet.ID)
-		case en.PrimaryIP != addr.String():
+		case exclusive && en.PrimaryIP != addr.String():
 			t.Errorf("pod %s %s: exclusive address %s is not ENI %s's primary %s", p.obj.Name, ifName, addr, en.ID, en.PrimaryIP)
+		case !exclusive && !slices.Contains(en.SecondaryIPs, addr.String()):
+			t.Errorf("pod %s %s: ipvlan address %s is not a secondary address of ENI %s", p.obj.Name, ifName, addr, en.ID)
 		}
 		link, err := p.h.LinkByName(ifName)
 		if err != nil {
 			t.Errorf("pod %s: %v", p.obj.Name, err)
-		} else if !strings.EqualFold(link.Attrs().HardwareAddr.String(), en.MAC) {
-			t.Errorf("pod %s %s MAC %s, want ENI %s's %s", p.obj.Name, ifName, link.Attrs().HardwareAddr, en.ID, en.MAC)
+		} else {
+			if !strings.EqualFold(link.Attrs().HardwareAddr.String(), en.MAC) {
+				t.Errorf("pod %s %s MAC %s, want ENI %s's %s", p.obj.Name, ifName, link.Attrs().HardwareAddr, en.ID, en.MAC)
+			}
+			if isIPVlan := link.Type() == "ipvlan"; isIPVlan == exclusive {
+				t.Errorf("pod %s %s is a %s link, want mode %s", p.obj.Name, ifName, link.Type(), e.mode)
+			}
 		}
 		// The agent's record.
-		if a, ok := allocs[ifName]; !ok || a.Card != card || !a.Exclusive || a.Address != addr || a.ENIID != en.ID ||
+		if a, ok := allocs[ifName]; !ok || a.Card != card || a.Exclusive != exclusive || a.Address != addr || a.ENIID != en.ID ||
 			a.PodName != p.obj.Name || a.PodNamespace != p.obj.Namespace {
-			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d exclusive %s on %s", p.obj.Name, ifName, a, ok, card, addr, en.ID)
+			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d %s %s on %s", p.obj.Name, ifName, a, ok, card, e.mode, addr, en.ID)
 		}
 		// The ADD result Multus returned (the primary network's) and the annotation Multus wrote.
 		s := statuses[i+1]
-		wantName := nad.DefaultNamespace + "/" + nad.Name(card, plugin.ModeExclusive)
+		wantName := nad.DefaultNamespace + "/" + nad.Name(card, e.mode)
 		if s.Name != wantName || s.Interface != ifName || !slices.Equal(s.IPs, []string{addr.String()}) ||
 			!strings.EqualFold(s.Mac, en.MAC) || s.Default {
 			t.Errorf("pod %s network-status[%d] = %+v, want %s %s %s mac %s", p.obj.Name, i+1, s, wantName, ifName, addr, en.MAC)

@@ -16,6 +16,9 @@
 #   MULTINIC_TOOLS_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/multinic/tools)
 #   MULTINIC_TOOLS_DIR    where to link the binaries (default <repo>/bin/tools); the e2e reads the same
 #   GO                    the go command (default go)
+#   MULTINIC_TOOLS_STATIC set to 1: build with CGO_ENABLED=0 (static binaries, for the test VM's guest, which
+#                         has no libc) into $CACHE/<component>-<version>-<go version>-static/, linked into
+#                         MULTINIC_TOOLS_DIR (default <repo>/bin/tools-static). Unset: the usual binaries.
 #
 # Cold build (empty Go build cache) on 2 busy cores: ~8 min for everything, of which kube-apiserver
 # ~6.5 min and ~2.4 GB RAM; the others mostly reuse its compiled dependencies (~40 s etcd, ~45 s multus,
@@ -29,7 +32,15 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TOOLS_SRC=$ROOT/e2e/tools
 GO=${GO:-go}
 CACHE=${MULTINIC_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multinic/tools}
-OUT=${MULTINIC_TOOLS_DIR:-$ROOT/bin/tools}
+STATIC=${MULTINIC_TOOLS_STATIC:-}
+SUFFIX=
+if [[ $STATIC == 1 ]]; then
+	export CGO_ENABLED=0
+	SUFFIX=-static
+	OUT=${MULTINIC_TOOLS_DIR:-$ROOT/bin/tools-static}
+else
+	OUT=${MULTINIC_TOOLS_DIR:-$ROOT/bin/tools}
+fi
 GOVERSION=$("$GO" env GOVERSION) || die "go not found (GO=$GO)"
 
 # The reference plugins the e2e and later tests use (plugins/<kind>/<name> in containernetworking/plugins).
@@ -111,7 +122,7 @@ trap 'exit 130' INT TERM
 total_start=$SECONDS
 for name in ${*:-$ALL}; do
 	describe "$name"
-	dir=$CACHE/$name-$VERSION-$GOVERSION
+	dir=$CACHE/$name-$VERSION-$GOVERSION$SUFFIX
 	if is_complete "$dir" "$name"; then
 		log "$name $VERSION ($GOVERSION): cached in $dir"
 	else

@@ -21,6 +21,13 @@
 #                             (default 120 + 300 per test binary)
 #   MULTINIC_VM_TESTFLAGS     extra flags for every test binary, e.g. "-test.run TestX"
 #   MULTINIC_VM_ACCEL         QEMU accelerator (default tcg: /dev/kvm is not usable here)
+#   MULTINIC_VM_NET           none (default): the guest has no network interface; user: one virtio NIC
+#                             on QEMU's user-mode network, configured as eth0 10.0.2.15/24 (no default
+#                             route), through which the guest reaches the host's 127.0.0.1 at 10.0.2.2
+#                             (e.g. an API server the host runs for the guest)
+#   MULTINIC_VM_ENV           names (space-separated) of host environment variables to set in the guest,
+#                             with their host values (the guest's repository copy is read-only: pass
+#                             paths under the git-ignored .vmtest/, which the guest sees below /mnt/host)
 #
 # Inside the VM, tests see MULTINIC_IN_VM=1 and MULTINIC_BIN_DIR, a folder with the project's
 # binaries (fake-ec2, multinic, multinic-agent) built here with CGO_ENABLED=0 (the guest has no Go).
@@ -41,7 +48,8 @@ set -euo pipefail
 
 # Modules the guest loads, in this order; their dependencies come from modules.dep.
 # ifb sch_tbf sch_ingress act_mirred cls_u32: the fabric's per-card rate limit (e2e/fabric/tc.go).
-readonly MODS="virtio_pci 9pnet_virtio 9p ipvlan dummy 8021q macvlan veth bridge ifb sch_tbf sch_ingress act_mirred cls_u32"
+# virtio_net: the NIC of MULTINIC_VM_NET=user.
+readonly MODS="virtio_pci 9pnet_virtio 9p virtio_net ipvlan dummy 8021q macvlan veth bridge ifb sch_tbf sch_ingress act_mirred cls_u32"
 
 log() { printf 'vmtest: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
@@ -57,6 +65,14 @@ fi
 CACHE_BASE=${MULTINIC_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/multinic/vm}
 TEST_TIMEOUT=${MULTINIC_VM_TEST_TIMEOUT:-5m}
 ACCEL=${MULTINIC_VM_ACCEL:-tcg}
+NET=${MULTINIC_VM_NET:-none}
+case $NET in none | user) ;; *) die "MULTINIC_VM_NET=$NET: want none or user" ;; esac
+GUEST_ENV=''
+for v in ${MULTINIC_VM_ENV:-}; do
+	[[ $v =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "MULTINIC_VM_ENV: $v is not a variable name"
+	[ -n "${!v+x}" ] || die "MULTINIC_VM_ENV names $v, which is not set"
+	GUEST_ENV+="export $v=$(printf %q "${!v}")"$'\n'
+done
 
 for tool in qemu-system-x86_64 busybox cpio xz dpkg-deb apt-get apt-cache go; do
 	command -v "$tool" >/dev/null || die "missing $tool (apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio xz-utils)"
@@ -239,13 +255,16 @@ TEST_TIMEOUT=$TEST_TIMEOUT
 TESTFLAGS=$(printf %q "${MULTINIC_VM_TESTFLAGS:-}")
 MULTINIC_BIN_DIR=$(printf %q "/mnt/host/${RUN#"$ROOT"/}/bin")
 RUNPROG=${RUNPKG:+1}
+NET=$NET
 EOF
+printf '%s' "$GUEST_ENV" >"$TMP/r/guest.env"
 cat >"$TMP/r/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin HOME=/tmp TMPDIR=/tmp MULTINIC_IN_VM=1
 . /vmtest.env
 export MULTINIC_BIN_DIR
+. /guest.env
 mkdir -p /proc /sys /dev /tmp /run /var /mnt/host
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -268,6 +287,9 @@ setup_failed() { echo "vmtest: guest setup failed: $*"; result 2; }
 for m in $MODS; do modprobe "$m" || setup_failed "modprobe $m"; done
 ip link del dummy0 2>/dev/null
 ip link set lo up
+if [ "$NET" = user ]; then
+	{ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0; } || setup_failed "configure eth0 (MULTINIC_VM_NET=user)"
+fi
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,ro host0 /mnt/host || setup_failed "mount 9p"
 
 runtest() { # runtest PKG DIR BINARY
@@ -295,10 +317,12 @@ if [ -n "$RUNPKG" ]; then
 else
 	what="$n test binaries" failed="tests failed" hide=''
 fi
-log "booting $(basename "$KDIR") for $what (limit ${WALL}s)"
+NIC=none
+if [ "$NET" = user ]; then NIC=user,model=virtio-net-pci; fi
+log "booting $(basename "$KDIR") for $what (limit ${WALL}s, network $NET)"
 # A job, so that cleanup can stop it: TERM to timeout is passed on to qemu.
 timeout --foreground -k 5 "$WALL" qemu-system-x86_64 -accel "$ACCEL" -smp 1 -m 1024 \
-	-nodefaults -display none -serial stdio -no-reboot -nic none \
+	-nodefaults -display none -serial stdio -no-reboot -nic "$NIC" \
 	-kernel "$KDIR/kernel" -initrd "$TMP/initrd" \
 	-append 'console=ttyS0 quiet panic=-1 oops=panic' \
 	-device isa-debug-exit,iobase=0xf4,iosize=0x04 \
