@@ -37,8 +37,8 @@ e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
 
-bench: ## benchmarks into BENCHMARKS.md (issue 6)
-	@echo "make bench: not built yet: benchmarks land with issue 6"
+bench: ## benchmarks (figures 1, 3, 5 of issue 6; root; host + test VM; ~10-17 min) into BENCHMARKS.md
+	bash e2e/bench/run.sh
 
 # Flags of the demo, e.g. DEMO_FLAGS="-rate-per-card 50000000 -conns 8" (bin/demo -h lists them).
 DEMO_FLAGS ?=

@@ -142,7 +142,7 @@ func retryable(err error) bool {
 }
 
 // attemptObserverKey carries a func(action string, err error) that do calls for every failed attempt
-// it is about to retry. A card's loop uses it so LastError shows EC2's code while retries go on (they
+// it is about to retry, and with a nil error once a retried call succeeds. A card's loop uses it so LastError shows EC2's code while retries go on (they
 // can take a minute), instead of "none" until they run out; do itself does not know the card.
 type attemptObserverKey struct{}
 
@@ -159,8 +159,12 @@ func do[O any](ctx context.Context, c *caller, action string, fn func(context.Co
 			return zero, fmt.Errorf("wait for ec2 rate limiter: %w", err)
 		}
 		out, err := fn(ctx, noRetry)
+		observe, _ := ctx.Value(attemptObserverKey{}).(func(string, error))
 		if err == nil {
 			c.count(action, "ok", attempt > 0)
+			if attempt > 0 && observe != nil {
+				observe(action, nil) // the failure it reported is over
+			}
 			return out, nil
 		}
 		code := ErrorCode(err)
@@ -172,7 +176,7 @@ func do[O any](ctx context.Context, c *caller, action string, fn func(context.Co
 		if !retryable(err) || attempt+1 >= c.maxAttempts || ctx.Err() != nil {
 			return zero, wrapAPI(err)
 		}
-		if observe, ok := ctx.Value(attemptObserverKey{}).(func(string, error)); ok {
+		if observe != nil {
 			observe(action, wrapAPI(err))
 		}
 		t := time.NewTimer(c.backoff(attempt))

@@ -20,7 +20,10 @@ import (
 func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 	log := m.log.With("card", cs.index)
 	stepCtx := withAttemptObserver(ctx, func(action string, err error) {
-		m.setLastErr(cs, fmt.Errorf("%s on card %d (retrying): %w", action, cs.index, err))
+		if err != nil {
+			err = fmt.Errorf("%s on card %d (retrying): %w", action, cs.index, err)
+		}
+		m.setLastErr(cs, err)
 	})
 	failures := 0
 	for {

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# run.sh - `make bench`: every benchmark of issue 6 at full size, then BENCHMARKS.md.
+#
+# Usage: e2e/bench/run.sh            (from anywhere; root: it makes netns and runs the test VM)
+#        e2e/bench/run.sh refs       only build the reference plugins into e2e/bench/bin/ (what the
+#                                    package's tests need inside the VM, e.g. for `make test-vm`)
+#
+# Steps, one after the other (they would disturb each other's clocks side by side):
+#   refs  the reference plugins (ipvlan, host-local, host-device, static) at the module's version of
+#         containernetworking/plugins, static, into e2e/bench/bin/ (the VM reads them over 9p)
+#   host  figure 1 exclusive, figure 3, figure 5 (agent): go test on the host
+#   vm    figure 1 ipvlan, figure 5 (plugin RSS vs ipvlan): the same tests in the test VM (e2e/vm/vmtest.sh),
+#         whose kernel has ipvlan
+#   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, steps.jsonl, the logs; git-ignored)
+#
+# Environment:
+#   MULTINIC_BENCH_N     latency iterations per plugin and verb (default 500)
+#   MULTINIC_BENCH_OUT   report path (default BENCHMARKS.md at the top of the repository)
+# A step that fails is recorded as failed in the report, the others still run; the exit status is 1 then.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" || exit 2
+OUT=${MULTINIC_BENCH_OUT:-BENCHMARKS.md}
+N=${MULTINIC_BENCH_N:-500}
+RES=e2e/bench/results
+REFBIN=e2e/bench/bin
+failed=0
+
+# step PART COMMAND...: runs the command, its output to the terminal and $RES/PART.log, collects its
+# result lines and records the step.
+step() {
+	local part=$1 start rc ms
+	shift
+	echo "bench: [$part] $*" >&2
+	start=$(date +%s%N)
+	"$@" 2>&1 | tee "$RES/$part.log"
+	rc=${PIPESTATUS[0]}
+	grep -a '^BENCHRESULT ' "$RES/$part.log" | sed 's/^BENCHRESULT //' >>"$RES/results.jsonl"
+	ms=$((($(date +%s%N) - start) / 1000000))
+	printf '{"part":"%s","command":"%s","seconds":%d.%03d,"status":%d}\n' "$part" \
+		"$(printf '%s' "$CMDLINE" | sed 's/\\/\\\\/g; s/"/\\"/g')" $((ms / 1000)) $((ms % 1000)) "$rc" >>"$RES/steps.jsonl"
+	if [ "$rc" != 0 ]; then
+		echo "bench: [$part] FAILED (exit $rc)" >&2
+		failed=1
+	fi
+}
+
+ver=$(go list -m -f '{{.Version}}' github.com/containernetworking/plugins) || exit 2
+refs=()
+for p in main/ipvlan ipam/host-local main/host-device ipam/static; do
+	refs+=("github.com/containernetworking/plugins/plugins/$p@$ver")
+done
+if [ "${1:-}" = refs ]; then
+	mkdir -p "$REFBIN"
+	GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 exec go install -trimpath "${refs[@]}"
+fi
+rm -rf "$RES"
+mkdir -p "$RES" "$REFBIN"
+: >"$RES/results.jsonl"
+: >"$RES/steps.jsonl"
+
+CMDLINE="GOBIN=$REFBIN CGO_ENABLED=0 go install -trimpath ${refs[*]}"
+step refs env GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 go install -trimpath "${refs[@]}"
+
+CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
+step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
+
+CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
+step vm env MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TIMEOUT=2700 \
+	MULTINIC_VM_TESTFLAGS="-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N" bash e2e/vm/vmtest.sh ./e2e/bench/
+
+go run ./e2e/bench/benchreport -results "$RES" -out "$OUT" || exit 2
+echo "bench: wrote $OUT ($(wc -l <"$RES/results.jsonl") results)" >&2
+exit "$failed"
