@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/namedns"
 )
 
 // NetNSDir is where named netns live, as with ip-netns(8).
@@ -26,61 +27,12 @@ func netnsExists(name string) bool {
 	return err == nil
 }
 
-// createNetNS makes a named netns like `ip netns add`: an empty file under
-// NetNSDir with the new namespace bind-mounted on it.
-//
-// Unshare switches the calling thread's netns, so it runs on a dedicated
-// goroutine whose locked thread is never unlocked: the Go runtime then
-// destroys that thread instead of handing it, in the new netns, to other code.
-// (netns.NewNamed would leave the caller's thread in the new netns.)
-// Unlike ip(8) we do not make NetNSDir a shared mount: nothing here needs the
-// mount to propagate into other mount namespaces.
-func createNetNS(name string) error {
-	if err := os.MkdirAll(NetNSDir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", NetNSDir, err)
-	}
-	path := netnsPath(name)
-	fd, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return err
-	}
-	_ = fd.Close()
-
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked, see above
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount %s: %w", path, err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		_ = os.Remove(path)
-		return err
-	}
-	return nil
-}
+// createNetNS makes a named netns under NetNSDir like `ip netns add` (see namedns.Create; unlike
+// netns.NewNamed it leaves the caller's thread in its own netns).
+func createNetNS(name string) error { return namedns.Create(netnsPath(name)) }
 
 // deleteNetNS unmounts and removes a named netns; a missing one is success.
-// The namespace itself dies once nothing (fd, process, socket) holds it.
-func deleteNetNS(name string) error {
-	path := netnsPath(name)
-	// EINVAL: not a mount point (half-created); ENOENT: gone already.
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
-		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
+func deleteNetNS(name string) error { return namedns.Remove(netnsPath(name)) }
 
 // netnsInode identifies the namespace mounted at a name (its nsfs inode).
 func netnsInode(name string) (uint64, error) {

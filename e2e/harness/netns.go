@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -13,38 +12,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/internal/namedns"
 )
 
 // createNetNS makes a named netns like `ip netns add` and opens it with a route netlink handle.
-// Unshare runs on a goroutine whose locked thread is never unlocked, so the runtime destroys that thread
-// instead of reusing it in the new netns.
 func createNetNS(name string) (ns.NetNS, netlinksafe.Handle, error) {
-	if err := os.MkdirAll(fabric.NetNSDir, 0o755); err != nil {
-		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
-	}
 	path := filepath.Join(fabric.NetNSDir, name)
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
-	if err != nil {
-		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
-	}
-	_ = f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked, see above
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
-		}
-		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind mount %s: %w", path, err)
-			return
-		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		_ = os.Remove(path)
-		return nil, netlinksafe.Handle{}, fmt.Errorf("create netns %s: %w", name, err)
+	if err := namedns.Create(path); err != nil {
+		return nil, netlinksafe.Handle{}, err
 	}
 	nsh, h, err := openNetNS(path)
 	if err != nil {
@@ -95,15 +70,7 @@ func openNetNS(path string) (ns.NetNS, netlinksafe.Handle, error) {
 }
 
 // deleteNetNS unmounts and removes a named netns; a missing one is success.
-func deleteNetNS(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("unmount netns %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove netns %s: %w", path, err)
-	}
-	return nil
-}
+func deleteNetNS(path string) error { return namedns.Remove(path) }
 
 // writeSysctl writes /proc/sys/<key> (key like "net/ipv4/ip_forward") inside n. A key the kernel lacks is
 // an error unless optional.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/multinic/multinic/ipam/store"
 )
 
 // netnsVersion is the format of NetnsFile this build writes and reads.
@@ -146,51 +148,9 @@ func (r *netnsRecords) saveLocked() (retErr error) {
 	if err != nil {
 		return fmt.Errorf("encode netns records: %w", err)
 	}
-	if err := writeFileAtomic(r.path, data); err != nil {
+	if err := store.WriteFile(r.path, data); err != nil {
 		return fmt.Errorf("save netns records: %w", err)
 	}
 	r.dirty = false
-	return nil
-}
-
-// writeFileAtomic replaces path with data durably: temp file in the same directory, fsync, rename, fsync
-// the directory.
-func writeFileAtomic(path string, data []byte) (retErr error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temp file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if retErr != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir %s: %w", dir, err)
-	}
-	serr := d.Sync()
-	cerr := d.Close()
-	if err := errors.Join(serr, cerr); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
 	return nil
 }

@@ -188,15 +188,26 @@ func (s *FileStore) Save(cp Checkpoint) (retErr error) {
 	}
 	data = append(data, '\n')
 
-	f, err := os.CreateTemp(s.dir, tempPrefix+"*") // created 0600
+	return writeFile(path, data, s.beforeRename)
+}
+
+// WriteFile replaces path with data durably, mode 0600: a temp file ("<name>.tmp-*") in the same
+// directory, fsync, rename over path, fsync the directory. A crash leaves the old file or the new one,
+// never a mix; a leftover temp file is the only trace of an interrupted write.
+func WriteFile(path string, data []byte) error { return writeFile(path, data, nil) }
+
+// writeFile is WriteFile with a hook between the temp file's fsync and the rename, for crash tests.
+func writeFile(path string, data []byte, beforeRename func() error) (retErr error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*") // created 0600
 	if err != nil {
-		return fmt.Errorf("create temp checkpoint in %s: %w", s.dir, err)
+		return fmt.Errorf("create temp file in %s: %w", dir, err)
 	}
 	tmp := f.Name()
 	defer func() {
 		if retErr != nil {
 			f.Close()
-			os.Remove(tmp) // best effort: Lock removes leftovers anyway
+			os.Remove(tmp) // best effort: FileStore.Lock removes leftovers anyway
 		}
 	}()
 	if err := f.Chmod(fileMode); err != nil { // whatever the umask or temp default
@@ -211,19 +222,16 @@ func (s *FileStore) Save(cp Checkpoint) (retErr error) {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp, err)
 	}
-	if s.beforeRename != nil {
-		if err := s.beforeRename(); err != nil {
-			return fmt.Errorf("save checkpoint %s: %w", path, err)
+	if beforeRename != nil {
+		if err := beforeRename(); err != nil {
+			return fmt.Errorf("save %s: %w", path, err)
 		}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
 	}
 	// The rename is only durable once the directory entry is.
-	if err := syncDir(s.dir); err != nil {
-		return err
-	}
-	return nil
+	return syncDir(dir)
 }
 
 func syncDir(dir string) error {
