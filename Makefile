@@ -12,7 +12,7 @@ GOTEST    ?= $(GO) test -count=1
 FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 
-.PHONY: help build test test-unit test-vm test-fuzz e2e bench demo lint fuzz clean
+.PHONY: help build test test-unit test-vm test-fuzz e2e e2e-vm bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,10 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
+
+e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control plane on the host; ~2-3 min)
+	bash e2e/tools/build.sh
+	MULTINIC_E2E=1 MULTINIC_E2E_VM=1 $(GOTEST) -timeout 20m -run 'TestMultinicThroughMultusIPVlanVM' ./e2e/multus/
 
 bench: ## benchmarks (figures 1, 3, 5 of issue 6; root; host + test VM; ~10-17 min) into BENCHMARKS.md
 	bash e2e/bench/run.sh
