@@ -98,15 +98,17 @@ func (p *Plugin) step(s Step) error {
 	return nil
 }
 
-func (p *Plugin) client(conf *Config) *api.Client { return api.NewClient(conf.AgentSocket, p.Timeout) }
-
-// replay applies pending releases; it is best effort (the agent may still be down), and bounded in time.
-func (p *Plugin) replay(client *api.Client) {
+// connect returns a client of the agent after applying the journal of pending releases: every verb
+// starts here, so a release journaled while the agent was down goes out on the next call. Replay is best
+// effort (the agent may still be down) and bounded in time.
+func (p *Plugin) connect(conf *Config) *api.Client {
+	client := api.NewClient(conf.AgentSocket, p.Timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := ReplayJournal(ctx, p.JournalDir, client); err != nil {
 		p.logf("%v", err)
 	}
+	return client
 }
 
 // openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns.
@@ -200,9 +202,8 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 		return nil, nil, err
 	}
 
-	client := p.client(conf)
+	client := p.connect(conf)
 	defer client.Close()
-	p.replay(client)
 	if hasJournal(p.JournalDir, args.ContainerID, args.IfName) {
 		return nil, nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
 			"container %s interface %s: a release is still pending for the agent", args.ContainerID, args.IfName), "")
@@ -429,16 +430,21 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	client := p.client(conf)
+	client := p.connect(conf)
 	defer client.Close()
-	p.replay(client)
-	if err := p.release(client, conf, args.ContainerID, args.IfName); err != nil {
+	return p.remove(client, conf, args.ContainerID, args.IfName, args.Netns)
+}
+
+// remove undoes one attachment: the release first (a gone netns must not leak the address), then what
+// ADD made in the pod netns, if that netns still exists.
+func (p *Plugin) remove(client *api.Client, conf *Config, containerID, ifName, netnsPath string) error {
+	if err := p.release(client, conf, containerID, ifName); err != nil {
 		return err
 	}
-	if args.Netns == "" {
+	if netnsPath == "" {
 		return nil
 	}
-	podNS, err := openPodNS(args.Netns)
+	podNS, err := openPodNS(netnsPath)
 	var notExist ns.NSPathNotExistErr
 	var notNS ns.NSPathNotNSErr
 	if errors.As(err, &notExist) || errors.As(err, &notNS) {
@@ -448,7 +454,7 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer podNS.Close()
-	return teardown(podNS, args.IfName, conf.RouteTable())
+	return teardown(podNS, ifName, conf.RouteTable())
 }
 
 func (p *Plugin) status(args *skel.CmdArgs) error {
@@ -456,9 +462,8 @@ func (p *Plugin) status(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	client := p.client(conf)
+	client := p.connect(conf)
 	defer client.Close()
-	p.replay(client)
 	st, err := client.Status(context.Background(), conf.Card)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
@@ -474,9 +479,8 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	client := p.client(conf)
+	client := p.connect(conf)
 	defer client.Close()
-	p.replay(client)
 	allocs, err := client.List(context.Background())
 	if err != nil {
 		return err
@@ -491,22 +495,9 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 			valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
 			continue
 		}
-		if err := p.release(client, conf, a.ContainerID, a.IfName); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if a.Netns == "" {
-			continue
-		}
-		// Best effort: the netns is usually gone with the pod.
-		podNS, err := openPodNS(a.Netns)
-		if err != nil {
-			continue
-		}
-		if err := teardown(podNS, a.IfName, conf.RouteTable()); err != nil {
+		if err := p.remove(client, conf, a.ContainerID, a.IfName, a.Netns); err != nil {
 			errs = append(errs, err)
 		}
-		podNS.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -535,9 +526,8 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		return invalidConfig("prevResult address %s invalid", ipc.Address.String())
 	}
 
-	client := p.client(conf)
+	client := p.connect(conf)
 	defer client.Close()
-	p.replay(client)
 	allocs, err := client.List(context.Background())
 	if err != nil {
 		return err

@@ -100,12 +100,7 @@ func runEC2Case(t *testing.T, c ec2Case) {
 		}
 		undo()
 		if canIPVlan {
-			rp := w.newPod(t, fmt.Sprintf("r%d", i))
-			d, err := attachTimed(rp, c.att)
-			run.recovered(d, err)
-			if err != nil {
-				t.Errorf("ADD after the fault cleared: %v", err)
-			}
+			w.recover(t, run, i, c.att, "ADD after the fault cleared")
 		} else {
 			// No ipvlan on this kernel: the plugin cannot finish an ipvlan ADD here, so recovery is checked
 			// one level down: the agent allocates again once EC2 answers.
@@ -443,12 +438,7 @@ func TestLatency(t *testing.T) {
 			if err := pod.Del(); err != nil {
 				t.Errorf("DEL: %v", err)
 			}
-			rp := w.newPod(t, fmt.Sprintf("r%d", i))
-			d, err = attachTimed(rp, exclusive)
-			run.recovered(d, err)
-			if err != nil {
-				t.Errorf("ADD after the latency cleared: %v", err)
-			}
+			w.recover(t, run, i, exclusive, "ADD after the latency cleared")
 		}
 		l, details := w.cleanup(t)
 		run.finish(l, details, strings.Join(dedup(notes), "; "))
@@ -536,12 +526,7 @@ func TestAgentKilled(t *testing.T) {
 		if err := pod.Del(); err != nil {
 			t.Errorf("DEL after the agent restarted: %v", err)
 		}
-		rp := w.newPod(t, fmt.Sprintf("r%d", i))
-		d, err := attachTimed(rp, exclusive)
-		run.recovered(d, err)
-		if err != nil {
-			t.Errorf("ADD after the agent restarted: %v", err)
-		}
+		w.recover(t, run, i, exclusive, "ADD after the agent restarted")
 	}
 	l, details := w.cleanup(t)
 	run.finish(l, details, strings.Join(dedup(notes), "; "))
@@ -599,12 +584,7 @@ func TestNetnsDeleted(t *testing.T) {
 		if _, ok, err := node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
 			t.Errorf("after DEL with the netns gone the agent still holds the allocation (err %v)", err)
 		}
-		rp := w.newPod(t, fmt.Sprintf("r%d", i))
-		d, err := attachTimed(rp, exclusive)
-		run.recovered(d, err)
-		if err != nil {
-			t.Errorf("ADD of a new pod afterwards: %v", err)
-		}
+		w.recover(t, run, i, exclusive, "ADD of a new pod afterwards")
 	}
 	l, details := w.cleanup(t)
 	// The fabric's ENI links are veth pairs: the ENI that was in the deleted netns lost its link with it
@@ -700,12 +680,7 @@ func TestDiskFull(t *testing.T) {
 		if err := pod.Del(); err != nil {
 			t.Errorf("DEL: %v", err)
 		}
-		rp := w.newPod(t, fmt.Sprintf("r%d", i))
-		d, err = attachTimed(rp, exclusive)
-		run.recovered(d, err)
-		if err != nil {
-			t.Errorf("ADD once space returned: %v", err)
-		}
+		w.recover(t, run, i, exclusive, "ADD once space returned")
 	}
 	l, details := w.cleanup(t)
 	run.finish(l, details, strings.Join(dedup(notes), "; "))

@@ -389,6 +389,17 @@ func (w *watch) cleanup(t *testing.T) (Leaks, []string) {
 }
 
 // newPod creates a pod on the watched node, removed when the test ends, and tracks it.
+// recover is the last step of every fault round: once the fault is gone, a new pod's ADD (the runtime's
+// retry with a new sandbox) must work. It records how long that took; what names the situation.
+func (w *watch) recover(t *testing.T, r *run, round int, att harness.Attachment, what string) {
+	t.Helper()
+	d, err := attachTimed(w.newPod(t, fmt.Sprintf("r%d", round)), att)
+	r.recovered(d, err)
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
 func (w *watch) newPod(t *testing.T, name string) *harness.Pod {
 	t.Helper()
 	p, err := w.node.NewPod(name)
