@@ -26,7 +26,7 @@ const (
 
 // poolArgs are the agent's shipped pool defaults (cmd/multinic-agent), spelled out so that the harness's
 // test-friendly warm target does not apply; info logs, as the DaemonSet runs.
-var poolArgs = []string{"--warm-target", "8", "--min-free", "2", "--max-batch", "10", "--log-level", "info"}
+var poolArgs = []string{"--warm-target", "8", "--min-free", "2", "--max-batch", "50", "--log-level", "info"}
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
 const clockTicks = 100
@@ -243,7 +243,7 @@ func TestEC2Burst(t *testing.T) {
 	nettest.RequireRoot(t)
 	npods := size(100, 3)
 	policies := [2]burstPolicy{
-		{"multinic (warm target 8, min free 2, batches of 10)", poolArgs},
+		{"multinic (warm target 8, min free 2, batches up to 50)", poolArgs},
 		{"warm target 1, one assign per attachment", []string{"--warm-target", "1", "--min-free", "0", "--max-batch", "1", "--log-level", "info"}},
 	}
 	var res [2]burstResult

@@ -120,6 +120,8 @@ type card struct {
 	allocs    map[key]*Allocation
 	// changed is closed (and replaced) whenever an address may have become available on the card.
 	changed chan struct{}
+	// waiting counts WaitForAddress calls blocked on the shared pool: demand the refill must cover now.
+	waiting int
 }
 
 // New returns an allocator persisting through st, restored from st's checkpoint when there is one. A

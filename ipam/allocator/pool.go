@@ -167,21 +167,41 @@ func (a *Allocator) statsLocked(cardN int) Stats {
 	return st
 }
 
-// Need returns how many shared addresses to ask EC2 for on the card: enough that free addresses (warm plus
-// resting, which come back by themselves) reach warmTarget, and that at least minFree are usable right now.
-func (a *Allocator) Need(cardN, warmTarget, minFree int) int {
+// Demand is what a card's shared pool should ask EC2 for.
+type Demand struct {
+	// Need is how many addresses to add: enough that free addresses (warm plus resting, which come back
+	// by themselves) reach the warm target, that at least minFree are usable right now, and that every
+	// allocation waiting for an address gets one on top.
+	Need int
+	// Waiting is how many allocations are blocked on the empty pool right now.
+	Waiting int
+}
+
+// Demand returns the card's shared-pool demand for the given warm target and minimum free.
+func (a *Allocator) Demand(cardN, warmTarget, minFree int) Demand {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := a.statsLocked(cardN)
-	return max(warmTarget-(st.Warm+st.Cooling), minFree-st.Warm, 0)
+	w := a.card(cardN).waiting
+	return Demand{Need: max(warmTarget+w-(st.Warm+st.Cooling), minFree+w-st.Warm, 0), Waiting: w}
 }
 
 // WaitForAddress blocks until the card has a usable address (exclusive: a usable exclusive ENI) or ctx
-// ends. It wakes on AddAddresses, AddExclusiveENI, releases and reconcile, and when a resting address's
-// time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
+// ends; while it waits on the shared pool it counts in the card's Demand. It wakes on AddAddresses,
+// AddExclusiveENI, releases and reconcile, and when a resting address's time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
 func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive bool) error {
 	if cardN < 0 {
 		return fmt.Errorf("wait for address on card %d: %w", cardN, ErrInvalid)
+	}
+	if !exclusive {
+		a.mu.Lock()
+		a.card(cardN).waiting++
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			a.card(cardN).waiting--
+			a.mu.Unlock()
+		}()
 	}
 	for {
 		a.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,7 +92,7 @@ func TestSurplusAndRemove(t *testing.T) {
 	}
 }
 
-func TestNeed(t *testing.T) {
+func TestDemand(t *testing.T) {
 	a, _, _ := newTest(t)
 	seed(t, a, 1, 4)
 	mustAllocate(t, a, req(1, 1))
@@ -111,9 +112,37 @@ func TestNeed(t *testing.T) {
 		{5, 3, 1, 3},
 		{5, 0, 1, 1},
 	} {
-		if got := a.Need(tc.card, tc.target, tc.minFree); got != tc.want {
-			t.Errorf("Need(card %d, target %d, min %d) = %d, want %d", tc.card, tc.target, tc.minFree, got, tc.want)
+		if got := a.Demand(tc.card, tc.target, tc.minFree); got != (Demand{Need: tc.want}) {
+			t.Errorf("Demand(card %d, target %d, min %d) = %+v, want need %d, none waiting", tc.card, tc.target, tc.minFree, got, tc.want)
 		}
+	}
+
+	// Allocations blocked on card 5's empty pool add to its demand until they return; an exclusive wait
+	// is not shared-pool demand.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, exclusive := range []bool{false, false, false, true} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = a.WaitForAddress(ctx, 5, exclusive)
+		}()
+	}
+	want := Demand{Need: 6, Waiting: 3} // target 3 + 3 waiting
+	deadline := time.Now().Add(5 * time.Second)
+	for a.Demand(5, 3, 1) != want && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := a.Demand(5, 3, 1); got != want {
+		t.Errorf("card 5 with 3 shared waiters: Demand = %+v, want %+v", got, want)
+	}
+	if got, want := a.Demand(5, 0, 4), (Demand{Need: 7, Waiting: 3}); got != want {
+		t.Errorf("card 5, min free 4, 3 waiting: Demand = %+v, want %+v", got, want)
+	}
+	cancel()
+	wg.Wait()
+	if got := a.Demand(5, 3, 1); got != (Demand{Need: 3}) {
+		t.Errorf("card 5 after the waiters gave up: Demand = %+v, want need 3, none waiting", got)
 	}
 }
 

@@ -32,7 +32,7 @@ const (
 const (
 	DefaultWarmTarget        = 8
 	DefaultMinFree           = 2
-	DefaultMaxBatch          = 10
+	DefaultMaxBatch          = 50
 	DefaultSurplusDelay      = time.Minute
 	DefaultMTU               = 9001
 	DefaultRefillInterval    = 30 * time.Second
@@ -74,7 +74,9 @@ type Config struct {
 	WarmTarget *int
 	// MinFree is how many addresses each card keeps usable right now (nil: DefaultMinFree).
 	MinFree *int
-	// MaxBatch bounds the addresses one AssignPrivateIpAddresses asks for (0: DefaultMaxBatch).
+	// MaxBatch bounds the addresses one AssignPrivateIpAddresses asks for (0: DefaultMaxBatch). The
+	// default is a whole ENI of the large instance types: allocations waiting on an empty pool are asked
+	// for in one call, because under EC2 throttling every extra call is time a pod waits.
 	MaxBatch int
 	// PrefixMode assigns /28 prefixes (16 addresses each, one per call) instead of single addresses.
 	PrefixMode bool

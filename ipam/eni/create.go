@@ -10,14 +10,16 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/multinic/multinic/ipam/allocator"
 )
 
 // createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
 // and brings it up; then a shared ENI's initial addresses join the pool, or an exclusive ENI joins the
-// card's exclusive pool. want is the shared pool's initial batch (capped by MaxBatch and the ENI's limit).
+// card's exclusive pool. want is the shared pool's demand; batch decides how much of it the ENI starts with.
 // A failed attach deletes the new ENI. A link that does not show up leaves the ENI attached but not ready;
 // the card loop retries the link.
-func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, want int) (*eniState, error) {
+func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, want allocator.Demand) (*eniState, error) {
 	cs.createMu.Lock()
 	defer cs.createMu.Unlock()
 	m.mu.Lock()

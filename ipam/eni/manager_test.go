@@ -243,7 +243,7 @@ func TestRefillAndShrink(t *testing.T) {
 				als = append(als, al)
 			}
 			eventually(t, 5*time.Second, "refill after allocations", func() bool {
-				return m.alloc.Need(1, 6, 2) == 0
+				return m.alloc.Demand(1, 6, 2).Need == 0
 			})
 			grown := len(e.ec2Addresses(1))
 			if grown < pods+6 {
@@ -386,6 +386,69 @@ func TestThrottledBurst(t *testing.T) {
 	}
 }
 
+// TestWaitersAskedFor: allocations blocked on an empty pool count in the card's demand, so a refill asks
+// for all of them at once, in calls of at most MaxBatch addresses (by default a whole ENI's worth: under
+// EC2 throttling each extra call is seconds a pod waits).
+func TestWaitersAskedFor(t *testing.T) {
+	const waiters = 30
+	for _, maxBatch := range []int{DefaultMaxBatch, 8} {
+		t.Run(fmt.Sprintf("max batch %d", maxBatch), func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			cfg := e.fastConfig(0)
+			cfg.ManagedCards = []int{1}
+			cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+			cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch = ptr(0), ptr(0), maxBatch
+			cfg.RefillInterval = time.Hour // refill on Kick only, once every waiter is counted
+			m := e.start(cfg, e.alloc)
+			waitReady(t, m, 10*time.Second)
+			assigns := func() int { return e.srv.State().Calls["AssignPrivateIpAddresses"]["ok"] }
+			before := assigns()
+
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			errs := make(chan error, waiters)
+			for i := range waiters {
+				go func() {
+					if err := e.alloc.WaitForAddress(ctx, 1, false); err != nil {
+						errs <- err
+						return
+					}
+					_, err := allocWait(ctx, m, e.alloc, podReq(i, 1))
+					errs <- err
+				}()
+			}
+			eventually(t, 5*time.Second, "every waiter counted", func() bool {
+				return e.alloc.Demand(1, 0, 0).Waiting == waiters
+			})
+			if d := e.alloc.Demand(1, 0, 0); d.Need != waiters {
+				t.Errorf("demand %+v with %d waiting and nothing warm: want need %d", d, waiters, waiters)
+			}
+			m.Kick(1)
+			for range waiters {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			// With a smaller cap the count is a floor: a waiter between wake-up and its retry is briefly
+			// not counted, so a refill may ask for fewer than are still to come.
+			n := assigns() - before
+			switch floor := ceilDiv(waiters, maxBatch); {
+			case maxBatch >= waiters && n != 1:
+				t.Errorf("%d AssignPrivateIpAddresses for %d waiting allocations, want 1", n, waiters)
+			case n < floor:
+				t.Errorf("%d AssignPrivateIpAddresses for %d addresses at most %d each", n, waiters, maxBatch)
+			}
+			if got := len(e.ec2Addresses(1)); got != waiters {
+				t.Errorf("EC2 holds %d secondary addresses on card 1, want %d (one per waiter)", got, waiters)
+			}
+			if got := e.alloc.Stats(1).Allocated; got != waiters {
+				t.Errorf("%d allocated, want %d", got, waiters)
+			}
+			checkNoLeak(t, e, e.alloc, 1)
+		})
+	}
+}
+
 // TestRetryOnThrottle squeezes EC2's mutate bucket below what the manager's limiter allows, so the
 // retries with backoff must carry the refill through RequestLimitExceeded.
 func TestRetryOnThrottle(t *testing.T) {
@@ -395,9 +458,11 @@ func TestRetryOnThrottle(t *testing.T) {
 	cfg.WarmTarget, cfg.MaxBatch = ptr(20), 2
 	m := e.start(cfg, e.alloc)
 	waitReady(t, m, 20*time.Second)
-	eventually(t, 20*time.Second, "warm pools", func() bool {
+	// A step that ran out of retries sets the card's LastError until the next step ends well, which
+	// may be just after its pool reached the target: wait for both.
+	eventually(t, 20*time.Second, "warm pools, no card failing", func() bool {
 		for k := 1; k < 8; k++ {
-			if e.alloc.Stats(k).Warm < 20 {
+			if e.alloc.Stats(k).Warm < 20 || m.LastError(k) != nil {
 				return false
 			}
 		}
@@ -422,14 +487,16 @@ func TestSubnetExhaustion(t *testing.T) {
 		warm, batch     int
 		wantPool        int
 		wantErrContains string
-		// wantFree: what the subnet has left (EC2 assigns all or nothing).
+		// wantFree: what the subnet has left (EC2 assigns all or nothing; the manager asks for half
+		// of a batch the subnet refused, down to one address).
 		wantFree int
 	}{
 		// The ENI takes 1 of the /28's 11 usable addresses, the initial batch the other 10; the
-		// refill for the last 6 of the target fails.
-		{"refill fails", 16, 10, 10, "assign 6 addresses on card 1", 0},
-		// The initial batch cannot fit: the ENI is created bare, the refill fails.
-		{"initial batch too big", 30, 30, 0, "assign 30 addresses on card 1", 10},
+		// refill for the last 6 of the target fails at 6, 3 and 1.
+		{"refill fails", 16, 10, 10, "assign 1 addresses on card 1", 0},
+		// The initial batch cannot fit: the ENI is created bare, and the halving refills take the
+		// subnet's other 10 addresses (15 refused, 7, then 3 of the remaining 23 refused, ...).
+		{"initial batch too big", 30, 30, 10, "assign 1 addresses on card 1", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const tiny = "subnet-0tiny0000000001"

@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/multinic/multinic/ipam/allocator"
 )
 
 // cardLoop keeps one card's ENIs and pool in shape: on every Kick, every RefillInterval, and when a
@@ -132,7 +134,7 @@ func (m *Manager) ensureENIs(ctx context.Context, cs *cardState) error {
 		}
 	}
 	if shared == 0 {
-		if _, err := m.createENI(ctx, cs, false, *m.cfg.WarmTarget); err != nil {
+		if _, err := m.createENI(ctx, cs, false, allocator.Demand{Need: *m.cfg.WarmTarget}); err != nil {
 			return err
 		}
 	}
@@ -142,18 +144,18 @@ func (m *Manager) ensureENIs(ctx context.Context, cs *cardState) error {
 // refill asks EC2 for addresses until the allocator needs none, adding ENIs when the card's are full.
 func (m *Manager) refill(ctx context.Context, cs *cardState) error {
 	for range 10000 {
-		need := m.alloc.Need(cs.index, *m.cfg.WarmTarget, *m.cfg.MinFree)
-		if need == 0 {
+		d := m.alloc.Demand(cs.index, *m.cfg.WarmTarget, *m.cfg.MinFree)
+		if d.Need == 0 {
 			return nil
 		}
 		e := m.sharedWithRoom(cs.index)
 		if e == nil {
-			if _, err := m.createENI(ctx, cs, false, need); err != nil {
+			if _, err := m.createENI(ctx, cs, false, d); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := m.assign(ctx, cs, e, need); err != nil {
+		if err := m.assign(ctx, cs, e, d); err != nil {
 			return err
 		}
 	}
@@ -179,34 +181,47 @@ func (m *Manager) sharedWithRoom(card int) *eniState {
 
 func ceilDiv(a, b int) int { return (a + b - 1) / b }
 
-// batch is what one call asks for: addresses, or prefixes in prefix mode.
-func (m *Manager) batch(need, room int) int {
+// batch is what one call asks for: addresses, or prefixes in prefix mode; at most MaxBatch addresses.
+func (m *Manager) batch(d allocator.Demand, room int) int {
 	if m.cfg.PrefixMode {
-		return max(min(ceilDiv(need, PrefixSize), room, max(1, m.cfg.MaxBatch/PrefixSize)), 0)
+		return max(min(ceilDiv(d.Need, PrefixSize), room, max(1, m.cfg.MaxBatch/PrefixSize)), 0)
 	}
-	return max(min(need, room, m.cfg.MaxBatch), 0)
+	return max(min(d.Need, room, m.cfg.MaxBatch), 0)
 }
 
-// assign adds one batch of addresses (or prefixes) to e and to the allocator.
-func (m *Manager) assign(ctx context.Context, cs *cardState, e *eniState, need int) error {
+// assign adds one batch of addresses (or prefixes) to e and to the allocator. A subnet that cannot give
+// the whole batch is asked for half, down to one.
+func (m *Manager) assign(ctx context.Context, cs *cardState, e *eniState, d allocator.Demand) error {
 	m.opMu.RLock()
 	defer m.opMu.RUnlock()
 	m.mu.Lock()
-	n := m.batch(need, m.limits.ipv4PerENI-e.slots())
+	n := m.batch(d, m.limits.ipv4PerENI-e.slots())
 	m.mu.Unlock()
 	what := "addresses"
-	in := &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(e.id)}
 	if m.cfg.PrefixMode {
 		what = "/28 prefixes"
-		in.Ipv4PrefixCount = aws.Int32(int32(n))
-	} else {
-		in.SecondaryPrivateIpAddressCount = aws.Int32(int32(n))
 	}
-	out, err := do(ctx, m.ec2, "AssignPrivateIpAddresses", func(ctx context.Context, o func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error) {
-		return m.ec2.api.AssignPrivateIpAddresses(ctx, in, o)
-	})
-	if err != nil {
-		return fmt.Errorf("assign %d %s on card %d (%s, subnet %s): %w", n, what, cs.index, e.id, e.subnetID, err)
+	var out *ec2.AssignPrivateIpAddressesOutput
+	for {
+		in := &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(e.id)}
+		if m.cfg.PrefixMode {
+			in.Ipv4PrefixCount = aws.Int32(int32(n))
+		} else {
+			in.SecondaryPrivateIpAddressCount = aws.Int32(int32(n))
+		}
+		var err error
+		out, err = do(ctx, m.ec2, "AssignPrivateIpAddresses", func(ctx context.Context, o func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error) {
+			return m.ec2.api.AssignPrivateIpAddresses(ctx, in, o)
+		})
+		if code := ErrorCode(err); n > 1 && (code == "InsufficientFreeAddressesInSubnet" || code == "InsufficientCidrBlocks") {
+			m.log.Warn("subnet too full for the batch; asking for half", "card", cs.index, "eni", e.id, "batch", n, "err", err)
+			n /= 2
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("assign %d %s on card %d (%s, subnet %s): %w", n, what, cs.index, e.id, e.subnetID, err)
+		}
+		break
 	}
 	var addrs []netip.Addr
 	var pfxs []netip.Prefix
@@ -236,7 +251,7 @@ func (m *Manager) assign(ctx context.Context, cs *cardState, e *eniState, need i
 		}
 		return fmt.Errorf("add %d addresses of %s to card %d: %w", len(addrs), e.id, cs.index, err)
 	}
-	m.log.Info("assigned addresses", "card", cs.index, "eni", e.id, "addresses", len(addrs), "prefixes", len(pfxs), "need", need)
+	m.log.Info("assigned addresses", "card", cs.index, "eni", e.id, "addresses", len(addrs), "prefixes", len(pfxs), "need", d.Need, "waiting", d.Waiting)
 	return nil
 }
 
@@ -503,7 +518,7 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 	if m.alloc.Stats(card).Exclusive.Warm > 0 {
 		return nil
 	}
-	if _, err := m.createENI(ctx, cs, true, 0); err != nil {
+	if _, err := m.createENI(ctx, cs, true, allocator.Demand{}); err != nil {
 		m.setLastErr(cs, err)
 		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, err)
 	}
