@@ -424,7 +424,7 @@ func teardown(podNS ns.NetNS, ifName string, table int) error {
 	return err
 }
 
-// del releases first (a gone netns must not leak the address), then removes what ADD made.
+// del removes what ADD made, then releases (see remove).
 func (p *Plugin) del(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -435,12 +435,19 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 	return p.remove(client, conf, args.ContainerID, args.IfName, args.Netns)
 }
 
-// remove undoes one attachment: the release first (a gone netns must not leak the address), then what
-// ADD made in the pod netns, if that netns still exists.
+// remove undoes one attachment: what ADD made in the pod netns, if that netns still exists, then the
+// release, so an exclusive ENI is back in the node's netns before the agent can hand it to another pod.
+// The release happens even when the teardown fails: a broken netns must not leak the address.
 func (p *Plugin) remove(client *api.Client, conf *Config, containerID, ifName, netnsPath string) error {
+	terr := teardownIn(netnsPath, ifName, conf.RouteTable())
 	if err := p.release(client, conf, containerID, ifName); err != nil {
-		return err
+		return errors.Join(terr, err)
 	}
+	return terr
+}
+
+// teardownIn is teardown in the netns at path; a path that is empty or no longer a netns has nothing left.
+func teardownIn(netnsPath, ifName string, table int) error {
 	if netnsPath == "" {
 		return nil
 	}
@@ -454,7 +461,7 @@ func (p *Plugin) remove(client *api.Client, conf *Config, containerID, ifName, n
 		return err
 	}
 	defer podNS.Close()
-	return teardown(podNS, ifName, conf.RouteTable())
+	return teardown(podNS, ifName, table)
 }
 
 func (p *Plugin) status(args *skel.CmdArgs) error {

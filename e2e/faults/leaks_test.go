@@ -70,8 +70,6 @@ type watch struct {
 	pods   []*harness.Pod
 	// stateDir is the agent's --state-dir (the node's unless a test overrides the flag).
 	stateDir string
-	// tolerated leaks (a known limitation of the fakes) do not hold up settle.
-	tolerated Leaks
 }
 
 // newWatch snapshots the node netns; call it once the region is up and before the fault.
@@ -292,7 +290,7 @@ func (w *watch) settle(t *testing.T) (Leaks, []string) {
 	deadline := time.Now().Add(leakWait)
 	for {
 		l, d, err := w.count()
-		if err == nil && strict(l, w.tolerated).Total() == 0 {
+		if err == nil && l.Total() == 0 {
 			return l, d
 		}
 		if time.Now().After(deadline) {
@@ -303,12 +301,6 @@ func (w *watch) settle(t *testing.T) (Leaks, []string) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-}
-
-// strict is l without the tolerated leaks.
-func strict(l, tolerated Leaks) Leaks {
-	l.ENILinksMissing = max(0, l.ENILinksMissing-tolerated.ENILinksMissing)
-	return l
 }
 
 func loadCheckpoint(dir string) (store.Checkpoint, bool, error) {
@@ -391,12 +383,45 @@ func (w *watch) cleanup(t *testing.T) (Leaks, []string) {
 // newPod creates a pod on the watched node, removed when the test ends, and tracks it.
 // recover is the last step of every fault round: once the fault is gone, a new pod's ADD (the runtime's
 // retry with a new sandbox) must work. It records how long that took; what names the situation.
-func (w *watch) recover(t *testing.T, r *run, round int, att harness.Attachment, what string) {
+func (w *watch) recover(t *testing.T, r *run, round int, att harness.Attachment, what string) *harness.Pod {
 	t.Helper()
-	d, err := attachTimed(w.newPod(t, fmt.Sprintf("r%d", round)), att)
+	p := w.newPod(t, fmt.Sprintf("r%d", round))
+	d, err := attachTimed(p, att)
 	r.recovered(d, err)
 	if err != nil {
 		t.Errorf("%s: %v", what, err)
+	}
+	return p
+}
+
+// endRound ends round i of a multi-round run, unless it is the last: it removes the round's pods as a
+// runtime would and waits until the agent has given their exclusive ENIs back to EC2 (the long variant's
+// --surplus-delay is short), so the next round meets an empty exclusive pool, as the first did.
+func (w *watch) endRound(t *testing.T, i int, pods ...*harness.Pod) {
+	t.Helper()
+	if i == rounds()-1 {
+		return // the last round's pods are the cleanup's
+	}
+	for _, p := range pods {
+		if err := p.Remove(); err != nil {
+			t.Errorf("remove pod %s: %v", p.Name, err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var left []string
+		for _, e := range w.region.State().ENIs {
+			if e.Tags[eni.TagNode] == w.node.InstanceID && e.Tags[eni.TagMode] == eni.ModeExclusive {
+				left = append(left, e.ID)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exclusive ENIs %v still there 30 s after their pods went", left)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -7,12 +7,17 @@
 // The tests need root; they skip otherwise. They run in exclusive mode on any root host; the ipvlan
 // variants skip unless the kernel has ipvlan (the test VM).
 //
-// Results: with $MULTINIC_FAULTS_OUT set to a file path, every test appends one Record per fault run as a
-// JSON line (the file is truncated when the test binary starts); `go test -v` also prints a markdown table.
+// Results: with $MULTINIC_FAULTS_OUT set to a file path, the test binary writes one Record per fault run as a
+// JSON line when it ends (replacing the file); set to "-", it prints them on stdout after RecordPrefix.
+// `go test -v` also prints them as a markdown table (Table), as BENCHMARKS.md lists them.
 // $MULTINIC_FAULTS_LONG=1 selects the long variants (agent default timeouts, several rounds per fault).
 package faults
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // Environment variables the suite reads.
 const (
@@ -21,6 +26,9 @@ const (
 	// LongEnv set to "1" runs the long variants (for `make bench`).
 	LongEnv = "MULTINIC_FAULTS_LONG"
 )
+
+// RecordPrefix starts every record line on stdout ($MULTINIC_FAULTS_OUT=-).
+const RecordPrefix = "FAULTRECORD "
 
 // RecordVersion is the version of Record's format; a reader should refuse versions it does not know.
 const RecordVersion = 1
@@ -106,3 +114,32 @@ func (l Leaks) Total() int {
 	return l.Allocations + l.EC2NotInPool + l.PoolNotInEC2 + l.OrphanENIs + l.ENILinksMissing +
 		l.PodLinks + l.PodRules + l.PodRoutes + l.NodeLinks + l.NodeRules + l.NodeRoutes + l.Journal
 }
+
+// Table renders records as a markdown table: what the runtime saw under each fault and what leaked.
+func Table(recs []Record) string {
+	if len(recs) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\n| fault | mode | variant | rounds | injected | ADD outcome | CNI code | CNI message | ADD ms | recovered | leaks | pass |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range recs {
+		rec := "-"
+		if r.Recovered != nil {
+			rec = fmt.Sprintf("%t (%.0f ms)", *r.Recovered, r.RecoverMillis)
+		}
+		code := "-"
+		if r.CNICode != 0 {
+			code = fmt.Sprint(r.CNICode)
+		}
+		msg := r.CNIMsg
+		if len(msg) > 160 { // the end says why (EC2's code); the start names the container
+			msg = "..." + msg[len(msg)-157:]
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %.0f | %s | %d | %t |\n", r.Fault, r.Mode, r.Variant, r.Rounds,
+			cell(r.Injected), r.Outcome, code, cell(msg), r.AddMillis, rec, r.LeakTotal, r.Pass)
+	}
+	return b.String()
+}
+
+func cell(s string) string { return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s) }

@@ -91,6 +91,18 @@ func (f *fakeLinks) SetMTU(name string, mtu int) error {
 	return nil
 }
 
+// setLink renames the link with this MAC, or removes it when name is "" (its netns went away).
+func (f *fakeLinks) setLink(mac, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if name == "" {
+		delete(f.byMAC, mac)
+		return
+	}
+	f.byMAC[mac] = name
+	f.mtu[name] = 1500
+}
+
 func (f *fakeLinks) state(name string) (up bool, mtu int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -278,6 +290,11 @@ func checkNoLeak(t testing.TB, e *env, a *allocator.Allocator, card int) {
 
 // allocWait is the agent's allocate path: allocate from the pool, or kick the card and wait for a refill.
 func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r allocator.Request) (allocator.Allocation, error) {
+	if r.Exclusive { // as the agent does: a free exclusive ENI is checked before it is handed out
+		if err := m.EnsureExclusive(ctx, r.Card); err != nil {
+			return allocator.Allocation{}, err
+		}
+	}
 	for {
 		al, err := a.Allocate(r)
 		if err == nil {

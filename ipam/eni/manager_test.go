@@ -646,6 +646,122 @@ func TestExclusive(t *testing.T) {
 	}
 }
 
+// TestExclusiveCardFull: on a card without room for another ENI, an exclusive allocation waits for an
+// exclusive ENI resting after its pod left instead of failing "card full" (a pod restarted within the
+// cooldown on a full card).
+func TestExclusiveCardFull(t *testing.T) {
+	const cooldown = 300 * time.Millisecond
+	e := newEnv(t, envOpts{cooldown: cooldown})
+	cfg := e.fastConfig(0)
+	cfg.ManagedCards = []int{1}
+	cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+	cfg.SurplusDelay = time.Hour
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held []allocator.Allocation
+	for p := 0; ; p++ {
+		r := podReq(p, 1)
+		r.Exclusive = true
+		al, err := allocWait(ctx, m, e.alloc, r)
+		if errors.Is(err, ErrCardFull) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("exclusive pod %d: %v", p, err)
+		}
+		held = append(held, al)
+	}
+	if len(held) == 0 {
+		t.Fatal("no exclusive ENI fit on the card")
+	}
+	creates := func() int { return e.srv.State().Calls["CreateNetworkInterface"]["ok"] }
+	before := creates()
+	gone := held[0]
+	if _, _, err := e.alloc.Release(gone.ContainerID, gone.IfName); err != nil {
+		t.Fatal(err)
+	}
+	r := podReq(100, 1)
+	r.Exclusive = true
+	start := time.Now()
+	al, err := allocWait(ctx, m, e.alloc, r)
+	if err != nil {
+		t.Fatalf("exclusive allocation on a full card with a resting ENI: %v", err)
+	}
+	if al.ENIID != gone.ENIID {
+		t.Errorf("got ENI %s, want the resting %s", al.ENIID, gone.ENIID)
+	}
+	if waited := time.Since(start); waited < cooldown/2 {
+		t.Errorf("got the resting ENI after %s, before its cooldown of %s", waited, cooldown)
+	}
+	if n := creates() - before; n != 0 {
+		t.Errorf("%d CreateNetworkInterface on a full card", n)
+	}
+	checkNoLeak(t, e, e.alloc, 1)
+}
+
+// TestExclusiveLinkLost: a pod netns deleted without a DEL takes a free exclusive ENI's link with it. A
+// link back under another name (a real ENI's device returns to the root netns under the pod's interface
+// name) is followed; a link gone for good means the ENI is deleted, never handed to the next pod.
+func TestExclusiveLinkLost(t *testing.T) {
+	for _, renamed := range []string{"", "net1"} {
+		name := "gone"
+		if renamed != "" {
+			name = "renamed"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			cfg := e.fastConfig(0)
+			cfg.ManagedCards = []int{1}
+			cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+			cfg.SurplusDelay = time.Hour
+			m := e.start(cfg, e.alloc)
+			waitReady(t, m, 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r := podReq(1, 1)
+			r.Exclusive = true
+			first, err := allocWait(ctx, m, e.alloc, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, _ := m.ENI(first.ENIID)
+			e.links.setLink(info.MAC, renamed)
+			if _, _, err := e.alloc.Release(first.ContainerID, first.IfName); err != nil {
+				t.Fatal(err)
+			}
+
+			r2 := podReq(2, 1)
+			r2.Exclusive = true
+			second, err := allocWait(ctx, m, e.alloc, r2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, stillThere := e.eniState(first.ENIID)
+			if renamed != "" {
+				if second.ENIID != first.ENIID {
+					t.Errorf("got ENI %s, want the renamed %s back", second.ENIID, first.ENIID)
+				}
+				if info, _ := m.ENI(second.ENIID); info.LinkName != renamed {
+					t.Errorf("ENI reported with link %q, want %q", info.LinkName, renamed)
+				}
+				return
+			}
+			if second.ENIID == first.ENIID {
+				t.Fatalf("ENI %s handed out again without a link", first.ENIID)
+			}
+			if stillThere {
+				t.Errorf("ENI %s without a link still in EC2", first.ENIID)
+			}
+			if _, ok := m.ENI(first.ENIID); ok {
+				t.Errorf("manager still knows ENI %s", first.ENIID)
+			}
+			checkNoLeak(t, e, e.alloc, 1)
+		})
+	}
+}
+
 func TestParseCards(t *testing.T) {
 	for _, tc := range []struct {
 		in      string

@@ -76,7 +76,8 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// step makes sure the card has a ready shared ENI, refills and shrinks its pool. next is when a surplus
+// step makes sure the card has a ready shared ENI, refills and shrinks its pool, and drops free exclusive
+// ENIs that lost their link. next is when a surplus
 // address or exclusive ENI comes due (zero: none pending).
 func (m *Manager) step(ctx context.Context, cs *cardState) (next time.Time, err error) {
 	if err := m.ensureENIs(ctx, cs); err != nil {
@@ -86,6 +87,12 @@ func (m *Manager) step(ctx context.Context, cs *cardState) (next time.Time, err 
 		return time.Time{}, err
 	}
 	n1, err := m.shrink(ctx, cs)
+	if err != nil {
+		return time.Time{}, err
+	}
+	cs.exclMu.Lock()
+	err = m.checkFreeExclusive(ctx, cs)
+	cs.exclMu.Unlock()
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -504,7 +511,7 @@ func (m *Manager) deleteENI(ctx context.Context, card int, id string) {
 }
 
 // EnsureExclusive makes sure the card has a free, rested exclusive ENI, creating and attaching one when
-// it has none. Concurrent callers for one card are served one ENI at a time: a caller that then loses
+// it has none (or, on a card without room for another ENI, that one is resting and will be free). Concurrent callers for one card are served one ENI at a time: a caller that then loses
 // the race in Allocate calls again.
 func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 	m.mu.Lock()
@@ -515,12 +522,56 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 	}
 	cs.exclMu.Lock()
 	defer cs.exclMu.Unlock()
+	if err := m.checkFreeExclusive(ctx, cs); err != nil {
+		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, err)
+	}
 	if m.alloc.Stats(card).Exclusive.Warm > 0 {
 		return nil
 	}
 	if _, err := m.createENI(ctx, cs, true, allocator.Demand{}); err != nil {
+		if errors.Is(err, ErrCardFull) && m.alloc.Stats(card).Exclusive.Cooling > 0 {
+			// No room for another ENI, but one is resting after its pod left: the caller waits for it.
+			return nil
+		}
 		m.setLastErr(cs, err)
 		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, err)
+	}
+	return nil
+}
+
+// checkFreeExclusive makes sure every free, rested exclusive ENI of the card can serve a pod: its link must
+// be in the node's netns. A pod netns deleted without a DEL takes the link with it; the kernel moves a real
+// ENI's device back to the root netns, possibly under the pod's interface name (followed here by MAC),
+// while a virtual link dies (deleted here: the ENI cannot serve anyone).
+func (m *Manager) checkFreeExclusive(ctx context.Context, cs *cardState) error {
+	now := time.Now()
+	for _, p := range m.alloc.Known() {
+		if p.Card != cs.index || !p.Exclusive || p.Allocated || p.RestUntil.After(now) {
+			continue
+		}
+		m.mu.Lock()
+		e := m.enis[p.ENIID]
+		m.mu.Unlock()
+		if e == nil || !e.linkReady {
+			continue
+		}
+		name, found, err := m.links.FindByMAC(e.mac)
+		if err != nil {
+			return fmt.Errorf("find the link of exclusive ENI %s: %w", e.id, err)
+		}
+		if found {
+			m.mu.Lock()
+			if e.linkName != name {
+				m.log.Warn("exclusive ENI's link renamed", "card", cs.index, "eni", e.id, "was", e.linkName, "now", name)
+				e.linkName = name
+			}
+			m.mu.Unlock()
+			continue
+		}
+		m.log.Warn("exclusive ENI's link is gone from the node netns; deleting the ENI", "card", cs.index, "eni", e.id, "link", e.linkName)
+		if err := m.removeExclusive(ctx, cs, e.id, p.Address); err != nil {
+			return err
+		}
 	}
 	return nil
 }
