@@ -12,13 +12,23 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/multinic/multinic/e2e/faults"
 )
 
 // Files of a results folder (e2e/bench/results/ by default), written by e2e/bench/run.sh.
 const (
 	ResultsFile = "results.jsonl" // one Result per line
 	StepsFile   = "steps.jsonl"   // one Step per line
+	FaultsFile  = "faults.jsonl"  // one faults.Record per line (e2e/faults); optional
 )
+
+// Run is what a bench run left in its results folder.
+type Run struct {
+	Results []Result
+	Steps   []Step
+	Faults  []faults.Record
+}
 
 // Step is one command of a bench run: which part it ran, how long it took, how it ended.
 type Step struct {
@@ -41,27 +51,39 @@ var Figures = []struct {
 	{5, "Agent and plugin resources", ""},
 }
 
-// ReadDir reads the results and steps of a results folder.
-func ReadDir(dir string) ([]Result, []Step, error) {
-	var rs []Result
+// ReadDir reads a results folder: the results file must be there, the steps and faults files may not.
+func ReadDir(dir string) (Run, error) {
+	var run Run
 	if err := readLines(filepath.Join(dir, ResultsFile), func(b []byte) error {
 		var r Result
 		err := json.Unmarshal(b, &r)
-		rs = append(rs, r)
+		run.Results = append(run.Results, r)
 		return err
 	}); err != nil {
-		return nil, nil, err
+		return Run{}, err
 	}
-	var ss []Step
 	if err := readLines(filepath.Join(dir, StepsFile), func(b []byte) error {
 		var s Step
 		err := json.Unmarshal(b, &s)
-		ss = append(ss, s)
+		run.Steps = append(run.Steps, s)
 		return err
 	}); err != nil && !os.IsNotExist(err) {
-		return nil, nil, err
+		return Run{}, err
 	}
-	return rs, ss, nil
+	if err := readLines(filepath.Join(dir, FaultsFile), func(b []byte) error {
+		var r faults.Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			return err
+		}
+		if r.Version != faults.RecordVersion {
+			return fmt.Errorf("fault record version %d, this report reads %d", r.Version, faults.RecordVersion)
+		}
+		run.Faults = append(run.Faults, r)
+		return nil
+	}); err != nil && !os.IsNotExist(err) {
+		return Run{}, err
+	}
+	return run, nil
 }
 
 func readLines(path string, f func([]byte) error) error {
@@ -73,7 +95,7 @@ func readLines(path string, f func([]byte) error) error {
 	sc := bufio.NewScanner(file)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimPrefix(strings.TrimSpace(sc.Text()), ResultPrefix)
+		line := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(sc.Text()), ResultPrefix), faults.RecordPrefix)
 		if line == "" {
 			continue
 		}
@@ -84,10 +106,10 @@ func readLines(path string, f func([]byte) error) error {
 	return sc.Err()
 }
 
-// WriteReport renders BENCHMARKS.md from a run's results and steps; host is the machine that ran the
-// script, date when the report was made.
-func WriteReport(w io.Writer, rs []Result, steps []Step, host Machine, date time.Time) error {
-	rs = slices.Clone(rs)
+// WriteReport renders BENCHMARKS.md from a run; host is the machine that ran the script, date when the
+// report was made.
+func WriteReport(w io.Writer, run Run, host Machine, date time.Time) error {
+	rs, steps := slices.Clone(run.Results), run.Steps
 	slices.SortStableFunc(rs, func(a, b Result) int { return cmp.Or(cmp.Compare(a.Figure, b.Figure), cmp.Compare(a.Key, b.Key)) })
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
@@ -145,8 +167,44 @@ func WriteReport(w io.Writer, rs []Result, steps []Step, host Machine, date time
 			}
 		}
 	}
+	writeFaults(&b, run.Faults, steps)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeFaults is the fault suite's section: each fault with the CNI error the runtime saw and the leaks.
+func writeFaults(b *strings.Builder, recs []faults.Record, steps []Step) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("\n## Faults\n\n")
+	if len(recs) == 0 {
+		p("**Missing**: no fault records in this run (see the commands above for a failed step).\n")
+		return
+	}
+	leaks, failed := 0, 0
+	for _, r := range recs {
+		leaks += r.LeakTotal
+		if !r.Pass {
+			failed++
+		}
+	}
+	p("Each fault is injected during a real CNI ADD (plugin, agent, fake-ec2); the runtime then cleans up\n")
+	p("(DEL, pod removal, agent restart) and every kind of leak is counted (e2e/faults, Leaks). Target: 0 leaks.\n\n")
+	for _, s := range steps {
+		if strings.HasPrefix(s.Part, "faults") {
+			p("- Command (%s): `%s`\n", s.Part, s.Command)
+		}
+	}
+	p("- Fault runs: %d; leaks in all: %d; runs failing their test: %d\n", len(recs), leaks, failed)
+	p("%s", faults.Table(recs))
+	var notes []string
+	for _, r := range recs {
+		if r.Note != "" {
+			notes = append(notes, fmt.Sprintf("- %s (%s, %s): %s", r.Fault, r.Mode, r.Variant, r.Note))
+		}
+	}
+	if len(notes) > 0 {
+		p("\nNotes:\n\n%s\n", strings.Join(notes, "\n"))
+	}
 }
 
 func writeResult(b *strings.Builder, r Result, steps []Step) {

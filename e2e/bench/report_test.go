@@ -2,13 +2,17 @@ package bench
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/e2e/faults"
 )
 
 func TestPercentile(t *testing.T) {
@@ -103,20 +107,39 @@ func TestReportRoundTrip(t *testing.T) {
 	}
 	steps := `{"part":"vm","command":"e2e/vm/vmtest.sh ./e2e/bench/","seconds":200.5,"status":0}
 {"part":"host","command":"go test ./e2e/bench/","seconds":300,"status":1}
+{"part":"faults-host","command":"MULTINIC_FAULTS_LONG=1 go test ./e2e/faults/","seconds":100,"status":0}
 `
 	if err := os.WriteFile(filepath.Join(dir, StepsFile), []byte(steps), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rs, ss, err := ReadDir(dir)
+	recs := []faults.Record{
+		{Version: faults.RecordVersion, Suite: "faults", Fault: "throttle", Variant: "long", Mode: "exclusive", Rounds: 5,
+			Injected: "every action: RequestLimitExceeded", Outcome: "error", CNICode: 11, CNIMsg: "try again later: RequestLimitExceeded",
+			AddMillis: 3012, Pass: true, Note: "a | note"},
+		{Version: faults.RecordVersion, Suite: "faults", Fault: "disk-full", Variant: "long", Mode: "ipvlan", Rounds: 5,
+			Outcome: "error", CNICode: 11, LeakTotal: 2, Pass: false},
+	}
+	var faultLines bytes.Buffer
+	for _, r := range recs {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&faultLines, "%s%s\n", faults.RecordPrefix, b) // as the VM prints them
+	}
+	if err := os.WriteFile(filepath.Join(dir, FaultsFile), faultLines.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run, err := ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 2 || len(ss) != 2 {
-		t.Fatalf("read %d results, %d steps", len(rs), len(ss))
+	if len(run.Results) != 2 || len(run.Steps) != 3 || len(run.Faults) != 2 {
+		t.Fatalf("read %d results, %d steps, %d fault records", len(run.Results), len(run.Steps), len(run.Faults))
 	}
 	var out bytes.Buffer
 	host := Machine{Kernel: "6.18.0-host", CPUs: 2, CPUModel: "Xeon", MemoryMiB: 24000, Go: "go1.26.8"}
-	if err := WriteReport(&out, rs, ss, host, date); err != nil {
+	if err := WriteReport(&out, run, host, date); err != nil {
 		t.Fatal(err)
 	}
 	md := out.String()
@@ -129,11 +152,17 @@ func TestReportRoundTrip(t *testing.T) {
 		"- Machine: VM (QEMU TCG, e2e/vm/vmtest.sh): Linux 6.1.0-test, 1 CPU (QEMU), 960 MiB, go1.26.8",
 		"- Iterations: 500",
 		"FAILED (exit 1)",
-		"- Total bench time: 500 s",
+		"- Total bench time: 600 s",
 		"## Figure 2: ", "**Pending.** issue 6, figure 2",
 		"## Figure 4: ", "**Pending.** issue 6, figure 4",
 		"## Figure 5: ", "**Missing**",
 		"- a note",
+		"## Faults",
+		"- Command (faults-host): `MULTINIC_FAULTS_LONG=1 go test ./e2e/faults/`",
+		"- Fault runs: 2; leaks in all: 2; runs failing their test: 1",
+		"| throttle | exclusive | long | 5 | every action: RequestLimitExceeded | error | 11 | try again later: RequestLimitExceeded | 3012 | - | 0 | true |",
+		"| disk-full | ipvlan | long | 5 |  | error | 11 |  | 0 | - | 2 | false |",
+		"- throttle (exclusive, long): a | note",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -166,14 +195,23 @@ func TestFormat(t *testing.T) {
 
 func TestReadDirErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, _, err := ReadDir(dir); err == nil {
+	if _, err := ReadDir(dir); err == nil {
 		t.Error("no results file: no error")
 	}
 	if err := os.WriteFile(filepath.Join(dir, ResultsFile), []byte("BENCHRESULT {not json\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := ReadDir(dir); err == nil || !strings.Contains(err.Error(), "line 1") {
+	if _, err := ReadDir(dir); err == nil || !strings.Contains(err.Error(), "line 1") {
 		t.Errorf("bad line: err = %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ResultsFile), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, FaultsFile), []byte(`{"version":99,"suite":"faults"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadDir(dir); err == nil || !strings.Contains(err.Error(), "version 99") {
+		t.Errorf("unknown fault record version: err = %v", err)
 	}
 }
 

@@ -11,7 +11,10 @@
 #   host  figure 1 exclusive, figure 3, figure 5 (agent): go test on the host
 #   vm    figure 1 ipvlan, figure 5 (plugin RSS vs ipvlan): the same tests in the test VM (e2e/vm/vmtest.sh),
 #         whose kernel has ipvlan
-#   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, steps.jsonl, the logs; git-ignored)
+#   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
+#         mode on the host, the ipvlan cases in the VM; records into faults.jsonl
+#   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, faults.jsonl, steps.jsonl, the logs;
+#         git-ignored)
 #
 # Environment:
 #   MULTINIC_BENCH_N     latency iterations per plugin and verb (default 500)
@@ -37,6 +40,7 @@ step() {
 	"$@" 2>&1 | tee "$RES/$part.log"
 	rc=${PIPESTATUS[0]}
 	grep -a '^BENCHRESULT ' "$RES/$part.log" | sed 's/^BENCHRESULT //' >>"$RES/results.jsonl"
+	grep -a '^FAULTRECORD ' "$RES/$part.log" | sed 's/^FAULTRECORD //' >>"$RES/faults.jsonl"
 	ms=$((($(date +%s%N) - start) / 1000000))
 	printf '{"part":"%s","command":"%s","seconds":%d.%03d,"status":%d}\n' "$part" \
 		"$(printf '%s' "$CMDLINE" | sed 's/\\/\\\\/g; s/"/\\"/g')" $((ms / 1000)) $((ms % 1000)) "$rc" >>"$RES/steps.jsonl"
@@ -59,6 +63,7 @@ rm -rf "$RES"
 mkdir -p "$RES" "$REFBIN"
 : >"$RES/results.jsonl"
 : >"$RES/steps.jsonl"
+: >"$RES/faults.jsonl"
 
 CMDLINE="GOBIN=$REFBIN CGO_ENABLED=0 go install -trimpath ${refs[*]}"
 step refs env GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 go install -trimpath "${refs[@]}"
@@ -69,6 +74,15 @@ step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2C
 CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
 step vm env MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TIMEOUT=2700 \
 	MULTINIC_VM_TESTFLAGS="-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N" bash e2e/vm/vmtest.sh ./e2e/bench/
+
+# The fault suite's long variants: exclusive mode on the host; the ipvlan cases in the VM, where the plugin
+# can finish an ipvlan ADD (on the host they only check the agent).
+CMDLINE="MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip '/ipvlan\$' ./e2e/faults/"
+step faults-host env MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip '/ipvlan$' ./e2e/faults/
+
+CMDLINE="MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- MULTINIC_VM_ENV='MULTINIC_FAULTS_LONG MULTINIC_FAULTS_OUT' MULTINIC_VM_TESTFLAGS='-test.v -test.run /ipvlan\$' e2e/vm/vmtest.sh ./e2e/faults/"
+step faults-vm env MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- MULTINIC_VM_ENV='MULTINIC_FAULTS_LONG MULTINIC_FAULTS_OUT' \
+	MULTINIC_VM_TEST_TIMEOUT=30m MULTINIC_VM_TIMEOUT=2100 MULTINIC_VM_TESTFLAGS='-test.v -test.run /ipvlan$' bash e2e/vm/vmtest.sh ./e2e/faults/
 
 go run ./e2e/bench/benchreport -results "$RES" -out "$OUT" || exit 2
 echo "bench: wrote $OUT ($(wc -l <"$RES/results.jsonl") results)" >&2

@@ -14,7 +14,7 @@ import (
 )
 
 func main() {
-	dir := flag.String("results", "e2e/bench/results", "folder with "+bench.ResultsFile+" and "+bench.StepsFile)
+	dir := flag.String("results", "e2e/bench/results", "folder with "+bench.ResultsFile+", "+bench.StepsFile+" and "+bench.FaultsFile)
 	out := flag.String("out", "BENCHMARKS.md", "report to write")
 	flag.Parse()
 	if err := run(*dir, *out); err != nil {
@@ -24,12 +24,12 @@ func main() {
 }
 
 func run(dir, out string) error {
-	rs, steps, err := bench.ReadDir(dir)
+	run, err := bench.ReadDir(dir)
 	if err != nil {
 		return err
 	}
 	var b bytes.Buffer
-	if err := bench.WriteReport(&b, rs, steps, bench.ThisMachine(), time.Now()); err != nil {
+	if err := bench.WriteReport(&b, run, bench.ThisMachine(), time.Now()); err != nil {
 		return err
 	}
 	return os.WriteFile(out, b.Bytes(), 0o644)
