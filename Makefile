@@ -29,6 +29,9 @@ test-unit: ## unit tests, plus root tests in throwaway netns when run as root
 
 test-vm: ## tests that need ipvlan/dummy/vlan, inside a QEMU VM with Debian's kernel
 	bash e2e/vm/vmtest.sh $(VM_PKGS)
+	MULTINIC_VM_TESTFLAGS='-test.run ^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive)$$' \
+	  bash e2e/vm/vmtest.sh ./e2e/bench/
+	MULTINIC_VM_TESTFLAGS='-test.run /ipvlan$$' bash e2e/vm/vmtest.sh ./e2e/faults/
 
 test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus also runs in test-unit)
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
@@ -41,7 +44,7 @@ e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control pla
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 MULTINIC_E2E_VM=1 $(GOTEST) -timeout 20m -run 'TestMultinicThroughMultusIPVlanVM' ./e2e/multus/
 
-bench: ## benchmarks (figures 1, 3, 5 of issue 6; root; host + test VM; ~10-17 min) into BENCHMARKS.md
+bench: ## benchmarks (issue 6: figures 1-5 and the fault suite's long variants; root; host + test VM) into BENCHMARKS.md
 	bash e2e/bench/run.sh
 
 # Flags of the demo, e.g. DEMO_FLAGS="-rate-per-card 50000000 -conns 8" (bin/demo -h lists them).

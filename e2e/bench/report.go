@@ -47,7 +47,7 @@ var Figures = []struct {
 	{1, "ADD and DEL latency per attachment, against the reference plugins", ""},
 	{2, "A pod with 7 cards through Multus", "issue 6, figure 2 (Multus: ADD of a 7-card pod against Multus with 7 reference ipvlan + host-local delegates) is pending: it comes with the Multus e2e (e2e/cluster)."},
 	{3, "EC2 economy", ""},
-	{4, "Bandwidth over 1, 2, 4, 7 cards", "issue 6, figure 4 (aggregate throughput over 1, 2, 4, 7 rate-limited cards; ipvlan against exclusive) is pending: it comes with the fabric's per-card rate limits (e2e/tools)."},
+	{4, "Bandwidth over 1, 2, 4, 7 cards", ""},
 	{5, "Agent and plugin resources", ""},
 }
 

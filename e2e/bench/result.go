@@ -107,6 +107,16 @@ func Compare(metric, unit string, ours, ref Stat, maxRatio float64) Row {
 	return r
 }
 
+// CompareAtLeast is a row of ours against ref, with the ratio of their main values and the target
+// ">= minRatio x reference" (e.g. the throughput of N cards against N times one card's).
+func CompareAtLeast(metric, unit string, ours, ref Stat, minRatio float64) Row {
+	r := Compare(metric, unit, ours, ref, 0)
+	r.Target = fmt.Sprintf(">= %.2gx reference", minRatio)
+	pass := ref.Value > 0 && r.Ratio >= minRatio
+	r.Pass = &pass
+	return r
+}
+
 // AtMost is a row of one value with the target "<= limit".
 func AtMost(metric, unit string, v Stat, limit float64) Row {
 	pass := v.Value <= limit

@@ -9,8 +9,8 @@
 #   refs  the reference plugins (ipvlan, host-local, host-device, static) at the module's version of
 #         containernetworking/plugins, static, into e2e/bench/bin/ (the VM reads them over 9p)
 #   host  figure 1 exclusive, figure 3, figure 5 (agent): go test on the host
-#   vm    figure 1 ipvlan, figure 5 (plugin RSS vs ipvlan): the same tests in the test VM (e2e/vm/vmtest.sh),
-#         whose kernel has ipvlan
+#   vm    figure 1 ipvlan, figure 4 (bandwidth over 1/2/4/7 cards; ipvlan against exclusive), figure 5
+#         (plugin RSS vs ipvlan): tests in the test VM (e2e/vm/vmtest.sh), whose kernel has ipvlan
 #   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
 #         mode on the host, the ipvlan cases in the VM; records into faults.jsonl
 #   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, faults.jsonl, steps.jsonl, the logs;
@@ -71,9 +71,10 @@ step refs env GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 go install -trimpath "${refs[@
 CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
 step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
 
-CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
+VMTESTS='^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive)$'
+CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run $VMTESTS -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
 step vm env MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TIMEOUT=2700 \
-	MULTINIC_VM_TESTFLAGS="-test.run ^TestLatencyIPVlan\$ -multinic.full -multinic.n=$N" bash e2e/vm/vmtest.sh ./e2e/bench/
+	MULTINIC_VM_TESTFLAGS="-test.run $VMTESTS -multinic.full -multinic.n=$N" bash e2e/vm/vmtest.sh ./e2e/bench/
 
 # The fault suite's long variants: exclusive mode on the host; the ipvlan cases in the VM, where the plugin
 # can finish an ipvlan ADD (on the host they only check the agent).

@@ -25,7 +25,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -366,89 +365,46 @@ func printTable(tb *demoTB, region *harness.Region, pods []*harness.Pod) {
 	}
 }
 
-// throughput sends from pod-1 over 1, 2, 4 and every card at once: card c's flow goes from pod-1's address
-// on card c to a peer's address on card c (peers taken in turn), with conns connections each, and prints
-// what the peers received.
+// throughput sends from pod-1 over 1, 2, 4 and every card at once (traffic.Spread: card c's flow goes from
+// pod-1's address on card c to a peer's address on card c, peers taken in turn), with conns connections
+// each, and prints what the peers received.
 func throughput(ctx context.Context, tb *demoTB, o options, cards []int, pods []*harness.Pod) {
 	src, peers := pods[0], pods[1:]
-	ifOf := map[int]string{}
-	for _, a := range src.Attachments {
-		ifOf[a.Card] = a.IfName
-	}
-	// One sink per peer, on its addresses of every card.
-	sinks := make([]*traffic.Sink, len(peers))
-	for i, p := range peers {
-		var addrs []net.IP
-		for _, a := range p.Attachments {
-			addrs = append(addrs, net.IP(p.Addr(a.IfName).AsSlice()))
-		}
-		s, err := traffic.NewSink(p.NetNS(), addrs)
-		if err != nil {
-			tb.Fatalf("sink in %s: %v", p.Name, err)
-		}
-		defer s.Close()
-		sinks[i] = s
-	}
 	var names []string
+	var ends []traffic.Endpoint
 	for _, p := range peers {
 		names = append(names, p.Name)
+		ends = append(ends, traffic.PodEndpoint(p))
 	}
+	spread, err := traffic.NewSpread(traffic.PodEndpoint(src), ends)
+	if err != nil {
+		tb.Fatalf("throughput: %v", err)
+	}
+	defer spread.Close()
 	step("throughput %s (%s) -> %s (%s), %d TCP connections per card, %s per card, %s per run",
 		src.Name, src.Node.Name, strings.Join(names, ", "), peers[0].Node.Name, o.conns, rateString(o.rate), o.duration)
 	fmt.Println()
 	// Rows print as they are measured, so fixed widths rather than a tabwriter.
 	fmt.Printf("  %5s  %-20s  %13s  %13s  %10s\n", "CARDS", "FLOWS", "AGGREGATE", "PER CARD", "x ONE CARD")
 	var one float64
-	var sizes []int
-	for _, n := range []int{1, 2, 4, len(cards)} {
-		if n <= len(cards) && !slices.Contains(sizes, n) {
-			sizes = append(sizes, n)
-		}
-	}
-	for _, n := range sizes {
+	for _, n := range traffic.ScalingSteps(len(cards)) {
 		checkInterrupt(ctx, tb)
-		// flows[i] are the flows to peers[i].
-		flows := make([][]traffic.Flow, len(peers))
+		r, err := spread.Measure(ctx, cards[:n], o.conns, o.duration)
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
 		var desc []string
-		for k, c := range cards[:n] {
-			dst := peers[k%len(peers)]
-			flows[k%len(peers)] = append(flows[k%len(peers)], traffic.Flow{
-				SrcNS: src.NetNS(), Src: net.IP(src.Addr(ifOf[c]).AsSlice()), Dst: net.IP(dst.Addr(ifOf[c]).AsSlice()),
-			})
+		for _, c := range cards[:n] {
 			desc = append(desc, fmt.Sprint(c))
 		}
-		var (
-			wg    sync.WaitGroup
-			mu    sync.Mutex
-			total float64
-			errs  []error
-		)
-		for i := range peers {
-			if len(flows[i]) == 0 {
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				r, err := traffic.Run(ctx, sinks[i], flows[i], o.conns, o.duration)
-				mu.Lock()
-				defer mu.Unlock()
-				total += r.Total
-				errs = append(errs, err)
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			tb.Fatalf("throughput over %d cards: %v", n, err)
-		}
 		if n == 1 {
-			one = total
+			one = r.Total
 		}
 		ratio := 0.0
 		if one > 0 {
-			ratio = total / one
+			ratio = r.Total / one
 		}
-		fmt.Printf("  %5d  %-20s  %13s  %13s  %9.2fx\n", n, "cards "+strings.Join(desc, ","), mbit(total), mbit(total/float64(n)), ratio)
+		fmt.Printf("  %5d  %-20s  %13s  %13s  %9.2fx\n", n, "cards "+strings.Join(desc, ","), mbit(r.Total), mbit(r.Total/float64(n)), ratio)
 	}
 	fmt.Println()
 }

@@ -31,7 +31,7 @@ func TestRunMeasuresAShapedLink(t *testing.T) {
 	a, b := newNS(t), newNS(t)
 	ipA1, ipA2 := net.ParseIP("192.0.2.1"), net.ParseIP("192.0.2.3")
 	ipB := net.ParseIP("192.0.2.2")
-	vethPair(t, a, b, []net.IP{ipA1, ipA2}, ipB, rate)
+	vethPair(t, a, b, "va", []net.IP{ipA1, ipA2}, ipB, rate)
 
 	sink, err := NewSink(b, []net.IP{ipB})
 	if err != nil {
@@ -67,12 +67,13 @@ func newNS(t *testing.T) ns.NetNS {
 	return n
 }
 
-// vethPair joins a and b with a veth, addresses both ends, and shapes traffic into b to rate.
-func vethPair(t *testing.T, a, b ns.NetNS, ipsA []net.IP, ipB net.IP, rate uint64) {
+// vethPair joins a and b with a veth, name in a and name+"p" in b, addresses both ends (/24), and shapes
+// traffic into b to rate.
+func vethPair(t *testing.T, a, b ns.NetNS, name string, ipsA []net.IP, ipB net.IP, rate uint64) {
 	t.Helper()
 	ha := handle(t, a)
 	hb := handle(t, b)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb", PeerNamespace: netlink.NsFd(int(b.Fd()))}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p", PeerNamespace: netlink.NsFd(int(b.Fd()))}
 	if err := ha.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +92,8 @@ func vethPair(t *testing.T, a, b ns.NetNS, ipsA []net.IP, ipB net.IP, rate uint6
 		}
 		return l
 	}
-	la := up(ha, "va", ipsA...)
-	up(hb, "vb", ipB)
+	la := up(ha, name, ipsA...)
+	up(hb, name+"p", ipB)
 	// Shape what a sends: tbf on a's egress.
 	tbf := &netlink.Tbf{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: la.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT},
