@@ -330,11 +330,23 @@ func TestCrashSafety(t *testing.T) {
 }
 
 // TestGCNetnsDeleted: a pod whose netns is deleted without a DEL gets its allocations freed by GC after the
-// grace period, the address back in the pool; a pod whose netns lives keeps its allocation.
+// grace period, the address back in the pool, also when the agent was killed and restarted in between; a
+// pod whose netns lives keeps its allocation. A development build's netns.json is removed at start.
 func TestGCNetnsDeleted(t *testing.T) {
 	n := startNode(t)
-	n.startAgent("--gc-grace", "1s", "--gc-interval", "200ms", "--cooldown", "30s")
+	stale := filepath.Join(n.stateDir, "netns.json")
+	if err := os.MkdirAll(n.stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, []byte(`{"version":1,"records":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := []string{"--gc-grace", "1s", "--gc-interval", "200ms", "--cooldown", "30s"}
+	n.startAgent(flags...)
 	n.waitReady(60*time.Second, 1, 2)
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after start: %v, want it removed", stale, err)
+	}
 	ctx := context.Background()
 
 	pods := map[string]string{}
@@ -369,6 +381,10 @@ func TestGCNetnsDeleted(t *testing.T) {
 	if list, _ := n.client.List(ctx); len(list) != 4 {
 		t.Fatalf("%d allocations with every netns alive, want 4", len(list))
 	}
+	// The netns paths must come back from the checkpoint.
+	n.kill()
+	n.startAgent(flags...)
+	n.waitReady(60*time.Second, 1, 2)
 	if out, err := exec.Command("ip", "netns", "del", n.prefix+"pdead").CombinedOutput(); err != nil {
 		t.Fatalf("ip netns del: %v: %s", err, out)
 	}

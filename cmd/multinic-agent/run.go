@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -46,6 +47,8 @@ func run(ctx context.Context, args []string) (retErr error) {
 			retErr = errors.Join(retErr, err)
 		}
 	}()
+	// Development builds kept netns paths in netns.json; the checkpoint holds them now.
+	_ = os.Remove(filepath.Join(o.stateDir, "netns.json"))
 	alloc, err := allocator.New(st, allocator.WithCooldown(o.cooldown))
 	if err != nil {
 		// A corrupt checkpoint stops the agent: starting empty would hand out addresses pods still use.
@@ -82,7 +85,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		}
 	}
 	ag, err := agent.New(agent.Config{
-		Allocator: alloc, Pools: mgr, StateDir: o.stateDir, WaitTimeout: o.waitTimeout,
+		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout,
 		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval,
 		Cards:    mgr.ManagedCards,
 		EC2Stats: func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },

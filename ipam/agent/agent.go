@@ -25,8 +25,6 @@ const (
 	DefaultGCGrace = 60 * time.Second
 	// DefaultGCInterval is how often GC looks for allocations whose pod is gone.
 	DefaultGCInterval = 15 * time.Second
-	// NetnsFile holds the netns path of every allocation, next to the allocator's checkpoint.
-	NetnsFile = "netns.json"
 )
 
 var _ api.Backend = (*Agent)(nil)
@@ -39,13 +37,11 @@ type EC2Stats struct {
 	Retries   int
 }
 
-// Config configures an Agent. Allocator, Pools and StateDir are required; zero values of the others take
-// the documented defaults.
+// Config configures an Agent. Allocator and Pools are required; zero values of the others take the
+// documented defaults.
 type Config struct {
 	Allocator *allocator.Allocator
 	Pools     Pools
-	// StateDir holds NetnsFile. The caller holds the directory's lock (store.FileStore.Lock).
-	StateDir string
 
 	// WaitTimeout bounds the wait for a refill of an empty pool (0: DefaultWaitTimeout). The request's
 	// context bounds it too.
@@ -78,20 +74,17 @@ type Agent struct {
 	alloc   *allocator.Allocator
 	pools   Pools
 	log     *slog.Logger
-	netns   *netnsRecords
 	metrics *metrics
 	gc      *gcState
 }
 
-// New returns an agent over a restored allocator. It loads the netns records from cfg.StateDir.
+// New returns an agent over a restored allocator.
 func New(cfg Config) (*Agent, error) {
 	switch {
 	case cfg.Allocator == nil:
 		return nil, errors.New("new agent: allocator required")
 	case cfg.Pools == nil:
 		return nil, errors.New("new agent: pools required")
-	case cfg.StateDir == "":
-		return nil, errors.New("new agent: state dir required")
 	case cfg.WaitTimeout < 0:
 		return nil, fmt.Errorf("new agent: wait timeout %s invalid: must be 0 or more", cfg.WaitTimeout)
 	case cfg.GCGrace < 0:
@@ -114,16 +107,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	recs, err := loadNetnsRecords(cfg.StateDir)
-	if err != nil {
-		return nil, fmt.Errorf("new agent: %w", err)
-	}
 	a := &Agent{
 		cfg:   cfg,
 		alloc: cfg.Allocator,
 		pools: cfg.Pools,
 		log:   cfg.Logger,
-		netns: recs,
 		gc:    &gcState{seen: map[gcKey]gcSeen{}},
 	}
 	a.metrics = newMetrics(a)
@@ -162,23 +150,13 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
 	}
 	_, existed := a.alloc.Lookup(req.ContainerID, req.IfName)
-	// The netns is recorded before the allocation, so that no allocation ever lacks it after a crash.
-	if err := a.netns.put(req.ContainerID, req.IfName, req.Netns, existed); err != nil {
-		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, err)
-	}
 	var al allocator.Allocation
 	defer func() {
-		if retErr == nil {
-			return
-		}
-		if al.Address.IsValid() && !existed {
+		if retErr != nil && al.Address.IsValid() && !existed {
 			// Give back what this call took: the caller is told it failed.
 			if _, _, err := a.alloc.Release(req.ContainerID, req.IfName); err != nil {
 				log.Error("roll back allocation", "address", al.Address, "error", err)
 			}
-		}
-		if _, ok := a.alloc.Lookup(req.ContainerID, req.IfName); !ok {
-			a.netns.drop(req.ContainerID, req.IfName)
 		}
 	}()
 
@@ -262,7 +240,6 @@ func (a *Agent) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseR
 		a.metrics.releases.WithLabelValues("error").Inc()
 		return api.ReleaseResponse{}, err
 	}
-	a.netns.drop(req.ContainerID, req.IfName)
 	if !ok {
 		a.metrics.releases.WithLabelValues("unknown").Inc()
 		a.log.Info("release: nothing allocated", "container", req.ContainerID, "ifname", req.IfName)
@@ -285,12 +262,11 @@ func (a *Agent) List(context.Context) ([]api.Allocation, error) {
 }
 
 func (a *Agent) toAPI(al allocator.Allocation) api.Allocation {
-	netns, _ := a.netns.get(al.ContainerID, al.IfName)
 	return api.Allocation{
 		AllocateRequest: api.AllocateRequest{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
 			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID,
-			Exclusive: al.Exclusive, Netns: netns,
+			Exclusive: al.Exclusive, Netns: al.Netns,
 		},
 		Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
 	}
@@ -315,8 +291,7 @@ func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
 	return st, nil
 }
 
-// Run runs GC every GCInterval until ctx ends, and keeps the netns records in step. It returns nil once
-// ctx ends.
+// Run runs GC every GCInterval until ctx ends. It returns nil once ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	t := time.NewTicker(a.cfg.GCInterval)
 	defer t.Stop()

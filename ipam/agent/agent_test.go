@@ -323,33 +323,23 @@ func TestReleaseAndList(t *testing.T) {
 	}
 }
 
-func TestNetnsRecordsSurviveRestart(t *testing.T) {
+// TestNetnsSurvivesRestart: the netns of an allocation is in the allocator's checkpoint; a repeated ADD
+// with another netns does not replace it.
+func TestNetnsSurvivesRestart(t *testing.T) {
 	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, nil)
 	r := req(1, "c1", "net1", "p1")
 	r.Netns = "/var/run/netns/cni-1"
 	if _, err := ta.Allocate(context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
-	// A repeat with another netns (a confused runtime) does not rewrite the record.
 	r2 := r
-	r2.Netns = "/var/run/netns/other"
+	r2.Netns = "/var/run/netns/other" // a confused runtime
 	if _, err := ta.Allocate(context.Background(), r2); err != nil {
 		t.Fatal(err)
 	}
-	// A leftover temp file from a crash is removed on load.
-	if err := os.WriteFile(filepath.Join(ta.dir, NetnsFile+".tmp-123"), []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	a2, err := New(Config{Allocator: ta.alloc, Pools: ta.pools, StateDir: ta.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, _ := a2.List(context.Background())
+	list, _ := ta.restart(t).List(context.Background())
 	if len(list) != 1 || list[0].Netns != r.Netns {
 		t.Errorf("after restart: %+v, want netns %s", list, r.Netns)
-	}
-	if _, err := os.Stat(filepath.Join(ta.dir, NetnsFile+".tmp-123")); !os.IsNotExist(err) {
-		t.Errorf("leftover temp file still there: %v", err)
 	}
 }
 
@@ -390,10 +380,11 @@ func TestStatus(t *testing.T) {
 func TestNewRejectsBadConfig(t *testing.T) {
 	al, _ := allocator.New(store.NewMemory())
 	for _, cfg := range []Config{
-		{Pools: newFakePools(), StateDir: "/x"},
-		{Allocator: al, StateDir: "/x"},
-		{Allocator: al, Pools: newFakePools()},
-		{Allocator: al, Pools: newFakePools(), StateDir: "/x", GCGrace: -1},
+		{Pools: newFakePools()},
+		{Allocator: al},
+		{Allocator: al, Pools: newFakePools(), WaitTimeout: -1},
+		{Allocator: al, Pools: newFakePools(), GCGrace: -1},
+		{Allocator: al, Pools: newFakePools(), GCInterval: -1},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)

@@ -105,20 +105,10 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 	for _, al := range released {
 		reason := due[keyFor(al)]
 		delete(a.gc.seen, keyFor(al))
-		a.netns.drop(al.ContainerID, al.IfName)
 		a.metrics.gcReleases.WithLabelValues(reason).Inc()
 		a.log.Info("released allocation of a gone pod", "card", al.Card, "container", al.ContainerID,
 			"ifname", al.IfName, "pod", podOf(al.PodNamespace, al.PodName, al.PodUID), "address", al.Address,
 			"eni", al.ENIID, "reason", reason)
-	}
-	// Records older than the longest allocate can take and without an allocation are leftovers.
-	before := time.Now().Add(-(a.cfg.WaitTimeout + time.Minute))
-	live := func(containerID, ifName string) bool {
-		_, ok := a.alloc.Lookup(containerID, ifName)
-		return ok
-	}
-	if err := a.netns.prune(live, before); err != nil {
-		return len(released), fmt.Errorf("collect garbage: %w", err)
 	}
 	return len(released), nil
 }
@@ -132,11 +122,10 @@ func (a *Agent) gone(al allocator.Allocation, pods map[podKey]string) string {
 		}
 		return ""
 	}
-	path, ok := a.netns.get(al.ContainerID, al.IfName)
-	if !ok {
+	if al.Netns == "" {
 		return ""
 	}
-	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(al.Netns); errors.Is(err, fs.ErrNotExist) {
 		return reasonNetnsGone
 	}
 	return ""

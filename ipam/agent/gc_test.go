@@ -194,24 +194,29 @@ func TestGCAPIServerDown(t *testing.T) {
 	}
 }
 
-// TestGCPrunesNetnsRecords: a record without an allocation (a crash between recording the netns and
-// allocating) is dropped from the file once old enough.
-func TestGCPrunesNetnsRecords(t *testing.T) {
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, nil)
-	old := time.Now().Add(-time.Hour)
-	ta.netns.recs[gcKeyID{"orphan", "net1"}] = netnsRecord{Netns: "/x", Since: old}
-	ta.netns.recs[gcKeyID{"fresh", "net1"}] = netnsRecord{Netns: "/y", Since: time.Now()}
-	if _, err := ta.CollectGarbage(context.Background()); err != nil {
+// TestGCNetnsAfterRestart: a restarted agent knows each allocation's netns from the checkpoint and frees
+// the allocations of a netns that went away.
+func TestGCNetnsAfterRestart(t *testing.T) {
+	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) { c.GCGrace = time.Minute })
+	ctx := context.Background()
+	dead := req(1, "c-dead", "net1", "dead")
+	dead.Netns = filepath.Join(t.TempDir(), "dead")
+	if err := os.WriteFile(dead.Netns, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := loadNetnsRecords(ta.dir)
-	if err != nil {
+	if _, err := ta.Allocate(ctx, dead); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := recs.recs[gcKeyID{"orphan", "net1"}]; ok {
-		t.Error("old orphan record kept")
+	ta = ta.restart(t)
+	if err := os.Remove(dead.Netns); err != nil {
+		t.Fatal(err)
 	}
-	if _, ok := recs.recs[gcKeyID{"fresh", "net1"}]; !ok {
-		t.Error("fresh record (an allocate in flight) dropped")
+	ta.CollectGarbage(ctx)
+	ta.clock.Advance(time.Minute)
+	if n, err := ta.CollectGarbage(ctx); n != 1 || err != nil {
+		t.Fatalf("released %d (%v) after the grace period, want 1", n, err)
+	}
+	if list := ta.alloc.List(); len(list) != 0 {
+		t.Errorf("left %+v, want nothing", list)
 	}
 }

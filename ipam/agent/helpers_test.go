@@ -138,15 +138,15 @@ type testAgent struct {
 	alloc *allocator.Allocator
 	pools *fakePools
 	clock *fakeClock
-	dir   string
+	store *store.FileStore
+	cfg   Config
 	logs  *syncBuffer
 }
 
-// newTestAgent returns an agent over a fresh allocator (no cooldown) on a file store in a temp dir, with
-// warm addresses on the given cards (warm[card] = count). change edits the config before New.
-func newTestAgent(t *testing.T, fp *fakePools, warm map[int]int, change func(*Config)) *testAgent {
+// lockedAllocator returns an allocator (no cooldown) restored from a file store in dir, whose lock it
+// holds until the test ends or it is unlocked.
+func lockedAllocator(t testing.TB, dir string) (*allocator.Allocator, *store.FileStore) {
 	t.Helper()
-	dir := t.TempDir()
 	st, err := store.NewFileStore(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -159,6 +159,14 @@ func newTestAgent(t *testing.T, fp *fakePools, warm map[int]int, change func(*Co
 	if err != nil {
 		t.Fatal(err)
 	}
+	return al, st
+}
+
+// newTestAgent returns an agent over a fresh allocator on a file store in a temp dir, with warm addresses
+// on the given cards (warm[card] = count). change edits the config before New.
+func newTestAgent(t testing.TB, fp *fakePools, warm map[int]int, change func(*Config)) *testAgent {
+	t.Helper()
+	al, st := lockedAllocator(t, t.TempDir())
 	for card, n := range warm {
 		addrs := make([]netip.Addr, n)
 		for i := range addrs {
@@ -170,7 +178,7 @@ func newTestAgent(t *testing.T, fp *fakePools, warm map[int]int, change func(*Co
 	}
 	clk := &fakeClock{t: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
 	logs := &syncBuffer{}
-	cfg := Config{Allocator: al, Pools: fp, StateDir: dir, WaitTimeout: 2 * time.Second,
+	cfg := Config{Allocator: al, Pools: fp, WaitTimeout: 2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Now: clk.Now}
 	if change != nil {
 		change(&cfg)
@@ -179,5 +187,22 @@ func newTestAgent(t *testing.T, fp *fakePools, warm map[int]int, change func(*Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testAgent{Agent: a, alloc: al, pools: fp, clock: clk, dir: dir, logs: logs}
+	return &testAgent{Agent: a, alloc: al, pools: fp, clock: clk, store: st, cfg: cfg, logs: logs}
+}
+
+// restart is the agent after a restart of its process: the old one's lock let go, then a new allocator
+// restored from the same state dir and a new agent with the same config over it.
+func (ta *testAgent) restart(t *testing.T) *testAgent {
+	t.Helper()
+	if err := ta.store.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	al, st := lockedAllocator(t, ta.store.Dir())
+	cfg := ta.cfg
+	cfg.Allocator = al
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testAgent{Agent: a, alloc: al, pools: ta.pools, clock: ta.clock, store: st, cfg: cfg, logs: ta.logs}
 }

@@ -32,6 +32,8 @@ type Request struct {
 	PodUID       string
 	// Exclusive asks for a whole ENI (its primary address) instead of a shared secondary address.
 	Exclusive bool
+	// Netns is the pod's netns path (CNI_NETNS), kept for the agent's GC; empty when unknown.
+	Netns string
 }
 
 // Allocation is a granted Request.
@@ -223,7 +225,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 		cp.Allocations = append(cp.Allocations, store.Allocation{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
 			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID, Exclusive: al.Exclusive,
-			Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
+			Netns: al.Netns, Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
 		})
 	}
 	for _, p := range a.knownLocked() {
@@ -252,7 +254,8 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 	for _, sa := range cp.Allocations {
 		al := &Allocation{
 			Request: Request{Card: sa.Card, ContainerID: sa.ContainerID, IfName: sa.IfName,
-				PodNamespace: sa.PodNamespace, PodName: sa.PodName, PodUID: sa.PodUID, Exclusive: sa.Exclusive},
+				PodNamespace: sa.PodNamespace, PodName: sa.PodName, PodUID: sa.PodUID, Exclusive: sa.Exclusive,
+				Netns: sa.Netns},
 			Address: sa.Address, ENIID: sa.ENIID, AllocatedAt: sa.AllocatedAt,
 		}
 		if err := checkRequest(al.Request); err != nil {
@@ -380,8 +383,8 @@ func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time)
 }
 
 // Allocate grants req an address on its card and returns only once that is persisted.
-//   - The same (ContainerID, IfName) again returns the same allocation, changing nothing; with a different
-//     card, pod or mode it is ErrInterfaceTaken.
+//   - The same (ContainerID, IfName) again returns the same allocation, changing nothing but a Netns it
+//     lacked (the first known netns stays); with a different card, pod or mode it is ErrInterfaceTaken.
 //   - The same pod holding the card under another (container, interface) is ErrCardTaken (*CardTakenError).
 //   - No usable address (or exclusive ENI) is ErrPoolEmpty (*PoolEmptyError); see WaitForAddress.
 func (a *Allocator) Allocate(req Request) (Allocation, error) {
@@ -402,6 +405,13 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.Request, req) {
 			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
 				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), ErrInterfaceTaken)
+		}
+		if cur.Netns == "" && req.Netns != "" {
+			cur.Netns = req.Netns
+			if err := a.persist(); err != nil {
+				cur.Netns = ""
+				return Allocation{}, err
+			}
 		}
 		return *cur, nil
 	}

@@ -112,6 +112,42 @@ func TestAllocateRules(t *testing.T) {
 	}
 }
 
+// A repeated Allocate records a netns the allocation lacks and keeps the one it has, writing only to
+// record one.
+func TestAllocateAgainNetns(t *testing.T) {
+	a, st, _ := newTest(t)
+	seed(t, a, 2, 2)
+	first := mustAllocate(t, a, req(1, 2))
+	for _, step := range []struct {
+		name, netns, want string
+		writes            int
+	}{
+		{"none known, none given", "", "", 0},
+		{"none known", "/var/run/netns/a", "/var/run/netns/a", 1},
+		{"another", "/var/run/netns/b", "/var/run/netns/a", 0},
+		{"none given", "", "/var/run/netns/a", 0},
+	} {
+		saves := st.Saves()
+		r := req(1, 2)
+		r.Netns = step.netns
+		want := first
+		want.Netns = step.want
+		if got := mustAllocate(t, a, r); got != want {
+			t.Errorf("%s: got %+v, want %+v", step.name, got, want)
+		}
+		if n := st.Saves() - saves; n != step.writes {
+			t.Errorf("%s: %d writes, want %d", step.name, n, step.writes)
+		}
+	}
+	restored, err := New(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if al, _ := restored.Lookup("sandbox-1", "net2"); al.Netns != "/var/run/netns/a" {
+		t.Errorf("restored netns %q, want /var/run/netns/a", al.Netns)
+	}
+}
+
 func TestCardTakenMessage(t *testing.T) {
 	a, _, _ := newTest(t)
 	seed(t, a, 5, 2)
@@ -302,6 +338,12 @@ func TestPersistFailureRollsBack(t *testing.T) {
 		op   func(a *Allocator) error
 	}{
 		{"allocate", func(a *Allocator) error { _, err := a.Allocate(req(9, 1)); return err }},
+		{"allocate again with a netns", func(a *Allocator) error {
+			r := req(1, 1)
+			r.Netns = "/var/run/netns/late"
+			_, err := a.Allocate(r)
+			return err
+		}},
 		{"allocate exclusive", func(a *Allocator) error {
 			r := req(9, 1)
 			r.Exclusive = true
@@ -366,8 +408,8 @@ func TestPersistFailureRollsBack(t *testing.T) {
 	}
 }
 
-// A new allocator on the same store after a "crash" has exactly the old allocations, pools and
-// cooldowns, for both store implementations.
+// A new allocator on the same store after a "crash" has exactly the old allocations (netns included),
+// pools and cooldowns, for both store implementations.
 func TestRestore(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -399,7 +441,9 @@ func TestRestore(t *testing.T) {
 					t.Fatal(err)
 				}
 				for p := range 3 {
-					mustAllocate(t, a, req(p, c))
+					r := req(p, c)
+					r.Netns = fmt.Sprintf("/var/run/netns/cni-%d", p)
+					mustAllocate(t, a, r)
 					clk.Advance(time.Second)
 				}
 				x := req(7, c)

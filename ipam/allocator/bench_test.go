@@ -10,7 +10,8 @@ import (
 
 // BenchmarkAllocateRelease measures one Allocate plus one Release, each a full checkpoint write with two
 // fsyncs (file, directory), on a FileStore in a temp dir; "memory" shows the cost without the disk.
-// The state holds 100 other live allocations so the checkpoint has a realistic size.
+// The state holds 100 other live allocations, each with a netns path like the plugin's, so the checkpoint
+// has a realistic size.
 func BenchmarkAllocateRelease(b *testing.B) {
 	for _, bc := range []struct {
 		name string
@@ -37,10 +38,13 @@ func BenchmarkAllocateRelease(b *testing.B) {
 			for c := range 4 {
 				seed(b, a, c, 50)
 				for p := range 25 {
-					mustAllocate(b, a, req(1000+p, c))
+					r := req(1000+p, c)
+					r.Netns = fmt.Sprintf("/var/run/netns/cni-%08d-0000-0000-0000-000000000000", p)
+					mustAllocate(b, a, r)
 				}
 			}
-			r := Request{Card: 1, ContainerID: "bench", IfName: "net1", PodUID: "bench-uid"}
+			r := Request{Card: 1, ContainerID: "bench", IfName: "net1", PodUID: "bench-uid",
+				Netns: "/var/run/netns/cni-bench0000-0000-0000-0000-000000000000"}
 			for i := 0; b.Loop(); i++ {
 				r.ContainerID = fmt.Sprint("bench-", i)
 				if _, err := a.Allocate(r); err != nil {

@@ -161,8 +161,7 @@ func checkIfName(name string) error {
 	return nil
 }
 
-// AllocatorRequest is the allocator's view of the request (everything but Netns, which the agent keeps for
-// GC).
+// AllocatorRequest is the allocator's view of the request.
 func (r AllocateRequest) AllocatorRequest() allocator.Request {
 	return allocator.Request{
 		Card:         r.Card,
@@ -172,6 +171,7 @@ func (r AllocateRequest) AllocatorRequest() allocator.Request {
 		PodName:      r.PodName,
 		PodUID:       r.PodUID,
 		Exclusive:    r.Exclusive,
+		Netns:        r.Netns,
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	"time"
 )
 
-// Version is the checkpoint format this build writes and the newest it reads.
+// Version is the checkpoint format this build writes and the newest it reads. Adding an optional field
+// (Allocation.Netns) kept it at 1: a checkpoint without the field loads with it empty, and a build that
+// does not know it ignores it, so neither direction needs a conversion.
 const Version = 1
 
 // Sentinel errors; the returned errors wrap them with the path and the cause.
@@ -48,6 +50,7 @@ type Allocation struct {
 	PodName      string     `json:"podName,omitempty"`
 	PodUID       string     `json:"podUID,omitempty"`
 	Exclusive    bool       `json:"exclusive,omitempty"`
+	Netns        string     `json:"netns,omitempty"` // CNI_NETNS; empty when unknown
 	Address      netip.Addr `json:"address"`
 	ENIID        string     `json:"eniID"`
 	AllocatedAt  time.Time  `json:"allocatedAt"`

@@ -16,7 +16,7 @@ func sample() Checkpoint {
 	return Checkpoint{
 		Allocations: []Allocation{{
 			Card: 3, ContainerID: "c1", IfName: "net1", PodNamespace: "ns", PodName: "p", PodUID: "u1",
-			Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
+			Netns: "/var/run/netns/cni-1", Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
 		}, {
 			Card: 4, ContainerID: "c1", IfName: "net2", PodNamespace: "ns", PodName: "p", PodUID: "u1",
 			Exclusive: true, Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", AllocatedAt: at,
@@ -151,6 +151,26 @@ func globTemps(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// TestLoadWithoutNetns: a checkpoint written before allocations had a netns loads, the netns unknown.
+func TestLoadWithoutNetns(t *testing.T) {
+	s := lockedStore(t, t.TempDir())
+	old := `{"version":1,"allocations":[{"card":3,"containerID":"c1","ifName":"net1","podUID":"u1",` +
+		`"address":"10.0.3.10","eniID":"eni-3","allocatedAt":"2025-11-25T20:00:00Z"}],` +
+		`"addresses":[{"card":3,"address":"10.0.3.10","eniID":"eni-3"}]}`
+	if err := os.WriteFile(s.Path(), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := s.Load()
+	if err != nil || !found {
+		t.Fatalf("load: found=%v err=%v", found, err)
+	}
+	want := Allocation{Card: 3, ContainerID: "c1", IfName: "net1", PodUID: "u1", Address: netip.MustParseAddr("10.0.3.10"),
+		ENIID: "eni-3", AllocatedAt: time.Date(2025, 11, 25, 20, 0, 0, 0, time.UTC)}
+	if len(got.Allocations) != 1 || got.Allocations[0] != want {
+		t.Fatalf("allocations %+v, want [%+v]", got.Allocations, want)
+	}
 }
 
 func TestLoadBadCheckpoint(t *testing.T) {
