@@ -111,9 +111,15 @@ func (p *Plugin) connect(conf *Config) *api.Client {
 	return client
 }
 
-// openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns.
+// openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns. A path that does not exist or
+// is not a netns is CNI code 3 (the container is gone), which a DEL treats as nothing left to do.
 func openPodNS(path string) (ns.NetNS, error) {
 	podNS, err := ns.GetNS(path)
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	if errors.As(err, &notExist) || errors.As(err, &notNS) {
+		return nil, types.NewError(types.ErrUnknownContainer, fmt.Sprintf("netns %s: %v", path, err), "")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -452,9 +458,7 @@ func teardownIn(netnsPath, ifName string, table int) error {
 		return nil
 	}
 	podNS, err := openPodNS(netnsPath)
-	var notExist ns.NSPathNotExistErr
-	var notNS ns.NSPathNotNSErr
-	if errors.As(err, &notExist) || errors.As(err, &notNS) {
+	if cniErr := (*types.Error)(nil); errors.As(err, &cniErr) && cniErr.Code == types.ErrUnknownContainer {
 		return nil
 	}
 	if err != nil {

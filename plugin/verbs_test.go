@@ -396,6 +396,31 @@ func TestAddRefusesHostNetns(t *testing.T) {
 	e.requireENIHome()
 }
 
+// TestAddNetnsGone: a CNI_NETNS that is gone (the runtime removed the sandbox) or is not a netns is code 3,
+// before the agent is asked; DEL of it has nothing to do.
+func TestAddNetnsGone(t *testing.T) {
+	notNS := filepath.Join(t.TempDir(), "plain-file")
+	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{filepath.Join(t.TempDir(), "gone"), notNS} {
+		e := newEnv(t, true)
+		args := e.args(e.conf(ModeExclusive, ""))
+		args.Netns = path
+		_, err := e.add(args)
+		if cniCode(err) != int(types.ErrUnknownContainer) || !strings.Contains(err.Error(), path) {
+			t.Errorf("ADD with netns %s: error = %v, want code %d naming the path", path, err, types.ErrUnknownContainer)
+		}
+		if n := e.agent.numAllocateCalls(); n != 0 {
+			t.Errorf("allocate calls = %d, want 0", n)
+		}
+		if err := e.del(args); err != nil {
+			t.Errorf("DEL with netns %s: %v", path, err)
+		}
+		e.requireENIHome()
+	}
+}
+
 // TestAddErrorCodes checks the CNI codes of agent errors at the verb boundary.
 func TestAddErrorCodes(t *testing.T) {
 	tests := []struct {
