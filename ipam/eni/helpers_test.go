@@ -197,6 +197,14 @@ func (e *env) fastConfig(cards int) Config {
 	}
 }
 
+// cardOneConfig is fastConfig managing card 1 alone, in its own subnet.
+func (e *env) cardOneConfig() Config {
+	cfg := e.fastConfig(0)
+	cfg.ManagedCards = []int{1}
+	cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+	return cfg
+}
+
 // start builds and starts a manager, stopped at cleanup.
 func (e *env) start(cfg Config, alloc *allocator.Allocator) *Manager {
 	e.t.Helper()
@@ -314,6 +322,13 @@ func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r alloca
 			return al, fmt.Errorf("%w (last EC2 error: %v)", err, m.LastError(r.Card))
 		}
 	}
+}
+
+// exclusiveReq is podReq asking for a whole ENI.
+func exclusiveReq(p, card int) allocator.Request {
+	r := podReq(p, card)
+	r.Exclusive = true
+	return r
 }
 
 func podReq(p, card int) allocator.Request {

@@ -394,9 +394,7 @@ func TestWaitersAskedFor(t *testing.T) {
 	for _, maxBatch := range []int{DefaultMaxBatch, 8} {
 		t.Run(fmt.Sprintf("max batch %d", maxBatch), func(t *testing.T) {
 			e := newEnv(t, envOpts{})
-			cfg := e.fastConfig(0)
-			cfg.ManagedCards = []int{1}
-			cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+			cfg := e.cardOneConfig()
 			cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch = ptr(0), ptr(0), maxBatch
 			cfg.RefillInterval = time.Hour // refill on Kick only, once every waiter is counted
 			m := e.start(cfg, e.alloc)
@@ -611,8 +609,7 @@ func TestExclusive(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r := podReq(1, 1)
-	r.Exclusive = true
+	r := exclusiveReq(1, 1)
 	al, err := allocWait(ctx, m, e.alloc, r)
 	if err != nil {
 		t.Fatal(err)
@@ -627,8 +624,7 @@ func TestExclusive(t *testing.T) {
 		t.Errorf("ENI info %+v %v", info, ok)
 	}
 	// A second exclusive pod gets a second ENI.
-	r2 := podReq(2, 1)
-	r2.Exclusive = true
+	r2 := exclusiveReq(2, 1)
 	al2, err := allocWait(ctx, m, e.alloc, r2)
 	if err != nil || al2.ENIID == al.ENIID {
 		t.Fatalf("second exclusive: %+v %v", al2, err)
@@ -652,9 +648,7 @@ func TestExclusive(t *testing.T) {
 func TestExclusiveCardFull(t *testing.T) {
 	const cooldown = 300 * time.Millisecond
 	e := newEnv(t, envOpts{cooldown: cooldown})
-	cfg := e.fastConfig(0)
-	cfg.ManagedCards = []int{1}
-	cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+	cfg := e.cardOneConfig()
 	cfg.SurplusDelay = time.Hour
 	m := e.start(cfg, e.alloc)
 	waitReady(t, m, 5*time.Second)
@@ -662,8 +656,7 @@ func TestExclusiveCardFull(t *testing.T) {
 	defer cancel()
 	var held []allocator.Allocation
 	for p := 0; ; p++ {
-		r := podReq(p, 1)
-		r.Exclusive = true
+		r := exclusiveReq(p, 1)
 		al, err := allocWait(ctx, m, e.alloc, r)
 		if errors.Is(err, ErrCardFull) {
 			break
@@ -682,8 +675,7 @@ func TestExclusiveCardFull(t *testing.T) {
 	if _, _, err := e.alloc.Release(gone.ContainerID, gone.IfName); err != nil {
 		t.Fatal(err)
 	}
-	r := podReq(100, 1)
-	r.Exclusive = true
+	r := exclusiveReq(100, 1)
 	start := time.Now()
 	al, err := allocWait(ctx, m, e.alloc, r)
 	if err != nil {
@@ -712,16 +704,13 @@ func TestExclusiveLinkLost(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
-			cfg := e.fastConfig(0)
-			cfg.ManagedCards = []int{1}
-			cfg.Cards = map[int]CardConfig{1: {SubnetID: fakeec2.CardSubnetID(1)}}
+			cfg := e.cardOneConfig()
 			cfg.SurplusDelay = time.Hour
 			m := e.start(cfg, e.alloc)
 			waitReady(t, m, 5*time.Second)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			r := podReq(1, 1)
-			r.Exclusive = true
+			r := exclusiveReq(1, 1)
 			first, err := allocWait(ctx, m, e.alloc, r)
 			if err != nil {
 				t.Fatal(err)
@@ -732,8 +721,7 @@ func TestExclusiveLinkLost(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			r2 := podReq(2, 1)
-			r2.Exclusive = true
+			r2 := exclusiveReq(2, 1)
 			second, err := allocWait(ctx, m, e.alloc, r2)
 			if err != nil {
 				t.Fatal(err)
