@@ -31,6 +31,7 @@ test-unit: ## unit tests, plus root tests in throwaway netns when run as root
 
 test-vm: ## tests that need ipvlan/dummy/vlan, inside a QEMU VM with Debian's kernel
 	bash e2e/vm/vmtest.sh $(VM_PKGS)
+	bash e2e/bench/run.sh refs # the reference plugins TestLatencyIPVlan execs, static, for the guest
 	MULTINIC_VM_TESTFLAGS='-test.run ^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive)$$' \
 	  bash e2e/vm/vmtest.sh ./e2e/bench/
 	MULTINIC_VM_TESTFLAGS='-test.run $(FAULTS_IPVLAN)' bash e2e/vm/vmtest.sh ./e2e/faults/

@@ -45,7 +45,7 @@ var Figures = []struct {
 	Pending string
 }{
 	{1, "ADD and DEL latency per attachment, against the reference plugins", ""},
-	{2, "A pod with 7 cards through Multus", "issue 6, figure 2 (Multus: ADD of a 7-card pod against Multus with 7 reference ipvlan + host-local delegates) is pending: it comes with the Multus e2e (e2e/cluster)."},
+	{2, "A pod with 7 cards through Multus", ""},
 	{3, "EC2 economy", ""},
 	{4, "Bandwidth over 1, 2, 4, 7 cards", ""},
 	{5, "Agent and plugin resources", ""},

@@ -11,6 +11,8 @@
 #   host  figure 1 exclusive, figure 3, figure 5 (agent): go test on the host
 #   vm    figure 1 ipvlan, figure 4 (bandwidth over 1/2/4/7 cards; ipvlan against exclusive), figure 5
 #         (plugin RSS vs ipvlan): tests in the test VM (e2e/vm/vmtest.sh), whose kernel has ipvlan
+#   tools, multus-vm  figure 2: Multus ADD/DEL of a 7-card pod against 7 reference ipvlan + host-local
+#         delegates, in the VM against a control plane on the host (e2e/multus TestMultusBenchVM)
 #   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
 #         mode on the host, the ipvlan cases in the VM; records into faults.jsonl
 #   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, faults.jsonl, steps.jsonl, the logs;
@@ -75,6 +77,13 @@ VMTESTS='^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive
 CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run $VMTESTS -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
 step vm env MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TIMEOUT=2700 \
 	MULTINIC_VM_TESTFLAGS="-test.run $VMTESTS -multinic.full -multinic.n=$N" bash e2e/vm/vmtest.sh ./e2e/bench/
+
+# Figure 2: a 7-card pod through Multus in the VM (ipvlan), the control plane on this host; the tools
+# (kube-apiserver, etcd, Multus, the reference plugins) are built once into ~/.cache/multinic/tools.
+CMDLINE="bash e2e/tools/build.sh"
+step tools bash e2e/tools/build.sh
+CMDLINE="MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -count=1 -v -timeout 40m -run '^TestMultusBenchVM\$' ./e2e/multus/"
+step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -count=1 -v -timeout 40m -run '^TestMultusBenchVM$' ./e2e/multus/
 
 # The fault suite's long variants: everything but the ipvlan cases on the host; those in the VM, where the
 # plugin can finish an ipvlan ADD (on the host they only check the agent). Same pattern as the Makefile's.

@@ -25,5 +25,11 @@
 // TestMultinicThroughMultusIPVlan reaches that API server at 10.0.2.2 and runs the region, the agents and
 // static Multus and plugins (MULTINIC_TOOLS_STATIC=1 e2e/tools/build.sh) there; see vm_test.go.
 //
+// # Benchmark
+//
+// bench_test.go is issue 6's figure 2 (e2e/bench's results): Multus ADD and DEL of a 7-card pod with the
+// ipvlan NADs against NADs of the reference ipvlan + host-local on the same ENI links, interleaved, in the
+// test VM through the same plumbing (TestMultusBenchVM, with MULTINIC_BENCH_MULTUS=1; not in make test).
+//
 // Run it with `make e2e` (MULTINIC_E2E=1, root; see cluster.RequireE2E).
 package multus

@@ -75,41 +75,8 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
-	applyManifests(ctx, t, c)
-	// The Node objects first: the agents patch their status as soon as they are ready.
-	for i := range 2 {
-		name := fmt.Sprintf("node%d", i+1) // harness.Node.Name
-		if _, err := c.CreateNode(ctx, name, map[string]string{"kubernetes.io/hostname": name}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	region := harness.NewRegion(t, harness.Config{
-		InstanceType: instanceType, Nodes: 2, ManagedCards: managedCards,
-		AgentArgs: []string{
-			"--kubeconfig", c.Kubeconfig, // the agent runs in the host's netns: 127.0.0.1 reaches the API server
-			"--socket", api.DefaultSocketPath, // the node's folder there: see the agent wrapper
-			"--nad-namespace", nad.DefaultNamespace, "--nad-mode", "both",
-			"--publish-interval", "1s", "--surplus-delay", "1s",
-		},
-	})
-	t.Logf("control plane, manifests and region with %d agents up in %s", len(region.Nodes()), time.Since(start).Round(time.Millisecond))
-	for _, n := range region.Nodes() {
-		if n.Name != fmt.Sprintf("node%d", n.Index+1) {
-			t.Fatalf("harness node %d is named %q, the Node object node%d", n.Index, n.Name, n.Index+1)
-		}
-		if n.Socket != filepath.Join(n.Dir, filepath.Base(api.DefaultSocketPath)) {
-			t.Fatalf("harness socket %s: want %s in the node folder, where the agent wrapper makes the agent listen", n.Socket, filepath.Base(api.DefaultSocketPath))
-		}
-		if err := c.ServeInNetNS(n.NetNSPath); err != nil { // Multus runs in the node netns
-			t.Fatal(err)
-		}
-	}
-	checkNADs(ctx, t, c)
-	checkNodeResources(ctx, t, c, region)
-
-	e := newEnv(t, c, tools, region)
-	e.mode = mode
-	e.snapshot(t)
+	e := startEnv(ctx, t, c, tools, mode, 2, nil, start)
+	region := e.region
 
 	t.Run("all-cards", func(t *testing.T) {
 		p := e.addPod(ctx, t, region.Node(0), "all-cards", allCards)
@@ -198,6 +165,50 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 		e.settle(t)
 	})
 	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
+}
+
+// startEnv makes the cluster side of the cases on the control plane c: applies the manifests, starts a
+// region of nodes nodes (Node objects node1, node2, ...) whose agents serve managedCards and publish to c
+// (agentArgs on top of the harness's and the e2e's flags), checks what they publish, and returns the
+// runtime side with pods of mode (plugin.ModeExclusive or plugin.ModeIPVlan) and the node netns recorded.
+func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode string, nodes int, agentArgs []string, start time.Time) *env {
+	t.Helper()
+	applyManifests(ctx, t, c)
+	// The Node objects first: the agents patch their status as soon as they are ready.
+	for i := range nodes {
+		name := fmt.Sprintf("node%d", i+1) // harness.Node.Name
+		if _, err := c.CreateNode(ctx, name, map[string]string{"kubernetes.io/hostname": name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	region := harness.NewRegion(t, harness.Config{
+		InstanceType: instanceType, Nodes: nodes, ManagedCards: managedCards,
+		AgentArgs: append([]string{
+			"--kubeconfig", c.Kubeconfig, // the agent runs in the host's netns: 127.0.0.1 reaches the API server
+			"--socket", api.DefaultSocketPath, // the node's folder there: see the agent wrapper
+			"--nad-namespace", nad.DefaultNamespace, "--nad-mode", "both",
+			"--publish-interval", "1s", "--surplus-delay", "1s",
+		}, agentArgs...),
+	})
+	t.Logf("control plane, manifests and region with %d agents up in %s", len(region.Nodes()), time.Since(start).Round(time.Millisecond))
+	for _, n := range region.Nodes() {
+		if n.Name != fmt.Sprintf("node%d", n.Index+1) {
+			t.Fatalf("harness node %d is named %q, the Node object node%d", n.Index, n.Name, n.Index+1)
+		}
+		if n.Socket != filepath.Join(n.Dir, filepath.Base(api.DefaultSocketPath)) {
+			t.Fatalf("harness socket %s: want %s in the node folder, where the agent wrapper makes the agent listen", n.Socket, filepath.Base(api.DefaultSocketPath))
+		}
+		if err := c.ServeInNetNS(n.NetNSPath); err != nil { // Multus runs in the node netns
+			t.Fatal(err)
+		}
+	}
+	checkNADs(ctx, t, c)
+	checkNodeResources(ctx, t, c, region)
+
+	e := newEnv(t, c, tools, region)
+	e.mode = mode
+	e.snapshot(t)
+	return e
 }
 
 // applyManifests server-side applies manifests/ in order: for real, but the DaemonSet as a dry run (no
@@ -463,6 +474,12 @@ func (e *env) newPod(ctx context.Context, t *testing.T, n *harness.Node, name st
 	for _, c := range cards {
 		nets = append(nets, nad.DefaultNamespace+"/"+nad.Name(c, e.mode))
 	}
+	return e.newPodNets(ctx, t, n, name, cards, nets)
+}
+
+// newPodNets is newPod with the networks named: nets[i] (namespace/NAD) attaches cards[i].
+func (e *env) newPodNets(ctx context.Context, t *testing.T, n *harness.Node, name string, cards []int, nets []string) (*pod, error) {
+	t.Helper()
 	obj := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default",
 			Annotations: map[string]string{nad.NetworksAnnotation: strings.Join(nets, ",")}},
@@ -490,12 +507,19 @@ func (e *env) addPod(ctx context.Context, t *testing.T, n *harness.Node, name st
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	out, err := e.run("ADD", p)
+	took := e.add(t, p)
+	t.Logf("Multus ADD of pod %s on %s (cards %v) took %s", name, n.Name, cards, took.Round(time.Millisecond))
+	return p
+}
+
+// add runs a Multus ADD for the pod, which must succeed, keeps its result in p.result and returns how long
+// the runtime's CNI call took.
+func (e *env) add(t *testing.T, p *pod) time.Duration {
+	t.Helper()
+	out, took, err := e.runTimed("ADD", p)
 	if err != nil {
-		t.Fatalf("Multus ADD of pod %s (cards %v): %v", name, cards, err)
+		t.Fatalf("Multus ADD of pod %s (cards %v): %v", p.obj.Name, p.cards, err)
 	}
-	t.Logf("Multus ADD of pod %s on %s (cards %v) took %s", name, n.Name, cards, time.Since(start).Round(time.Millisecond))
 	r, err := current.NewResult(out)
 	if err == nil {
 		p.result, err = current.GetResult(r)
@@ -503,16 +527,29 @@ func (e *env) addPod(ctx context.Context, t *testing.T, n *harness.Node, name st
 	if err != nil {
 		t.Fatalf("ADD result %s: %v", out, err)
 	}
-	return p
+	return took
 }
 
 // run runs the runtime (this test binary, see runRuntime) for the pod: from inside the node's netns, in a
 // mount namespace where socketDir is the node's folder. A failure is the CNI error Multus returned.
 func (e *env) run(verb string, p *pod) ([]byte, error) {
+	out, _, err := e.runTimed(verb, p)
+	return out, err
+}
+
+// runTimed is run, and how long the runtime's libcni call took (the exec of Multus and all Multus did,
+// without the start of the runtime process around it).
+func (e *env) runTimed(verb string, p *pod) ([]byte, time.Duration, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	elapsed, err := os.CreateTemp(e.work, "elapsed-")
+	if err != nil {
+		return nil, 0, err
+	}
+	_ = elapsed.Close()
+	defer os.Remove(elapsed.Name())
 	n := p.node
 	args := append(bindDirs([][2]string{{n.Dir, socketDir}, {filepath.Join(e.work, n.Name, "kubelet"), kubeletDir}}), self)
 	cmd := exec.Command(args[0], args[1:]...)
@@ -527,6 +564,7 @@ func (e *env) run(verb string, p *pod) ([]byte, error) {
 		runtimeArgsEnv + "=" + strings.Join([]string{"IgnoreUnknown=true",
 			"K8S_POD_NAMESPACE=" + p.obj.Namespace, "K8S_POD_NAME=" + p.obj.Name,
 			"K8S_POD_INFRA_CONTAINER_ID=" + p.containerID, "K8S_POD_UID=" + string(p.obj.UID)}, ";"),
+		runtimeElapsedEnv + "=" + elapsed.Name(),
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -534,11 +572,19 @@ func (e *env) run(verb string, p *pod) ([]byte, error) {
 	if err != nil {
 		var cniErr types.Error
 		if json.Unmarshal(stdout.Bytes(), &cniErr) == nil && cniErr.Code != 0 {
-			return nil, &cniErr
+			return nil, 0, &cniErr
 		}
-		return nil, fmt.Errorf("runtime %s: %w (stdout %s, stderr %s)", verb, err, stdout.String(), strings.TrimSpace(stderr.String()))
+		return nil, 0, fmt.Errorf("runtime %s: %w (stdout %s, stderr %s)", verb, err, stdout.String(), strings.TrimSpace(stderr.String()))
 	}
-	return stdout.Bytes(), nil
+	data, err := os.ReadFile(elapsed.Name())
+	if err != nil {
+		return nil, 0, fmt.Errorf("runtime %s: its timing: %w", verb, err)
+	}
+	nanos, err := strconv.ParseInt(string(data), 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("runtime %s: its timing %q: %w", verb, data, err)
+	}
+	return stdout.Bytes(), time.Duration(nanos), nil
 }
 
 // execPlugin runs the multinic plugin for the pod as Multus runs a delegate: from the node's netns and
@@ -727,7 +773,20 @@ func podAddrs(t *testing.T, p *pod, ifName string) []netip.Prefix {
 // nothing of multinic left in the pod, the netns removed, the Pod object deleted.
 func (e *env) deletePod(ctx context.Context, t *testing.T, p *pod) {
 	t.Helper()
+	e.del(t, p)
+	// A second DEL (the runtime retrying) succeeds too.
 	if _, err := e.run("DEL", p); err != nil {
+		t.Errorf("second Multus DEL of pod %s: %v", p.obj.Name, err)
+	}
+	e.dropPod(ctx, t, p)
+}
+
+// del runs the Multus DEL of the pod, which must succeed and leave nothing in the pod or with the agent,
+// and returns how long the runtime's CNI call took.
+func (e *env) del(t *testing.T, p *pod) time.Duration {
+	t.Helper()
+	_, took, err := e.runTimed("DEL", p)
+	if err != nil {
 		t.Errorf("Multus DEL of pod %s: %v", p.obj.Name, err)
 	}
 	p.deleted = true
@@ -737,10 +796,13 @@ func (e *env) deletePod(ctx context.Context, t *testing.T, p *pod) {
 	if allocs := e.podAllocations(t, p.node, p); len(allocs) != 0 {
 		t.Errorf("after DEL the agent on %s still holds %v for pod %s", p.node.Name, allocs, p.obj.Name)
 	}
-	// A second DEL (the runtime retrying) succeeds too.
-	if _, err := e.run("DEL", p); err != nil {
-		t.Errorf("second Multus DEL of pod %s: %v", p.obj.Name, err)
-	}
+	return took
+}
+
+// dropPod removes the pod's netns and deletes its Pod object, as the runtime and the API server do once
+// the pod is gone.
+func (e *env) dropPod(ctx context.Context, t *testing.T, p *pod) {
+	t.Helper()
 	e.removePod(t, p)
 	if err := e.c.Client.CoreV1().Pods(p.obj.Namespace).Delete(ctx, p.obj.Name, metav1.DeleteOptions{}); err != nil {
 		t.Errorf("delete pod object %s: %v", p.obj.Name, err)

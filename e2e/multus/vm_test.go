@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/e2e/bench"
 	"github.com/multinic/multinic/e2e/cluster"
 	"github.com/multinic/multinic/plugin"
 )
@@ -45,17 +46,18 @@ var vmAllCards = managedCards
 const (
 	vmRemoteFile = "remote.json" // cluster.Remote, CACert and Upstream as the guest sees them
 	vmCAFile     = "ca.crt"
-	vmToolsDir   = "tools" // static (CGO_ENABLED=0) multus, ptp, host-local: the guest has no libc
+	vmToolsDir   = "tools" // static (CGO_ENABLED=0) vmTools: the guest has no libc
 )
 
-// vmTools are the CNI binaries the guest needs (Multus and the primary network's delegates).
-var vmTools = []string{"multus", "ptp", "host-local"}
+// vmTools are the CNI binaries the guest needs: Multus, the primary network's delegates, and ipvlan, the
+// reference delegate of the Multus benchmark (bench_test.go).
+var vmTools = []string{"multus", "ptp", "host-local", "ipvlan"}
 
-// TestMultinicThroughMultusIPVlanVM runs TestMultinicThroughMultusIPVlan in the test VM against a control
-// plane on this host.
 // vmE2EEnv turns on the ipvlan cases in the test VM (make e2e-vm).
 const vmE2EEnv = "MULTINIC_E2E_VM"
 
+// TestMultinicThroughMultusIPVlanVM runs TestMultinicThroughMultusIPVlan in the test VM against a control
+// plane on this host.
 func TestMultinicThroughMultusIPVlanVM(t *testing.T) {
 	tools := cluster.RequireE2E(t)
 	// Its own gate: under heavy load on a 2-core host, a Multus GET through the guest's relays and QEMU's
@@ -63,8 +65,17 @@ func TestMultinicThroughMultusIPVlanVM(t *testing.T) {
 	if os.Getenv(vmE2EEnv) != "1" {
 		t.Skipf("ipvlan e2e in the test VM runs with %s=1: `make e2e-vm`", vmE2EEnv)
 	}
+	runInVM(t, tools, "TestMultinicThroughMultusIPVlan", 14*time.Minute, nil)
+}
+
+// runInVM starts the control plane on this host and runs the guest side test guestTest in the test VM
+// against it, with the guest's environment variables guestEnv on top of what the guest needs to reach
+// it; the test may run for timeout. Result lines (bench.ResultPrefix) the guest prints go to stdout as
+// they are, for e2e/bench/run.sh.
+func runInVM(t *testing.T, tools *cluster.Tools, guestTest string, timeout time.Duration, guestEnv map[string]string) {
+	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Fatalf("%s=1 but the ipvlan cases need the test VM (qemu-system-x86_64: %v); see e2e/vm/vmtest.sh", cluster.E2EEnv, err)
+		t.Fatalf("%s needs the test VM (qemu-system-x86_64: %v); see e2e/vm/vmtest.sh", guestTest, err)
 	}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
@@ -112,15 +123,21 @@ func TestMultinicThroughMultusIPVlanVM(t *testing.T) {
 	t.Logf("control plane at %s, static tools and guest files in %s ready in %s; booting the VM",
 		c.Server, dir, time.Since(start).Round(time.Millisecond))
 
+	names := []string{vmDirEnv}
+	env := append(os.Environ(), vmDirEnv+"="+guestDir)
+	for k, v := range guestEnv {
+		names = append(names, k)
+		env = append(env, k+"="+v)
+	}
 	cmd := exec.Command("bash", vmtest, "./e2e/multus/")
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(env,
 		"MULTINIC_VM_NET=user",
-		"MULTINIC_VM_ENV="+vmDirEnv,
-		vmDirEnv+"="+guestDir,
-		"MULTINIC_VM_TESTFLAGS=-test.run=^TestMultinicThroughMultusIPVlan$",
-		"MULTINIC_VM_TEST_TIMEOUT=14m",
-		"MULTINIC_VM_TIMEOUT=960",
+		"MULTINIC_VM_ENV="+strings.Join(names, " "),
+		"MULTINIC_VM_TESTFLAGS=-test.run=^"+guestTest+"$",
+		"MULTINIC_VM_TEST_TIMEOUT="+timeout.String(),
+		// The VM's own limit: the test's, plus booting and the test binary's start over 9p.
+		"MULTINIC_VM_TIMEOUT="+strconv.Itoa(int(timeout.Seconds())+120),
 	)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -130,7 +147,11 @@ func TestMultinicThroughMultusIPVlanVM(t *testing.T) {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 64*1024), 1024*1024)
 		for sc.Scan() {
-			t.Log(sc.Text())
+			if line := sc.Text(); strings.HasPrefix(line, bench.ResultPrefix) {
+				fmt.Println(line)
+			} else {
+				t.Log(line)
+			}
 		}
 		_, _ = io.Copy(io.Discard, pr)
 	}()
@@ -143,24 +164,34 @@ func TestMultinicThroughMultusIPVlanVM(t *testing.T) {
 		if errors.As(err, &ee) {
 			code = ee.ExitCode()
 		}
-		what := map[int]string{1: "the ipvlan cases failed in the VM", 2: "vmtest.sh setup failed on the host",
+		what := map[int]string{1: guestTest + " failed in the VM", 2: "vmtest.sh setup failed on the host",
 			3: "the VM crashed", 4: "the VM timed out"}[code]
 		t.Fatalf("e2e/vm/vmtest.sh ./e2e/multus/: %v (%s)", err, what)
 	}
-	t.Logf("ipvlan cases passed in the VM; total %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("%s passed in the VM; total %s", guestTest, time.Since(start).Round(time.Millisecond))
 }
 
 // TestMultinicThroughMultusIPVlan is the guest side: the cases of TestMultinicThroughMultus with the
 // ipvlan NADs, against the host's control plane.
 func TestMultinicThroughMultusIPVlan(t *testing.T) {
+	start := time.Now()
+	c, tools := guestCluster(t, "TestMultinicThroughMultusIPVlanVM (`make e2e-vm`)")
+	setupBinaries(t)
+	runCases(t, c, tools, plugin.ModeIPVlan, vmAllCards, start)
+}
+
+// guestCluster is the guest side's start, in the test VM (skipped elsewhere; bootedBy names the host side
+// test): the host's control plane, reached through relays on the guest's 127.0.0.1 (closed when t ends),
+// and the static tools the host prepared.
+func guestCluster(t *testing.T, bootedBy string) (*cluster.Cluster, *cluster.Tools) {
+	t.Helper()
 	dir := os.Getenv(vmDirEnv)
 	if os.Getenv(inVMEnv) != "1" || dir == "" {
-		t.Skipf("vm e2e: runs inside the test VM, booted by TestMultinicThroughMultusIPVlanVM (`make e2e`), with %s set", vmDirEnv)
+		t.Skipf("vm e2e: runs inside the test VM, booted by %s, with %s set", bootedBy, vmDirEnv)
 	}
 	if os.Geteuid() != 0 {
 		t.Fatal("the test VM runs tests as root")
 	}
-	start := time.Now()
 	data, err := os.ReadFile(filepath.Join(dir, vmRemoteFile))
 	if err != nil {
 		t.Fatal(err)
@@ -180,9 +211,7 @@ func TestMultinicThroughMultusIPVlan(t *testing.T) {
 	})
 	t.Logf("the host's API server answers at %s (relayed to %s)", c.Server, r.Upstream)
 	toolsDir := filepath.Join(dir, vmToolsDir)
-	tools := &cluster.Tools{Multus: filepath.Join(toolsDir, "multus"), CNIBinDir: toolsDir}
-	setupBinaries(t)
-	runCases(t, c, tools, plugin.ModeIPVlan, vmAllCards, start)
+	return c, &cluster.Tools{Multus: filepath.Join(toolsDir, "multus"), CNIBinDir: toolsDir}
 }
 
 // buildStaticTools builds (once, cached by e2e/tools/build.sh) static multus and reference plugins and
