@@ -170,8 +170,10 @@ func (a *Allocator) statsLocked(cardN int) Stats {
 // Demand is what a card's shared pool should ask EC2 for.
 type Demand struct {
 	// Need is how many addresses to add: enough that free addresses (warm plus resting, which come back
-	// by themselves) reach the warm target, that at least minFree are usable right now, and that every
-	// allocation waiting for an address gets one on top.
+	// by themselves) reach the warm target, with every allocation waiting for an address on top. When
+	// fewer than minFree are usable right now, enough that the warm target is usable right now: refilling
+	// only up to minFree would take one small EC2 call after another while a churn keeps many addresses
+	// resting.
 	Need int
 	// Waiting is how many allocations are blocked on the empty pool right now.
 	Waiting int
@@ -183,7 +185,11 @@ func (a *Allocator) Demand(cardN, warmTarget, minFree int) Demand {
 	defer a.mu.Unlock()
 	st := a.statsLocked(cardN)
 	w := a.card(cardN).waiting
-	return Demand{Need: max(warmTarget+w-(st.Warm+st.Cooling), minFree+w-st.Warm, 0), Waiting: w}
+	need := warmTarget + w - (st.Warm + st.Cooling)
+	if st.Warm < minFree+w {
+		need = max(warmTarget, minFree) + w - st.Warm
+	}
+	return Demand{Need: max(need, 0), Waiting: w}
 }
 
 // WaitForAddress blocks until the card has a usable address (exclusive: a usable exclusive ENI) or ctx

@@ -109,6 +109,9 @@ func TestDemand(t *testing.T) {
 		{1, 5, 0, 2},
 		{1, 3, 3, 1}, // only 2 usable now
 		{1, 3, 2, 0},
+		{1, 4, 2, 1}, // 2 usable is enough: up to the target counting the resting one
+		{1, 6, 3, 4}, // fewer than 3 usable: refill until 6 are usable, not just 3
+		{1, 2, 4, 2}, // min free above the target: refill until min free are usable
 		{5, 3, 1, 3},
 		{5, 0, 1, 1},
 	} {
