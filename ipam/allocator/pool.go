@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -131,6 +132,25 @@ func (a *Allocator) Surplus(cardN, warmTarget int) []PoolAddress {
 	}
 	slices.SortFunc(warm, func(x, y PoolAddress) int { return y.Address.Compare(x.Address) })
 	return warm[:len(warm)-max(warmTarget, 0)]
+}
+
+// FreeExclusive returns the card's exclusive ENIs that are free and rested (usable now), by ENI ID.
+func (a *Allocator) FreeExclusive(cardN int) []PoolAddress {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cards[cardN]
+	if c == nil {
+		return nil
+	}
+	now := a.now()
+	var out []PoolAddress
+	for _, s := range c.exclusive {
+		if s.usable(now) {
+			out = append(out, s.pool())
+		}
+	}
+	slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
+	return out
 }
 
 // Stats counts the card's pools.

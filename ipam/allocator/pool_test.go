@@ -3,8 +3,10 @@ package allocator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -323,5 +325,52 @@ func TestReconcile(t *testing.T) {
 	}
 	if _, err := a.Reconcile([]EC2Address{{Card: 1, Address: addr(1, 11)}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("reconcile with an ENI-less address: %v, want ErrInvalid", err)
+	}
+}
+
+// TestFreeExclusive: only the card's exclusive ENIs that are free and rested are listed; shared addresses,
+// held ENIs, resting ENIs and other cards' are not.
+func TestFreeExclusive(t *testing.T) {
+	a, _, clk := newTest(t)
+	seed(t, a, 1, 2) // shared addresses: never listed
+	for i, id := range []string{"eni-a", "eni-b", "eni-c"} {
+		if err := a.AddExclusiveENI(1, id, netip.MustParseAddr(fmt.Sprintf("10.1.200.%d", i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.AddExclusiveENI(2, "eni-other", netip.MustParseAddr("10.2.200.1")); err != nil {
+		t.Fatal(err)
+	}
+	held, resting := req(1, 1), req(2, 1)
+	held.Exclusive, resting.Exclusive = true, true
+	h := mustAllocate(t, a, held)
+	r := mustAllocate(t, a, resting)
+	if _, _, err := a.Release(r.ContainerID, r.IfName); err != nil {
+		t.Fatal(err)
+	}
+	ids := func() []string {
+		var out []string
+		for _, p := range a.FreeExclusive(1) {
+			if !p.Exclusive || p.Allocated || p.Card != 1 {
+				t.Errorf("listed %+v", p)
+			}
+			out = append(out, p.ENIID)
+		}
+		return out
+	}
+	var want []string
+	for _, id := range []string{"eni-a", "eni-b", "eni-c"} {
+		if id != h.ENIID && id != r.ENIID {
+			want = append(want, id)
+		}
+	}
+	if got := ids(); !reflect.DeepEqual(got, want) {
+		t.Errorf("FreeExclusive(1) = %v, want %v (held %s, resting %s)", got, want, h.ENIID, r.ENIID)
+	}
+	clk.Advance(DefaultCooldown)
+	want = append(want, r.ENIID)
+	slices.Sort(want)
+	if got := ids(); !reflect.DeepEqual(got, want) {
+		t.Errorf("after the cooldown FreeExclusive(1) = %v, want %v", got, want)
 	}
 }

@@ -273,7 +273,7 @@ func (m *Manager) finishENI(ctx context.Context, e *eniState) error {
 func (m *Manager) waitLink(ctx context.Context, e *eniState) (string, error) {
 	deadline := time.Now().Add(m.cfg.LinkTimeout)
 	for {
-		name, found, err := m.links.FindByMAC(e.mac)
+		name, found, err := linkName(m.links, e.mac)
 		if err != nil {
 			return "", fmt.Errorf("find link of %s (mac %s) on card %d: %w", e.id, e.mac, e.card, err)
 		}

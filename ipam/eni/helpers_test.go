@@ -61,14 +61,16 @@ func (f *fakeLinks) Detach(a fakeec2.Attachment) error {
 	return nil
 }
 
-func (f *fakeLinks) FindByMAC(mac net.HardwareAddr) (string, bool, error) {
+func (f *fakeLinks) LinkNames(macs ...net.HardwareAddr) (map[string]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	name, ok := f.byMAC[mac.String()]
-	if !ok || time.Now().Before(f.born[mac.String()]) {
-		return "", false, nil
+	names := map[string]string{}
+	for _, mac := range macs {
+		if name, ok := f.byMAC[mac.String()]; ok && !time.Now().Before(f.born[mac.String()]) {
+			names[mac.String()] = name
+		}
 	}
-	return name, true, nil
+	return names, nil
 }
 
 func (f *fakeLinks) SetUp(name string) error {

@@ -3,7 +3,6 @@ package eni
 import (
 	"fmt"
 	"net"
-	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -13,8 +12,9 @@ import (
 
 // Links finds and configures ENI links in the node's network namespace.
 type Links interface {
-	// FindByMAC returns the name of the link with this MAC; found is false while there is none.
-	FindByMAC(mac net.HardwareAddr) (name string, found bool, err error)
+	// LinkNames returns the names of the links with these MACs, keyed by MAC (net.HardwareAddr.String);
+	// a MAC without a link is absent. One call, one look at the netns, however many MACs.
+	LinkNames(macs ...net.HardwareAddr) (map[string]string, error)
 	SetUp(name string) error
 	SetMTU(name string, mtu int) error
 }
@@ -23,9 +23,15 @@ type Links interface {
 // manager where no node netns is to be configured (dry runs, tests of EC2 behaviour only).
 type NoLinks struct{}
 
-func (NoLinks) FindByMAC(net.HardwareAddr) (string, bool, error) { return "", true, nil }
-func (NoLinks) SetUp(string) error                               { return nil }
-func (NoLinks) SetMTU(string, int) error                         { return nil }
+func (NoLinks) LinkNames(macs ...net.HardwareAddr) (map[string]string, error) {
+	names := make(map[string]string, len(macs))
+	for _, mac := range macs {
+		names[mac.String()] = ""
+	}
+	return names, nil
+}
+func (NoLinks) SetUp(string) error       { return nil }
+func (NoLinks) SetMTU(string, int) error { return nil }
 
 // NetlinkLinks is Links over netlink in one network namespace, held open by a handle so no thread
 // ever switches namespaces.
@@ -66,23 +72,34 @@ func (l *NetlinkLinks) Close() error {
 	return nil
 }
 
-func (l *NetlinkLinks) FindByMAC(mac net.HardwareAddr) (string, bool, error) {
+func (l *NetlinkLinks) LinkNames(macs ...net.HardwareAddr) (map[string]string, error) {
 	links, err := l.h.LinkList()
 	if err != nil {
-		return "", false, fmt.Errorf("list links: %w", err)
+		return nil, fmt.Errorf("list links: %w", err)
 	}
+	want := make(map[string]bool, len(macs))
+	for _, mac := range macs {
+		want[mac.String()] = true
+	}
+	names := map[string]string{}
 	for _, k := range links {
-		a := k.Attrs()
 		// Skip ipvlan children and the like: they share the ENI's MAC but are not the ENI.
 		switch k.Type() {
 		case "ipvlan", "ipvtap", "macvlan", "macvtap", "vlan":
 			continue
 		}
-		if strings.EqualFold(a.HardwareAddr.String(), mac.String()) {
-			return a.Name, true, nil
+		if mac := k.Attrs().HardwareAddr.String(); want[mac] {
+			names[mac] = k.Attrs().Name
 		}
 	}
-	return "", false, nil
+	return names, nil
+}
+
+// linkName is the name of the link with mac; found is false while there is none.
+func linkName(l Links, mac net.HardwareAddr) (name string, found bool, err error) {
+	names, err := l.LinkNames(mac)
+	name, found = names[mac.String()]
+	return name, found, err
 }
 
 func (l *NetlinkLinks) SetUp(name string) error {

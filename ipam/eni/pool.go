@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -408,10 +409,8 @@ func (m *Manager) shrinkExclusive(ctx context.Context, cs *cardState) (next time
 	now := time.Now()
 	var due []string
 	free := map[string]netip.Addr{}
-	for _, p := range m.alloc.Known() {
-		if p.Card == cs.index && p.Exclusive && !p.Allocated && !p.RestUntil.After(now) {
-			free[p.ENIID] = p.Address
-		}
+	for _, p := range m.alloc.FreeExclusive(cs.index) {
+		free[p.ENIID] = p.Address
 	}
 	m.mu.Lock()
 	for id := range free {
@@ -544,22 +543,29 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 // ENI's device back to the root netns, possibly under the pod's interface name (followed here by MAC),
 // while a virtual link dies (deleted here: the ENI cannot serve anyone).
 func (m *Manager) checkFreeExclusive(ctx context.Context, cs *cardState) error {
-	now := time.Now()
-	for _, p := range m.alloc.Known() {
-		if p.Card != cs.index || !p.Exclusive || p.Allocated || p.RestUntil.After(now) {
-			continue
+	free := m.alloc.FreeExclusive(cs.index)
+	if len(free) == 0 {
+		return nil
+	}
+	var enis []*eniState
+	var macs []net.HardwareAddr
+	m.mu.Lock()
+	for _, p := range free {
+		if e := m.enis[p.ENIID]; e != nil && e.linkReady {
+			enis = append(enis, e)
+			macs = append(macs, e.mac)
 		}
-		m.mu.Lock()
-		e := m.enis[p.ENIID]
-		m.mu.Unlock()
-		if e == nil || !e.linkReady {
-			continue
-		}
-		name, found, err := m.links.FindByMAC(e.mac)
-		if err != nil {
-			return fmt.Errorf("find the link of exclusive ENI %s: %w", e.id, err)
-		}
-		if found {
+	}
+	m.mu.Unlock()
+	if len(enis) == 0 {
+		return nil
+	}
+	names, err := m.links.LinkNames(macs...)
+	if err != nil {
+		return fmt.Errorf("find the links of card %d's free exclusive ENIs: %w", cs.index, err)
+	}
+	for _, e := range enis {
+		if name, found := names[e.mac.String()]; found {
 			m.mu.Lock()
 			if e.linkName != name {
 				m.log.Warn("exclusive ENI's link renamed", "card", cs.index, "eni", e.id, "was", e.linkName, "now", name)
@@ -569,7 +575,7 @@ func (m *Manager) checkFreeExclusive(ctx context.Context, cs *cardState) error {
 			continue
 		}
 		m.log.Warn("exclusive ENI's link is gone from the node netns; deleting the ENI", "card", cs.index, "eni", e.id, "link", e.linkName)
-		if err := m.removeExclusive(ctx, cs, e.id, p.Address); err != nil {
+		if err := m.removeExclusive(ctx, cs, e.id, e.primary); err != nil {
 			return err
 		}
 	}

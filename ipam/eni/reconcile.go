@@ -143,7 +143,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 // adoptLink looks once, without waiting, for an adopted ENI's link. An exclusive ENI whose link is not in
 // the node netns is taken to be inside its pod.
 func (m *Manager) adoptLink(e *eniState) {
-	name, found, err := m.links.FindByMAC(e.mac)
+	name, found, err := linkName(m.links, e.mac)
 	if err == nil && found {
 		if err := m.links.SetMTU(name, m.cfg.MTU); err == nil {
 			err = m.links.SetUp(name)

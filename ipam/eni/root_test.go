@@ -79,7 +79,7 @@ func TestLinksWithFabric(t *testing.T) {
 			t.Errorf("%s: link %q, want %q", id, info.LinkName, want)
 		}
 		mac, _ := net.ParseMAC(x.MAC)
-		name, found, err := check.FindByMAC(mac)
+		name, found, err := linkName(check, mac)
 		if err != nil || !found || name != info.LinkName {
 			t.Fatalf("%s: link by MAC %s: %q %v %v", id, x.MAC, name, found, err)
 		}
@@ -102,7 +102,7 @@ func TestLinksWithFabric(t *testing.T) {
 	defer host.Close()
 	for _, x := range ours {
 		mac, _ := net.ParseMAC(x.MAC)
-		if name, found, _ := host.FindByMAC(mac); found {
+		if name, found, _ := linkName(host, mac); found {
 			t.Errorf("ENI link %s in the host netns", name)
 		}
 	}
