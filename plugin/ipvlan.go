@@ -80,12 +80,7 @@ func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlin
 		if l, err = netlink.LinkByIndex(index); err != nil {
 			return fmt.Errorf("find link %q: %w", ifName, err)
 		}
-		iface = &current.Interface{
-			Name:    l.Attrs().Name,
-			Mac:     l.Attrs().HardwareAddr.String(),
-			Mtu:     l.Attrs().MTU,
-			Sandbox: podNS.Path(),
-		}
+		iface = resultInterface(l, podNS)
 		return nil
 	})
 	if err != nil {

@@ -341,6 +341,12 @@ func setMTU(podNS ns.NetNS, ifName string, mtu int) error {
 	return nil
 }
 
+// resultInterface is the CNI result's entry for link l in podNS.
+func resultInterface(l netlink.Link, podNS ns.NetNS) *current.Interface {
+	return &current.Interface{Name: l.Attrs().Name, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU,
+		Sandbox: podNS.Path()}
+}
+
 // buildResult reads the interface back and describes it: one interface with its sandbox, the address
 // pointing at it, and the extra routes.
 func buildResult(podNS ns.NetNS, conf *Config, ifName string, r Routing) (*current.Result, error) {
@@ -350,12 +356,7 @@ func buildResult(podNS ns.NetNS, conf *Config, ifName string, r Routing) (*curre
 		if err != nil {
 			return err
 		}
-		iface = &current.Interface{
-			Name:    l.Attrs().Name,
-			Mac:     l.Attrs().HardwareAddr.String(),
-			Mtu:     l.Attrs().MTU,
-			Sandbox: podNS.Path(),
-		}
+		iface = resultInterface(l, podNS)
 		return nil
 	})
 	if err != nil {
