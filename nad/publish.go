@@ -16,6 +16,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/multinic/multinic/internal/ctxtime"
 )
 
 // PolicyRules are exactly the API calls the Publisher makes; the agent's ClusterRole grants them (the
@@ -273,7 +275,7 @@ func (p *Publisher) Run(ctx context.Context) {
 		case <-p.kick:
 			t.Stop()
 			if d := p.cfg.MinGap - time.Since(last); d > 0 && !last.IsZero() {
-				if !sleep(ctx, d) {
+				if ctxtime.Sleep(ctx, d) != nil {
 					return
 				}
 			}
@@ -290,17 +292,6 @@ func (p *Publisher) Run(ctx context.Context) {
 		}
 		failures = 0
 		wait = p.cfg.Interval + rand.N(p.cfg.Interval/10+1)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 

@@ -2,7 +2,6 @@ package fakeec2
 
 import (
 	"cmp"
-	"context"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -145,19 +144,4 @@ func (f *faults) snapshot() map[string]map[string]int {
 		out[a] = c
 	}
 	return out
-}
-
-// sleep waits d unless ctx ends first.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/multinic/multinic/internal/ctxtime"
 )
 
 // Server is the fake. All state sits behind one mutex; LinkMaker calls are
@@ -350,7 +352,7 @@ func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 		}
 	}()
-	if err := sleep(ctx, s.faults.latency(action)); err != nil {
+	if err := ctxtime.Sleep(ctx, s.faults.latency(action)); err != nil {
 		s.faults.count(action, "Canceled")
 		writeError(w, reqID, newErr("InternalError", "request canceled"))
 		return

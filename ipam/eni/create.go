@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -283,7 +284,7 @@ func (m *Manager) waitLink(ctx context.Context, e *eniState) (string, error) {
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("link of %s (mac %s) on card %d did not appear within %s", e.id, e.mac, e.card, m.cfg.LinkTimeout)
 		}
-		if !sleepCtx(ctx, m.cfg.LinkPoll) {
+		if ctxtime.Sleep(ctx, m.cfg.LinkPoll) != nil {
 			return "", fmt.Errorf("wait for link of %s on card %d: %w", e.id, e.card, ctx.Err())
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -39,7 +40,7 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 			m.setLastErr(cs, err)
 			wait := min(m.cfg.ErrorBackoffMax, (m.cfg.RefillInterval/10)<<min(failures-1, 20))
 			log.Warn("card pool step failed", "err", err, "failures", failures, "retryIn", wait)
-			if !sleepCtx(ctx, wait) {
+			if ctxtime.Sleep(ctx, wait) != nil {
 				return
 			}
 			select {
@@ -63,17 +64,6 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 		case <-t.C:
 		}
 		t.Stop()
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -487,7 +477,7 @@ func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 		if err == nil && len(out.NetworkInterfaces) == 1 && out.NetworkInterfaces[0].Status == types.NetworkInterfaceStatusAvailable {
 			break
 		}
-		if time.Now().After(deadline) || !sleepCtx(ctx, m.cfg.LinkPoll) {
+		if time.Now().After(deadline) || ctxtime.Sleep(ctx, m.cfg.LinkPoll) != nil {
 			m.log.Warn("detached ENI not available yet; left for GC", "card", e.card, "eni", e.id)
 			return nil
 		}
