@@ -44,6 +44,30 @@ func attachTimed(p *harness.Pod, a harness.Attachment) (time.Duration, error) {
 	return time.Since(start), err
 }
 
+// attachResult is an ADD that ran in the background: how long it took and how it ended.
+type attachResult struct {
+	d   time.Duration
+	err error
+}
+
+// attachAsync starts an ADD of a to p, for a fault injected while it is in flight.
+func attachAsync(p *harness.Pod, a harness.Attachment) <-chan attachResult {
+	done := make(chan attachResult, 1)
+	go func() {
+		d, err := attachTimed(p, a)
+		done <- attachResult{d, err}
+	}()
+	return done
+}
+
+// slowAction makes fake-ec2 take d to answer action, so that a fault can strike while an ADD waits on it.
+func slowAction(t *testing.T, r *harness.Region, action string, d time.Duration) {
+	t.Helper()
+	if err := r.Fake().SetFaults(fakeec2.Faults{ActionLatency: map[string]fakeec2.Duration{action: fakeec2.Duration(d)}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // ec2Case is an EC2 fault that should make an ADD on an empty pool fail with CNI code 11 and EC2's code.
 type ec2Case struct {
 	fault, injected string
@@ -472,21 +496,10 @@ func TestAgentKilled(t *testing.T) {
 	run := newRun(t, "agent-killed", plugin.ModeExclusive, "SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
 	var notes []string
 	for i := range rounds() {
-		if err := region.Fake().SetFaults(fakeec2.Faults{ActionLatency: map[string]fakeec2.Duration{
-			"AttachNetworkInterface": fakeec2.Duration(3 * time.Second)}}); err != nil {
-			t.Fatal(err)
-		}
+		slowAction(t, region, "AttachNetworkInterface", 3*time.Second)
 		before := region.State().Calls["CreateNetworkInterface"]["ok"]
 		pod := w.newPod(t, fmt.Sprintf("f%d", i))
-		type result struct {
-			d   time.Duration
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			d, err := attachTimed(pod, exclusive)
-			done <- result{d, err}
-		}()
+		done := attachAsync(pod, exclusive)
 		waitCall(t, region, "CreateNetworkInterface", before, 10*time.Second)
 		time.Sleep(200 * time.Millisecond) // into the attach
 		pid := node.AgentPID()
@@ -547,20 +560,9 @@ func TestNetnsDeleted(t *testing.T) {
 	run := newRun(t, "netns-deleted", plugin.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
 	var notes []string
 	for i := range rounds() {
-		if err := region.Fake().SetFaults(fakeec2.Faults{ActionLatency: map[string]fakeec2.Duration{
-			"CreateNetworkInterface": fakeec2.Duration(2 * time.Second)}}); err != nil {
-			t.Fatal(err)
-		}
+		slowAction(t, region, "CreateNetworkInterface", 2*time.Second)
 		pod := w.newPod(t, fmt.Sprintf("f%d", i))
-		type result struct {
-			d   time.Duration
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			d, err := attachTimed(pod, exclusive)
-			done <- result{d, err}
-		}()
+		done := attachAsync(pod, exclusive)
 		time.Sleep(time.Second)
 		if err := unix.Unmount(pod.NetNSPath, unix.MNT_DETACH); err != nil {
 			t.Fatalf("unmount %s: %v", pod.NetNSPath, err)
