@@ -44,20 +44,6 @@ func newParent(t *testing.T) (hostNS, podNS ns.NetNS) {
 	return hostNS, podNS
 }
 
-func linkNames(t *testing.T, n ns.NetNS) []string {
-	t.Helper()
-	links, err := nettest.Handle(t, n).LinkList()
-	if err != nil {
-		t.Fatalf("list links in %s: %v", n.Path(), err)
-	}
-	var names []string
-	for _, l := range links {
-		names = append(names, l.Attrs().Name)
-	}
-	slices.Sort(names)
-	return names
-}
-
 func TestCreateIPVlanChild(t *testing.T) {
 	nettest.RequireLinkType(t, "ipvlan")
 	tests := []struct {
@@ -207,3 +193,6 @@ func TestConfigureInterfaceNoLink(t *testing.T) {
 		t.Errorf("error = %q, want prefix %q", err, want)
 	}
 }
+
+// linkNames lists the links of n, sorted.
+func linkNames(t *testing.T, n ns.NetNS) []string { return nettest.LinkNames(t, nettest.Handle(t, n)) }

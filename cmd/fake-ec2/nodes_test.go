@@ -21,6 +21,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/nettest"
 )
 
 // TestTwoNodesReachEachOtherPerCard runs the binary with two materialized trn1.32xlarge
@@ -35,7 +36,13 @@ func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
 	}
-	hostLinks := linkNames(t)
+	hostNS, err := ns.GetCurrentNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostNS.Close()
+	hostH := nettest.Handle(t, hostNS)
+	hostLinks := nettest.LinkNames(t, hostH)
 	prefix := fmt.Sprintf("fe2t%d", os.Getpid()%100000)
 	nodes := []string{prefix + "-n1", prefix + "-n2"}
 	p := startFakeEC2(t, "--nodes", "2", "--netns", strings.Join(nodes, ","), "--fabric-prefix", prefix)
@@ -88,7 +95,7 @@ func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
 			t.Errorf("netns %s still exists after SIGTERM (stat: %v)", n, err)
 		}
 	}
-	if after := linkNames(t); !slices.Equal(hostLinks, after) {
+	if after := nettest.LinkNames(t, hostH); !slices.Equal(hostLinks, after) {
 		t.Errorf("host links changed: before %v, after %v", hostLinks, after)
 	}
 }
@@ -146,18 +153,4 @@ func imdsIn(t *testing.T, name, endpoint string) *imds.Client {
 	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
 	t.Cleanup(hc.CloseIdleConnections)
 	return imds.New(imds.Options{Endpoint: endpoint, HTTPClient: hc})
-}
-
-func linkNames(t *testing.T) []string {
-	t.Helper()
-	links, err := netlink.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range links {
-		names = append(names, l.Attrs().Name)
-	}
-	slices.Sort(names)
-	return names
 }

@@ -272,7 +272,7 @@ func TestMultusThinPlugin(t *testing.T) {
 		}
 	})
 
-	nodeLinksBefore := linkNames(t, node)
+	nodeLinksBefore := nettest.LinkNames(t, nettest.Handle(t, node))
 	for i, r := range runtimes {
 		t.Run(r.name, func(t *testing.T) {
 			podNS := nettest.NewNS(t)
@@ -321,10 +321,10 @@ func TestMultusThinPlugin(t *testing.T) {
 			if err := r.rt.run(t, "DEL", s); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
-			if links := linkNames(t, podNS); !slices.Equal(links, []string{"lo"}) {
+			if links := nettest.LinkNames(t, nettest.Handle(t, podNS)); !slices.Equal(links, []string{"lo"}) {
 				t.Errorf("pod netns links after DEL: %v, want [lo]", links)
 			}
-			if links := linkNames(t, node); !slices.Equal(links, nodeLinksBefore) {
+			if links := nettest.LinkNames(t, nettest.Handle(t, node)); !slices.Equal(links, nodeLinksBefore) {
 				t.Errorf("node netns links after DEL: %v, want %v", links, nodeLinksBefore)
 			}
 			if leases := hostLocalLeases(t, ipamDir); len(leases) > 0 {
@@ -354,25 +354,6 @@ func mustJSON(v any) string {
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
-}
-
-func linkNames(t *testing.T, n ns.NetNS) []string {
-	t.Helper()
-	var names []string
-	if err := n.Do(func(ns.NetNS) error {
-		links, err := netlinksafe.LinkList()
-		if err != nil {
-			return err
-		}
-		for _, l := range links {
-			names = append(names, l.Attrs().Name)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("list links in %s: %v", n.Path(), err)
-	}
-	slices.Sort(names)
-	return names
 }
 
 // podAddr returns the one IPv4 address of link in the pod netns.

@@ -34,6 +34,7 @@ import (
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/manifests"
@@ -119,7 +120,7 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 		if allocs := e.podAllocations(t, n, p); len(allocs) != 0 {
 			t.Errorf("after the failed ADD the agent holds %v for the pod", allocs)
 		}
-		if links := linkNames(t, p.h); !slices.Equal(links, []string{"lo"}) {
+		if links := nettest.LinkNames(t, p.h); !slices.Equal(links, []string{"lo"}) {
 			t.Errorf("after the failed ADD the pod netns has links %v, want [lo]", links)
 		}
 		// The runtime then tears the sandbox down: DEL succeeds.
@@ -790,7 +791,7 @@ func (e *env) del(t *testing.T, p *pod) time.Duration {
 		t.Errorf("Multus DEL of pod %s: %v", p.obj.Name, err)
 	}
 	p.deleted = true
-	if links := linkNames(t, p.h); !slices.Equal(links, []string{"lo"}) {
+	if links := nettest.LinkNames(t, p.h); !slices.Equal(links, []string{"lo"}) {
 		t.Errorf("after DEL pod %s has links %v, want [lo]", p.obj.Name, links)
 	}
 	if allocs := e.podAllocations(t, p.node, p); len(allocs) != 0 {
@@ -951,20 +952,6 @@ func diff(before, after []string) string {
 		return ""
 	}
 	return fmt.Sprintf("added %v, removed %v", added, removed)
-}
-
-func linkNames(t *testing.T, h netlinksafe.Handle) []string {
-	t.Helper()
-	links, err := h.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range links {
-		names = append(names, l.Attrs().Name)
-	}
-	slices.Sort(names)
-	return names
 }
 
 // tcpEcho connects from pod from's ifName address to pod to's ifName address, inside the pods' netns, and

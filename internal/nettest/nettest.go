@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -140,4 +141,19 @@ func Handle(tb testing.TB, n ns.NetNS) netlinksafe.Handle {
 	}
 	tb.Cleanup(h.Close)
 	return h
+}
+
+// LinkNames lists the names of the links h sees, sorted: for checking that a test left a netns as it was.
+func LinkNames(tb testing.TB, h netlinksafe.Handle) []string {
+	tb.Helper()
+	links, err := h.LinkList()
+	if err != nil {
+		tb.Fatalf("list links: %v", err)
+	}
+	names := make([]string, 0, len(links))
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
 }
