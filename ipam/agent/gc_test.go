@@ -57,7 +57,7 @@ func TestGCNetns(t *testing.T) {
 		{10 * time.Minute, 0}, // nothing else, ever
 	}
 	for i, s := range steps {
-		ta.clock.Advance(s.advance)
+		ta.clock.Step(s.advance)
 		n, err := ta.CollectGarbage(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -96,16 +96,16 @@ func TestGCNetnsComesBack(t *testing.T) {
 	if err := os.WriteFile(r.Netns, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ta.clock.Advance(30 * time.Second)
+	ta.clock.Step(30 * time.Second)
 	ta.CollectGarbage(ctx)
 	if err := os.Remove(r.Netns); err != nil {
 		t.Fatal(err)
 	}
-	ta.clock.Advance(45 * time.Second) // 75s since first seen, but only 0s since seen gone again
+	ta.clock.Step(45 * time.Second) // 75s since first seen, but only 0s since seen gone again
 	if n, _ := ta.CollectGarbage(ctx); n != 0 {
 		t.Fatal("released although the grace period restarted when the netns came back")
 	}
-	ta.clock.Advance(time.Minute)
+	ta.clock.Step(time.Minute)
 	if n, _ := ta.CollectGarbage(ctx); n != 1 {
 		t.Fatal("not released after a full grace period gone")
 	}
@@ -157,11 +157,11 @@ func TestGCAPIServer(t *testing.T) {
 	if n, err := ta.CollectGarbage(ctx); n != 0 || err != nil {
 		t.Fatalf("first pass released %d (%v), want 0", n, err)
 	}
-	ta.clock.Advance(59 * time.Second)
+	ta.clock.Step(59 * time.Second)
 	if n, _ := ta.CollectGarbage(ctx); n != 0 {
 		t.Fatalf("released %d within the grace period", n)
 	}
-	ta.clock.Advance(2 * time.Second)
+	ta.clock.Step(2 * time.Second)
 	if n, err := ta.CollectGarbage(ctx); n != 4 || err != nil {
 		t.Fatalf("released %d (%v) after the grace period, want 4", n, err)
 	}
@@ -187,7 +187,7 @@ func TestGCAPIServerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		ta.clock.Advance(time.Hour)
+		ta.clock.Step(time.Hour)
 		if n, err := ta.CollectGarbage(context.Background()); n != 0 || err == nil {
 			t.Fatalf("pass with the API server down: released %d, error %v; want 0 and an error", n, err)
 		}
@@ -212,7 +212,7 @@ func TestGCNetnsAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	ta.CollectGarbage(ctx)
-	ta.clock.Advance(time.Minute)
+	ta.clock.Step(time.Minute)
 	if n, err := ta.CollectGarbage(ctx); n != 1 || err != nil {
 		t.Fatalf("released %d (%v) after the grace period, want 1", n, err)
 	}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	testingclock "k8s.io/utils/clock/testing"
+
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -97,24 +99,6 @@ func eniOf(card int) string { return fmt.Sprintf("eni-%02d", card) }
 // addrOf returns 10.<card>.0.<i+10>.
 func addrOf(card, i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(card), 0, byte(i + 10)}) }
 
-// fakeClock is a settable clock for GC decisions.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -137,7 +121,7 @@ type testAgent struct {
 	*Agent
 	alloc *allocator.Allocator
 	pools *fakePools
-	clock *fakeClock
+	clock *testingclock.FakeClock
 	store *store.FileStore
 	cfg   Config
 	logs  *syncBuffer
@@ -176,7 +160,7 @@ func newTestAgent(t testing.TB, fp *fakePools, warm map[int]int, change func(*Co
 			t.Fatal(err)
 		}
 	}
-	clk := &fakeClock{t: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clk := testingclock.NewFakeClock(time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC))
 	logs := &syncBuffer{}
 	cfg := Config{Allocator: al, Pools: fp, WaitTimeout: 2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Now: clk.Now}

@@ -27,7 +27,7 @@ func TestPolicyRulesCoverGC(t *testing.T) {
 		if _, err := ta.CollectGarbage(ctx); err != nil {
 			t.Fatal(err)
 		}
-		ta.clock.Advance(2 * time.Second)
+		ta.clock.Step(2 * time.Second)
 	}
 	acts := kube.Actions()
 	if len(acts) == 0 {

@@ -216,7 +216,7 @@ func TestCooldown(t *testing.T) {
 		{999 * time.Millisecond, ErrPoolEmpty},
 		{time.Millisecond, nil},
 	} {
-		clk.Advance(step.advance)
+		clk.Step(step.advance)
 		got, err := a.Allocate(req(3, 1))
 		if !errors.Is(err, step.wantErr) {
 			t.Fatalf("after +%s: %v, want %v", step.advance, err, step.wantErr)
@@ -231,9 +231,9 @@ func TestCooldown(t *testing.T) {
 		if _, _, err := a.Release(id, "net1"); err != nil {
 			t.Fatal(err)
 		}
-		clk.Advance(time.Second)
+		clk.Step(time.Second)
 	}
-	clk.Advance(time.Minute)
+	clk.Step(time.Minute)
 	if got := mustAllocate(t, a, req(4, 1)); got.Address != addrs[1] {
 		t.Fatalf("after both rested: %s, want the earlier released %s", got.Address, addrs[1])
 	}
@@ -255,7 +255,7 @@ func TestRelease(t *testing.T) {
 	a, st, clk := newTest(t)
 	seed(t, a, 1, 2)
 	held := mustAllocate(t, a, req(1, 1))
-	clk.Advance(time.Second)
+	clk.Step(time.Second)
 
 	got, ok, err := a.Release("sandbox-1", "net1")
 	if err != nil || !ok || got != held {
@@ -382,7 +382,7 @@ func TestPersistFailureRollsBack(t *testing.T) {
 			if _, _, err := a.Release("sandbox-2", "net1"); err != nil {
 				t.Fatal(err)
 			}
-			clk.Advance(time.Second)
+			clk.Step(time.Second)
 			before := snapshot(a)
 			cpBefore, _, _ := st.Load()
 
@@ -444,7 +444,7 @@ func TestRestore(t *testing.T) {
 					r := req(p, c)
 					r.Netns = fmt.Sprintf("/var/run/netns/cni-%d", p)
 					mustAllocate(t, a, r)
-					clk.Advance(time.Second)
+					clk.Step(time.Second)
 				}
 				x := req(7, c)
 				x.Exclusive = true
@@ -659,7 +659,7 @@ func TestExclusive(t *testing.T) {
 	if _, err := a.Allocate(y); !errors.Is(err, ErrPoolEmpty) {
 		t.Errorf("exclusive ENI reused while resting: %v", err)
 	}
-	clk.Advance(DefaultCooldown)
+	clk.Step(DefaultCooldown)
 	if got := mustAllocate(t, a, y); got.ENIID != "eni-x" {
 		t.Errorf("after rest: %+v", got)
 	}

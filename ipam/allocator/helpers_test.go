@@ -3,37 +3,21 @@ package allocator
 import (
 	"fmt"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
+
+	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/multinic/multinic/ipam/store"
 )
 
-// fakeClock is a settable clock shared by the allocator and the test.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newClock is a settable clock shared by the allocator and the test.
+func newClock() *testingclock.FakeClock {
+	return testingclock.NewFakeClock(time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC))
 }
 
 // newTest returns an allocator on a fresh memory store with a fake clock and the default cooldown.
-func newTest(t testing.TB, opts ...Option) (*Allocator, *store.Memory, *fakeClock) {
+func newTest(t testing.TB, opts ...Option) (*Allocator, *store.Memory, *testingclock.FakeClock) {
 	t.Helper()
 	st := store.NewMemory()
 	clk := newClock()

@@ -367,7 +367,7 @@ func TestFreeExclusive(t *testing.T) {
 	if got := ids(); !reflect.DeepEqual(got, want) {
 		t.Errorf("FreeExclusive(1) = %v, want %v (held %s, resting %s)", got, want, h.ENIID, r.ENIID)
 	}
-	clk.Advance(DefaultCooldown)
+	clk.Step(DefaultCooldown)
 	want = append(want, r.ENIID)
 	slices.Sort(want)
 	if got := ids(); !reflect.DeepEqual(got, want) {
