@@ -40,6 +40,8 @@ type fakeAgent struct {
 	// allocErr, when set, fails Allocate.
 	allocErr error
 	status   api.Status
+	// onRelease, when set, runs at each Release, before it is answered.
+	onRelease func()
 }
 
 var _ api.Backend = &fakeAgent{}
@@ -76,6 +78,9 @@ func (f *fakeAgent) Release(_ context.Context, req api.ReleaseRequest) (api.Rele
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.releases = append(f.releases, req)
+	if f.onRelease != nil {
+		f.onRelease()
+	}
 	k := attachment{req.ContainerID, req.IfName}
 	_, ok := f.allocs[k]
 	delete(f.allocs, k)

@@ -396,6 +396,29 @@ func TestAddRefusesHostNetns(t *testing.T) {
 	e.requireENIHome()
 }
 
+// TestDelENIHomeBeforeRelease: DEL moves an exclusive ENI back to the node before it tells the agent, so
+// the agent never hands out an ENI that is still inside the old pod.
+func TestDelENIHomeBeforeRelease(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(ModeExclusive, ""))
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	node := nettest.Handle(t, e.node)
+	var homeAtRelease, released bool
+	e.agent.onRelease = func() {
+		_, err := node.LinkByName(eniName)
+		homeAtRelease, released = err == nil, true
+	}
+	if err := e.del(args); err != nil {
+		t.Fatal(err)
+	}
+	if !released || !homeAtRelease {
+		t.Errorf("release seen %t, ENI link in the node netns when the agent was told %t: want both", released, homeAtRelease)
+	}
+	e.requireENIHome()
+}
+
 // TestAddNetnsGone: a CNI_NETNS that is gone (the runtime removed the sandbox) or is not a netns is code 3,
 // before the agent is asked; DEL of it has nothing to do.
 func TestAddNetnsGone(t *testing.T) {
