@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# build.sh - build the real binaries the e2e runs (kube-apiserver, etcd, the Multus thin plugin, the
-# reference CNI plugins and cnitool) from the Go module proxy, once, into a cache outside the checkout,
-# then link them into ./bin/tools (git-ignored).
+# build.sh - build the real binaries the e2e runs (kube-apiserver, etcd, Multus, the reference CNI plugins
+# and cnitool; for the real-node e2e also kubelet, kube-scheduler, kube-controller-manager, kubectl,
+# containerd, runc and crictl) from the Go module proxy, once, into a cache outside the checkout, then link
+# them into ./bin/tools (git-ignored).
 #
 # Usage: e2e/tools/build.sh [COMPONENT...]
-#   COMPONENT  any of: kube-apiserver etcd multus cni-plugins cnitool (default: all)
+#   COMPONENT  any of: kube-apiserver etcd multus cni-plugins cnitool  (default: these, what make e2e runs)
+#              kube-node containerd runc crictl                        (the real-node e2e adds these)
+#              node                                                    (all of the above)
+#   runc builds with CGO and libseccomp (Debian: libseccomp-dev pkg-config); not with MULTINIC_TOOLS_STATIC.
 #
 # Each component is pinned by its wrapper module (e2e/tools/<module>/go.mod + go.sum) and lands in
 #   $CACHE/<component>-<version>-<go version>/      e.g. kube-apiserver-v1.37.2-go1.26.8/kube-apiserver
@@ -23,6 +27,7 @@
 # Cold build (empty Go build cache) on 2 busy cores: ~8 min for everything, of which kube-apiserver
 # ~6.5 min and ~2.4 GB RAM; the others mostly reuse its compiled dependencies (~40 s etcd, ~45 s multus,
 # ~5 s plugins + cnitool after it). Warm (everything cached): about half a second.
+# The real-node components on top, cold: see README "make e2e-node" for the measured times.
 set -euo pipefail
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -47,6 +52,11 @@ GOVERSION=$("$GO" env GOVERSION) || die "go not found (GO=$GO)"
 CNI_PLUGINS="main/bridge main/host-device main/ipvlan main/loopback main/macvlan main/ptp main/vlan
   ipam/host-local ipam/static meta/tuning"
 ALL="kube-apiserver etcd multus cni-plugins cnitool"
+NODE="$ALL kube-node containerd runc crictl"
+# The binaries of components that build several (the others build one, named like the component).
+KUBE_NODE_BINS="kubelet kube-scheduler kube-controller-manager kubectl"
+CONTAINERD_BINS="containerd containerd-shim-runc-v2 ctr"
+MULTUS_BINS="multus multus-daemon multus-shim thin_entrypoint install_multus"
 
 # modversion MODULE_DIR MODULE_PATH: the version of MODULE_PATH that the wrapper module pins.
 modversion() {
@@ -65,16 +75,38 @@ gobuild() {
 }
 
 # build_<component> DIR: build that component's binaries into DIR, using $VERSION.
-build_kube-apiserver() {
-	local v=k8s.io/component-base/version major minor
+# kubebuild DIR CMD...: build k8s.io/kubernetes/cmd/CMD... with the version stamped as the release does.
+kubebuild() {
+	local out=$1 v=k8s.io/component-base/version major minor c pkgs=()
+	shift
 	IFS=. read -r major minor _ <<<"${VERSION#v}"
-	gobuild kube-apiserver "$1" "-s -w -X $v.gitVersion=$VERSION -X $v.gitMajor=$major -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
-		k8s.io/kubernetes/cmd/kube-apiserver
+	for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+	gobuild kubernetes "$out" "-s -w -X $v.gitVersion=$VERSION -X $v.gitMajor=$major -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
+		"${pkgs[@]}"
 }
+build_kube-apiserver() { kubebuild "$1" kube-apiserver; }
+# One go build for the four, so their shared dependencies compile once and link in parallel.
+build_kube-node() { kubebuild "$1" $KUBE_NODE_BINS; }
 build_etcd() { gobuild etcd "$1" "-s -w" .; } # the wrapper module's main package, named etcd
 build_multus() {
-	gobuild multus "$1" "-s -w -X gopkg.in/k8snetworkplumbingwg/multus-cni.v4/pkg/multus.version=$VERSION" \
-		gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus
+	local c pkgs=()
+	for c in $MULTUS_BINS; do pkgs+=("gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/$c"); done
+	gobuild multus "$1" "-s -w -X gopkg.in/k8snetworkplumbingwg/multus-cni.v4/pkg/multus.version=$VERSION" "${pkgs[@]}"
+}
+build_containerd() {
+	local c pkgs=()
+	for c in $CONTAINERD_BINS; do pkgs+=("github.com/containerd/containerd/v2/cmd/$c"); done
+	gobuild containerd "$1" "-s -w -X github.com/containerd/containerd/v2/version.Version=$VERSION" "${pkgs[@]}"
+}
+# runc needs libseccomp (cgo) for the default seccomp profile containerd gives every container.
+build_runc() {
+	[[ $STATIC != 1 ]] || die "runc: no static build (it links libseccomp); build it without MULTINIC_TOOLS_STATIC"
+	pkg-config --exists libseccomp || die "runc: libseccomp not found (Debian: apt-get install libseccomp-dev pkg-config)"
+	(cd "$TOOLS_SRC/runc" && CGO_ENABLED=1 "$GO" build -mod=readonly -trimpath -buildvcs=false -tags seccomp \
+		-ldflags "-s -w" -o "$1/runc" github.com/opencontainers/runc)
+}
+build_crictl() {
+	gobuild cri-tools "$1" "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 }
 build_cni-plugins() {
 	local p pkgs=()
@@ -88,6 +120,9 @@ build_cnitool() { gobuild cni "$1" "-s -w" github.com/containernetworking/cni/cn
 bins() {
 	case $1 in
 	cni-plugins) for p in $CNI_PLUGINS; do printf '%s\n' "${p#*/}"; done ;;
+	kube-node) printf '%s\n' $KUBE_NODE_BINS ;;
+	containerd) printf '%s\n' $CONTAINERD_BINS ;;
+	multus) printf '%s\n' $MULTUS_BINS ;;
 	*) printf '%s\n' "$1" ;;
 	esac
 }
@@ -102,12 +137,15 @@ is_complete() {
 # describe NAME: set VERSION for a component from its wrapper module.
 describe() {
 	case $1 in
-	kube-apiserver) VERSION=$(modversion kube-apiserver k8s.io/kubernetes) ;;
+	kube-apiserver | kube-node) VERSION=$(modversion kubernetes k8s.io/kubernetes) ;;
 	etcd) VERSION=$(modversion etcd go.etcd.io/etcd/server/v3) ;;
 	multus) VERSION=$(modversion multus gopkg.in/k8snetworkplumbingwg/multus-cni.v4) ;;
 	cni-plugins) VERSION=$(modversion cni github.com/containernetworking/plugins) ;;
 	cnitool) VERSION=$(modversion cni github.com/containernetworking/cni) ;;
-	*) die "unknown component $1 (want one of: $ALL)" ;;
+	containerd) VERSION=$(modversion containerd github.com/containerd/containerd/v2) ;;
+	runc) VERSION=$(modversion runc github.com/opencontainers/runc) ;;
+	crictl) VERSION=$(modversion cri-tools sigs.k8s.io/cri-tools) ;;
+	*) die "unknown component $1 (want one of: $NODE, or node)" ;;
 	esac
 }
 
@@ -120,7 +158,11 @@ tmp=
 trap '[[ -z $tmp ]] || rm -rf "$tmp"' EXIT # an interrupted build leaves no half folder behind
 trap 'exit 130' INT TERM
 total_start=$SECONDS
+components=()
 for name in ${*:-$ALL}; do
+	if [[ $name == node ]]; then components+=($NODE); else components+=("$name"); fi
+done
+for name in "${components[@]}"; do
 	describe "$name"
 	dir=$CACHE/$name-$VERSION-$GOVERSION$SUFFIX
 	if is_complete "$dir" "$name"; then
