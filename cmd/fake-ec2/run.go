@@ -7,14 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
@@ -147,11 +143,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (retErr error) {
 	}
 
 	var fab *fabric.Fabric
-	var nodeServers []*http.Server
 	defer func() {
-		for _, hs := range nodeServers {
-			retErr = errors.Join(retErr, hs.Close())
-		}
 		// The server detaches every ENI through the fabric before the fabric goes.
 		retErr = errors.Join(retErr, srv.Close())
 		if fab != nil {
@@ -172,11 +164,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) (retErr error) {
 		ri := readyInstance{ID: ic.ID, Type: ic.Type}
 		if fab != nil {
 			ri.NetNS = o.netns[i]
-			hs, err := listenInNode(srv, ic.ID, o.netns[i], o.listen)
-			if err != nil {
+			if _, err := srv.ListenInNetNS(ic.ID, fabric.NetNSDir+"/"+o.netns[i], o.listen); err != nil {
 				return err
 			}
-			nodeServers = append(nodeServers, hs)
 		}
 		rdy.Instances = append(rdy.Instances, ri)
 	}
@@ -207,35 +197,6 @@ func materialize(srv *fakeec2.Server, o options, cfg fakeec2.Config) (*fabric.Fa
 		return nil, errors.Join(err, fab.Close())
 	}
 	return fab, nil
-}
-
-// listenInNode serves EC2 and the instance's own IMDS on addr inside the node's netns, so a
-// process in that netns (the agent) finds both on its loopback, as on a real instance.
-func listenInNode(srv *fakeec2.Server, instanceID, netnsName, addr string) (*http.Server, error) {
-	imdsHandler, err := srv.IMDSHandler(instanceID)
-	if err != nil {
-		return nil, err
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/latest/", imdsHandler)
-	mux.Handle("/", srv.Handler())
-	nsh, err := ns.GetNS(fabric.NetNSDir + "/" + netnsName)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsName, err)
-	}
-	defer nsh.Close()
-	var l net.Listener
-	err = nsh.Do(func(ns.NetNS) error {
-		var err error
-		l, err = net.Listen("tcp", addr)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s in netns %s: %w", addr, netnsName, err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(l) }()
-	return hs, nil
 }
 
 func writeReady(path string, r ready) error {

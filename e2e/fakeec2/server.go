@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+
 	"github.com/multinic/multinic/internal/ctxtime"
 )
 
@@ -250,6 +252,35 @@ func (s *Server) ListenIMDS(instanceID, addr string) (string, error) {
 		return "", fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return s.serve(l, h), nil
+}
+
+// ListenInNetNS serves EC2 (and GET /fake/state) and one instance's own IMDS on addr inside the network
+// namespace at nsPath (the instance's node) until Close, and returns its URL as seen from inside. A process
+// in that netns (the agent) then finds both on its loopback, as on a real instance.
+func (s *Server) ListenInNetNS(instanceID, nsPath, addr string) (string, error) {
+	imds, err := s.IMDSHandler(instanceID)
+	if err != nil {
+		return "", err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/latest/", imds)
+	mux.Handle("/", s.Handler())
+	nsh, err := ns.GetNS(nsPath)
+	if err != nil {
+		return "", fmt.Errorf("listen in netns %s: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	var l net.Listener
+	// A socket belongs to the netns of the thread that creates it, for its whole life.
+	err = nsh.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("listen on %s in netns %s: %w", addr, nsPath, err)
+	}
+	return s.serve(l, mux), nil
 }
 
 // Start builds a server and serves it on 127.0.0.1 on a free port.
