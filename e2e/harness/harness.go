@@ -69,6 +69,9 @@ type Config struct {
 	AgentArgs []string
 	// ReadyTimeout bounds the wait for each agent to be ready (DefaultReadyTimeout).
 	ReadyTimeout time.Duration
+	// NoAgents leaves the nodes without the harness's agents: something else runs them (the real-node e2e,
+	// as a DaemonSet on a real kubelet). Node.StartAgent still starts one.
+	NoAgents bool
 	// RatePerCard is the fabric's rate limit of every ENI in bit/s, both directions (fabric.Config.RatePerCard:
 	// tbf, and ifb + mirred for what the ENI sends); 0 = none.
 	RatePerCard uint64
@@ -180,6 +183,9 @@ func (r *Region) start(tb TB) error {
 		}
 	}
 	for _, n := range r.nodes {
+		if r.cfg.NoAgents {
+			break
+		}
 		if err := n.waitReady(r.cfg.ReadyTimeout); err != nil {
 			return err
 		}

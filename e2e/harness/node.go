@@ -86,6 +86,9 @@ func (r *Region) newNode(tb TB, i int, in fakeec2.InstanceState, netnsName strin
 		return n, fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	n.Client = api.NewClient(n.Socket, 0)
+	if r.cfg.NoAgents {
+		return n, nil
+	}
 	if err := n.StartAgent(); err != nil {
 		return n, err
 	}
