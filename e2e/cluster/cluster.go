@@ -1,7 +1,8 @@
 // Package cluster runs a real Kubernetes control plane for the e2e: etcd and kube-apiserver built from
 // the Go module proxy by e2e/tools/build.sh, on free ports of 127.0.0.1 only, with PKI generated in Go
-// and token authentication. There is no controller-manager, scheduler or kubelet: Pods are API objects,
-// and the tests play the container runtime by running the Multus thin plugin on a netns.
+// and token authentication. By default there is no controller-manager, scheduler or kubelet: Pods are API
+// objects, and the tests play the container runtime by running the Multus thin plugin on a netns.
+// StartControllers adds kube-scheduler and kube-controller-manager for the real-node e2e (e2e/realnode).
 //
 // Use Start from tests (cleanup registered on the test) or New and Close from other programs.
 package cluster
@@ -87,10 +88,13 @@ type Cluster struct {
 	Dynamic dynamic.Interface
 
 	mapper    *restmapper.DeferredDiscoveryRESTMapper
-	etcd      *process
-	apiserver *process
-	removeDir bool
-	logf      func(string, ...any)
+	etcd      *Process
+	apiserver *Process
+	// scheduler and controllerManager run after StartControllers.
+	scheduler, controllerManager *Process
+	saKey                        string
+	removeDir                    bool
+	logf                         func(string, ...any)
 
 	mu        sync.Mutex
 	proxies   []io.Closer
@@ -161,7 +165,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate pki: %w", err)
 	}
-	c.CACert = p.CACert
+	c.CACert, c.saKey = p.CACert, p.SAKey
 	tok := make([]byte, 16)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, fmt.Errorf("generate token: %w", err)
@@ -230,7 +234,7 @@ func (c *Cluster) startProcesses(ctx context.Context, tools *Tools, p *pki, toke
 			retErr = errors.Join(retErr, c.stopProcesses())
 		}
 	}()
-	c.etcd, err = startProcess("etcd", tools.Etcd, []string{
+	c.etcd, err = StartProcess("etcd", tools.Etcd, []string{
 		"--name=e2e",
 		"--data-dir=" + dataDir,
 		"--listen-client-urls=" + etcdClient,
@@ -271,7 +275,7 @@ func (c *Cluster) startProcesses(ctx context.Context, tools *Tools, p *pki, toke
 		"--profiling=false",
 		"--v=1",
 	}
-	c.apiserver, err = startProcess("kube-apiserver", tools.KubeAPIServer, append(args, extra...),
+	c.apiserver, err = StartProcess("kube-apiserver", tools.KubeAPIServer, append(args, extra...),
 		filepath.Join(c.Dir, "kube-apiserver.log"))
 	if err != nil {
 		return err
@@ -296,7 +300,7 @@ type readyClient struct {
 
 // waitReady polls url until it answers 200, the process exits or the timeout passes. An exit whose log
 // says a port was in use wraps errPortTaken; other failures carry the log tail.
-func waitReady(ctx context.Context, p *process, timeout time.Duration, url string, rc *readyClient) error {
+func waitReady(ctx context.Context, p *Process, timeout time.Duration, url string, rc *readyClient) error {
 	if rc == nil {
 		rc = &readyClient{http: &http.Client{Timeout: 5 * time.Second}}
 	}
@@ -324,14 +328,14 @@ func waitReady(ctx context.Context, p *process, timeout time.Duration, url strin
 		}
 		select {
 		case <-p.done:
-			tail := p.logTail(30)
+			tail := p.LogTail(30)
 			if strings.Contains(tail, "address already in use") {
-				return fmt.Errorf("%s: %w: %s", p.name, errPortTaken, lastLine(tail))
+				return fmt.Errorf("%s: %w: %s", p.Name, errPortTaken, lastLine(tail))
 			}
-			return fmt.Errorf("%s %w (%v); last log lines of %s:\n%s", p.name, errExited, p.waitErr, p.logPath, tail)
+			return fmt.Errorf("%s %w (%v); last log lines of %s:\n%s", p.Name, errExited, p.waitErr, p.LogPath, tail)
 		case <-ctx.Done():
 			return fmt.Errorf("%s not ready after %s (last answer: %s); last log lines of %s:\n%s",
-				p.name, timeout, last, p.logPath, p.logTail(30))
+				p.Name, timeout, last, p.LogPath, p.LogTail(30))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -398,10 +402,10 @@ func (c *Cluster) Close() error {
 }
 
 func (c *Cluster) stopProcesses() error {
-	var errs []error
-	for _, p := range []*process{c.apiserver, c.etcd} { // API server first: it needs etcd to drain
+	errs := []error{c.stopControllers()}
+	for _, p := range []*Process{c.apiserver, c.etcd} { // API server first: it needs etcd to drain
 		if p != nil {
-			errs = append(errs, p.stop())
+			errs = append(errs, p.Stop())
 		}
 	}
 	c.apiserver, c.etcd = nil, nil
@@ -410,19 +414,19 @@ func (c *Cluster) stopProcesses() error {
 
 // PIDs returns the process ids of etcd and kube-apiserver (0 when not running).
 func (c *Cluster) PIDs() (etcd, apiserver int) {
-	if c.etcd != nil && !c.etcd.exited() {
+	if c.etcd != nil && !c.etcd.Exited() {
 		etcd = c.etcd.cmd.Process.Pid
 	}
-	if c.apiserver != nil && !c.apiserver.exited() {
+	if c.apiserver != nil && !c.apiserver.Exited() {
 		apiserver = c.apiserver.cmd.Process.Pid
 	}
 	return etcd, apiserver
 }
 
 func (c *Cluster) logTails(logf func(string, ...any)) {
-	for _, p := range []*process{c.etcd, c.apiserver} {
+	for _, p := range []*Process{c.etcd, c.apiserver, c.scheduler, c.controllerManager} {
 		if p != nil {
-			logf("last lines of %s:\n%s", p.logPath, p.logTail(40))
+			logf("last lines of %s:\n%s", p.LogPath, p.LogTail(40))
 		}
 	}
 }

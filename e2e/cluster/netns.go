@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 
@@ -19,12 +20,30 @@ import (
 // that netns' 127.0.0.1 and forwards each connection to the API server in the caller's netns; TLS passes
 // through untouched. It brings the netns' lo up. The relay stops on Close.
 func (c *Cluster) ServeInNetNS(nsPath string) error {
+	return c.serveInNetNS(nsPath, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(c.Port)))
+}
+
+// ServiceIP and ServicePort are the kubernetes Service's ClusterIP (the first address of ServiceCIDR) and
+// port: what the kubelet tells every pod in KUBERNETES_SERVICE_HOST and _PORT.
+var (
+	ServiceIP   = netip.MustParseAddr("10.96.0.1")
+	ServicePort = uint16(443)
+)
+
+// ServeServiceInNetNS makes the API server reachable at the kubernetes Service's address, ServiceIP:443,
+// inside the netns at nsPath, as kube-proxy would for the pods of a node: in-cluster clients in host-network
+// pods (the agent, Multus) work unchanged. There is no kube-proxy here; ServiceIP goes on the netns' lo and
+// a relay listens there (the serving certificate names ServiceIP).
+func (c *Cluster) ServeServiceInNetNS(nsPath string) error {
+	return c.serveInNetNS(nsPath, netip.AddrPortFrom(ServiceIP, ServicePort))
+}
+
+func (c *Cluster) serveInNetNS(nsPath string, at netip.AddrPort) error {
 	netns, err := ns.GetNS(nsPath)
 	if err != nil {
 		return fmt.Errorf("serve API server in netns %s: %w", nsPath, err)
 	}
 	defer netns.Close()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port))
 	var l net.Listener
 	// A socket belongs to the netns of the thread that creates it, for its whole life.
 	err = netns.Do(func(ns.NetNS) error {
@@ -35,13 +54,19 @@ func (c *Cluster) ServeInNetNS(nsPath string) error {
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return fmt.Errorf("set lo up: %w", err)
 		}
-		l, err = net.Listen("tcp", addr)
+		if !at.Addr().IsLoopback() {
+			a := &netlink.Addr{IPNet: &net.IPNet{IP: at.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
+			if err := netlink.AddrReplace(lo, a); err != nil {
+				return fmt.Errorf("add %s to lo: %w", at.Addr(), err)
+			}
+		}
+		l, err = net.Listen("tcp", at.String())
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("serve API server in netns %s: %w", nsPath, err)
+		return fmt.Errorf("serve API server at %s in netns %s: %w", at, nsPath, err)
 	}
-	r := &relay{l: l, upstream: addr, conns: map[net.Conn]struct{}{}}
+	r := &relay{l: l, upstream: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Port)), conns: map[net.Conn]struct{}{}}
 	go r.serve()
 	c.mu.Lock()
 	c.proxies = append(c.proxies, r)

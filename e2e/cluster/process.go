@@ -15,26 +15,28 @@ import (
 // stopGrace is how long a process gets between SIGTERM and SIGKILL.
 const stopGrace = 10 * time.Second
 
-// process is one control-plane binary running as a child, its output in a log file.
-type process struct {
-	name    string
+// Process is one binary of the e2e (control plane, kubelet, containerd) running as a child, its output in a
+// log file.
+type Process struct {
+	Name    string
+	LogPath string
 	cmd     *exec.Cmd
-	logPath string
 	done    chan struct{} // closed when the process has exited
 	waitErr error         // set before done is closed
 }
 
-// startProcess runs bin with args, stdout and stderr appended to logPath.
+// StartProcess runs bin with args, stdout and stderr appended to logPath, in a process group of its own
+// (a terminal's Ctrl-C reaches only the test, which stops the children in order).
 //
 // The child gets SIGKILL if the thread that forked it dies (Pdeathsig), so a crashed test leaves no
 // control plane behind. The Go runtime ends locked threads whose goroutine exits (netns helpers do
 // that), so the fork happens on a dedicated thread that stays locked until the child has exited.
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+func StartProcess(name, bin string, args []string, logPath string) (*Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open %s log: %w", name, err)
 	}
-	p := &process{name: name, logPath: logPath, done: make(chan struct{})}
+	p := &Process{Name: name, LogPath: logPath, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = logf
 	p.cmd.Stderr = logf
@@ -58,8 +60,25 @@ func startProcess(name, bin string, args []string, logPath string) (*process, er
 	return p, nil
 }
 
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Kill sends SIGKILL to the process group and waits until the process has exited: a crash, not a stop.
+func (p *Process) Kill() error {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(stopGrace):
+		return fmt.Errorf("kill %s (pid %d): still running after SIGKILL", p.Name, p.cmd.Process.Pid)
+	}
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -68,10 +87,10 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop sends SIGTERM, waits up to stopGrace, then SIGKILLs the process group. A process that already
+// Stop sends SIGTERM, waits up to stopGrace, then SIGKILLs the process group. A process that already
 // exited is not an error: the caller reads its log.
-func (p *process) stop() error {
-	if p.exited() {
+func (p *Process) Stop() error {
+	if p.Exited() {
 		return nil
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -83,17 +102,17 @@ func (p *process) stop() error {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	select {
 	case <-p.done:
-		return fmt.Errorf("stop %s: killed after %s without exiting on SIGTERM", p.name, stopGrace)
+		return fmt.Errorf("stop %s: killed after %s without exiting on SIGTERM", p.Name, stopGrace)
 	case <-time.After(stopGrace):
-		return fmt.Errorf("stop %s (pid %d): still running after SIGKILL", p.name, p.cmd.Process.Pid)
+		return fmt.Errorf("stop %s (pid %d): still running after SIGKILL", p.Name, p.cmd.Process.Pid)
 	}
 }
 
-// logTail returns the last n lines of the process log, for error messages.
-func (p *process) logTail(n int) string {
-	data, err := os.ReadFile(p.logPath)
+// LogTail returns the last n lines of the process log, for error messages.
+func (p *Process) LogTail(n int) string {
+	data, err := os.ReadFile(p.LogPath)
 	if err != nil {
-		return fmt.Sprintf("(read %s: %v)", p.logPath, err)
+		return fmt.Sprintf("(read %s: %v)", p.LogPath, err)
 	}
 	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
 	if len(lines) > n {

@@ -18,7 +18,56 @@ const (
 	MultusVersion     = "v4.3.0"  // gopkg.in/k8snetworkplumbingwg/multus-cni.v4, thin plugin cmd/multus
 	CNIPluginsVersion = "v1.10.0" // github.com/containernetworking/plugins
 	CNIToolVersion    = "v1.3.1"  // github.com/containernetworking/cni/cnitool
+	// The real-node e2e's (e2e/realnode) node stack.
+	ContainerdVersion = "v2.4.2"  // github.com/containerd/containerd/v2: containerd, containerd-shim-runc-v2, ctr
+	RuncVersion       = "v1.5.3"  // github.com/opencontainers/runc
+	CrictlVersion     = "v1.37.0" // sigs.k8s.io/cri-tools/cmd/crictl
 )
+
+// NodeTool names one binary of the real-node e2e: the build.sh component it belongs to and its version.
+type NodeTool struct{ Component, Version, Binary string }
+
+// The real-node e2e's binaries, by build.sh component.
+var (
+	Kubelet               = NodeTool{"kube-node", KubernetesVersion, "kubelet"}
+	KubeScheduler         = NodeTool{"kube-node", KubernetesVersion, "kube-scheduler"}
+	KubeControllerManager = NodeTool{"kube-node", KubernetesVersion, "kube-controller-manager"}
+	Kubectl               = NodeTool{"kube-node", KubernetesVersion, "kubectl"}
+	Containerd            = NodeTool{"containerd", ContainerdVersion, "containerd"}
+	ContainerdShim        = NodeTool{"containerd", ContainerdVersion, "containerd-shim-runc-v2"}
+	Ctr                   = NodeTool{"containerd", ContainerdVersion, "ctr"}
+	Runc                  = NodeTool{"runc", RuncVersion, "runc"}
+	Crictl                = NodeTool{"crictl", CrictlVersion, "crictl"}
+	MultusDaemon          = NodeTool{"multus", MultusVersion, "multus-daemon"}
+	MultusShim            = NodeTool{"multus", MultusVersion, "multus-shim"}
+	MultusThinEntrypoint  = NodeTool{"multus", MultusVersion, "thin_entrypoint"}
+	MultusInstaller       = NodeTool{"multus", MultusVersion, "install_multus"}
+)
+
+// FindNodeTool locates one binary the way FindTools does: in $MULTINIC_TOOLS_DIR when set, else in the
+// repository's bin/tools, else in its build.sh cache folder for the running Go version.
+func FindNodeTool(t NodeTool) (string, error) {
+	var dirs []string
+	if dir := os.Getenv(ToolsDirEnv); dir != "" {
+		dirs = append(dirs, dir)
+	} else {
+		if root, err := repoRoot(); err == nil {
+			dirs = append(dirs, filepath.Join(root, "bin", "tools"))
+		}
+		cache, err := toolsCache()
+		if err != nil {
+			return "", err
+		}
+		dirs = append(dirs, filepath.Join(cache, t.Component+"-"+t.Version+"-"+runtime.Version()))
+	}
+	for _, d := range dirs {
+		p, _ := filepath.Abs(filepath.Join(d, t.Binary))
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s %s not in %s (bash e2e/tools/build.sh node)", ErrToolsMissing, t.Binary, t.Version, strings.Join(dirs, ", "))
+}
 
 // Environment variables that place the tools; build.sh reads the same ones.
 const (

@@ -18,7 +18,10 @@ func TestVersionsMatchWrapperModules(t *testing.T) {
 	for _, tc := range []struct {
 		modDir, module, want string
 	}{
-		{"kube-apiserver", "k8s.io/kubernetes", KubernetesVersion},
+		{"kubernetes", "k8s.io/kubernetes", KubernetesVersion},
+		{"containerd", "github.com/containerd/containerd/v2", ContainerdVersion},
+		{"runc", "github.com/opencontainers/runc", RuncVersion},
+		{"cri-tools", "sigs.k8s.io/cri-tools", CrictlVersion},
 		{"etcd", "go.etcd.io/etcd/server/v3", EtcdVersion},
 		{"multus", "gopkg.in/k8snetworkplumbingwg/multus-cni.v4", MultusVersion},
 		{"cni", "github.com/containernetworking/plugins", CNIPluginsVersion},
