@@ -8,13 +8,15 @@ BINARIES  := fake-ec2 multinic multinic-agent
 # Packages whose tests need kernel features this host lacks (ipvlan, dummy, vlan): run in the test VM.
 VM_PKGS   ?= ./plugin/ ./e2e/nodes/
 GOTEST    ?= $(GO) test -count=1
+# The multinic image's reference (`make image`); manifests/kustomization.yaml's `images:` names the same.
+IMAGE     ?= ghcr.io/multinic/multinic:dev
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
 FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle)$$/^ipvlan$$
 
-.PHONY: help build test test-unit test-vm test-fuzz e2e e2e-vm bench demo lint fuzz clean
+.PHONY: help build image test test-unit test-vm test-fuzz e2e e2e-vm bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +24,9 @@ help: ## list the targets
 build: ## build every binary into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
+	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
 
 test: lint build test-unit test-vm test-fuzz e2e ## the whole suite CI runs: lint, unit + root tests, kernel tests in the VM, short fuzzing, e2e
 	@echo "make test: all suites passed"
