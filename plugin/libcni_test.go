@@ -137,7 +137,10 @@ func TestLibcni(t *testing.T) {
 				e.agent.mu.Lock()
 				e.agent.status = api.Status{Ready: true}
 				e.agent.allocs[attachment{"stale", podIfName}] = api.Allocation{AllocateRequest: api.AllocateRequest{
-					Card: card, ContainerID: "stale", IfName: podIfName, Exclusive: true}}
+					Card: card, ContainerID: "stale", IfName: podIfName, Exclusive: true, Network: "card1"}}
+				// Another network on the same card and mode: libcni's list is this network's only.
+				e.agent.allocs[attachment{"other-network", podIfName}] = api.Allocation{AllocateRequest: api.AllocateRequest{
+					Card: card, ContainerID: "other-network", IfName: podIfName, Exclusive: true, Network: "card1-by-hand"}}
 				e.agent.mu.Unlock()
 				valid := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: e.containerID, IfName: podIfName}}}
 				if err := inNode(func() error { return cni.GCNetworkList(ctx, list, valid) }); err != nil {
@@ -146,6 +149,9 @@ func TestLibcni(t *testing.T) {
 				if !e.agent.released("stale", podIfName) || e.agent.released(e.containerID, podIfName) {
 					t.Errorf("GC released %v, want only stale/net1", e.agent.releases)
 				}
+				e.agent.mu.Lock()
+				delete(e.agent.allocs, attachment{"other-network", podIfName})
+				e.agent.mu.Unlock()
 			}
 
 			for i := range 2 {

@@ -85,7 +85,8 @@ func (p *Plugin) Check(args *skel.CmdArgs) error { return cniError(p.check(args)
 // Status is CNI STATUS: code 50 when ADD cannot be served now.
 func (p *Plugin) Status(args *skel.CmdArgs) error { return cniError(p.status(args)) }
 
-// GC is CNI GC: it releases this network's allocations that are not valid attachments.
+// GC is CNI GC: it releases this network's allocations (by name, card and mode) that are not valid
+// attachments.
 func (p *Plugin) GC(args *skel.CmdArgs) error { return cniError(p.gc(args)) }
 
 func (p *Plugin) step(s Step) error {
@@ -225,6 +226,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 		PodUID:       string(k8s.K8S_POD_UID),
 		Exclusive:    conf.Mode == ModeExclusive,
 		Netns:        args.Netns,
+		Network:      conf.Name,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -486,6 +488,15 @@ func (p *Plugin) status(args *skel.CmdArgs) error {
 	return nil
 }
 
+// gcCandidate says whether a GC of conf's network may free a: it must be this network's, by name, card and
+// mode. The valid attachments list only this network's attachments, so another network's allocation (a
+// hand-written NAD on the same card and mode) is not this GC's to judge. An allocation without a network
+// name (made by a plugin older than the field) is kept: the agent's own GC frees it once its pod is gone.
+func gcCandidate(conf *Config, a api.Allocation) bool {
+	return a.Network != "" && a.Network == conf.Name &&
+		a.Card == conf.Card && a.Exclusive == (conf.Mode == ModeExclusive)
+}
+
 func (p *Plugin) gc(args *skel.CmdArgs) error {
 	conf, err := loadConf(args.StdinData)
 	if err != nil {
@@ -503,8 +514,7 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 	}
 	var errs []error
 	for _, a := range allocs {
-		if a.Card != conf.Card || a.Exclusive != (conf.Mode == ModeExclusive) ||
-			valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
+		if !gcCandidate(conf, a) || valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
 			continue
 		}
 		if err := p.remove(client, conf, a.ContainerID, a.IfName, a.Netns); err != nil {

@@ -1,7 +1,9 @@
 package plugin
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -76,7 +78,7 @@ func TestAddCheckDel(t *testing.T) {
 			}
 			req := e.agent.allocates[0]
 			wantReq := api.AllocateRequest{Card: card, ContainerID: e.containerID, IfName: podIfName, PodNamespace: "default",
-				PodName: "pod-a", PodUID: "uid-a", Exclusive: m.exclusive, Netns: e.pod.Path()}
+				PodName: "pod-a", PodUID: "uid-a", Exclusive: m.exclusive, Netns: e.pod.Path(), Network: "card1"}
 			if req != wantReq {
 				t.Errorf("allocate request = %+v, want %+v", req, wantReq)
 			}
@@ -595,8 +597,8 @@ func TestStatus(t *testing.T) {
 	}
 }
 
-// TestGC releases what is not valid, on this network's card only, and cleans the link when the netns
-// is still there.
+// TestGC releases what is not valid, of this network only (by name, card and mode), and cleans the link
+// when the netns is still there. An allocation without a network name (an older plugin's) is kept.
 func TestGC(t *testing.T) {
 	e := newEnv(t, true)
 	args := e.args(e.conf(ModeExclusive, ""))
@@ -605,9 +607,11 @@ func TestGC(t *testing.T) {
 	}
 	e.agent.mu.Lock()
 	for _, a := range []api.Allocation{
-		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "valid", IfName: "net1", Exclusive: true}},
-		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "gone", IfName: "net1", Exclusive: true, Netns: "/var/run/netns/nosuch"}},
-		{AllocateRequest: api.AllocateRequest{Card: 2, ContainerID: "other-card", IfName: "net2", Exclusive: true}},
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "valid", IfName: "net1", Exclusive: true, Network: "card1"}},
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "gone", IfName: "net1", Exclusive: true, Netns: "/var/run/netns/nosuch", Network: "card1"}},
+		{AllocateRequest: api.AllocateRequest{Card: 2, ContainerID: "other-card", IfName: "net2", Exclusive: true, Network: "card1"}},
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "other-network", IfName: "net3", Exclusive: true, Network: "card1-by-hand"}},
+		{AllocateRequest: api.AllocateRequest{Card: card, ContainerID: "no-network", IfName: "net1", Exclusive: true}},
 	} {
 		e.agent.allocs[attachment{a.ContainerID, a.IfName}] = a
 	}
@@ -619,7 +623,10 @@ func TestGC(t *testing.T) {
 	for _, tc := range []struct {
 		id, ifName string
 		want       bool
-	}{{"valid", "net1", false}, {"gone", "net1", true}, {"other-card", "net2", false}, {e.containerID, podIfName, true}} {
+	}{
+		{"valid", "net1", false}, {"gone", "net1", true}, {"other-card", "net2", false}, {e.containerID, podIfName, true},
+		{"other-network", "net3", false}, {"no-network", "net1", false},
+	} {
 		if got := e.agent.released(tc.id, tc.ifName); got != tc.want {
 			t.Errorf("released %s/%s = %t, want %t", tc.id, tc.ifName, got, tc.want)
 		}
@@ -628,6 +635,32 @@ func TestGC(t *testing.T) {
 	e.requireENIHome()
 	if s := e.podState(); !slices.Equal(s.links, []string{"lo"}) || len(s.rules) != 0 || len(s.tableRoutes) != 0 {
 		t.Errorf("pod netns after GC = %+v, want only lo", s)
+	}
+}
+
+// TestGCTwoNetworks: two networks on one card and mode (the published NAD and a hand-written one). A GC of
+// the other network, whose valid attachments cannot list this pod, leaves the pod's link and address alone;
+// a GC of the pod's own network that lists it does too.
+func TestGCTwoNetworks(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(ModeExclusive, ""))
+	res, err := e.add(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.del(args) })
+	other := bytes.Replace(e.conf(ModeExclusive, `"cni.dev/valid-attachments": []`), []byte(`"card1"`), []byte(`"card1-by-hand"`), 1)
+	own := e.conf(ModeExclusive, fmt.Sprintf(`"cni.dev/attachments": [{"containerID": %q, "ifname": %q}]`, e.containerID, podIfName))
+	for _, gcConf := range [][]byte{other, own} {
+		if err := e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) }); err != nil {
+			t.Fatalf("GC %s: %v", gcConf, err)
+		}
+		if e.agent.released(e.containerID, podIfName) || e.agent.numAllocs() != 1 {
+			t.Fatalf("GC %s released the live pod's address", gcConf)
+		}
+		if err := e.check(args, res); err != nil {
+			t.Fatalf("CHECK after GC %s: %v", gcConf, err)
+		}
 	}
 }
 

@@ -266,7 +266,7 @@ func (a *Agent) toAPI(al allocator.Allocation) api.Allocation {
 		AllocateRequest: api.AllocateRequest{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
 			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID,
-			Exclusive: al.Exclusive, Netns: al.Netns,
+			Exclusive: al.Exclusive, Netns: al.Netns, Network: al.Network,
 		},
 		Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
 	}

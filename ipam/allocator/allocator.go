@@ -34,6 +34,8 @@ type Request struct {
 	Exclusive bool
 	// Netns is the pod's netns path (CNI_NETNS), kept for the agent's GC; empty when unknown.
 	Netns string
+	// Network is the CNI network's name, which scopes the plugin's CNI GC; empty when unknown.
+	Network string
 }
 
 // Allocation is a granted Request.
@@ -225,7 +227,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 		cp.Allocations = append(cp.Allocations, store.Allocation{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
 			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID, Exclusive: al.Exclusive,
-			Netns: al.Netns, Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
+			Netns: al.Netns, Network: al.Network, Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
 		})
 	}
 	for _, p := range a.knownLocked() {
@@ -255,7 +257,7 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 		al := &Allocation{
 			Request: Request{Card: sa.Card, ContainerID: sa.ContainerID, IfName: sa.IfName,
 				PodNamespace: sa.PodNamespace, PodName: sa.PodName, PodUID: sa.PodUID, Exclusive: sa.Exclusive,
-				Netns: sa.Netns},
+				Netns: sa.Netns, Network: sa.Network},
 			Address: sa.Address, ENIID: sa.ENIID, AllocatedAt: sa.AllocatedAt,
 		}
 		if err := checkRequest(al.Request); err != nil {
@@ -383,8 +385,9 @@ func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time)
 }
 
 // Allocate grants req an address on its card and returns only once that is persisted.
-//   - The same (ContainerID, IfName) again returns the same allocation, changing nothing but a Netns it
-//     lacked (the first known netns stays); with a different card, pod or mode it is ErrInterfaceTaken.
+//   - The same (ContainerID, IfName) again returns the same allocation, changing nothing but a Netns or a
+//     Network it lacked (the first known stays); with a different card, pod, mode or network it is
+//     ErrInterfaceTaken.
 //   - The same pod holding the card under another (container, interface) is ErrCardTaken (*CardTakenError).
 //   - No usable address (or exclusive ENI) is ErrPoolEmpty (*PoolEmptyError); see WaitForAddress.
 func (a *Allocator) Allocate(req Request) (Allocation, error) {
@@ -406,10 +409,20 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
 				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), ErrInterfaceTaken)
 		}
-		if cur.Netns == "" && req.Netns != "" {
-			cur.Netns = req.Netns
+		if cur.Network != "" && req.Network != "" && cur.Network != req.Network {
+			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for network %s: %w",
+				req.ContainerID, req.IfName, cur.Address, cur.Card, cur.Network, ErrInterfaceTaken)
+		}
+		if (cur.Netns == "" && req.Netns != "") || (cur.Network == "" && req.Network != "") {
+			before := cur.Request
+			if cur.Netns == "" {
+				cur.Netns = req.Netns
+			}
+			if cur.Network == "" {
+				cur.Network = req.Network
+			}
 			if err := a.persist(); err != nil {
-				cur.Netns = ""
+				cur.Request = before
 				return Allocation{}, err
 			}
 		}

@@ -112,6 +112,35 @@ func TestAllocateRules(t *testing.T) {
 	}
 }
 
+// A repeated Allocate records a network name the allocation lacks (made by an older plugin) and keeps the
+// one it has; another network's name for the same (container, interface) is ErrInterfaceTaken.
+func TestAllocateAgainNetwork(t *testing.T) {
+	a, st, _ := newTest(t)
+	seed(t, a, 2, 2)
+	first := mustAllocate(t, a, req(1, 2))
+	r := req(1, 2)
+	r.Network = "card-2"
+	got := mustAllocate(t, a, r)
+	if got.Network != "card-2" || got.Address != first.Address {
+		t.Fatalf("again with a network: %+v, want %s with network card-2", got, first.Address)
+	}
+	r.Network = "other"
+	if _, err := a.Allocate(r); !errors.Is(err, ErrInterfaceTaken) {
+		t.Errorf("again with another network: %v, want ErrInterfaceTaken", err)
+	}
+	r.Network = ""
+	if got := mustAllocate(t, a, r); got.Network != "card-2" {
+		t.Errorf("again without a network: network %q, want card-2 kept", got.Network)
+	}
+	restored, err := New(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if al, _ := restored.Lookup("sandbox-1", "net2"); al.Network != "card-2" {
+		t.Errorf("restored network %q, want card-2", al.Network)
+	}
+}
+
 // A repeated Allocate records a netns the allocation lacks and keeps the one it has, writing only to
 // record one.
 func TestAllocateAgainNetns(t *testing.T) {

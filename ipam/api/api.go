@@ -26,6 +26,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/utils"
+
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -64,6 +66,9 @@ type AllocateRequest struct {
 	Exclusive bool `json:"exclusive,omitempty"`
 	// Netns is CNI_NETNS, an absolute path; the agent's GC frees the allocation once it no longer exists.
 	Netns string `json:"netns,omitempty"`
+	// Network is the CNI configuration's "name": a CNI GC of one network frees only that network's
+	// allocations. Empty from plugins older than the field; such an allocation is never freed by CNI GC.
+	Network string `json:"network,omitempty"`
 }
 
 // AllocateResponse is a granted AllocateRequest: what the plugin needs to build the pod interface.
@@ -130,6 +135,9 @@ func (r AllocateRequest) Validate() error {
 	if err := checkIDs(r.ContainerID, r.IfName); err != nil {
 		return err
 	}
+	if err := checkNetwork(r.Network); err != nil {
+		return err
+	}
 	if r.Netns != "" && !filepath.IsAbs(r.Netns) {
 		return invalidf("\"netns\" %q invalid: must be an absolute path", r.Netns)
 	}
@@ -139,24 +147,36 @@ func (r AllocateRequest) Validate() error {
 // Validate checks the release request; errors match ErrInvalid and name the JSON key.
 func (r ReleaseRequest) Validate() error { return checkIDs(r.ContainerID, r.IfName) }
 
+// checkIDs applies CNI's own rules (as skel and libcni check CNI_CONTAINERID and CNI_IFNAME), so that a
+// local client cannot store what no runtime could send.
 func checkIDs(containerID, ifName string) error {
 	if containerID == "" {
 		return invalidf("\"containerID\" is required")
+	}
+	if e := utils.ValidateContainerID(containerID); e != nil {
+		return invalidf("\"containerID\" %q invalid: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*", containerID)
 	}
 	return checkIfName(ifName)
 }
 
 // checkIfName applies the kernel's rules for interface names, as CNI does.
 func checkIfName(name string) error {
-	switch {
-	case name == "":
+	if name == "" {
 		return invalidf("\"ifName\" is required")
-	case len(name) > maxIfNameLen:
-		return invalidf("\"ifName\" %q invalid: longer than %d bytes", name, maxIfNameLen)
-	case name == "." || name == "..":
-		return invalidf("\"ifName\" %q invalid", name)
-	case strings.ContainsAny(name, "/: \t\n\r\x00"):
-		return invalidf("\"ifName\" %q invalid: contains '/', ':' or whitespace", name)
+	}
+	if e := utils.ValidateInterfaceName(name); e != nil || strings.ContainsRune(name, 0) {
+		return invalidf("\"ifName\" %q invalid: at most %d bytes, not \".\" or \"..\", no '/', ':' or whitespace", name, maxIfNameLen)
+	}
+	return nil
+}
+
+// checkNetwork applies CNI's rule for network names to a non-empty name.
+func checkNetwork(name string) error {
+	if name == "" {
+		return nil
+	}
+	if e := utils.ValidateNetworkName(name); e != nil {
+		return invalidf("\"network\" %q invalid: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
 	}
 	return nil
 }
@@ -172,6 +192,7 @@ func (r AllocateRequest) AllocatorRequest() allocator.Request {
 		PodUID:       r.PodUID,
 		Exclusive:    r.Exclusive,
 		Netns:        r.Netns,
+		Network:      r.Network,
 	}
 }
 

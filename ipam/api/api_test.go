@@ -29,6 +29,7 @@ var testRequest = AllocateRequest{
 	PodName:      "trainer-0",
 	PodUID:       "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11",
 	Netns:        "/var/run/netns/cni-1234",
+	Network:      "multinic-card-3",
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -113,7 +114,7 @@ func TestWireNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `{"card":3,"containerID":"5f2c9e0a","ifName":"net1","podNamespace":"ml","podName":"trainer-0",` +
-		`"podUID":"0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11","netns":"/var/run/netns/cni-1234"}`
+		`"podUID":"0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11","netns":"/var/run/netns/cni-1234","network":"multinic-card-3"}`
 	if string(b) != want {
 		t.Errorf("AllocateRequest on the wire:\n got %s\nwant %s", b, want)
 	}
@@ -240,6 +241,13 @@ func TestBadRequests(t *testing.T) {
 		{"missing container", "POST", pathAllocate, `{"card":1,"ifName":"net1"}`, 400, `"containerID" is required`},
 		{"long ifname", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1234567890abc"}`, 400, `"ifName"`},
 		{"ifname with slash", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a/b"}`, 400, `"ifName"`},
+		{"ifname dot", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":".."}`, 400, `"ifName"`},
+		{"ifname with space", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a b"}`, 400, `"ifName"`},
+		{"ifname with colon", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a:b"}`, 400, `"ifName"`},
+		{"container id with slash", "POST", pathAllocate, `{"card":1,"containerID":"../etc","ifName":"net1"}`, 400, `"containerID" "../etc" invalid`},
+		{"container id starting with dash", "POST", pathAllocate, `{"card":1,"containerID":"-c","ifName":"net1"}`, 400, `"containerID"`},
+		{"network with space", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1","network":"a b"}`, 400, `"network" "a b" invalid`},
+		{"release container id with slash", "POST", pathRelease, `{"containerID":"a/b","ifName":"net1"}`, 400, `"containerID"`},
 		{"relative netns", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1","netns":"ns"}`, 400, `"netns"`},
 		{"malformed", "POST", pathAllocate, `{"card":1,`, 400, "truncated"},
 		{"syntax", "POST", pathAllocate, `{"card":1 "x"}`, 400, "malformed JSON"},

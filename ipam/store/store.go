@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// Version is the checkpoint format this build writes and the newest it reads. Adding an optional field
-// (Allocation.Netns) kept it at 1: a checkpoint without the field loads with it empty, and a build that
+// Version is the checkpoint format this build writes and the newest it reads. Adding optional fields
+// (Allocation.Netns, Allocation.Network) kept it at 1: a checkpoint without the field loads with it empty, and a build that
 // does not know it ignores it, so neither direction needs a conversion.
 const Version = 1
 
@@ -50,7 +50,8 @@ type Allocation struct {
 	PodName      string     `json:"podName,omitempty"`
 	PodUID       string     `json:"podUID,omitempty"`
 	Exclusive    bool       `json:"exclusive,omitempty"`
-	Netns        string     `json:"netns,omitempty"` // CNI_NETNS; empty when unknown
+	Netns        string     `json:"netns,omitempty"`   // CNI_NETNS; empty when unknown
+	Network      string     `json:"network,omitempty"` // the CNI network's name; empty when unknown
 	Address      netip.Addr `json:"address"`
 	ENIID        string     `json:"eniID"`
 	AllocatedAt  time.Time  `json:"allocatedAt"`

@@ -16,7 +16,7 @@ func sample() Checkpoint {
 	return Checkpoint{
 		Allocations: []Allocation{{
 			Card: 3, ContainerID: "c1", IfName: "net1", PodNamespace: "ns", PodName: "p", PodUID: "u1",
-			Netns: "/var/run/netns/cni-1", Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
+			Netns: "/var/run/netns/cni-1", Network: "multinic-card-3", Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
 		}, {
 			Card: 4, ContainerID: "c1", IfName: "net2", PodNamespace: "ns", PodName: "p", PodUID: "u1",
 			Exclusive: true, Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", AllocatedAt: at,
@@ -153,7 +153,8 @@ func globTemps(t *testing.T, dir string) []string {
 	return m
 }
 
-// TestLoadWithoutNetns: a checkpoint written before allocations had a netns loads, the netns unknown.
+// TestLoadWithoutNetns: a checkpoint written before allocations had a netns and a network name loads, both
+// unknown.
 func TestLoadWithoutNetns(t *testing.T) {
 	s := lockedStore(t, t.TempDir())
 	old := `{"version":1,"allocations":[{"card":3,"containerID":"c1","ifName":"net1","podUID":"u1",` +
