@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,7 @@ type options struct {
 	waitTimeout  time.Duration
 	gcGrace      time.Duration
 	gcInterval   time.Duration
+	netnsDirs    []string
 	refill       time.Duration
 	reconcile    time.Duration
 	mtu          int
@@ -128,7 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "directory of the crash-safe checkpoint; locked so that one agent at a time uses it")
 	fs.StringVar(&o.cluster, "cluster", "", "cluster name, written to the tag "+eni.TagCluster+" of every ENI the agent creates (required)")
 	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(), "Kubernetes node name: the GC's pod list selector and the tag "+eni.TagNodeName+"; taken from $NODE_NAME, else the hostname")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", "", `kubeconfig for the API server, or "`+InClusterKubeconfig+`" for the pod's service account; GC then frees allocations of pods no longer on this node, and NADs and node resources are published. Empty: GC frees allocations whose netns path is gone, nothing is published`)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", `kubeconfig for the API server, or "`+InClusterKubeconfig+`" for the pod's service account; GC then frees an allocation once its pod is gone from this node (an informer on the node's pods) and its recorded netns is gone too, and NADs and node resources are published. Empty: GC frees allocations whose netns path is gone, nothing is published`)
 	managed := fs.String("managed-cards", "", `network cards to serve: "" = every card but the default card (0), "all", or a list like "1,2,5-7"`)
 	subnets := fs.String("subnet-per-card", "", `subnet of each card's ENIs, e.g. "1=subnet-0a,2=subnet-0b"; cards not listed use the primary ENI's subnet`)
 	groups := fs.String("security-groups", "", `security groups of the ENIs the agent creates: "sg-1,sg-2" for every card and/or "3=sg-9" for one card (repeat the card for several groups); default the primary ENI's`)
@@ -141,6 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", agent.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
 	fs.DurationVar(&o.gcGrace, "gc-grace", agent.DefaultGCGrace, "how long a pod must have been seen gone before GC frees its allocations")
 	fs.DurationVar(&o.gcInterval, "gc-interval", agent.DefaultGCInterval, "time between GC passes")
+	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
 	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
 	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")
 	fs.IntVar(&o.mtu, "mtu", eni.DefaultMTU, "MTU set on every ENI link")
@@ -168,6 +171,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var err error
 	if o.managedCards, o.allCards, err = eni.ParseCards(*managed); err != nil {
 		return o, fmt.Errorf("--managed-cards: %w", err)
+	}
+	o.netnsDirs = splitList(*netnsDirs)
+	for _, d := range o.netnsDirs {
+		if !filepath.IsAbs(d) {
+			return o, fmt.Errorf("--netns-dirs %q invalid: %q is not an absolute path", *netnsDirs, d)
+		}
 	}
 	if o.cards, err = parseCardConfig(*subnets, *groups); err != nil {
 		return o, err

@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 	}
 	ag, err := agent.New(agent.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout,
-		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval,
+		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
 		Cards:    mgr.ManagedCards,
 		EC2Stats: func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
 		Logger:   logger.With("component", "agent"),

@@ -47,10 +47,13 @@ type Config struct {
 	// context bounds it too.
 	WaitTimeout time.Duration
 
-	// NodeName is this node's Kubernetes name, for the pod list of GC.
+	// NodeName is this node's Kubernetes name, for the pod view of GC.
 	NodeName string
-	// Kube, when set, is how GC learns which pods live on the node; nil: GC goes by netns existence.
+	// Kube, when set, is how GC learns which pods live on the node (an informer on the node's pods, started
+	// by Run); nil: GC goes by netns existence alone.
 	Kube kubernetes.Interface
+	// NetnsDirs are the directories whose netns paths GC takes as evidence (nil: DefaultNetnsDirs).
+	NetnsDirs []string
 	// GCGrace: an allocation is released once its pod has been seen gone for this long, on two passes
 	// at least (0: DefaultGCGrace).
 	GCGrace time.Duration
@@ -76,6 +79,8 @@ type Agent struct {
 	log     *slog.Logger
 	metrics *metrics
 	gc      *gcState
+	// pods is the node's pod view; nil without Config.Kube.
+	pods *podView
 }
 
 // New returns an agent over a restored allocator.
@@ -107,12 +112,21 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.NetnsDirs == nil {
+		cfg.NetnsDirs = DefaultNetnsDirs
+	}
+	if cfg.Kube != nil && cfg.NodeName == "" {
+		return nil, errors.New("new agent: node name required with a Kube client")
+	}
 	a := &Agent{
 		cfg:   cfg,
 		alloc: cfg.Allocator,
 		pools: cfg.Pools,
 		log:   cfg.Logger,
-		gc:    &gcState{seen: map[gcKey]gcSeen{}},
+		gc:    &gcState{seen: map[gcKey]gcSeen{}, unseen: map[gcKey]bool{}},
+	}
+	if cfg.Kube != nil {
+		a.pods = newPodView(cfg.Kube, cfg.NodeName)
 	}
 	a.metrics = newMetrics(a)
 	return a, nil
@@ -291,8 +305,16 @@ func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
 	return st, nil
 }
 
-// Run runs GC every GCInterval until ctx ends. It returns nil once ctx ends.
+// Run starts the pod view (with a Kube client), waits until it has synced, and runs GC every GCInterval
+// until ctx ends. It returns nil once ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.pods != nil {
+		a.pods.start(ctx)
+		if !a.pods.waitSynced(ctx) {
+			return nil
+		}
+		a.log.Info("pod view of the node synced", "node", a.cfg.NodeName)
+	}
 	t := time.NewTicker(a.cfg.GCInterval)
 	defer t.Stop()
 	for {

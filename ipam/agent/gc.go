@@ -7,12 +7,11 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 
 	"github.com/multinic/multinic/ipam/allocator"
 )
@@ -22,6 +21,18 @@ const (
 	reasonPodGone   = "pod-gone"
 	reasonNetnsGone = "netns-gone"
 )
+
+// Reasons a GC pass freed nothing, the values of the reason label of multinic_gc_refusals_total.
+const (
+	// refusalAllAllocations: the pass would have freed every allocation on the node.
+	refusalAllAllocations = "all-allocations"
+	// refusalNotSynced: the pod view had not listed the node's pods yet.
+	refusalNotSynced = "pod-view-not-synced"
+)
+
+// DefaultNetnsDirs are where runtimes create pod netns (containerd and CRI-O: /var/run/netns, which is
+// /run/netns on most hosts). A recorded netns path elsewhere is not evidence either way.
+var DefaultNetnsDirs = []string{"/var/run/netns", "/run/netns"}
 
 // gcKey names one allocation exactly: a released and re-made allocation of the same pair is another one.
 type gcKey struct {
@@ -43,38 +54,60 @@ type gcSeen struct {
 type gcState struct {
 	mu   sync.Mutex // one pass at a time
 	seen map[gcKey]gcSeen
+	// unseen are the allocations whose netns path is outside NetnsDirs, logged once each.
+	unseen map[gcKey]bool
+	// refusal is why the last pass freed nothing though it had something to free; "" when it did not refuse.
+	refusal atomic.Pointer[string]
 }
 
 // podKey is a pod as the API server names it.
 type podKey struct{ namespace, name string }
 
 // CollectGarbage runs one GC pass: it releases the allocations whose pod has been seen gone on two passes
-// at least, GCGrace apart or more. With a Kube client a pod is gone when the API server's pod list for
-// this node no longer has it (by namespace/name, and UID when known) or shows it finished; allocations
-// without a pod name, and every allocation without a Kube client, go by their netns path: gone once the
-// path no longer exists. An allocation without a recorded netns is never collected that way. When the pod
-// list fails, nothing is released in this pass. It returns how many allocations it released.
+// at least, GCGrace apart or more. When in doubt it keeps:
+//   - With a Kube client a pod is gone when the synced pod view of this node no longer has it (by
+//     namespace/name, and UID, a mirror pod's config hash standing for the static pod's UID) or shows it
+//     finished, AND, where a netns path was recorded, that netns is gone too. Until the view has synced,
+//     nothing is released.
+//   - Allocations without a pod name, and every allocation without a Kube client, go by their netns path
+//     alone: gone once it no longer exists. An allocation without a recorded netns is never collected that way.
+//   - A netns path is evidence only in one of NetnsDirs, and only while that directory is there.
+//   - With a Kube client, a pass that would release every allocation on the node releases nothing: that is
+//     what a wrong node name or an API server answering an empty list look like. It says so in the log, in
+//     multinic_gc_refusals_total and on /readyz.
+//
+// It returns how many allocations it released.
 func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 	a.gc.mu.Lock()
 	defer a.gc.mu.Unlock()
 	now := a.cfg.Now()
 	als := a.alloc.List()
 
-	var pods map[podKey]string // name -> UID of the live pods on the node
-	if a.cfg.Kube != nil {
+	var pods map[podKey][]string // namespace/name -> the UIDs of the live pods on the node
+	if a.pods != nil {
 		var err error
-		if pods, err = a.livePods(ctx); err != nil {
-			return 0, err
+		if pods, err = a.pods.livePods(); err != nil {
+			a.metrics.gcRefusals.WithLabelValues(refusalNotSynced).Inc()
+			return 0, fmt.Errorf("collect garbage: %w", err)
 		}
 	}
 	next := make(map[gcKey]gcSeen)
+	unseen := make(map[gcKey]bool)
 	due := make(map[gcKey]string)
 	for _, al := range als {
-		reason := a.gone(al, pods)
+		k := keyFor(al)
+		reason, visible := a.gone(al, pods)
+		if !visible {
+			unseen[k] = true
+			if !a.gc.unseen[k] {
+				a.log.Warn("allocation's netns is outside the netns directories the agent sees: GC keeps it",
+					"card", al.Card, "container", al.ContainerID, "ifname", al.IfName, "netns", al.Netns,
+					"netnsDirs", a.cfg.NetnsDirs)
+			}
+		}
 		if reason == "" {
 			continue
 		}
-		k := keyFor(al)
 		s, ok := a.gc.seen[k]
 		if !ok {
 			s = gcSeen{first: now}
@@ -90,6 +123,17 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 		}
 	}
 	a.gc.seen = next
+	a.gc.unseen = unseen
+
+	if pods != nil && len(due) > 0 && len(due) == len(als) {
+		why := fmt.Sprintf("GC refused to free all %d allocations of node %q: the API server lists %d live pods "+
+			"on it and none holds one; check --node-name and the API server", len(als), a.cfg.NodeName, len(pods))
+		a.gc.refusal.Store(&why)
+		a.metrics.gcRefusals.WithLabelValues(refusalAllAllocations).Inc()
+		a.log.Error(why, "allocations", len(als), "livePods", len(pods))
+		return 0, nil
+	}
+	a.gc.refusal.Store(nil)
 
 	var released []allocator.Allocation
 	if len(due) > 0 {
@@ -113,48 +157,53 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 	return len(released), nil
 }
 
-// gone returns why al's pod is gone, or "" when it is not (or cannot be told).
-func (a *Agent) gone(al allocator.Allocation, pods map[podKey]string) string {
-	if pods != nil && al.PodName != "" {
-		uid, ok := pods[podKey{al.PodNamespace, al.PodName}]
-		if !ok || (al.PodUID != "" && uid != al.PodUID) {
-			return reasonPodGone
-		}
-		return ""
-	}
-	if al.Netns == "" {
-		return ""
-	}
-	if _, err := os.Lstat(al.Netns); errors.Is(err, fs.ErrNotExist) {
-		return reasonNetnsGone
+// gcRefusal is why the last GC pass refused to free anything, or "".
+func (a *Agent) gcRefusal() string {
+	if p := a.gc.refusal.Load(); p != nil {
+		return *p
 	}
 	return ""
 }
 
-// livePods lists the pods bound to this node that have not finished, by name, with their UIDs.
-func (a *Agent) livePods(ctx context.Context) (map[podKey]string, error) {
-	sel := fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
-	pods := map[podKey]string{}
-	opts := metav1.ListOptions{FieldSelector: sel, Limit: 500}
-	for {
-		list, err := a.cfg.Kube.CoreV1().Pods(metav1.NamespaceAll).List(ctx, opts)
-		if err != nil {
-			return nil, fmt.Errorf("list pods on node %s: %w", a.cfg.NodeName, err)
+// gone returns why al's pod is gone, or "" when it is not (or cannot be told); visible is false when al's
+// netns path was consulted but lies outside NetnsDirs.
+func (a *Agent) gone(al allocator.Allocation, pods map[podKey][]string) (reason string, visible bool) {
+	if pods != nil && al.PodName != "" {
+		uids, ok := pods[podKey{al.PodNamespace, al.PodName}]
+		if ok && (al.PodUID == "" || slices.Contains(uids, al.PodUID)) {
+			return "", true
 		}
-		for _, p := range list.Items {
-			// The selector is the server's job; checking again costs nothing and keeps a misbehaving
-			// server (or a fake) from keeping another node's pod alive here.
-			if p.Spec.NodeName != a.cfg.NodeName {
-				continue
-			}
-			if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-				continue
-			}
-			pods[podKey{p.Namespace, p.Name}] = string(p.UID)
+		if al.Netns == "" {
+			return reasonPodGone, true
 		}
-		if list.Continue == "" {
-			return pods, nil
+		// The second signal: the pod's netns must be gone too.
+		gone, visible := a.netnsGone(al.Netns)
+		if gone {
+			return reasonPodGone, true
 		}
-		opts.Continue = list.Continue
+		return "", visible
 	}
+	if al.Netns == "" {
+		return "", true
+	}
+	gone, visible := a.netnsGone(al.Netns)
+	if gone {
+		return reasonNetnsGone, true
+	}
+	return "", visible
+}
+
+// netnsGone says whether the netns at path is positively gone: path is directly in one of NetnsDirs, that
+// directory is there, and path is not. visible is false for a path outside NetnsDirs.
+func (a *Agent) netnsGone(path string) (gone, visible bool) {
+	p := filepath.Clean(path)
+	dir := filepath.Dir(p)
+	if !slices.ContainsFunc(a.cfg.NetnsDirs, func(d string) bool { return filepath.Clean(d) == dir }) {
+		return false, false
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return false, false // the directory itself is not there: no evidence about what was in it
+	}
+	_, err := os.Lstat(p)
+	return errors.Is(err, fs.ErrNotExist), true
 }

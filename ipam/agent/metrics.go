@@ -38,6 +38,7 @@ type metrics struct {
 	latency     *prometheus.HistogramVec
 	releases    *prometheus.CounterVec
 	gcReleases  *prometheus.CounterVec
+	gcRefusals  *prometheus.CounterVec
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -60,12 +61,19 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: metricsNamespace, Name: "gc_releases_total",
 			Help: "Allocations released by garbage collection, by reason (pod-gone, netns-gone).",
 		}, []string{"reason"}),
+		gcRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Name: "gc_refusals_total",
+			Help: "GC passes that released nothing on purpose, by reason (all-allocations: the pass would have freed every allocation on the node; pod-view-not-synced: the node's pods were not listed yet).",
+		}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.allocations, m.latency, m.releases, m.gcReleases,
+	m.reg.MustRegister(m.allocations, m.latency, m.releases, m.gcReleases, m.gcRefusals,
 		&poolCollector{a: a}, &ec2Collector{stats: a.cfg.EC2Stats},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{resultOK, resultTryAgain} {
 		m.allocations.WithLabelValues(r)
+	}
+	for _, r := range []string{refusalAllAllocations, refusalNotSynced} {
+		m.gcRefusals.WithLabelValues(r)
 	}
 	return m
 }
@@ -186,7 +194,8 @@ func (c *ec2Collector) Collect(ch chan<- prometheus.Metric) {
 func (a *Agent) Registry() *prometheus.Registry { return a.metrics.reg }
 
 // Handler serves /metrics, /healthz (the process is up and its state restored: true once an Agent exists)
-// and /readyz (every managed card has its ENI: Pools.Ready).
+// and /readyz (every managed card has its ENI: Pools.Ready, and the last GC pass did not refuse to free
+// every allocation of the node; the body says which is wrong).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
@@ -196,6 +205,10 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.pools.Ready() {
 			http.Error(w, "not ready: ENIs of the managed cards are still being set up", http.StatusServiceUnavailable)
+			return
+		}
+		if why := a.gcRefusal(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))

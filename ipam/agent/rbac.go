@@ -2,8 +2,8 @@ package agent
 
 import rbacv1 "k8s.io/api/rbac/v1"
 
-// PolicyRules are exactly the Kubernetes API calls the agent makes with Config.Kube (GC's pod list of the
-// node); the agent's ClusterRole grants them, with package nad's for publishing (manifests checks both).
+// PolicyRules are exactly the Kubernetes API calls the agent makes with Config.Kube (GC's informer on the
+// node's pods: list, then watch); the agent's ClusterRole grants them, with package nad's for publishing (manifests checks both).
 var PolicyRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}},
 }

@@ -10,8 +10,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 )
 
-// TestPolicyRulesCoverGC: every API call a GC pass makes (with pagination) is one PolicyRules grants, and
-// GC makes at least one, so that the ClusterRole built from PolicyRules is what the agent needs.
+// TestPolicyRulesCoverGC: every API call the GC's pod view and passes make (list, then watch) is one
+// PolicyRules grants, and GC makes at least one, so that the ClusterRole built from PolicyRules is what the
+// agent needs.
 func TestPolicyRulesCoverGC(t *testing.T) {
 	kube := fake.NewClientset(pod("default", "live", "uid-live", "node-a", corev1.PodRunning))
 	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
@@ -19,6 +20,7 @@ func TestPolicyRulesCoverGC(t *testing.T) {
 		c.NodeName = "node-a"
 		c.GCGrace = time.Second
 	})
+	startPodView(t, ta)
 	ctx := context.Background()
 	if _, err := ta.Allocate(ctx, req(1, "c-gone", "net1", "gone")); err != nil {
 		t.Fatal(err)
