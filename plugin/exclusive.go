@@ -4,52 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	"github.com/multinic/multinic/internal/linkalias"
 )
 
-// aliasPrefix starts the alias of an ENI link moved into a pod: the link carries its original name and
-// state with it, so DEL needs no state on disk, and a link without it is not ours to move.
-const aliasPrefix = "multinic:v1 "
+// origState is what a moved ENI link had in the host netns, restored when it goes back; it travels in the
+// link's alias (package linkalias), so DEL needs no state on disk and a link without it is not ours to move.
+type origState = linkalias.Orig
 
-// origState is what a moved ENI link had in the host netns, restored when it goes back.
-type origState struct {
-	Name string
-	MTU  int
-	Up   bool
-}
-
-func (s origState) alias() string {
-	up := 0
-	if s.Up {
-		up = 1
-	}
-	return fmt.Sprintf("%sname=%s mtu=%d up=%d", aliasPrefix, s.Name, s.MTU, up)
-}
-
-// parseAlias reads an alias written by origState.alias; ok is false for any other alias.
-func parseAlias(alias string) (s origState, ok bool) {
-	rest, found := strings.CutPrefix(alias, aliasPrefix)
-	if !found {
-		return origState{}, false
-	}
-	for _, f := range strings.Fields(rest) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "name":
-			s.Name = v
-		case "mtu":
-			s.MTU, _ = strconv.Atoi(v)
-		case "up":
-			s.Up = v == "1"
-		}
-	}
-	return s, s.Name != ""
-}
+func parseAlias(alias string) (origState, bool) { return linkalias.Parse(alias) }
 
 // MoveLinkIn moves the link hostName (in the calling thread's netns, the host's) into podNS as ifName,
 // renaming it inside a temporary netns (no udev or NetworkManager race on either name) and recording its
@@ -106,7 +74,7 @@ func moveLinkIn(hostName, mac string, podNS ns.NetNS, ifName string) (retErr err
 		if err := netlink.LinkSetName(l, ifName); err != nil {
 			return fmt.Errorf("rename to %q: %w", ifName, err)
 		}
-		if err := netlink.LinkSetAlias(l, orig.alias()); err != nil {
+		if err := netlink.LinkSetAlias(l, orig.Alias()); err != nil {
 			return fmt.Errorf("set alias: %w", err)
 		}
 		if err := netlink.LinkSetNsFd(l, int(podNS.Fd())); err != nil {
@@ -224,7 +192,7 @@ func moveLinkOut(podNS ns.NetNS, ifName string) (bool, error) {
 				lerr = netlink.LinkSetName(l, ifName)
 			}
 			if lerr == nil {
-				lerr = netlink.LinkSetAlias(l, orig.alias())
+				lerr = netlink.LinkSetAlias(l, orig.Alias())
 			}
 			if lerr == nil {
 				lerr = netlink.LinkSetNsFd(l, int(podNS.Fd()))

@@ -114,7 +114,7 @@ func TestAddCheckDel(t *testing.T) {
 				t.Errorf("link = mtu %d mac %s flags %v, want mtu 1500 mac %s up", a.MTU, a.HardwareAddr, a.Flags, eniMAC)
 			}
 			if m.exclusive {
-				if want := (origState{Name: eniName, MTU: eniMTU, Up: true}).alias(); a.Alias != want {
+				if want := (origState{Name: eniName, MTU: eniMTU, Up: true}).Alias(); a.Alias != want {
 					t.Errorf("alias = %q, want %q", a.Alias, want)
 				}
 			} else if ipvl, ok := l.(*netlink.IPVlan); !ok {

@@ -27,6 +27,7 @@ type options struct {
 	ratePerCard  uint64
 	throttle     bool
 	latency      time.Duration
+	lag          time.Duration
 	seed         uint64
 	readyFile    string
 }
@@ -44,6 +45,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	rate := fs.String("rate-per-card", "0", "per-card bandwidth limit on the fabric, both directions, e.g. 100Mbit, 1Gbit; 0 = none")
 	fs.BoolVar(&o.throttle, "throttle", false, "throttle every action class at EC2's published token-bucket rates (RequestLimitExceeded)")
 	fs.DurationVar(&o.latency, "latency", 0, "latency added to every EC2 call")
+	fs.DurationVar(&o.lag, "lag", 0, "visibility lag: Describe* and IMDS show ENI changes (create, attach, assign, unassign, detach, delete) this long after they happen, as EC2's eventual consistency does (default $"+fakeec2.LagEnv+")")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed for IDs, MACs and injected errors")
 	fs.StringVar(&o.readyFile, "ready-file", "", "once serving, write the endpoint and instances as JSON to this file (for scripts)")
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +109,7 @@ func (o options) config() (fakeec2.Config, error) {
 	}
 	cfg.Faults.Throttle = o.throttle
 	cfg.Faults.Latency = fakeec2.Duration(o.latency)
+	cfg.Faults.Lag = fakeec2.Duration(o.lag)
 	return cfg, nil
 }
 

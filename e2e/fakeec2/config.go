@@ -62,6 +62,10 @@ type Faults struct {
 	Errors map[string]ErrorFault `json:"errors,omitempty"`
 	// Deny answers these actions with UnauthorizedOperation, like a missing IAM permission.
 	Deny []string `json:"deny,omitempty"`
+	// Lag delays what DescribeNetworkInterfaces, DescribeInstances and IMDS show of ENIs: creates, attaches,
+	// detaches, deletes, assigns and unassigns become visible Lag after they happened (EC2's eventual
+	// consistency). 0 takes MULTINIC_FAKE_EC2_LAG when set (LagEnv).
+	Lag Duration `json:"lag,omitempty"`
 }
 
 // Rate is a token bucket.
@@ -234,6 +238,9 @@ func (c Config) validate() error {
 		if r.Burst < 1 || r.PerSecond <= 0 {
 			return fmt.Errorf("faults.rates[%q] invalid: burst must be >= 1 and perSecond > 0", name)
 		}
+	}
+	if c.Faults.Lag < 0 {
+		return fmt.Errorf("faults.lag %s invalid: must be >= 0", time.Duration(c.Faults.Lag))
 	}
 	for name, e := range c.Faults.Errors {
 		if e.Rate < 0 || e.Rate > 1 || e.Code == "" {

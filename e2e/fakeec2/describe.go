@@ -37,7 +37,7 @@ func (s *Server) describeInstances(q query) (any, error) {
 				return []string{"running"}, true
 			case "network-interface.network-interface-id":
 				var v []string
-				for _, e := range s.instanceENIs(in.id) {
+				for _, e := range s.instanceENIsIn(s.visibleENIs(), in.id) {
 					v = append(v, e.id)
 				}
 				return v, true
@@ -62,7 +62,7 @@ func (s *Server) describeInstances(q query) (any, error) {
 			InstanceType:     in.typ.Name,
 			SubnetID:         in.subnetID,
 			VpcID:            s.cfg.VPCID,
-			PrivateIPAddress: s.enis[in.primary].primaryIP.String(),
+			PrivateIPAddress: s.enis[in.primary].primaryIP.String(), // never changes
 			LaunchTime:       isoTime(in.launched),
 			Tags:             xmlTags(in.tags),
 			Groups:           []xmlGroup{{GroupID: s.cfg.SecurityGroupID, GroupName: "default"}},
@@ -243,15 +243,16 @@ func (s *Server) eniFilter(e *eni, name string) ([]string, bool) {
 func (s *Server) describeNetworkInterfaces(q query) (any, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	visible := s.visibleENIs()
 	ids := q.list("NetworkInterfaceId")
 	for _, id := range ids {
-		if _, ok := s.enis[id]; !ok {
+		if _, ok := visible[id]; !ok {
 			return nil, errENINotFound(id)
 		}
 	}
 	fs := q.filters()
 	var match []*eni
-	for _, e := range s.sortedENIs() {
+	for _, e := range sortedENIs(visible) {
 		if len(ids) > 0 && !slices.Contains(ids, e.id) {
 			continue
 		}

@@ -164,7 +164,7 @@ func (s *Server) imdsTree(instanceID string) *imdsNode {
 		"architecture": "x86_64", "imageId": "ami-0fa4e0000000000ec", "version": "2017-09-30",
 	})
 	root.set("dynamic/instance-identity/document", string(doc))
-	enis := s.instanceENIs(instanceID)
+	enis := s.instanceENIsIn(s.visibleENIs(), instanceID)
 	macs := md + "network/interfaces/macs/"
 	if len(enis) == 0 {
 		return root

@@ -39,6 +39,8 @@ type Server struct {
 	macs        map[string]bool
 	seq         int
 	imdsTokens  map[string]imdsToken
+	history     []lagged   // the ENIs before each recent change, for Faults.Lag
+	mutMu       sync.Mutex // one mutating action at a time while recorded for the lag
 
 	linkMu sync.Mutex // held across every attach/detach and LinkMaker call
 	links  LinkMaker
@@ -62,6 +64,10 @@ func WithLinkMaker(l LinkMaker) Option { return func(s *Server) { s.links = l } 
 // New builds a server from cfg. Unknown instance types and bad CIDRs are errors.
 func New(cfg Config, opts ...Option) (*Server, error) {
 	cfg = cfg.withDefaults()
+	var err error
+	if cfg.Faults, err = withEnvLag(cfg.Faults); err != nil {
+		return nil, fmt.Errorf("new fake ec2: %w", err)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("new fake ec2: %w", err)
 	}
@@ -117,8 +123,12 @@ func (s *Server) Config() Config { return s.cfg }
 // DefaultInstanceID is the first instance, the one Handler's IMDS serves.
 func (s *Server) DefaultInstanceID() string { return s.instOrder[0] }
 
-// SetFaults replaces the fault settings at run time (buckets start full).
+// SetFaults replaces the fault settings at run time (buckets start full). A zero Lag takes LagEnv's.
 func (s *Server) SetFaults(f Faults) error {
+	f, err := withEnvLag(f)
+	if err != nil {
+		return fmt.Errorf("set faults: %w", err)
+	}
 	c := s.cfg
 	c.Faults = f
 	if err := c.validate(); err != nil {
@@ -392,6 +402,13 @@ func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 		s.faults.count(action, e.Code)
 		writeError(w, reqID, e)
 		return
+	}
+	if mutating(action) && s.faults.lag() > 0 {
+		s.mutMu.Lock()
+		defer s.mutMu.Unlock()
+		s.mu.Lock()
+		s.recordLocked(time.Now())
+		s.mu.Unlock()
 	}
 	resp, err := h(s, q)
 	if err != nil {

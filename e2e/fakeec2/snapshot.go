@@ -64,7 +64,7 @@ func (s *Server) State() State {
 		st.Instances = append(st.Instances, InstanceState{ID: in.id, Type: in.typ.Name, AZ: in.az,
 			SubnetID: in.subnetID, PrimaryENI: in.primary, Tags: maps.Clone(in.tags)})
 	}
-	for _, e := range s.sortedENIs() {
+	for _, e := range sortedENIs(s.enis) {
 		es := ENIState{ID: e.id, Status: e.status(), Primary: e.primaryOfInst, SubnetID: e.subnetID,
 			MAC: e.mac, PrimaryIP: e.primaryIP.String(), Groups: append([]string{}, e.groups...),
 			Description: e.description, SourceDestCheck: e.sourceDestCheck, Tags: maps.Clone(e.tags),

@@ -93,16 +93,19 @@ func (s *Server) ipLimit(e *eni) int {
 }
 
 // sortedENIs lists ENIs in creation order.
-func (s *Server) sortedENIs() []*eni {
-	out := slices.Collect(maps.Values(s.enis))
+func sortedENIs(enis map[string]*eni) []*eni {
+	out := slices.Collect(maps.Values(enis))
 	slices.SortFunc(out, func(a, b *eni) int { return cmp.Compare(a.seq, b.seq) })
 	return out
 }
 
 // instanceENIs lists the ENIs attached to an instance by card, then device.
-func (s *Server) instanceENIs(id string) []*eni {
+func (s *Server) instanceENIs(id string) []*eni { return s.instanceENIsIn(s.enis, id) }
+
+// instanceENIsIn is instanceENIs among enis (a lagged view).
+func (s *Server) instanceENIsIn(enis map[string]*eni, id string) []*eni {
 	var out []*eni
-	for _, e := range s.enis {
+	for _, e := range enis {
 		if e.att != nil && e.att.instanceID == id {
 			out = append(out, e)
 		}

@@ -56,9 +56,13 @@ type PoolAddress struct {
 	Allocated bool
 	// RestUntil is when a released address may be reused; zero if never released.
 	RestUntil time.Time
+	// Away: a free exclusive ENI whose link has not been seen back in the node netns since its release;
+	// AwayNetns is the netns of the allocation that released it ("" when unknown). See ConfirmHome.
+	Away      bool
+	AwayNetns string
 }
 
-// Counts describes one pool of a card. Capacity = Allocated + Warm + Cooling.
+// Counts describes one pool of a card. Capacity = Allocated + Warm + Cooling + Away.
 type Counts struct {
 	Capacity  int
 	Allocated int
@@ -66,6 +70,8 @@ type Counts struct {
 	Warm int
 	// Cooling: free but still resting after a release.
 	Cooling int
+	// Away: exclusive ENIs released whose link is not confirmed back in the node netns.
+	Away int
 }
 
 // Stats is a card's shared pool (embedded) and its exclusive-ENI pool.
@@ -107,15 +113,22 @@ type slot struct {
 	exclusive bool
 	holder    *Allocation // nil when free
 	restUntil time.Time
+	// away (exclusive only): released, its link not yet confirmed home; never given out meanwhile.
+	away      bool
+	awayNetns string
 }
 
-func (s *slot) free() bool                 { return s.holder == nil }
-func (s *slot) usable(now time.Time) bool  { return s.holder == nil && !s.restUntil.After(now) }
-func (s *slot) resting(now time.Time) bool { return s.holder == nil && s.restUntil.After(now) }
+func (s *slot) free() bool { return s.holder == nil }
+func (s *slot) usable(now time.Time) bool {
+	return s.holder == nil && !s.away && !s.restUntil.After(now)
+}
+func (s *slot) resting(now time.Time) bool {
+	return s.holder == nil && !s.away && s.restUntil.After(now)
+}
 
 func (s *slot) pool() PoolAddress {
 	return PoolAddress{Card: s.card, ENIID: s.eni, Address: s.addr, Exclusive: s.exclusive,
-		Allocated: s.holder != nil, RestUntil: s.restUntil}
+		Allocated: s.holder != nil, RestUntil: s.restUntil, Away: s.away, AwayNetns: s.awayNetns}
 }
 
 type card struct {
@@ -233,6 +246,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 	for _, p := range a.knownLocked() {
 		cp.Addresses = append(cp.Addresses, store.Address{
 			Card: p.Card, Address: p.Address, ENIID: p.ENIID, Exclusive: p.Exclusive, RestUntil: p.RestUntil,
+			Away: p.Away, AwayNetns: p.AwayNetns,
 		})
 	}
 	return cp
@@ -251,7 +265,11 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 				return fmt.Errorf("exclusive ENI %s listed twice on card %d", ad.ENIID, ad.Card)
 			}
 		}
-		a.addSlot(&slot{card: ad.Card, addr: ad.Address, eni: ad.ENIID, exclusive: ad.Exclusive, restUntil: ad.RestUntil})
+		if ad.Away && !ad.Exclusive {
+			return fmt.Errorf("shared address %s marked away", ad.Address)
+		}
+		a.addSlot(&slot{card: ad.Card, addr: ad.Address, eni: ad.ENIID, exclusive: ad.Exclusive, restUntil: ad.RestUntil,
+			away: ad.Away, awayNetns: ad.AwayNetns})
 	}
 	for _, sa := range cp.Allocations {
 		al := &Allocation{
@@ -499,6 +517,8 @@ func (a *Allocator) ReleaseIf(match func(Allocation) bool) ([]Allocation, error)
 }
 
 // releaseLocked moves the allocations' addresses into cooldown, persists, and undoes it all on failure.
+// A released exclusive ENI is away: its link was in the pod, and only the ENI manager, once it sees the
+// link back in the node netns, makes it usable again (ConfirmHome).
 func (a *Allocator) releaseLocked(als []*Allocation) error {
 	until := a.now().Add(a.cooldown)
 	prev := make([]time.Time, len(als))
@@ -507,11 +527,15 @@ func (a *Allocator) releaseLocked(als []*Allocation) error {
 		prev[i] = s.restUntil
 		a.unhold(s, al)
 		s.restUntil = until
+		if s.exclusive {
+			s.away, s.awayNetns = true, al.Netns
+		}
 	}
 	if err := a.persist(); err != nil {
 		for i, al := range als {
 			s := a.slots[al.Address]
 			s.restUntil = prev[i]
+			s.away, s.awayNetns = false, ""
 			a.hold(s, al)
 		}
 		return err

@@ -635,7 +635,7 @@ func TestConcurrentAllocate(t *testing.T) {
 }
 
 func TestExclusive(t *testing.T) {
-	a, _, clk := newTest(t)
+	a, st, clk := newTest(t)
 	seed(t, a, 4, 2)
 	primary := netip.MustParseAddr("10.4.100.1")
 	if err := a.AddExclusiveENI(4, "eni-x", primary); err != nil {
@@ -660,7 +660,7 @@ func TestExclusive(t *testing.T) {
 	}
 
 	x := req(1, 4)
-	x.Exclusive = true
+	x.Exclusive, x.Netns = true, "/var/run/netns/pod-1"
 	got := mustAllocate(t, a, x)
 	if got.Address != primary || got.ENIID != "eni-x" || !got.Exclusive {
 		t.Fatalf("exclusive allocation %+v", got)
@@ -678,17 +678,38 @@ func TestExclusive(t *testing.T) {
 	if s := a.Stats(4); s.Exclusive != (Counts{Capacity: 1, Allocated: 1}) || s.Counts != (Counts{Capacity: 2, Warm: 2}) {
 		t.Errorf("stats %+v", s)
 	}
-	// Held, the ENI cannot be removed; released, it rests, then serves the next exclusive pod.
+	// Held, the ENI cannot be removed; released, it is away (its link was in the pod) until the ENI
+	// manager confirms its link home, rests, then serves the next exclusive pod.
 	if rm, err := a.RemoveAddresses(4, primary); len(rm) != 0 || err != nil {
 		t.Errorf("removed a held ENI: %v %v", rm, err)
+	}
+	if err := a.SetAway(4, "eni-x", true); !errors.Is(err, ErrInvalid) {
+		t.Errorf("SetAway on a held ENI: %v, want ErrInvalid", err)
 	}
 	if _, ok, err := a.Release("sandbox-1", "net4"); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	if _, err := a.Allocate(y); !errors.Is(err, ErrPoolEmpty) {
-		t.Errorf("exclusive ENI reused while resting: %v", err)
+	if s := a.Stats(4).Exclusive; s != (Counts{Capacity: 1, Away: 1}) {
+		t.Errorf("released exclusive ENI: stats %+v, want away", s)
+	}
+	if away := a.AwayExclusive(4); len(away) != 1 || away[0].ENIID != "eni-x" || away[0].AwayNetns != x.Netns {
+		t.Errorf("AwayExclusive = %+v, want eni-x with netns %q", away, x.Netns)
 	}
 	clk.Step(DefaultCooldown)
+	if _, err := a.Allocate(y); !errors.Is(err, ErrPoolEmpty) {
+		t.Errorf("exclusive ENI reused while away: %v", err)
+	}
+	// The away state survives a restart.
+	b, err := New(st, WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := b.Stats(4).Exclusive; s.Away != 1 {
+		t.Errorf("after restart: stats %+v, want away", s)
+	}
+	if err := a.ConfirmHome(4, "eni-x"); err != nil {
+		t.Fatal(err)
+	}
 	if got := mustAllocate(t, a, y); got.ENIID != "eni-x" {
 		t.Errorf("after rest: %+v", got)
 	}

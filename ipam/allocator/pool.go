@@ -134,7 +134,7 @@ func (a *Allocator) Surplus(cardN, warmTarget int) []PoolAddress {
 	return warm[:len(warm)-max(warmTarget, 0)]
 }
 
-// FreeExclusive returns the card's exclusive ENIs that are free and rested (usable now), by ENI ID.
+// FreeExclusive returns the card's exclusive ENIs that are free, rested and home (usable now), by ENI ID.
 func (a *Allocator) FreeExclusive(cardN int) []PoolAddress {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -152,6 +152,60 @@ func (a *Allocator) FreeExclusive(cardN int) []PoolAddress {
 	slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
 	return out
 }
+
+// AwayExclusive returns the card's exclusive ENIs that are free but away (released, their link not yet
+// seen back in the node netns), by ENI ID.
+func (a *Allocator) AwayExclusive(cardN int) []PoolAddress {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cards[cardN]
+	if c == nil {
+		return nil
+	}
+	var out []PoolAddress
+	for _, s := range c.exclusive {
+		if s.free() && s.away {
+			out = append(out, s.pool())
+		}
+	}
+	slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
+	return out
+}
+
+// SetAway marks a free exclusive ENI away (false: its link is home, ConfirmHome) and persists. Away, it
+// is never given out; it still counts in the card's capacity and can be removed. An ENI that is held,
+// unknown or not exclusive is ErrInvalid: only a free ENI's state is the ENI manager's to decide.
+func (a *Allocator) SetAway(cardN int, eniID string, away bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cards[cardN]
+	var s *slot
+	if c != nil {
+		s = c.exclusive[eniID]
+	}
+	if s == nil || !s.free() {
+		return fmt.Errorf("mark exclusive ENI %s on card %d away=%t: not a free exclusive ENI: %w", eniID, cardN, away, ErrInvalid)
+	}
+	if s.away == away {
+		return nil
+	}
+	prevNetns := s.awayNetns
+	s.away = away
+	if !away {
+		s.awayNetns = ""
+	}
+	if err := a.persist(); err != nil {
+		s.away, s.awayNetns = !away, prevNetns
+		return fmt.Errorf("mark exclusive ENI %s on card %d away=%t: %w", eniID, cardN, away, err)
+	}
+	if !away {
+		c.notify()
+	}
+	return nil
+}
+
+// ConfirmHome makes an away exclusive ENI usable again: the ENI manager saw its link back home.
+func (a *Allocator) ConfirmHome(cardN int, eniID string) error { return a.SetAway(cardN, eniID, false) }
 
 // Stats counts the card's pools.
 func (a *Allocator) Stats(cardN int) Stats {
@@ -172,6 +226,8 @@ func (a *Allocator) statsLocked(cardN int) Stats {
 		switch {
 		case !s.free():
 			n.Allocated++
+		case s.away:
+			n.Away++
 		case s.resting(now):
 			n.Cooling++
 		default:

@@ -368,9 +368,15 @@ func TestFreeExclusive(t *testing.T) {
 		t.Errorf("FreeExclusive(1) = %v, want %v (held %s, resting %s)", got, want, h.ENIID, r.ENIID)
 	}
 	clk.Step(DefaultCooldown)
+	if got := ids(); !reflect.DeepEqual(got, want) {
+		t.Errorf("after the cooldown, away: FreeExclusive(1) = %v, want %v", got, want)
+	}
+	if err := a.ConfirmHome(1, r.ENIID); err != nil {
+		t.Fatal(err)
+	}
 	want = append(want, r.ENIID)
 	slices.Sort(want)
 	if got := ids(); !reflect.DeepEqual(got, want) {
-		t.Errorf("after the cooldown FreeExclusive(1) = %v, want %v", got, want)
+		t.Errorf("after the cooldown and home: FreeExclusive(1) = %v, want %v", got, want)
 	}
 }

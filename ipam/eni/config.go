@@ -45,6 +45,7 @@ const (
 	DefaultBackoffBase       = 200 * time.Millisecond
 	DefaultBackoffMax        = 20 * time.Second
 	DefaultErrorBackoffMax   = time.Minute
+	DefaultSettleTime        = time.Minute
 	// PrefixSize is how many addresses a /28 prefix delegates.
 	PrefixSize = 16
 )
@@ -111,6 +112,10 @@ type Config struct {
 	// (0: DefaultErrorBackoffMax). The wait starts at RefillInterval/10 and doubles.
 	ErrorBackoffMax time.Duration
 
+	// SettleTime is how long reconcile and GC believe the manager's own recent EC2 changes (assigns,
+	// unassigns, creates, detaches) over what Describe says, which may lag behind (0: DefaultSettleTime).
+	SettleTime time.Duration
+
 	// Logger (nil: slog.Default()).
 	Logger *slog.Logger
 }
@@ -141,6 +146,7 @@ func (c Config) withDefaults() Config {
 	c.BackoffBase = or(c.BackoffBase, DefaultBackoffBase)
 	c.BackoffMax = or(c.BackoffMax, DefaultBackoffMax)
 	c.ErrorBackoffMax = or(c.ErrorBackoffMax, DefaultErrorBackoffMax)
+	c.SettleTime = or(c.SettleTime, DefaultSettleTime)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

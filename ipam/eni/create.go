@@ -112,6 +112,7 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	}
 	ni := out.NetworkInterface
 	id := aws.ToString(ni.NetworkInterfaceId)
+	m.recent.create(id)
 	log := m.log.With("card", cs.index, "eni", id)
 	defer func() {
 		if retErr != nil {
@@ -170,6 +171,7 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 			addrs = append(addrs, expand(pfx)...)
 		}
 	}
+	m.recent.assign(id, addrs...)
 	m.mu.Lock()
 	e.cidr = m.subnets[e.subnetID]
 	m.enis[id] = e

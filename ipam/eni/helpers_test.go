@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -32,13 +33,15 @@ type fakeLinks struct {
 	byMAC map[string]string
 	up    map[string]bool
 	mtu   map[string]int
+	alias map[string]string
 	// delay makes links appear this long after the attach, like udev on a real node.
 	delay time.Duration
 	born  map[string]time.Time
 }
 
 func newFakeLinks() *fakeLinks {
-	return &fakeLinks{byMAC: map[string]string{}, up: map[string]bool{}, mtu: map[string]int{}, born: map[string]time.Time{}}
+	return &fakeLinks{byMAC: map[string]string{}, up: map[string]bool{}, mtu: map[string]int{}, alias: map[string]string{},
+		born: map[string]time.Time{}}
 }
 
 func (f *fakeLinks) Attach(a fakeec2.Attachment) error {
@@ -93,16 +96,50 @@ func (f *fakeLinks) SetMTU(name string, mtu int) error {
 	return nil
 }
 
-// setLink renames the link with this MAC, or removes it when name is "" (its netns went away).
-func (f *fakeLinks) setLink(mac, name string) {
+func (f *fakeLinks) Restore(name, want string, mtu int) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, ok := f.mtu[name]; !ok {
+		return name, fmt.Errorf("no link %s", name)
+	}
+	if orig, ok := linkalias.Parse(f.alias[name]); ok {
+		want = orig.Name
+	}
+	if _, taken := f.mtu[want]; want != "" && want != name && !taken {
+		for mac, n := range f.byMAC {
+			if n == name {
+				f.byMAC[mac] = want
+			}
+		}
+		delete(f.mtu, name)
+		delete(f.up, name)
+		name = want
+	}
+	delete(f.alias, name)
+	f.mtu[name], f.up[name] = mtu, true
+	return name, nil
+}
+
+// setLink renames the link with this MAC, or removes it when name is "" (it left the node netns).
+func (f *fakeLinks) setLink(mac, name string) { f.setLinkAlias(mac, name, "") }
+
+// setLinkAlias is setLink with an alias on the link, as a link that comes home from a dead pod netns
+// carries the plugin's.
+func (f *fakeLinks) setLinkAlias(mac, name, alias string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.byMAC[mac]; ok {
+		delete(f.mtu, old)
+		delete(f.up, old)
+		delete(f.alias, old)
+	}
 	if name == "" {
 		delete(f.byMAC, mac)
 		return
 	}
 	f.byMAC[mac] = name
 	f.mtu[name] = 1500
+	f.alias[name] = alias
 }
 
 func (f *fakeLinks) state(name string) (up bool, mtu int) {
@@ -170,6 +207,15 @@ func newEnv(t testing.TB, o envOpts) *env {
 
 func (e *env) newAllocator(cooldown time.Duration) *allocator.Allocator {
 	a, err := allocator.New(e.st, allocator.WithCooldown(cooldown))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+// newAllocatorOn is an allocator on another store (no cooldown): an agent restarted without its checkpoint.
+func (e *env) newAllocatorOn(st store.Store) *allocator.Allocator {
+	a, err := allocator.New(st, allocator.WithCooldown(0))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -1,13 +1,17 @@
 package eni
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/linkalias"
 )
 
 // Links finds and configures ENI links in the node's network namespace.
@@ -17,6 +21,11 @@ type Links interface {
 	LinkNames(macs ...net.HardwareAddr) (map[string]string, error)
 	SetUp(name string) error
 	SetMTU(name string, mtu int) error
+	// Restore readies an ENI link that came home from a pod netns that died without a DEL: it may carry
+	// the pod-side name and the multinic alias (package linkalias). The link gets back the name the alias
+	// records (or want, without one), loses the alias, takes mtu and is brought up. It returns the name
+	// the link has afterwards: the old one when another link holds the wanted name.
+	Restore(name, want string, mtu int) (string, error)
 }
 
 // NoLinks pretends every ENI's link exists with an empty name and does nothing: for running the
@@ -30,8 +39,9 @@ func (NoLinks) LinkNames(macs ...net.HardwareAddr) (map[string]string, error) {
 	}
 	return names, nil
 }
-func (NoLinks) SetUp(string) error       { return nil }
-func (NoLinks) SetMTU(string, int) error { return nil }
+func (NoLinks) SetUp(string) error                            { return nil }
+func (NoLinks) SetMTU(string, int) error                      { return nil }
+func (NoLinks) Restore(name, _ string, _ int) (string, error) { return name, nil }
 
 // NetlinkLinks is Links over netlink in one network namespace, held open by a handle so no thread
 // ever switches namespaces.
@@ -125,4 +135,40 @@ func (l *NetlinkLinks) SetMTU(name string, mtu int) error {
 		return fmt.Errorf("set link %s mtu %d: %w", name, mtu, err)
 	}
 	return nil
+}
+
+func (l *NetlinkLinks) Restore(name, want string, mtu int) (string, error) {
+	k, err := l.h.LinkByName(name)
+	if err != nil {
+		return name, fmt.Errorf("find link %s: %w", name, err)
+	}
+	orig, aliased := linkalias.Parse(k.Attrs().Alias)
+	if aliased {
+		want = orig.Name
+	}
+	if want != "" && want != name {
+		if _, err := l.h.LinkByName(want); err == nil {
+			want = name // the name is taken: keep the one the kernel gave
+		} else if !errors.As(err, &netlink.LinkNotFoundError{}) {
+			return name, fmt.Errorf("find link %s: %w", want, err)
+		}
+	}
+	if want != "" && want != name {
+		if err := l.h.LinkSetDown(k); err != nil {
+			return name, fmt.Errorf("set link %s down to rename it: %w", name, err)
+		}
+		if err := l.h.LinkSetName(k, want); err != nil {
+			return name, fmt.Errorf("rename link %s to %s: %w", name, want, err)
+		}
+		name = want
+	}
+	if aliased {
+		if err := l.h.LinkSetAlias(k, ""); err != nil {
+			return name, fmt.Errorf("clear alias of link %s: %w", name, err)
+		}
+	}
+	if err := l.SetMTU(name, mtu); err != nil {
+		return name, err
+	}
+	return name, l.SetUp(name)
 }

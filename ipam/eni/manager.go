@@ -58,12 +58,13 @@ type Deps struct {
 
 // Manager implements agent.Pools.
 type Manager struct {
-	cfg   Config
-	log   *slog.Logger
-	ec2   *caller
-	imds  IMDSAPI
-	alloc *allocator.Allocator
-	links Links
+	cfg    Config
+	log    *slog.Logger
+	ec2    *caller
+	imds   IMDSAPI
+	alloc  *allocator.Allocator
+	links  Links
+	recent *recent
 
 	// Set by discovery, read-only once Start returns.
 	instanceID   string
@@ -98,12 +99,18 @@ type cardState struct {
 	groups   []string
 	kick     chan struct{}
 	createMu sync.Mutex // one ENI creation at a time per card: device indexes are per card
-	exclMu   sync.Mutex // one EnsureExclusive at a time per card
+	exclMu   sync.Mutex // one look at the card's exclusive ENIs at a time (EnsureExclusive, the card loop)
 
 	// Under Manager.mu.
 	lastErr      error
+	failedSteps  int // card loop steps that failed, ever: EnsureExclusive answers with a failure after its ask
 	surplusSince map[netip.Addr]time.Time
 	exclSince    map[string]time.Time
+	// exclWaiting: EnsureExclusive calls waiting; exclAsked: when one last asked (zero once served).
+	exclWaiting int
+	exclAsked   time.Time
+	exclGone    map[string]time.Time // away ENIs whose netns is gone: since when
+	warned      map[string]bool
 }
 
 type eniState struct {
@@ -144,7 +151,8 @@ func New(cfg Config, d Deps) (*Manager, error) {
 	}
 	return &Manager{
 		cfg: cfg, log: cfg.Logger, ec2: newCaller(d.EC2, cfg), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
-		cards: map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
+		recent: newRecent(cfg.SettleTime),
+		cards:  map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
 		subnets: map[string]netip.Prefix{},
 	}, nil
 }
@@ -420,7 +428,8 @@ func (m *Manager) discover(ctx context.Context) error {
 	m.mu.Lock()
 	for _, k := range managed {
 		cs := &cardState{index: k, subnetID: primSubnet, groups: primGroups, kick: make(chan struct{}, 1),
-			surplusSince: map[netip.Addr]time.Time{}, exclSince: map[string]time.Time{}}
+			surplusSince: map[netip.Addr]time.Time{}, exclSince: map[string]time.Time{},
+			exclGone: map[string]time.Time{}, warned: map[string]bool{}}
 		if cc, ok := m.cfg.Cards[k]; ok {
 			if cc.SubnetID != "" {
 				cs.subnetID = cc.SubnetID
@@ -444,7 +453,7 @@ func (m *Manager) discover(ctx context.Context) error {
 		return err
 	}
 	m.mu.Lock()
-	m.setAttachedLocked(enis)
+	m.setAttachedLocked(enis, m.recent.view())
 	adopted := len(m.enis)
 	m.mu.Unlock()
 	m.log.Info("discovered instance", "instance", m.instanceID, "type", m.instanceType, "cards", m.limits.cards,
@@ -610,8 +619,10 @@ func (m *Manager) ownsTags(ni types.NetworkInterface) bool {
 }
 
 // setAttachedLocked rebuilds device occupancy from ni (every ENI attached to this instance) and adopts or
-// refreshes the manager's own ENIs; link state of known ENIs is kept.
-func (m *Manager) setAttachedLocked(enis []types.NetworkInterface) {
+// refreshes the manager's own ENIs; link state of known ENIs is kept. Describe may lag (recent): an ENI
+// the manager created within SettleTime and Describe does not show yet is kept, one it detached within
+// SettleTime and Describe still shows is not adopted again.
+func (m *Manager) setAttachedLocked(enis []types.NetworkInterface, rv recentView) {
 	m.occupied = map[int]map[int]string{}
 	seen := map[string]bool{}
 	for _, ni := range enis {
@@ -630,6 +641,9 @@ func (m *Manager) setAttachedLocked(enis []types.NetworkInterface) {
 		}
 		if _, managed := m.cards[card]; !managed {
 			continue // ours, but on a card no longer served: leave it as it is
+		}
+		if _, gone := rv.detached[id]; gone {
+			continue
 		}
 		seen[id] = true
 		e := m.enis[id]
@@ -666,10 +680,18 @@ func (m *Manager) setAttachedLocked(enis []types.NetworkInterface) {
 		}
 	}
 	for id, e := range m.enis {
-		if !seen[id] {
-			m.log.Warn("ENI no longer attached", "card", e.card, "eni", id)
-			delete(m.enis, id)
+		if seen[id] {
+			continue
 		}
+		if _, fresh := rv.created[id]; fresh {
+			if m.occupied[e.card] == nil {
+				m.occupied[e.card] = map[int]string{}
+			}
+			m.occupied[e.card][e.device] = id
+			continue
+		}
+		m.log.Warn("ENI no longer attached", "card", e.card, "eni", id)
+		delete(m.enis, id)
 	}
 }
 

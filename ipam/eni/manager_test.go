@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -693,61 +695,203 @@ func TestExclusiveCardFull(t *testing.T) {
 	checkNoLeak(t, e, e.alloc, 1)
 }
 
-// TestExclusiveLinkLost: a pod netns deleted without a DEL takes a free exclusive ENI's link with it. A
-// link back under another name (a real ENI's device returns to the root netns under the pod's interface
-// name) is followed; a link gone for good means the ENI is deleted, never handed to the next pod.
+// TestExclusiveLinkLost: an exclusive ENI is reused, detached or deleted only once its allocation was
+// released AND its link was seen back in the node netns. A link that comes home from a dead pod netns
+// under the pod-side name with the plugin's alias is restored (name, alias, MTU, up) before the next pod
+// gets the ENI. A link that never comes home is a dead ENI only when the released pod's netns is gone
+// (the card loop deletes it); with the netns alive or unknown the ENI is kept, never handed out, and
+// usable again once its link is home.
 func TestExclusiveLinkLost(t *testing.T) {
-	for _, renamed := range []string{"", "net1"} {
-		name := "gone"
-		if renamed != "" {
-			name = "renamed"
-		}
-		t.Run(name, func(t *testing.T) {
+	gone := filepath.Join(t.TempDir(), "cni-gone") // a netns directory the agent sees, without the netns
+	for _, tc := range []struct {
+		name, netns string
+		link        string // the link in the node netns after the release: "" none
+		alias       bool   // it carries the plugin's alias
+		want        string // "reused", "deleted" or "kept"
+	}{
+		{name: "home", netns: gone, link: "ens1d2", want: "reused"},
+		{name: "renamed", netns: gone, link: "net1", alias: true, want: "reused"},
+		{name: "dead", netns: gone, want: "deleted"},
+		{name: "netns-alive", netns: "/proc/self/ns/net", want: "kept"},
+		{name: "netns-unknown", want: "kept"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
 			cfg := e.cardOneConfig()
 			cfg.SurplusDelay = time.Hour
+			cfg.LinkTimeout = 300 * time.Millisecond
+			cfg.MTU = 9001
 			m := e.start(cfg, e.alloc)
 			waitReady(t, m, 5*time.Second)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			r := exclusiveReq(1, 1)
+			r.Netns = tc.netns
 			first, err := allocWait(ctx, m, e.alloc, r)
 			if err != nil {
 				t.Fatal(err)
 			}
 			info, _ := m.ENI(first.ENIID)
-			e.links.setLink(info.MAC, renamed)
+			orig := info.LinkName
+			e.links.setLink(info.MAC, "") // the plugin moved the link into the pod
+			alias := ""
+			if tc.alias {
+				alias = linkalias.Orig{Name: orig, MTU: 9001, Up: true}.Alias()
+			}
 			if _, _, err := e.alloc.Release(first.ContainerID, first.IfName); err != nil {
 				t.Fatal(err)
 			}
+			e.links.setLinkAlias(info.MAC, tc.link, alias)
 
-			r2 := exclusiveReq(2, 1)
-			second, err := allocWait(ctx, m, e.alloc, r2)
+			second, err := allocWait(ctx, m, e.alloc, exclusiveReq(2, 1))
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, stillThere := e.eniState(first.ENIID)
-			if renamed != "" {
+			switch tc.want {
+			case "reused":
 				if second.ENIID != first.ENIID {
-					t.Errorf("got ENI %s, want the renamed %s back", second.ENIID, first.ENIID)
+					t.Fatalf("got ENI %s, want %s back: its link is home", second.ENIID, first.ENIID)
 				}
-				if info, _ := m.ENI(second.ENIID); info.LinkName != renamed {
-					t.Errorf("ENI reported with link %q, want %q", info.LinkName, renamed)
+				if info, _ := m.ENI(second.ENIID); info.LinkName != orig {
+					t.Errorf("ENI handed out with link %q, want it restored to %q", info.LinkName, orig)
+				}
+				if up, mtu := e.links.state(orig); !up || mtu != 9001 || e.links.alias[orig] != "" {
+					t.Errorf("link %s: up %t mtu %d alias %q, want up, 9001, no alias", orig, up, mtu, e.links.alias[orig])
 				}
 				return
+			case "deleted":
+				eventually(t, 5*time.Second, "the dead ENI deleted by the card loop", func() bool {
+					_, inEC2 := e.eniState(first.ENIID)
+					_, known := m.ENI(first.ENIID)
+					return !inEC2 && !known
+				})
+			case "kept":
+				time.Sleep(3 * cfg.LinkTimeout) // several card loop steps past the grace
+				if _, ok := e.eniState(first.ENIID); !ok {
+					t.Fatalf("ENI %s deleted without evidence that nothing uses it", first.ENIID)
+				}
+				if st := e.alloc.Stats(1).Exclusive; st.Away != 1 {
+					t.Errorf("exclusive stats %+v, want the ENI away", st)
+				}
 			}
 			if second.ENIID == first.ENIID {
-				t.Fatalf("ENI %s handed out again without a link", first.ENIID)
+				t.Fatalf("ENI %s handed out again without its link home", first.ENIID)
 			}
-			if stillThere {
-				t.Errorf("ENI %s without a link still in EC2", first.ENIID)
-			}
-			if _, ok := m.ENI(first.ENIID); ok {
-				t.Errorf("manager still knows ENI %s", first.ENIID)
+			if tc.want == "kept" {
+				// Its link comes home after all: restored and usable again.
+				e.links.setLink(info.MAC, "net1")
+				third, err := allocWait(ctx, m, e.alloc, exclusiveReq(3, 1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if third.ENIID != first.ENIID {
+					t.Errorf("got ENI %s, want %s, back home", third.ENIID, first.ENIID)
+				}
+				if info, _ := m.ENI(third.ENIID); info.LinkName != orig {
+					t.Errorf("ENI handed out with link %q, want %q", info.LinkName, orig)
+				}
 			}
 			checkNoLeak(t, e, e.alloc, 1)
 		})
 	}
+}
+
+// TestExclusiveRestartWithoutCheckpoint: the agent restarts with no checkpoint while an exclusive ENI is
+// inside a running pod (its link is not in the node netns). The ENI is neither registered free nor
+// detached; once its link is home it serves again.
+func TestExclusiveRestartWithoutCheckpoint(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.cardOneConfig()
+	cfg.SurplusDelay = 50 * time.Millisecond // a free exclusive ENI would be deleted at once
+	cfg.LinkTimeout = 300 * time.Millisecond
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	al, err := allocWait(ctx, m, e.alloc, exclusiveReq(1, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := m.ENI(al.ENIID)
+	e.links.setLink(info.MAC, "")
+	m.Stop()
+
+	fresh := e.newAllocatorOn(newMemStore())
+	m2 := e.start(cfg, fresh)
+	waitReady(t, m2, 5*time.Second)
+	time.Sleep(1 * time.Second)
+	if _, ok := e.eniState(al.ENIID); !ok {
+		t.Fatalf("exclusive ENI %s inside a running pod deleted after a restart without checkpoint", al.ENIID)
+	}
+	for _, p := range fresh.Known() {
+		if p.ENIID == al.ENIID {
+			t.Fatalf("exclusive ENI %s inside a running pod registered as %+v", al.ENIID, p)
+		}
+	}
+	other, err := allocWait(ctx, m2, fresh, exclusiveReq(2, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.ENIID == al.ENIID {
+		t.Fatalf("ENI %s inside a running pod handed to another", al.ENIID)
+	}
+	e.links.setLinkAlias(info.MAC, "net1", linkalias.Orig{Name: info.LinkName, MTU: 9001, Up: true}.Alias())
+	eventually(t, 5*time.Second, "the ENI registered once its link is home", func() bool {
+		for _, p := range fresh.Known() {
+			if p.ENIID == al.ENIID {
+				return true
+			}
+		}
+		return false
+	})
+	if info2, _ := m2.ENI(al.ENIID); info2.LinkName != info.LinkName {
+		t.Errorf("link %q, want it restored to %q", info2.LinkName, info.LinkName)
+	}
+}
+
+// TestExclusiveBackoff: while EC2 refuses CreateNetworkInterface, exclusive ADDs retried back to back
+// make no EC2 calls of their own: the card loop creates, with its error backoff, and each ADD gets its
+// failure (EC2's code) from the card loop's next step.
+func TestExclusiveBackoff(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	cfg := e.cardOneConfig()
+	cfg.MaxAttempts = 1
+	cfg.RefillInterval = time.Second // first error wait 100 ms, doubling
+	cfg.ErrorBackoffMax = time.Hour
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 5*time.Second)
+	if err := e.srv.SetFaults(fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{
+		"CreateNetworkInterface": {Rate: 1, Code: "InternalError", Status: 500}}}); err != nil {
+		t.Fatal(err)
+	}
+	calls := func() int {
+		n := 0
+		for _, c := range e.srv.State().Calls["CreateNetworkInterface"] {
+			n += c
+		}
+		return n
+	}
+	before := calls()
+	adds, start := 0, time.Now()
+	for p := 0; time.Since(start) < 2*time.Second; p++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, err := allocWait(ctx, m, e.alloc, exclusiveReq(p, 1))
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "InternalError") {
+			t.Fatalf("ADD %d while EC2 refuses: %v, want EC2's InternalError", p, err)
+		}
+		adds++
+	}
+	// Card loop steps in 2 s with waits of 0.1, 0.2, 0.4, 0.8 s: at most 5.
+	if n := calls() - before; n > 5 || adds < 5 {
+		t.Errorf("%d CreateNetworkInterface calls for %d exclusive ADDs in 2 s, want at most 5 (the card loop's backoff)", n, adds)
+	} else {
+		t.Logf("%d CreateNetworkInterface calls for %d exclusive ADDs in 2 s", n, adds)
+	}
+	if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	m.Kick(1)
 }
 
 func TestParseCards(t *testing.T) {
@@ -848,4 +992,68 @@ func TestP5DefaultsUnderThrottling(t *testing.T) {
 	st := m.Stats().EC2
 	t.Logf("p5.48xlarge defaults: 31 cards ready in %s, warm in %s; throttles %d; calls %v",
 		ready.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), st.Throttles, st.Calls)
+}
+
+// TestReconcileUnderLag: EC2's Describe lags behind its changes. Right after the manager gave surplus
+// addresses back and assigned new ones, a reconcile must neither put the unassigned addresses back in
+// the pool (a pod would get an address its ENI no longer has) nor drop the new ones, nor forget or
+// delete an ENI it just created; a GC then must not delete that ENI.
+func TestReconcileUnderLag(t *testing.T) {
+	const lag = time.Second
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Lag: fakeec2.Duration(lag)}})
+	cfg := e.cardOneConfig()
+	cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch = ptr(2), ptr(1), 10
+	cfg.SurplusDelay = -1 // surplus goes back at once
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var als []allocator.Allocation
+	for p := range 8 {
+		al, err := allocWait(ctx, m, e.alloc, podReq(p, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		als = append(als, al)
+	}
+	eventually(t, 5*time.Second, "refill", func() bool { return e.alloc.Demand(1, 2, 1).Need == 0 })
+	time.Sleep(lag + 100*time.Millisecond) // EC2's view has caught up
+	for _, al := range als {
+		if _, _, err := e.alloc.Release(al.ContainerID, al.IfName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Kick(1)
+	eventually(t, 5*time.Second, "surplus unassigned", func() bool { return len(e.ec2Addresses(1)) <= 2 })
+	// An exclusive ENI created now is missing from Describe for the lag.
+	ex, err := allocWait(ctx, m, e.alloc, exclusiveReq(100, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Reconcile(ctx); err != nil { // Describe still lists what was unassigned, not the new ENI
+		t.Fatal(err)
+	}
+	checkNoLeak(t, e, e.alloc, 1)
+	if _, ok := m.ENI(ex.ENIID); !ok {
+		t.Errorf("reconcile forgot exclusive ENI %s, created %s ago", ex.ENIID, lag)
+	}
+	if x, ok := e.eniState(ex.ENIID); !ok || x.Status != "in-use" {
+		t.Errorf("exclusive ENI %s in use by a pod: %+v %v", ex.ENIID, x, ok)
+	}
+	// Every address the pool offers is on its ENI in EC2's true state.
+	inEC2 := e.ec2Addresses(1)
+	for p := range 4 {
+		al, err := allocWait(ctx, m, e.alloc, podReq(200+p, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inEC2 = e.ec2Addresses(1); inEC2[al.Address] != al.ENIID {
+			t.Errorf("pod got %s on %s, which EC2 does not have there", al.Address, al.ENIID)
+		}
+	}
+	time.Sleep(lag + 100*time.Millisecond)
+	if err := m.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLeak(t, e, e.alloc, 1)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -37,7 +36,10 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 		}
 		if err != nil {
 			failures++
-			m.setLastErr(cs, err)
+			m.mu.Lock()
+			cs.lastErr = err
+			cs.failedSteps++
+			m.mu.Unlock()
 			wait := min(m.cfg.ErrorBackoffMax, (m.cfg.RefillInterval/10)<<min(failures-1, 20))
 			log.Warn("card pool step failed", "err", err, "failures", failures, "retryIn", wait)
 			if ctxtime.Sleep(ctx, wait) != nil {
@@ -67,27 +69,21 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 	}
 }
 
-// step makes sure the card has a ready shared ENI, refills and shrinks its pool, and drops free exclusive
-// ENIs that lost their link. next is when a surplus
-// address or exclusive ENI comes due (zero: none pending).
+// step makes sure the card has a ready shared ENI, brings home, creates and gives back exclusive ENIs
+// (exclusive.go), and refills and shrinks the shared pool. next is when a surplus address or exclusive ENI
+// comes due (zero: none pending).
 func (m *Manager) step(ctx context.Context, cs *cardState) (next time.Time, err error) {
 	if err := m.ensureENIs(ctx, cs); err != nil {
+		return time.Time{}, err
+	}
+	n2, err := m.stepExclusive(ctx, cs)
+	if err != nil {
 		return time.Time{}, err
 	}
 	if err := m.refill(ctx, cs); err != nil {
 		return time.Time{}, err
 	}
 	n1, err := m.shrink(ctx, cs)
-	if err != nil {
-		return time.Time{}, err
-	}
-	cs.exclMu.Lock()
-	err = m.checkFreeExclusive(ctx, cs)
-	cs.exclMu.Unlock()
-	if err != nil {
-		return time.Time{}, err
-	}
-	n2, err := m.shrinkExclusive(ctx, cs)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -234,6 +230,7 @@ func (m *Manager) assign(ctx context.Context, cs *cardState, e *eniState, d allo
 			addrs = append(addrs, expand(pfx)...)
 		}
 	}
+	m.recent.assign(e.id, addrs...)
 	m.mu.Lock()
 	e.secondaries += len(out.AssignedPrivateIpAddresses)
 	e.prefixes = append(e.prefixes, pfxs...)
@@ -282,6 +279,11 @@ func (m *Manager) unassignEC2(ctx context.Context, e *eniState, addrs []netip.Ad
 	if err != nil {
 		return fmt.Errorf("unassign %d addresses and %d prefixes from card %d (%s): %w", len(addrs), len(pfxs), e.card, e.id, err)
 	}
+	gone := slices.Clone(addrs)
+	for _, p := range pfxs {
+		gone = append(gone, expand(p)...)
+	}
+	m.recent.unassign(gone...)
 	m.mu.Lock()
 	e.secondaries = max(e.secondaries-len(addrs), 0)
 	e.prefixes = slices.DeleteFunc(e.prefixes, func(p netip.Prefix) bool { return slices.Contains(pfxs, p) })
@@ -394,8 +396,15 @@ func (m *Manager) giveBack(ctx context.Context, cs *cardState, e *eniState, addr
 	return nil
 }
 
-// shrinkExclusive detaches and deletes exclusive ENIs that have been free and rested for SurplusDelay.
+// shrinkExclusive detaches and deletes exclusive ENIs that have been free and rested for SurplusDelay,
+// unless exclusive ADDs are waiting for one.
 func (m *Manager) shrinkExclusive(ctx context.Context, cs *cardState) (next time.Time, err error) {
+	m.mu.Lock()
+	asked := cs.exclWaiting > 0 || !cs.exclAsked.IsZero()
+	m.mu.Unlock()
+	if asked {
+		return time.Time{}, nil
+	}
 	now := time.Now()
 	var due []string
 	free := map[string]netip.Addr{}
@@ -463,6 +472,7 @@ func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 	if err != nil && ErrorCode(err) != "InvalidAttachmentID.NotFound" {
 		return fmt.Errorf("detach %s from card %d: %w", e.id, e.card, err)
 	}
+	m.recent.detach(e.id)
 	m.mu.Lock()
 	delete(m.enis, e.id)
 	if m.occupied[e.card][e.device] == e.id {
@@ -497,77 +507,4 @@ func (m *Manager) deleteENI(ctx context.Context, card int, id string) {
 	if err != nil && ErrorCode(err) != "InvalidNetworkInterfaceID.NotFound" {
 		m.log.Error("delete ENI failed; GC will retry", "card", card, "eni", id, "err", err)
 	}
-}
-
-// EnsureExclusive makes sure the card has a free, rested exclusive ENI, creating and attaching one when
-// it has none (or, on a card without room for another ENI, that one is resting and will be free). Concurrent callers for one card are served one ENI at a time: a caller that then loses
-// the race in Allocate calls again.
-func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
-	m.mu.Lock()
-	cs := m.cards[card]
-	m.mu.Unlock()
-	if cs == nil {
-		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, ErrNotManaged)
-	}
-	cs.exclMu.Lock()
-	defer cs.exclMu.Unlock()
-	if err := m.checkFreeExclusive(ctx, cs); err != nil {
-		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, err)
-	}
-	if m.alloc.Stats(card).Exclusive.Warm > 0 {
-		return nil
-	}
-	if _, err := m.createENI(ctx, cs, true, allocator.Demand{}); err != nil {
-		if errors.Is(err, ErrCardFull) && m.alloc.Stats(card).Exclusive.Cooling > 0 {
-			// No room for another ENI, but one is resting after its pod left: the caller waits for it.
-			return nil
-		}
-		m.setLastErr(cs, err)
-		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, err)
-	}
-	return nil
-}
-
-// checkFreeExclusive makes sure every free, rested exclusive ENI of the card can serve a pod: its link must
-// be in the node's netns. A pod netns deleted without a DEL takes the link with it; the kernel moves a real
-// ENI's device back to the root netns, possibly under the pod's interface name (followed here by MAC),
-// while a virtual link dies (deleted here: the ENI cannot serve anyone).
-func (m *Manager) checkFreeExclusive(ctx context.Context, cs *cardState) error {
-	free := m.alloc.FreeExclusive(cs.index)
-	if len(free) == 0 {
-		return nil
-	}
-	var enis []*eniState
-	var macs []net.HardwareAddr
-	m.mu.Lock()
-	for _, p := range free {
-		if e := m.enis[p.ENIID]; e != nil && e.linkReady {
-			enis = append(enis, e)
-			macs = append(macs, e.mac)
-		}
-	}
-	m.mu.Unlock()
-	if len(enis) == 0 {
-		return nil
-	}
-	names, err := m.links.LinkNames(macs...)
-	if err != nil {
-		return fmt.Errorf("find the links of card %d's free exclusive ENIs: %w", cs.index, err)
-	}
-	for _, e := range enis {
-		if name, found := names[e.mac.String()]; found {
-			m.mu.Lock()
-			if e.linkName != name {
-				m.log.Warn("exclusive ENI's link renamed", "card", cs.index, "eni", e.id, "was", e.linkName, "now", name)
-				e.linkName = name
-			}
-			m.mu.Unlock()
-			continue
-		}
-		m.log.Warn("exclusive ENI's link is gone from the node netns; deleting the ENI", "card", cs.index, "eni", e.id, "link", e.linkName)
-		if err := m.removeExclusive(ctx, cs, e.id, e.primary); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -32,8 +32,8 @@ func (m *Manager) reconcileLoop(ctx context.Context) {
 func (m *Manager) Reconcile(ctx context.Context) error { return m.reconcile(ctx) }
 
 // reconcile re-reads the instance's ENIs, adopts the manager's own, compares what EC2 says they hold with
-// the allocator and fixes the allocator (stale addresses out, unknown ones in as warm, exclusive ENIs it
-// lost registered again), re-assigns addresses of live allocations EC2 no longer has, and deletes
+// the allocator and fixes the allocator (stale addresses out, unknown ones in as warm; exclusive ENIs it
+// does not know are the card loop's: registered once their link is home), re-assigns addresses of live allocations EC2 no longer has, and deletes
 // detached ENIs of this node. It holds opMu, so no address change is half done meanwhile.
 func (m *Manager) reconcile(ctx context.Context) error {
 	m.opMu.Lock()
@@ -55,8 +55,9 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			return err
 		}
 	}
+	rv := m.recent.view()
 	m.mu.Lock()
-	m.setAttachedLocked(enis)
+	m.setAttachedLocked(enis, rv)
 	var adopted []*eniState
 	for _, e := range m.enis {
 		if e.adopted && !e.linkChecked {
@@ -70,17 +71,14 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	}
 
 	// What EC2 says our ENIs hold. Addresses of a shared ENI whose link is not ready are left out unless
-	// the allocator knows them already: they join the pool when the link is up, not before.
+	// the allocator knows them already: they join the pool when the link is up, not before. Describe may
+	// lag (recent): addresses unassigned within SettleTime are gone whatever it says, and ones assigned
+	// within SettleTime are there.
 	known := map[netip.Addr]bool{}
-	exclusiveKnown := map[string]bool{}
 	for _, p := range m.alloc.Known() {
 		known[p.Address] = true
-		if p.Exclusive {
-			exclusiveKnown[p.ENIID] = true
-		}
 	}
 	var ec2Addrs []allocator.EC2Address
-	var lostExclusive []*eniState
 	m.mu.Lock()
 	for _, ni := range enis {
 		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
@@ -89,6 +87,9 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		}
 		var pending []netip.Addr
 		add := func(a netip.Addr, primary bool) {
+			if _, gone := rv.unassigned[a]; gone && !primary {
+				return
+			}
 			if !e.exclusive && !e.linkReady && !primary && !known[a] {
 				pending = append(pending, a)
 				return
@@ -110,8 +111,14 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		if !e.linkReady {
 			e.pending = pending
 		}
-		if e.exclusive && !exclusiveKnown[e.id] {
-			lostExclusive = append(lostExclusive, e)
+	}
+	listed := map[netip.Addr]bool{}
+	for _, a := range ec2Addrs {
+		listed[a.Address] = true
+	}
+	for a, as := range rv.assigned {
+		if e := m.enis[as.eniID]; e != nil && !listed[a] && known[a] {
+			ec2Addrs = append(ec2Addrs, allocator.EC2Address{Card: e.card, ENIID: e.id, Address: a})
 		}
 	}
 	m.mu.Unlock()
@@ -123,25 +130,12 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	if !diff.Empty() {
 		m.log.Warn("allocator and EC2 disagreed", "stale", len(diff.Stale), "unknown", len(diff.Unknown), "lost", len(diff.Lost))
 	}
-	for _, e := range lostExclusive {
-		m.mu.Lock()
-		ready := e.linkReady
-		if !ready {
-			e.pendingExclusive = true
-		}
-		m.mu.Unlock()
-		if ready {
-			if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary); err != nil {
-				m.log.Error("register exclusive ENI", "card", e.card, "eni", e.id, "err", err)
-			}
-		}
-	}
 	m.reassignLost(ctx, diff.Lost)
 	return m.gcLocked(ctx)
 }
 
 // adoptLink looks once, without waiting, for an adopted ENI's link. An exclusive ENI whose link is not in
-// the node netns is taken to be inside its pod.
+// the node netns may be inside a pod: it is ready, and the card loop decides (exclusive.go).
 func (m *Manager) adoptLink(e *eniState) {
 	name, found, err := linkName(m.links, e.mac)
 	if err == nil && found {
@@ -188,6 +182,9 @@ func (m *Manager) reassignLost(ctx context.Context, lost []allocator.Allocation)
 			m.log.Error("re-assign lost addresses", "card", e.card, "eni", id, "addresses", addrs, "err", err)
 			continue
 		}
+		for _, a := range addrs {
+			m.recent.assign(id, netip.MustParseAddr(a))
+		}
 		m.mu.Lock()
 		e.secondaries += len(addrs)
 		m.mu.Unlock()
@@ -196,7 +193,8 @@ func (m *Manager) reassignLost(ctx context.Context, lost []allocator.Allocation)
 }
 
 // GC deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
-// attach, or of a detach whose delete failed.
+// attach, or of a detach whose delete failed. An ENI created within SettleTime, or one the manager holds
+// as attached, is never a leftover, whatever a lagging Describe says.
 func (m *Manager) GC(ctx context.Context) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -212,11 +210,18 @@ func (m *Manager) gcLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
+	rv := m.recent.view()
 	for _, ni := range enis {
 		if ni.Attachment != nil || ni.Status != types.NetworkInterfaceStatusAvailable || !m.ownsTags(ni) {
 			continue
 		}
 		id := aws.ToString(ni.NetworkInterfaceId)
+		m.mu.Lock()
+		_, attached := m.enis[id]
+		m.mu.Unlock()
+		if _, fresh := rv.created[id]; fresh || attached {
+			continue // created just now: Describe may not show its attachment yet
+		}
 		m.log.Info("deleting detached ENI of this node", "eni", id, "card", tagMap(ni.TagSet)[TagCard])
 		m.deleteENI(ctx, -1, id)
 	}

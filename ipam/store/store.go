@@ -66,6 +66,10 @@ type Address struct {
 	Exclusive bool       `json:"exclusive,omitempty"`
 	// RestUntil is when a released address may be given out again; zero for one never released.
 	RestUntil time.Time `json:"restUntil,omitzero"`
+	// Away: an exclusive ENI released while its link was in a pod; it is not given out again until its
+	// link is seen back in the node netns. AwayNetns is the netns its last holder had, when known.
+	Away      bool   `json:"away,omitempty"`
+	AwayNetns string `json:"awayNetns,omitempty"`
 }
 
 // Store loads and saves the checkpoint.
