@@ -294,7 +294,7 @@ func (f *fakeReleaser) Release(_ context.Context, req api.ReleaseRequest) (api.R
 func TestJournal(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pending")
 	ctx := context.Background()
-	if n, err := ReplayJournal(ctx, dir, &fakeReleaser{}); n != 0 || err != nil {
+	if n, err := ReplayJournal(ctx, dir, api.DefaultSocketPath, &fakeReleaser{}); n != 0 || err != nil {
 		t.Fatalf("replay of a missing dir = %d, %v", n, err)
 	}
 	for _, rec := range []journalRecord{{ContainerID: "a", IfName: "net1"}, {ContainerID: "a", IfName: "net1"}, {ContainerID: "b", IfName: "net2", Card: 2}} {
@@ -310,7 +310,7 @@ func TestJournal(t *testing.T) {
 	}
 	// The agent still down: nothing removed.
 	down := &fakeReleaser{err: fmt.Errorf("release: %w", api.ErrUnavailable)}
-	if _, err := ReplayJournal(ctx, dir, down); !errors.Is(err, api.ErrUnavailable) {
+	if _, err := ReplayJournal(ctx, dir, api.DefaultSocketPath, down); !errors.Is(err, api.ErrUnavailable) {
 		t.Fatalf("replay with the agent down = %v, want ErrUnavailable", err)
 	}
 	// An unreadable record stays and is reported; the others are applied and removed.
@@ -318,7 +318,7 @@ func TestJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := &fakeReleaser{}
-	n, err := ReplayJournal(ctx, dir, up)
+	n, err := ReplayJournal(ctx, dir, api.DefaultSocketPath, up)
 	if n != 2 || err == nil || !strings.Contains(err.Error(), "junk.json") {
 		t.Fatalf("replay = %d, %v; want 2 and an error about junk.json", n, err)
 	}
@@ -332,10 +332,21 @@ func TestJournal(t *testing.T) {
 	if err := addJournal(dir, journalRecord{ContainerID: "c", IfName: "net1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReplayJournal(ctx, dir, &fakeReleaser{err: &api.Error{Code: api.CodeInvalid}}); err == nil {
+	if _, err := ReplayJournal(ctx, dir, api.DefaultSocketPath, &fakeReleaser{err: &api.Error{Code: api.CodeInvalid}}); err == nil {
 		t.Error("replay of an invalid record reported nothing")
 	}
 	if hasJournal(dir, "c", "net1") {
 		t.Error("invalid record kept")
+	}
+	// A record for another agent's socket is that agent's to replay.
+	if err := addJournal(dir, journalRecord{ContainerID: "d", IfName: "net1", AgentSocket: "/run/other/agent.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ReplayJournal(ctx, dir, api.DefaultSocketPath, &fakeReleaser{}); n != 0 || err != nil || !hasJournal(dir, "d", "net1") {
+		t.Fatalf("replay for the default socket = %d, %v, record left %t; want 0, nil and the other socket's record kept", n, err, hasJournal(dir, "d", "net1"))
+	}
+	other := &fakeReleaser{}
+	if n, err := ReplayJournal(ctx, dir, "/run/other/agent.sock", other); n != 1 || err != nil || hasJournal(dir, "d", "net1") {
+		t.Fatalf("replay for the other socket = %d, %v; want 1 and the record gone", n, err)
 	}
 }

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -18,8 +19,10 @@ import (
 )
 
 // DefaultJournalDir holds the releases DEL could not hand to the agent (it was down): one file per
-// (containerID, ifName). The plugin replays it at the start of every call; the agent should replay it
-// at start-up with ReplayJournal.
+// (containerID, ifName), naming the agent socket it was meant for. Two parties replay it with
+// ReplayJournal, each only the records of its own socket, under the journal's lock: the agent at start-up,
+// before it serves its socket, and the plugin at the start of every call (for an agent restarted without
+// the journal directory in view).
 const DefaultJournalDir = "/var/lib/multinic/pending-releases"
 
 // journalVersion is the version of a journal record.
@@ -79,11 +82,13 @@ func hasJournal(dir, containerID, ifName string) bool {
 	return err == nil
 }
 
-// ReplayJournal hands every pending release in dir to r and removes the records it applied. It stops at
+// ReplayJournal hands every pending release in dir meant for the agent at socket to r and removes the
+// records it applied; records of other sockets are left to their agent. A record without a socket is the
+// default socket's. It stops at
 // the first api.ErrUnavailable (the agent is still down) and returns it. A record the agent refuses as
 // invalid can never succeed: it is removed and reported. A missing or empty dir is nothing to do.
 // Releasing is idempotent, so a replay racing a DEL of the same attachment is harmless.
-func ReplayJournal(ctx context.Context, dir string, r Releaser) (released int, retErr error) {
+func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (released int, retErr error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -118,6 +123,9 @@ func ReplayJournal(ctx context.Context, dir string, r Releaser) (released int, r
 		var rec journalRecord
 		if err := json.Unmarshal(data, &rec); err != nil || rec.Version != journalVersion {
 			errs = append(errs, fmt.Errorf("release journal record %s: unreadable or unknown version, left in place", path))
+			continue
+		}
+		if recSocket := cmp.Or(rec.AgentSocket, api.DefaultSocketPath); recSocket != socket {
 			continue
 		}
 		_, err = r.Release(ctx, api.ReleaseRequest{ContainerID: rec.ContainerID, IfName: rec.IfName})

@@ -106,7 +106,7 @@ func (p *Plugin) connect(conf *Config) *api.Client {
 	client := api.NewClient(conf.AgentSocket, p.Timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := ReplayJournal(ctx, p.JournalDir, client); err != nil {
+	if _, err := ReplayJournal(ctx, p.JournalDir, conf.AgentSocket, client); err != nil {
 		p.logf("%v", err)
 	}
 	return client
