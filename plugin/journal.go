@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multinic/multinic/internal/atomicfile"
 	"github.com/multinic/multinic/ipam/api"
 )
 
@@ -70,7 +71,7 @@ func addJournal(dir string, rec journalRecord) (retErr error) {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
 	defer unlock()
-	if err := writeFileSync(journalFile(dir, rec.ContainerID, rec.IfName), data); err != nil {
+	if err := atomicfile.WriteFile(journalFile(dir, rec.ContainerID, rec.IfName), data, 0o600); err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
 	return nil
@@ -147,7 +148,7 @@ func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (release
 		removed = true
 	}
 	if removed {
-		if err := syncDir(dir); err != nil {
+		if err := atomicfile.SyncDir(dir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -196,47 +197,4 @@ func lockJournal(dir string) (unlock func(), retErr error) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-// writeFileSync replaces path with data so that a crash leaves the old or the new content, never a mix.
-func writeFileSync(path string, data []byte) (retErr error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if retErr != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/atomicfile"
 )
 
 const (
@@ -20,7 +22,7 @@ const (
 	// same inode.
 	LockFile = "lock"
 
-	tempPrefix = CheckpointFile + ".tmp-"
+	tempPrefix = CheckpointFile + atomicfile.TempMarker
 	dirMode    = 0o700
 	fileMode   = 0o600
 	// lockPoll is how often Lock retries while another process holds the lock.
@@ -190,58 +192,5 @@ func (s *FileStore) Save(cp Checkpoint) (retErr error) {
 	}
 	data = append(data, '\n')
 
-	return writeFile(path, data, s.beforeRename)
-}
-
-// writeFile replaces path with data durably, mode 0600: a temp file ("<name>.tmp-*") in the same
-// directory, fsync, rename over path, fsync the directory. A crash leaves the old file or the new one,
-// never a mix. beforeRename (tests) runs between the temp file's fsync and the rename.
-func writeFile(path string, data []byte, beforeRename func() error) (retErr error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*") // created 0600
-	if err != nil {
-		return fmt.Errorf("create temp file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if retErr != nil {
-			f.Close()
-			os.Remove(tmp) // best effort: FileStore.Lock removes leftovers anyway
-		}
-	}()
-	if err := f.Chmod(fileMode); err != nil { // whatever the umask or temp default
-		return fmt.Errorf("chmod %s: %w", tmp, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if beforeRename != nil {
-		if err := beforeRename(); err != nil {
-			return fmt.Errorf("save %s: %w", path, err)
-		}
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmp, path, err)
-	}
-	// The rename is only durable once the directory entry is.
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir %s: %w", dir, err)
-	}
-	serr := d.Sync()
-	cerr := d.Close()
-	if err := errors.Join(serr, cerr); err != nil {
-		return fmt.Errorf("sync dir %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.Write(path, bytes.NewReader(data), fileMode, s.beforeRename)
 }
