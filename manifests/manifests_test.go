@@ -29,6 +29,7 @@ import (
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/tools/imagebuild"
 )
 
 // strictDecoder decodes built-in kinds and NetworkAttachmentDefinitions, refusing unknown and duplicate
@@ -374,10 +375,94 @@ func TestDaemonSet(t *testing.T) {
 			t.Errorf("%s probe %+v: want GET %s on the metrics address", name, p, want)
 		}
 	}
+	// The init container runs the agent binary's install-cni (the image has no shell) into the host's
+	// /opt/cni/bin; cmd/multinic-agent's TestDaemonSetInstallCNI parses its flags with the agent's own code.
 	ic := ps.InitContainers[0]
 	if ic.Image != c.Image || len(ic.VolumeMounts) != 1 || volumes[ic.VolumeMounts[0].Name] != "/opt/cni/bin" ||
-		!strings.Contains(strings.Join(ic.Command, " "), ic.VolumeMounts[0].MountPath+"/"+nad.PluginType) {
-		t.Errorf("init container %+v: want it to install %s into the host's /opt/cni/bin", ic, nad.PluginType)
+		!reflect.DeepEqual(ic.Command, []string{imagebuild.AgentPath, "install-cni"}) ||
+		!reflect.DeepEqual(ic.Args, []string{"--dest-dir=" + ic.VolumeMounts[0].MountPath}) {
+		t.Errorf("init container %+v: want %s install-cni into the host's /opt/cni/bin", ic, imagebuild.AgentPath)
+	}
+	if len(c.Command) != 1 || c.Command[0] != imagebuild.AgentPath {
+		t.Errorf("agent command %v, want %s, the image's agent", c.Command, imagebuild.AgentPath)
+	}
+}
+
+// TestImageSetOnce: every container of daemonset.yaml names the placeholder that the kustomization's one
+// `images:` entry rewrites, to what `make image` tags by default; nothing else names an image.
+func TestImageSetOnce(t *testing.T) {
+	images, err := Images()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 1 || images[0].Digest != "" {
+		t.Fatalf("images: %+v, want one entry with newName and newTag", images)
+	}
+	set := images[0]
+	if got := set.NewName + ":" + set.NewTag; got != imagebuild.DefaultMultinicRef {
+		t.Errorf("kustomization sets %s, want %s (make image's default IMAGE)", got, imagebuild.DefaultMultinicRef)
+	}
+	raw := find[*appsv1.DaemonSet](t, load(t, "daemonset.yaml"), "multinic-agent")
+	applied := find[*appsv1.DaemonSet](t, objectsAsLoaded(t), "multinic-agent")
+	rawPS, appliedPS := raw.Spec.Template.Spec, applied.Spec.Template.Spec
+	n := 0
+	for i, c := range append(rawPS.InitContainers, rawPS.Containers...) {
+		if c.Image != set.Name {
+			t.Errorf("container %s names image %q, want the placeholder %q", c.Name, c.Image, set.Name)
+		}
+		ac := append(appliedPS.InitContainers, appliedPS.Containers...)[i]
+		if ac.Image != imagebuild.DefaultMultinicRef {
+			t.Errorf("Objects() gives container %s image %q, want %q", ac.Name, ac.Image, imagebuild.DefaultMultinicRef)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Errorf("%d containers, want the agent and the installer", n)
+	}
+	// The placeholder appears nowhere else in the manifests.
+	for _, r := range []string{"crd-network-attachment-definitions.yaml", "rbac.yaml", "configmap.yaml"} {
+		b, _ := fs.ReadFile(Files, r)
+		if strings.Contains(string(b), "image:") {
+			t.Errorf("%s names an image", r)
+		}
+	}
+}
+
+// objectsAsLoaded decodes Objects() (what the e2e applies) into typed objects.
+func objectsAsLoaded(t *testing.T) []object {
+	t.Helper()
+	objs, err := Objects()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := strictDecoder(t)
+	var out []object
+	for _, u := range objs {
+		o := object{file: "Objects()", u: u}
+		if b, err := u.MarshalJSON(); err == nil && u.GetKind() != "CustomResourceDefinition" {
+			if o.obj, _, err = dec.Decode(b, nil, nil); err != nil {
+				t.Fatalf("%s: %v", o, err)
+			}
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// TestRewrite: kustomize's image rewrite for a name with and without tag, digest or registry port.
+func TestRewrite(t *testing.T) {
+	set := []Image{{Name: "multinic", NewName: "reg:5000/team/multinic", NewTag: "v2"}, {Name: "other", Digest: "sha256:abc"}}
+	for in, want := range map[string]string{
+		"multinic":            "reg:5000/team/multinic:v2",
+		"multinic:old":        "reg:5000/team/multinic:v2",
+		"multinic@sha256:123": "reg:5000/team/multinic:v2",
+		"other:1":             "other@sha256:abc",
+		"localhost:5000/x":    "localhost:5000/x",
+		"multinic-agent":      "multinic-agent",
+	} {
+		if got := Rewrite(in, set); got != want {
+			t.Errorf("Rewrite(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 

@@ -1,6 +1,8 @@
 // Command multinic-agent is the node agent of multinic: the only component that talks to EC2. It keeps
 // per-card pools of ENI-backed addresses, serves allocations to the CNI plugin over a root-only unix socket,
 // garbage-collects the allocations of gone pods, and exports Prometheus metrics. `--help` lists its flags.
+// `multinic-agent install-cni` installs the CNI plugin into the host's CNI bin directory (the DaemonSet's
+// init container: the image has no shell).
 package main
 
 import (
@@ -11,12 +13,21 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// The image has no CA bundle (empty base): EC2's and STS's certificates are checked against Mozilla's
+	// roots built into the binary, used only where the system has none.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Args[1:])
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == InstallCNICommand {
+		err = installCNI(os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(ctx, os.Args[1:])
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}

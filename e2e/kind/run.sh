@@ -77,12 +77,8 @@ kubectl apply -f "https://raw.githubusercontent.com/k8snetworkplumbingwg/multus-
 kubectl -n kube-system rollout status ds/kube-multus-ds --timeout=180s
 
 log "multinic image and manifests"
-cat >"$WORK/Dockerfile" <<'DOCKERFILE'
-FROM busybox:1.36
-COPY bin/multinic bin/multinic-agent /usr/local/bin/
-DOCKERFILE
-docker build -q -t "$IMAGE" "$WORK" >/dev/null
-kind load docker-image "$IMAGE" --name "$CLUSTER"
+(cd "$ROOT" && make image IMAGE="$IMAGE")
+kind load image-archive "$ROOT/bin/multinic-image.tar" --name "$CLUSTER"
 mkdir -p "$WORK/overlay"
 cp -r "$ROOT/manifests" "$WORK/overlay/base"
 cat >"$WORK/overlay/kustomization.yaml" <<KUST
@@ -91,8 +87,8 @@ kind: Kustomization
 resources: [base]
 images:
 - name: ghcr.io/multinic/multinic
-  newName: multinic
-  newTag: e2e
+  newName: ${IMAGE%:*}
+  newTag: ${IMAGE##*:}
 patches:
 - target: {kind: ConfigMap, name: multinic-agent}
   patch: |-
