@@ -68,6 +68,9 @@ func Build(s Spec) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", s.Arch
 	cf.Created = v1.Time{Time: epoch}
+	for i := range cf.History {
+		cf.History[i].Created = v1.Time{Time: epoch}
+	}
 	cf.Config.Env = []string{DefaultPath}
 	cf.Config.Entrypoint = s.Entrypoint
 	cf.Config.Cmd = s.Cmd

@@ -55,12 +55,13 @@ func DefaultRef(image string) string {
 	return map[string]string{Multinic: DefaultMultinicRef, Pause: DefaultPauseRef, Busybox: DefaultBusyboxRef}[image]
 }
 
-// BuildFlags are the flags of `go build` for every binary of the images (and of the Dockerfile): static,
-// without paths of the build machine, without symbol tables.
-var BuildFlags = []string{"-trimpath", "-ldflags=-s -w"}
+// BuildFlags are the flags of `go build` for every binary of the images (and of the Dockerfile), with
+// CGO_ENABLED=0: static, without paths of the build machine. The test VM and the demo build the same way,
+// so the build cache serves them all.
+var BuildFlags = []string{"-trimpath"}
 
-// GoBuild builds the packages into dir, static (CGO_ENABLED=0), for linux and this machine's architecture.
-// It runs in the current directory, which must be inside this module.
+// GoBuild builds the packages into dir with BuildFlags and CGO_ENABLED=0, for linux and this machine's
+// architecture. It runs in the current directory, which must be inside this module.
 func GoBuild(ctx context.Context, dir string, pkgs ...string) error {
 	args := append([]string{"build"}, BuildFlags...)
 	args = append(args, "-o", dir+"/")
