@@ -19,6 +19,8 @@ const (
 	// ErrCardNotManaged: the agent on this node does not manage the card (no such card on the instance type,
 	// or excluded by the agent's configuration).
 	ErrCardNotManaged uint = 102
+	// ErrAllocationLimit: the node's agent holds the most allocations it allows (--max-allocations).
+	ErrAllocationLimit uint = 103
 )
 
 // cniError turns an error of a verb into the *types.Error the runtime sees. It is the one place where
@@ -31,6 +33,7 @@ const (
 //	api.ErrCardTaken                        100 ErrCardTaken
 //	api.ErrInterfaceTaken                   101 ErrInterfaceTaken
 //	api.ErrNotManaged                       102 ErrCardNotManaged
+//	api.ErrLimit                            103 ErrAllocationLimit
 //	anything else                           999 ErrInternal
 //
 // STATUS reports its own codes (50) before it gets here; DEL never returns api.ErrUnavailable (it
@@ -59,6 +62,8 @@ func cniError(err error) error {
 		code = ErrInterfaceTaken
 	case errors.Is(err, api.ErrNotManaged):
 		code = ErrCardNotManaged
+	case errors.Is(err, api.ErrLimit):
+		code = ErrAllocationLimit
 	}
 	return types.NewError(code, err.Error(), "")
 }

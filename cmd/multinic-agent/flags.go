@@ -30,6 +30,9 @@ const (
 	// InClusterKubeconfig as --kubeconfig means the pod's service account (rest.InClusterConfig).
 	InClusterKubeconfig = "in-cluster"
 	DefaultNADMode      = "both"
+	// DefaultMaxAllocations is far above a node's pods times its cards in practice (110 pods on 8 cards
+	// is 880) and far below a subnet.
+	DefaultMaxAllocations = 1024
 )
 
 // options is the parsed command line; see parseFlags for what each means.
@@ -53,6 +56,7 @@ type options struct {
 	gcInterval   time.Duration
 	netnsDirs    []string
 	journalDir   string
+	maxAllocs    int
 	refill       time.Duration
 	reconcile    time.Duration
 	mtu          int
@@ -141,6 +145,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.minFree, "min-free", eni.DefaultMinFree, "addresses each card keeps ready to allocate right now")
 	fs.IntVar(&o.maxBatch, "max-batch", eni.DefaultMaxBatch, "most addresses one AssignPrivateIpAddresses asks for")
 	fs.BoolVar(&o.prefixMode, "prefix-mode", false, "assign /28 prefixes (16 addresses per EC2 call) instead of single addresses")
+	fs.IntVar(&o.maxAllocs, "max-allocations", DefaultMaxAllocations, "most allocations the node holds at once; an ADD beyond it is refused (CNI code 103), so that a buggy local client cannot drain the subnets. 0: no cap")
 	fs.DurationVar(&o.cooldown, "cooldown", allocator.DefaultCooldown, "how long a released address rests before it is given out again")
 	fs.DurationVar(&o.surplusDelay, "surplus-delay", eni.DefaultSurplusDelay, "how long warm addresses beyond --warm-target (and free exclusive ENIs) wait before they go back to EC2; 0: at once")
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", agent.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
@@ -219,6 +224,8 @@ func (o options) validate() error {
 		return fmt.Errorf("--min-free %d invalid: must be 0 or more", o.minFree)
 	case o.maxBatch < 1:
 		return fmt.Errorf("--max-batch %d invalid: must be 1 or more", o.maxBatch)
+	case o.maxAllocs < 0:
+		return fmt.Errorf("--max-allocations %d invalid: must be 0 or more", o.maxAllocs)
 	case o.cooldown < 0:
 		return fmt.Errorf("--cooldown %s invalid: must be 0 or more", o.cooldown)
 	case o.waitTimeout <= 0:

@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 	}()
 	// Development builds kept netns paths in netns.json; the checkpoint holds them now.
 	_ = os.Remove(filepath.Join(o.stateDir, "netns.json"))
-	alloc, err := allocator.New(st, allocator.WithCooldown(o.cooldown))
+	alloc, err := allocator.New(st, allocator.WithCooldown(o.cooldown), allocator.WithMaxAllocations(o.maxAllocs))
 	if err != nil {
 		// A corrupt checkpoint stops the agent: starting empty would hand out addresses pods still use.
 		return err

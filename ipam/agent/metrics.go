@@ -27,6 +27,7 @@ const (
 	resultNotManaged     = "not_managed"
 	resultInvalid        = "invalid"
 	resultCanceled       = "canceled"
+	resultLimit          = "limit"
 	resultError          = "error"
 )
 
@@ -46,7 +47,7 @@ func newMetrics(a *Agent) *metrics {
 		reg: prometheus.NewRegistry(),
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "allocations_total",
-			Help: "Allocate requests answered, by result (ok, try_again, card_taken, interface_taken, not_managed, invalid, canceled, error).",
+			Help: "Allocate requests answered, by result (ok, try_again, card_taken, interface_taken, limit, not_managed, invalid, canceled, error).",
 		}, []string{"result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Name: "allocation_duration_seconds",
@@ -98,6 +99,8 @@ func resultOf(err error) string {
 		return resultCardTaken
 	case errors.Is(err, allocator.ErrInterfaceTaken):
 		return resultInterfaceTaken
+	case errors.Is(err, allocator.ErrLimit):
+		return resultLimit
 	case errors.Is(err, api.ErrInvalid), errors.Is(err, allocator.ErrInvalid):
 		return resultInvalid
 	}

@@ -86,6 +86,10 @@ type Option func(*Allocator)
 // WithCooldown sets how long released addresses rest; 0 disables the rest.
 func WithCooldown(d time.Duration) Option { return func(a *Allocator) { a.cooldown = d } }
 
+// WithMaxAllocations caps the allocations held at once (0: no cap), so that a buggy local client cannot
+// drain the subnets; a new allocation beyond it is ErrLimit. A checkpoint holding more still loads.
+func WithMaxAllocations(n int) Option { return func(a *Allocator) { a.maxAllocs = n } }
+
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(a *Allocator) { a.nowFn = now } }
 
@@ -94,6 +98,8 @@ type Allocator struct {
 	st       store.Store
 	nowFn    func() time.Time
 	cooldown time.Duration
+	// maxAllocs caps len(allocs) for new allocations; 0: no cap.
+	maxAllocs int
 
 	mu     sync.Mutex
 	cards  map[int]*card
@@ -448,6 +454,9 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 	}
 	if other := a.podOnCard(req); other != nil {
 		return Allocation{}, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
+	}
+	if a.maxAllocs > 0 && len(a.allocs) >= a.maxAllocs {
+		return Allocation{}, fmt.Errorf("the node holds %d allocations, the most allowed: %w", len(a.allocs), ErrLimit)
 	}
 	c := a.card(req.Card)
 	now := a.now()

@@ -750,3 +750,21 @@ func TestConcurrentWithFileStore(t *testing.T) {
 	}
 	checkInvariants(t, b)
 }
+
+// WithMaxAllocations refuses a new allocation beyond the cap with ErrLimit; a repeated allocation and one
+// made after a release still go through.
+func TestMaxAllocations(t *testing.T) {
+	a, _, _ := newTest(t, WithMaxAllocations(2))
+	seed(t, a, 1, 4)
+	mustAllocate(t, a, req(1, 1))
+	mustAllocate(t, a, req(2, 1))
+	if _, err := a.Allocate(req(3, 1)); !errors.Is(err, ErrLimit) {
+		t.Fatalf("third allocation = %v, want ErrLimit", err)
+	}
+	mustAllocate(t, a, req(2, 1)) // the same again is not a new one
+	r := req(1, 1)
+	if _, _, err := a.Release(r.ContainerID, r.IfName); err != nil {
+		t.Fatal(err)
+	}
+	mustAllocate(t, a, req(3, 1))
+}

@@ -17,6 +17,8 @@ var (
 	ErrInterfaceTaken = errors.New("interface already allocated differently")
 	// ErrInvalid: a malformed request or argument.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrLimit: the node already holds the most allocations WithMaxAllocations allows.
+	ErrLimit = errors.New("allocation limit reached")
 	// ErrConflict: an address or ENI is already known in another role or place.
 	ErrConflict = errors.New("conflicts with known state")
 )

@@ -147,6 +147,7 @@ func TestErrorCodes(t *testing.T) {
 		{"allocator invalid", fmt.Errorf("allocate: %w", allocator.ErrInvalid), CodeInvalid, ErrInvalid, 400, "invalid argument"},
 		{"allocator card taken", fmt.Errorf("allocate card 3: %w", cardTaken), CodeCardTaken, ErrCardTaken, 409, "one address per pod per card"},
 		{"allocator interface taken", fmt.Errorf("allocate: %w", allocator.ErrInterfaceTaken), CodeInterfaceTaken, ErrInterfaceTaken, 409, "differently"},
+		{"allocator limit", fmt.Errorf("allocate: %w", allocator.ErrLimit), CodeLimit, ErrLimit, 429, "limit"},
 		{"allocator pool empty with EC2 code", fmt.Errorf("refill card 3: %w: %w", &allocator.PoolEmptyError{Card: 3}, ec2Err),
 			CodeTryAgain, ErrTryAgain, 503, "InsufficientFreeAddressesInSubnet"},
 		{"backend gave up waiting", fmt.Errorf("wait for refill on card 3: %w", context.DeadlineExceeded), CodeTryAgain, ErrTryAgain, 503, "deadline"},
@@ -572,5 +573,38 @@ func TestErrorStatusOnWire(t *testing.T) {
 	status, e := rawDo(t, s.path, http.MethodPost, pathAllocate, body)
 	if status != http.StatusServiceUnavailable || e == nil || e.Code != CodeTryAgain || e.Message != "no free address on card 3" {
 		t.Errorf("got HTTP %d %+v", status, e)
+	}
+}
+
+// TestPeerRefused: a peer the server does not allow (SO_PEERCRED) gets CodeForbidden naming its uid, and
+// the backend is never called.
+func TestPeerRefused(t *testing.T) {
+	path := filepath.Join(shortDir(t), "agent.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &fakeBackend{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveFor(ctx, l, b, nil, time.Second, func(uint32) bool { return false }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	c := newTestClient(t, path, 5*time.Second)
+	_, err = c.Allocate(context.Background(), testRequest)
+	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("peer uid %d", os.Geteuid())) {
+		t.Fatalf("Allocate from a refused peer = %v, want ErrForbidden naming uid %d", err, os.Geteuid())
+	}
+	if _, err := c.List(context.Background()); !errors.Is(err, ErrForbidden) {
+		t.Errorf("List from a refused peer = %v, want ErrForbidden", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.calls != 0 {
+		t.Errorf("backend called %d times for a refused peer", b.calls)
 	}
 }

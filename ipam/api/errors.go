@@ -27,6 +27,10 @@ const (
 	CodeNotManaged Code = "not-managed"
 	// CodeUnavailable: the agent is up but cannot serve yet (starting, restoring state, shutting down).
 	CodeUnavailable Code = "unavailable"
+	// CodeLimit: the node's cap on allocations (the agent's --max-allocations) is reached.
+	CodeLimit Code = "limit"
+	// CodeForbidden: the peer on the socket is not root (SO_PEERCRED).
+	CodeForbidden Code = "forbidden"
 	// CodeInternal: anything else.
 	CodeInternal Code = "internal"
 )
@@ -40,6 +44,8 @@ var (
 	ErrTryAgain       = errors.New("try again later")
 	ErrNotManaged     = errors.New("card not managed by this agent")
 	ErrUnavailable    = errors.New("agent unavailable")
+	ErrLimit          = errors.New("allocation limit of the node reached")
+	ErrForbidden      = errors.New("peer not allowed on the agent's socket")
 	ErrInternal       = errors.New("agent internal error")
 )
 
@@ -55,6 +61,8 @@ var codes = []struct {
 	{CodeTryAgain, ErrTryAgain, http.StatusServiceUnavailable},
 	{CodeNotManaged, ErrNotManaged, http.StatusNotFound},
 	{CodeUnavailable, ErrUnavailable, http.StatusServiceUnavailable},
+	{CodeLimit, ErrLimit, http.StatusTooManyRequests},
+	{CodeForbidden, ErrForbidden, http.StatusForbidden},
 	{CodeInternal, ErrInternal, http.StatusInternalServerError},
 }
 
@@ -108,6 +116,8 @@ func errorFor(err error) *Error {
 		code = CodeCardTaken
 	case errors.Is(err, allocator.ErrInterfaceTaken):
 		code = CodeInterfaceTaken
+	case errors.Is(err, allocator.ErrLimit):
+		code = CodeLimit
 	case errors.Is(err, allocator.ErrPoolEmpty),
 		// A backend that gave up waiting for a refill.
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),

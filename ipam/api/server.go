@@ -35,6 +35,11 @@ func Serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger) 
 }
 
 func serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger, grace time.Duration) error {
+	return serveFor(ctx, l, b, logger, grace, rootOnly)
+}
+
+// serveFor is serve answering only peers whose uid allowed accepts.
+func serveFor(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger, grace time.Duration, allowed func(uid uint32) bool) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -42,13 +47,15 @@ func serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger, 
 	reqCtx, cancelReqs := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelReqs()
 	srv := &http.Server{
-		Handler: &handler{b: b, log: logger},
+		Handler: &handler{b: b, log: logger, allowed: allowed},
 		// No ReadTimeout or WriteTimeout: an allocate may legitimately wait for a refill, and the socket is
-		// root-only, so slow clients are not an attack.
+		// root-only (mode 0600, and every request's peer is checked with SO_PEERCRED), so slow clients are
+		// not an attack.
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		BaseContext:       func(net.Listener) context.Context { return reqCtx },
+		ConnContext:       withPeer,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
@@ -72,8 +79,9 @@ func serve(ctx context.Context, l net.Listener, b Backend, logger *slog.Logger, 
 }
 
 type handler struct {
-	b   Backend
-	log *slog.Logger
+	b       Backend
+	log     *slog.Logger
+	allowed func(uid uint32) bool
 }
 
 // reqLog collects what the one log line per request says.
@@ -98,7 +106,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				errBody = &Error{Code: CodeInternal, Message: fmt.Sprintf("agent panicked serving %s: %v", r.URL.Path, p)}
 			}
 		}()
-		body, errBody = h.route(w, r, rl)
+		if errBody = checkPeer(r.Context(), h.allowed); errBody == nil {
+			body, errBody = h.route(w, r, rl)
+		}
 	}()
 	if errBody != nil {
 		status = errBody.status
