@@ -45,6 +45,10 @@ type Attachment struct {
 	PolicyRouting *bool
 	// MTU, when not 0, is the config's "mtu".
 	MTU int
+	// Network, when set, is the config's "name" (default multinic-card<N>): a second network on a card.
+	Network string
+	// Valid, when not nil, is the config's "cni.dev/valid-attachments", for GC.
+	Valid []types.GCAttachment
 }
 
 // NetConf is the CNI network configuration of the attachment for an agent listening on socket.
@@ -67,6 +71,12 @@ func (a Attachment) NetConf(socket string) map[string]any {
 	}
 	if a.MTU != 0 {
 		c["mtu"] = a.MTU
+	}
+	if a.Network != "" {
+		c["name"] = a.Network
+	}
+	if a.Valid != nil {
+		c["cni.dev/valid-attachments"] = a.Valid
 	}
 	return c
 }

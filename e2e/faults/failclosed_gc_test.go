@@ -1,0 +1,199 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/plugin"
+)
+
+// The fail-closed cases of issue 11 that belong to GC, the journal and the socket: each drives the real
+// plugin and agent, injects the wrong input, and checks that no live pod lost its address, that no address
+// is held twice, and (in cleanup) that nothing leaked once the pods are gone.
+
+// requireKept fails t unless every pod still holds, in the agent, the address its ADD returned on each of
+// its attachments, and no address is held twice.
+func requireKept(t *testing.T, node *harness.Node, pods ...*harness.Pod) {
+	t.Helper()
+	all, err := node.Allocations()
+	if err != nil {
+		t.Fatalf("list allocations: %v", err)
+	}
+	holders := map[string]string{}
+	for _, a := range all {
+		if prev, dup := holders[a.Address.String()]; dup {
+			t.Errorf("address %s held twice: %s and %s/%s", a.Address, prev, a.ContainerID, a.IfName)
+		}
+		holders[a.Address.String()] = a.ContainerID + "/" + a.IfName
+	}
+	for _, p := range pods {
+		for i, att := range p.Attachments {
+			if i >= len(p.Results) {
+				continue
+			}
+			want := p.Results[i].IPs[0].Address.IP.String()
+			if got := holders[want]; got != p.ContainerID+"/"+att.IfName {
+				t.Errorf("pod %s lost %s on %s: the agent has it held by %q", p.Name, want, att.IfName, got)
+			}
+		}
+		if err := p.Check(); err != nil {
+			t.Errorf("CHECK of live pod %s: %v", p.Name, err)
+		}
+	}
+}
+
+// TestGCOtherNetwork (item 1): two networks on one card and mode, the published one and a hand-written one.
+// The runtime's GC of each lists only its own network's attachments; neither may take the other's.
+func TestGCOtherNetwork(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig())
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	byHand := exclusive
+	byHand.Network = "multinic-card1-by-hand"
+	run := newRun(t, "gc-other-network", plugin.ModeExclusive, "CNI GC of a second network on the same card and mode, each listing only its own attachments")
+	var notes []string
+	for i := range rounds() {
+		published := w.newPod(t, fmt.Sprintf("pub%d", i))
+		if _, err := published.Attach(exclusive); err != nil {
+			t.Fatal(err)
+		}
+		hand := w.newPod(t, fmt.Sprintf("hand%d", i))
+		d, err := attachTimed(hand, byHand)
+		run.addResult(d, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, gc := range []struct {
+			att harness.Attachment
+			pod *harness.Pod
+		}{{byHand, hand}, {exclusive, published}} {
+			gc.att.Valid = []types.GCAttachment{{ContainerID: gc.pod.ContainerID, IfName: gc.att.IfName}}
+			if _, err := gc.pod.CNI("GC", gc.att, nil); err != nil {
+				t.Errorf("GC of network %v: %v", gc.att.NetConf(node.Socket)["name"], err)
+			}
+		}
+		requireKept(t, node, published, hand)
+		notes = append(notes, "both pods kept their ENI through both networks' GC")
+		w.endRound(t, i, published, hand)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestJournalReplayAtStart (item 7): the agent is down when the runtime DELs a pod, so the plugin journals
+// the release. The agent restarts and no plugin runs again: the agent itself must free the address before
+// it answers.
+func TestJournalReplayAtStart(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig())
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "journal-replay", plugin.ModeExclusive, "agent stopped, pod DELed (release journaled), agent started, no further CNI call")
+	var notes []string
+	for i := range rounds() {
+		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		if _, err := live.Attach(exclusive); err != nil {
+			t.Fatal(err)
+		}
+		gone := w.newPod(t, fmt.Sprintf("gone%d", i))
+		if _, err := gone.Attach(exclusive); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.StopAgent(); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		err := gone.Del()
+		run.addResult(time.Since(start), err)
+		if err != nil {
+			t.Fatalf("DEL with the agent down: %v, want success (journaled)", err)
+		}
+		if j, err := journaled(map[string]bool{gone.ContainerID: true}); err != nil || len(j) != 1 {
+			t.Fatalf("journal after DEL with the agent down: %v (%v), want the pod's record", j, err)
+		}
+		if err := node.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.WaitReady(); err != nil {
+			t.Fatal(err)
+		}
+		if _, held, err := node.Allocation(gone.ContainerID, exclusive.IfName); err != nil || held {
+			t.Errorf("after the restart the agent still holds the DELed pod's address (err %v)", err)
+		}
+		if j, err := journaled(map[string]bool{gone.ContainerID: true}); err != nil || len(j) != 0 {
+			t.Errorf("journal after the restart: %v (%v), want it empty", j, err)
+		}
+		requireKept(t, node, live)
+		notes = append(notes, "the restarted agent freed the journaled address before answering")
+		w.endRound(t, i, live, gone)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestAllocationCap (the socket): a buggy local client allocates in a loop. The agent's --max-allocations
+// stops it, an ADD beyond the cap gets CNI code 103, the live pod keeps its address, and once the client
+// gives back what it took the next ADD works.
+func TestAllocationCap(t *testing.T) {
+	nettest.RequireRoot(t)
+	const maxAllocs = 3
+	region := harness.NewRegion(t, regionConfig("--max-allocations", fmt.Sprint(maxAllocs)))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "allocation-cap", plugin.ModeExclusive, fmt.Sprintf("a local client allocating in a loop, --max-allocations %d", maxAllocs))
+	var notes []string
+	for i := range rounds() {
+		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		if _, err := live.Attach(exclusive); err != nil {
+			t.Fatal(err)
+		}
+		var taken []api.ReleaseRequest
+		var refusal error
+		for k := range 50 {
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
+			req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("buggy-%d-%d", i, k), IfName: "net1",
+				PodNamespace: "default", PodName: fmt.Sprintf("buggy-%d", k)}
+			_, err := node.Client.Allocate(ctx, req)
+			cancel()
+			if err != nil {
+				refusal = err
+				break
+			}
+			taken = append(taken, api.ReleaseRequest{ContainerID: req.ContainerID, IfName: req.IfName})
+		}
+		if !errors.Is(refusal, api.ErrLimit) || len(taken) != maxAllocs-1 {
+			t.Errorf("buggy client: %d allocations, then %v; want %d, then the limit", len(taken), refusal, maxAllocs-1)
+		}
+		next := w.newPod(t, fmt.Sprintf("next%d", i))
+		d, err := attachTimed(next, exclusive)
+		run.addResult(d, err)
+		if code, msg := cniError(err); code != plugin.ErrAllocationLimit {
+			t.Errorf("ADD beyond the cap: code %d (%s), want %d", code, msg, plugin.ErrAllocationLimit)
+		}
+		requireKept(t, node, live)
+		for _, r := range taken {
+			if _, err := node.Client.Release(context.Background(), r); err != nil {
+				t.Errorf("release %s: %v", r.ContainerID, err)
+			}
+		}
+		if err := next.Del(); err != nil {
+			t.Errorf("DEL of the refused ADD: %v", err)
+		}
+		roundPods := []*harness.Pod{live, next, w.recover(t, run, i, exclusive, "ADD once the client gave its addresses back")}
+		requireKept(t, node, live)
+		notes = append(notes, "the cap stopped the client; the live pod kept its ENI")
+		w.endRound(t, i, roundPods...)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
