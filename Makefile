@@ -47,6 +47,7 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
+	MULTINIC_E2E=1 $(GOTEST) -timeout 10m -run '^TestGCAPIView$$' ./e2e/faults/
 
 e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control plane on the host; ~2-3 min)
 	bash e2e/tools/build.sh
