@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -539,7 +540,9 @@ func ec2Actions() []string {
 // TestIAMPolicy: the policy allows exactly the EC2 actions the agent calls; every change to a network
 // interface is conditioned on the agent's cluster tag (ResourceTag), creation on the tags the agent puts
 // (RequestTag) and CreateTags on being part of CreateNetworkInterface; only Describe* has Resource "*";
-// the cluster name is the ConfigMap's.
+// the cluster name is the ConfigMap's. Every statement on network interfaces, subnets or security groups
+// (but tag-on-create) holds to one VPC (ec2:Vpc), and instances are only those tagged with the cluster:
+// one node's stolen credentials work in no other VPC and attach to no instance outside the cluster.
 func TestIAMPolicy(t *testing.T) {
 	b, err := fs.ReadFile(Files, "iam-policy.json")
 	if err != nil {
@@ -557,6 +560,8 @@ func TestIAMPolicy(t *testing.T) {
 	}
 	actions := map[string]bool{}
 	sids := map[string]bool{}
+	vpcs := map[string]bool{}
+	vpcARN := regexp.MustCompile(`^arn:aws:ec2:\*:\*:vpc/vpc-[0-9a-f]{8,17}$`)
 	for _, s := range p.Statement {
 		if s.Effect != "Allow" || s.Sid == "" || sids[s.Sid] {
 			t.Errorf("statement %q: effect %q (want Allow and a unique Sid)", s.Sid, s.Effect)
@@ -593,6 +598,23 @@ func TestIAMPolicy(t *testing.T) {
 		if slices.ContainsFunc(s.Resource, func(r string) bool { return strings.Contains(r, "network-interface") }) && !eniOnly {
 			t.Errorf("statement %s: network-interface resources mixed with others: %v", s.Sid, s.Resource)
 		}
+		inVPC := slices.ContainsFunc(s.Resource, func(r string) bool {
+			return strings.Contains(r, ":network-interface/") || strings.Contains(r, ":subnet/") || strings.Contains(r, ":security-group/")
+		})
+		if tagOnCreate := slices.Equal(s.Action, []string{"ec2:CreateTags"}); inVPC && !tagOnCreate {
+			v := cond("ArnEquals", "ec2:Vpc")
+			if !vpcARN.MatchString(v) {
+				t.Errorf("statement %s: not held to one VPC (ArnEquals ec2:Vpc = %q)", s.Sid, v)
+			}
+			vpcs[v] = true
+		}
+		if slices.ContainsFunc(s.Resource, func(r string) bool { return strings.Contains(r, ":instance/") }) &&
+			cond("StringEquals", "aws:ResourceTag/"+eni.TagCluster) != cluster {
+			t.Errorf("statement %s: instances not limited to those tagged %s=%s: %v", s.Sid, eni.TagCluster, cluster, s.Condition)
+		}
+	}
+	if len(vpcs) != 1 {
+		t.Errorf("statements name %d VPCs %v, want one", len(vpcs), vpcs)
 	}
 	got := slices.Sorted(func(yield func(string) bool) {
 		for a := range actions {

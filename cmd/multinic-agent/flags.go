@@ -59,6 +59,8 @@ type options struct {
 	maxAllocs    int
 	refill       time.Duration
 	reconcile    time.Duration
+	orphanSweep  time.Duration
+	orphanAge    time.Duration
 	mtu          int
 	metricsAddr  string
 	ec2Endpoint  string
@@ -154,6 +156,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
 	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
 	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")
+	fs.DurationVar(&o.orphanSweep, "orphan-sweep-interval", eni.DefaultOrphanSweep, "how often this agent deletes the cluster's orphaned ENIs (available, tagged with --cluster, older than --orphan-age: their node died before attaching them); every agent sweeps, from a random offset; negative: never")
+	fs.DurationVar(&o.orphanAge, "orphan-age", eni.DefaultOrphanAge, "how old an available ENI of this cluster must be to count as orphaned")
 	fs.IntVar(&o.mtu, "mtu", eni.DefaultMTU, "MTU set on every ENI link")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", DefaultMetricsAddr, "address of the HTTP server for /metrics, /healthz and /readyz; empty: none")
 	fs.StringVar(&o.ec2Endpoint, "ec2-endpoint", "", "EC2 API endpoint URL; default $AWS_ENDPOINT_URL_EC2, else the SDK's regional endpoint")
@@ -332,7 +336,8 @@ func (o options) eniConfig(logger *slog.Logger) eni.Config {
 		WarmTarget: &o.warmTarget, MinFree: &o.minFree, MaxBatch: o.maxBatch, PrefixMode: o.prefixMode,
 		SurplusDelay: surplusDelay(o.surplusDelay), MTU: o.mtu,
 		RefillInterval: o.refill, ReconcileInterval: o.reconcile,
-		EC2Rate: o.ec2Rate, EC2Burst: o.ec2Burst,
+		EC2Rate: o.ec2Rate, EC2Burst: o.ec2Burst, NetnsDirs: o.netnsDirs,
+		OrphanSweepInterval: o.orphanSweep, OrphanAge: o.orphanAge,
 		Logger: logger.With("component", "eni"),
 	}
 }

@@ -54,6 +54,12 @@ func (s *Server) createNetworkInterface(q query) (any, error) {
 		}
 	}
 	token := q.str("ClientToken")
+	ifType := q.str("InterfaceType")
+	switch ifType {
+	case "", "interface", "efa", "efa-only", "trunk":
+	default:
+		return nil, errInvalidParam("Value (%s) for parameter interfaceType is invalid.", ifType)
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -82,6 +88,9 @@ func (s *Server) createNetworkInterface(q query) (any, error) {
 	}
 	for _, t := range tags {
 		e.tags[t.key] = t.value
+	}
+	if ifType != "" {
+		e.interfaceType = ifType
 	}
 	if token != "" {
 		e.clientToken = token

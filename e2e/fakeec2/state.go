@@ -52,7 +52,8 @@ type eni struct {
 	sourceDestCheck bool
 	clientToken     string
 	att             *attachment
-	primaryOfInst   bool // card 0 device 0 of its instance: never detached
+	primaryOfInst   bool   // card 0 device 0 of its instance: never detached
+	interfaceType   string // "" is "interface"; "efa", "efa-only", "trunk"
 }
 
 func (e *eni) status() string {

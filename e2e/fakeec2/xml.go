@@ -2,6 +2,7 @@ package fakeec2
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/xml"
 	"net/http"
 	"slices"
@@ -264,7 +265,7 @@ func (s *Server) toXML(e *eni) xmlENI {
 		MacAddress:         e.mac,
 		PrivateIPAddress:   e.primaryIP.String(),
 		SourceDestCheck:    e.sourceDestCheck,
-		InterfaceType:      "interface",
+		InterfaceType:      cmp.Or(e.interfaceType, "interface"),
 		Tags:               xmlTags(e.tags),
 	}
 	for _, g := range e.groups {

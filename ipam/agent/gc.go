@@ -2,17 +2,14 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -193,17 +190,8 @@ func (a *Agent) gone(al allocator.Allocation, pods map[podKey][]string) (reason 
 	return "", visible
 }
 
-// netnsGone says whether the netns at path is positively gone: path is directly in one of NetnsDirs, that
-// directory is there, and path is not. visible is false for a path outside NetnsDirs.
+// netnsGone says whether the netns at path is positively gone (package netnsdir): visible is false for a
+// path outside NetnsDirs.
 func (a *Agent) netnsGone(path string) (gone, visible bool) {
-	p := filepath.Clean(path)
-	dir := filepath.Dir(p)
-	if !slices.ContainsFunc(a.cfg.NetnsDirs, func(d string) bool { return filepath.Clean(d) == dir }) {
-		return false, false
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return false, false // the directory itself is not there: no evidence about what was in it
-	}
-	_, err := os.Lstat(p)
-	return errors.Is(err, fs.ErrNotExist), true
+	return netnsdir.Gone(a.cfg.NetnsDirs, path)
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/multinic/multinic/ipam/agent"
 )
 
 // Tags the manager puts on every ENI it creates. An ENI is the manager's only when it carries TagCluster
@@ -46,6 +48,9 @@ const (
 	DefaultBackoffMax        = 20 * time.Second
 	DefaultErrorBackoffMax   = time.Minute
 	DefaultSettleTime        = time.Minute
+	DefaultOrphanAge         = 10 * time.Minute
+	DefaultOrphanSweep       = 10 * time.Minute
+	DefaultOrphanBatch       = 20
 	// PrefixSize is how many addresses a /28 prefix delegates.
 	PrefixSize = 16
 )
@@ -112,6 +117,18 @@ type Config struct {
 	// (0: DefaultErrorBackoffMax). The wait starts at RefillInterval/10 and doubles.
 	ErrorBackoffMax time.Duration
 
+	// NetnsDirs are the directories whose netns paths count as evidence that a released exclusive ENI's
+	// pod netns is gone (package netnsdir; nil: agent.DefaultNetnsDirs).
+	NetnsDirs []string
+
+	// OrphanAge: an available ENI of this cluster older than this is an orphan (0: DefaultOrphanAge).
+	// OrphanSweepInterval: how often this agent sweeps the cluster's orphans (0: DefaultOrphanSweep;
+	// negative: never). OrphanBatch: at most this many deletes per sweep (0: DefaultOrphanBatch). See
+	// orphans.go.
+	OrphanAge           time.Duration
+	OrphanSweepInterval time.Duration
+	OrphanBatch         int
+
 	// SettleTime is how long reconcile and GC believe the manager's own recent EC2 changes (assigns,
 	// unassigns, creates, detaches) over what Describe says, which may lag behind (0: DefaultSettleTime).
 	SettleTime time.Duration
@@ -147,6 +164,12 @@ func (c Config) withDefaults() Config {
 	c.BackoffMax = or(c.BackoffMax, DefaultBackoffMax)
 	c.ErrorBackoffMax = or(c.ErrorBackoffMax, DefaultErrorBackoffMax)
 	c.SettleTime = or(c.SettleTime, DefaultSettleTime)
+	c.OrphanAge = or(c.OrphanAge, DefaultOrphanAge)
+	c.OrphanSweepInterval = or(c.OrphanSweepInterval, DefaultOrphanSweep)
+	c.OrphanBatch = or(c.OrphanBatch, DefaultOrphanBatch)
+	if c.NetnsDirs == nil {
+		c.NetnsDirs = agent.DefaultNetnsDirs
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -63,6 +63,7 @@ func (m *Manager) tags(card int, exclusive bool) []types.Tag {
 		{Key: aws.String(TagCard), Value: aws.String(itoa(card))},
 		{Key: aws.String(TagManaged), Value: aws.String("true")},
 		{Key: aws.String(TagMode), Value: aws.String(mode)},
+		{Key: aws.String(TagCreatedAt), Value: aws.String(time.Now().UTC().Format(time.RFC3339))},
 	}
 	if m.cfg.NodeName != "" {
 		t = append(t, types.Tag{Key: aws.String(TagNodeName), Value: aws.String(m.cfg.NodeName)})

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
+	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 )
 
@@ -22,8 +19,8 @@ import (
 //     possibly under the pod-side name and with the plugin's alias): the link is restored (name, alias,
 //     MTU, up) and the ENI is usable again;
 //   - its link is gone for good: only a virtual device dies with its netns, and that is a dead ENI only
-//     when the released allocation's netns is itself gone (it lived in a directory the agent sees) and the
-//     link stayed away LinkTimeout longer. The card loop, never an ADD, then deletes the ENI;
+//     when the released allocation's netns is itself gone (it lived in one of NetnsDirs) and the link
+//     stayed away deadLinkGrace longer. The card loop, never an ADD, then deletes the ENI;
 //   - anything else (netns alive, or unknown): the ENI is kept, away, and never handed out.
 // An exclusive ENI the allocator does not know (no checkpoint) is registered only when its link is home;
 // one in a pod stays out of the pools (multinic-agent --recover gives it back to its pod).
@@ -266,7 +263,7 @@ const deadLinkGrace = 5 * time.Second
 // dies, only a virtual one dies with it. An unknown netns, or one in a directory the agent cannot see, is
 // no evidence: the ENI is kept.
 func (m *Manager) deleteIfDead(ctx context.Context, cs *cardState, e *eniState, p allocator.PoolAddress) error {
-	if !netnsGone(p.AwayNetns) {
+	if gone, _ := netnsdir.Gone(m.cfg.NetnsDirs, p.AwayNetns); !gone {
 		m.logOnce(cs, e.id, "released exclusive ENI's link is not home and its netns is not known gone: kept, not handed out",
 			"card", cs.index, "eni", e.id, "netns", p.AwayNetns)
 		return nil
@@ -291,25 +288,6 @@ func (m *Manager) deleteIfDead(ctx context.Context, cs *cardState, e *eniState, 
 	delete(cs.exclGone, e.id)
 	m.mu.Unlock()
 	return nil
-}
-
-// netnsGone reports positive evidence that the netns at path no longer exists: its directory is visible
-// and the path is absent or no longer a netns (an unmounted bind-mount file).
-func netnsGone(path string) bool {
-	if path == "" || !filepath.IsAbs(path) {
-		return false
-	}
-	if fi, err := os.Stat(filepath.Dir(path)); err != nil || !fi.IsDir() {
-		return false
-	}
-	n, err := ns.GetNS(path)
-	if err == nil {
-		_ = n.Close()
-		return false
-	}
-	var notExist ns.NSPathNotExistErr
-	var notNS ns.NSPathNotNSErr
-	return errors.As(err, &notExist) || errors.As(err, &notNS)
 }
 
 // logOnce logs a warning about an ENI the first time a card loop sees it in that condition.

@@ -79,6 +79,8 @@ type Manager struct {
 	enis     map[string]*eniState // ours, attached to this instance
 	occupied map[int]map[int]string
 	subnets  map[string]netip.Prefix
+	// orphanSeen: available ENIs of the cluster the orphan sweep saw, since when (orphans.go).
+	orphanSeen map[string]time.Time
 
 	startOnce sync.Once
 	cancel    context.CancelFunc
@@ -153,7 +155,7 @@ func New(cfg Config, d Deps) (*Manager, error) {
 		cfg: cfg, log: cfg.Logger, ec2: newCaller(d.EC2, cfg), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
 		recent: newRecent(cfg.SettleTime),
 		cards:  map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
-		subnets: map[string]netip.Prefix{},
+		subnets: map[string]netip.Prefix{}, orphanSeen: map[string]time.Time{},
 	}, nil
 }
 
@@ -197,6 +199,13 @@ func (m *Manager) start(ctx context.Context) error {
 		go func() {
 			defer m.wg.Done()
 			m.reconcileLoop(runCtx)
+		}()
+	}
+	if m.cfg.OrphanSweepInterval > 0 {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.orphanLoop(runCtx)
 		}()
 	}
 	return nil

@@ -138,6 +138,8 @@ func TestExclusiveLinkHomeWithFabric(t *testing.T) {
 			cfg := e.cardOneConfig()
 			cfg.SurplusDelay = time.Hour
 			cfg.LinkTimeout = 2 * time.Second
+			podDir := t.TempDir()
+			cfg.NetnsDirs = []string{podDir}
 			m, err := New(cfg, Deps{EC2: e.ec2, IMDS: e.imds, Allocator: e.alloc, Links: links})
 			if err != nil {
 				t.Fatal(err)
@@ -148,7 +150,7 @@ func TestExclusiveLinkHomeWithFabric(t *testing.T) {
 			t.Cleanup(m.Stop)
 			waitReady(t, m, 10*time.Second)
 
-			podPath := filepath.Join(t.TempDir(), "pod")
+			podPath := filepath.Join(podDir, "pod")
 			if err := namedns.Create(podPath); err != nil {
 				t.Fatal(err)
 			}

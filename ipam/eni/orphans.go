@@ -1,0 +1,118 @@
+package eni
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/multinic/multinic/internal/ctxtime"
+)
+
+// Orphans: an ENI created and tagged by an agent whose node died before the ENI was attached, or before
+// DeleteOnTermination was set, stays "available" with this cluster's tags and no agent to delete it (the
+// node GC deletes only its own node's). Every agent sweeps the whole cluster's: idempotent and paced,
+// rather than elected. Deleting an ENI twice is harmless (the second delete answers NotFound), so no
+// coordination is needed, and an election would need the Kubernetes API, which the ENI manager does
+// without. Each agent sweeps every OrphanSweepInterval from a random offset, at most OrphanBatch deletes
+// per pass through the one EC2 limiter, so N agents add N calls of DescribeNetworkInterfaces per interval
+// and the deletes are shared among them.
+//
+// An ENI is an orphan only when: it carries TagCluster = this cluster and TagManaged = true, it is not
+// tagged no_manage, it is a plain interface (never EFA or trunk), it is available (attached to nothing),
+// and it is older than OrphanAge: by its TagCreatedAt, or, without one, by how long this agent has seen
+// it available. A live agent attaches what it creates within seconds and deletes what it detaches.
+
+// TagCreatedAt is when the agent created the ENI (RFC 3339, UTC), for the orphan sweep's age.
+const TagCreatedAt = "multinic.io/created-at"
+
+func (m *Manager) orphanLoop(ctx context.Context) {
+	wait := time.Duration(rand.Int64N(int64(m.cfg.OrphanSweepInterval)))
+	for {
+		if ctxtime.Sleep(ctx, wait) != nil {
+			return
+		}
+		if n, err := m.SweepOrphans(ctx); err != nil && ctx.Err() == nil {
+			m.log.Warn("orphan ENI sweep failed", "deleted", n, "err", err)
+		}
+		wait = m.cfg.OrphanSweepInterval
+	}
+}
+
+// SweepOrphans runs one pass of the cluster-wide orphan sweep now and returns how many ENIs it deleted.
+func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
+	enis, err := m.describeENIs(ctx, []types.Filter{
+		{Name: aws.String("tag:" + TagCluster), Values: []string{m.cfg.Cluster}},
+		{Name: aws.String("tag:" + TagManaged), Values: []string{"true"}},
+		{Name: aws.String("status"), Values: []string{string(types.NetworkInterfaceStatusAvailable)}},
+	})
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	fresh := m.recent.view().created
+	m.mu.Lock()
+	seen := m.orphanSeen
+	m.orphanSeen = map[string]time.Time{}
+	var due []types.NetworkInterface
+	for _, ni := range enis {
+		id := aws.ToString(ni.NetworkInterfaceId)
+		if _, mine := fresh[id]; mine || !orphanCandidate(ni, m.cfg.Cluster) {
+			continue
+		}
+		first, ok := seen[id]
+		if !ok {
+			first = now
+		}
+		m.orphanSeen[id] = first
+		created, err := time.Parse(time.RFC3339, tagMap(ni.TagSet)[TagCreatedAt])
+		if err != nil {
+			created = first // no (readable) creation time: only this agent's own observation counts
+		}
+		if now.Sub(created) >= m.cfg.OrphanAge && len(due) < m.cfg.OrphanBatch {
+			due = append(due, ni)
+		}
+	}
+	m.mu.Unlock()
+	deleted := 0
+	for _, ni := range due {
+		id := aws.ToString(ni.NetworkInterfaceId)
+		_, err := do(ctx, m.ec2, "DeleteNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DeleteNetworkInterfaceOutput, error) {
+			return m.ec2.api.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}, o)
+		})
+		switch code := ErrorCode(err); {
+		case err == nil:
+			deleted++
+			m.log.Warn("deleted orphaned ENI", "eni", id, "node", tagMap(ni.TagSet)[TagNode],
+				"card", tagMap(ni.TagSet)[TagCard], "createdAt", tagMap(ni.TagSet)[TagCreatedAt])
+		case code == "InvalidNetworkInterfaceID.NotFound":
+			// Another agent's sweep (or its owner) got there first.
+		case code == "InvalidParameterValue":
+			// In use again (attached meanwhile): not an orphan after all.
+		default:
+			return deleted, err
+		}
+		m.mu.Lock()
+		delete(m.orphanSeen, id)
+		m.mu.Unlock()
+	}
+	return deleted, nil
+}
+
+// orphanCandidate is everything but the age (and this manager's own recent creates): the cluster's,
+// managed, not opted out, a plain interface, attached to nothing.
+func orphanCandidate(ni types.NetworkInterface, cluster string) bool {
+	tags := tagMap(ni.TagSet)
+	switch {
+	case tags[TagCluster] != cluster || tags[TagManaged] != "true" || tags[TagCard] == "":
+		return false
+	case tags[TagNoManage] == "true":
+		return false
+	case ni.InterfaceType != "" && ni.InterfaceType != types.NetworkInterfaceTypeInterface:
+		return false
+	}
+	return ni.Attachment == nil && ni.Status == types.NetworkInterfaceStatusAvailable
+}
