@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -389,5 +390,44 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
+	}
+}
+
+// TestAllocateLimit: at the allocator's cap a new allocation is refused with the limit code, an exclusive one
+// before any ENI is ensured for it; the same pair again still answers.
+func TestAllocateLimit(t *testing.T) {
+	al, err := allocator.New(store.NewMemory(), allocator.WithCooldown(0), allocator.WithMaxAllocations(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := al.AddAddresses(1, eniOf(1), addrOf(1, 0), addrOf(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	fp := newFakePools(1)
+	a, err := New(Config{Allocator: al, Pools: fp, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := serve(t, a)
+	ctx := context.Background()
+	if _, err := c.Allocate(ctx, req(1, "c1", "net1", "p1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Allocate(ctx, req(1, "c2", "net1", "p2")); !errors.Is(err, api.ErrLimit) {
+		t.Errorf("second allocation = %v, want ErrLimit", err)
+	}
+	ex := req(1, "c3", "net1", "p3")
+	ex.Exclusive = true
+	if _, err := c.Allocate(ctx, ex); !errors.Is(err, api.ErrLimit) {
+		t.Errorf("exclusive allocation at the cap = %v, want ErrLimit", err)
+	}
+	if n := len(fp.exclusive); n != 0 {
+		t.Errorf("EnsureExclusive called %d times at the cap, want 0", n)
+	}
+	if _, err := c.Allocate(ctx, req(1, "c1", "net1", "p1")); err != nil {
+		t.Errorf("the same pair again at the cap: %v", err)
+	}
+	if got := gaugeValue(t, a, "multinic_allocations_total", map[string]string{"result": "limit"}); got != 2 {
+		t.Errorf("multinic_allocations_total{result=limit} = %v, want 2", got)
 	}
 }

@@ -566,6 +566,13 @@ func (a *Allocator) Lookup(containerID, ifName string) (Allocation, bool) {
 	return *al, true
 }
 
+// Full says whether a new allocation would be refused with ErrLimit now.
+func (a *Allocator) Full() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.maxAllocs > 0 && len(a.allocs) >= a.maxAllocs
+}
+
 // List returns every allocation, by card then address.
 func (a *Allocator) List() []Allocation {
 	a.mu.Lock()
