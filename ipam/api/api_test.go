@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -606,5 +607,61 @@ func TestPeerRefused(t *testing.T) {
 	defer b.mu.Unlock()
 	if b.calls != 0 {
 		t.Errorf("backend called %d times for a refused peer", b.calls)
+	}
+}
+
+// peerClientEnv makes the test binary a client of the socket it names (see TestPeerNotRoot).
+const peerClientEnv = "MULTINIC_API_PEER_CLIENT"
+
+// TestPeerNotRoot: a real process of another uid (nobody) that can reach the socket (its mode loosened for
+// the test) is refused by the kernel's word on its uid, SO_PEERCRED, not by the socket's mode. As root only.
+func TestPeerNotRoot(t *testing.T) {
+	if path := os.Getenv(peerClientEnv); path != "" {
+		_, err := NewClient(path, 5*time.Second).List(context.Background())
+		fmt.Printf("peer-client-result: %v\n", err)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runs a client as uid 65534")
+	}
+	dir := shortDir(t)
+	path := filepath.Join(dir, "agent.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, l, &fakeBackend{}, nil) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for p, mode := range map[string]os.FileMode{dir: 0o755, path: 0o666} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The test binary sits in go's private build folder: nobody runs a copy.
+	bin := filepath.Join(dir, "client.test")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestPeerNotRoot$", "-test.count=1")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), peerClientEnv+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client as nobody: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "refused: peer uid 65534 may not use the agent's socket") {
+		t.Errorf("client as nobody got:\n%s\nwant the refusal naming uid 65534", out)
 	}
 }
