@@ -95,9 +95,10 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startNode starts fake-ec2 with one trn1.32xlarge (8 cards) whose ENIs become links in a fresh netns.
-// Everything is torn down when the test ends, failed or not.
-func startNode(t *testing.T) *node {
+// startNode starts fake-ec2 with one trn1.32xlarge (8 cards) whose ENIs become links in a fresh netns;
+// fakeArgs go to fake-ec2 too (a --config replaces that one instance). Everything is torn down when the
+// test ends, failed or not.
+func startNode(t *testing.T, fakeArgs ...string) *node {
 	t.Helper()
 	requireBinaries(t)
 	prefix := fmt.Sprintf("mna%d%d", os.Getpid()%1000, prefixSeq.Add(1))
@@ -113,8 +114,8 @@ func startNode(t *testing.T) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(fakeBin, "--nodes", "1", "--netns", n.netns, "--fabric-prefix", prefix,
-		"--ready-file", ready, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	cmd := exec.Command(fakeBin, append([]string{"--nodes", "1", "--netns", n.netns, "--fabric-prefix", prefix,
+		"--ready-file", ready, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, fakeArgs...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

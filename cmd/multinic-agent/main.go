@@ -3,6 +3,10 @@
 // garbage-collects the allocations of gone pods, and exports Prometheus metrics. `--help` lists its flags.
 // `multinic-agent install-cni` installs the CNI plugin into the host's CNI bin directory (the DaemonSet's
 // init container: the image has no shell).
+//
+// A subcommand talks to the agent running on the node, as root, through its socket:
+//
+//	multinic-agent status [--allocations] [-o table|json]
 package main
 
 import (
@@ -23,10 +27,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == InstallCNICommand {
-		err = installCNI(os.Args[2:], os.Stdout, os.Stderr)
-	} else {
-		err = run(ctx, os.Args[1:])
+	switch args := os.Args[1:]; {
+	case len(args) > 0 && args[0] == InstallCNICommand:
+		err = installCNI(args[1:], os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "status":
+		err = runStatus(ctx, args[1:], os.Stdout, os.Stderr)
+	default:
+		err = run(ctx, args)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	nadclient "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/client/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
@@ -33,7 +35,10 @@ func run(ctx context.Context, args []string) (retErr error) {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	// The last log lines stay in memory too, for `multinic-agent support-bundle` (the image has no shell
+	// and the node may have no log collector).
+	logs := logring.New(logRingLines, logRingLineBytes)
+	logger := slog.New(slog.NewJSONHandler(io.MultiWriter(os.Stderr, logs), &slog.HandlerOptions{Level: o.logLevel}))
 	slog.SetDefault(logger)
 
 	st, err := store.NewFileStore(o.stateDir)
@@ -88,9 +93,12 @@ func run(ctx context.Context, args []string) (retErr error) {
 	ag, err := agent.New(agent.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout,
 		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
-		Cards:    mgr.ManagedCards,
-		EC2Stats: func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
-		Logger:   logger.With("component", "agent"),
+		Cards:      mgr.ManagedCards,
+		EC2Stats:   func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
+		InstanceID: mgr.InstanceID,
+		CardInfo:   func() []agent.CardInfo { return cardInfos(mgr.Stats()) },
+		Logs:       logs.Lines,
+		Logger:     logger.With("component", "agent"),
 	})
 	if err != nil {
 		return err
@@ -195,6 +203,23 @@ func awsClients(ctx context.Context, o options) (*ec2.Client, *imds.Client, erro
 		}
 	})
 	return ec2c, imdsc, nil
+}
+
+// The agent keeps its last log lines for support bundles: about a day of a quiet node's info lines.
+const (
+	logRingLines     = 2000
+	logRingLineBytes = 8 << 10
+)
+
+func cardInfos(s eni.Stats) []agent.CardInfo {
+	out := make([]agent.CardInfo, 0, len(s.Cards))
+	for _, c := range s.Cards {
+		out = append(out, agent.CardInfo{
+			Card: c.Card, Subnet: c.SubnetID, ENIs: c.SharedENIIDs, Exclusive: c.ExclusiveENIIDs,
+			MaxENIs: c.MaxENIs, PrefixMode: s.PrefixMode, LastError: c.LastFailure, LastErrorAt: c.LastFailureAt,
+		})
+	}
+	return out
 }
 
 func ec2Stats(s eni.CallStats) agent.EC2Stats {

@@ -65,6 +65,10 @@ type Config struct {
 	Cards func() []int
 	// EC2Stats, when set, exports the manager's EC2 call counters.
 	EC2Stats func() EC2Stats
+	// InstanceID, CardInfo and Logs, when set, feed the operators' read-only endpoints (Node, Logs).
+	InstanceID func() string
+	CardInfo   func() []CardInfo
+	Logs       func() []string
 
 	Logger *slog.Logger
 	// Now replaces time.Now for GC decisions, for tests.

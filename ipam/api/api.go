@@ -7,6 +7,8 @@
 //	POST /v1/release       ReleaseRequest   -> ReleaseResponse
 //	GET  /v1/allocations                    -> ListResponse
 //	GET  /v1/status?card=N                  -> Status
+//	GET  /v1/node                           -> NodeStatus    (read-only, for operators; see Introspector)
+//	GET  /v1/logs                           -> LogsResponse
 //
 // Any other answer than 200 carries an Error: {"code": "...", "message": "..."}. The codes are a small stable
 // set (see Code); the client turns them back into *Error values that match the sentinels ErrInvalid,

@@ -142,6 +142,8 @@ var methods = map[string]string{
 	pathRelease:     http.MethodPost,
 	pathAllocations: http.MethodGet,
 	pathStatus:      http.MethodGet,
+	pathNode:        http.MethodGet,
+	pathLogs:        http.MethodGet,
 }
 
 // route dispatches to the endpoint and returns its body or its error.
@@ -155,6 +157,9 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 	}
 	body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 	ctx := r.Context()
+	if r.URL.Path == pathNode || r.URL.Path == pathLogs {
+		return h.introspect(ctx, r)
+	}
 	switch r.URL.Path {
 	case pathAllocate:
 		req, err := decodeAllocateRequest(body)
@@ -214,6 +219,30 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 		rl.add(slog.Bool("ready", st.Ready))
 		return st, nil
 	}
+}
+
+// introspect answers the operators' read-only endpoints, when the backend serves them.
+func (h *handler) introspect(ctx context.Context, r *http.Request) (any, *Error) {
+	in, ok := h.b.(Introspector)
+	if !ok {
+		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
+	}
+	if err := checkQuery(r.URL.Query()); err != nil {
+		return nil, err
+	}
+	var (
+		body any
+		err  error
+	)
+	if r.URL.Path == pathNode {
+		body, err = in.Node(ctx)
+	} else {
+		body, err = in.Logs(ctx)
+	}
+	if err != nil {
+		return nil, errorFor(err)
+	}
+	return body, nil
 }
 
 func asError(err error) *Error {

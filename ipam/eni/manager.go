@@ -103,11 +103,13 @@ type cardState struct {
 	createMu sync.Mutex // one ENI creation at a time per card: device indexes are per card
 	exclMu   sync.Mutex // one look at the card's exclusive ENIs at a time (EnsureExclusive, the card loop)
 
-	// Under Manager.mu.
-	lastErr      error
-	failedSteps  int // card loop steps that failed, ever: EnsureExclusive answers with a failure after its ask
-	surplusSince map[netip.Addr]time.Time
-	exclSince    map[string]time.Time
+	// Under Manager.mu. lastErr clears once a step succeeds; lastFailure stays, for operators.
+	lastErr       error
+	lastFailure   string
+	lastFailureAt time.Time
+	failedSteps   int // card loop steps that failed, ever: EnsureExclusive answers with a failure after its ask
+	surplusSince  map[netip.Addr]time.Time
+	exclSince     map[string]time.Time
 	// exclWaiting: EnsureExclusive calls waiting; exclAsked: when one last asked (zero once served).
 	exclWaiting int
 	exclAsked   time.Time
@@ -322,7 +324,15 @@ func (m *Manager) LastError(card int) error {
 func (m *Manager) setLastErr(cs *cardState, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	cs.setErrLocked(err)
+}
+
+// setErrLocked sets the card's last error, and its last failure when err is one; under Manager.mu.
+func (cs *cardState) setErrLocked(err error) {
 	cs.lastErr = err
+	if err != nil {
+		cs.lastFailure, cs.lastFailureAt = err.Error(), time.Now()
+	}
 }
 
 // CardStats describes one managed card.
@@ -337,12 +347,20 @@ type CardStats struct {
 	Ready                 bool
 	Pool                  allocator.Stats
 	LastError             string
+	// SharedENIIDs and ExclusiveENIIDs name the card's ENIs, sorted.
+	SharedENIIDs, ExclusiveENIIDs []string
+	// LastFailure is the card's most recent failure and LastFailureAt when it happened; unlike LastError
+	// they stay after the card recovers.
+	LastFailure   string
+	LastFailureAt time.Time
 }
 
 // Stats is everything the agent exports as metrics.
 type Stats struct {
 	Cards []CardStats
 	EC2   CallStats
+	// PrefixMode: the cards' pools are filled with /28 prefixes, not single addresses.
+	PrefixMode bool
 }
 
 // Stats returns per-card figures and EC2 call counts.
@@ -359,15 +377,20 @@ func (m *Manager) Stats() Stats {
 			}
 			if e.exclusive {
 				st.ExclusiveENIs++
+				st.ExclusiveENIIDs = append(st.ExclusiveENIIDs, e.id)
 			} else {
 				st.SharedENIs++
+				st.SharedENIIDs = append(st.SharedENIIDs, e.id)
 			}
 		}
+		slices.Sort(st.SharedENIIDs)
+		slices.Sort(st.ExclusiveENIIDs)
 		st.Capacity = st.SharedENIs * per
 		st.MaxCapacity = (st.MaxENIs - len(m.occupied[k]) + st.SharedENIs) * per
 		if cs.lastErr != nil {
 			st.LastError = cs.lastErr.Error()
 		}
+		st.LastFailure, st.LastFailureAt = cs.lastFailure, cs.lastFailureAt
 		out.Cards = append(out.Cards, st)
 	}
 	m.mu.Unlock()
@@ -375,6 +398,7 @@ func (m *Manager) Stats() Stats {
 		out.Cards[i].Pool = m.alloc.Stats(out.Cards[i].Card)
 	}
 	out.EC2 = m.ec2.stats()
+	out.PrefixMode = m.cfg.PrefixMode
 	return out
 }
 

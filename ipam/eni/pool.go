@@ -37,7 +37,7 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 		if err != nil {
 			failures++
 			m.mu.Lock()
-			cs.lastErr = err
+			cs.setErrLocked(err)
 			cs.failedSteps++
 			m.mu.Unlock()
 			wait := min(m.cfg.ErrorBackoffMax, (m.cfg.RefillInterval/10)<<min(failures-1, 20))

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// tinySubnetConfig is fake-ec2's default one-subnet-per-card layout for one trn1.32xlarge, with card 2's
+// subnet a /28: 11 usable addresses, fewer than card 2's ENI and its warm target need.
+func tinySubnetConfig(t *testing.T, dir string) string {
+	t.Helper()
+	subnets, err := fakeec2.SubnetsPerCard(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnets[2].CIDR = "10.0.32.0/28"
+	cfg := fakeec2.Config{Subnets: subnets, Instances: []fakeec2.InstanceConfig{{Type: "trn1.32xlarge"}}}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "fake-ec2.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runStatusCmd runs the real binary's status subcommand against the node's agent.
+func (n *node) runStatusCmd(args ...string) (stdout, stderr string, err error) {
+	var out, errb bytes.Buffer
+	cmd := exec.Command(agentBin, append([]string{"status", "--socket", n.socket}, args...)...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// TestStatusCommand: `multinic-agent status` against a running agent and fake-ec2. Card 1 serves two pods;
+// card 2's subnet is too small for its warm target, so EC2 refuses the refill. Every column of the JSON
+// and the table is checked against the agent's allocations and fake-ec2's state; with the agent stopped,
+// the command says so and fails.
+func TestStatusCommand(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, "--config", tinySubnetConfig(t, dir))
+	start := time.Now()
+	agentArgs := []string{"--managed-cards", "1,2", "--warm-target", "12", "--cooldown", "1h",
+		"--subnet-per-card", "1=" + fakeec2.CardSubnetID(1) + ",2=" + fakeec2.CardSubnetID(2)}
+	n.startAgent(agentArgs...)
+	n.waitReady(60*time.Second, 1)
+	ctx := context.Background()
+	for _, pod := range []string{"pod-a", "pod-b"} {
+		if _, err := n.client.Allocate(ctx, podReq(1, "c-"+pod, "net1", pod)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.client.Release(ctx, api.ReleaseRequest{ContainerID: "c-pod-b", IfName: "net1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.client.Allocate(ctx, podReq(1, "c-pod-c", "net1", "pod-c")); err != nil {
+		t.Fatal(err)
+	}
+	// Card 2's subnet has room for its ENI and 10 more addresses: 10 pods take them all.
+	for i := range 10 {
+		pod := fmt.Sprintf("pod-2-%d", i)
+		if _, err := n.client.Allocate(ctx, podReq(2, "c-"+pod, "net2", pod)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Card 2 fails its refill on EC2's InsufficientFreeAddressesInSubnet and has no free address left: it
+	// is not ready. Wait until the agent says so.
+	var rep statusReport
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, stderr, err := n.runStatusCmd("-o", "json", "--allocations")
+		if err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, stderr)
+		}
+		rep = statusReport{}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("status -o json printed %q: %v", out, err)
+		}
+		// Card 1 settles too: 12 free, its warm target, after pod-c took one.
+		if len(rep.Cards) == 2 && !rep.Cards[1].Ready && strings.Contains(rep.Cards[1].LastError, "InsufficientFreeAddressesInSubnet") &&
+			rep.Cards[0].Shared.Warm+rep.Cards[0].Shared.Cooling == 12 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("card 2 not down on InsufficientFreeAddressesInSubnet, or card 1 not settled, after 60s: %+v", rep.Cards)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st := n.state()
+	// The state is read after the status: card 2's ENIs and addresses do not change any more (every
+	// refill fails), card 1's are settled (warm target reached, nothing released but resting).
+
+	if rep.Node != "node-1" || rep.Instance != st.Instances[0].ID {
+		t.Errorf("node %q instance %q, want node-1 and fake-ec2's %s", rep.Node, rep.Instance, st.Instances[0].ID)
+	}
+	if !rep.Time.After(start) || rep.Time.After(time.Now()) {
+		t.Errorf("agent time %s not between the test's start %s and now", rep.Time, start)
+	}
+	subnetOf := map[string]string{}
+	for _, s := range st.Subnets {
+		subnetOf[s.CIDR] = s.ID
+	}
+	als, err := n.client.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enis := ourENIs(st)
+	for i, c := range rep.Cards {
+		if c.Card != i+1 {
+			t.Fatalf("cards %+v, want 1 and 2 in order", rep.Cards)
+		}
+		var want []string
+		addrs := 0
+		for _, e := range enis {
+			if e.Card == c.Card && e.InstanceID == rep.Instance && e.Status == "in-use" {
+				want = append(want, e.ID)
+				addrs += len(e.SecondaryIPs)
+				if e.SubnetID != c.Subnet {
+					t.Errorf("card %d: subnet %s, fake-ec2 has its ENI %s in %s", c.Card, c.Subnet, e.ID, e.SubnetID)
+				}
+			}
+		}
+		slices.Sort(want)
+		if !slices.Equal(c.ENIs, want) || len(want) == 0 {
+			t.Errorf("card %d: ENIs %v, fake-ec2 has %v", c.Card, c.ENIs, want)
+		}
+		if c.Mode != "single" {
+			t.Errorf("card %d: mode %q, want single", c.Card, c.Mode)
+		}
+		allocated := 0
+		for _, a := range als {
+			if a.Card == c.Card {
+				allocated++
+			}
+		}
+		if got := c.Shared.Allocated; got != allocated {
+			t.Errorf("card %d: allocated %d, the agent lists %d allocations", c.Card, got, allocated)
+		}
+		if got := c.Shared.Allocated + c.Shared.Warm + c.Shared.Cooling; got != addrs {
+			t.Errorf("card %d: allocated+warm+cooling = %d, fake-ec2 has %d secondary addresses on its ENIs", c.Card, got, addrs)
+		}
+		if c.MaxENIs != 5 { // trn1.32xlarge: 5 ENIs per card
+			t.Errorf("card %d: max ENIs %d, want 5", c.Card, c.MaxENIs)
+		}
+	}
+	c1, c2 := rep.Cards[0], rep.Cards[1]
+	if c1.Shared != (api.PoolCounts{Allocated: 2, Warm: 11, Cooling: 1}) {
+		t.Errorf("card 1 pool %+v, want 2 allocated (pod-a, pod-c), 1 cooling (pod-b's) and 11 warm: 12 free, the target", c1.Shared)
+	}
+	if !c1.Ready || c1.Reason != "" || c1.LastError != "" {
+		t.Errorf("card 1: ready %v reason %q last error %q, want ready and no error", c1.Ready, c1.Reason, c1.LastError)
+	}
+	if c1.Subnet != fakeec2.CardSubnetID(1) || c2.Subnet != fakeec2.CardSubnetID(2) {
+		t.Errorf("subnets %s and %s, want the agent's --subnet-per-card", c1.Subnet, c2.Subnet)
+	}
+	if c2.Shared != (api.PoolCounts{Allocated: 10}) {
+		t.Errorf("card 2 pool %+v, want all 10 addresses allocated", c2.Shared)
+	}
+	if !strings.Contains(c2.Reason, "InsufficientFreeAddressesInSubnet") {
+		t.Errorf("card 2: reason %q, want it to name EC2's InsufficientFreeAddressesInSubnet", c2.Reason)
+	}
+	if c2.LastErrorAt.Before(start) || c2.LastErrorAt.After(rep.Time) {
+		t.Errorf("card 2: last error at %s, not between the agent's start %s and its answer %s", c2.LastErrorAt, start, rep.Time)
+	}
+
+	// Allocations: the agent's list, sorted by pod, each address on its ENI in fake-ec2.
+	if len(rep.Allocations) != len(als) || len(als) != 12 {
+		t.Fatalf("status lists %d allocations, the agent %d, want 12", len(rep.Allocations), len(als))
+	}
+	for i, a := range rep.Allocations {
+		want := []string{"pod-2-0", "pod-2-1", "pod-2-2", "pod-2-3", "pod-2-4", "pod-2-5", "pod-2-6", "pod-2-7",
+			"pod-2-8", "pod-2-9", "pod-a", "pod-c"}[i]
+		if a.PodName != want || a.ContainerID != "c-"+want || !slices.ContainsFunc(als, func(b api.Allocation) bool {
+			return b.ContainerID == a.ContainerID && b.IfName == a.IfName && b.Card == a.Card && b.Address == a.Address &&
+				b.ENIID == a.ENIID && b.AllocatedAt.Equal(a.AllocatedAt)
+		}) {
+			t.Errorf("allocation %d: %+v, want %s as the agent lists it", i, a, want)
+		}
+		e, ok := enis[a.ENIID]
+		if !ok || !onENI(e, a.Address) || e.Card != a.Card {
+			t.Errorf("allocation %d: %s on %s, not on that ENI of card %d in fake-ec2", i, a.Address, a.ENIID, a.Card)
+		}
+		if a.AllocatedAt.Before(start) || a.AllocatedAt.After(rep.Time) {
+			t.Errorf("allocation %d: allocated at %s, outside the test", i, a.AllocatedAt)
+		}
+	}
+
+	// The table shows the same figures. Card 2's refill keeps failing, so its last error's time moves on
+	// between two answers: the table is compared with the JSON of the answer right after it, a few times
+	// if that time moved in between.
+	var diffs []string
+	for range 5 {
+		out, stderr, err := n.runStatusCmd("--allocations")
+		if err != nil {
+			t.Fatalf("status: %v\n%s", err, stderr)
+		}
+		jout, stderr, err := n.runStatusCmd("-o", "json", "--allocations")
+		if err != nil {
+			t.Fatalf("status -o json: %v\n%s", err, stderr)
+		}
+		var now statusReport
+		if err := json.Unmarshal([]byte(jout), &now); err != nil {
+			t.Fatal(err)
+		}
+		if diffs = statusTableDiffs(out, now); len(diffs) == 0 {
+			t.Logf("multinic-agent status --allocations:\n%s", out)
+			break
+		}
+	}
+	for _, d := range diffs {
+		t.Error(d)
+	}
+
+	n.kill()
+	out, stderr, err := n.runStatusCmd()
+	if err == nil {
+		t.Fatalf("status with the agent down succeeded: %s", out)
+	}
+	if !strings.Contains(stderr, "the multinic agent is not running on this node") {
+		t.Errorf("status with the agent down says %q, want it to say the agent is not running", stderr)
+	}
+	// Restart it so that the test ends with the graceful stop every harness test checks.
+	n.startAgent(agentArgs...)
+	n.waitReady(60*time.Second, 1)
+}
+
+// statusTableDiffs parses the table's card and allocation rows and compares every column with rep.
+func statusTableDiffs(out string, rep statusReport) []string {
+	var diffs []string
+	lines := strings.Split(out, "\n")
+	want := "node " + rep.Node + "  instance " + rep.Instance + "  ready "
+	if !strings.HasPrefix(lines[0], want) {
+		diffs = append(diffs, fmt.Sprintf("first line %q, want it to start %q", lines[0], want))
+	}
+	rows := map[string][]string{}
+	var allocRows [][]string
+	inAllocs := false
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 0:
+		case f[0] == "POD":
+			inAllocs = true
+		case inAllocs:
+			allocRows = append(allocRows, f)
+		case f[0] != "CARD" && f[0] != "card":
+			rows[f[0]] = f
+		}
+	}
+	for _, c := range rep.Cards {
+		f := rows[strconv.Itoa(c.Card)]
+		ready, last := "yes", "-"
+		if !c.Ready {
+			ready = "no"
+		}
+		if c.LastError != "" {
+			last = age(rep.Time, c.LastErrorAt)
+		}
+		want := []string{strconv.Itoa(c.Card), c.Mode, c.Subnet, strings.Join(c.ENIs, ","),
+			strconv.Itoa(c.Shared.Allocated), strconv.Itoa(c.Shared.Warm), strconv.Itoa(c.Shared.Cooling),
+			strconv.Itoa(c.Exclusive.Allocated) + "/" + strconv.Itoa(c.Exclusive.Warm) + "/" + strconv.Itoa(c.Exclusive.Cooling),
+			ready, last}
+		if c.LastError != "" {
+			want = append(want, "ago")
+		}
+		if !slices.Equal(f, want) {
+			diffs = append(diffs, fmt.Sprintf("card %d row %q, want %q", c.Card, f, want))
+		}
+		if !c.Ready && !strings.Contains(out, "card "+strconv.Itoa(c.Card)+" not ready: "+c.Reason) {
+			diffs = append(diffs, fmt.Sprintf("card %d: the table does not say why it is not ready (%q)", c.Card, c.Reason))
+		}
+		if c.LastError != "" && !strings.Contains(out, c.LastErrorAt.Format(time.RFC3339)+"): "+c.LastError) {
+			diffs = append(diffs, fmt.Sprintf("card %d: the table does not show its last error %q", c.Card, c.LastError))
+		}
+	}
+	if len(allocRows) != len(rep.Allocations) {
+		return append(diffs, fmt.Sprintf("%d allocation rows, want %d", len(allocRows), len(rep.Allocations)))
+	}
+	for i, a := range rep.Allocations {
+		want := []string{a.PodNamespace + "/" + a.PodName, a.IfName, strconv.Itoa(a.Card), a.Address.String(), a.ENIID,
+			"no", age(rep.Time, a.AllocatedAt), a.ContainerID}
+		if !slices.Equal(allocRows[i], want) {
+			diffs = append(diffs, fmt.Sprintf("allocation row %q, want %q", allocRows[i], want))
+		}
+	}
+	return diffs
+}
