@@ -56,6 +56,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad mtu", args: []string{"--cluster", "c", "--mtu", "10000"}, wantErr: "--mtu 10000 invalid"},
 		{name: "bad batch", args: []string{"--cluster", "c", "--max-batch", "0"}, wantErr: "--max-batch 0 invalid"},
 		{name: "bad grace", args: []string{"--cluster", "c", "--gc-grace", "0s"}, wantErr: "--gc-grace"},
+		{name: "relative netns dir", args: []string{"--cluster", "c", "--netns-dirs", "/run/netns,netns"}, wantErr: "--netns-dirs"},
+		{name: "negative max allocations", args: []string{"--cluster", "c", "--max-allocations", "-1"}, wantErr: "--max-allocations"},
+		{name: "empty journal dir", args: []string{"--cluster", "c", "--journal-dir", ""}, wantErr: "--journal-dir"},
 		{name: "bad level", args: []string{"--cluster", "c", "--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "stray argument", args: []string{"--cluster", "c", "extra"}, wantErr: "unexpected argument"},
 		{name: "no kubeconfig: nothing published", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
@@ -119,7 +122,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	for _, f := range []string{"socket", "state-dir", "cluster", "node-name", "kubeconfig", "managed-cards", "subnet-per-card",
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
 		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
-		"nad-mode", "node-resources", "resource-prefix", "publish-interval"} {
+		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}
