@@ -580,23 +580,10 @@ func TestErrorStatusOnWire(t *testing.T) {
 // TestPeerRefused: a peer the server does not allow (SO_PEERCRED) gets CodeForbidden naming its uid, and
 // the backend is never called.
 func TestPeerRefused(t *testing.T) {
-	path := filepath.Join(shortDir(t), "agent.sock")
-	l, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := &fakeBackend{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serveFor(ctx, l, b, nil, time.Second, func(uint32) bool { return false }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	c := newTestClient(t, path, 5*time.Second)
-	_, err = c.Allocate(context.Background(), testRequest)
+	s := startServerFor(t, b, nil, time.Second, func(uint32) bool { return false })
+	c := newTestClient(t, s.path, 5*time.Second)
+	_, err := c.Allocate(context.Background(), testRequest)
 	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("peer uid %d", os.Geteuid())) {
 		t.Fatalf("Allocate from a refused peer = %v, want ErrForbidden naming uid %d", err, os.Geteuid())
 	}
@@ -624,21 +611,8 @@ func TestPeerNotRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: runs a client as uid 65534")
 	}
-	dir := shortDir(t)
-	path := filepath.Join(dir, "agent.sock")
-	l, err := Listen(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, &fakeBackend{}, nil) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	s := startServer(t, &fakeBackend{}, nil, time.Second)
+	path, dir := s.path, filepath.Dir(s.path)
 	for p, mode := range map[string]os.FileMode{dir: 0o755, path: 0o666} {
 		if err := os.Chmod(p, mode); err != nil {
 			t.Fatal(err)

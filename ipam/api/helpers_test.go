@@ -105,6 +105,12 @@ type server struct {
 
 func startServer(t testing.TB, b Backend, logger *slog.Logger, grace time.Duration) *server {
 	t.Helper()
+	return startServerFor(t, b, logger, grace, rootOnly)
+}
+
+// startServerFor is startServer answering only the peers allowed accepts.
+func startServerFor(t testing.TB, b Backend, logger *slog.Logger, grace time.Duration, allowed func(uid uint32) bool) *server {
+	t.Helper()
 	path := filepath.Join(shortDir(t), "agent.sock")
 	l, err := Listen(path)
 	if err != nil {
@@ -115,7 +121,7 @@ func startServer(t testing.TB, b Backend, logger *slog.Logger, grace time.Durati
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, l, b, logger, grace) }()
+	go func() { done <- serveFor(ctx, l, b, logger, grace, allowed) }()
 	var once sync.Once
 	var serr error
 	s := &server{path: path, stop: func() error {
