@@ -137,7 +137,7 @@ func TestJournalReplayAtStart(t *testing.T) {
 			t.Errorf("journal after the restart: %v (%v), want it empty", j, err)
 		}
 		requireKept(t, node, live)
-		notes = append(notes, "the restarted agent freed the journaled address before answering")
+		notes = append(notes, "the ADD columns are the DEL under the fault (journaled, success); the restarted agent freed the journaled address before answering")
 		w.endRound(t, i, live, gone)
 	}
 	l, details := w.cleanup(t)
