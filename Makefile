@@ -16,7 +16,7 @@ FUZZTIME  ?= 5m
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle)$$/^ipvlan$$
 
-.PHONY: help build image test test-unit test-vm test-fuzz e2e e2e-vm bench demo lint fuzz clean
+.PHONY: help build image test test-unit test-vm test-fuzz e2e e2e-node e2e-vm bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,11 @@ e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 $(GOTEST) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
 	MULTINIC_E2E=1 $(GOTEST) -timeout 10m -run '^TestGCAPIView$$' ./e2e/faults/
+
+e2e-node: image ## manifests/ applied with kubectl on two real kubelet + containerd nodes (fake-ec2 instances), Multus thin and thick
+	bash e2e/tools/build.sh node
+	MULTINIC_TOOLS_STATIC=1 bash e2e/tools/build.sh multus # the Multus images have an empty base: no libc
+	MULTINIC_E2E_NODE=1 $(GOTEST) -timeout 15m ./e2e/realnode/
 
 e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control plane on the host; ~2-3 min)
 	bash e2e/tools/build.sh

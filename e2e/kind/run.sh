@@ -19,7 +19,7 @@
 set -euo pipefail
 
 if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-	echo "skipped: no Docker engine (kind needs one); the same cases run against a real kube-apiserver in \`make e2e\`"
+	echo "skipped: no Docker engine (kind needs one); the same image runs on real kubelet + containerd nodes in \`make e2e-node\`"
 	exit 0
 fi
 for tool in kind kubectl go curl jq ip; do

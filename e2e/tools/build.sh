@@ -56,7 +56,7 @@ NODE="$ALL kube-node containerd runc crictl"
 # The binaries of components that build several (the others build one, named like the component).
 KUBE_NODE_BINS="kubelet kube-scheduler kube-controller-manager kubectl"
 CONTAINERD_BINS="containerd containerd-shim-runc-v2 ctr"
-MULTUS_BINS="multus multus-daemon multus-shim thin_entrypoint install_multus"
+MULTUS_BINS="multus multus-daemon multus-shim thin_entrypoint install_multus passthru-cni"
 
 # modversion MODULE_DIR MODULE_PATH: the version of MODULE_PATH that the wrapper module pins.
 modversion() {

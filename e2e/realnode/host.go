@@ -1,0 +1,285 @@
+package realnode
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/multinic/multinic/e2e/fabric"
+)
+
+// Prefix names everything a run makes on the host: node netns and cgroups "<Prefix>-n<i>", the fabric's
+// "<Prefix>-vpc", the host's veth to the fabric "<Prefix>-h". It is fixed (not per process) so that a run
+// finds and removes what a killed run left; a lock keeps two runs apart.
+const Prefix = "mnrn"
+
+// Where a run keeps what must outlive it when it is killed: the lock and the host settings to restore.
+const (
+	stateDir  = "/run/multinic-realnode"
+	lockFile  = stateDir + "/lock"
+	savedFile = stateDir + "/host-sysctls.json"
+)
+
+// hostSysctls are the kernel settings the kubelet changes (it sets them at start, not namespaced, with no
+// opt-out; protectKernelDefaults makes it refuse to start instead). A run saves them first and puts them
+// back when it ends.
+var hostSysctls = []string{"kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory"}
+
+// lock takes the run lock, waiting up to timeout for another run to end. The returned file holds it.
+func lock(timeout time.Duration) (*os.File, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("lock real-node run: %w", err)
+	}
+	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock real-node run: %w", err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s (another real-node e2e runs?): %w", lockFile, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// saveSysctls records the host's kernel settings the kubelet changes, unless a killed run's record is
+// still there (that one holds the values from before the killed run).
+func saveSysctls() error {
+	if _, err := os.Stat(savedFile); err == nil {
+		return nil
+	}
+	saved := map[string]string{}
+	for _, k := range hostSysctls {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", k))
+		if err != nil {
+			return fmt.Errorf("save sysctl %s: %w", k, err)
+		}
+		saved[k] = strings.TrimSpace(string(b))
+	}
+	b, _ := json.Marshal(saved)
+	tmp := savedFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save sysctls: %w", err)
+	}
+	return os.Rename(tmp, savedFile)
+}
+
+// restoreSysctls writes the saved settings back and forgets them. Nothing saved: nothing to do.
+func restoreSysctls() error {
+	b, err := os.ReadFile(savedFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("restore sysctls: %w", err)
+	}
+	saved := map[string]string{}
+	if err := json.Unmarshal(b, &saved); err != nil {
+		return fmt.Errorf("restore sysctls from %s: %w", savedFile, err)
+	}
+	var errs []error
+	for k, v := range saved {
+		if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore sysctl %s=%s: %w", k, v, err))
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, os.Remove(savedFile))
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupDirs lists the node cgroups of a run in every mounted hierarchy: /sys/fs/cgroup/<controller>/<name>.
+func cgroupDirs(name string) []string {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	return dirs
+}
+
+// createCgroup makes the node's cgroup in every hierarchy: the kubelet's cgroupRoot, which it requires to
+// exist, and the home of the node's own processes. cpuset needs its cpus and mems filled in (cgroup v1).
+func createCgroup(name string) error {
+	hierarchies, err := filepath.Glob("/sys/fs/cgroup/*/cgroup.procs")
+	if err != nil {
+		return err
+	}
+	for _, procs := range hierarchies {
+		root := filepath.Dir(procs)
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("create cgroup %s: %w", dir, err)
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			if b, err := os.ReadFile(filepath.Join(root, f)); err == nil {
+				if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+					return fmt.Errorf("cgroup %s: %w", dir, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// cgroupPids lists every process in the cgroup trees at dirs.
+func cgroupPids(dirs []string) []int {
+	var pids []int
+	for _, d := range dirs {
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err != nil || e.IsDir() || e.Name() != "cgroup.procs" {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil && !slices.Contains(pids, pid) {
+					pids = append(pids, pid)
+				}
+			}
+			return nil
+		})
+	}
+	return pids
+}
+
+// removeCgroup kills every process left in the node's cgroups (kubelet, containerd, shims, containers)
+// and removes the cgroups, deepest first.
+func removeCgroup(name string) error {
+	dirs := cgroupDirs(name)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pids := cgroupPids(dirs)
+		if len(pids) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cgroup %s: processes %v still alive after SIGKILL", name, pids)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var errs []error
+	for _, d := range dirs {
+		var sub []string
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				sub = append(sub, p)
+			}
+			return nil
+		})
+		for i := len(sub) - 1; i >= 0; i-- {
+			if err := rmdirRetry(sub[i]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rmdirRetry removes an empty cgroup; a cgroup whose last process just died may be busy for a moment.
+func rmdirRetry(dir string) error {
+	var err error
+	for range 50 {
+		if err = syscall.Rmdir(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// Cleanup removes everything a run with Prefix made on the host, also when that run was killed: the
+// processes of its nodes (all in the nodes' cgroups, so their mount namespaces go with them), the
+// cgroups, the host's veth to the fabric, the fabric's and the nodes' netns; then it restores the
+// kernel settings the kubelets changed. Control-plane processes die with the test process (Pdeathsig).
+func Cleanup() error {
+	var errs []error
+	names, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Prefix+"-*"))
+	seen := map[string]bool{}
+	for _, d := range names {
+		if n := filepath.Base(d); !seen[n] {
+			seen[n] = true
+			errs = append(errs, removeCgroup(n))
+		}
+	}
+	errs = append(errs, deleteHostLink(), fabric.Cleanup(Prefix), restoreSysctls(), removeCreatedDirs())
+	return errors.Join(errs...)
+}
+
+// The host's veth to the fabric's router: the API server (on the host) reaches each kubelet at its node's
+// primary address through it, for exec, logs and port-forward. Link-local, so no host route can clash.
+const (
+	hostLinkName  = Prefix + "-h"
+	hostLinkPeer  = "host"
+	hostLinkAddr  = "169.254.77.1/30"
+	routerLinkAdr = "169.254.77.2/30"
+)
+
+// createdDirsFile lists mount points a run created on the host (directories are not namespaced), so that
+// Cleanup removes them, empty, even after a killed run.
+const createdDirsFile = stateDir + "/created-dirs"
+
+// ensureMountPoint creates dir if missing and records it for Cleanup.
+func ensureMountPoint(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	f, err := os.OpenFile(createdDirsFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("record mount point %s: %w", dir, err)
+	}
+	_, err = fmt.Fprintln(f, dir)
+	err = errors.Join(err, f.Sync(), f.Close())
+	if err != nil {
+		return fmt.Errorf("record mount point %s: %w", dir, err)
+	}
+	return os.MkdirAll(dir, 0o755)
+}
+
+// removeCreatedDirs removes the recorded mount points that are empty (deepest first), then the record.
+func removeCreatedDirs() error {
+	b, err := os.ReadFile(createdDirsFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dirs := strings.Fields(string(b))
+	slices.Sort(dirs)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		_ = syscall.Rmdir(dirs[i]) // not empty: something else put files there; leave it
+	}
+	return os.Remove(createdDirsFile)
+}
+
+// Leftovers lists what a run with Prefix left on the host: cgroups, netns, the host link, unrestored
+// kernel settings. Empty after a clean teardown.
+func Leftovers() []string {
+	var out []string
+	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Prefix+"-*"))
+	out = append(out, cgs...)
+	nss, _ := filepath.Glob(filepath.Join(fabric.NetNSDir, Prefix+"-*"))
+	out = append(out, nss...)
+	if _, err := os.Stat(filepath.Join("/sys/class/net", hostLinkName)); err == nil {
+		out = append(out, "link "+hostLinkName)
+	}
+	for _, f := range []string{savedFile, createdDirsFile} {
+		if _, err := os.Stat(f); err == nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}

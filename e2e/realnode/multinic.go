@@ -1,0 +1,96 @@
+package realnode
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/e2e/harness"
+)
+
+// Where the agent of the DaemonSet serves its metrics, /healthz and /readyz (manifests/daemonset.yaml).
+const agentMetricsAddr = "127.0.0.1:61679"
+
+// ManifestImage is the image name manifests/ uses for multinic (kustomize matches it without the tag).
+const ManifestImage = "ghcr.io/multinic/multinic"
+
+// AgentOverlay is what the e2e changes in manifests/ for this machine, in a kustomize overlay as a user
+// would: the image (the locally built one), the cluster name, and the agent pointed at fake-ec2 (EC2 and
+// IMDS on the node's loopback, static credentials) with the cards it serves and test-sized pools.
+type AgentOverlay struct {
+	ImageName, ImageTag string
+	ManagedCards        []int
+	Cards               int // the instance type's number of cards (each card's ENIs in its own subnet)
+}
+
+// Write writes the overlay's kustomization.yaml into dir, referring to the repository's manifests/.
+func (o AgentOverlay) Write(dir, manifestsDir string) error {
+	rel, err := filepath.Rel(dir, manifestsDir)
+	if err != nil {
+		return err
+	}
+	cards := make([]string, len(o.ManagedCards))
+	subnets := make([]string, len(o.ManagedCards))
+	for i, c := range o.ManagedCards {
+		cards[i] = fmt.Sprint(c)
+		subnets[i] = fmt.Sprintf("%d=%s", c, fakeec2.CardSubnetID(c))
+	}
+	endpoint := "http://" + EC2Addr
+	args := []string{
+		"--ec2-endpoint=" + endpoint, "--imds-endpoint=" + endpoint,
+		"--managed-cards=" + strings.Join(cards, ","), "--subnet-per-card=" + strings.Join(subnets, ","),
+		"--warm-target=2", "--min-free=1", "--cooldown=1s", "--refill-interval=1s",
+		"--ec2-rate=100", "--ec2-burst=100", "--log-level=debug",
+	}
+	var argOps strings.Builder
+	for _, a := range args {
+		fmt.Fprintf(&argOps, "    - {op: add, path: /spec/template/spec/containers/0/args/-, value: %q}\n", a)
+	}
+	k := fmt.Sprintf(`# Written by the real-node e2e (e2e/realnode): manifests/ as a user applies them, pointed at this
+# machine's fake EC2 region and the locally built image.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- %s
+images:
+- name: %s
+  newName: %s
+  newTag: %s
+patches:
+- target: {kind: ConfigMap, name: multinic-agent}
+  patch: |-
+    - {op: replace, path: /data/cluster-name, value: %s}
+- target: {kind: DaemonSet, name: multinic-agent}
+  patch: |-
+%s- target: {kind: DaemonSet, name: multinic-agent}
+  patch: |-
+    apiVersion: apps/v1
+    kind: DaemonSet
+    metadata: {name: multinic-agent, namespace: kube-system}
+    spec:
+      template:
+        spec:
+          containers:
+          - name: agent
+            env:
+            - {name: AWS_ACCESS_KEY_ID, value: AKIDREALNODE}
+            - {name: AWS_SECRET_ACCESS_KEY, value: realnode}
+            - {name: AWS_REGION, value: %s}
+`, rel, ManifestImage, o.ImageName, o.ImageTag, harness.DefaultCluster, argOps.String(), fakeec2.DefaultRegion)
+	return os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644)
+}
+
+// NodeGet fetches http://<addr><path> from inside the node's netns (curl of the host, run in the node).
+func (n *Node) NodeGet(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	out, err := n.Exec(ctx, "curl", "-sS", "--fail-with-body", "--max-time", "10", url)
+	if err != nil {
+		return string(out), fmt.Errorf("GET %s in node %s: %w: %s", url, n.Name, err, out)
+	}
+	return string(out), nil
+}
