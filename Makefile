@@ -14,7 +14,7 @@ IMAGE     ?= ghcr.io/multinic/multinic:dev
 FUZZ_TARGETS := ./plugin/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
-FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle)$$/^ipvlan$$
+FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipvlan$$
 
 .PHONY: help build image test test-unit test-vm test-fuzz e2e e2e-node e2e-vm bench demo lint fuzz clean
 

@@ -60,6 +60,7 @@ type options struct {
 	refill       time.Duration
 	reconcile    time.Duration
 	orphanSweep  time.Duration
+	recover      bool
 	orphanAge    time.Duration
 	mtu          int
 	metricsAddr  string
@@ -157,6 +158,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
 	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
 	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")
+	fs.BoolVar(&o.recover, "recover", false, "when the checkpoint in --state-dir is missing or corrupt (a corrupt one is moved aside), rebuild it before starting from what is true: this node's tagged ENIs in EC2, the multinic links and addresses inside the pod netns in --netns-dirs, and with --kubeconfig the pods on this node (refused when a running pod's netns is not visible). Nothing is taken as free that a visible pod holds; a loadable checkpoint is used as it is")
 	fs.DurationVar(&o.orphanSweep, "orphan-sweep-interval", eni.DefaultOrphanSweep, "how often this agent deletes the cluster's orphaned ENIs (available, tagged with --cluster, older than --orphan-age: their node died before attaching them); every agent sweeps, from a random offset; negative: never")
 	fs.DurationVar(&o.orphanAge, "orphan-age", eni.DefaultOrphanAge, "how old an available ENI of this cluster must be to count as orphaned")
 	fs.IntVar(&o.mtu, "mtu", eni.DefaultMTU, "MTU set on every ENI link")

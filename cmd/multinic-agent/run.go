@@ -53,12 +53,18 @@ func run(ctx context.Context, args []string) (retErr error) {
 			retErr = errors.Join(retErr, err)
 		}
 	}()
+	if o.recover {
+		if err := recoverCheckpoint(ctx, o, st, logger); err != nil {
+			return err
+		}
+	}
 	// Development builds kept netns paths in netns.json; the checkpoint holds them now.
 	_ = os.Remove(filepath.Join(o.stateDir, "netns.json"))
 	alloc, err := allocator.New(st, allocator.WithCooldown(o.cooldown), allocator.WithMaxAllocations(o.maxAllocs))
 	if err != nil {
 		// A corrupt checkpoint stops the agent: starting empty would hand out addresses pods still use.
-		return err
+		// --recover rebuilds it from what is true.
+		return fmt.Errorf("%w (--recover rebuilds it from EC2 and the pod netns)", err)
 	}
 	logger.Info("state restored", "dir", o.stateDir, "allocations", len(alloc.List()), "addresses", len(alloc.Known()))
 

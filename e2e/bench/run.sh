@@ -87,7 +87,7 @@ step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go te
 
 # The fault suite's long variants: everything but the ipvlan cases on the host; those in the VM, where the
 # plugin can finish an ipvlan ADD (on the host they only check the agent). Same pattern as the Makefile's.
-FAULTS_IPVLAN='^(TestEC2ServerError|TestThrottle)$/^ipvlan$'
+FAULTS_IPVLAN='^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$/^ipvlan$'
 CMDLINE="MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip '$FAULTS_IPVLAN' ./e2e/faults/"
 step faults-host env MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip "$FAULTS_IPVLAN" ./e2e/faults/
 

@@ -156,7 +156,10 @@ func (n *Node) agentArgs() []string {
 
 // StartAgent starts the node's agent (after StopAgent, or at NewRegion) without waiting for it to be ready;
 // see WaitReady.
-func (n *Node) StartAgent() error {
+func (n *Node) StartAgent() error { return n.StartAgentWith() }
+
+// StartAgentWith is StartAgent with extra flags for this start only (e.g. --recover).
+func (n *Node) StartAgentWith(extra ...string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.agent != nil {
@@ -169,7 +172,7 @@ func (n *Node) StartAgent() error {
 		}
 		n.agentLog = f
 	}
-	cmd := exec.Command(filepath.Join(n.region.binDir, AgentBinary), n.agentArgs()...)
+	cmd := exec.Command(filepath.Join(n.region.binDir, AgentBinary), append(n.agentArgs(), extra...)...)
 	// Static credentials and region: nothing is read from the host's AWS config.
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"), "HOME=" + n.Dir,

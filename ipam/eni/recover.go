@@ -1,0 +1,254 @@
+package eni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/linkalias"
+	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// Recovery rebuilds the allocator's checkpoint when it is missing or corrupt, from what is true, never by
+// taking everything as free:
+//   - EC2: the ENIs this node's agent created and tagged (attached to this instance), their primary and
+//     secondary addresses;
+//   - the pod netns in NetnsDirs: a link there carrying the plugin's alias with the MAC of one of those
+//     exclusive ENIs is that ENI's allocation; an ipvlan link with the MAC of one of the shared ENIs and
+//     an address EC2 has on that ENI is that address's allocation;
+//   - the pods on this node (when the caller knows them): a pod netns whose other addresses are a pod's
+//     IPs gives the allocation the pod's namespace, name and UID. A running pod none of whose IPs is seen
+//     in a visible netns means a netns the agent cannot see: recovery refuses (its addresses would be
+//     taken as free).
+// The container ID behind a netns is not knowable here, so a recovered allocation's is RecoveredPrefix +
+// the netns name: the pod's DEL tears its links down but releases nothing, and GC frees the allocation
+// once the netns is gone (and the pod, with a kubeconfig). Every other address stays out of the
+// checkpoint: the first reconcile adds it as warm, and exclusive ENIs join when their link is home.
+
+// RecoveredPrefix starts the container ID of an allocation rebuilt by Recover.
+const RecoveredPrefix = "recovered-"
+
+// PodIPs are the pods running on this node (not host network) with their IPs, for Recover.
+type PodIPs struct {
+	Namespace, Name, UID string
+	IPs                  []netip.Addr
+}
+
+// RecoverReport says what Recover found.
+type RecoverReport struct {
+	Netns       int // pod netns looked into
+	Exclusive   int // exclusive ENI allocations rebuilt
+	Shared      int // shared address allocations rebuilt
+	MatchedPods int // allocations given their pod's identity
+}
+
+// Recover builds a checkpoint from EC2, the pod netns in netnsDirs and, when pods is not nil, the pods on
+// this node. It changes nothing in EC2 or in any netns.
+func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods []PodIPs) (store.Checkpoint, RecoverReport, error) {
+	var rep RecoverReport
+	if d.Allocator == nil { // the manager needs one; nothing is allocated from it here
+		a, err := allocator.New(store.NewMemory())
+		if err != nil {
+			return store.Checkpoint{}, rep, err
+		}
+		d.Allocator = a
+	}
+	m, err := New(cfg, d)
+	if err != nil {
+		return store.Checkpoint{}, rep, err
+	}
+	if err := m.discover(ctx); err != nil {
+		return store.Checkpoint{}, rep, fmt.Errorf("recover: discover instance: %w", err)
+	}
+	// The manager's own ENIs by MAC, and what EC2 says each holds.
+	type eniInfo struct {
+		e    *eniState
+		addr map[netip.Addr]bool // secondaries and prefix addresses
+	}
+	byMAC := map[string]*eniInfo{}
+	attached, err := m.describeAttached(ctx)
+	if err != nil {
+		return store.Checkpoint{}, rep, fmt.Errorf("recover: %w", err)
+	}
+	m.mu.Lock()
+	for _, ni := range attached {
+		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
+		if e == nil {
+			continue
+		}
+		in := &eniInfo{e: e, addr: map[netip.Addr]bool{}}
+		for _, a := range ni.PrivateIpAddresses {
+			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil && !aws.ToBool(a.Primary) {
+				in.addr[ip] = true
+			}
+		}
+		for _, p := range ni.Ipv4Prefixes {
+			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
+				for _, a := range expand(pfx) {
+					in.addr[a] = true
+				}
+			}
+		}
+		byMAC[e.mac.String()] = in
+	}
+	m.mu.Unlock()
+
+	podByIP := map[netip.Addr]PodIPs{}
+	for _, p := range pods {
+		for _, ip := range p.IPs {
+			podByIP[ip] = p
+		}
+	}
+	seenPod := map[string]bool{}
+	taken := map[netip.Addr]bool{}
+	var cp store.Checkpoint
+	now := time.Now().UTC()
+	for _, path := range netnsFiles(netnsDirs) {
+		links, err := podLinks(path)
+		if errors.Is(err, errNotNetns) {
+			continue
+		}
+		if err != nil {
+			return store.Checkpoint{}, rep, fmt.Errorf("recover: read pod netns %s: %w", path, err)
+		}
+		rep.Netns++
+		var pod PodIPs
+		for _, l := range links {
+			for _, a := range l.addrs {
+				if p, ok := podByIP[a]; ok && byMAC[l.mac] == nil {
+					pod = p
+				}
+			}
+		}
+		if pod.UID != "" {
+			seenPod[pod.UID] = true
+		}
+		for _, l := range links {
+			in := byMAC[l.mac]
+			if in == nil {
+				continue
+			}
+			al := store.Allocation{Card: in.e.card, ContainerID: RecoveredPrefix + filepath.Base(path), IfName: l.name,
+				PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID, Netns: path, ENIID: in.e.id, AllocatedAt: now}
+			switch {
+			case in.e.exclusive && l.aliased:
+				al.Exclusive, al.Address = true, in.e.primary
+				rep.Exclusive++
+			case !in.e.exclusive && l.ipvlan:
+				i := slices.IndexFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] })
+				if i < 0 {
+					continue
+				}
+				al.Address = l.addrs[i]
+				rep.Shared++
+			default:
+				continue
+			}
+			if taken[al.Address] {
+				continue // one ENI, one address: never recovered twice
+			}
+			taken[al.Address] = true
+			if pod.UID != "" {
+				rep.MatchedPods++
+			}
+			cp.Allocations = append(cp.Allocations, al)
+			cp.Addresses = append(cp.Addresses, store.Address{Card: al.Card, Address: al.Address, ENIID: al.ENIID, Exclusive: al.Exclusive})
+		}
+	}
+	for _, p := range pods {
+		if !seenPod[p.UID] {
+			return store.Checkpoint{}, rep, fmt.Errorf("recover: pod %s/%s (uid %s, IPs %v) runs on this node but its netns is in none of %v: its addresses would be taken as free; mount the runtime's netns directory and name it in --netns-dirs",
+				p.Namespace, p.Name, p.UID, p.IPs, netnsDirs)
+		}
+	}
+	return cp, rep, nil
+}
+
+// netnsFiles lists the entries of the netns directories, each netns once (/var/run/netns and /run/netns
+// are often one directory), under the first directory that has it; a directory not there is skipped.
+func netnsFiles(dirs []string) []string {
+	var out []string
+	seen := map[[2]uint64]bool{}
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			path := filepath.Join(d, e.Name())
+			var st unix.Stat_t
+			if e.IsDir() || unix.Stat(path, &st) != nil {
+				continue
+			}
+			if id := [2]uint64{st.Dev, st.Ino}; !seen[id] {
+				seen[id] = true
+				out = append(out, path)
+			}
+		}
+	}
+	return out
+}
+
+var errNotNetns = errors.New("not a netns")
+
+type podLink struct {
+	name, mac string
+	aliased   bool // carries the plugin's alias (an exclusive ENI moved in)
+	ipvlan    bool
+	addrs     []netip.Addr
+}
+
+// podLinks lists the links of the netns at path with their IPv4 addresses, through a handle in that netns
+// (no thread changes netns).
+func podLinks(path string) ([]podLink, error) {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		var notNS ns.NSPathNotNSErr
+		var notExist ns.NSPathNotExistErr
+		if errors.As(err, &notNS) || errors.As(err, &notExist) {
+			return nil, errNotNetns
+		}
+		return nil, err
+	}
+	defer n.Close()
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	var out []podLink
+	for _, k := range links {
+		a := k.Attrs()
+		_, aliased := linkalias.Parse(a.Alias)
+		pl := podLink{name: a.Name, mac: net.HardwareAddr(a.HardwareAddr).String(), aliased: aliased, ipvlan: k.Type() == "ipvlan"}
+		addrs, err := h.AddrList(k, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, err
+		}
+		for _, ad := range addrs {
+			if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok {
+				pl.addrs = append(pl.addrs, ip)
+			}
+		}
+		out = append(out, pl)
+	}
+	return out, nil
+}
