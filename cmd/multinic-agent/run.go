@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	nadclient "github.com/k8snetworkplumbingwg/network-attachment-definition-client/pkg/client/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/agent"
@@ -96,8 +97,14 @@ func run(ctx context.Context, args []string) (retErr error) {
 			return fmt.Errorf("network-attachment-definition client from %s: %w", o.kubeconfig, err)
 		}
 	}
+	var events record.EventRecorder
+	if kube != nil {
+		rec, stop := agent.NewEventRecorder(kube, o.nodeName)
+		defer stop()
+		events = rec
+	}
 	ag, err := agent.New(agent.Config{
-		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout,
+		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout, Events: events,
 		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
 		Cards:      mgr.ManagedCards,
 		EC2Stats:   func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
@@ -70,6 +71,13 @@ type Config struct {
 	CardInfo   func() []CardInfo
 	Logs       func() []string
 
+	// Events, when set, records Kubernetes Events: on the Node when a card stops being able to serve and
+	// when it recovers, and when GC frees an allocation; on the Pod when its allocation is refused for a
+	// reason the user can act on. FailingFor is how long a card's refill must fail, with addresses still
+	// free, before the Node hears of it (0: DefaultFailingFor).
+	Events     record.EventRecorder
+	FailingFor time.Duration
+
 	Logger *slog.Logger
 	// Now replaces time.Now for GC decisions, for tests.
 	Now func() time.Time
@@ -84,7 +92,8 @@ type Agent struct {
 	metrics *metrics
 	gc      *gcState
 	// pods is the node's pod view; nil without Config.Kube.
-	pods *podView
+	pods   *podView
+	events *events
 }
 
 // New returns an agent over a restored allocator.
@@ -116,6 +125,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FailingFor == 0 {
+		cfg.FailingFor = DefaultFailingFor
+	}
 	if cfg.NetnsDirs == nil {
 		cfg.NetnsDirs = DefaultNetnsDirs
 	}
@@ -123,11 +135,12 @@ func New(cfg Config) (*Agent, error) {
 		return nil, errors.New("new agent: node name required with a Kube client")
 	}
 	a := &Agent{
-		cfg:   cfg,
-		alloc: cfg.Allocator,
-		pools: cfg.Pools,
-		log:   cfg.Logger,
-		gc:    &gcState{seen: map[gcKey]gcSeen{}, unseen: map[gcKey]bool{}},
+		cfg:    cfg,
+		alloc:  cfg.Allocator,
+		pools:  cfg.Pools,
+		log:    cfg.Logger,
+		gc:     &gcState{seen: map[gcKey]gcSeen{}, unseen: map[gcKey]bool{}},
+		events: newEvents(cfg.Events, cfg.NodeName),
 	}
 	if cfg.Kube != nil {
 		a.pods = newPodView(cfg.Kube, cfg.NodeName)
@@ -159,6 +172,7 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 	log := a.log.With(reqLogAttrs(req)...)
 	defer func() {
 		a.metrics.observeAllocate(time.Since(start), retErr)
+		a.events.allocateRefused(req, retErr)
 	}()
 	if err := req.Validate(); err != nil {
 		return api.AllocateResponse{}, err
@@ -313,8 +327,13 @@ func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
 	return st, nil
 }
 
+// cardCheckInterval is how often Run looks at the cards' health for the Node's events.
+const cardCheckInterval = 5 * time.Second
+
 // Run starts the pod view (with a Kube client), waits until it has synced, and runs GC every GCInterval
 // until ctx ends. It returns nil once ctx ends.
+//
+// With Config.Events it also looks at the cards' health every cardCheckInterval.
 func (a *Agent) Run(ctx context.Context) error {
 	if a.pods != nil {
 		a.pods.start(ctx)
@@ -325,10 +344,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(a.cfg.GCInterval)
 	defer t.Stop()
+	cards := time.NewTicker(cardCheckInterval)
+	defer cards.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-cards.C:
+			a.checkCards(ctx)
+			continue
 		case <-t.C:
 		}
 		if _, err := a.CollectGarbage(ctx); err != nil && ctx.Err() == nil {

@@ -147,6 +147,7 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 		reason := due[keyFor(al)]
 		delete(a.gc.seen, keyFor(al))
 		a.metrics.gcReleases.WithLabelValues(reason).Inc()
+		a.events.gcReleased(al, reason)
 		a.log.Info("released allocation of a gone pod", "card", al.Card, "container", al.ContainerID,
 			"ifname", al.IfName, "pod", podOf(al.PodNamespace, al.PodName, al.PodUID), "address", al.Address,
 			"eni", al.ENIID, "reason", reason)

@@ -45,7 +45,8 @@ var _ agent.Pools = (*Manager)(nil)
 var ErrNotManaged = errors.New("card not managed")
 
 // ErrCardFull: the card has as many ENIs as the instance type allows and they are all full.
-var ErrCardFull = errors.New("card full")
+// It is the agent's sentinel, so that the agent tells the Node why a card cannot serve.
+var ErrCardFull = agent.ErrCardFull
 
 // Deps are the manager's collaborators.
 type Deps struct {
