@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,9 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
 	"github.com/multinic/multinic/plugin"
 )
@@ -106,6 +113,192 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 		}
 		notes = append(notes, "both pods kept their ENI and address; the next pod got another")
 		w.endRound(t, i, append(pods, next)...)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestExclusiveNoCheckpoint (item 4): the agent restarts without its checkpoint (and without --recover)
+// while exclusive pods run: their ENIs' links are inside the pods. Those ENIs must be neither registered
+// free, nor detached, nor given to the next pod; once the pods' DELs bring the links home they serve again.
+func TestExclusiveNoCheckpoint(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig("--surplus-delay", "0"))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "exclusive-no-checkpoint", plugin.ModeExclusive, "agent restarted without its checkpoint under 2 exclusive pods, --surplus-delay 0")
+	var notes []string
+	for i := range rounds() {
+		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
+		inPod := map[string]string{} // ENI -> pod
+		for _, p := range pods {
+			if _, err := p.Attach(exclusive); err != nil {
+				t.Fatal(err)
+			}
+			al, ok, err := node.Allocation(p.ContainerID, exclusive.IfName)
+			if err != nil || !ok {
+				t.Fatalf("allocation of %s: %v %v", p.Name, ok, err)
+			}
+			inPod[al.ENIID] = p.Name
+		}
+		if err := node.StopAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(node.StateDir, store.CheckpointFile)); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.StartAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.WaitReady(); err != nil {
+			t.Fatal(err)
+		}
+		next := w.newPod(t, fmt.Sprintf("n%d", i))
+		d, err := attachTimed(next, exclusive)
+		run.addResult(d, err)
+		if err != nil {
+			t.Fatalf("ADD after the restart: %v", err)
+		}
+		time.Sleep(3 * time.Second) // card loop steps with --surplus-delay 0: a free ENI would go now
+		if al, _, _ := node.Allocation(next.ContainerID, exclusive.IfName); inPod[al.ENIID] != "" {
+			t.Errorf("new pod got ENI %s, which is inside pod %s", al.ENIID, inPod[al.ENIID])
+		}
+		for id, pod := range inPod {
+			x, ok := region.State().ENI(id)
+			if !ok || x.Status != "in-use" || x.InstanceID != node.InstanceID {
+				t.Errorf("ENI %s inside running pod %s detached or deleted: %+v", id, pod, x)
+			}
+		}
+		for _, p := range pods {
+			if _, err := p.Handle().LinkByName(exclusive.IfName); err != nil {
+				t.Errorf("pod %s lost its ENI link: %v", p.Name, err)
+			}
+		}
+		heldBy(t, node)
+		notes = append(notes, "the ENIs inside running pods stayed attached and were not given out")
+		w.endRound(t, i, append(pods, next)...)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestOrphanSweep (item 8): ENIs created and tagged for a node that died before attaching them are
+// deleted by the cluster-wide sweep, while no_manage, other clusters' and young ones, and the live pods'
+// ENIs, are untouched.
+func TestOrphanSweep(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig("--orphan-sweep-interval", "500ms", "--orphan-age", "2s"))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "orphan-sweep", plugin.ModeExclusive, "ENIs of a dead node (cluster tags, available, 1 h old) next to no_manage, other-cluster and young ones")
+	c := region.Fake().Client()
+	ctx := context.Background()
+	newENI := func(tags map[string]string) string {
+		var ts []types.Tag
+		for k, v := range tags {
+			ts = append(ts, types.Tag{Key: aws.String(k), Value: aws.String(v)})
+		}
+		out, err := c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: aws.String(fakeec2.CardSubnetID(card)),
+			TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeNetworkInterface, Tags: ts}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return aws.ToString(out.NetworkInterface.NetworkInterfaceId)
+	}
+	old := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	ours := func(extra ...string) map[string]string {
+		m := map[string]string{eni.TagCluster: harness.DefaultCluster, eni.TagManaged: "true", eni.TagCard: fmt.Sprint(card),
+			eni.TagNode: "i-0dead000000000000", eni.TagCreatedAt: old}
+		for i := 0; i+1 < len(extra); i += 2 {
+			m[extra[i]] = extra[i+1]
+		}
+		return m
+	}
+	var notes []string
+	for i := range rounds() {
+		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		if _, err := live.Attach(exclusive); err != nil {
+			t.Fatal(err)
+		}
+		orphans := []string{newENI(ours()), newENI(ours(eni.TagMode, eni.ModeExclusive))}
+		keep := map[string]string{
+			newENI(ours(eni.TagNoManage, "true")):                                                "no_manage",
+			newENI(ours(eni.TagCluster, "other-cluster")):                                        "other cluster",
+			newENI(ours(eni.TagCreatedAt, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))): "young",
+		}
+		start := time.Now()
+		deadline := start.Add(30 * time.Second)
+		for {
+			left := 0
+			for _, id := range orphans {
+				if _, ok := region.State().ENI(id); ok {
+					left++
+				}
+			}
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d orphaned ENIs still there after 30 s", left)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		run.addResult(time.Since(start), nil)
+		for id, why := range keep {
+			if _, ok := region.State().ENI(id); !ok {
+				t.Errorf("%s ENI %s deleted by the sweep", why, id)
+			}
+			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
+				t.Errorf("remove %s ENI %s: %v", why, id, err)
+			}
+		}
+		requireKept(t, node, live)
+		notes = append(notes, fmt.Sprintf("orphans gone %s after they appeared; the rest untouched", time.Since(start).Round(100*time.Millisecond)))
+		w.endRound(t, i, live)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// TestEC2Lag (item 6): EC2's Describe and IMDS show every ENI change 2 s late while exclusive pods come
+// and go, free ENIs go back to EC2 at once and the agent reconciles every second: no live pod loses its
+// address or ENI, no address is held twice, and nothing leaks.
+func TestEC2Lag(t *testing.T) {
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig("--surplus-delay", "0", "--reconcile-interval", "1s"))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	const lag = 2 * time.Second
+	run := newRun(t, "ec2-lag", plugin.ModeExclusive, "Describe* and IMDS 2 s behind every change; --surplus-delay 0, --reconcile-interval 1s")
+	if err := region.Fake().SetFaults(fakeec2.Faults{Lag: fakeec2.Duration(lag)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = region.Fake().SetFaults(fakeec2.Faults{}) })
+	var notes []string
+	for i := range rounds() {
+		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		d, err := attachTimed(live, exclusive)
+		run.addResult(d, err)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range 3 { // churn: an ENI made and given back within the lag, again and again
+			p := w.newPod(t, fmt.Sprintf("churn%d-%d", i, k))
+			if _, err := p.Attach(exclusive); err != nil {
+				t.Fatal(err)
+			}
+			requireKept(t, node, live, p)
+			if err := p.Del(); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Remove(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(lag + 2*time.Second) // reconciles against the lagging view of what the churn did
+		requireKept(t, node, live)
+		notes = append(notes, "the live pod kept its ENI through the churn and the lagging reconciles")
+		w.endRound(t, i, live)
 	}
 	l, details := w.cleanup(t)
 	run.finish(l, details, strings.Join(dedup(notes), "; "))
