@@ -43,6 +43,45 @@ func heldBy(t *testing.T, node *harness.Node) map[string]api.Allocation {
 	return out
 }
 
+// attachPods attaches att to every pod and returns their allocations by pod name.
+func attachPods(t *testing.T, node *harness.Node, att harness.Attachment, pods []*harness.Pod) map[string]api.Allocation {
+	t.Helper()
+	out := map[string]api.Allocation{}
+	for _, p := range pods {
+		if _, err := p.Attach(att); err != nil {
+			t.Fatal(err)
+		}
+		al, ok, err := node.Allocation(p.ContainerID, att.IfName)
+		if err != nil || !ok {
+			t.Fatalf("allocation of %s: %v %v", p.Name, ok, err)
+		}
+		out[p.Name] = al
+	}
+	return out
+}
+
+// restartWithoutCheckpoint stops the node's agent, deletes its checkpoint and starts it again with extra
+// flags, until it is ready; it returns how long the start took, and the agent's log with an error.
+func restartWithoutCheckpoint(t *testing.T, node *harness.Node, extra ...string) (time.Duration, error) {
+	t.Helper()
+	if err := node.StopAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(node.StateDir, store.CheckpointFile)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := node.StartAgentWith(extra...)
+	if err == nil {
+		err = node.WaitReady()
+	}
+	if err != nil {
+		b, _ := os.ReadFile(node.AgentLog())
+		return time.Since(start), fmt.Errorf("agent %v without a checkpoint: %w\n%s", extra, err, b[max(0, len(b)-3000):])
+	}
+	return time.Since(start), nil
+}
+
 // TestRecoverCheckpoint (item 5): the agent's checkpoint is deleted under running pods. Started with
 // --recover, the agent rebuilds it from EC2 and the pod netns: every pod keeps its address and its ENI,
 // and the next pod gets another address (exclusive: another ENI). The recovered allocations are freed by
@@ -65,32 +104,11 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 	var notes []string
 	for i := range rounds() {
 		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
-		before := map[string]api.Allocation{}
-		for _, p := range pods {
-			if _, err := p.Attach(att); err != nil {
-				t.Fatal(err)
-			}
-			al, ok, err := node.Allocation(p.ContainerID, att.IfName)
-			if err != nil || !ok {
-				t.Fatalf("allocation of %s: %v %v", p.Name, ok, err)
-			}
-			before[p.Name] = al
-		}
-		if err := node.StopAgent(); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Remove(filepath.Join(node.StateDir, store.CheckpointFile)); err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		err := node.StartAgentWith("--recover")
-		if err == nil {
-			err = node.WaitReady()
-		}
-		run.addResult(time.Since(start), err)
+		before := attachPods(t, node, att, pods)
+		d, err := restartWithoutCheckpoint(t, node, "--recover")
+		run.addResult(d, err)
 		if err != nil {
-			b, _ := os.ReadFile(node.AgentLog())
-			t.Fatalf("agent with --recover: %v\n%s", err, b[max(0, len(b)-3000):])
+			t.Fatal(err)
 		}
 		held := heldBy(t, node)
 		for _, p := range pods {
@@ -131,26 +149,10 @@ func TestExclusiveNoCheckpoint(t *testing.T) {
 	for i := range rounds() {
 		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
 		inPod := map[string]string{} // ENI -> pod
-		for _, p := range pods {
-			if _, err := p.Attach(exclusive); err != nil {
-				t.Fatal(err)
-			}
-			al, ok, err := node.Allocation(p.ContainerID, exclusive.IfName)
-			if err != nil || !ok {
-				t.Fatalf("allocation of %s: %v %v", p.Name, ok, err)
-			}
-			inPod[al.ENIID] = p.Name
+		for name, al := range attachPods(t, node, exclusive, pods) {
+			inPod[al.ENIID] = name
 		}
-		if err := node.StopAgent(); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Remove(filepath.Join(node.StateDir, store.CheckpointFile)); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.StartAgent(); err != nil {
-			t.Fatal(err)
-		}
-		if err := node.WaitReady(); err != nil {
+		if _, err := restartWithoutCheckpoint(t, node); err != nil {
 			t.Fatal(err)
 		}
 		next := w.newPod(t, fmt.Sprintf("n%d", i))
