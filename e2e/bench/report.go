@@ -240,6 +240,9 @@ func writeResult(b *strings.Builder, r Result, steps []Step) {
 		}
 		p("%s | %s | %s |\n", line, row.Target, verdict(row.Pass, r.Smoke))
 	}
+	if chartFigures[r.Figure] && len(r.Rows) > 0 {
+		p("\n![%s](%s/%s)\n", r.Title, ChartDir, ChartFile(r))
+	}
 	if len(r.Notes) > 0 {
 		p("\n")
 		for _, n := range r.Notes {
