@@ -126,7 +126,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: multinic-agent [flags]\n       multinic-agent "+InstallCNICommand+" [flags]   (installs the CNI plugin; --help there)\n"+
-			"       multinic-agent status [--allocations] [-o table|json]   (status of the agent on this node)\n\n"+
+			"       multinic-agent status [--allocations] [-o table|json]   (status of the agent on this node)\n"+
+			"       multinic-agent support-bundle -o FILE.tar.gz           (what to attach to a bug report)\n\n"+
 			"The multinic node agent: keeps per-network-card pools of ENI-backed addresses and serves them to the\n"+
 			"multinic CNI plugin over a root-only unix socket. AWS credentials and region come from the SDK's\n"+
 			"default chain (environment, shared config, IMDS role); the region from IMDS placement if unset.\n\n"+

@@ -4,9 +4,10 @@
 // `multinic-agent install-cni` installs the CNI plugin into the host's CNI bin directory (the DaemonSet's
 // init container: the image has no shell).
 //
-// A subcommand talks to the agent running on the node, as root, through its socket:
+// Two subcommands talk to the agent running on the node, as root, through its socket:
 //
 //	multinic-agent status [--allocations] [-o table|json]
+//	multinic-agent support-bundle -o FILE.tar.gz
 package main
 
 import (
@@ -32,6 +33,8 @@ func main() {
 		err = installCNI(args[1:], os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "status":
 		err = runStatus(ctx, args[1:], os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "support-bundle":
+		err = runBundle(ctx, args[1:], os.Stdout, os.Stderr)
 	default:
 		err = run(ctx, args)
 	}

@@ -228,6 +228,26 @@ func TestStatusCommand(t *testing.T) {
 		t.Error(d)
 	}
 
+	// The support bundle, from the real binary against the running agent: its status, its own log lines
+	// and the checkpoint on disk.
+	bundle := filepath.Join(dir, "bundle.tar.gz")
+	if out, err := exec.Command(agentBin, "support-bundle", "-o", bundle, "--socket", n.socket, "--state-dir", n.stateDir,
+		"--netns-dirs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("support-bundle: %v\n%s", err, out)
+	}
+	got := readBundle(t, bundle)
+	var inBundle statusReport
+	if err := json.Unmarshal([]byte(got["status.json"]), &inBundle); err != nil || inBundle.Node != "node-1" || len(inBundle.Allocations) != 12 {
+		t.Errorf("bundle's status.json: %v, %q", err, got["status.json"])
+	}
+	if !strings.Contains(got["agent-log.jsonl"], `"msg":"allocated"`) || !strings.Contains(got["agent-log.jsonl"], "c-pod-a") {
+		t.Errorf("bundle's agent-log.jsonl lacks the allocations' log lines: %.500s", got["agent-log.jsonl"])
+	}
+	if cp, err := os.ReadFile(filepath.Join(n.stateDir, "checkpoint.json")); err != nil || len(got["checkpoint.json"]) == 0 ||
+		!strings.Contains(string(cp), `"c-pod-a"`) || !strings.Contains(got["checkpoint.json"], `"c-pod-a"`) {
+		t.Errorf("bundle's checkpoint.json %.300q, want the agent's checkpoint (%v)", got["checkpoint.json"], err)
+	}
+
 	n.kill()
 	out, stderr, err := n.runStatusCmd()
 	if err == nil {
