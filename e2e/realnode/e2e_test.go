@@ -42,11 +42,6 @@ func findImages(ctx context.Context, t *testing.T) images {
 		}
 		im.archives = append(im.archives, p)
 	}
-	multus, err := BuildMultusImages(filepath.Join("..", "..", "bin", "tools-static"), tmp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im.archives = append(im.archives, multus...)
 	return im
 }
 
@@ -59,6 +54,13 @@ func TestRealNodes(t *testing.T) {
 	e := Start(t, Options{Images: im.archives})
 	if !t.Run("DaemonSet", func(t *testing.T) { testDaemonSet(ctx, t, e, im.multinic) }) {
 		return
+	}
+	multus, err := BuildMultusImages(filepath.Join("..", "..", "bin", "tools-static"), t.TempDir())
+	if err == nil {
+		err = e.Import(ctx, multus)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, mode := range []string{MultusThin, MultusThick} {
 		t.Run("multus-"+mode, func(t *testing.T) {

@@ -191,6 +191,17 @@ func (e *Env) prepareNode(n *Node) error {
 
 func (e *Env) instanceType() string { return e.instType }
 
+// Import imports more image archives into every node (and again after a node's Restart).
+func (e *Env) Import(ctx context.Context, archives []string) error {
+	for _, n := range e.Nodes {
+		if err := n.importImages(ctx, archives); err != nil {
+			return err
+		}
+	}
+	e.images = append(e.images, archives...)
+	return nil
+}
+
 // WaitNodesReady waits until every Node is Ready.
 func (e *Env) WaitNodesReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, nodeReadyTimeout)

@@ -80,12 +80,20 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.startContainerd(ctx); err != nil {
 		return err
 	}
-	for _, img := range n.env.images {
+	if err := n.importImages(ctx, n.env.images); err != nil {
+		return err
+	}
+	return n.StartKubelet()
+}
+
+// importImages imports docker-archive tars into the node's containerd (ctr, the k8s.io namespace).
+func (n *Node) importImages(ctx context.Context, archives []string) error {
+	for _, img := range archives {
 		if out, err := n.Exec(ctx, n.env.tools.ctr, "-n", "k8s.io", "images", "import", img); err != nil {
 			return fmt.Errorf("node %s: import %s: %w\n%s", n.Name, img, err, out)
 		}
 	}
-	return n.StartKubelet()
+	return nil
 }
 
 // startNodeProcess runs bin in the node: in its cgroup (joined before exec, so every child is in it too),
