@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -51,8 +52,8 @@ func BuildMultusImages(binDir, dir string) ([]string, error) {
 	thin := imagebuild.Spec{Entries: append(entries,
 		imagebuild.Entry{Path: "/thin_entrypoint", Mode: 0o755, Src: filepath.Join(binDir, "thin_entrypoint")},
 		imagebuild.Entry{Path: "/install_multus", Mode: 0o755, Src: filepath.Join(binDir, "install_multus")},
-	), Entrypoint: []string{"/thin_entrypoint"}}
-	thick := imagebuild.Spec{Entries: entries, Entrypoint: []string{"/usr/src/multus-cni/bin/multus-daemon"}}
+	), Entrypoint: []string{"/thin_entrypoint"}, Arch: runtime.GOARCH}
+	thick := imagebuild.Spec{Entries: entries, Entrypoint: []string{"/usr/src/multus-cni/bin/multus-daemon"}, Arch: runtime.GOARCH}
 	var out []string
 	for mode, spec := range map[string]imagebuild.Spec{MultusThin: thin, MultusThick: thick} {
 		p := filepath.Join(dir, "multus-"+mode+"-image.tar")
