@@ -45,7 +45,13 @@ var multusBins = map[string]string{
 // BuildMultusImages writes both Multus images into dir from the static (CGO_ENABLED=0) Multus binaries in
 // binDir (MULTINIC_TOOLS_STATIC=1 e2e/tools/build.sh multus): the images have an empty base, no libc.
 func BuildMultusImages(binDir, dir string) ([]string, error) {
-	var entries []imagebuild.Entry
+	// multus-daemon checks it runs as root with os/user, which without cgo reads /etc/passwd (upstream's
+	// thick image is Debian's, which has one).
+	passwd := filepath.Join(dir, "passwd")
+	if err := os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/sbin/nologin\n"), 0o644); err != nil {
+		return nil, err
+	}
+	entries := []imagebuild.Entry{{Path: "/etc/passwd", Mode: 0o644, Src: passwd}}
 	for name, built := range multusBins {
 		entries = append(entries, imagebuild.Entry{Path: "/usr/src/multus-cni/bin/" + name, Mode: 0o755, Src: filepath.Join(binDir, built)})
 	}
@@ -92,12 +98,13 @@ func (e *Env) InstallMultus(ctx context.Context, mode string) error {
 	if out, err := e.Kubectl(ctx, nil, "-n", "kube-system", "rollout", "status", "daemonset/kube-multus-ds", "--timeout=3m"); err != nil {
 		return fmt.Errorf("%w\n%s\n%s", err, out, e.describe(ctx, "kube-system", "name=multus"))
 	}
-	// The DaemonSet is Ready once its entrypoint wrote the Multus config; wait until the runtime sees it.
+	// The DaemonSet is Ready once its entrypoint wrote the Multus config; wait until the runtime sees it
+	// (00-multus.conflist from the thin entrypoint, 00-multus.conf from the thick daemon).
 	for _, n := range e.Nodes {
-		conf := filepath.Join(n.HostPath("/etc/cni"), "net.d", "00-multus.conf")
+		conf := filepath.Join(n.HostPath("/etc/cni"), "net.d", "00-multus.conf*")
 		deadline := time.Now().Add(time.Minute)
 		for {
-			if _, err := os.Stat(conf); err == nil {
+			if m, _ := filepath.Glob(conf); len(m) > 0 {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -121,7 +128,7 @@ func (e *Env) UninstallMultus(ctx context.Context) error {
 	}
 	for _, n := range e.Nodes {
 		netd := filepath.Join(n.HostPath("/etc/cni"), "net.d")
-		for _, p := range []string{"00-multus.conf", "multus.d"} {
+		for _, p := range []string{"00-multus.conf", "00-multus.conflist", "multus.d"} {
 			if err := os.RemoveAll(filepath.Join(netd, p)); err != nil {
 				return err
 			}
