@@ -192,6 +192,7 @@ func testLifecycle(ctx context.Context, t *testing.T, e *Env) {
 	if err := e.WaitNodesReady(ctx); err != nil {
 		t.Fatal(err)
 	}
+	e.waitExec(ctx, t, a.Name) // a restarted kubelet serves exec once it has synced the pod again
 	e.sameAddrs(ctx, t, a.Name, addrA, "a kubelet restart")
 	e.checkPod(ctx, t, a)
 
@@ -290,4 +291,20 @@ func (e *Env) waitNodeCondition(ctx context.Context, t *testing.T, name string, 
 	}
 	t.Fatalf("node %s: Ready not %s with %q after 2m (last: %s)", name, status, substr, last)
 	return ""
+}
+
+// waitExec waits until kubectl exec into the pod works.
+func (e *Env) waitExec(ctx context.Context, t *testing.T, pod string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, err := e.Kubectl(ctx, nil, "exec", pod, "--", "true")
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl exec %s: %v", pod, err)
+		}
+		time.Sleep(time.Second)
+	}
 }

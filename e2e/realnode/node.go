@@ -17,11 +17,12 @@ import (
 	"github.com/multinic/multinic/e2e/harness"
 )
 
-// CgroupPaths and mounts of a node. Inside its mount namespace a node sees the usual paths of a node
-// (containerd's and the kubelet's defaults, what the manifests mount); each is the node's own: a tmpfs
-// (gone with the node, like /run after a reboot) or a bind mount of a folder under Node.Dir (kept).
+// Mounts of a node. Inside its mount namespace a node sees the usual paths of a node (containerd's and
+// the kubelet's defaults, what the manifests mount); each is the node's own: /run is a tmpfs (gone with
+// the node, as after a reboot), the others bind mounts of folders under Node.Dir (kept).
 var (
-	nodeTmpfs = []string{"/run/containerd", "/run/netns", "/run/k8s.cni.cncf.io", "/run/multus"}
+	// All of /run: multus-daemon removes and recreates /run/multus, so that cannot be a mount point.
+	nodeTmpfs = []string{"/run"}
 	nodeBinds = [][2]string{ // folder under Node.Dir, mount point
 		{"opt-cni-bin", "/opt/cni/bin"},
 		{"etc-cni", "/etc/cni"},
@@ -121,9 +122,6 @@ func (n *Node) startHolder(ctx context.Context) error {
 	var script strings.Builder
 	script.WriteString("set -e; mount --make-rshared /; ")
 	for _, d := range nodeTmpfs {
-		if err := ensureMountPoint(d); err != nil {
-			return err
-		}
 		fmt.Fprintf(&script, "mount -t tmpfs -o mode=0755 %s %s; ", n.cgroup, d)
 	}
 	for _, b := range nodeBinds {
@@ -131,7 +129,9 @@ func (n *Node) startHolder(ctx context.Context) error {
 		if err := os.MkdirAll(src, 0o755); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		if err := ensureMountPoint(b[1]); err != nil {
+		if strings.HasPrefix(b[1], "/run/") { // on the node's own /run tmpfs
+			fmt.Fprintf(&script, "mkdir -p %s; ", b[1])
+		} else if err := ensureMountPoint(b[1]); err != nil {
 			return err
 		}
 		fmt.Fprintf(&script, "mount --bind %s %s; ", src, b[1])
