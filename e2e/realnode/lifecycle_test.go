@@ -214,6 +214,7 @@ func testLifecycle(ctx context.Context, t *testing.T, e *Env) {
 	if out, err := e.Kubectl(ctx, nil, "wait", "--for=condition=Ready", "pod/"+b.Name, fmt.Sprintf("--timeout=%s", podTimeout)); err != nil {
 		t.Fatalf("pod %s not Ready after its node came back: %v\n%s\n%s", b.Name, err, out, e.describePod(ctx, b.Name))
 	}
+	e.waitExec(ctx, t, b.Name) // Ready may still be the status from before the crash
 	e.checkPod(ctx, t, b)
 	t.Logf("pod %s before the crash %v, after %v", b.Name, bBefore, e.addrsOf(ctx, t, b.Name))
 	deadline := time.Now().Add(time.Minute)
