@@ -51,7 +51,9 @@ func BuildMultusImages(binDir, dir string) ([]string, error) {
 	if err := os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/sbin/nologin\n"), 0o644); err != nil {
 		return nil, err
 	}
-	entries := []imagebuild.Entry{{Path: "/etc/passwd", Mode: 0o644, Src: passwd}}
+	// The daemon opens the pod netns at the path the runtime gives, /var/run/netns/...: upstream's Debian
+	// base has /var/run -> /run.
+	entries := []imagebuild.Entry{{Path: "/etc/passwd", Mode: 0o644, Src: passwd}, {Path: "/var/run", Link: "/run"}}
 	for name, built := range multusBins {
 		entries = append(entries, imagebuild.Entry{Path: "/usr/src/multus-cni/bin/" + name, Mode: 0o755, Src: filepath.Join(binDir, built)})
 	}
