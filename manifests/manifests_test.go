@@ -369,6 +369,14 @@ func TestDaemonSet(t *testing.T) {
 			t.Errorf("host %s not mounted at the same path (mounts %v)", p, mounts)
 		}
 	}
+	// multinic-agent support-bundle, run in the agent's container, reads the CNI config dir (read-only,
+	// at the host's path) and the plugin's journal (in the state mount).
+	if m, ok := mounts[plugin.DefaultCNIConfDir]; !ok || volumes[m.Name] != plugin.DefaultCNIConfDir || !m.ReadOnly {
+		t.Errorf("host %s not mounted read-only at the same path, for the support bundle (mounts %v)", plugin.DefaultCNIConfDir, mounts)
+	}
+	if m := mounts["/var/lib/multinic"]; !strings.HasPrefix(plugin.DefaultJournalDir, m.MountPath+"/") {
+		t.Errorf("the plugin's journal %s is not in the state mount %s", plugin.DefaultJournalDir, m.MountPath)
+	}
 	if m := mounts["/var/run/netns"]; m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
 		t.Error("/var/run/netns without HostToContainer propagation: netns mounted after start would be missed")
 	}

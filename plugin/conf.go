@@ -34,6 +34,10 @@ const (
 // per-interface route table (RouteTableBase + card) in a small, recognisable range.
 const MaxNetworkCard = 255
 
+// DefaultCNIConfDir is where the container runtime (containerd, CRI-O) reads the node's network configs;
+// Multus writes its own there. The support bundle collects it; the DaemonSet mounts it read-only.
+const DefaultCNIConfDir = "/etc/cni/net.d"
+
 // SupportedVersions are the CNI versions the plugin speaks (config and result).
 var SupportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 

@@ -75,7 +75,7 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&o.out, "o", "", `the archive to write (.tar.gz); "-" for stdout (kubectl exec ... > bundle.tar.gz)`)
 	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "the agent's socket (root only)")
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "the agent's --state-dir")
-	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "the CNI config dir")
+	fs.StringVar(&o.cniConfDir, "cni-conf-dir", plugin.DefaultCNIConfDir, "the CNI config dir")
 	fs.StringVar(&o.journalDir, "journal-dir", plugin.DefaultJournalDir, "the plugin's journal")
 	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "where the runtime creates pod netns")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the agent")
