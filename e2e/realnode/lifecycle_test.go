@@ -135,14 +135,15 @@ func testSelections(ctx context.Context, t *testing.T, e *Env) {
 	e.checkFreed(ctx, t)
 }
 
-// nodeNetState is what multinic may leave in a node's netns: policy rules and routes of every table.
+// nodeNetState is what multinic may leave in a node's netns: IPv4 policy rules and routes of every table
+// (the kernel's IPv6 link-local routes come and go with the ENI links of the agent's pool).
 func (n *Node) nodeNetState(ctx context.Context, t *testing.T) string {
 	t.Helper()
-	rules, err := n.Exec(ctx, "ip", "rule")
+	rules, err := n.Exec(ctx, "ip", "-4", "rule")
 	if err != nil {
 		t.Fatalf("ip rule in %s: %v: %s", n.Name, err, rules)
 	}
-	routes, err := n.Exec(ctx, "ip", "route", "show", "table", "all")
+	routes, err := n.Exec(ctx, "ip", "-4", "route", "show", "table", "all")
 	if err != nil {
 		t.Fatalf("ip route in %s: %v: %s", n.Name, err, routes)
 	}
