@@ -78,7 +78,9 @@ func TestRealNodes(t *testing.T) {
 			t.Run("cards-1-7", func(t *testing.T) { testAllCards(ctx, t, e) })
 			t.Run("selections", func(t *testing.T) { testSelections(ctx, t, e) })
 			t.Run("lifecycle", func(t *testing.T) { testLifecycle(ctx, t, e) })
-			t.Run("runtime-status", func(t *testing.T) { testRuntimeStatus(ctx, t, e) })
+			if mode == MultusThin { // upstream's thick config says cniVersion 0.3.1: containerd calls no STATUS
+				t.Run("runtime-status", func(t *testing.T) { testRuntimeStatus(ctx, t, e) })
+			}
 		})
 	}
 }
