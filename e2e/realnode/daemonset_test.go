@@ -56,6 +56,13 @@ func installAgent(ctx context.Context, t *testing.T, e *Env, image string, cards
 // agents published the NADs and the cards on their Nodes, /readyz and /metrics answer inside the node.
 func testDaemonSet(ctx context.Context, t *testing.T, e *Env, image string) {
 	installAgent(ctx, t, e, image, firstCards)
+	// The DaemonSet's status can count a pod available a moment before the API shows that pod Ready (seen
+	// once: node1's pod became Ready 0.2 s after rollout status returned): wait for the pods as kubectl
+	// would. Here only, on the first install: in a rollout the old pods may still be terminating.
+	if out, err := e.Kubectl(ctx, nil, "-n", "kube-system", "wait", "--for=condition=Ready", "pod",
+		"-l", "app.kubernetes.io/name=multinic-agent", "--timeout=2m"); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, out, e.describe(ctx, "kube-system", "app.kubernetes.io/name=multinic-agent"))
+	}
 	pods, err := e.Cluster.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=multinic-agent"})
 	if err != nil {
 		t.Fatal(err)
