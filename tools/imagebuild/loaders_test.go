@@ -27,7 +27,7 @@ type builtArchive struct {
 func buildAll(t *testing.T) []builtArchive {
 	t.Helper()
 	if _, err := os.Stat(HostBusybox); err != nil {
-		t.Skipf("needs %s from Debian's busybox-static (.ci/run installs it): %v", HostBusybox, err)
+		t.Fatalf("needs %s from Debian's busybox-static (.ci/run installs it): %v", HostBusybox, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute) // a cold build of the agent
 	defer cancel()
@@ -48,12 +48,13 @@ func buildAll(t *testing.T) []builtArchive {
 	return out
 }
 
-// requireTool skips the test when the named program is missing, naming its Debian package.
+// requireTool fails the test when the named program is missing, naming its Debian package: .ci/run
+// installs it, so a missing one is a broken machine, not a reason to prove nothing.
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("needs %s (apt-get install %s; .ci/run installs it): %v", name, name, err)
+		t.Fatalf("needs %s (apt-get install %s; .ci/run installs it): %v", name, name, err)
 	}
 	return p
 }
