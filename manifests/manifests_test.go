@@ -29,6 +29,7 @@ import (
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/nad"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 	"github.com/multinic/multinic/tools/imagebuild"
 )
@@ -288,7 +289,7 @@ func TestRBAC(t *testing.T) {
 	// cannot be limited by name.
 	var wantNames []string
 	for c := range 32 {
-		for _, mode := range []string{plugin.ModeIPVlan, plugin.ModeExclusive} {
+		for _, mode := range []string{netconf.ModeIPVlan, netconf.ModeExclusive} {
 			wantNames = append(wantNames, nad.Name(c, mode))
 		}
 	}
@@ -371,8 +372,8 @@ func TestDaemonSet(t *testing.T) {
 	}
 	// multinic-agent support-bundle, run in the agent's container, reads the CNI config dir (read-only,
 	// at the host's path) and the plugin's journal (in the state mount).
-	if m, ok := mounts[plugin.DefaultCNIConfDir]; !ok || volumes[m.Name] != plugin.DefaultCNIConfDir || !m.ReadOnly {
-		t.Errorf("host %s not mounted read-only at the same path, for the support bundle (mounts %v)", plugin.DefaultCNIConfDir, mounts)
+	if m, ok := mounts[netconf.DefaultCNIConfDir]; !ok || volumes[m.Name] != netconf.DefaultCNIConfDir || !m.ReadOnly {
+		t.Errorf("host %s not mounted read-only at the same path, for the support bundle (mounts %v)", netconf.DefaultCNIConfDir, mounts)
 	}
 	if m := mounts["/var/lib/multinic"]; !strings.HasPrefix(plugin.DefaultJournalDir, m.MountPath+"/") {
 		t.Errorf("the plugin's journal %s is not in the state mount %s", plugin.DefaultJournalDir, m.MountPath)
@@ -661,7 +662,7 @@ func TestExamples(t *testing.T) {
 		t.Fatalf("pod has no %s", nad.NetworksAnnotation)
 	}
 	published := map[string]int{}
-	rendered, err := nad.Render([]int{1, 2, 3}, nad.Options{Modes: []string{plugin.ModeIPVlan, plugin.ModeExclusive}})
+	rendered, err := nad.Render([]int{1, 2, 3}, nad.Options{Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -684,11 +685,11 @@ func TestExamples(t *testing.T) {
 	}
 
 	n := find[*nadv1.NetworkAttachmentDefinition](t, objs, "")
-	var nc plugin.NetConf
+	var nc netconf.NetConf
 	if err := json.Unmarshal([]byte(n.Spec.Config), &nc); err != nil {
 		t.Fatal(err)
 	}
-	if nc.NetworkCard == nil || nc.Type != nad.PluginType || nc.Name != n.Name ||
+	if nc.NetworkCard == nil || nc.Type != netconf.Type || nc.Name != n.Name ||
 		n.Annotations[nad.ResourceNameAnnotation] != nad.ResourceName("", *nc.NetworkCard) {
 		t.Errorf("example NAD %+v / %+v", n, nc)
 	}

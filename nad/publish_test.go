@@ -23,7 +23,7 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 var nadGR = schema.GroupResource{Group: "k8s.cni.cncf.io", Resource: "network-attachment-definitions"}
@@ -125,7 +125,7 @@ func (e *env) getNAD(t *testing.T, ns, name string) *nadv1.NetworkAttachmentDefi
 	return n
 }
 
-var both = []string{plugin.ModeIPVlan, plugin.ModeExclusive}
+var both = []string{netconf.ModeIPVlan, netconf.ModeExclusive}
 
 // TestPublishNADs: create, then an idempotent re-publish (no write at all), then drift repair that keeps
 // other people's labels and annotations, and a deleted NAD comes back.
@@ -291,7 +291,7 @@ func TestPublishNADsRaces(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(res.Updated, []string{"multinic-card-4"}) || conflicts != 1 {
 		t.Fatalf("after a conflict: %+v %v (conflicts %d)", res, err, conflicts)
 	}
-	want, _ := NetConfig(4, plugin.ModeIPVlan, Options{})
+	want, _ := NetConfig(4, netconf.ModeIPVlan, Options{})
 	if got := e.getNAD(t, "kube-system", "multinic-card-4"); got.Spec.Config != want {
 		t.Errorf("config %s, want %s", got.Spec.Config, want)
 	}

@@ -33,7 +33,6 @@
 package nad
 
 import (
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -44,7 +43,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/multinic/multinic/ipam/api"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 // Annotations and labels.
@@ -71,15 +70,13 @@ const (
 	ExclusiveSuffix = "-exclusive"
 	// CNIVersion of the published configurations.
 	CNIVersion = "1.1.0"
-	// PluginType is the "type" of the configuration: the plugin binary's name in /opt/cni/bin.
-	PluginType = "multinic"
 )
 
 // Options say what to render. The zero value renders ipvlan NADs in DefaultNamespace.
 type Options struct {
 	// Namespace of the NADs (default DefaultNamespace).
 	Namespace string
-	// Modes are plugin.ModeIPVlan and/or plugin.ModeExclusive (default ipvlan only; see ParseModes).
+	// Modes are netconf.ModeIPVlan and/or netconf.ModeExclusive (default ipvlan only; see ParseModes).
 	Modes []string
 	// ResourcePrefix + card is the card's extended resource (default DefaultResourcePrefix).
 	ResourcePrefix string
@@ -94,12 +91,12 @@ type Options struct {
 // ParseModes reads the --nad-mode flag: "ipvlan", "exclusive" or "both".
 func ParseModes(s string) ([]string, error) {
 	switch s {
-	case plugin.ModeIPVlan:
-		return []string{plugin.ModeIPVlan}, nil
-	case plugin.ModeExclusive:
-		return []string{plugin.ModeExclusive}, nil
+	case netconf.ModeIPVlan:
+		return []string{netconf.ModeIPVlan}, nil
+	case netconf.ModeExclusive:
+		return []string{netconf.ModeExclusive}, nil
 	case "both":
-		return []string{plugin.ModeIPVlan, plugin.ModeExclusive}, nil
+		return []string{netconf.ModeIPVlan, netconf.ModeExclusive}, nil
 	}
 	return nil, fmt.Errorf("nad mode %q invalid: must be ipvlan, exclusive or both", s)
 }
@@ -110,7 +107,7 @@ func (o Options) withDefaults() Options {
 		o.Namespace = DefaultNamespace
 	}
 	if len(o.Modes) == 0 {
-		o.Modes = []string{plugin.ModeIPVlan}
+		o.Modes = []string{netconf.ModeIPVlan}
 	}
 	if o.ResourcePrefix == "" {
 		o.ResourcePrefix = DefaultResourcePrefix
@@ -129,8 +126,8 @@ func (o Options) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, m := range o.Modes {
-		if m != plugin.ModeIPVlan && m != plugin.ModeExclusive {
-			return fmt.Errorf("nad mode %q invalid: must be %q or %q", m, plugin.ModeIPVlan, plugin.ModeExclusive)
+		if err := netconf.CheckMode("nad mode", m); err != nil {
+			return err
 		}
 		if seen[m] {
 			return fmt.Errorf("nad mode %q given twice", m)
@@ -140,15 +137,12 @@ func (o Options) Validate() error {
 	if err := ValidateResourcePrefix(o.ResourcePrefix); err != nil {
 		return err
 	}
-	switch o.IPVlanMode {
-	case "", "l2", "l3", "l3s":
-	default:
-		return fmt.Errorf("ipvlan mode %q invalid: must be l2, l3 or l3s", o.IPVlanMode)
+	if o.IPVlanMode != "" {
+		if err := netconf.CheckIPVlanMode("ipvlan mode", o.IPVlanMode); err != nil {
+			return err
+		}
 	}
-	if o.MTU != 0 && (o.MTU < plugin.MinMTU || o.MTU > plugin.MaxMTU) {
-		return fmt.Errorf("mtu %d invalid: must be %d-%d, or 0 for the ENI's MTU", o.MTU, plugin.MinMTU, plugin.MaxMTU)
-	}
-	return nil
+	return netconf.CheckMTU("mtu", o.MTU)
 }
 
 // ValidateResourcePrefix checks that prefix + a card number is an extended resource name the API server
@@ -174,7 +168,7 @@ func ValidateResourcePrefix(prefix string) error {
 // Name is the NAD name of card in mode.
 func Name(card int, mode string) string {
 	n := NamePrefix + strconv.Itoa(card)
-	if mode == plugin.ModeExclusive {
+	if mode == netconf.ModeExclusive {
 		n += ExclusiveSuffix
 	}
 	return n
@@ -188,29 +182,18 @@ func ResourceName(prefix string, card int) string {
 	return prefix + strconv.Itoa(card)
 }
 
-// netConf is the published configuration. Its field order is the JSON's: rendering is byte-stable.
-type netConf struct {
-	CNIVersion  string `json:"cniVersion"`
-	Name        string `json:"name"`
-	Type        string `json:"type"`
-	NetworkCard int    `json:"networkCard"`
-	Mode        string `json:"mode"`
-	IPVlanMode  string `json:"ipvlanMode,omitempty"`
-	MTU         int    `json:"mtu,omitempty"`
-	AgentSocket string `json:"agentSocket,omitempty"`
-}
-
-// NetConfig is the plugin configuration (spec.config) of card in mode.
+// NetConfig is the plugin configuration (spec.config) of card in mode: netconf.Render, so the plugin accepts
+// it.
 func NetConfig(card int, mode string, o Options) (string, error) {
 	o = o.withDefaults()
-	c := netConf{
-		CNIVersion: CNIVersion, Name: Name(card, mode), Type: PluginType, NetworkCard: card, Mode: mode,
-		MTU: o.MTU, AgentSocket: o.AgentSocket,
+	n := netconf.Network{NetworkCard: &card, Mode: mode, AgentSocket: o.AgentSocket}
+	if o.MTU != 0 {
+		n.MTU = &o.MTU
 	}
-	if mode == plugin.ModeIPVlan {
-		c.IPVlanMode = o.IPVlanMode
+	if mode == netconf.ModeIPVlan {
+		n.IPVlanMode = o.IPVlanMode
 	}
-	b, err := json.Marshal(c)
+	b, err := netconf.Render(CNIVersion, Name(card, mode), n)
 	if err != nil {
 		return "", fmt.Errorf("render config of card %d: %w", card, err)
 	}
@@ -227,15 +210,15 @@ func Render(cards []int, o Options) ([]*nadv1.NetworkAttachmentDefinition, error
 	slices.Sort(cards)
 	cards = slices.Compact(cards)
 	modes := make([]string, 0, 2)
-	for _, m := range []string{plugin.ModeIPVlan, plugin.ModeExclusive} {
+	for _, m := range []string{netconf.ModeIPVlan, netconf.ModeExclusive} {
 		if slices.Contains(o.Modes, m) {
 			modes = append(modes, m)
 		}
 	}
 	var out []*nadv1.NetworkAttachmentDefinition
 	for _, card := range cards {
-		if card < 0 || card > plugin.MaxNetworkCard {
-			return nil, fmt.Errorf("render card %d invalid: must be 0-%d", card, plugin.MaxNetworkCard)
+		if err := netconf.CheckCard("card", card); err != nil {
+			return nil, fmt.Errorf("render NADs: %w", err)
 		}
 		for _, mode := range modes {
 			cfg, err := NetConfig(card, mode, o)

@@ -16,11 +16,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
 func TestRenderExample(t *testing.T) {
-	nads, err := Render([]int{3}, Options{Modes: []string{plugin.ModeIPVlan, plugin.ModeExclusive}})
+	nads, err := Render([]int{3}, Options{Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func TestRenderExample(t *testing.T) {
 
 // TestRenderDeterministic: the same input, in any order, renders byte-identical objects.
 func TestRenderDeterministic(t *testing.T) {
-	o := Options{Modes: []string{plugin.ModeExclusive, plugin.ModeIPVlan}, IPVlanMode: "l3", MTU: 8000, AgentSocket: "/run/x/agent.sock"}
+	o := Options{Modes: []string{netconf.ModeExclusive, netconf.ModeIPVlan}, IPVlanMode: "l3", MTU: 8000, AgentSocket: "/run/x/agent.sock"}
 	a, err := Render([]int{7, 1, 3, 1}, o)
 	if err != nil {
 		t.Fatal(err)
@@ -83,8 +84,8 @@ func TestRenderDeterministic(t *testing.T) {
 		t.Errorf("ipvlanMode placement: %s / %s", a[0].Spec.Config, a[1].Spec.Config)
 	}
 	// The default socket is left out, so that agents with and without --socket spelled out agree.
-	d1, _ := NetConfig(1, plugin.ModeIPVlan, Options{AgentSocket: api.DefaultSocketPath})
-	d2, _ := NetConfig(1, plugin.ModeIPVlan, Options{})
+	d1, _ := NetConfig(1, netconf.ModeIPVlan, Options{AgentSocket: api.DefaultSocketPath})
+	d2, _ := NetConfig(1, netconf.ModeIPVlan, Options{})
 	if d1 != d2 || strings.Contains(d1, "agentSocket") {
 		t.Errorf("default socket rendered: %s vs %s", d1, d2)
 	}
@@ -160,9 +161,9 @@ func (s *statusAgent) Status(_ context.Context, card int) (api.Status, error) {
 	return api.Status{Card: card, Ready: true}, nil
 }
 
-// TestConfigAcceptedByPlugin runs the plugin's own STATUS verb (its real parser, loadConf, then a call to
+// TestConfigAcceptedByPlugin runs the plugin's own STATUS verb (its real parser, netconf.Load, then a call to
 // the agent) on every rendered configuration: it must parse (no code 7) and ask the agent about the card
-// the NAD is for. The configurations also decode into plugin.NetConf with the right card and mode.
+// the NAD is for. The configurations also decode into netconf.NetConf with the right card and mode.
 func TestConfigAcceptedByPlugin(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	l, err := api.Listen(sock)
@@ -179,15 +180,15 @@ func TestConfigAcceptedByPlugin(t *testing.T) {
 	})
 
 	for _, o := range []Options{
-		{AgentSocket: sock, Modes: []string{plugin.ModeIPVlan, plugin.ModeExclusive}},
-		{AgentSocket: sock, Modes: []string{plugin.ModeIPVlan}, IPVlanMode: "l3s", MTU: 1500},
+		{AgentSocket: sock, Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}},
+		{AgentSocket: sock, Modes: []string{netconf.ModeIPVlan}, IPVlanMode: "l3s", MTU: 1500},
 	} {
 		nads, err := Render([]int{0, 1, 31}, o)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, n := range nads {
-			var nc plugin.NetConf
+			var nc netconf.NetConf
 			if err := json.Unmarshal([]byte(n.Spec.Config), &nc); err != nil {
 				t.Fatalf("%s: %v", n.Name, err)
 			}
@@ -215,7 +216,7 @@ func TestConfigAcceptedByPlugin(t *testing.T) {
 	}
 
 	// With the default socket the parser still accepts the config: whatever STATUS says, it is not 7.
-	nads, _ := Render([]int{2}, Options{Modes: []string{plugin.ModeIPVlan, plugin.ModeExclusive}})
+	nads, _ := Render([]int{2}, Options{Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
 	for _, n := range nads {
 		p := plugin.New()
 		p.JournalDir = t.TempDir()

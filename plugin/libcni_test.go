@@ -18,6 +18,7 @@ import (
 
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/netconf"
 )
 
 var (
@@ -68,7 +69,7 @@ func pluginBinaries(t *testing.T) string {
 // Multus's delegate machinery) would: ADD, CHECK, DEL, DEL again, and STATUS and GC for 1.1.0.
 func TestLibcni(t *testing.T) {
 	dir := pluginBinaries(t)
-	for _, ver := range SupportedVersions {
+	for _, ver := range netconf.SupportedVersions {
 		t.Run(ver, func(t *testing.T) {
 			e := newEnv(t, true)
 			conflist := fmt.Sprintf(`{"cniVersion": %q, "name": "card1", "plugins": [

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/netconf"
 )
 
 // Step names a step of ADD, after which Plugin.Hook runs.
@@ -102,7 +103,7 @@ func (p *Plugin) step(s Step) error {
 // connect returns a client of the agent after applying the journal of pending releases: every verb
 // starts here, so a release journaled while the agent was down goes out on the next call. Replay is best
 // effort (the agent may still be down) and bounded in time.
-func (p *Plugin) connect(conf *Config) *api.Client {
+func (p *Plugin) connect(conf *netconf.Config) *api.Client {
 	client := api.NewClient(conf.AgentSocket, p.Timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -155,7 +156,7 @@ func isCurrentNS(n ns.NetNS) (bool, error) {
 }
 
 // routing is the Routing of an allocation under conf.
-func routing(conf *Config, ifName string, resp api.AllocateResponse) Routing {
+func routing(conf *netconf.Config, ifName string, resp api.AllocateResponse) Routing {
 	r := Routing{
 		IfName:    ifName,
 		Address:   resp.Address,
@@ -163,17 +164,17 @@ func routing(conf *Config, ifName string, resp api.AllocateResponse) Routing {
 		Gateway:   resp.Gateway,
 		Routes:    conf.Routes,
 	}
-	if conf.Mode == ModeIPVlan && conf.IPVlanMode != netlink.IPVLAN_MODE_L2 {
+	if conf.Mode == netconf.ModeIPVlan && conf.IPVlanMode != netconf.IPVlanL2 {
 		r.Gateway = netip.Addr{} // L3: the parent routes; no ARP, routes need the device only
 	}
 	if conf.PolicyRouting {
-		r.Table = conf.RouteTable()
+		r.Table = routeTable(conf)
 	}
 	return r
 }
 
 // checkResponse refuses an agent answer the plugin cannot apply.
-func checkResponse(conf *Config, resp api.AllocateResponse) error {
+func checkResponse(conf *netconf.Config, resp api.AllocateResponse) error {
 	switch {
 	case !resp.Address.Is4():
 		return fmt.Errorf("agent answered address %v: want IPv4", resp.Address)
@@ -183,14 +184,14 @@ func checkResponse(conf *Config, resp api.AllocateResponse) error {
 		return fmt.Errorf("agent answered gateway %v: want IPv4", resp.Gateway)
 	case resp.LinkName == "":
 		return errors.New("agent answered no link name")
-	case resp.Exclusive != (conf.Mode == ModeExclusive):
+	case resp.Exclusive != (conf.Mode == netconf.ModeExclusive):
 		return fmt.Errorf("agent answered exclusive=%t for mode %s", resp.Exclusive, conf.Mode)
 	}
 	return nil
 }
 
-func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr error) {
-	conf, err := loadConf(args.StdinData)
+func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, retErr error) {
+	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -224,7 +225,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 		PodNamespace: string(k8s.K8S_POD_NAMESPACE),
 		PodName:      string(k8s.K8S_POD_NAME),
 		PodUID:       string(k8s.K8S_POD_UID),
-		Exclusive:    conf.Mode == ModeExclusive,
+		Exclusive:    conf.Mode == netconf.ModeExclusive,
 		Netns:        args.Netns,
 		Network:      conf.Name,
 	})
@@ -250,10 +251,10 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 		mtu = resp.MTU
 	}
 
-	if conf.Mode == ModeExclusive {
+	if conf.Mode == netconf.ModeExclusive {
 		err = MoveLinkIn(resp.LinkName, resp.MAC, podNS, args.IfName)
 	} else {
-		_, err = CreateIPVlanChild(resp.LinkName, podNS, args.IfName, conf.IPVlanMode, mtu)
+		_, err = CreateIPVlanChild(resp.LinkName, podNS, args.IfName, ipvlanModes[conf.IPVlanMode], mtu)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -262,7 +263,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 		if retErr == nil {
 			return
 		}
-		if err := teardown(podNS, args.IfName, conf.RouteTable()); err != nil {
+		if err := teardown(podNS, args.IfName, routeTable(conf)); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", err))
 		}
 	}()
@@ -272,7 +273,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *Config, retErr e
 
 	r := routing(conf, args.IfName, resp)
 	addr := ipNet(netip.PrefixFrom(resp.Address, resp.PrefixLen))
-	if conf.Mode == ModeExclusive && mtu > 0 {
+	if conf.Mode == netconf.ModeExclusive && mtu > 0 {
 		if err := setMTU(podNS, args.IfName, mtu); err != nil {
 			return nil, nil, err
 		}
@@ -351,7 +352,7 @@ func resultInterface(l netlink.Link, podNS ns.NetNS) *current.Interface {
 
 // buildResult reads the interface back and describes it: one interface with its sandbox, the address
 // pointing at it, and the extra routes.
-func buildResult(podNS ns.NetNS, conf *Config, ifName string, r Routing) (*current.Result, error) {
+func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, r Routing) (*current.Result, error) {
 	var iface *current.Interface
 	err := podNS.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
@@ -381,7 +382,7 @@ func buildResult(podNS ns.NetNS, conf *Config, ifName string, r Routing) (*curre
 }
 
 // release gives the address of (containerID, ifName) back, or journals the release when the agent is down.
-func (p *Plugin) release(client *api.Client, conf *Config, containerID, ifName string) error {
+func (p *Plugin) release(client *api.Client, conf *netconf.Config, containerID, ifName string) error {
 	_, err := client.Release(context.Background(), api.ReleaseRequest{ContainerID: containerID, IfName: ifName})
 	if errors.Is(err, api.ErrUnavailable) {
 		jerr := addJournal(p.JournalDir, journalRecord{
@@ -435,7 +436,7 @@ func teardown(podNS ns.NetNS, ifName string, table int) error {
 
 // del removes what ADD made, then releases (see remove).
 func (p *Plugin) del(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
+	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -447,8 +448,8 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 // remove undoes one attachment: what ADD made in the pod netns, if that netns still exists, then the
 // release, so an exclusive ENI is back in the node's netns before the agent can hand it to another pod.
 // The release happens even when the teardown fails: a broken netns must not leak the address.
-func (p *Plugin) remove(client *api.Client, conf *Config, containerID, ifName, netnsPath string) error {
-	terr := teardownIn(netnsPath, ifName, conf.RouteTable())
+func (p *Plugin) remove(client *api.Client, conf *netconf.Config, containerID, ifName, netnsPath string) error {
+	terr := teardownIn(netnsPath, ifName, routeTable(conf))
 	if err := p.release(client, conf, containerID, ifName); err != nil {
 		return errors.Join(terr, err)
 	}
@@ -472,7 +473,7 @@ func teardownIn(netnsPath, ifName string, table int) error {
 }
 
 func (p *Plugin) status(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
+	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -492,13 +493,13 @@ func (p *Plugin) status(args *skel.CmdArgs) error {
 // mode. The valid attachments list only this network's attachments, so another network's allocation (a
 // hand-written NAD on the same card and mode) is not this GC's to judge. An allocation without a network
 // name (made by a plugin older than the field) is kept: the agent's own GC frees it once its pod is gone.
-func gcCandidate(conf *Config, a api.Allocation) bool {
+func gcCandidate(conf *netconf.Config, a api.Allocation) bool {
 	return a.Network != "" && a.Network == conf.Name &&
-		a.Card == conf.Card && a.Exclusive == (conf.Mode == ModeExclusive)
+		a.Card == conf.Card && a.Exclusive == (conf.Mode == netconf.ModeExclusive)
 }
 
 func (p *Plugin) gc(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
+	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -525,19 +526,19 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 }
 
 func (p *Plugin) check(args *skel.CmdArgs) error {
-	conf, err := loadConf(args.StdinData)
+	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return err
 	}
 	if conf.Raw.RawPrevResult == nil {
-		return invalidConfig("prevResult is required by CHECK")
+		return netconf.Invalid("prevResult is required by CHECK")
 	}
 	if err := version.ParsePrevResult(&conf.Raw.PluginConf); err != nil {
-		return invalidConfig("prevResult invalid: %v", err)
+		return netconf.Invalid("prevResult invalid: %v", err)
 	}
 	res, err := current.NewResultFromResult(conf.Raw.PrevResult)
 	if err != nil {
-		return invalidConfig("prevResult invalid: %v", err)
+		return netconf.Invalid("prevResult invalid: %v", err)
 	}
 	iface, ipc, err := ipOf(res, args.IfName, args.Netns)
 	if err != nil {
@@ -545,7 +546,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	}
 	prefix, ok := netipx(ipc.Address)
 	if !ok {
-		return invalidConfig("prevResult address %s invalid", ipc.Address.String())
+		return netconf.Invalid("prevResult address %s invalid", ipc.Address.String())
 	}
 
 	client := p.connect(conf)
@@ -567,7 +568,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		return fmt.Errorf("check %s/%s: the agent's allocation is on card %d, the network's card is %d", args.ContainerID, args.IfName, alloc.Card, conf.Card)
 	case alloc.Address != prefix.Addr():
 		return fmt.Errorf("check %s/%s: the agent allocated %s, prevResult has %s", args.ContainerID, args.IfName, alloc.Address, prefix.Addr())
-	case alloc.Exclusive != (conf.Mode == ModeExclusive):
+	case alloc.Exclusive != (conf.Mode == netconf.ModeExclusive):
 		return fmt.Errorf("check %s/%s: the agent's allocation has exclusive=%t, the network's mode is %s", args.ContainerID, args.IfName, alloc.Exclusive, conf.Mode)
 	}
 
@@ -581,7 +582,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		r.Gateway = gw
 	}
 	if conf.PolicyRouting {
-		r.Table = conf.RouteTable()
+		r.Table = routeTable(conf)
 	}
 	if err := podNS.Do(func(ns.NetNS) error { return checkInterface(conf, iface, r) }); err != nil {
 		return fmt.Errorf("check %q in %s: %w", args.IfName, args.Netns, err)
@@ -603,13 +604,13 @@ func netipx(n net.IPNet) (netip.Prefix, bool) {
 }
 
 // checkInterface, in the pod netns, compares the interface with what ADD made.
-func checkInterface(conf *Config, iface *current.Interface, r Routing) error {
+func checkInterface(conf *netconf.Config, iface *current.Interface, r Routing) error {
 	l, err := netlinksafe.LinkByName(r.IfName)
 	if err != nil {
 		return err
 	}
 	a := l.Attrs()
-	if conf.Mode == ModeExclusive {
+	if conf.Mode == netconf.ModeExclusive {
 		if _, ours := parseAlias(a.Alias); !ours {
 			return fmt.Errorf("link has alias %q, want a moved ENI's", a.Alias)
 		}
@@ -618,8 +619,8 @@ func checkInterface(conf *Config, iface *current.Interface, r Routing) error {
 		if !ok {
 			return fmt.Errorf("link is a %s, want ipvlan", l.Type())
 		}
-		if ipvl.Mode != conf.IPVlanMode {
-			return fmt.Errorf("ipvlan mode is %v, want %v", ipvl.Mode, conf.IPVlanMode)
+		if want := ipvlanModes[conf.IPVlanMode]; ipvl.Mode != want {
+			return fmt.Errorf("ipvlan mode is %v, want %v", ipvl.Mode, want)
 		}
 	}
 	if iface.Mac != "" && !strings.EqualFold(a.HardwareAddr.String(), iface.Mac) {

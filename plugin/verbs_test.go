@@ -22,6 +22,7 @@ import (
 
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/netconf"
 )
 
 // modeCase is one way of giving the pod its interface: exclusive runs on the host; ipvlan needs the VM.
@@ -34,14 +35,14 @@ type modeCase struct {
 }
 
 var modeCases = []modeCase{
-	{name: "exclusive", mode: ModeExclusive, exclusive: true},
-	{name: "ipvlan l2", mode: ModeIPVlan},
-	{name: "ipvlan l3", mode: ModeIPVlan, ipvlanMode: "l3", l3: true},
+	{name: "exclusive", mode: netconf.ModeExclusive, exclusive: true},
+	{name: "ipvlan l2", mode: netconf.ModeIPVlan},
+	{name: "ipvlan l3", mode: netconf.ModeIPVlan, ipvlanMode: "l3", l3: true},
 }
 
 func (m modeCase) require(t *testing.T) {
 	t.Helper()
-	if m.mode == ModeIPVlan {
+	if m.mode == netconf.ModeIPVlan {
 		nettest.RequireLinkType(t, "ipvlan")
 	}
 	nettest.RequireRoot(t)
@@ -274,7 +275,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, true)
-			args := e.args(e.conf(ModeExclusive, `"mtu": 1500, "routes": [{"dst": "10.100.0.0/16"}]`))
+			args := e.args(e.conf(netconf.ModeExclusive, `"mtu": 1500, "routes": [{"dst": "10.100.0.0/16"}]`))
 			res, err := e.add(args)
 			if err != nil {
 				t.Fatal(err)
@@ -339,7 +340,7 @@ func TestAddProvokedFailures(t *testing.T) {
 		if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: podIfName}, PeerName: "other0"}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := e.add(e.args(e.conf(ModeExclusive, ""))); err == nil || !strings.Contains(err.Error(), "already exists") {
+		if _, err := e.add(e.args(e.conf(netconf.ModeExclusive, ""))); err == nil || !strings.Contains(err.Error(), "already exists") {
 			t.Fatalf("ADD error = %v, want the ifname taken", err)
 		}
 		if n := e.agent.numAllocateCalls(); n != 0 {
@@ -352,7 +353,7 @@ func TestAddProvokedFailures(t *testing.T) {
 	})
 	t.Run("ADD twice", func(t *testing.T) {
 		e := newEnv(t, true)
-		args := e.args(e.conf(ModeExclusive, ""))
+		args := e.args(e.conf(netconf.ModeExclusive, ""))
 		res, err := e.add(args)
 		if err != nil {
 			t.Fatal(err)
@@ -374,7 +375,7 @@ func TestAddProvokedFailures(t *testing.T) {
 		ans := e.agent.answers[card]
 		ans.MAC = "02:00:00:00:99:99"
 		e.agent.answers[card] = ans
-		_, err := e.add(e.args(e.conf(ModeExclusive, "")))
+		_, err := e.add(e.args(e.conf(netconf.ModeExclusive, "")))
 		if err == nil || !strings.Contains(err.Error(), "refusing to move it") {
 			t.Fatalf("ADD error = %v, want a MAC mismatch", err)
 		}
@@ -386,7 +387,7 @@ func TestAddProvokedFailures(t *testing.T) {
 // TestAddRefusesHostNetns: CNI_NETNS naming the plugin's own netns is refused before the agent is asked.
 func TestAddRefusesHostNetns(t *testing.T) {
 	e := newEnv(t, true)
-	args := e.args(e.conf(ModeExclusive, ""))
+	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	args.Netns = e.node.Path()
 	_, err := e.add(args)
 	if cniCode(err) != int(types.ErrInvalidNetNS) {
@@ -402,7 +403,7 @@ func TestAddRefusesHostNetns(t *testing.T) {
 // the agent never hands out an ENI that is still inside the old pod.
 func TestDelENIHomeBeforeRelease(t *testing.T) {
 	e := newEnv(t, true)
-	args := e.args(e.conf(ModeExclusive, ""))
+	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	if _, err := e.add(args); err != nil {
 		t.Fatal(err)
 	}
@@ -430,7 +431,7 @@ func TestAddNetnsGone(t *testing.T) {
 	}
 	for _, path := range []string{filepath.Join(t.TempDir(), "gone"), notNS} {
 		e := newEnv(t, true)
-		args := e.args(e.conf(ModeExclusive, ""))
+		args := e.args(e.conf(netconf.ModeExclusive, ""))
 		args.Netns = path
 		_, err := e.add(args)
 		if cniCode(err) != int(types.ErrUnknownContainer) || !strings.Contains(err.Error(), path) {
@@ -470,7 +471,7 @@ func TestAddErrorCodes(t *testing.T) {
 			if tt.stop {
 				e.srv.halt()
 			}
-			err := e.inNode(func() error { return e.p.Add(e.args(e.conf(ModeExclusive, ""))) })
+			err := e.inNode(func() error { return e.p.Add(e.args(e.conf(netconf.ModeExclusive, ""))) })
 			var te *types.Error
 			if !errors.As(err, &te) || te.Code != tt.want || !strings.Contains(te.Msg, tt.wantMsg) {
 				t.Fatalf("ADD error = %#v, want code %d with %q", err, tt.want, tt.wantMsg)
@@ -486,7 +487,7 @@ func TestDel(t *testing.T) {
 		e := newEnv(t, true)
 		pod, remove := newDetachedNS(t)
 		e.pod = pod
-		args := e.args(e.conf(ModeExclusive, ""))
+		args := e.args(e.conf(netconf.ModeExclusive, ""))
 		if _, err := e.add(args); err != nil {
 			t.Fatal(err)
 		}
@@ -503,7 +504,7 @@ func TestDel(t *testing.T) {
 	})
 	t.Run("no netns given", func(t *testing.T) {
 		e := newEnv(t, true)
-		args := e.args(e.conf(ModeExclusive, ""))
+		args := e.args(e.conf(netconf.ModeExclusive, ""))
 		if _, err := e.add(args); err != nil {
 			t.Fatal(err)
 		}
@@ -522,13 +523,13 @@ func TestDel(t *testing.T) {
 	})
 	t.Run("unknown container", func(t *testing.T) {
 		e := newEnv(t, true)
-		if err := e.del(e.args(e.conf(ModeExclusive, ""))); err != nil {
+		if err := e.del(e.args(e.conf(netconf.ModeExclusive, ""))); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
 	})
 	t.Run("agent down then back", func(t *testing.T) {
 		e := newEnv(t, true)
-		args := e.args(e.conf(ModeExclusive, ""))
+		args := e.args(e.conf(netconf.ModeExclusive, ""))
 		res, err := e.add(args)
 		if err != nil {
 			t.Fatal(err)
@@ -580,7 +581,7 @@ func journalEntries(t *testing.T, dir string) []string {
 func TestStatus(t *testing.T) {
 	nettest.RequireRoot(t)
 	e := newEnv(t, true)
-	args := e.args(e.conf(ModeExclusive, ""))
+	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	status := func() error { return e.p.Status(args) }
 	if err := status(); err != nil {
 		t.Fatalf("STATUS ready: %v", err)
@@ -601,7 +602,7 @@ func TestStatus(t *testing.T) {
 // when the netns is still there. An allocation without a network name (an older plugin's) is kept.
 func TestGC(t *testing.T) {
 	e := newEnv(t, true)
-	args := e.args(e.conf(ModeExclusive, ""))
+	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	if _, err := e.add(args); err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +617,7 @@ func TestGC(t *testing.T) {
 		e.agent.allocs[attachment{a.ContainerID, a.IfName}] = a
 	}
 	e.agent.mu.Unlock()
-	gcConf := e.conf(ModeExclusive, `"cni.dev/valid-attachments": [{"containerID": "valid", "ifname": "net1"}]`)
+	gcConf := e.conf(netconf.ModeExclusive, `"cni.dev/valid-attachments": [{"containerID": "valid", "ifname": "net1"}]`)
 	if err := e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) }); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
@@ -643,14 +644,14 @@ func TestGC(t *testing.T) {
 // a GC of the pod's own network that lists it does too.
 func TestGCTwoNetworks(t *testing.T) {
 	e := newEnv(t, true)
-	args := e.args(e.conf(ModeExclusive, ""))
+	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	res, err := e.add(args)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.del(args) })
-	other := bytes.Replace(e.conf(ModeExclusive, `"cni.dev/valid-attachments": []`), []byte(`"card1"`), []byte(`"card1-by-hand"`), 1)
-	own := e.conf(ModeExclusive, fmt.Sprintf(`"cni.dev/attachments": [{"containerID": %q, "ifname": %q}]`, e.containerID, podIfName))
+	other := bytes.Replace(e.conf(netconf.ModeExclusive, `"cni.dev/valid-attachments": []`), []byte(`"card1"`), []byte(`"card1-by-hand"`), 1)
+	own := e.conf(netconf.ModeExclusive, fmt.Sprintf(`"cni.dev/attachments": [{"containerID": %q, "ifname": %q}]`, e.containerID, podIfName))
 	for _, gcConf := range [][]byte{other, own} {
 		if err := e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) }); err != nil {
 			t.Fatalf("GC %s: %v", gcConf, err)
@@ -669,7 +670,7 @@ func TestGCTwoNetworks(t *testing.T) {
 func TestPolicyRoutingOff(t *testing.T) {
 	e := newEnv(t, true)
 	e.addPodEth0()
-	args := e.args(e.conf(ModeExclusive, `"policyRouting": false`))
+	args := e.args(e.conf(netconf.ModeExclusive, `"policyRouting": false`))
 	res, err := e.add(args)
 	if err != nil {
 		t.Fatal(err)
@@ -690,7 +691,7 @@ func TestPolicyRoutingOff(t *testing.T) {
 func TestCheckIPVlan(t *testing.T) {
 	nettest.RequireLinkType(t, "ipvlan")
 	e := newEnv(t, false)
-	args := e.args(e.conf(ModeIPVlan, ""))
+	args := e.args(e.conf(netconf.ModeIPVlan, ""))
 	res, err := e.add(args)
 	if err != nil {
 		t.Fatal(err)
@@ -699,7 +700,7 @@ func TestCheckIPVlan(t *testing.T) {
 		t.Fatalf("CHECK: %v", err)
 	}
 	l3 := *args
-	l3.StdinData = e.conf(ModeIPVlan, `"ipvlanMode": "l3"`)
+	l3.StdinData = e.conf(netconf.ModeIPVlan, `"ipvlanMode": "l3"`)
 	if err := e.check(&l3, res); err == nil || !strings.Contains(err.Error(), "ipvlan mode") {
 		t.Errorf("CHECK with ipvlanMode l3 = %v, want a mode mismatch", err)
 	}
@@ -716,7 +717,7 @@ func TestDelIPVlanNetnsGone(t *testing.T) {
 	pod, remove := newDetachedNS(t)
 	e.pod = pod
 	nodeLinks := linkNames(t, e.node)
-	args := e.args(e.conf(ModeIPVlan, ""))
+	args := e.args(e.conf(netconf.ModeIPVlan, ""))
 	if _, err := e.add(args); err != nil {
 		t.Fatal(err)
 	}

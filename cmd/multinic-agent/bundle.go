@@ -22,6 +22,7 @@ import (
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
@@ -75,7 +76,7 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&o.out, "o", "", `the archive to write (.tar.gz); "-" for stdout (kubectl exec ... > bundle.tar.gz)`)
 	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "the agent's socket (root only)")
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "the agent's --state-dir")
-	fs.StringVar(&o.cniConfDir, "cni-conf-dir", plugin.DefaultCNIConfDir, "the CNI config dir")
+	fs.StringVar(&o.cniConfDir, "cni-conf-dir", netconf.DefaultCNIConfDir, "the CNI config dir")
 	fs.StringVar(&o.journalDir, "journal-dir", plugin.DefaultJournalDir, "the plugin's journal")
 	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "where the runtime creates pod netns")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the agent")

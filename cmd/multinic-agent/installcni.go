@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/multinic/multinic/internal/atomicfile"
-	"github.com/multinic/multinic/nad"
+	"github.com/multinic/multinic/netconf"
 )
 
 // InstallCNICommand is the subcommand the DaemonSet's init container runs: the image has no shell.
@@ -30,13 +30,13 @@ type installOptions struct {
 }
 
 // installCNI runs `multinic-agent install-cni`: it copies the plugin binary into the host's CNI bin
-// directory under the name NADs give as "type" (nad.PluginType).
+// directory under the name NADs give as "type" (netconf.Type).
 func installCNI(args []string, stdout, stderr io.Writer) error {
 	o, err := parseInstallFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	dest := filepath.Join(o.destDir, nad.PluginType)
+	dest := filepath.Join(o.destDir, netconf.Type)
 	changed, err := installPlugin(o.source, dest)
 	if err != nil {
 		return err
@@ -60,7 +60,7 @@ func parseInstallFlags(args []string, stderr io.Writer) (installOptions, error) 
 		fmt.Fprintf(fl.Output(), "Usage: multinic-agent %s [flags]\n\n"+
 			"Installs the multinic CNI plugin as <dest-dir>/%s: written to a temp file in that directory, synced, made\n"+
 			"mode 0755 and renamed over the old one, so the container runtime never runs a half-written plugin.\n"+
-			"Nothing is written when the installed plugin is already the same.\n\nFlags:\n", InstallCNICommand, nad.PluginType)
+			"Nothing is written when the installed plugin is already the same.\n\nFlags:\n", InstallCNICommand, netconf.Type)
 		fl.PrintDefaults()
 	}
 	if err := fl.Parse(args); err != nil {
@@ -77,9 +77,9 @@ func parseInstallFlags(args []string, stderr io.Writer) (installOptions, error) 
 func defaultPluginSource() string {
 	exe, err := os.Executable()
 	if err != nil {
-		return filepath.Join("/usr/local/bin", nad.PluginType)
+		return filepath.Join("/usr/local/bin", netconf.Type)
 	}
-	return filepath.Join(filepath.Dir(exe), nad.PluginType)
+	return filepath.Join(filepath.Dir(exe), netconf.Type)
 }
 
 // installPlugin replaces dest with a copy of source, mode 0755, atomically; it reports false, writing

@@ -18,7 +18,7 @@ import (
 
 	"github.com/multinic/multinic/internal/atomicfile"
 	"github.com/multinic/multinic/manifests"
-	"github.com/multinic/multinic/nad"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/tools/imagebuild"
 )
 
@@ -60,7 +60,7 @@ func inode(t *testing.T, p string) uint64 {
 // (replaced by rename: new inode), and a plugin whose mode was changed (rewritten 0755).
 func TestInstallPlugin(t *testing.T) {
 	dir := t.TempDir()
-	dest := filepath.Join(dir, nad.PluginType)
+	dest := filepath.Join(dir, netconf.Type)
 	v1 := pluginFile(t, "plugin v1")
 	if changed, err := installPlugin(v1, dest); err != nil || !changed {
 		t.Fatalf("fresh install: changed %t, %v", changed, err)
@@ -150,7 +150,7 @@ func readOnlyDir(t *testing.T, dir string) {
 // the old plugin stays; the plugin already there is no error (nothing to write).
 func TestInstallPluginReadOnlyDir(t *testing.T) {
 	dir := t.TempDir()
-	dest := filepath.Join(dir, nad.PluginType)
+	dest := filepath.Join(dir, netconf.Type)
 	if _, err := installPlugin(pluginFile(t, "old"), dest); err != nil {
 		t.Fatal(err)
 	}
@@ -179,8 +179,8 @@ func TestInstallCNICommand(t *testing.T) {
 	if err := installCNI([]string{"--source", src, "--dest-dir", dir}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
-	checkInstalled(t, filepath.Join(dir, nad.PluginType), "plugin")
-	if !strings.Contains(out.String(), "installed "+src+" as "+filepath.Join(dir, nad.PluginType)) {
+	checkInstalled(t, filepath.Join(dir, netconf.Type), "plugin")
+	if !strings.Contains(out.String(), "installed "+src+" as "+filepath.Join(dir, netconf.Type)) {
 		t.Errorf("output %q", out.String())
 	}
 	out.Reset()
@@ -204,7 +204,7 @@ func TestInstallCNIBinary(t *testing.T) {
 	if err := os.Link(agentBin, agent); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(imageBin, nad.PluginType), []byte("the plugin"), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(imageBin, netconf.Type), []byte("the plugin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	hostBin := t.TempDir()
@@ -212,7 +212,7 @@ func TestInstallCNIBinary(t *testing.T) {
 	if err != nil {
 		t.Fatalf("install-cni: %v\n%s", err, out)
 	}
-	checkInstalled(t, filepath.Join(hostBin, nad.PluginType), "the plugin")
+	checkInstalled(t, filepath.Join(hostBin, netconf.Type), "the plugin")
 
 	missing := filepath.Join(hostBin, "missing")
 	out, err = exec.Command(agent, InstallCNICommand, "--dest-dir", missing).CombinedOutput()
@@ -263,7 +263,7 @@ func TestDaemonSetInstallCNI(t *testing.T) {
 	if !mounted {
 		t.Errorf("--dest-dir %s is not the host's /opt/cni/bin mounted writable (mounts %+v)", o.destDir, ic.VolumeMounts)
 	}
-	if src := filepath.Join(filepath.Dir(ic.Command[0]), nad.PluginType); src != imagebuild.PluginPath || o.source != defaultPluginSource() {
+	if src := filepath.Join(filepath.Dir(ic.Command[0]), netconf.Type); src != imagebuild.PluginPath || o.source != defaultPluginSource() {
 		t.Errorf("default source in the image %s, the image's plugin is %s", src, imagebuild.PluginPath)
 	}
 }

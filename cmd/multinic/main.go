@@ -6,6 +6,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
@@ -13,5 +14,5 @@ import (
 const about = "multinic: one ENI-backed address per EC2 network card for Kubernetes pods (CNI plugin)"
 
 func main() {
-	skel.PluginMainFuncs(plugin.New().Funcs(), version.PluginSupports(plugin.SupportedVersions...), about)
+	skel.PluginMainFuncs(plugin.New().Funcs(), version.PluginSupports(netconf.SupportedVersions...), about)
 }

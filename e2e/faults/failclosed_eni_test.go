@@ -19,7 +19,7 @@ import (
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 // The fail-closed cases of issue 11 that belong to the ENI manager and recovery: each drives the real
@@ -124,7 +124,7 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 			t.Errorf("new pod's allocation: %v %v", ok, err)
 		} else {
 			for _, p := range pods {
-				if b := before[p.Name]; al.Address == b.Address || (att.Mode == plugin.ModeExclusive && al.ENIID == b.ENIID) {
+				if b := before[p.Name]; al.Address == b.Address || (att.Mode == netconf.ModeExclusive && al.ENIID == b.ENIID) {
 					t.Errorf("new pod got %s on %s, which pod %s holds", al.Address, al.ENIID, p.Name)
 				}
 			}
@@ -144,7 +144,7 @@ func TestExclusiveNoCheckpoint(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig("--surplus-delay", "0"))
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "exclusive-no-checkpoint", plugin.ModeExclusive, "agent restarted without its checkpoint under 2 exclusive pods, --surplus-delay 0")
+	run := newRun(t, "exclusive-no-checkpoint", netconf.ModeExclusive, "agent restarted without its checkpoint under 2 exclusive pods, --surplus-delay 0")
 	var notes []string
 	for i := range rounds() {
 		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
@@ -192,7 +192,7 @@ func TestOrphanSweep(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig("--orphan-sweep-interval", "500ms", "--orphan-age", "2s"))
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "orphan-sweep", plugin.ModeExclusive, "ENIs of a dead node (cluster tags, available, 1 h old) next to no_manage, other-cluster and young ones")
+	run := newRun(t, "orphan-sweep", netconf.ModeExclusive, "ENIs of a dead node (cluster tags, available, 1 h old) next to no_manage, other-cluster and young ones")
 	c := region.Fake().Client()
 	ctx := context.Background()
 	newENI := func(tags map[string]string) string {
@@ -271,7 +271,7 @@ func TestEC2Lag(t *testing.T) {
 	node := region.Node(0)
 	w := newWatch(t, region, node)
 	const lag = 2 * time.Second
-	run := newRun(t, "ec2-lag", plugin.ModeExclusive, "Describe* and IMDS 2 s behind every change; --surplus-delay 0, --reconcile-interval 1s")
+	run := newRun(t, "ec2-lag", netconf.ModeExclusive, "Describe* and IMDS 2 s behind every change; --surplus-delay 0, --reconcile-interval 1s")
 	if err := region.Fake().SetFaults(fakeec2.Faults{Lag: fakeec2.Duration(lag)}); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
@@ -63,7 +64,7 @@ func TestGCOtherNetwork(t *testing.T) {
 	w := newWatch(t, region, node)
 	byHand := exclusive
 	byHand.Network = "multinic-card1-by-hand"
-	run := newRun(t, "gc-other-network", plugin.ModeExclusive, "CNI GC of a second network on the same card and mode, each listing only its own attachments")
+	run := newRun(t, "gc-other-network", netconf.ModeExclusive, "CNI GC of a second network on the same card and mode, each listing only its own attachments")
 	var notes []string
 	for i := range rounds() {
 		published := w.newPod(t, fmt.Sprintf("pub%d", i))
@@ -101,7 +102,7 @@ func TestJournalReplayAtStart(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig())
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "journal-replay", plugin.ModeExclusive, "agent stopped, pod DELed (release journaled), agent started, no further CNI call")
+	run := newRun(t, "journal-replay", netconf.ModeExclusive, "agent stopped, pod DELed (release journaled), agent started, no further CNI call")
 	var notes []string
 	for i := range rounds() {
 		live := w.newPod(t, fmt.Sprintf("live%d", i))
@@ -153,7 +154,7 @@ func TestAllocationCap(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig("--max-allocations", fmt.Sprint(maxAllocs)))
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "allocation-cap", plugin.ModeExclusive, fmt.Sprintf("a local client allocating in a loop, --max-allocations %d", maxAllocs))
+	run := newRun(t, "allocation-cap", netconf.ModeExclusive, fmt.Sprintf("a local client allocating in a loop, --max-allocations %d", maxAllocs))
 	var notes []string
 	for i := range rounds() {
 		live := w.newPod(t, fmt.Sprintf("live%d", i))
@@ -213,7 +214,7 @@ func TestGCAPIView(t *testing.T) {
 		"--publish-nads=false", "--node-resources=false"))
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "gc-api-view", plugin.ModeExclusive, "a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s")
+	run := newRun(t, "gc-api-view", netconf.ModeExclusive, "a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s")
 	ctx := context.Background()
 	pods := c.Client.CoreV1().Pods("default")
 	var notes []string

@@ -28,14 +28,14 @@ import (
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 const card = 1
 
 var (
-	exclusive = harness.Attachment{Card: card, Mode: plugin.ModeExclusive, IfName: "net1"}
-	shared    = harness.Attachment{Card: card, Mode: plugin.ModeIPVlan, IfName: "net1"}
+	exclusive = harness.Attachment{Card: card, Mode: netconf.ModeExclusive, IfName: "net1"}
+	shared    = harness.Attachment{Card: card, Mode: netconf.ModeIPVlan, IfName: "net1"}
 )
 
 func attachTimed(p *harness.Pod, a harness.Attachment) (time.Duration, error) {
@@ -89,7 +89,7 @@ func runEC2Case(t *testing.T, c ec2Case) {
 	node := region.Node(0)
 	w := newWatch(t, region, node)
 	run := newRun(t, c.fault, modeOf(c.att), c.injected)
-	canIPVlan := c.att.Mode != plugin.ModeIPVlan || hasIPVlan()
+	canIPVlan := c.att.Mode != netconf.ModeIPVlan || hasIPVlan()
 	var notes []string
 	for i := range rounds() {
 		if err := region.Fake().SetFaults(c.faults); err != nil {
@@ -161,7 +161,7 @@ func callsDiff(before, after map[string]map[string]int) string {
 
 func modeOf(a harness.Attachment) string {
 	if a.Mode == "" {
-		return plugin.ModeIPVlan
+		return netconf.ModeIPVlan
 	}
 	return a.Mode
 }
@@ -397,7 +397,7 @@ func TestLatency(t *testing.T) {
 		region := harness.NewRegion(t, regionConfig("--surplus-delay", "10m"))
 		node := region.Node(0)
 		w := newWatch(t, region, node)
-		run := newRun(t, "latency-warm", plugin.ModeExclusive, "2 s on every EC2 call; a free exclusive ENI in the pool")
+		run := newRun(t, "latency-warm", netconf.ModeExclusive, "2 s on every EC2 call; a free exclusive ENI in the pool")
 		var worst time.Duration
 		var lastErr error
 		for i := range rounds() {
@@ -439,7 +439,7 @@ func TestLatency(t *testing.T) {
 		region := harness.NewRegion(t, regionConfig())
 		node := region.Node(0)
 		w := newWatch(t, region, node)
-		run := newRun(t, "latency-empty", plugin.ModeExclusive,
+		run := newRun(t, "latency-empty", netconf.ModeExclusive,
 			fmt.Sprintf("2 s on every EC2 call; no free exclusive ENI; --wait-timeout %s", waitTimeout()))
 		var notes []string
 		for i := range rounds() {
@@ -493,7 +493,7 @@ func TestAgentKilled(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig())
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "agent-killed", plugin.ModeExclusive, "SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
+	run := newRun(t, "agent-killed", netconf.ModeExclusive, "SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
 	var notes []string
 	for i := range rounds() {
 		slowAction(t, region, "AttachNetworkInterface", 3*time.Second)
@@ -557,7 +557,7 @@ func TestNetnsDeleted(t *testing.T) {
 	region := harness.NewRegion(t, regionConfig())
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "netns-deleted", plugin.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
+	run := newRun(t, "netns-deleted", netconf.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
 	var notes []string
 	for i := range rounds() {
 		slowAction(t, region, "CreateNetworkInterface", 2*time.Second)
@@ -657,7 +657,7 @@ func TestDiskFull(t *testing.T) {
 	node := region.Node(0)
 	w := newWatch(t, region, node)
 	w.stateDir = dir // --state-dir overrides the harness's: the leak count reads the checkpoint there
-	run := newRun(t, "disk-full", plugin.ModeExclusive, "--state-dir on a 256 KiB tmpfs, filled before the ADD")
+	run := newRun(t, "disk-full", netconf.ModeExclusive, "--state-dir on a 256 KiB tmpfs, filled before the ADD")
 	var notes []string
 	for i := range rounds() {
 		filler := fill(t, dir)

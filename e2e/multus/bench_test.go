@@ -23,7 +23,7 @@ import (
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/nad"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 // Issue 6, figure 2: Multus ADD and DEL of a pod with all 7 cards, the multinic ipvlan NADs against NADs
@@ -106,14 +106,14 @@ func TestMultusBenchIPVlan(t *testing.T) {
 	tools = stageBenchBinaries(t, tools)
 	setupBinaries(t)
 	ctx := t.Context()
-	e := startEnv(ctx, t, c, tools, plugin.ModeIPVlan, 1, benchAgentArgs, start)
+	e := startEnv(ctx, t, c, tools, netconf.ModeIPVlan, 1, benchAgentArgs, start)
 	node := e.region.Node(0)
 	refs := createRefNADs(ctx, t, e, node)
 
 	ours := &benchSide{name: "multinic", check: e.checkPod}
 	ref := &benchSide{name: "ref", check: func(ctx context.Context, t *testing.T, p *pod) { checkRefPod(ctx, t, e, p, refs) }}
 	for i, card := range managedCards {
-		ours.nets = append(ours.nets, nad.DefaultNamespace+"/"+nad.Name(card, plugin.ModeIPVlan))
+		ours.nets = append(ours.nets, nad.DefaultNamespace+"/"+nad.Name(card, netconf.ModeIPVlan))
 		ref.nets = append(ref.nets, nad.DefaultNamespace+"/"+refs[i].nad)
 	}
 	t.Logf("set up in %s; %d+%d iterations per side", time.Since(start).Round(time.Millisecond), benchWarmup, n)

@@ -14,7 +14,7 @@ import (
 	"github.com/multinic/multinic/e2e/cluster"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/nad"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 // TestAgentEventsThroughAPIServer: the agent's Events reach a real kube-apiserver and name the right
@@ -27,7 +27,7 @@ func TestAgentEventsThroughAPIServer(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Tools: tools})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	e := startEnv(ctx, t, c, tools, plugin.ModeExclusive, 1, nil, start)
+	e := startEnv(ctx, t, c, tools, netconf.ModeExclusive, 1, nil, start)
 	n := e.region.Node(0)
 
 	twice, err := e.newPod(ctx, t, n, "events-twice", []int{3, 3})

@@ -39,6 +39,7 @@ import (
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/manifests"
 	"github.com/multinic/multinic/nad"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
@@ -66,11 +67,11 @@ func TestMultinicThroughMultus(t *testing.T) {
 	setupBinaries(t)
 	start := time.Now()
 	c := cluster.Start(t, cluster.Options{Tools: tools})
-	runCases(t, c, tools, plugin.ModeExclusive, managedCards, start)
+	runCases(t, c, tools, netconf.ModeExclusive, managedCards, start)
 }
 
-// runCases runs the cases on the control plane c with the NADs of mode (plugin.ModeExclusive or
-// plugin.ModeIPVlan): applies the manifests, starts the region and its agents, then the pods. allCards are
+// runCases runs the cases on the control plane c with the NADs of mode (netconf.ModeExclusive or
+// netconf.ModeIPVlan): applies the manifests, starts the region and its agents, then the pods. allCards are
 // the cards of the "all-cards" pod.
 func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode string, allCards []int, start time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -171,7 +172,7 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 // startEnv makes the cluster side of the cases on the control plane c: applies the manifests, starts a
 // region of nodes nodes (Node objects node1, node2, ...) whose agents serve managedCards and publish to c
 // (agentArgs on top of the harness's and the e2e's flags), checks what they publish, and returns the
-// runtime side with pods of mode (plugin.ModeExclusive or plugin.ModeIPVlan) and the node netns recorded.
+// runtime side with pods of mode (netconf.ModeExclusive or netconf.ModeIPVlan) and the node netns recorded.
 func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode string, nodes int, agentArgs []string, start time.Time) *env {
 	t.Helper()
 	applyManifests(ctx, t, c)
@@ -239,7 +240,7 @@ func applyManifests(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 func checkNADs(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	t.Helper()
 	want, err := nad.Render(managedCards, nad.Options{Namespace: nad.DefaultNamespace,
-		Modes: []string{plugin.ModeIPVlan, plugin.ModeExclusive}})
+		Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +357,7 @@ type env struct {
 	cniPath   string
 	confList  map[string]string // per node name: the conflist file
 	multusLog string
-	mode      string // of the pods' NADs: plugin.ModeExclusive or plugin.ModeIPVlan
+	mode      string // of the pods' NADs: netconf.ModeExclusive or netconf.ModeIPVlan
 	pods      []*pod
 	base      map[string]baseline // per node name
 }
@@ -637,7 +638,7 @@ type networkStatus struct {
 // allocation, the ADD result and the Pod's network-status annotation agreeing.
 func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 	t.Helper()
-	exclusive := e.mode == plugin.ModeExclusive
+	exclusive := e.mode == netconf.ModeExclusive
 	st := e.region.State()
 	obj, err := e.c.Client.CoreV1().Pods(p.obj.Namespace).Get(ctx, p.obj.Name, metav1.GetOptions{})
 	if err != nil {

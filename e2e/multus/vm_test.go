@@ -17,7 +17,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/bench"
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/plugin"
+	"github.com/multinic/multinic/netconf"
 )
 
 // The ipvlan cases need a kernel with ipvlan, which this host may lack: they run in the test VM
@@ -177,7 +177,7 @@ func TestMultinicThroughMultusIPVlan(t *testing.T) {
 	start := time.Now()
 	c, tools := guestCluster(t, "TestMultinicThroughMultusIPVlanVM (`make e2e-vm`)")
 	setupBinaries(t)
-	runCases(t, c, tools, plugin.ModeIPVlan, vmAllCards, start)
+	runCases(t, c, tools, netconf.ModeIPVlan, vmAllCards, start)
 }
 
 // guestCluster is the guest side's start, in the test VM (skipped elsewhere; bootedBy names the host side

@@ -13,6 +13,7 @@ import (
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
 
@@ -28,13 +29,13 @@ func TestAttachLifecycle(t *testing.T) {
 		att    harness.Attachment
 		ipvlan netlink.IPVlanMode // for ipvlan modes
 	}{
-		{name: "exclusive", att: harness.Attachment{Card: 1, Mode: plugin.ModeExclusive}},
-		{name: "ipvlan-l2", att: harness.Attachment{Card: 1, Mode: plugin.ModeIPVlan, IPVlanMode: "l2"}, ipvlan: netlink.IPVLAN_MODE_L2},
-		{name: "ipvlan-l3", att: harness.Attachment{Card: 2, Mode: plugin.ModeIPVlan, IPVlanMode: "l3"}, ipvlan: netlink.IPVLAN_MODE_L3},
+		{name: "exclusive", att: harness.Attachment{Card: 1, Mode: netconf.ModeExclusive}},
+		{name: "ipvlan-l2", att: harness.Attachment{Card: 1, Mode: netconf.ModeIPVlan, IPVlanMode: "l2"}, ipvlan: netlink.IPVLAN_MODE_L2},
+		{name: "ipvlan-l3", att: harness.Attachment{Card: 2, Mode: netconf.ModeIPVlan, IPVlanMode: "l3"}, ipvlan: netlink.IPVLAN_MODE_L3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			exclusive := tc.att.Mode == plugin.ModeExclusive
+			exclusive := tc.att.Mode == netconf.ModeExclusive
 			if !exclusive {
 				nettest.RequireLinkType(t, "ipvlan")
 			}
