@@ -180,3 +180,124 @@ func TestAWSCLIScenario(t *testing.T) {
 		}
 	}
 }
+
+// TestAWSCLIIPv6 drives the IPv6 actions with the AWS CLI against a plain `fake-ec2 --instance-type`:
+// every subnet has its /64, ENIs take IPv6 addresses and /80 prefixes at create and by assign, filters
+// find them, unassign gives them back, and EC2's error code comes back for an address in use.
+func TestAWSCLIIPv6(t *testing.T) {
+	p := startFakeEC2(t, "--instance-type", "trn1.32xlarge")
+	c := newCLI(t, p.ready.Endpoint)
+	instance := p.ready.Instances[0].ID
+	card1 := fakeec2.CardSubnetID(1)
+
+	var subnets struct {
+		Subnets []struct {
+			SubnetId                    string
+			Ipv6Native                  bool
+			AssignIpv6AddressOnCreation bool
+			Ipv6CidrBlockAssociationSet []struct {
+				AssociationId      string
+				Ipv6CidrBlock      string
+				Ipv6CidrBlockState struct{ State string }
+			}
+		}
+	}
+	c.must(&subnets, "describe-subnets", "--filters", "Name=ipv6-cidr-block-association.ipv6-cidr-block,Values=2001:db8:ec2:1::/64")
+	if len(subnets.Subnets) != 1 || subnets.Subnets[0].SubnetId != card1 || len(subnets.Subnets[0].Ipv6CidrBlockAssociationSet) != 1 {
+		t.Fatalf("subnet with 2001:db8:ec2:1::/64 = %+v, want card 1's", subnets)
+	}
+	sn := subnets.Subnets[0]
+	if a := sn.Ipv6CidrBlockAssociationSet[0]; a.Ipv6CidrBlockState.State != "associated" || !strings.HasPrefix(a.AssociationId, "subnet-cidr-assoc-") || sn.Ipv6Native {
+		t.Fatalf("card 1's IPv6 block = %+v, ipv6Native %v", a, sn.Ipv6Native)
+	}
+
+	var types struct {
+		InstanceTypes []struct {
+			NetworkInfo struct {
+				Ipv6Supported             bool
+				Ipv6AddressesPerInterface int
+			}
+		}
+	}
+	c.must(&types, "describe-instance-types", "--instance-types", "trn1.32xlarge")
+	if ni := types.InstanceTypes[0].NetworkInfo; !ni.Ipv6Supported || ni.Ipv6AddressesPerInterface != 50 {
+		t.Fatalf("trn1.32xlarge IPv6 = %+v, want supported with 50 per interface", ni)
+	}
+
+	type eni struct {
+		NetworkInterfaceId string
+		// CLI 2.9's model has no IsPrimaryIpv6 yet (the SDK test reads it).
+		Ipv6Addresses []struct{ Ipv6Address string }
+		Ipv6Prefixes  []struct{ Ipv6Prefix string }
+	}
+	var created struct{ NetworkInterface eni }
+	c.must(&created, "create-network-interface", "--subnet-id", card1, "--ipv6-address-count", "2")
+	if e := created.NetworkInterface; len(e.Ipv6Addresses) != 2 || !strings.HasPrefix(e.Ipv6Addresses[0].Ipv6Address, "2001:db8:ec2:1:") {
+		t.Fatalf("create with 2 IPv6 addresses = %+v", e)
+	}
+	c.must(&created, "create-network-interface", "--subnet-id", card1, "--ipv6-addresses", "Ipv6Address=2001:db8:ec2:1::99")
+	if e := created.NetworkInterface; len(e.Ipv6Addresses) != 1 || e.Ipv6Addresses[0].Ipv6Address != "2001:db8:ec2:1::99" {
+		t.Fatalf("create with an explicit address = %+v", e)
+	}
+	c.must(&created, "create-network-interface", "--subnet-id", card1, "--ipv6-prefixes", "Ipv6Prefix=2001:db8:ec2:1:42::/80")
+	if e := created.NetworkInterface; len(e.Ipv6Prefixes) != 1 || e.Ipv6Prefixes[0].Ipv6Prefix != "2001:db8:ec2:1:42::/80" {
+		t.Fatalf("create with an explicit prefix = %+v", e)
+	}
+	id := created.NetworkInterface.NetworkInterfaceId
+	c.must(nil, "attach-network-interface", "--network-interface-id", id, "--instance-id", instance, "--network-card-index", "1", "--device-index", "1")
+
+	var assigned struct {
+		NetworkInterfaceId    string
+		AssignedIpv6Addresses []string
+		AssignedIpv6Prefixes  []string
+	}
+	c.must(&assigned, "assign-ipv6-addresses", "--network-interface-id", id, "--ipv6-prefix-count", "1")
+	if assigned.NetworkInterfaceId != id || len(assigned.AssignedIpv6Prefixes) != 1 || !strings.HasSuffix(assigned.AssignedIpv6Prefixes[0], "/80") {
+		t.Fatalf("assign a /80 = %+v", assigned)
+	}
+	byCount := assigned.AssignedIpv6Prefixes[0]
+	c.must(&assigned, "assign-ipv6-addresses", "--network-interface-id", id, "--ipv6-addresses", "2001:db8:ec2:1::a1", "2001:db8:ec2:1::a2")
+	if len(assigned.AssignedIpv6Addresses) != 2 || assigned.AssignedIpv6Addresses[1] != "2001:db8:ec2:1::a2" {
+		t.Fatalf("assign explicit addresses = %+v", assigned)
+	}
+	c.must(&assigned, "assign-ipv6-addresses", "--network-interface-id", id, "--ipv6-prefixes", "2001:db8:ec2:1:43::/80")
+	if len(assigned.AssignedIpv6Prefixes) != 1 || assigned.AssignedIpv6Prefixes[0] != "2001:db8:ec2:1:43::/80" {
+		t.Fatalf("assign an explicit prefix = %+v", assigned)
+	}
+
+	var described struct{ NetworkInterfaces []eni }
+	c.must(&described, "describe-network-interfaces", "--filters", "Name=ipv6-addresses.ipv6-address,Values=2001:db8:ec2:1::a1")
+	if len(described.NetworkInterfaces) != 1 {
+		t.Fatalf("filter by IPv6 address found %d ENIs", len(described.NetworkInterfaces))
+	}
+	if e := described.NetworkInterfaces[0]; e.NetworkInterfaceId != id || len(e.Ipv6Addresses) != 2 || len(e.Ipv6Prefixes) != 3 {
+		t.Fatalf("described = %+v, want 2 addresses and 3 /80s", e)
+	}
+	var reservations struct {
+		Reservations []struct {
+			Instances []struct{ NetworkInterfaces []eni }
+		}
+	}
+	c.must(&reservations, "describe-instances", "--filters", "Name=network-interface.ipv6-prefixes.ipv6-prefix,Values="+byCount)
+	if len(reservations.Reservations) != 1 || len(reservations.Reservations[0].Instances[0].NetworkInterfaces) != 2 {
+		t.Fatalf("instance with %s = %+v", byCount, reservations)
+	}
+	if e := reservations.Reservations[0].Instances[0].NetworkInterfaces[1]; len(e.Ipv6Prefixes) != 3 || len(e.Ipv6Addresses) != 2 {
+		t.Fatalf("the instance's card 1 ENI = %+v", e)
+	}
+
+	var unassigned struct {
+		NetworkInterfaceId      string
+		UnassignedIpv6Addresses []string
+		UnassignedIpv6Prefixes  []string
+	}
+	c.must(&unassigned, "unassign-ipv6-addresses", "--network-interface-id", id, "--ipv6-addresses", "2001:db8:ec2:1::a1", "--ipv6-prefixes", byCount)
+	if unassigned.NetworkInterfaceId != id || len(unassigned.UnassignedIpv6Addresses) != 1 || len(unassigned.UnassignedIpv6Prefixes) != 1 ||
+		unassigned.UnassignedIpv6Prefixes[0] != byCount {
+		t.Fatalf("unassign = %+v", unassigned)
+	}
+	_, err := c.run("assign-ipv6-addresses", "--network-interface-id", id, "--ipv6-addresses", "2001:db8:ec2:1::99")
+	if err == nil || !strings.Contains(err.Error(), "(InvalidIPAddress.InUse)") {
+		t.Fatalf("assign an address in use: %v, want InvalidIPAddress.InUse", err)
+	}
+}

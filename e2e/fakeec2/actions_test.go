@@ -46,6 +46,10 @@ func TestDescribeInstanceTypes(t *testing.T) {
 				t.Fatalf("got type %s cards %d ipv4 %d max %d default card %d", it.InstanceType, aws.ToInt32(ni.MaximumNetworkCards),
 					aws.ToInt32(ni.Ipv4AddressesPerInterface), aws.ToInt32(ni.MaximumNetworkInterfaces), aws.ToInt32(ni.DefaultNetworkCardIndex))
 			}
+			// EC2 documents as many IPv6 addresses per interface as private IPv4 ones (AssignIpv6Addresses).
+			if !aws.ToBool(ni.Ipv6Supported) || aws.ToInt32(ni.Ipv6AddressesPerInterface) != tc.ipv4 {
+				t.Fatalf("ipv6Supported %v ipv6AddressesPerInterface %d, want true and %d", aws.ToBool(ni.Ipv6Supported), aws.ToInt32(ni.Ipv6AddressesPerInterface), tc.ipv4)
+			}
 			if len(ni.NetworkCards) != int(tc.cards) {
 				t.Fatalf("got %d networkCards items, want %d", len(ni.NetworkCards), tc.cards)
 			}
@@ -66,6 +70,14 @@ func TestDescribeInstanceTypes(t *testing.T) {
 		}
 		if len(out.InstanceTypes) != len(tests) {
 			t.Fatalf("got %d types, want %d", len(out.InstanceTypes), len(tests))
+		}
+	})
+	t.Run("filter ipv6-supported", func(t *testing.T) {
+		for v, want := range map[string]int{"true": len(tests), "false": 0} {
+			out, err := f.ec2.DescribeInstanceTypes(ctx(t), &ec2.DescribeInstanceTypesInput{Filters: []types.Filter{{Name: aws.String("network-info.ipv6-supported"), Values: []string{v}}}})
+			if err != nil || len(out.InstanceTypes) != want {
+				t.Fatalf("ipv6-supported=%s: %v, %d types, want %d", v, err, len(out.InstanceTypes), want)
+			}
 		}
 	})
 }

@@ -9,7 +9,10 @@ import (
 
 // catalog.json holds a few real instance types with their network cards. Every
 // card of a type has the same limits and bandwidth, which holds for the types
-// listed; numbers are approximately the published ones.
+// listed; numbers are approximately the published ones. All are Nitro types with
+// IPv6; EC2's AssignIpv6Addresses documentation says an interface takes as many
+// IPv6 addresses as private IPv4 addresses, so ipv6AddressesPerInterface equals
+// ipv4AddressesPerInterface.
 //
 //go:embed catalog.json
 var catalogJSON []byte
@@ -22,6 +25,8 @@ type InstanceType struct {
 	NetworkPerformance     string  `json:"networkPerformance"`
 	MaxInterfaces          int     `json:"maximumNetworkInterfaces"`
 	IPv4PerInterface       int     `json:"ipv4AddressesPerInterface"`
+	IPv6Supported          bool    `json:"ipv6Supported"`
+	IPv6PerInterface       int     `json:"ipv6AddressesPerInterface"` // addresses and /80 prefixes together
 	EFASupported           bool    `json:"efaSupported"`
 	NetworkCards           int     `json:"networkCards"`
 	InterfacesPerCard      int     `json:"interfacesPerCard"`
@@ -39,7 +44,7 @@ func mustLoadCatalog(b []byte) map[string]*InstanceType {
 	}
 	m := make(map[string]*InstanceType, len(types))
 	for _, t := range types {
-		if t.NetworkCards < 1 || t.InterfacesPerCard < 1 || t.IPv4PerInterface < 1 {
+		if t.NetworkCards < 1 || t.InterfacesPerCard < 1 || t.IPv4PerInterface < 1 || t.IPv6Supported != (t.IPv6PerInterface > 0) {
 			panic(fmt.Sprintf("embedded catalog: bad entry %q", t.Name))
 		}
 		m[t.Name] = t

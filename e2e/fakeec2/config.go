@@ -2,6 +2,7 @@ package fakeec2
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -17,6 +18,8 @@ const (
 	DefaultVPCCIDR      = "10.0.0.0/16"
 	DefaultInstanceType = "trn1.32xlarge"
 	DefaultAccountID    = "123456789012"
+	// DefaultVPCIPv6CIDR is the VPC's /56, from the documentation range (RFC 3849): subnet i gets its i-th /64.
+	DefaultVPCIPv6CIDR = "2001:db8:ec2::/56"
 )
 
 // Config describes the fake's world. It is plain data so a CLI can load it from JSON.
@@ -26,6 +29,8 @@ type Config struct {
 	AccountID string `json:"accountId,omitempty"`
 	VPCID     string `json:"vpcId,omitempty"`
 	VPCCIDR   string `json:"vpcCidr,omitempty"`
+	// VPCIPv6CIDR is the VPC's IPv6 block (EC2 gives a /56); default DefaultVPCIPv6CIDR.
+	VPCIPv6CIDR string `json:"vpcIpv6Cidr,omitempty"`
 	// SecurityGroupID is the VPC's default group, given to ENIs created without groups.
 	SecurityGroupID string           `json:"securityGroupId,omitempty"`
 	Subnets         []SubnetConfig   `json:"subnets,omitempty"`
@@ -40,6 +45,11 @@ type SubnetConfig struct {
 	ID   string `json:"id,omitempty"`
 	CIDR string `json:"cidr"`
 	AZ   string `json:"availabilityZone,omitempty"` // default Config.AZ
+	// IPv6CIDR is the subnet's IPv6 block; default the i-th /64 of VPCIPv6CIDR for the i-th subnet. EC2
+	// gives a /64; up to a /120 is accepted here so that a test can exhaust a subnet's IPv6 addresses.
+	IPv6CIDR string `json:"ipv6Cidr,omitempty"`
+	// IPv4Only leaves the subnet without an IPv6 block, like a subnet with no IPv6 CIDR associated.
+	IPv4Only bool `json:"ipv4Only,omitempty"`
 }
 
 // InstanceConfig is one running instance.
@@ -123,7 +133,8 @@ func LoadConfig(path string) (Config, error) {
 
 // SubnetsPerCard returns n subnets in DefaultVPCCIDR, one per network card:
 // 10.0.<16k>.0/20 for up to 16 cards, 10.0.<8k>.0/21 for up to 32.
-// IDs are subnet-card<k>-style real-looking IDs so tests can name them.
+// IDs are subnet-card<k>-style real-looking IDs so tests can name them. Card k's subnet is the k-th, so
+// its IPv6 block is the k-th /64 of the VPC's (2001:db8:ec2:<k>::/64 by default).
 func SubnetsPerCard(n int) ([]SubnetConfig, error) {
 	step, bits := 16, 20
 	switch {
@@ -159,6 +170,9 @@ func (c Config) withDefaults() Config {
 	if c.VPCCIDR == "" {
 		c.VPCCIDR = DefaultVPCCIDR
 	}
+	if c.VPCIPv6CIDR == "" {
+		c.VPCIPv6CIDR = DefaultVPCIPv6CIDR
+	}
 	if c.SecurityGroupID == "" {
 		c.SecurityGroupID = "sg-0f00000000000000a"
 	}
@@ -172,6 +186,9 @@ func (c Config) withDefaults() Config {
 		}
 		if c.Subnets[i].AZ == "" {
 			c.Subnets[i].AZ = c.AZ
+		}
+		if c.Subnets[i].IPv6CIDR == "" && !c.Subnets[i].IPv4Only {
+			c.Subnets[i].IPv6CIDR = nthSubnet64(c.VPCIPv6CIDR, i)
 		}
 	}
 	c.Instances = append([]InstanceConfig(nil), c.Instances...)
@@ -192,11 +209,30 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// nthSubnet64 is the n-th /64 of a VPC IPv6 block, or "" when vpc is not a usable IPv6 network or has
+// fewer than n+1 of them (validate says why).
+func nthSubnet64(vpc string, n int) string {
+	p, err := netip.ParsePrefix(vpc)
+	if err != nil || !p.Addr().Is6() || p.Bits() > 64 || p.Bits() < 44 || uint64(n) >= 1<<(64-p.Bits()) {
+		return ""
+	}
+	b := p.Masked().Addr().As16()
+	binary.BigEndian.PutUint64(b[:8], binary.BigEndian.Uint64(b[:8])+uint64(n))
+	return netip.PrefixFrom(netip.AddrFrom16(b), 64).String()
+}
+
 // validate checks a defaulted config.
 func (c Config) validate() error {
 	vpc, err := netip.ParsePrefix(c.VPCCIDR)
 	if err != nil || !vpc.Addr().Is4() || vpc != vpc.Masked() {
 		return fmt.Errorf("vpcCidr %q invalid: must be an IPv4 network like 10.0.0.0/16", c.VPCCIDR)
+	}
+	vpc6, err := netip.ParsePrefix(c.VPCIPv6CIDR)
+	if err != nil || !vpc6.Addr().Is6() || vpc6.Addr().Is4In6() || vpc6 != vpc6.Masked() || vpc6.Bits() < 44 || vpc6.Bits() > 64 {
+		return fmt.Errorf("vpcIpv6Cidr %q invalid: must be an IPv6 network of /44 to /64 like %s", c.VPCIPv6CIDR, DefaultVPCIPv6CIDR)
+	}
+	if err := c.validateIPv6Subnets(vpc6); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	var nets []netip.Prefix
@@ -246,6 +282,38 @@ func (c Config) validate() error {
 		if e.Rate < 0 || e.Rate > 1 || e.Code == "" {
 			return fmt.Errorf("faults.errors[%q] invalid: rate must be 0-1 and code set", name)
 		}
+	}
+	return nil
+}
+
+// validateIPv6Subnets checks each subnet's IPv6 block: inside the VPC's, /64 to /120, no overlap.
+func (c Config) validateIPv6Subnets(vpc6 netip.Prefix) error {
+	var nets []netip.Prefix
+	for i, s := range c.Subnets {
+		switch {
+		case s.IPv4Only && s.IPv6CIDR != "":
+			return fmt.Errorf("subnets[%d] invalid: ipv4Only with ipv6Cidr %q", i, s.IPv6CIDR)
+		case s.IPv4Only:
+			continue
+		case s.IPv6CIDR == "":
+			return fmt.Errorf("subnets[%d].ipv6Cidr invalid: vpcIpv6Cidr %s has no %d-th /64 to give it; set ipv6Cidr or ipv4Only", i, c.VPCIPv6CIDR, i+1)
+		}
+		p, err := netip.ParsePrefix(s.IPv6CIDR)
+		if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p != p.Masked() {
+			return fmt.Errorf("subnets[%d].ipv6Cidr %q invalid: must be an IPv6 network", i, s.IPv6CIDR)
+		}
+		if p.Bits() < 64 || p.Bits() > 120 {
+			return fmt.Errorf("subnets[%d].ipv6Cidr %q invalid: prefix length must be 64-120", i, s.IPv6CIDR)
+		}
+		if !vpc6.Contains(p.Addr()) {
+			return fmt.Errorf("subnets[%d].ipv6Cidr %q invalid: not inside vpcIpv6Cidr %s", i, s.IPv6CIDR, vpc6)
+		}
+		for _, o := range nets {
+			if o.Overlaps(p) {
+				return fmt.Errorf("subnets[%d].ipv6Cidr %q invalid: overlaps %s", i, s.IPv6CIDR, o)
+			}
+		}
+		nets = append(nets, p)
 	}
 	return nil
 }

@@ -41,6 +41,18 @@ func (s *Server) describeInstances(q query) (any, error) {
 					v = append(v, e.id)
 				}
 				return v, true
+			case "network-interface.ipv6-addresses.ipv6-address":
+				var v []string
+				for _, e := range s.instanceENIsIn(s.visibleENIs(), in.id) {
+					v = append(v, addrStrings(e.ipv6)...)
+				}
+				return v, true
+			case "network-interface.ipv6-prefixes.ipv6-prefix":
+				var v []string
+				for _, e := range s.instanceENIsIn(s.visibleENIs(), in.id) {
+					v = append(v, prefixStrings(e.ipv6Prefixes)...)
+				}
+				return v, true
 			}
 			return tagFilter(name, in.tags)
 		})
@@ -108,6 +120,8 @@ func (s *Server) describeInstanceTypes(q query) (any, error) {
 				return []string{strconv.Itoa(t.NetworkCards)}, true
 			case "network-info.efa-supported":
 				return []string{strconv.FormatBool(t.EFASupported)}, true
+			case "network-info.ipv6-supported":
+				return []string{strconv.FormatBool(t.IPv6Supported)}, true
 			}
 			return nil, false
 		})
@@ -156,6 +170,14 @@ func (s *Server) describeSubnets(q query) (any, error) {
 				return []string{sn.pool.cidr.String()}, true
 			case "state":
 				return []string{"available"}, true
+			case "ipv6-cidr-block-association.ipv6-cidr-block":
+				return sn.ipv6Field(func(p *pool6) string { return p.cidr.String() }), true
+			case "ipv6-cidr-block-association.association-id":
+				return sn.ipv6Field(func(*pool6) string { return sn.assoc }), true
+			case "ipv6-cidr-block-association.state":
+				return sn.ipv6Field(func(*pool6) string { return "associated" }), true
+			case "ipv6-native":
+				return []string{"false"}, true
 			}
 			return tagFilter(name, sn.tags)
 		})
@@ -182,6 +204,7 @@ func (s *Server) describeSubnets(q query) (any, error) {
 			AvailableIPAddressCount: sn.pool.free(),
 			AvailabilityZone:        sn.az,
 			Tags:                    xmlTags(sn.tags),
+			IPv6CIDRs:               sn.ipv6XML(),
 		})
 	}
 	return resp, nil
@@ -224,6 +247,8 @@ func (s *Server) eniFilter(e *eni, name string) ([]string, bool) {
 			v = append(v, p.String())
 		}
 		return v, true
+	case "ipv6-addresses.ipv6-address":
+		return addrStrings(e.ipv6), true
 	case "attachment.instance-id":
 		return att(func(a *attachment) string { return a.instanceID })
 	case "attachment.attachment-id":
@@ -273,4 +298,21 @@ func (s *Server) describeNetworkInterfaces(q query) (any, error) {
 		resp.ENIs = append(resp.ENIs, s.toXML(e))
 	}
 	return resp, nil
+}
+
+// ipv6Field is f of the subnet's IPv6 block, or no value when it has none.
+func (sn *subnet) ipv6Field(f func(*pool6) string) []string {
+	if sn.pool6 == nil {
+		return nil
+	}
+	return []string{f(sn.pool6)}
+}
+
+func (sn *subnet) ipv6XML() []xmlSubnetIPv6CIDR {
+	if sn.pool6 == nil {
+		return nil
+	}
+	x := xmlSubnetIPv6CIDR{AssociationID: sn.assoc, IPv6CidrBlock: sn.pool6.cidr.String()}
+	x.State.State = "associated"
+	return []xmlSubnetIPv6CIDR{x}
 }

@@ -53,6 +53,10 @@ func (s *Server) createNetworkInterface(q query) (any, error) {
 			req.explicit = append(req.explicit, a)
 		}
 	}
+	req6, err := q.ipv6Request(true)
+	if err != nil {
+		return nil, err
+	}
 	token := q.str("ClientToken")
 	ifType := q.str("InterfaceType")
 	switch ifType {
@@ -81,6 +85,12 @@ func (s *Server) createNetworkInterface(q query) (any, error) {
 		return nil, err
 	}
 	if _, _, err := s.assign(e, req); err != nil {
+		s.releaseAll(e)
+		delete(s.macs, e.mac)
+		delete(s.enis, e.id)
+		return nil, err
+	}
+	if _, _, err := s.assign6(e, req6); err != nil {
 		s.releaseAll(e)
 		delete(s.macs, e.mac)
 		delete(s.enis, e.id)
@@ -189,6 +199,9 @@ func (s *Server) recordAttach(eniID, instID string, card, device int) (Attachmen
 	}
 	if e.slots() > in.typ.IPv4PerInterface {
 		return Attachment{}, errIPLimit()
+	}
+	if e.slots6() > in.typ.IPv6PerInterface {
+		return Attachment{}, errIPv6Limit()
 	}
 	e.att = &attachment{id: s.newAttachmentID(), instanceID: instID, card: card, device: device, at: time.Now()}
 	s.attachments[e.att.id] = e.id
@@ -372,6 +385,126 @@ func (s *Server) unassignPrivateIPAddresses(q query) (any, error) {
 	return okResp, nil
 }
 
+func (s *Server) assignIPv6Addresses(q query) (any, error) {
+	id, err := q.required("NetworkInterfaceId")
+	if err != nil {
+		return nil, err
+	}
+	req, err := q.ipv6Request(false)
+	if err != nil {
+		return nil, err
+	}
+	if req.kinds() == 0 {
+		return nil, errMissing("Ipv6AddressCount")
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	var resp assign6Resp
+	info, attached, err := func() (Attachment, bool, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		e, ok := s.enis[id]
+		if !ok {
+			return Attachment{}, false, errENINotFound(id)
+		}
+		ips, pfxs, err := s.assign6(e, req)
+		if err != nil {
+			return Attachment{}, false, err
+		}
+		resp = assign6Resp{NetworkInterfaceID: id, Addresses: addrStrings(ips), Prefixes: prefixStrings(pfxs)}
+		return s.attachmentInfo(e), e.att != nil, nil
+	}()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.routeIPv6(info, attached); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (s *Server) unassignIPv6Addresses(q query) (any, error) {
+	id, err := q.required("NetworkInterfaceId")
+	if err != nil {
+		return nil, err
+	}
+	var ips []netip.Addr
+	for _, v := range q.list("Ipv6Addresses") {
+		a, err := parseAddr6(v)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(ips, a) {
+			ips = append(ips, a)
+		}
+	}
+	var pfxs []netip.Prefix
+	for _, v := range q.list("Ipv6Prefix") {
+		p, err := parsePrefix6(v)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(pfxs, p) {
+			pfxs = append(pfxs, p)
+		}
+	}
+	if len(ips) == 0 && len(pfxs) == 0 {
+		return nil, errMissing("Ipv6Addresses")
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	info, attached, err := func() (Attachment, bool, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		e, ok := s.enis[id]
+		if !ok {
+			return Attachment{}, false, errENINotFound(id)
+		}
+		// All or nothing: check everything first.
+		for _, a := range ips {
+			if !slices.Contains(e.ipv6, a) {
+				return Attachment{}, false, errInvalidParam("Some of the specified IPv6 addresses are not assigned to interface %s", id)
+			}
+		}
+		for _, p := range pfxs {
+			if !slices.Contains(e.ipv6Prefixes, p) {
+				return Attachment{}, false, errInvalidParam("Some of the specified IPv6 prefixes are not assigned to interface %s", id)
+			}
+		}
+		pool := s.subnets[e.subnetID].pool6
+		for _, a := range ips {
+			e.ipv6 = slices.DeleteFunc(e.ipv6, func(x netip.Addr) bool { return x == a })
+			pool.releaseIP(a)
+		}
+		for _, p := range pfxs {
+			e.ipv6Prefixes = slices.DeleteFunc(e.ipv6Prefixes, func(x netip.Prefix) bool { return x == p })
+			pool.releasePrefix(p)
+		}
+		return s.attachmentInfo(e), e.att != nil, nil
+	}()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.routeIPv6(info, attached); err != nil {
+		return nil, err
+	}
+	return unassign6Resp{NetworkInterfaceID: id, Addresses: addrStrings(ips), Prefixes: prefixStrings(pfxs)}, nil
+}
+
+// routeIPv6 hands an attached ENI's IPv6 addresses to a link maker that routes them (IPv6Router);
+// s.linkMu is held. A failure answers InternalError and leaves the change made: the next call, which
+// carries the whole set again, repairs the routes.
+func (s *Server) routeIPv6(a Attachment, attached bool) error {
+	r, ok := s.links.(IPv6Router)
+	if !ok || !attached {
+		return nil
+	}
+	if err := r.SetIPv6(a); err != nil {
+		return newErr("InternalError", "An internal error has occurred: route IPv6 of %s: %v", a.ENIID, err)
+	}
+	return nil
+}
+
 func (s *Server) modifyNetworkInterfaceAttribute(q query) (any, error) {
 	id, err := q.required("NetworkInterfaceId")
 	if err != nil {
@@ -489,4 +622,36 @@ func parsePrefix(v string) (netip.Prefix, error) {
 		return netip.Prefix{}, errInvalidParam("Invalid IPv4 prefix: %s", v)
 	}
 	return p, nil
+}
+
+func parseAddr6(v string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(v)
+	if err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" {
+		return netip.Addr{}, errInvalidParam("Invalid IPv6 address: %s", v)
+	}
+	return a, nil
+}
+
+func parsePrefix6(v string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+		return netip.Prefix{}, errInvalidParam("Invalid IPv6 prefix: %s", v)
+	}
+	return p, nil
+}
+
+func addrStrings(as []netip.Addr) []string {
+	out := make([]string, 0, len(as))
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }

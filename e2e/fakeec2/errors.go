@@ -63,6 +63,23 @@ func errIPLimit() *apiError {
 	return newErr("PrivateIpAddressLimitExceeded", "Number of private addresses will exceed limit.")
 }
 
+// errIPv6Limit: EC2's error list has no IPv6-specific per-interface limit code; PrivateIpAddressLimitExceeded
+// is the code for the per-interface, per-instance-type address limit, which EC2 applies to IPv6 too.
+func errIPv6Limit() *apiError {
+	return newErr("PrivateIpAddressLimitExceeded", "Number of IPv6 addresses will exceed limit.")
+}
+
+// errNoIPv6CIDR is EC2's answer to IPv6 in a subnet without an IPv6 block (as RunInstances and
+// AssignIpv6Addresses word it).
+func errNoIPv6CIDR() *apiError {
+	return errInvalidParam("Subnet does not contain any IPv6 CIDR block ranges")
+}
+
+// errIPv6OneKind is EC2's answer to more than one of the four ways to ask for IPv6 in one request.
+func errIPv6OneKind() *apiError {
+	return errInvalidParam("You can specify one and only one of ipv6Address or ipv6AddressCount or ipv6Prefix or ipv6PrefixCount.")
+}
+
 func errNoFreeAddresses(subnet string) *apiError {
 	return newErr("InsufficientFreeAddressesInSubnet", "The specified subnet %s does not have enough free addresses to satisfy the request.", subnet)
 }

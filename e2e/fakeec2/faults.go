@@ -11,7 +11,7 @@ import (
 
 // Throttle classes, as EC2 documents its per-account token buckets.
 const (
-	ClassMutate             = "mutate"              // Assign/Unassign/Create/Delete/ModifyNetworkInterfaceAttribute
+	ClassMutate             = "mutate"              // Assign/Unassign(Ipv6|PrivateIp)Addresses, Create/Delete/ModifyNetworkInterfaceAttribute
 	ClassAttach             = "attach"              // Attach/DetachNetworkInterface
 	ClassTags               = "tags"                // CreateTags
 	ClassDescribe           = "describe"            // filtered Describe*
@@ -29,7 +29,7 @@ var PublishedRates = map[string]Rate{
 
 func throttleClass(action string, q query) string {
 	switch action {
-	case "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "CreateNetworkInterface",
+	case "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses", "UnassignIpv6Addresses", "CreateNetworkInterface",
 		"DeleteNetworkInterface", "ModifyNetworkInterfaceAttribute":
 		return ClassMutate
 	case "AttachNetworkInterface", "DetachNetworkInterface":

@@ -181,6 +181,65 @@ func checkInvariants(t *testing.T, st State) {
 			t.Errorf("subnet %s: used %d available %d, ENIs hold %d of %d", sn.ID, sn.Used, sn.Available, used[sn.ID], usable)
 		}
 	}
+	checkInvariants6(t, st)
+}
+
+// checkInvariants6 fails if an IPv6 address or /80 has two owners, lies outside its subnet's IPv6 block,
+// holds a reserved address (the first four and the last), or if an address lies inside another's /80.
+func checkInvariants6(t *testing.T, st State) {
+	t.Helper()
+	cidr6 := map[string]netip.Prefix{}
+	for _, sn := range st.Subnets {
+		if sn.IPv6CIDR != "" {
+			cidr6[sn.ID] = netip.MustParsePrefix(sn.IPv6CIDR)
+		}
+	}
+	reserved := func(p netip.Prefix, a netip.Addr) bool {
+		first, last := p.Addr(), lastAddr(p)
+		return a == first || a == first.Next() || a == first.Next().Next() || a == first.Next().Next().Next() || a == last
+	}
+	addrOwner := map[netip.Addr]string{}
+	prefixOwner := map[netip.Prefix]string{}
+	for _, e := range st.ENIs {
+		p, ok := cidr6[e.SubnetID]
+		if !ok && len(e.IPv6Addresses)+len(e.IPv6Prefixes) > 0 {
+			t.Errorf("%s: IPv6 in subnet %s that has no IPv6 block", e.ID, e.SubnetID)
+		}
+		for _, s := range e.IPv6Addresses {
+			a := netip.MustParseAddr(s)
+			if !p.Contains(a) || reserved(p, a) {
+				t.Errorf("%s: IPv6 address %s outside %s or reserved", e.ID, a, p)
+			}
+			if o, dup := addrOwner[a]; dup {
+				t.Errorf("IPv6 address %s owned by %s and %s", a, o, e.ID)
+			}
+			addrOwner[a] = e.ID
+		}
+		for _, s := range e.IPv6Prefixes {
+			x := netip.MustParsePrefix(s)
+			if x.Bits() != 80 || x.Masked() != x || !p.Contains(x.Addr()) || reserved(p, x.Addr()) || reserved(p, lastAddr(x)) {
+				t.Errorf("%s: IPv6 prefix %s is not a usable /80 of %s", e.ID, x, p)
+			}
+			if o, dup := prefixOwner[x]; dup {
+				t.Errorf("IPv6 prefix %s owned by %s and %s", x, o, e.ID)
+			}
+			prefixOwner[x] = e.ID
+		}
+	}
+	for a, o := range addrOwner {
+		if po, in := prefixOwner[netip.PrefixFrom(a, 80).Masked()]; in {
+			t.Errorf("IPv6 address %s of %s lies in the /80 of %s", a, o, po)
+		}
+	}
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As16()
+	for i := p.Bits(); i < 128; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	return netip.AddrFrom16(b)
 }
 
 func addrDiff(a, b netip.Addr) int {

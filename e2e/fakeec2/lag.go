@@ -88,6 +88,8 @@ func cloneENIs(in map[string]*eni) map[string]*eni {
 		c := *e
 		c.secondary = slices.Clone(e.secondary)
 		c.prefixes = slices.Clone(e.prefixes)
+		c.ipv6 = slices.Clone(e.ipv6)
+		c.ipv6Prefixes = slices.Clone(e.ipv6Prefixes)
 		c.groups = slices.Clone(e.groups)
 		c.tags = maps.Clone(e.tags)
 		if e.att != nil {

@@ -11,6 +11,11 @@ type Attachment struct {
 	DeviceIndex int
 	PrimaryIP   string // the ENI's primary private address
 	Primary     bool   // card 0, device 0: the instance's own eth0
+	// SubnetIPv6CIDR is the subnet's IPv6 block, "" when it has none.
+	SubnetIPv6CIDR string
+	// IPv6Addresses and IPv6Prefixes (/80s) are all the ENI's IPv6, now.
+	IPv6Addresses []string
+	IPv6Prefixes  []string
 }
 
 // LinkMaker turns ENI attachments into real links. The server calls it after an
@@ -21,4 +26,12 @@ type LinkMaker interface {
 	Attach(a Attachment) error
 	// Detach removes what Attach made; a link that is already gone is not an error.
 	Detach(a Attachment) error
+}
+
+// IPv6Router is a LinkMaker that also routes the VPC's IPv6 to the ENIs that hold it (the fabric). Attach
+// carries an ENI's IPv6 addresses; after every AssignIpv6Addresses or UnassignIpv6Addresses on an attached
+// ENI the server calls SetIPv6 with all of them, one call at a time as for Attach.
+type IPv6Router interface {
+	// SetIPv6 makes the routes to a's ENI exactly a.IPv6Addresses and a.IPv6Prefixes.
+	SetIPv6(a Attachment) error
 }

@@ -2,6 +2,7 @@ package fakeec2
 
 import (
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -57,6 +58,20 @@ func (r *recorder) Detach(a Attachment) error {
 	return nil
 }
 
+// SetIPv6 makes the recorder an IPv6Router: it records the ENI's whole IPv6 set, as the fabric routes it.
+func (r *recorder) SetIPv6(a Attachment) error {
+	defer r.enter()()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.failNext; err != nil {
+		r.failNext = nil
+		return err
+	}
+	r.events = append(r.events, "ipv6 "+a.ENIID)
+	r.links[a.ENIID] = a
+	return nil
+}
+
 func (r *recorder) snapshot() (map[string]Attachment, []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -86,8 +101,8 @@ func TestLinkMaker(t *testing.T) {
 	prim, _ := st.ENI(st.Instances[0].PrimaryENI)
 	links, _ := rec.snapshot()
 	want := Attachment{InstanceID: f.inst, ENIID: prim.ID, MAC: prim.MAC, SubnetID: CardSubnetID(0), SubnetCIDR: "10.0.0.0/20",
-		NetworkCard: 0, DeviceIndex: 0, PrimaryIP: prim.PrimaryIP, Primary: true}
-	if got := links[prim.ID]; got != want {
+		NetworkCard: 0, DeviceIndex: 0, PrimaryIP: prim.PrimaryIP, Primary: true, SubnetIPv6CIDR: "2001:db8:ec2::/64"}
+	if got := links[prim.ID]; !reflect.DeepEqual(got, want) {
 		t.Fatalf("primary link %+v, want %+v", got, want)
 	}
 
@@ -96,8 +111,8 @@ func TestLinkMaker(t *testing.T) {
 	attID := f.attach(t, id, 2, 1)
 	links, _ = rec.snapshot()
 	want = Attachment{InstanceID: f.inst, ENIID: id, MAC: aws.ToString(e.MacAddress), SubnetID: CardSubnetID(2), SubnetCIDR: "10.0.32.0/20",
-		NetworkCard: 2, DeviceIndex: 1, PrimaryIP: aws.ToString(e.PrivateIpAddress)}
-	if got := links[id]; got != want {
+		NetworkCard: 2, DeviceIndex: 1, PrimaryIP: aws.ToString(e.PrivateIpAddress), SubnetIPv6CIDR: "2001:db8:ec2:2::/64"}
+	if got := links[id]; !reflect.DeepEqual(got, want) {
 		t.Fatalf("card 2 link %+v, want %+v", got, want)
 	}
 	if _, err := f.ec2.DetachNetworkInterface(ctx(t), &ec2.DetachNetworkInterfaceInput{AttachmentId: aws.String(attID)}); err != nil {

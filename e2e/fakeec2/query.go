@@ -212,3 +212,55 @@ func (q query) page(n int) (from, to int, next string, err error) {
 	}
 	return from, to, next, nil
 }
+
+// ipv6Request reads the IPv6 part of CreateNetworkInterface (structured: Ipv6Addresses.N.Ipv6Address,
+// Ipv6Prefix.N.Ipv6Prefix) or AssignIpv6Addresses (flat: Ipv6Addresses.N, Ipv6Prefix.N). EC2 takes one of
+// the four ways to ask per request.
+func (q query) ipv6Request(structured bool) (ipv6Request, error) {
+	var r ipv6Request
+	var err error
+	if r.count, err = q.intParam("Ipv6AddressCount", 0); err != nil {
+		return r, err
+	}
+	if r.prefixCount, err = q.intParam("Ipv6PrefixCount", 0); err != nil {
+		return r, err
+	}
+	if r.count < 0 || r.prefixCount < 0 {
+		return r, errInvalidParam("IPv6 address and prefix counts must not be negative")
+	}
+	if q.str("EnablePrimaryIpv6") == "true" {
+		return r, newErr("UnsupportedOperation", "fake-ec2 does not implement a primary IPv6 address (EnablePrimaryIpv6)")
+	}
+	addrs, prefixes := q.list("Ipv6Addresses"), q.list("Ipv6Prefix")
+	if structured {
+		addrs, prefixes = nil, nil
+		for i := 1; i <= q.count("Ipv6Addresses"); i++ {
+			p := fmt.Sprintf("Ipv6Addresses.%d.", i)
+			if q.str(p+"IsPrimaryIpv6") == "true" {
+				return r, newErr("UnsupportedOperation", "fake-ec2 does not implement a primary IPv6 address (IsPrimaryIpv6)")
+			}
+			addrs = append(addrs, q.str(p+"Ipv6Address"))
+		}
+		for i := 1; i <= q.count("Ipv6Prefix"); i++ {
+			prefixes = append(prefixes, q.str(fmt.Sprintf("Ipv6Prefix.%d.Ipv6Prefix", i)))
+		}
+	}
+	for _, v := range addrs {
+		a, err := parseAddr6(v)
+		if err != nil {
+			return r, err
+		}
+		r.explicit = append(r.explicit, a)
+	}
+	for _, v := range prefixes {
+		p, err := parsePrefix6(v)
+		if err != nil {
+			return r, err
+		}
+		r.prefixes = append(r.prefixes, p)
+	}
+	if r.kinds() > 1 {
+		return r, errIPv6OneKind()
+	}
+	return r, nil
+}

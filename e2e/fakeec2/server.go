@@ -84,8 +84,13 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		faults:      newFaults(cfg.Faults, cfg.Seed),
 		closed:      make(chan struct{}),
 	}
-	for _, sc := range cfg.Subnets {
-		s.subnets[sc.ID] = &subnet{id: sc.ID, az: sc.AZ, pool: newPool(netip.MustParsePrefix(sc.CIDR)), tags: map[string]string{}}
+	for i, sc := range cfg.Subnets {
+		sn := &subnet{id: sc.ID, az: sc.AZ, pool: newPool(netip.MustParsePrefix(sc.CIDR)), tags: map[string]string{}}
+		if sc.IPv6CIDR != "" {
+			// Not from s.rng: generated IDs and MACs stay what they were before subnets had IPv6.
+			sn.pool6, sn.assoc = newPool6(netip.MustParsePrefix(sc.IPv6CIDR)), fmt.Sprintf("subnet-cidr-assoc-%017x", i+1)
+		}
+		s.subnets[sc.ID] = sn
 		s.subnetOrder = append(s.subnetOrder, sc.ID)
 	}
 	now := time.Now()
@@ -441,6 +446,8 @@ func init() {
 		"DeleteNetworkInterface":          (*Server).deleteNetworkInterface,
 		"AssignPrivateIpAddresses":        (*Server).assignPrivateIPAddresses,
 		"UnassignPrivateIpAddresses":      (*Server).unassignPrivateIPAddresses,
+		"AssignIpv6Addresses":             (*Server).assignIPv6Addresses,
+		"UnassignIpv6Addresses":           (*Server).unassignIPv6Addresses,
 		"ModifyNetworkInterfaceAttribute": (*Server).modifyNetworkInterfaceAttribute,
 		"CreateTags":                      (*Server).createTags,
 	}

@@ -38,6 +38,8 @@ type ENIState struct {
 	PrimaryIP           string            `json:"primaryIp"`
 	SecondaryIPs        []string          `json:"secondaryIps"`
 	Prefixes            []string          `json:"prefixes"`
+	IPv6Addresses       []string          `json:"ipv6Addresses"`
+	IPv6Prefixes        []string          `json:"ipv6Prefixes"` // /80s
 	Groups              []string          `json:"groups"`
 	Description         string            `json:"description"`
 	SourceDestCheck     bool              `json:"sourceDestCheck"`
@@ -51,6 +53,7 @@ type SubnetState struct {
 	Available int               `json:"available"` // as availableIpAddressCount
 	Used      int               `json:"used"`
 	Tags      map[string]string `json:"tags,omitempty"`
+	IPv6CIDR  string            `json:"ipv6Cidr,omitempty"` // "" when the subnet has no IPv6 block
 }
 
 // State returns a deep copy of the current state.
@@ -68,7 +71,7 @@ func (s *Server) State() State {
 		es := ENIState{ID: e.id, Status: e.status(), Primary: e.primaryOfInst, SubnetID: e.subnetID,
 			MAC: e.mac, PrimaryIP: e.primaryIP.String(), Groups: append([]string{}, e.groups...),
 			Description: e.description, SourceDestCheck: e.sourceDestCheck, Tags: maps.Clone(e.tags),
-			SecondaryIPs: []string{}, Prefixes: []string{}}
+			SecondaryIPs: []string{}, Prefixes: []string{}, IPv6Addresses: addrStrings(e.ipv6), IPv6Prefixes: prefixStrings(e.ipv6Prefixes)}
 		if a := e.att; a != nil {
 			es.InstanceID, es.AttachmentID, es.Card, es.Device, es.DeleteOnTermination = a.instanceID, a.id, a.card, a.device, a.deleteOnTermination
 		}
@@ -82,8 +85,12 @@ func (s *Server) State() State {
 	}
 	for _, id := range s.subnetOrder {
 		sn := s.subnets[id]
-		st.Subnets = append(st.Subnets, SubnetState{ID: sn.id, CIDR: sn.pool.cidr.String(), AZ: sn.az,
-			Available: sn.pool.free(), Used: len(sn.pool.owner), Tags: maps.Clone(sn.tags)})
+		ss := SubnetState{ID: sn.id, CIDR: sn.pool.cidr.String(), AZ: sn.az,
+			Available: sn.pool.free(), Used: len(sn.pool.owner), Tags: maps.Clone(sn.tags)}
+		if sn.pool6 != nil {
+			ss.IPv6CIDR = sn.pool6.cidr.String()
+		}
+		st.Subnets = append(st.Subnets, ss)
 	}
 	return st
 }

@@ -13,6 +13,9 @@ import (
 // instance (EC2 applies the instance type's limit once it is attached).
 const unattachedIPv4Limit = 50
 
+// unattachedIPv6Limit is the same bound for IPv6 addresses and prefixes.
+const unattachedIPv6Limit = 50
+
 type instance struct {
 	id       string
 	typ      *InstanceType
@@ -24,10 +27,12 @@ type instance struct {
 }
 
 type subnet struct {
-	id   string
-	az   string
-	pool *pool
-	tags map[string]string
+	id    string
+	az    string
+	pool  *pool
+	pool6 *pool6 // nil: no IPv6 CIDR block
+	assoc string // the IPv6 CIDR block's association ID
+	tags  map[string]string
 }
 
 type attachment struct {
@@ -47,6 +52,8 @@ type eni struct {
 	primaryIP       netip.Addr
 	secondary       []netip.Addr
 	prefixes        []netip.Prefix
+	ipv6            []netip.Addr
+	ipv6Prefixes    []netip.Prefix // /80s
 	groups          []string
 	tags            map[string]string
 	sourceDestCheck bool
@@ -68,6 +75,9 @@ func (e *eni) status() string {
 // limit meaningful without modelling prefix quotas.
 func (e *eni) slots() int { return 1 + len(e.secondary) + len(e.prefixes) }
 
+// slots6 counts what the per-ENI IPv6 limit is charged with: a /80 prefix is one slot, as on EC2.
+func (e *eni) slots6() int { return len(e.ipv6) + len(e.ipv6Prefixes) }
+
 // attachmentInfo is what the LinkMaker is told about e.
 func (s *Server) attachmentInfo(e *eni) Attachment {
 	sn := s.subnets[e.subnetID]
@@ -78,6 +88,15 @@ func (s *Server) attachmentInfo(e *eni) Attachment {
 		SubnetCIDR: sn.pool.cidr.String(),
 		PrimaryIP:  e.primaryIP.String(),
 		Primary:    e.primaryOfInst,
+	}
+	if sn.pool6 != nil {
+		a.SubnetIPv6CIDR = sn.pool6.cidr.String()
+	}
+	for _, x := range e.ipv6 {
+		a.IPv6Addresses = append(a.IPv6Addresses, x.String())
+	}
+	for _, x := range e.ipv6Prefixes {
+		a.IPv6Prefixes = append(a.IPv6Prefixes, x.String())
 	}
 	if e.att != nil {
 		a.InstanceID, a.NetworkCard, a.DeviceIndex = e.att.instanceID, e.att.card, e.att.device
@@ -91,6 +110,14 @@ func (s *Server) ipLimit(e *eni) int {
 		return s.instances[e.att.instanceID].typ.IPv4PerInterface
 	}
 	return unattachedIPv4Limit
+}
+
+// ipv6Limit is the per-ENI IPv6 limit that applies to e now (0 on a type without IPv6).
+func (s *Server) ipv6Limit(e *eni) int {
+	if e.att != nil {
+		return s.instances[e.att.instanceID].typ.IPv6PerInterface
+	}
+	return unattachedIPv6Limit
 }
 
 // sortedENIs lists ENIs in creation order.
@@ -148,6 +175,14 @@ func (s *Server) releaseAll(e *eni) {
 	}
 	for _, pfx := range e.prefixes {
 		p.releasePrefix(pfx)
+	}
+	if p6 := s.subnets[e.subnetID].pool6; p6 != nil {
+		for _, a := range e.ipv6 {
+			p6.releaseIP(a)
+		}
+		for _, pfx := range e.ipv6Prefixes {
+			p6.releasePrefix(pfx)
+		}
 	}
 }
 
@@ -238,4 +273,94 @@ func (s *Server) assign(e *eni, r addrRequest) (ips []netip.Addr, pfxs []netip.P
 func (s *Server) isSecondaryOf(eniID string, a netip.Addr) bool {
 	o, ok := s.enis[eniID]
 	return ok && slices.Contains(o.secondary, a)
+}
+
+// ipv6Request is what Create and AssignIpv6Addresses ask for: one kind per request.
+type ipv6Request struct {
+	count       int          // addresses chosen by EC2
+	explicit    []netip.Addr // addresses chosen by the caller
+	prefixCount int          // /80s chosen by EC2
+	prefixes    []netip.Prefix
+}
+
+func (r ipv6Request) slots() int { return r.count + len(r.explicit) + r.prefixCount + len(r.prefixes) }
+
+// kinds counts how many of the four ways to ask are used; EC2 takes one per request.
+func (r ipv6Request) kinds() int {
+	n := 0
+	for _, used := range []bool{r.count > 0, len(r.explicit) > 0, r.prefixCount > 0, len(r.prefixes) > 0} {
+		if used {
+			n++
+		}
+	}
+	return n
+}
+
+// assign6 gives e the requested IPv6 addresses or prefixes all-or-nothing and returns the new ones.
+func (s *Server) assign6(e *eni, r ipv6Request) (ips []netip.Addr, pfxs []netip.Prefix, retErr error) {
+	if r.slots() == 0 {
+		return nil, nil, nil
+	}
+	sn := s.subnets[e.subnetID]
+	p := sn.pool6
+	if p == nil {
+		return nil, nil, errNoIPv6CIDR()
+	}
+	if e.slots6()+r.slots() > s.ipv6Limit(e) {
+		return nil, nil, errIPv6Limit()
+	}
+	for i, a := range r.explicit {
+		owner, ok := p.ownerOf(a)
+		switch {
+		case !ok:
+			return nil, nil, errInvalidParam("Address %s does not fall within the IPv6 CIDR block %s of subnet %s or is reserved", a, p.cidr, sn.id)
+		case owner != "" || slices.Contains(r.explicit[:i], a):
+			return nil, nil, newErr("InvalidIPAddress.InUse", "Address %s is in use.", a)
+		}
+	}
+	for i, pfx := range r.prefixes {
+		valid, free := p.prefixOK(pfx)
+		if !valid {
+			return nil, nil, errInvalidParam("Prefix %s is not a /80 block in the IPv6 CIDR block %s of subnet %s", pfx, p.cidr, sn.id)
+		}
+		if !free || slices.Contains(r.prefixes[:i], pfx) {
+			return nil, nil, errInvalidParam("Prefix %s is in use.", pfx)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			for _, a := range ips {
+				p.releaseIP(a)
+			}
+			for _, x := range pfxs {
+				p.releasePrefix(x)
+			}
+			ips, pfxs = nil, nil
+		}
+	}()
+	for _, pfx := range r.prefixes {
+		p.claimPrefix(pfx, e.id)
+		pfxs = append(pfxs, pfx)
+	}
+	for range r.prefixCount {
+		pfx, ok := p.allocPrefix(e.id)
+		if !ok {
+			return ips, pfxs, errNoFreePrefixes(sn.id)
+		}
+		pfxs = append(pfxs, pfx)
+	}
+	for _, a := range r.explicit {
+		p.claimIP(a, e.id)
+		ips = append(ips, a)
+	}
+	for range r.count {
+		a, ok := p.allocIP(e.id)
+		if !ok {
+			return ips, pfxs, errNoFreeAddresses(sn.id)
+		}
+		ips = append(ips, a)
+	}
+	e.ipv6 = append(e.ipv6, ips...)
+	e.ipv6Prefixes = append(e.ipv6Prefixes, pfxs...)
+	return ips, pfxs, nil
 }

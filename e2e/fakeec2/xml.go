@@ -36,6 +36,23 @@ type xmlPrefix struct {
 	IPv4Prefix string `xml:"ipv4Prefix"`
 }
 
+type xmlIPv6Address struct {
+	IPv6Address   string `xml:"ipv6Address"`
+	IsPrimaryIPv6 bool   `xml:"isPrimaryIpv6"`
+}
+
+type xmlIPv6Prefix struct {
+	IPv6Prefix string `xml:"ipv6Prefix"`
+}
+
+type xmlSubnetIPv6CIDR struct {
+	AssociationID string `xml:"associationId"`
+	IPv6CidrBlock string `xml:"ipv6CidrBlock"`
+	State         struct {
+		State string `xml:"state"`
+	} `xml:"ipv6CidrBlockState"`
+}
+
 type xmlAttachment struct {
 	AttachmentID        string `xml:"attachmentId"`
 	InstanceID          string `xml:"instanceId,omitempty"`
@@ -48,23 +65,26 @@ type xmlAttachment struct {
 }
 
 type xmlENI struct {
-	NetworkInterfaceID string         `xml:"networkInterfaceId"`
-	SubnetID           string         `xml:"subnetId"`
-	VpcID              string         `xml:"vpcId"`
-	AvailabilityZone   string         `xml:"availabilityZone,omitempty"`
-	Description        string         `xml:"description"`
-	OwnerID            string         `xml:"ownerId,omitempty"`
-	RequesterManaged   bool           `xml:"requesterManaged"`
-	Status             string         `xml:"status"`
-	MacAddress         string         `xml:"macAddress"`
-	PrivateIPAddress   string         `xml:"privateIpAddress"`
-	SourceDestCheck    bool           `xml:"sourceDestCheck"`
-	InterfaceType      string         `xml:"interfaceType"`
-	Groups             []xmlGroup     `xml:"groupSet>item"`
-	Attachment         *xmlAttachment `xml:"attachment,omitempty"`
-	Tags               []xmlTag       `xml:"tagSet>item"`
-	PrivateIPs         []xmlPrivateIP `xml:"privateIpAddressesSet>item"`
-	Prefixes           []xmlPrefix    `xml:"ipv4PrefixSet>item"`
+	NetworkInterfaceID string           `xml:"networkInterfaceId"`
+	SubnetID           string           `xml:"subnetId"`
+	VpcID              string           `xml:"vpcId"`
+	AvailabilityZone   string           `xml:"availabilityZone,omitempty"`
+	Description        string           `xml:"description"`
+	OwnerID            string           `xml:"ownerId,omitempty"`
+	RequesterManaged   bool             `xml:"requesterManaged"`
+	Status             string           `xml:"status"`
+	MacAddress         string           `xml:"macAddress"`
+	PrivateIPAddress   string           `xml:"privateIpAddress"`
+	SourceDestCheck    bool             `xml:"sourceDestCheck"`
+	InterfaceType      string           `xml:"interfaceType"`
+	Groups             []xmlGroup       `xml:"groupSet>item"`
+	Attachment         *xmlAttachment   `xml:"attachment,omitempty"`
+	Tags               []xmlTag         `xml:"tagSet>item"`
+	PrivateIPs         []xmlPrivateIP   `xml:"privateIpAddressesSet>item"`
+	Prefixes           []xmlPrefix      `xml:"ipv4PrefixSet>item"`
+	IPv6Addresses      []xmlIPv6Address `xml:"ipv6AddressesSet>item"`
+	IPv6Prefixes       []xmlIPv6Prefix  `xml:"ipv6PrefixSet>item"`
+	IPv6Native         bool             `xml:"ipv6Native"`
 }
 
 type xmlInstance struct {
@@ -94,17 +114,20 @@ type xmlReservation struct {
 }
 
 type xmlSubnet struct {
-	SubnetID                string   `xml:"subnetId"`
-	SubnetArn               string   `xml:"subnetArn"`
-	State                   string   `xml:"state"`
-	VpcID                   string   `xml:"vpcId"`
-	OwnerID                 string   `xml:"ownerId"`
-	CidrBlock               string   `xml:"cidrBlock"`
-	AvailableIPAddressCount int      `xml:"availableIpAddressCount"`
-	AvailabilityZone        string   `xml:"availabilityZone"`
-	DefaultForAz            bool     `xml:"defaultForAz"`
-	MapPublicIPOnLaunch     bool     `xml:"mapPublicIpOnLaunch"`
-	Tags                    []xmlTag `xml:"tagSet>item"`
+	SubnetID                string              `xml:"subnetId"`
+	SubnetArn               string              `xml:"subnetArn"`
+	State                   string              `xml:"state"`
+	VpcID                   string              `xml:"vpcId"`
+	OwnerID                 string              `xml:"ownerId"`
+	CidrBlock               string              `xml:"cidrBlock"`
+	AvailableIPAddressCount int                 `xml:"availableIpAddressCount"`
+	AvailabilityZone        string              `xml:"availabilityZone"`
+	DefaultForAz            bool                `xml:"defaultForAz"`
+	MapPublicIPOnLaunch     bool                `xml:"mapPublicIpOnLaunch"`
+	Tags                    []xmlTag            `xml:"tagSet>item"`
+	IPv6CIDRs               []xmlSubnetIPv6CIDR `xml:"ipv6CidrBlockAssociationSet>item"`
+	AssignIPv6OnCreation    bool                `xml:"assignIpv6AddressOnCreation"`
+	IPv6Native              bool                `xml:"ipv6Native"`
 }
 
 type xmlNetworkCard struct {
@@ -175,6 +198,18 @@ type assignResp struct {
 	NetworkInterfaceID string       `xml:"networkInterfaceId"`
 	Addresses          []xmlAddress `xml:"assignedPrivateIpAddressesSet>item"`
 	Prefixes           []xmlPrefix  `xml:"assignedIpv4PrefixSet>item"`
+}
+
+type assign6Resp struct {
+	NetworkInterfaceID string   `xml:"networkInterfaceId"`
+	Addresses          []string `xml:"assignedIpv6Addresses>item"` // the new ones only
+	Prefixes           []string `xml:"assignedIpv6PrefixSet>item"`
+}
+
+type unassign6Resp struct {
+	NetworkInterfaceID string   `xml:"networkInterfaceId"`
+	Addresses          []string `xml:"unassignedIpv6Addresses>item"`
+	Prefixes           []string `xml:"unassignedIpv6PrefixSet>item"`
 }
 
 type returnResp struct {
@@ -294,6 +329,12 @@ func (s *Server) toXML(e *eni) xmlENI {
 	for _, p := range e.prefixes {
 		x.Prefixes = append(x.Prefixes, xmlPrefix{IPv4Prefix: p.String()})
 	}
+	for _, a := range e.ipv6 {
+		x.IPv6Addresses = append(x.IPv6Addresses, xmlIPv6Address{IPv6Address: a.String()})
+	}
+	for _, p := range e.ipv6Prefixes {
+		x.IPv6Prefixes = append(x.IPv6Prefixes, xmlIPv6Prefix{IPv6Prefix: p.String()})
+	}
 	return x
 }
 
@@ -309,8 +350,8 @@ func (s *Server) instanceTypeXML(t *InstanceType) xmlInstanceType {
 	n.MaximumNetworkInterfaces = t.MaxInterfaces
 	n.MaximumNetworkCards = t.NetworkCards
 	n.IPv4AddressesPerInterface = t.IPv4PerInterface
-	n.IPv6AddressesPerInterface = t.IPv4PerInterface
-	n.IPv6Supported = true
+	n.IPv6AddressesPerInterface = t.IPv6PerInterface
+	n.IPv6Supported = t.IPv6Supported
 	n.EnaSupport = "required"
 	n.EfaSupported = t.EFASupported
 	for k := range t.NetworkCards {
