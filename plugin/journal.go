@@ -12,10 +12,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/multinic/multinic/internal/atomicfile"
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/ipam/api"
 )
 
@@ -31,6 +30,9 @@ const journalVersion = 1
 
 // journalLockTimeout bounds the wait for another process working on the journal.
 const journalLockTimeout = 5 * time.Second
+
+// journalLockName is the journal directory's lock file; its leading dot keeps it out of the records.
+const journalLockName = ".lock"
 
 // journalRecord is one pending release.
 type journalRecord struct {
@@ -55,7 +57,7 @@ func journalFile(dir, containerID, ifName string) string {
 	return filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// addJournal records a pending release durably: temp file, fsync, rename, fsync of the directory.
+// addJournal records a pending release durably (statefile.WriteFile).
 // Recording the same (containerID, ifName) twice keeps one record.
 func addJournal(dir string, rec journalRecord) (retErr error) {
 	rec.Version = journalVersion
@@ -66,12 +68,12 @@ func addJournal(dir string, rec journalRecord) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
-	unlock, err := lockJournal(dir)
+	lock, err := lockJournal(dir)
 	if err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
-	defer unlock()
-	if err := atomicfile.WriteFile(journalFile(dir, rec.ContainerID, rec.IfName), data, 0o600); err != nil {
+	defer func() { retErr = errors.Join(retErr, lock.Unlock()) }()
+	if err := statefile.WriteFile(journalFile(dir, rec.ContainerID, rec.IfName), data, 0o600); err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
 	return nil
@@ -100,11 +102,11 @@ func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (release
 	if !hasRecords(entries) {
 		return 0, nil
 	}
-	unlock, err := lockJournal(dir)
+	lock, err := lockJournal(dir)
 	if err != nil {
 		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
 	}
-	defer unlock()
+	defer func() { retErr = errors.Join(retErr, lock.Unlock()) }()
 	// Read again under the lock.
 	if entries, err = os.ReadDir(dir); err != nil {
 		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
@@ -148,7 +150,7 @@ func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (release
 		removed = true
 	}
 	if removed {
-		if err := atomicfile.SyncDir(dir); err != nil {
+		if err := statefile.SyncDir(dir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -171,30 +173,8 @@ func hasRecords(entries []fs.DirEntry) bool {
 	return false
 }
 
-// lockJournal creates dir (mode 0700) when missing and takes an exclusive flock on dir/.lock, waiting at
-// most journalLockTimeout.
-func lockJournal(dir string) (unlock func(), retErr error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create journal directory: %w", err)
-	}
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open journal lock: %w", err)
-	}
-	deadline := time.Now().Add(journalLockTimeout)
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock journal: %w", err)
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("lock journal: still held by another process after %s", journalLockTimeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+// lockJournal locks dir (made with mode 0700 when missing) against other processes working on the journal,
+// waiting at most journalLockTimeout, and removes the temp files of a write a crash interrupted.
+func lockJournal(dir string) (*statefile.Lock, error) {
+	return statefile.LockDir(dir, journalLockName, journalLockTimeout)
 }

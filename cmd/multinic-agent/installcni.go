@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/multinic/multinic/internal/atomicfile"
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/netconf"
 )
 
@@ -102,7 +102,7 @@ func installPlugin(source, dest string) (bool, error) {
 	} else if same {
 		return false, nil
 	}
-	if err := atomicfile.WriteFile(dest, data, pluginMode); err != nil {
+	if err := statefile.WriteFile(dest, data, pluginMode); err != nil {
 		return false, fmt.Errorf("install CNI plugin as %s: %w", dest, err)
 	}
 	return true, nil

@@ -16,7 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/multinic/multinic/internal/atomicfile"
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/manifests"
 	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/tools/imagebuild"
@@ -42,7 +42,7 @@ func checkInstalled(t *testing.T, dest, content string) {
 	if fi, _ := os.Stat(dest); fi.Mode() != 0o755 {
 		t.Errorf("%s mode %v, want 0755", dest, fi.Mode())
 	}
-	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dest), "*"+atomicfile.TempMarker+"*")); len(left) != 0 {
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dest), "*"+statefile.TempMarker+"*")); len(left) != 0 {
 		t.Errorf("temp files left: %v", left)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/multinic/multinic/internal/statefile"
 )
 
 // maxSocketPath is sizeof(sockaddr_un.sun_path) less the terminating NUL on Linux.
@@ -34,14 +36,13 @@ func Listen(path string) (net.Listener, error) {
 		}
 	}
 
-	lock, err := lockFile(path + ".lock")
+	lock, err := lockSocket(path + ".lock")
 	if err != nil {
 		return nil, err
 	}
 	l, err := listenLocked(path)
 	if err != nil {
-		lock.Close()
-		return nil, err
+		return nil, errors.Join(err, lock.Unlock())
 	}
 	return &lockedListener{Listener: l, lock: lock}, nil
 }
@@ -89,40 +90,24 @@ func removeStale(path string) error {
 	return nil
 }
 
-// lockFile takes an exclusive flock on path without waiting.
-func lockFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open socket lock %s: %w", path, err)
+// lockSocket takes the socket's lock without waiting.
+func lockSocket(path string) (*statefile.Lock, error) {
+	l, err := statefile.LockFile(path, 0)
+	if errors.Is(err, statefile.ErrLockTimeout) {
+		return nil, fmt.Errorf("lock %s: another agent holds it, refusing to take over its socket", path)
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("lock %s: another agent holds it, refusing to take over its socket", path)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return f, nil
+	return l, err
 }
 
 // lockedListener releases the socket lock once the listener (and with it the socket file) is gone.
 type lockedListener struct {
 	net.Listener
-	lock *os.File
+	lock *statefile.Lock
 }
 
 func (l *lockedListener) Close() error {
 	err := l.Listener.Close()
-	// Closing the descriptor drops the flock. The lock file stays: removing it would race with a new agent
-	// that already opened it.
-	if cerr := l.lock.Close(); cerr != nil && !errors.Is(cerr, os.ErrClosed) && err == nil {
-		err = cerr
-	}
-	return err
+	// The lock file stays: removing it would race with a new agent that already opened it. Unlocking twice
+	// is nothing.
+	return errors.Join(err, l.lock.Unlock())
 }

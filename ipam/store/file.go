@@ -10,9 +10,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/multinic/multinic/internal/atomicfile"
+	"github.com/multinic/multinic/internal/statefile"
 )
 
 const (
@@ -22,11 +20,8 @@ const (
 	// same inode.
 	LockFile = "lock"
 
-	tempPrefix = CheckpointFile + atomicfile.TempMarker
-	dirMode    = 0o700
-	fileMode   = 0o600
-	// lockPoll is how often Lock retries while another process holds the lock.
-	lockPoll = 10 * time.Millisecond
+	dirMode  = 0o700
+	fileMode = 0o600
 )
 
 // FileStore is a Store in one directory. Save needs the lock (Lock); Load does not, so tools can read a
@@ -35,7 +30,7 @@ type FileStore struct {
 	dir string
 
 	mu   sync.Mutex
-	lock *os.File // non-nil while the flock is held
+	lock *statefile.Lock // non-nil while the flock is held
 
 	// beforeRename, when set (tests only), runs after the temp file is written and synced and before it
 	// replaces the checkpoint: the window a crash would hit.
@@ -59,80 +54,32 @@ func (s *FileStore) Dir() string { return s.dir }
 // Path returns the checkpoint's path.
 func (s *FileStore) Path() string { return filepath.Join(s.dir, CheckpointFile) }
 
-// Lock takes the exclusive flock, waiting up to timeout for another holder to let go. Once held, it
-// removes temp files an interrupted Save left behind: with the lock held nobody else can be writing them.
+// Lock takes the exclusive flock, waiting up to timeout for another holder to let go, and removes the temp
+// files an interrupted Save left behind (statefile.LockDir).
 func (s *FileStore) Lock(timeout time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	path := filepath.Join(s.dir, LockFile)
 	if s.lock != nil {
-		return fmt.Errorf("lock %s: %w", path, ErrLocked)
+		return fmt.Errorf("lock %s: %w", filepath.Join(s.dir, LockFile), ErrLocked)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fileMode)
+	l, err := statefile.LockDir(s.dir, LockFile, timeout)
 	if err != nil {
-		return fmt.Errorf("open lock %s: %w", path, err)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return fmt.Errorf("lock %s: %w", path, err)
-		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			f.Close()
-			return fmt.Errorf("lock %s after %s: %w", path, timeout, ErrLockTimeout)
-		}
-		time.Sleep(min(lockPoll, left))
-	}
-	s.lock = f
-	if err := s.removeTemps(); err != nil {
-		s.unlockLocked()
 		return err
 	}
+	s.lock = l
 	return nil
 }
 
-// Unlock releases the flock. Closing the descriptor would release it too, but an explicit LOCK_UN lets a
-// failure be reported instead of ignored.
+// Unlock releases the flock, reporting a failure.
 func (s *FileStore) Unlock() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.lock == nil {
 		return fmt.Errorf("unlock %s: %w", filepath.Join(s.dir, LockFile), ErrNotLocked)
 	}
-	return s.unlockLocked()
-}
-
-func (s *FileStore) unlockLocked() error {
-	f := s.lock
+	l := s.lock
 	s.lock = nil
-	uerr := unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	cerr := f.Close()
-	if err := errors.Join(uerr, cerr); err != nil {
-		return fmt.Errorf("unlock %s: %w", f.Name(), err)
-	}
-	return nil
-}
-
-func (s *FileStore) removeTemps() error {
-	leftovers, err := filepath.Glob(filepath.Join(s.dir, tempPrefix+"*"))
-	if err != nil {
-		return fmt.Errorf("list temp files in %s: %w", s.dir, err)
-	}
-	for _, p := range leftovers {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove leftover %s: %w", p, err)
-		}
-	}
-	return nil
+	return l.Unlock()
 }
 
 // Load reads the checkpoint. A missing file is (zero, false, nil); an unreadable, empty or unparsable one
@@ -192,5 +139,5 @@ func (s *FileStore) Save(cp Checkpoint) (retErr error) {
 	}
 	data = append(data, '\n')
 
-	return atomicfile.Write(path, bytes.NewReader(data), fileMode, s.beforeRename)
+	return statefile.Write(path, bytes.NewReader(data), fileMode, s.beforeRename)
 }

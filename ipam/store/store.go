@@ -10,6 +10,8 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/multinic/multinic/internal/statefile"
 )
 
 // Version is the checkpoint format this build writes and the newest it reads. Adding optional fields
@@ -25,7 +27,7 @@ var (
 	// ErrUnsupportedVersion: the checkpoint was written by a newer (or unknown) format.
 	ErrUnsupportedVersion = errors.New("checkpoint version unsupported")
 	// ErrLockTimeout: another process held the lock until the deadline.
-	ErrLockTimeout = errors.New("lock held by another process")
+	ErrLockTimeout = statefile.ErrLockTimeout
 	// ErrNotLocked: Save or Unlock without holding the lock.
 	ErrNotLocked = errors.New("lock not held")
 	// ErrLocked: Lock called twice on the same store.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/internal/statefile"
 )
 
 func sample() Checkpoint {
@@ -143,6 +145,9 @@ func TestCrashLeavesPreviousCheckpoint(t *testing.T) {
 		t.Fatalf("after restart: found=%v err=%v\n got %+v\nwant %+v", found, err, got, want)
 	}
 }
+
+// tempPrefix starts the name of the checkpoint's temp files.
+const tempPrefix = CheckpointFile + statefile.TempMarker
 
 func globTemps(t *testing.T, dir string) []string {
 	t.Helper()
