@@ -169,6 +169,10 @@ func (s *Server) imdsTree(instanceID string) *imdsNode {
 	if len(enis) == 0 {
 		return root
 	}
+	// The instance's IPv6 address: the first of the primary ENI's, only when it has one.
+	if enis[0].primaryOfInst && len(enis[0].ipv6) > 0 {
+		root.set(md+"ipv6", enis[0].ipv6[0].String())
+	}
 	for _, e := range enis {
 		sn := s.subnets[e.subnetID]
 		p := macs + e.mac + "/"
@@ -196,6 +200,17 @@ func (s *Server) imdsTree(instanceID string) *imdsNode {
 				ps = append(ps, x.String())
 			}
 			root.set(p+"ipv4-prefix", strings.Join(ps, "\n"))
+		}
+		// IPv6 keys exist only when there is something to show, as on EC2 (a 404 means none).
+		root.set(p+"vpc-ipv6-cidr-blocks", s.cfg.VPCIPv6CIDR)
+		if sn.pool6 != nil {
+			root.set(p+"subnet-ipv6-cidr-blocks", sn.pool6.cidr.String())
+		}
+		if len(e.ipv6) > 0 {
+			root.set(p+"ipv6s", strings.Join(addrStrings(e.ipv6), "\n"))
+		}
+		if len(e.ipv6Prefixes) > 0 {
+			root.set(p+"ipv6-prefix", strings.Join(prefixStrings(e.ipv6Prefixes), "\n"))
 		}
 	}
 	return root

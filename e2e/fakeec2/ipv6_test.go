@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
@@ -635,5 +636,63 @@ func TestPool6(t *testing.T) {
 	}
 	if n != 251 {
 		t.Fatalf("%d addresses in a /120, want 251", n)
+	}
+}
+
+// TestIMDSIPv6 reads the IPv6 keys through the SDK's IMDS client, as the AWS VPC CNI reads them: per MAC
+// `ipv6s` and `ipv6-prefix` (one per line, 404 when there are none), `subnet-ipv6-cidr-blocks` (404 for
+// a subnet without IPv6) and `vpc-ipv6-cidr-blocks`; the instance's `ipv6` once its primary ENI has one.
+func TestIMDSIPv6(t *testing.T) {
+	cfg := perCard(t, "trn1.32xlarge")
+	cfg.Subnets = append(cfg.Subnets, SubnetConfig{ID: "subnet-0v4only000000", CIDR: "10.0.200.0/24", IPv4Only: true})
+	f := start(t, cfg)
+	c := imds.New(imds.Options{Endpoint: f.url})
+	e := f.createENI(t, CardSubnetID(3))
+	id, mac := aws.ToString(e.NetworkInterfaceId), aws.ToString(e.MacAddress)
+	f.attach(t, id, 3, 1)
+	dir := "network/interfaces/macs/" + mac + "/"
+	for k, want := range map[string]string{"subnet-ipv6-cidr-blocks": card64(3), "vpc-ipv6-cidr-blocks": "2001:db8:ec2::/56"} {
+		if got := mustGet(t, c, dir+k); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	for _, k := range []string{dir + "ipv6s", dir + "ipv6-prefix", "ipv6"} {
+		if _, status := imdsGet(t, c, k); status != 404 {
+			t.Errorf("%s before any IPv6: status %d, want 404", k, status)
+		}
+	}
+
+	a := f.assign6(t, &ec2.AssignIpv6AddressesInput{NetworkInterfaceId: aws.String(id), Ipv6AddressCount: aws.Int32(2)}).AssignedIpv6Addresses
+	p := f.assign6(t, &ec2.AssignIpv6AddressesInput{NetworkInterfaceId: aws.String(id), Ipv6PrefixCount: aws.Int32(2)}).AssignedIpv6Prefixes
+	if got := mustGet(t, c, dir+"ipv6s"); got != a[0]+"\n"+a[1] {
+		t.Errorf("ipv6s = %q, want %q", got, a[0]+"\n"+a[1])
+	}
+	if got := mustGet(t, c, dir+"ipv6-prefix"); got != p[0]+"\n"+p[1] {
+		t.Errorf("ipv6-prefix = %q, want %q", got, p[0]+"\n"+p[1])
+	}
+	listing := strings.Split(mustGet(t, c, dir), "\n")
+	for _, k := range []string{"ipv6s", "ipv6-prefix", "subnet-ipv6-cidr-blocks", "vpc-ipv6-cidr-blocks"} {
+		if !slices.Contains(listing, k) {
+			t.Errorf("MAC listing %v lacks %s", listing, k)
+		}
+	}
+	if _, status := imdsGet(t, c, "ipv6"); status != 404 {
+		t.Errorf("instance ipv6 while only a secondary ENI has IPv6: status %d, want 404", status)
+	}
+
+	// The primary ENI's first IPv6 address is the instance's.
+	st := f.srv.State()
+	prim := st.Instances[0].PrimaryENI
+	pa := f.assign6(t, &ec2.AssignIpv6AddressesInput{NetworkInterfaceId: aws.String(prim), Ipv6Addresses: []string{"2001:db8:ec2::a", "2001:db8:ec2::b"}}).AssignedIpv6Addresses
+	if got := mustGet(t, c, "ipv6"); got != pa[0] {
+		t.Errorf("ipv6 = %q, want %q", got, pa[0])
+	}
+
+	// A subnet without IPv6 has no IPv6 keys at all.
+	v4 := f.createENI(t, "subnet-0v4only000000")
+	f.attach(t, aws.ToString(v4.NetworkInterfaceId), 4, 1)
+	v4dir := "network/interfaces/macs/" + aws.ToString(v4.MacAddress) + "/"
+	if _, status := imdsGet(t, c, v4dir+"subnet-ipv6-cidr-blocks"); status != 404 {
+		t.Errorf("subnet-ipv6-cidr-blocks of an IPv4-only subnet: status %d, want 404", status)
 	}
 }
