@@ -28,6 +28,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
@@ -375,8 +376,8 @@ func TestDaemonSet(t *testing.T) {
 	if m, ok := mounts[netconf.DefaultCNIConfDir]; !ok || volumes[m.Name] != netconf.DefaultCNIConfDir || !m.ReadOnly {
 		t.Errorf("host %s not mounted read-only at the same path, for the support bundle (mounts %v)", netconf.DefaultCNIConfDir, mounts)
 	}
-	if m := mounts["/var/lib/multinic"]; !strings.HasPrefix(plugin.DefaultJournalDir, m.MountPath+"/") {
-		t.Errorf("the plugin's journal %s is not in the state mount %s", plugin.DefaultJournalDir, m.MountPath)
+	if m := mounts["/var/lib/multinic"]; !strings.HasPrefix(journal.DefaultDir, m.MountPath+"/") {
+		t.Errorf("the plugin's journal %s is not in the state mount %s", journal.DefaultDir, m.MountPath)
 	}
 	if m := mounts["/var/run/netns"]; m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
 		t.Error("/var/run/netns without HostToContainer propagation: netns mounted after start would be missed")

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/netconf"
 )
 
@@ -40,7 +41,7 @@ const (
 
 // Plugin runs the CNI verbs. The zero value is not ready: use New.
 type Plugin struct {
-	// JournalDir holds releases DEL could not deliver (agent down); DefaultJournalDir.
+	// JournalDir holds releases DEL could not deliver (agent down); journal.DefaultDir.
 	JournalDir string
 	// Timeout bounds each agent call; 0 means the api client's defaults.
 	Timeout time.Duration
@@ -52,7 +53,7 @@ type Plugin struct {
 
 // New returns a Plugin with the production settings.
 func New() *Plugin {
-	return &Plugin{JournalDir: DefaultJournalDir, Logf: func(format string, args ...any) {
+	return &Plugin{JournalDir: journal.DefaultDir, Logf: func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "multinic: "+format+"\n", args...)
 	}}
 }
@@ -100,17 +101,21 @@ func (p *Plugin) step(s Step) error {
 	return nil
 }
 
-// connect returns a client of the agent after applying the journal of pending releases: every verb
-// starts here, so a release journaled while the agent was down goes out on the next call. Replay is best
-// effort (the agent may still be down) and bounded in time.
+// connect returns a client of the agent at conf's socket.
 func (p *Plugin) connect(conf *netconf.Config) *api.Client {
-	client := api.NewClient(conf.AgentSocket, p.Timeout)
+	return api.NewClient(conf.AgentSocket, p.Timeout)
+}
+
+// replay delivers the releases journaled for conf's agent (its socket's records only) while it was down.
+// ADD, DEL and GC call it before their own work, so a journaled release goes out with the next change even
+// when the agent restarted without the journal in view (it replays at start when it sees it). CHECK and
+// STATUS only read, and leave the journal alone. Best effort (the agent may still be down), bounded in time.
+func (p *Plugin) replay(client *api.Client, conf *netconf.Config) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := ReplayJournal(ctx, p.JournalDir, conf.AgentSocket, client); err != nil {
+	if _, err := journal.Replay(ctx, p.JournalDir, conf.AgentSocket, client); err != nil {
 		p.logf("%v", err)
 	}
-	return client
 }
 
 // openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns. A path that does not exist or
@@ -212,7 +217,8 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 
 	client := p.connect(conf)
 	defer client.Close()
-	if hasJournal(p.JournalDir, args.ContainerID, args.IfName) {
+	p.replay(client, conf)
+	if journal.Pending(p.JournalDir, args.ContainerID, args.IfName) {
 		return nil, nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf(
 			"container %s interface %s: a release is still pending for the agent", args.ContainerID, args.IfName), "")
 	}
@@ -385,7 +391,7 @@ func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, r Routing)
 func (p *Plugin) release(client *api.Client, conf *netconf.Config, containerID, ifName string) error {
 	_, err := client.Release(context.Background(), api.ReleaseRequest{ContainerID: containerID, IfName: ifName})
 	if errors.Is(err, api.ErrUnavailable) {
-		jerr := addJournal(p.JournalDir, journalRecord{
+		jerr := journal.Add(p.JournalDir, journal.Record{
 			ContainerID: containerID, IfName: ifName, Card: conf.Card, AgentSocket: conf.AgentSocket,
 		})
 		if jerr != nil {
@@ -442,6 +448,7 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 	}
 	client := p.connect(conf)
 	defer client.Close()
+	p.replay(client, conf)
 	return p.remove(client, conf, args.ContainerID, args.IfName, args.Netns)
 }
 
@@ -505,6 +512,7 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 	}
 	client := p.connect(conf)
 	defer client.Close()
+	p.replay(client, conf)
 	allocs, err := client.List(context.Background())
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/netconf"
 )
 
@@ -554,18 +555,84 @@ func TestDel(t *testing.T) {
 			t.Errorf("ADD with a pending release = %v, want code 11", err)
 		}
 		e.srv.start()
-		// Any call replays the journal: STATUS here.
+		// STATUS only reads: the release stays journaled.
 		if err := e.inNode(func() error { return cniError(e.p.status(args)) }); err != nil {
 			t.Fatalf("STATUS: %v", err)
 		}
-		if e.agent.numAllocs() != 0 || !e.agent.released(e.containerID, podIfName) {
+		if got := journalEntries(t, e.p.JournalDir); len(got) != 1 || e.agent.released(e.containerID, podIfName) {
+			t.Fatalf("after STATUS: journal %v, released %t; want the record kept, nothing released", got, e.agent.released(e.containerID, podIfName))
+		}
+		// ADD replays the journal first, so the same attachment can be added again.
+		if _, err := e.add(args); err != nil {
+			t.Fatalf("ADD once the agent is back: %v", err)
+		}
+		if !e.agent.released(e.containerID, podIfName) {
 			t.Errorf("the journaled release was not replayed")
 		}
 		if got := journalEntries(t, e.p.JournalDir); len(got) != 0 {
 			t.Errorf("journal = %v, want empty", got)
 		}
+		if err := e.del(args); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
 		_ = res
 	})
+}
+
+// TestJournalReplayByVerb: a release journaled for this configuration's agent goes out on ADD, DEL and GC,
+// and stays on CHECK and STATUS (they only read); a record for another agent's socket is never sent.
+func TestJournalReplayByVerb(t *testing.T) {
+	const otherSocket = "/run/multinic-other/agent.sock"
+	for _, c := range []struct {
+		verb    string
+		replays bool
+	}{{"ADD", true}, {"DEL", true}, {"GC", true}, {"CHECK", false}, {"STATUS", false}} {
+		t.Run(c.verb, func(t *testing.T) {
+			e := newEnv(t, true)
+			args := e.args(e.conf(netconf.ModeExclusive, ""))
+			var res *current.Result
+			if c.verb == "CHECK" {
+				var err error
+				if res, err = e.add(args); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, rec := range []journal.Record{
+				{ContainerID: "journaled", IfName: "net1", Card: card, AgentSocket: e.srv.socket},
+				{ContainerID: "elsewhere", IfName: "net1", Card: card, AgentSocket: otherSocket},
+			} {
+				if err := journal.Add(e.p.JournalDir, rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var err error
+			switch c.verb {
+			case "ADD":
+				_, err = e.add(args)
+			case "DEL":
+				err = e.del(args)
+			case "GC":
+				gcConf := e.conf(netconf.ModeExclusive, `"cni.dev/valid-attachments": []`)
+				err = e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) })
+			case "CHECK":
+				err = e.check(args, res)
+			case "STATUS":
+				err = e.inNode(func() error { return e.p.Status(args) })
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", c.verb, err)
+			}
+			if got := e.agent.released("journaled", "net1"); got != c.replays {
+				t.Errorf("%s sent the journaled release: %t, want %t", c.verb, got, c.replays)
+			}
+			if got := journal.Pending(e.p.JournalDir, "journaled", "net1"); got == c.replays {
+				t.Errorf("%s: record still pending %t, want %t", c.verb, got, !c.replays)
+			}
+			if e.agent.released("elsewhere", "net1") || !journal.Pending(e.p.JournalDir, "elsewhere", "net1") {
+				t.Errorf("%s: the other socket's record was sent to this agent or removed", c.verb)
+			}
+		})
+	}
 }
 
 func journalEntries(t *testing.T, dir string) []string {

@@ -21,9 +21,9 @@ import (
 
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/store"
 	"github.com/multinic/multinic/netconf"
-	"github.com/multinic/multinic/plugin"
 )
 
 // bundleReadme says what a support bundle holds and what it leaves out on purpose.
@@ -77,7 +77,7 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "the agent's socket (root only)")
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "the agent's --state-dir")
 	fs.StringVar(&o.cniConfDir, "cni-conf-dir", netconf.DefaultCNIConfDir, "the CNI config dir")
-	fs.StringVar(&o.journalDir, "journal-dir", plugin.DefaultJournalDir, "the plugin's journal")
+	fs.StringVar(&o.journalDir, "journal-dir", journal.DefaultDir, "the plugin's journal")
 	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "where the runtime creates pod netns")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	if err := fs.Parse(args); err != nil {

@@ -16,8 +16,8 @@ import (
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/nad"
-	"github.com/multinic/multinic/plugin"
 )
 
 // Defaults of the flags that are the agent's own (the ENI manager's come from package eni).
@@ -139,7 +139,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "unix socket the plugin connects to (created mode 0600, directory 0700)")
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "directory of the crash-safe checkpoint; locked so that one agent at a time uses it")
-	fs.StringVar(&o.journalDir, "journal-dir", plugin.DefaultJournalDir, "the plugin's journal of releases made while the agent was down; replayed at start, before the socket is served (the records for --socket only)")
+	fs.StringVar(&o.journalDir, "journal-dir", journal.DefaultDir, "the plugin's journal of releases made while the agent was down; replayed at start, before the socket is served (the records for --socket only)")
 	fs.StringVar(&o.cluster, "cluster", "", "cluster name, written to the tag "+eni.TagCluster+" of every ENI the agent creates (required)")
 	fs.StringVar(&o.nodeName, "node-name", defaultNodeName(), "Kubernetes node name: the GC's pod list selector and the tag "+eni.TagNodeName+"; taken from $NODE_NAME, else the hostname")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", `kubeconfig for the API server, or "`+InClusterKubeconfig+`" for the pod's service account; GC then frees an allocation once its pod is gone from this node (an informer on the node's pods) and its recorded netns is gone too, and NADs and node resources are published. Empty: GC frees allocations whose netns path is gone, nothing is published`)

@@ -25,8 +25,8 @@ import (
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/store"
-	"github.com/multinic/multinic/plugin"
 )
 
 // run is the whole agent: lock and restore the state, start the ENI manager (discovery and reconcile with
@@ -119,7 +119,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 
 	// Releases the plugin journaled while the agent was down go out before anything else is answered, so an
 	// address freed by a DEL is never reported held, and the journal does not wait for the next CNI call.
-	if n, err := plugin.ReplayJournal(ctx, o.journalDir, o.socket, ag); err != nil {
+	if n, err := journal.Replay(ctx, o.journalDir, o.socket, ag); err != nil {
 		logger.Error("replay the plugin's release journal", "dir", o.journalDir, "released", n, "error", err)
 	} else if n > 0 {
 		logger.Info("replayed the plugin's release journal", "dir", o.journalDir, "released", n)

@@ -19,8 +19,8 @@ import (
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/store"
-	"github.com/multinic/multinic/plugin"
 )
 
 // leakWait bounds how long the leak count waits to reach 0: the agent's pool and EC2 converge
@@ -321,7 +321,7 @@ func loadCheckpoint(dir string) (store.Checkpoint, bool, error) {
 
 // journaled lists the container IDs in ours that have a pending release in the plugin's journal.
 func journaled(ours map[string]bool) ([]string, error) {
-	files, err := filepath.Glob(filepath.Join(plugin.DefaultJournalDir, "*.json"))
+	files, err := filepath.Glob(filepath.Join(journal.DefaultDir, "*.json"))
 	if err != nil {
 		return nil, err
 	}

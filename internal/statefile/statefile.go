@@ -4,8 +4,8 @@
 // directory). A crash between the temp file and the rename leaves the temp file; LockDir removes such
 // leftovers, since under the directory's lock nobody else can be writing them.
 //
-// Users: the agent's checkpoint (ipam/store), the release journal, the agent's socket lock (ipam/api) and
-// the installed plugin binary.
+// Users: the agent's checkpoint (ipam/store), the release journal (ipam/journal), the agent's socket lock
+// (ipam/api) and the installed plugin binary.
 package statefile
 
 import (

@@ -1,4 +1,10 @@
-package plugin
+// Package journal keeps the releases the plugin's DEL could not hand to the agent (it was down) until they
+// are delivered: one record per (containerID, ifName), naming the agent socket it was meant for, written
+// and removed under the directory's lock (internal/statefile). Two parties replay it, each only the records
+// of its own socket: the agent when it starts, before it serves its socket (so no plugin call is needed),
+// and the plugin on ADD, DEL and GC for the socket its configuration names (for an agent restarted without
+// the journal directory in view). CHECK and STATUS only read, so they leave the journal alone.
+package journal
 
 import (
 	"cmp"
@@ -18,24 +24,20 @@ import (
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// DefaultJournalDir holds the releases DEL could not hand to the agent (it was down): one file per
-// (containerID, ifName), naming the agent socket it was meant for. Two parties replay it with
-// ReplayJournal, each only the records of its own socket, under the journal's lock: the agent at start-up,
-// before it serves its socket, and the plugin at the start of every call (for an agent restarted without
-// the journal directory in view).
-const DefaultJournalDir = "/var/lib/multinic/pending-releases"
+// DefaultDir is the journal's directory on a node, in the agent's state mount.
+const DefaultDir = "/var/lib/multinic/pending-releases"
 
-// journalVersion is the version of a journal record.
-const journalVersion = 1
+// version is the version of a record.
+const version = 1
 
-// journalLockTimeout bounds the wait for another process working on the journal.
-const journalLockTimeout = 5 * time.Second
+// lockTimeout bounds the wait for another process working on the journal.
+const lockTimeout = 5 * time.Second
 
-// journalLockName is the journal directory's lock file; its leading dot keeps it out of the records.
-const journalLockName = ".lock"
+// lockName is the journal directory's lock file; its leading dot keeps it out of the records.
+const lockName = ".lock"
 
-// journalRecord is one pending release.
-type journalRecord struct {
+// Record is one pending release.
+type Record struct {
 	Version     int       `json:"version"`
 	ContainerID string    `json:"containerID"`
 	IfName      string    `json:"ifName"`
@@ -44,23 +46,23 @@ type journalRecord struct {
 	JournaledAt time.Time `json:"journaledAt"`
 }
 
-// Releaser is what a journal replay needs: the agent's client, or the agent's own backend.
+// Releaser is what a replay needs: the agent's client, or the agent's own backend.
 type Releaser interface {
 	Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error)
 }
 
 var _ Releaser = &api.Client{}
 
-// journalFile names the record of (containerID, ifName); both are free of '/' but may hold '_' and '.'.
-func journalFile(dir, containerID, ifName string) string {
+// recordFile names the record of (containerID, ifName); both are free of '/' but may hold '_' and '.'.
+func recordFile(dir, containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "\x00" + ifName))
 	return filepath.Join(dir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// addJournal records a pending release durably (statefile.WriteFile).
-// Recording the same (containerID, ifName) twice keeps one record.
-func addJournal(dir string, rec journalRecord) (retErr error) {
-	rec.Version = journalVersion
+// Add records a pending release durably (statefile.WriteFile). Recording the same (containerID, ifName)
+// twice keeps one record.
+func Add(dir string, rec Record) (retErr error) {
+	rec.Version = version
 	if rec.JournaledAt.IsZero() {
 		rec.JournaledAt = time.Now().UTC()
 	}
@@ -68,30 +70,29 @@ func addJournal(dir string, rec journalRecord) (retErr error) {
 	if err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
-	lock, err := lockJournal(dir)
+	l, err := lock(dir)
 	if err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
-	defer func() { retErr = errors.Join(retErr, lock.Unlock()) }()
-	if err := statefile.WriteFile(journalFile(dir, rec.ContainerID, rec.IfName), data, 0o600); err != nil {
+	defer func() { retErr = errors.Join(retErr, l.Unlock()) }()
+	if err := statefile.WriteFile(recordFile(dir, rec.ContainerID, rec.IfName), data, 0o600); err != nil {
 		return fmt.Errorf("journal release of %s/%s: %w", rec.ContainerID, rec.IfName, err)
 	}
 	return nil
 }
 
-// hasJournal says whether a release of (containerID, ifName) is pending.
-func hasJournal(dir, containerID, ifName string) bool {
-	_, err := os.Stat(journalFile(dir, containerID, ifName))
+// Pending says whether a release of (containerID, ifName) is pending.
+func Pending(dir, containerID, ifName string) bool {
+	_, err := os.Stat(recordFile(dir, containerID, ifName))
 	return err == nil
 }
 
-// ReplayJournal hands every pending release in dir meant for the agent at socket to r and removes the
-// records it applied; records of other sockets are left to their agent. A record without a socket is the
-// default socket's. It stops at
-// the first api.ErrUnavailable (the agent is still down) and returns it. A record the agent refuses as
-// invalid can never succeed: it is removed and reported. A missing or empty dir is nothing to do.
-// Releasing is idempotent, so a replay racing a DEL of the same attachment is harmless.
-func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (released int, retErr error) {
+// Replay hands every pending release in dir meant for the agent at socket to r and removes the records it
+// applied; records of other sockets are left to their agent. A record without a socket is the default
+// socket's. It stops at the first api.ErrUnavailable (the agent is still down) and returns it. A record the
+// agent refuses as invalid can never succeed: it is removed and reported. A missing or empty dir is
+// nothing to do. Releasing is idempotent, so a replay racing a DEL of the same attachment is harmless.
+func Replay(ctx context.Context, dir, socket string, r Releaser) (released int, retErr error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -102,11 +103,11 @@ func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (release
 	if !hasRecords(entries) {
 		return 0, nil
 	}
-	lock, err := lockJournal(dir)
+	l, err := lock(dir)
 	if err != nil {
 		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
 	}
-	defer func() { retErr = errors.Join(retErr, lock.Unlock()) }()
+	defer func() { retErr = errors.Join(retErr, l.Unlock()) }()
 	// Read again under the lock.
 	if entries, err = os.ReadDir(dir); err != nil {
 		return 0, fmt.Errorf("replay release journal %s: %w", dir, err)
@@ -123,8 +124,8 @@ func ReplayJournal(ctx context.Context, dir, socket string, r Releaser) (release
 			errs = append(errs, err)
 			continue
 		}
-		var rec journalRecord
-		if err := json.Unmarshal(data, &rec); err != nil || rec.Version != journalVersion {
+		var rec Record
+		if err := json.Unmarshal(data, &rec); err != nil || rec.Version != version {
 			errs = append(errs, fmt.Errorf("release journal record %s: unreadable or unknown version, left in place", path))
 			continue
 		}
@@ -173,8 +174,8 @@ func hasRecords(entries []fs.DirEntry) bool {
 	return false
 }
 
-// lockJournal locks dir (made with mode 0700 when missing) against other processes working on the journal,
-// waiting at most journalLockTimeout, and removes the temp files of a write a crash interrupted.
-func lockJournal(dir string) (*statefile.Lock, error) {
-	return statefile.LockDir(dir, journalLockName, journalLockTimeout)
+// lock locks dir (made with mode 0700 when missing) against other processes working on the journal,
+// waiting at most lockTimeout, and removes the temp files of a write a crash interrupted.
+func lock(dir string) (*statefile.Lock, error) {
+	return statefile.LockDir(dir, lockName, lockTimeout)
 }
