@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,15 +95,15 @@ func TestGCOtherNetwork(t *testing.T) {
 	run.finish(l, details, strings.Join(dedup(notes), "; "))
 }
 
-// TestJournalReplayAtStart (item 7): the agent is down when the runtime DELs a pod, so the plugin journals
-// the release. The agent restarts and no plugin runs again: the agent itself must free the address before
-// it answers.
+// TestJournalReplayAtStart (item 7): the agent is killed (SIGKILL) and the runtime DELs a pod, so the plugin
+// journals the release. The agent restarts and no plugin runs again: the agent itself must free the address
+// before it answers, so its very first answer no longer lists it.
 func TestJournalReplayAtStart(t *testing.T) {
 	nettest.RequireRoot(t)
 	region := harness.NewRegion(t, regionConfig())
 	node := region.Node(0)
 	w := newWatch(t, region, node)
-	run := newRun(t, "journal-replay", netconf.ModeExclusive, "agent stopped, pod DELed (release journaled), agent started, no further CNI call")
+	run := newRun(t, "journal-replay", netconf.ModeExclusive, "agent SIGKILLed, pod DELed (release journaled), agent started, no further CNI call")
 	var notes []string
 	for i := range rounds() {
 		live := w.newPod(t, fmt.Sprintf("live%d", i))
@@ -113,8 +114,16 @@ func TestJournalReplayAtStart(t *testing.T) {
 		if _, err := gone.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
-		if err := node.StopAgent(); err != nil {
-			t.Fatal(err)
+		pid := node.AgentPID()
+		if pid == 0 {
+			t.Fatal("agent not running")
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill agent: %v", err)
+		}
+		// StopAgent reaps the dead agent (and says it had died by itself).
+		if err := node.StopAgent(); err == nil {
+			t.Errorf("StopAgent after SIGKILL: no error, want one saying the agent had exited")
 		}
 		start := time.Now()
 		err := gone.Del()
@@ -127,6 +136,15 @@ func TestJournalReplayAtStart(t *testing.T) {
 		}
 		if err := node.StartAgent(); err != nil {
 			t.Fatal(err)
+		}
+		first, err := firstAnswer(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range first {
+			if a.ContainerID == gone.ContainerID {
+				t.Errorf("the restarted agent's first answer lists the DELed pod's address %s", a.Address)
+			}
 		}
 		if err := node.WaitReady(); err != nil {
 			t.Fatal(err)
@@ -143,6 +161,21 @@ func TestJournalReplayAtStart(t *testing.T) {
 	}
 	l, details := w.cleanup(t)
 	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
+
+// firstAnswer asks a starting agent for its allocations until it answers, and returns its first answer.
+func firstAnswer(node *harness.Node) ([]api.Allocation, error) {
+	deadline := time.Now().Add(waitTimeout() + 30*time.Second)
+	for {
+		all, err := node.Allocations()
+		if err == nil {
+			return all, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the restarted agent never answered: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestAllocationCap (the socket): a buggy local client allocates in a loop. The agent's --max-allocations
