@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
@@ -97,6 +99,96 @@ func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
 	}
 	if after := nettest.LinkNames(t, hostH); !slices.Equal(hostLinks, after) {
 		t.Errorf("host links changed: before %v, after %v", hostLinks, after)
+	}
+}
+
+// TestTwoNodesReachEachOtherOverIPv6 runs the binary with two materialized nodes, creates an ENI with an
+// IPv6 address on card 1 of each through the real SDK, plays the agent and plugin (link up, the address as a
+// /128, default route via the VPC router fe80:ec2::1) and pings node to node over IPv6 through the fabric;
+// then a /80 assigned to node 2's ENI is reachable, and no longer once it is unassigned.
+func TestTwoNodesReachEachOtherOverIPv6(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and links")
+	}
+	ping, err := exec.LookPath("ping")
+	if err != nil {
+		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
+	}
+	prefix := fmt.Sprintf("fe6t%d", os.Getpid()%100000)
+	nodes := []string{prefix + "-n1", prefix + "-n2"}
+	p := startFakeEC2(t, "--nodes", "2", "--netns", strings.Join(nodes, ","), "--fabric-prefix", prefix)
+	client := fakeec2.NewClient(p.ready.Endpoint, p.ready.Region)
+	ctx := context.Background()
+
+	var addr, eni, mac [2]string
+	for i, inst := range p.ready.Instances {
+		created, err := client.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{SubnetId: aws.String(fakeec2.CardSubnetID(1)), Ipv6AddressCount: aws.Int32(1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := created.NetworkInterface
+		if _, err := client.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: e.NetworkInterfaceId,
+			InstanceId: aws.String(inst.ID), NetworkCardIndex: aws.Int32(1), DeviceIndex: aws.Int32(1)}); err != nil {
+			t.Fatal(err)
+		}
+		addr[i], eni[i], mac[i] = aws.ToString(e.Ipv6Addresses[0].Ipv6Address), aws.ToString(e.NetworkInterfaceId), aws.ToString(e.MacAddress)
+		configureENILink6(t, nodes[i], mac[i], addr[i])
+	}
+	ping6 := func(from, to string) error {
+		out, err := exec.Command("ip", "netns", "exec", nodes[0], ping, "-6", "-c", "2", "-W", "2", "-I", from, to).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ping %s -> %s from %s: %v\n%s", from, to, nodes[0], err, out)
+		}
+		return nil
+	}
+	if err := ping6(addr[0], addr[1]); err != nil {
+		t.Fatalf("card 1 over IPv6: %v", err)
+	}
+
+	out, err := client.AssignIpv6Addresses(ctx, &ec2.AssignIpv6AddressesInput{NetworkInterfaceId: aws.String(eni[1]), Ipv6PrefixCount: aws.Int32(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inPrefix := netip.MustParsePrefix(out.AssignedIpv6Prefixes[0]).Addr().Next().String()
+	configureENILink6(t, nodes[1], mac[1], inPrefix)
+	if err := ping6(addr[0], inPrefix); err != nil {
+		t.Errorf("an address of the assigned /80: %v", err)
+	}
+	if _, err := client.UnassignIpv6Addresses(ctx, &ec2.UnassignIpv6AddressesInput{NetworkInterfaceId: aws.String(eni[1]), Ipv6Prefixes: out.AssignedIpv6Prefixes}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping6(addr[0], inPrefix); err == nil {
+		t.Errorf("%s answered after its /80 was unassigned", inPrefix)
+	}
+}
+
+// configureENILink6 does for IPv6 what the agent and plugin will: the ENI's link up, addr as a /128
+// without DAD, and a default route through the VPC router.
+func configureENILink6(t *testing.T, netnsName, mac, addr string) {
+	t.Helper()
+	err := inNetNS(netnsName, func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if l.Attrs().HardwareAddr.String() != mac {
+				continue
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+			a := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(addr), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return err
+			}
+			_, def, _ := net.ParseCIDR("::/0")
+			return netlink.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: def, Gw: fabric.IPv6Gateway.AsSlice()})
+		}
+		return fmt.Errorf("no link with MAC %s", mac)
+	})
+	if err != nil {
+		t.Fatalf("configure ENI link for IPv6 in %s: %v", netnsName, err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"github.com/multinic/multinic/e2e/fakeec2"
@@ -100,7 +101,8 @@ func validNetNSName(name string) error {
 // parsedAttachment is an Attachment checked and parsed before anything is changed.
 type parsedAttachment struct {
 	mac  net.HardwareAddr
-	addr *net.IPNet // primary IP with the subnet's prefix length; nil unless Primary
+	addr *net.IPNet     // primary IP with the subnet's prefix length; nil unless Primary
+	ipv6 []netip.Prefix // the ENI's IPv6 addresses as /128s and its /80 prefixes
 }
 
 func parseAttachment(a fakeec2.Attachment) (parsedAttachment, error) {
@@ -122,6 +124,9 @@ func parseAttachment(a fakeec2.Attachment) (parsedAttachment, error) {
 	if n := NodeLinkName(a.NetworkCard, a.DeviceIndex); len(n) > maxIfNameLen {
 		return p, fmt.Errorf("link name %q too long", n)
 	}
+	if p.ipv6, err = parseIPv6(a); err != nil {
+		return p, err
+	}
 	if !a.Primary {
 		return p, nil
 	}
@@ -138,4 +143,34 @@ func parseAttachment(a fakeec2.Attachment) (parsedAttachment, error) {
 	}
 	p.addr = &net.IPNet{IP: ip, Mask: subnet.Mask}
 	return p, nil
+}
+
+// parseIPv6 reads an attachment's IPv6 addresses (as /128s) and prefixes, all inside its subnet's block.
+func parseIPv6(a fakeec2.Attachment) ([]netip.Prefix, error) {
+	if a.SubnetIPv6CIDR == "" {
+		if len(a.IPv6Addresses)+len(a.IPv6Prefixes) > 0 {
+			return nil, errors.New("IPv6 addresses in a subnet without an IPv6 block")
+		}
+		return nil, nil
+	}
+	subnet, err := netip.ParsePrefix(a.SubnetIPv6CIDR)
+	if err != nil || !subnet.Addr().Is6() {
+		return nil, fmt.Errorf("subnet IPv6 cidr %q invalid", a.SubnetIPv6CIDR)
+	}
+	var out []netip.Prefix
+	for _, s := range a.IPv6Addresses {
+		x, err := netip.ParseAddr(s)
+		if err != nil || !subnet.Contains(x) {
+			return nil, fmt.Errorf("IPv6 address %q invalid: must be in %s", s, subnet)
+		}
+		out = append(out, netip.PrefixFrom(x, 128))
+	}
+	for _, s := range a.IPv6Prefixes {
+		x, err := netip.ParsePrefix(s)
+		if err != nil || x != x.Masked() || x.Bits() < subnet.Bits() || !subnet.Contains(x.Addr()) {
+			return nil, fmt.Errorf("IPv6 prefix %q invalid: must be in %s", s, subnet)
+		}
+		out = append(out, x)
+	}
+	return out, nil
 }

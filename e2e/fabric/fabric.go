@@ -20,12 +20,25 @@
 // Every link the fabric made is reachable from its fabric end, even after the
 // node end was moved into a pod (ENI-move mode): deleting the fabric end deletes
 // both, so Detach and Close need no record of where the node end went.
+//
+// IPv4 is bridged: ENIs of one subnet share its bridge. IPv6 is routed, as the
+// VPC routes it: the fabric netns is the VPC's IPv6 router (forwarding on), each
+// bridge of a subnet with an IPv6 block carries the router's link-local address
+// IPv6Gateway (fe80:ec2::1, the address the AWS VPC CNI uses as EC2's IPv6
+// gateway) so the router answers neighbour discovery for it, and every IPv6
+// address or /80 prefix EC2 assigned to an attached ENI is routed out of that
+// ENI's fabric end to the ENI's MAC (a permanent neighbour entry: the VPC knows
+// the MAC and does not ask). An address nobody was assigned has no route. A
+// node or pod sends IPv6 to IPv6Gateway (its address as a /128, not the /64
+// on-link); see SetIPv6.
 package fabric
 
 import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -38,6 +51,13 @@ import (
 
 // DefaultMTU is the MTU of every fabric link unless Config.MTU says otherwise (EC2's jumbo MTU).
 const DefaultMTU = 9001
+
+// IPv6Gateway is the VPC router's IPv6 address on every subnet with an IPv6 block: link-local, the same on
+// every link. EC2 answers at fe80:ec2::1 on every subnet (the AWS VPC CNI's networkutils.GetIPv6Gateway);
+// the router's MAC-derived link-local that EC2 also advertises is not modelled.
+var IPv6Gateway = netip.MustParseAddr("fe80:ec2::1")
+
+var _ fakeec2.IPv6Router = (*Fabric)(nil)
 
 var _ fakeec2.LinkMaker = (*Fabric)(nil)
 
@@ -113,6 +133,12 @@ func New(cfg Config) (_ *Fabric, retErr error) {
 	if f.netns, f.h, err = openNetNS(f.nsName); err != nil {
 		return nil, fmt.Errorf("open fabric netns %s: %w", f.nsName, err)
 	}
+	// The fabric netns routes IPv6 (see the package doc); IPv4 stays bridged.
+	if err := f.netns.Do(func(ns.NetNS) error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
+	}); err != nil {
+		return nil, fmt.Errorf("turn on IPv6 forwarding in %s: %w", f.nsName, err)
+	}
 	for id, name := range cfg.Nodes {
 		if err := f.addNode(id, name); err != nil {
 			return nil, err
@@ -179,7 +205,7 @@ func (f *Fabric) Attach(a fakeec2.Attachment) (retErr error) {
 	if !ok {
 		return fmt.Errorf("attach %s to %s: %w", a.ENIID, a.InstanceID, ErrUnknownInstance)
 	}
-	br, err := f.ensureBridge(a.SubnetID)
+	br, err := f.ensureBridge(a.SubnetID, a.SubnetIPv6CIDR != "")
 	if err != nil {
 		return fmt.Errorf("attach %s to %s: %w", a.ENIID, a.InstanceID, err)
 	}
@@ -222,9 +248,75 @@ func (f *Fabric) Attach(a fakeec2.Attachment) (retErr error) {
 	if err := f.h.LinkSetUp(fab); err != nil {
 		return fmt.Errorf("set %s up for %s: %w", fabName, a.ENIID, err)
 	}
+	if a.SubnetIPv6CIDR != "" {
+		if err := f.routeIPv6(fab, p); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", a.ENIID, a.InstanceID, err)
+		}
+	}
 	if a.Primary {
 		if err := configurePrimary(n.h, veth.PeerName, p.addr); err != nil {
 			return fmt.Errorf("configure primary %s on %s: %w", a.ENIID, a.InstanceID, err)
+		}
+	}
+	return nil
+}
+
+// SetIPv6 routes exactly a's IPv6 addresses and /80 prefixes to its ENI: to the ENI's MAC out of its fabric
+// end. Called by fake-ec2 after every IPv6 change of an attached ENI.
+func (f *Fabric) SetIPv6(a fakeec2.Attachment) error {
+	p, err := parseAttachment(a)
+	if err != nil {
+		return fmt.Errorf("route IPv6 of %s: %w", a.ENIID, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("route IPv6 of %s: fabric closed", a.ENIID)
+	}
+	fab, err := f.h.LinkByName(FabricLinkName(p.mac))
+	if err != nil {
+		return fmt.Errorf("route IPv6 of %s: find link %s: %w", a.ENIID, FabricLinkName(p.mac), err)
+	}
+	if err := f.routeIPv6(fab, p); err != nil {
+		return fmt.Errorf("route IPv6 of %s: %w", a.ENIID, err)
+	}
+	return nil
+}
+
+// routeIPv6 makes the IPv6 routes out of fab exactly p's addresses and prefixes, via a next hop whose
+// neighbour entry is the ENI's MAC for good. Routes and entry go with the link.
+func (f *Fabric) routeIPv6(fab netlink.Link, p parsedAttachment) error {
+	idx, nh := fab.Attrs().Index, eui64LinkLocal(p.mac)
+	err := f.h.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT,
+		IP: nh, HardwareAddr: p.mac})
+	if err != nil {
+		return fmt.Errorf("neighbour %s on %s: %w", nh, fab.Attrs().Name, err)
+	}
+	want := map[netip.Prefix]bool{}
+	for _, x := range p.ipv6 {
+		want[x] = true
+	}
+	have, err := f.h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF)
+	if err != nil {
+		return fmt.Errorf("list routes of %s: %w", fab.Attrs().Name, err)
+	}
+	for _, r := range have {
+		dst, ok := netipPrefix(r.Dst)
+		if !r.Gw.Equal(nh) || !ok {
+			continue // the kernel's own, not one of ours
+		}
+		if want[dst] {
+			delete(want, dst)
+			continue
+		}
+		if err := f.h.RouteDel(&r); err != nil {
+			return fmt.Errorf("delete route %s on %s: %w", dst, fab.Attrs().Name, err)
+		}
+	}
+	for dst := range want {
+		r := netlink.Route{LinkIndex: idx, Dst: ipNet(dst), Gw: nh}
+		if err := f.h.RouteReplace(&r); err != nil {
+			return fmt.Errorf("route %s via %s on %s: %w", dst, nh, fab.Attrs().Name, err)
 		}
 	}
 	return nil
@@ -293,8 +385,9 @@ func (f *Fabric) createNetNS(name string) error {
 	return nil
 }
 
-// ensureBridge returns the subnet's bridge, creating it on first use.
-func (f *Fabric) ensureBridge(subnetID string) (netlink.Link, error) {
+// ensureBridge returns the subnet's bridge, creating it on first use; with ipv6 the VPC router answers
+// on it at IPv6Gateway.
+func (f *Fabric) ensureBridge(subnetID string, ipv6 bool) (netlink.Link, error) {
 	if name, ok := f.bridges[subnetID]; ok {
 		br, err := f.h.LinkByName(name)
 		if err != nil {
@@ -302,14 +395,22 @@ func (f *Fabric) ensureBridge(subnetID string) (netlink.Link, error) {
 		}
 		return br, nil
 	}
-	name := bridgeName(len(f.bridges))
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: f.cfg.MTU}}
+	n := len(f.bridges)
+	name := bridgeName(n)
+	// A MAC of its own: a bridge otherwise takes its lowest port's, which changes as ENIs come and go and
+	// would leave nodes with a stale neighbour entry for the router.
+	mac := net.HardwareAddr{0x02, 0xec, 0x2f, 0, byte(n >> 8), byte(n)}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: f.cfg.MTU, HardwareAddr: mac}}
 	if err := f.h.LinkAdd(br); err != nil {
 		return nil, fmt.Errorf("create bridge %s for %s: %w", name, subnetID, err)
 	}
 	link, err := f.h.LinkByName(name)
 	if err == nil {
 		err = f.h.LinkSetAlias(link, subnetID)
+	}
+	if err == nil && ipv6 {
+		// No DAD: the address is the router's at once, as EC2's is there before any instance asks.
+		err = f.h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(IPv6Gateway, 64)), Flags: unix.IFA_F_NODAD})
 	}
 	if err == nil {
 		err = f.h.LinkSetUp(link)
@@ -378,4 +479,22 @@ func deleteAllLinks(h netlinksafe.Handle) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// eui64LinkLocal is the link-local address a MAC gives an interface (RFC 4291, modified EUI-64).
+func eui64LinkLocal(mac net.HardwareAddr) net.IP {
+	return net.IP{0xfe, 0x80, 0, 0, 0, 0, 0, 0, mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]}
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), bits), ok
 }
