@@ -31,13 +31,7 @@ import (
 // (link up, address), pings node to node over each card, reads IMDS from inside a node's
 // netns, then stops fake-ec2 with SIGTERM and checks that nothing it made is left.
 func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and links")
-	}
-	ping, err := exec.LookPath("ping")
-	if err != nil {
-		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
-	}
+	ping := rootAndPing(t)
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
 		t.Fatal(err)
@@ -107,13 +101,7 @@ func TestTwoNodesReachEachOtherPerCard(t *testing.T) {
 // /128, default route via the VPC router fe80:ec2::1) and pings node to node over IPv6 through the fabric;
 // then a /80 assigned to node 2's ENI is reachable, and no longer once it is unassigned.
 func TestTwoNodesReachEachOtherOverIPv6(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and links")
-	}
-	ping, err := exec.LookPath("ping")
-	if err != nil {
-		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
-	}
+	ping := rootAndPing(t)
 	prefix := fmt.Sprintf("fe6t%d", os.Getpid()%100000)
 	nodes := []string{prefix + "-n1", prefix + "-n2"}
 	p := startFakeEC2(t, "--nodes", "2", "--netns", strings.Join(nodes, ","), "--fabric-prefix", prefix)
@@ -162,61 +150,68 @@ func TestTwoNodesReachEachOtherOverIPv6(t *testing.T) {
 	}
 }
 
+// rootAndPing skips a test that is not root and returns ping's path, failing the test without it.
+func rootAndPing(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and links")
+	}
+	ping, err := exec.LookPath("ping")
+	if err != nil {
+		t.Fatalf("ping is missing (%v): apt-get install iputils-ping, as .ci/run does", err)
+	}
+	return ping
+}
+
 // configureENILink6 does for IPv6 what the agent and plugin will: the ENI's link up, addr as a /128
 // without DAD, and a default route through the VPC router.
 func configureENILink6(t *testing.T, netnsName, mac, addr string) {
 	t.Helper()
-	err := inNetNS(netnsName, func() error {
-		links, err := netlink.LinkList()
-		if err != nil {
+	onENILink(t, netnsName, mac, func(l netlink.Link) error {
+		if err := netlink.LinkSetUp(l); err != nil {
 			return err
 		}
-		for _, l := range links {
-			if l.Attrs().HardwareAddr.String() != mac {
-				continue
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-			a := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(addr), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
-			if err := netlink.AddrAdd(l, a); err != nil {
-				return err
-			}
-			_, def, _ := net.ParseCIDR("::/0")
-			return netlink.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: def, Gw: fabric.IPv6Gateway.AsSlice()})
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(addr), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(l, a); err != nil {
+			return err
 		}
-		return fmt.Errorf("no link with MAC %s", mac)
+		_, def, _ := net.ParseCIDR("::/0")
+		return netlink.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: def, Gw: fabric.IPv6Gateway.AsSlice()})
 	})
-	if err != nil {
-		t.Fatalf("configure ENI link for IPv6 in %s: %v", netnsName, err)
-	}
 }
 
 // configureENILink does what the agent will: find the ENI's link by MAC, bring it up, address it.
 func configureENILink(t *testing.T, netnsName, mac, cidr string) {
 	t.Helper()
+	onENILink(t, netnsName, mac, func(l netlink.Link) error {
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, a); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	})
+}
+
+// onENILink runs f on the link with the ENI's MAC, from inside netns netnsName.
+func onENILink(t *testing.T, netnsName, mac string, f func(netlink.Link) error) {
+	t.Helper()
 	err := inNetNS(netnsName, func() error {
 		links, err := netlink.LinkList()
 		if err != nil {
 			return err
 		}
 		for _, l := range links {
-			if l.Attrs().HardwareAddr.String() != mac {
-				continue
+			if l.Attrs().HardwareAddr.String() == mac {
+				return f(l)
 			}
-			a, err := netlink.ParseAddr(cidr)
-			if err != nil {
-				return err
-			}
-			if err := netlink.AddrAdd(l, a); err != nil {
-				return err
-			}
-			return netlink.LinkSetUp(l)
 		}
 		return fmt.Errorf("no link with MAC %s", mac)
 	})
 	if err != nil {
-		t.Fatalf("configure ENI link in %s: %v", netnsName, err)
+		t.Fatalf("configure ENI link %s in %s: %v", mac, netnsName, err)
 	}
 }
 
