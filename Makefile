@@ -11,7 +11,7 @@ GOTEST    ?= $(GO) test -count=1
 # The multinic image's reference (`make image`); manifests/kustomization.yaml's `images:` names the same.
 IMAGE     ?= ghcr.io/multinic/multinic:dev
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
-FUZZ_TARGETS := ./netconf/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/api/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
+FUZZ_TARGETS := ./netconf/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/server/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipvlan$$

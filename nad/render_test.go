@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/server"
 	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )
@@ -166,14 +167,14 @@ func (s *statusAgent) Status(_ context.Context, card int) (api.Status, error) {
 // the NAD is for. The configurations also decode into netconf.NetConf with the right card and mode.
 func TestConfigAcceptedByPlugin(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	l, err := api.Listen(sock)
+	l, err := server.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	backend := &statusAgent{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- api.Serve(ctx, l, backend, nil) }()
+	go func() { done <- server.Serve(ctx, l, backend, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done

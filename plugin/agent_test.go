@@ -26,11 +26,12 @@ import (
 
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/server"
 )
 
 type attachment struct{ containerID, ifName string }
 
-// fakeAgent is an api.Backend with fake allocations: one fixed answer per card.
+// fakeAgent is an server.Backend with fake allocations: one fixed answer per card.
 type fakeAgent struct {
 	mu        sync.Mutex
 	answers   map[int]api.AllocateResponse
@@ -44,7 +45,7 @@ type fakeAgent struct {
 	onRelease func()
 }
 
-var _ api.Backend = &fakeAgent{}
+var _ server.Backend = &fakeAgent{}
 
 func newFakeAgent() *fakeAgent {
 	return &fakeAgent{
@@ -147,7 +148,7 @@ func startAgent(t *testing.T, agent *fakeAgent) *agentServer {
 
 func (s *agentServer) start() {
 	s.t.Helper()
-	l, err := api.Listen(s.socket)
+	l, err := server.Listen(s.socket)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -155,7 +156,7 @@ func (s *agentServer) start() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := api.Serve(ctx, l, s.agent, nil); err != nil {
+		if err := server.Serve(ctx, l, s.agent, nil); err != nil {
 			s.t.Errorf("serve: %v", err)
 		}
 	}()

@@ -23,9 +23,9 @@ import (
 	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
-	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/journal"
+	"github.com/multinic/multinic/ipam/server"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -164,7 +164,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 			"nodeResources", o.nodeResources, "resourcePrefix", o.resourcePrefix)
 	}
 
-	l, err := api.Listen(o.socket)
+	l, err := server.Listen(o.socket)
 	if err != nil {
 		return err
 	}
@@ -180,7 +180,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		<-gcDone
 	}()
 	logger.Info("serving allocations", "socket", o.socket, "node", o.nodeName)
-	err = api.Serve(ctx, l, ag, logger.With("component", "api"))
+	err = server.Serve(ctx, l, ag, logger.With("component", "api"))
 	logger.Info("shutting down")
 	return err
 }

@@ -1,4 +1,4 @@
-// Package agent is the node agent's backend for the plugin's socket (api.Backend): it allocates from the
+// Package agent is the node agent's backend for the plugin's socket (server.Backend): it allocates from the
 // allocator's per-card pools, asks the ENI manager (Pools) to refill them, waits a bounded time when a pool
 // is empty, garbage-collects the allocations of pods that are gone, and exposes Prometheus metrics and health
 // endpoints.
@@ -16,6 +16,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/server"
 )
 
 // Defaults for the zero values of Config.
@@ -28,7 +29,7 @@ const (
 	DefaultGCInterval = 15 * time.Second
 )
 
-var _ api.Backend = (*Agent)(nil)
+var _ server.Backend = (*Agent)(nil)
 
 // EC2Stats is a snapshot of the ENI manager's EC2 call counters, for metrics.
 type EC2Stats struct {
@@ -241,7 +242,7 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 	}
 	start := time.Now()
 	for {
-		al, err := a.alloc.Allocate(req.AllocatorRequest())
+		al, err := a.alloc.Allocate(allocatorRequest(req))
 		if err == nil {
 			return al, nil
 		}
@@ -263,6 +264,21 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 			return allocator.Allocation{}, fmt.Errorf("%w: %w; waited %s for a refill; last EC2 error on card %d: %s",
 				api.ErrTryAgain, err, time.Since(start).Round(time.Millisecond), req.Card, reason)
 		}
+	}
+}
+
+// allocatorRequest is the allocator's view of req.
+func allocatorRequest(r api.AllocateRequest) allocator.Request {
+	return allocator.Request{
+		Card:         r.Card,
+		ContainerID:  r.ContainerID,
+		IfName:       r.IfName,
+		PodNamespace: r.PodNamespace,
+		PodName:      r.PodName,
+		PodUID:       r.PodUID,
+		Exclusive:    r.Exclusive,
+		Netns:        r.Netns,
+		Network:      r.Network,
 	}
 }
 

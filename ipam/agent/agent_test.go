@@ -14,6 +14,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/server"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -25,13 +26,13 @@ func serve(t *testing.T, a *Agent) *api.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	l, err := api.Listen(filepath.Join(dir, "agent.sock"))
+	l, err := server.Listen(filepath.Join(dir, "agent.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- api.Serve(ctx, l, a, nil) }()
+	go func() { done <- server.Serve(ctx, l, a, nil) }()
 	c := api.NewClient(filepath.Join(dir, "agent.sock"), 0)
 	t.Cleanup(func() {
 		c.Close()

@@ -7,9 +7,10 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/server"
 )
 
-var _ api.Introspector = (*Agent)(nil)
+var _ server.Introspector = (*Agent)(nil)
 
 // CardInfo is what the ENI manager knows of one managed card, for the operators' node status.
 type CardInfo struct {

@@ -1,5 +1,7 @@
 // Package api is the wire protocol between the multinic CNI plugin (the client: one short-lived process per
-// CNI call) and the node agent (the server), spoken as HTTP/1.1 with JSON bodies over a root-only unix socket.
+// CNI call) and the node agent (the server, package ipam/server), spoken as HTTP/1.1 with JSON bodies over a
+// root-only unix socket. It holds the request and response types, the error codes and the client, and
+// nothing of the server: the plugin links this package only.
 //
 // Endpoints (versioned so that an old plugin and a new agent can coexist during an upgrade):
 //
@@ -7,14 +9,34 @@
 //	POST /v1/release       ReleaseRequest   -> ReleaseResponse
 //	GET  /v1/allocations                    -> ListResponse
 //	GET  /v1/status?card=N                  -> Status
-//	GET  /v1/node                           -> NodeStatus    (read-only, for operators; see Introspector)
+//	GET  /v1/node                           -> NodeStatus    (read-only, for operators; ipam/server's Introspector)
 //	GET  /v1/logs                           -> LogsResponse
+//
+// # Compatibility
+//
+// During an upgrade the plugin on a node may be older or newer than its agent, in either order. The rule
+// that keeps any pair working:
+//
+//   - A receiver ignores what it does not know: the agent ignores unknown JSON fields and query parameters
+//     of a request, the client unknown fields of an answer. What it knows it validates strictly (type,
+//     value, the JSON key named in the error), and the client validates its own request before sending it.
+//   - So a v1 field may only add information that an older agent may safely ignore (netns, network: an
+//     older agent frees such an allocation by its own GC instead). A request that changes what is
+//     allocated or how gets a new path, /v2/..., which an older agent refuses as invalid ("no endpoint")
+//     instead of serving it wrongly.
+//   - A field, a path or a code is never removed or given another meaning within v1. A client treats a
+//     code it does not know (from a newer agent) like CodeInternal.
+//
+// Agents built before this rule decoded strictly and refuse a newer plugin's "network" field; with the
+// DaemonSet's rolling update (no surge) the old agent is gone before the new pod's init container installs
+// the new plugin, so that pair does not meet. ipam/server's tests replay requests recorded from older
+// plugins (testdata/wire).
 //
 // Any other answer than 200 carries an Error: {"code": "...", "message": "..."}. The codes are a small stable
 // set (see Code); the client turns them back into *Error values that match the sentinels ErrInvalid,
 // ErrCardTaken, ErrInterfaceTaken, ErrTryAgain, ErrNotManaged, ErrUnavailable and ErrInternal with errors.Is,
 // so the plugin maps them to CNI codes in one place. The server maps backend errors to codes in one
-// function, errorFor.
+// function (ipam/server's errorFor).
 //
 // For debugging, as root:
 //
@@ -29,8 +51,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/utils"
-
-	"github.com/multinic/multinic/ipam/allocator"
 )
 
 // DefaultSocketPath is where the agent listens and the plugin connects unless configured otherwise.
@@ -38,14 +58,11 @@ const DefaultSocketPath = "/run/multinic/agent.sock"
 
 // Paths of the v1 endpoints.
 const (
-	pathAllocate    = "/v1/allocate"
-	pathRelease     = "/v1/release"
-	pathAllocations = "/v1/allocations"
-	pathStatus      = "/v1/status"
+	PathAllocate    = "/v1/allocate"
+	PathRelease     = "/v1/release"
+	PathAllocations = "/v1/allocations"
+	PathStatus      = "/v1/status"
 )
-
-// MaxRequestBytes bounds a request body; a real request is a few hundred bytes.
-const MaxRequestBytes = 64 << 10
 
 // maxIfNameLen is IFNAMSIZ less the terminating NUL.
 const maxIfNameLen = 15
@@ -181,32 +198,6 @@ func checkNetwork(name string) error {
 		return invalidf("\"network\" %q invalid: must match [a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
 	}
 	return nil
-}
-
-// AllocatorRequest is the allocator's view of the request.
-func (r AllocateRequest) AllocatorRequest() allocator.Request {
-	return allocator.Request{
-		Card:         r.Card,
-		ContainerID:  r.ContainerID,
-		IfName:       r.IfName,
-		PodNamespace: r.PodNamespace,
-		PodName:      r.PodName,
-		PodUID:       r.PodUID,
-		Exclusive:    r.Exclusive,
-		Netns:        r.Netns,
-		Network:      r.Network,
-	}
-}
-
-// pod names the request's pod for logs.
-func (r AllocateRequest) pod() string {
-	switch {
-	case r.PodName != "":
-		return r.PodNamespace + "/" + r.PodName
-	case r.PodUID != "":
-		return "uid " + r.PodUID
-	}
-	return ""
 }
 
 func invalidf(format string, args ...any) *Error {

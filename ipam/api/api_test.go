@@ -1,111 +1,32 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"reflect"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
-
-	"github.com/multinic/multinic/ipam/allocator"
 )
 
 var testRequest = AllocateRequest{
 	Card:         3,
 	ContainerID:  "5f2c9e0a",
 	IfName:       "net1",
-	PodNamespace: "ml",
-	PodName:      "trainer-0",
-	PodUID:       "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11",
-	Netns:        "/var/run/netns/cni-1234",
-	Network:      "multinic-card-3",
+	PodNamespace: "ml", PodName: "trainer-0", PodUID: "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11",
+	Netns:   "/var/run/netns/cni-1234",
+	Network: "multinic-card-3",
 }
 
-func TestRoundTrip(t *testing.T) {
-	at := time.Date(2025, 3, 1, 12, 30, 0, 123456789, time.UTC)
-	list := []Allocation{
-		{AllocateRequest: testRequest, Address: netip.MustParseAddr("10.0.16.5"), ENIID: "eni-1", AllocatedAt: at},
-		{AllocateRequest: AllocateRequest{Card: 4, ContainerID: "c2", IfName: "net2", Exclusive: true},
-			Address: netip.MustParseAddr("10.0.32.9"), ENIID: "eni-2", AllocatedAt: at},
-	}
-	var (
-		gotAlloc   AllocateRequest
-		gotRelease ReleaseRequest
-		gotCard    int
-	)
-	b := &fakeBackend{
-		allocate: func(_ context.Context, req AllocateRequest) (AllocateResponse, error) {
-			gotAlloc = req
-			return testResponse, nil
-		},
-		release: func(_ context.Context, req ReleaseRequest) (ReleaseResponse, error) {
-			gotRelease = req
-			return ReleaseResponse{Released: true}, nil
-		},
-		list: func(context.Context) ([]Allocation, error) { return list, nil },
-		status: func(_ context.Context, card int) (Status, error) {
-			gotCard = card
-			return Status{Ready: false, Reason: "card 5: subnet-0abc has no free addresses"}, nil
-		},
-	}
-	s := startServer(t, b, nil, time.Second)
-	c := newTestClient(t, s.path, 0)
-	ctx := context.Background()
-
-	resp, err := c.Allocate(ctx, testRequest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if gotAlloc != testRequest {
-		t.Errorf("backend got %+v, want %+v", gotAlloc, testRequest)
-	}
-	if resp != testResponse {
-		t.Errorf("client got %+v, want %+v", resp, testResponse)
-	}
-
-	rel, err := c.Release(ctx, ReleaseRequest{ContainerID: "5f2c9e0a", IfName: "net1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (ReleaseRequest{ContainerID: "5f2c9e0a", IfName: "net1"}); gotRelease != want || !rel.Released {
-		t.Errorf("release: backend got %+v, client got %+v", gotRelease, rel)
-	}
-
-	gotList, err := c.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(gotList, list) {
-		t.Errorf("list:\n got %+v\nwant %+v", gotList, list)
-	}
-
-	st, err := c.Status(ctx, 5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (Status{Card: 5, Ready: false, Reason: "card 5: subnet-0abc has no free addresses"}); gotCard != 5 || st != want {
-		t.Errorf("status: backend got card %d, client got %+v, want %+v", gotCard, st, want)
-	}
-}
-
-func TestListEmptyIsNotNull(t *testing.T) {
-	s := startServer(t, &fakeBackend{}, nil, time.Second)
-	list, err := newTestClient(t, s.path, 0).List(context.Background())
-	if err != nil || list == nil || len(list) != 0 {
-		t.Fatalf("List() = %#v, %v; want an empty, non-nil slice", list, err)
-	}
+var testResponse = AllocateResponse{
+	Address:    netip.MustParseAddr("10.0.16.5"),
+	PrefixLen:  20,
+	Gateway:    netip.MustParseAddr("10.0.16.1"),
+	SubnetCIDR: netip.MustParsePrefix("10.0.16.0/20"),
+	ENIID:      "eni-0123456789abcdef0",
+	LinkName:   "ens33",
+	MAC:        "02:12:34:56:78:9a",
+	MTU:        9001,
 }
 
 // The JSON keys are the protocol: pin them.
@@ -130,512 +51,39 @@ func TestWireNames(t *testing.T) {
 	}
 }
 
-var sentinels = []error{ErrInvalid, ErrCardTaken, ErrInterfaceTaken, ErrTryAgain, ErrNotManaged, ErrUnavailable, ErrInternal}
-
-func TestErrorCodes(t *testing.T) {
-	cardTaken := &allocator.CardTakenError{Pod: "ml/trainer-0", Card: 3, Existing: allocator.Allocation{
-		Request: allocator.Request{Card: 3, ContainerID: "c0", IfName: "net1"}, Address: netip.MustParseAddr("10.0.16.7"),
-	}}
-	ec2Err := errors.New("api error InsufficientFreeAddressesInSubnet: subnet-0abc has no free addresses")
-	tests := []struct {
-		name     string
-		err      error
-		code     Code
-		sentinel error // nil: no sentinel may match
-		status   int
-		inMsg    string
-	}{
-		{"allocator invalid", fmt.Errorf("allocate: %w", allocator.ErrInvalid), CodeInvalid, ErrInvalid, 400, "invalid argument"},
-		{"allocator card taken", fmt.Errorf("allocate card 3: %w", cardTaken), CodeCardTaken, ErrCardTaken, 409, "one address per pod per card"},
-		{"allocator interface taken", fmt.Errorf("allocate: %w", allocator.ErrInterfaceTaken), CodeInterfaceTaken, ErrInterfaceTaken, 409, "differently"},
-		{"allocator limit", fmt.Errorf("allocate: %w", allocator.ErrLimit), CodeLimit, ErrLimit, 429, "limit"},
-		{"allocator pool empty with EC2 code", fmt.Errorf("refill card 3: %w: %w", &allocator.PoolEmptyError{Card: 3}, ec2Err),
-			CodeTryAgain, ErrTryAgain, 503, "InsufficientFreeAddressesInSubnet"},
-		{"backend gave up waiting", fmt.Errorf("wait for refill on card 3: %w", context.DeadlineExceeded), CodeTryAgain, ErrTryAgain, 503, "deadline"},
-		{"state disk full", fmt.Errorf("save checkpoint: %w", &os.PathError{Op: "write", Path: "/var/lib/multinic/c.tmp", Err: syscall.ENOSPC}), CodeTryAgain, ErrTryAgain, 503, "no space left"},
-		{"api error", &Error{Code: CodeNotManaged, Message: "card 7 is not managed"}, CodeNotManaged, ErrNotManaged, 404, "card 7 is not managed"},
-		{"wrapped api error", fmt.Errorf("status: %w", &Error{Code: CodeTryAgain, Message: "throttled"}), CodeTryAgain, ErrTryAgain, 503, "status: throttled"},
-		{"api sentinel not managed", fmt.Errorf("card 7: %w", ErrNotManaged), CodeNotManaged, ErrNotManaged, 404, "card 7"},
-		{"api sentinel unavailable", fmt.Errorf("restoring state: %w", ErrUnavailable), CodeUnavailable, ErrUnavailable, 503, "restoring state"},
-		{"api sentinel invalid", fmt.Errorf("bad: %w", ErrInvalid), CodeInvalid, ErrInvalid, 400, "bad"},
-		{"allocator conflict", fmt.Errorf("add address: %w", allocator.ErrConflict), CodeInternal, ErrInternal, 500, "conflicts"},
-		{"plain error", errors.New("write checkpoint: disk full"), CodeInternal, ErrInternal, 500, "disk full"},
-		{"code from a newer agent", &Error{Code: "future", Message: "something new"}, "future", nil, 500, "something new"},
+// TestCodes pins the codes on the wire and checks the table: one row per code, each sentinel matching its
+// own code only, and CodeOf finding a code through wrapping.
+func TestCodes(t *testing.T) {
+	want := map[Code]int{
+		"invalid": http.StatusBadRequest, "card-taken": http.StatusConflict, "interface-taken": http.StatusConflict,
+		"try-again": http.StatusServiceUnavailable, "not-managed": http.StatusNotFound,
+		"unavailable": http.StatusServiceUnavailable, "limit": http.StatusTooManyRequests,
+		"forbidden": http.StatusForbidden, "internal": http.StatusInternalServerError,
 	}
-	var backendErr error
-	b := &fakeBackend{
-		allocate: func(context.Context, AllocateRequest) (AllocateResponse, error) {
-			return AllocateResponse{}, backendErr
-		},
-		release: func(context.Context, ReleaseRequest) (ReleaseResponse, error) { return ReleaseResponse{}, backendErr },
-		list:    func(context.Context) ([]Allocation, error) { return nil, backendErr },
-		status:  func(context.Context, int) (Status, error) { return Status{}, backendErr },
+	if len(codes) != len(want) {
+		t.Errorf("%d codes in the table, want %d", len(codes), len(want))
 	}
-	s := startServer(t, b, nil, time.Second)
-	c := newTestClient(t, s.path, 0)
-	ctx := context.Background()
-	calls := map[string]func() error{
-		"allocate": func() error { _, err := c.Allocate(ctx, testRequest); return err },
-		"release":  func() error { _, err := c.Release(ctx, ReleaseRequest{ContainerID: "c", IfName: "net1"}); return err },
-		"list":     func() error { _, err := c.List(ctx); return err },
-		"status":   func() error { _, err := c.Status(ctx, 1); return err },
-	}
-	for _, tt := range tests {
-		// The server's mapping on its own, including the HTTP status.
-		if got := errorFor(tt.err); got.Code != tt.code || httpStatus(got.Code) != tt.status {
-			t.Errorf("%s: errorFor = %q (HTTP %d), want %q (HTTP %d)", tt.name, got.Code, httpStatus(got.Code), tt.code, tt.status)
+	for _, row := range codes {
+		if st, ok := want[row.code]; !ok || row.code.HTTPStatus() != st {
+			t.Errorf("code %q: HTTP %d, want %d (known: %t)", row.code, row.code.HTTPStatus(), st, ok)
 		}
-		for verb, call := range calls {
-			t.Run(tt.name+"/"+verb, func(t *testing.T) {
-				backendErr = tt.err
-				err := call()
-				var apiErr *Error
-				if !errors.As(err, &apiErr) {
-					t.Fatalf("error %v (%T) is not an *Error", err, err)
-				}
-				if apiErr.Code != tt.code {
-					t.Errorf("code %q, want %q", apiErr.Code, tt.code)
-				}
-				for _, s := range sentinels {
-					if got, want := errors.Is(err, s), s == tt.sentinel; got != want {
-						t.Errorf("errors.Is(%v, %q) = %v, want %v", err, s, got, want)
-					}
-				}
-				if !strings.Contains(err.Error(), tt.inMsg) {
-					t.Errorf("message %q does not carry %q", err, tt.inMsg)
-				}
-			})
-		}
-	}
-}
-
-func TestClientValidatesBeforeSending(t *testing.T) {
-	b := &fakeBackend{}
-	s := startServer(t, b, nil, time.Second)
-	c := newTestClient(t, s.path, 0)
-	bad := testRequest
-	bad.IfName = ""
-	if _, err := c.Allocate(context.Background(), bad); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `"ifName"`) {
-		t.Errorf("Allocate without ifName: %v, want ErrInvalid naming \"ifName\"", err)
-	}
-	if _, err := c.Release(context.Background(), ReleaseRequest{IfName: "net1"}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("Release without containerID: %v, want ErrInvalid", err)
-	}
-	if n := b.Calls(); n != 0 {
-		t.Errorf("backend called %d times for invalid requests", n)
-	}
-}
-
-func TestBadRequests(t *testing.T) {
-	b := &fakeBackend{}
-	s := startServer(t, b, nil, time.Second)
-	huge := `{"card":1,"containerID":"` + strings.Repeat("a", MaxRequestBytes) + `","ifName":"net1"}`
-	tests := []struct {
-		name, method, target, body string
-		status                     int
-		inMsg                      string
-	}{
-		{"unknown field", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1","bogus":true}`, 400, `unknown field "bogus"`},
-		{"missing card", "POST", pathAllocate, `{"containerID":"c","ifName":"net1"}`, 400, `"card" is required`},
-		{"null card", "POST", pathAllocate, `{"card":null,"containerID":"c","ifName":"net1"}`, 400, `"card" is required`},
-		{"negative card", "POST", pathAllocate, `{"card":-1,"containerID":"c","ifName":"net1"}`, 400, `"card" -1 invalid`},
-		{"card as string", "POST", pathAllocate, `{"card":"1","containerID":"c","ifName":"net1"}`, 400, `"card"`},
-		{"missing container", "POST", pathAllocate, `{"card":1,"ifName":"net1"}`, 400, `"containerID" is required`},
-		{"long ifname", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1234567890abc"}`, 400, `"ifName"`},
-		{"ifname with slash", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a/b"}`, 400, `"ifName"`},
-		{"ifname dot", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":".."}`, 400, `"ifName"`},
-		{"ifname with space", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a b"}`, 400, `"ifName"`},
-		{"ifname with colon", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"a:b"}`, 400, `"ifName"`},
-		{"container id with slash", "POST", pathAllocate, `{"card":1,"containerID":"../etc","ifName":"net1"}`, 400, `"containerID" "../etc" invalid`},
-		{"container id starting with dash", "POST", pathAllocate, `{"card":1,"containerID":"-c","ifName":"net1"}`, 400, `"containerID"`},
-		{"network with space", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1","network":"a b"}`, 400, `"network" "a b" invalid`},
-		{"release container id with slash", "POST", pathRelease, `{"containerID":"a/b","ifName":"net1"}`, 400, `"containerID"`},
-		{"relative netns", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1","netns":"ns"}`, 400, `"netns"`},
-		{"malformed", "POST", pathAllocate, `{"card":1,`, 400, "truncated"},
-		{"syntax", "POST", pathAllocate, `{"card":1 "x"}`, 400, "malformed JSON"},
-		{"empty body", "POST", pathAllocate, ``, 400, "empty body"},
-		{"not an object", "POST", pathAllocate, `[1]`, 400, "cannot use JSON array"},
-		{"trailing data", "POST", pathAllocate, `{"card":1,"containerID":"c","ifName":"net1"}{}`, 400, "trailing data"},
-		{"oversized", "POST", pathAllocate, huge, 413, "larger than 65536 bytes"},
-		{"release unknown field", "POST", pathRelease, `{"containerID":"c","ifName":"net1","card":1}`, 400, `unknown field "card"`},
-		{"release no ifname", "POST", pathRelease, `{"containerID":"c"}`, 400, `"ifName" is required`},
-		{"status without card", "GET", pathStatus, ``, 400, `"card" is required`},
-		{"status bad card", "GET", pathStatus + "?card=x", ``, 400, `"card" "x" invalid`},
-		{"status negative card", "GET", pathStatus + "?card=-2", ``, 400, `"card" "-2" invalid`},
-		{"status card twice", "GET", pathStatus + "?card=1&card=2", ``, 400, "2 times"},
-		{"status unknown parameter", "GET", pathStatus + "?card=1&verbose=1", ``, 400, `"verbose"`},
-		{"list unknown parameter", "GET", pathAllocations + "?card=1", ``, 400, `"card"`},
-		{"wrong method", "GET", pathAllocate, ``, 400, "use POST"},
-		{"unknown endpoint", "POST", "/v2/allocate", `{}`, 400, "no endpoint /v2/allocate"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			status, e := rawDo(t, s.path, tt.method, tt.target, []byte(tt.body))
-			if status != tt.status || e == nil || e.Code != CodeInvalid || !strings.Contains(e.Message, tt.inMsg) {
-				t.Errorf("got HTTP %d %+v, want HTTP %d, code %q, message with %q", status, e, tt.status, CodeInvalid, tt.inMsg)
-			}
-		})
-	}
-	if n := b.Calls(); n != 0 {
-		t.Errorf("backend called %d times for bad requests", n)
-	}
-	// The server still works after all that.
-	if _, err := newTestClient(t, s.path, 0).Allocate(context.Background(), testRequest); err != nil {
-		t.Error(err)
-	}
-}
-
-func TestAgentDown(t *testing.T) {
-	dir := shortDir(t)
-
-	// A socket file nobody listens on: what a SIGKILLed agent leaves behind.
-	stale := filepath.Join(dir, "stale.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	l.Close()
-
-	// An agent that dies in the middle of a request.
-	dying := filepath.Join(dir, "dying.sock")
-	dl, err := net.Listen("unix", dying)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dl.Close() })
-	go func() {
-		for {
-			conn, err := dl.Accept()
-			if err != nil {
-				return
-			}
-			conn.Read(make([]byte, 1024))
-			conn.Close()
-		}
-	}()
-
-	for _, path := range []string{filepath.Join(dir, "missing.sock"), filepath.Join(dir, "nodir", "agent.sock"), stale, dying} {
-		c := newTestClient(t, path, 0)
-		ctx := context.Background()
-		for verb, call := range map[string]func() error{
-			"allocate": func() error { _, err := c.Allocate(ctx, testRequest); return err },
-			"release":  func() error { _, err := c.Release(ctx, ReleaseRequest{ContainerID: "c", IfName: "net1"}); return err },
-			"list":     func() error { _, err := c.List(ctx); return err },
-			"status":   func() error { _, err := c.Status(ctx, 1); return err },
-		} {
-			if err := call(); !errors.Is(err, ErrUnavailable) {
-				t.Errorf("%s on %s: %v, want ErrUnavailable", verb, filepath.Base(path), err)
+		e := &Error{Code: row.code, Message: "m"}
+		for _, other := range codes {
+			if got := errors.Is(e, other.sentinel); got != (other.code == row.code) {
+				t.Errorf("errors.Is(%q error, sentinel of %q) = %t", row.code, other.code, got)
 			}
 		}
-	}
-}
-
-func TestTimeoutCancelsBackend(t *testing.T) {
-	seen := make(chan error, 1)
-	entered := make(chan struct{}, 1)
-	b := &fakeBackend{allocate: func(ctx context.Context, _ AllocateRequest) (AllocateResponse, error) {
-		entered <- struct{}{}
-		select {
-		case <-ctx.Done():
-			seen <- ctx.Err()
-			return AllocateResponse{}, ctx.Err()
-		case <-time.After(10 * time.Second):
-			seen <- nil
-			return testResponse, nil
+		if got := CodeOf(fmt.Errorf("context: %w", row.sentinel)); got != row.code {
+			t.Errorf("CodeOf(wrapped sentinel of %q) = %q", row.code, got)
 		}
-	}}
-	s := startServer(t, b, nil, time.Second)
-
-	t.Run("client timeout", func(t *testing.T) {
-		c := newTestClient(t, s.path, 100*time.Millisecond)
-		_, err := c.Allocate(context.Background(), testRequest)
-		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("Allocate: %v, want ErrUnavailable and context.DeadlineExceeded", err)
-		}
-		<-entered
-		waitSeen(t, seen)
-	})
-	t.Run("caller cancels", func(t *testing.T) {
-		c := newTestClient(t, s.path, 0)
-		ctx, cancel := context.WithCancel(context.Background())
-		go func() {
-			<-entered
-			cancel()
-		}()
-		_, err := c.Allocate(ctx, testRequest)
-		if !errors.Is(err, context.Canceled) || errors.Is(err, ErrUnavailable) {
-			t.Errorf("Allocate: %v, want context.Canceled and not ErrUnavailable", err)
-		}
-		waitSeen(t, seen)
-	})
-}
-
-func waitSeen(t *testing.T, seen chan error) {
-	t.Helper()
-	select {
-	case err := <-seen:
-		if err == nil {
-			t.Error("backend ran to completion: its context was never cancelled")
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("backend did not see its context cancelled within 5s of the client going away")
-	}
-}
-
-func TestConcurrentClients(t *testing.T) {
-	var (
-		mu    sync.Mutex
-		next  = netip.MustParseAddr("10.0.16.10")
-		given = map[string]netip.Addr{}
-	)
-	b := &fakeBackend{allocate: func(_ context.Context, req AllocateRequest) (AllocateResponse, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		resp := testResponse
-		resp.Address = next
-		given[req.ContainerID] = next
-		next = next.Next()
-		return resp, nil
-	}}
-	s := startServer(t, b, nil, time.Second)
-	const n = 64
-	got := make([]netip.Addr, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Go(func() {
-			// One client per goroutine, like one plugin process per CNI call.
-			c := NewClient(s.path, 0)
-			defer c.Close()
-			ctx := context.Background()
-			req := testRequest
-			req.ContainerID = fmt.Sprintf("c%02d", i)
-			resp, err := c.Allocate(ctx, req)
-			if err != nil {
-				errs <- err
-				return
-			}
-			got[i] = resp.Address
-			if _, err := c.Status(ctx, req.Card); err != nil {
-				errs <- err
-			}
-			if _, err := c.Release(ctx, ReleaseRequest{ContainerID: req.ContainerID, IfName: req.IfName}); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	seen := map[netip.Addr]bool{}
-	for i, a := range got {
-		if want := given[fmt.Sprintf("c%02d", i)]; a != want || seen[a] {
-			t.Errorf("client %d got %s, backend gave %s (duplicate: %v)", i, a, want, seen[a])
-		}
-		seen[a] = true
-	}
-	if calls := b.Calls(); calls != 3*n {
-		t.Errorf("backend served %d calls, want %d", calls, 3*n)
-	}
-}
-
-func TestGracefulShutdown(t *testing.T) {
-	entered := make(chan struct{})
-	b := &fakeBackend{allocate: func(ctx context.Context, _ AllocateRequest) (AllocateResponse, error) {
-		close(entered)
-		time.Sleep(200 * time.Millisecond)
-		return testResponse, ctx.Err()
-	}}
-	s := startServer(t, b, nil, 5*time.Second)
-	c := newTestClient(t, s.path, 0)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Allocate(context.Background(), testRequest)
-		errc <- err
-	}()
-	<-entered
-	if err := s.stop(); err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Errorf("request in flight at shutdown: %v", err)
-	}
-	if _, err := os.Lstat(s.path); !os.IsNotExist(err) {
-		t.Errorf("socket %s still there after shutdown: %v", s.path, err)
-	}
-	if _, err := c.Status(context.Background(), 1); !errors.Is(err, ErrUnavailable) {
-		t.Errorf("Status after shutdown: %v, want ErrUnavailable", err)
-	}
-	// The lock went with the listener: a new agent can take over.
-	l, err := Listen(s.path)
-	if err != nil {
-		t.Fatalf("Listen after shutdown: %v", err)
-	}
-	l.Close()
-}
-
-func TestShutdownGraceCancelsRequests(t *testing.T) {
-	seen := make(chan error, 1)
-	entered := make(chan struct{})
-	b := &fakeBackend{allocate: func(ctx context.Context, _ AllocateRequest) (AllocateResponse, error) {
-		close(entered)
-		select {
-		case <-ctx.Done():
-			seen <- ctx.Err()
-		case <-time.After(10 * time.Second):
-			seen <- nil
-		}
-		return AllocateResponse{}, ctx.Err()
-	}}
-	s := startServer(t, b, nil, 100*time.Millisecond)
-	go newTestClient(t, s.path, 0).Allocate(context.Background(), testRequest)
-	<-entered
-	start := time.Now()
-	if err := s.stop(); err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("shutdown took %s with a 100ms grace", d)
-	}
-	waitSeen(t, seen)
-}
-
-func TestBackendPanic(t *testing.T) {
-	b := &fakeBackend{list: func(context.Context) ([]Allocation, error) { panic("boom") }}
-	s := startServer(t, b, nil, time.Second)
-	_, err := newTestClient(t, s.path, 0).List(context.Background())
-	if !errors.Is(err, ErrInternal) || !strings.Contains(err.Error(), "boom") {
-		t.Errorf("List with a panicking backend: %v, want ErrInternal carrying the panic", err)
-	}
-}
-
-func TestBackendReturnsNoAddress(t *testing.T) {
-	b := &fakeBackend{allocate: func(context.Context, AllocateRequest) (AllocateResponse, error) { return AllocateResponse{}, nil }}
-	s := startServer(t, b, nil, time.Second)
-	if _, err := newTestClient(t, s.path, 0).Allocate(context.Background(), testRequest); !errors.Is(err, ErrInternal) {
-		t.Errorf("Allocate answered without an address: %v, want ErrInternal", err)
-	}
-}
-
-// One log line per request, carrying what an operator greps for.
-func TestLogLine(t *testing.T) {
-	var buf lockedBuffer
-	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b := &fakeBackend{release: func(context.Context, ReleaseRequest) (ReleaseResponse, error) {
-		return ReleaseResponse{}, &Error{Code: CodeTryAgain, Message: "throttled"}
-	}}
-	s := startServer(t, b, logger, time.Second)
-	c := newTestClient(t, s.path, 0)
-	if _, err := c.Allocate(context.Background(), testRequest); err != nil {
-		t.Fatal(err)
-	}
-	c.Release(context.Background(), ReleaseRequest{ContainerID: "5f2c9e0a", IfName: "net1"})
-	if err := s.stop(); err != nil { // handlers log after answering; wait for them
-		t.Fatal(err)
-	}
-	lines := buf.lines()
-	if len(lines) != 2 {
-		t.Fatalf("got %d log lines, want 2:\n%s", len(lines), strings.Join(lines, "\n"))
-	}
-	var alloc, rel map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &alloc); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal([]byte(lines[1]), &rel); err != nil {
-		t.Fatal(err)
-	}
-	for k, want := range map[string]any{
-		"msg": "POST /v1/allocate", "level": "INFO", "card": 3.0, "container": "5f2c9e0a", "ifname": "net1",
-		"pod": "ml/trainer-0", "result": "ok", "address": "10.0.16.5", "eni": "eni-0123456789abcdef0",
-	} {
-		if alloc[k] != want {
-			t.Errorf("allocate log %q = %v, want %v", k, alloc[k], want)
+		if got := CodeOf(fmt.Errorf("context: %w", e)); got != row.code {
+			t.Errorf("CodeOf(wrapped %q error) = %q", row.code, got)
 		}
 	}
-	if _, ok := alloc["duration"]; !ok {
-		t.Error("allocate log has no duration")
+	if got := CodeOf(errors.New("netlink: boom")); got != CodeInternal {
+		t.Errorf("CodeOf(plain error) = %q, want internal", got)
 	}
-	for k, want := range map[string]any{"level": "WARN", "result": "try-again", "error": "throttled", "container": "5f2c9e0a"} {
-		if rel[k] != want {
-			t.Errorf("release log %q = %v, want %v", k, rel[k], want)
-		}
-	}
-}
-
-func TestErrorStatusOnWire(t *testing.T) {
-	b := &fakeBackend{allocate: func(context.Context, AllocateRequest) (AllocateResponse, error) {
-		return AllocateResponse{}, &allocator.PoolEmptyError{Card: 3}
-	}}
-	s := startServer(t, b, nil, time.Second)
-	body, _ := json.Marshal(testRequest)
-	status, e := rawDo(t, s.path, http.MethodPost, pathAllocate, body)
-	if status != http.StatusServiceUnavailable || e == nil || e.Code != CodeTryAgain || e.Message != "no free address on card 3" {
-		t.Errorf("got HTTP %d %+v", status, e)
-	}
-}
-
-// TestPeerRefused: a peer the server does not allow (SO_PEERCRED) gets CodeForbidden naming its uid, and
-// the backend is never called.
-func TestPeerRefused(t *testing.T) {
-	b := &fakeBackend{}
-	s := startServerFor(t, b, nil, time.Second, func(uint32) bool { return false })
-	c := newTestClient(t, s.path, 5*time.Second)
-	_, err := c.Allocate(context.Background(), testRequest)
-	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("peer uid %d", os.Geteuid())) {
-		t.Fatalf("Allocate from a refused peer = %v, want ErrForbidden naming uid %d", err, os.Geteuid())
-	}
-	if _, err := c.List(context.Background()); !errors.Is(err, ErrForbidden) {
-		t.Errorf("List from a refused peer = %v, want ErrForbidden", err)
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.calls != 0 {
-		t.Errorf("backend called %d times for a refused peer", b.calls)
-	}
-}
-
-// peerClientEnv makes the test binary a client of the socket it names (see TestPeerNotRoot).
-const peerClientEnv = "MULTINIC_API_PEER_CLIENT"
-
-// TestPeerNotRoot: a real process of another uid (nobody) that can reach the socket (its mode loosened for
-// the test) is refused by the kernel's word on its uid, SO_PEERCRED, not by the socket's mode. As root only.
-func TestPeerNotRoot(t *testing.T) {
-	if path := os.Getenv(peerClientEnv); path != "" {
-		_, err := NewClient(path, 5*time.Second).List(context.Background())
-		fmt.Printf("peer-client-result: %v\n", err)
-		return
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs a client as uid 65534")
-	}
-	s := startServer(t, &fakeBackend{}, nil, time.Second)
-	path, dir := s.path, filepath.Dir(s.path)
-	for p, mode := range map[string]os.FileMode{dir: 0o755, path: 0o666} {
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The test binary sits in go's private build folder: nobody runs a copy.
-	bin := filepath.Join(dir, "client.test")
-	data, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-test.run=^TestPeerNotRoot$", "-test.count=1")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), peerClientEnv+"="+path)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("client as nobody: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "refused: peer uid 65534 may not use the agent's socket") {
-		t.Errorf("client as nobody got:\n%s\nwant the refusal naming uid 65534", out)
+	if got := Code("future").HTTPStatus(); got != http.StatusInternalServerError {
+		t.Errorf("HTTP status of an unknown code = %d, want 500", got)
 	}
 }

@@ -60,7 +60,7 @@ func (c *Client) Allocate(ctx context.Context, req AllocateRequest) (AllocateRes
 	var resp AllocateResponse
 	err := req.Validate()
 	if err == nil {
-		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), http.MethodPost, pathAllocate, req, &resp)
+		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), http.MethodPost, PathAllocate, req, &resp)
 	}
 	if err != nil {
 		return AllocateResponse{}, fmt.Errorf("allocate card %d for container %s interface %s: %w",
@@ -74,7 +74,7 @@ func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseRespon
 	var resp ReleaseResponse
 	err := req.Validate()
 	if err == nil {
-		err = c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodPost, pathRelease, req, &resp)
+		err = c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodPost, PathRelease, req, &resp)
 	}
 	if err != nil {
 		return ReleaseResponse{}, fmt.Errorf("release container %s interface %s: %w", req.ContainerID, req.IfName, err)
@@ -85,7 +85,7 @@ func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseRespon
 // List returns every live allocation on the node.
 func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 	var resp ListResponse
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathAllocations, nil, &resp); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathAllocations, nil, &resp); err != nil {
 		return nil, fmt.Errorf("list allocations: %w", err)
 	}
 	return resp.Allocations, nil
@@ -94,7 +94,7 @@ func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 // Status says whether an ADD on card could be served now.
 func (c *Client) Status(ctx context.Context, card int) (Status, error) {
 	var st Status
-	err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathStatus+"?card="+strconv.Itoa(card), nil, &st)
+	err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathStatus+"?card="+strconv.Itoa(card), nil, &st)
 	if err != nil {
 		return Status{}, fmt.Errorf("get status of card %d: %w", card, err)
 	}

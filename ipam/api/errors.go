@@ -1,12 +1,8 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"net/http"
-	"syscall"
-
-	"github.com/multinic/multinic/ipam/allocator"
 )
 
 // Code is the stable, machine-readable kind of an error on the wire.
@@ -49,7 +45,7 @@ var (
 	ErrInternal       = errors.New("agent internal error")
 )
 
-// codes ties each code to its sentinel and HTTP status; the order is the order errorFor tries them in.
+// codes ties each code to its sentinel and HTTP status; the order is the order the server tries them in.
 var codes = []struct {
 	code     Code
 	sentinel error
@@ -70,8 +66,6 @@ var codes = []struct {
 type Error struct {
 	Code    Code   `json:"code"`
 	Message string `json:"message"`
-	// status overrides the HTTP status the server sends the error with (413 for an oversized body).
-	status int
 }
 
 func (e *Error) Error() string {
@@ -91,8 +85,8 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
-// httpStatus is the HTTP status an error with code c is sent with; the body's code is what counts.
-func httpStatus(c Code) int {
+// HTTPStatus is the HTTP status the agent sends an error with code c with; the body's code is what counts.
+func (c Code) HTTPStatus() int {
 	for _, x := range codes {
 		if x.code == c {
 			return x.status
@@ -101,37 +95,17 @@ func httpStatus(c Code) int {
 	return http.StatusInternalServerError
 }
 
-// errorFor maps a backend error to its wire form: the one place where backend errors become codes. The message
-// is the whole error text, so EC2's error code and the allocator's details reach the plugin's CNI error.
-func errorFor(err error) *Error {
-	var apiErr *Error
-	if errors.As(err, &apiErr) {
-		return &Error{Code: apiErr.Code, Message: err.Error()}
+// CodeOf is the code of err: an *Error's own, else the code of the first sentinel (in the table's order) that
+// err matches with errors.Is, else CodeInternal.
+func CodeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
 	}
-	code := CodeInternal
-	switch {
-	case errors.Is(err, allocator.ErrInvalid):
-		code = CodeInvalid
-	case errors.Is(err, allocator.ErrCardTaken):
-		code = CodeCardTaken
-	case errors.Is(err, allocator.ErrInterfaceTaken):
-		code = CodeInterfaceTaken
-	case errors.Is(err, allocator.ErrLimit):
-		code = CodeLimit
-	case errors.Is(err, allocator.ErrPoolEmpty),
-		// A backend that gave up waiting for a refill.
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
-		// The state disk is full: nothing was taken, and the same request works once space returns.
-		errors.Is(err, syscall.ENOSPC):
-		code = CodeTryAgain
-	default:
-		// A backend may also wrap our sentinels: fmt.Errorf("card %d: %w", n, api.ErrNotManaged).
-		for _, c := range codes {
-			if errors.Is(err, c.sentinel) {
-				code = c.code
-				break
-			}
+	for _, c := range codes {
+		if errors.Is(err, c.sentinel) {
+			return c.code
 		}
 	}
-	return &Error{Code: code, Message: err.Error()}
+	return CodeInternal
 }

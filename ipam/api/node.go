@@ -12,16 +12,9 @@ import (
 // ENIs and carry log lines: the socket's file mode limits them to root, while --metrics-addr may be opened
 // to the network for Prometheus.
 const (
-	pathNode = "/v1/node"
-	pathLogs = "/v1/logs"
+	PathNode = "/v1/node"
+	PathLogs = "/v1/logs"
 )
-
-// Introspector is what a Backend may also serve for operators; the server answers GET /v1/node and
-// GET /v1/logs only when its Backend implements it.
-type Introspector interface {
-	Node(ctx context.Context) (NodeStatus, error)
-	Logs(ctx context.Context) (LogsResponse, error)
-}
 
 // NodeStatus is the body of GET /v1/node: what the agent knows of the node and each managed card.
 type NodeStatus struct {
@@ -72,7 +65,7 @@ type LogsResponse struct {
 // Node returns what the agent knows of the node and its cards.
 func (c *Client) Node(ctx context.Context) (NodeStatus, error) {
 	var st NodeStatus
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathNode, nil, &st); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathNode, nil, &st); err != nil {
 		return NodeStatus{}, fmt.Errorf("get node status: %w", err)
 	}
 	return st, nil
@@ -81,7 +74,7 @@ func (c *Client) Node(ctx context.Context) (NodeStatus, error) {
 // Logs returns the agent's most recent log lines.
 func (c *Client) Logs(ctx context.Context) ([]string, error) {
 	var resp LogsResponse
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, pathLogs, nil, &resp); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathLogs, nil, &resp); err != nil {
 		return nil, fmt.Errorf("get agent logs: %w", err)
 	}
 	return resp.Lines, nil

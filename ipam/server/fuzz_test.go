@@ -1,10 +1,12 @@
-package api
+package server
 
 import (
 	"bytes"
 	"encoding/json"
 	"errors"
 	"testing"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // FuzzDecodeAllocateRequest: whatever arrives on the socket, decoding never panics and yields either a valid
@@ -14,9 +16,9 @@ func FuzzDecodeAllocateRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := decodeAllocateRequest(bytes.NewReader(data))
 		if err != nil {
-			var e *Error
-			if !errors.Is(err, ErrInvalid) || !errors.As(err, &e) || e.Code != CodeInvalid {
-				t.Fatalf("error %v (%T) is not an invalid *Error", err, err)
+			var e *api.Error
+			if !errors.Is(err, api.ErrInvalid) || !errors.As(err, &e) || e.Code != api.CodeInvalid {
+				t.Fatalf("error %v (%T) is not an invalid *api.Error", err, err)
 			}
 			return
 		}

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // peer is who is at the other end of a connection, from the kernel (SO_PEERCRED), not from the request.
@@ -51,16 +53,16 @@ func withPeer(ctx context.Context, c net.Conn) context.Context {
 func rootOnly(uid uint32) bool { return uid == 0 || uid == uint32(os.Geteuid()) }
 
 // checkPeer refuses a request whose peer allowed does not accept.
-func checkPeer(ctx context.Context, allowed func(uid uint32) bool) *Error {
+func checkPeer(ctx context.Context, allowed func(uid uint32) bool) *api.Error {
 	p, ok := ctx.Value(peerKey{}).(peer)
 	switch {
 	case !ok:
 		p.err = errors.New("no peer credentials")
 		fallthrough
 	case p.err != nil:
-		return &Error{Code: CodeForbidden, Message: fmt.Sprintf("refused: %v", p.err)}
+		return &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("refused: %v", p.err)}
 	case !allowed(p.uid):
-		return &Error{Code: CodeForbidden, Message: fmt.Sprintf("refused: peer uid %d may not use the agent's socket, only root (uid 0)", p.uid)}
+		return &api.Error{Code: api.CodeForbidden, Message: fmt.Sprintf("refused: peer uid %d may not use the agent's socket, only root (uid 0)", p.uid)}
 	}
 	return nil
 }

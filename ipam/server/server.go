@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -13,16 +13,28 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
-// Backend is what the agent plugs into the server. Errors may wrap the allocator's sentinels, this package's
-// sentinels, or be an *Error; errorFor turns them into codes. ctx is cancelled when the client goes away.
+// Backend is what the agent plugs into the server. Errors may wrap the allocator's sentinels, api's
+// sentinels, or be an *api.Error; errorFor turns them into codes. ctx is cancelled when the client goes away.
 type Backend interface {
-	Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error)
-	Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error)
-	List(ctx context.Context) ([]Allocation, error)
-	Status(ctx context.Context, card int) (Status, error)
+	Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error)
+	Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error)
+	List(ctx context.Context) ([]api.Allocation, error)
+	Status(ctx context.Context, card int) (api.Status, error)
 }
+
+// Introspector is what a Backend may also serve for operators; the server answers GET /v1/node and
+// GET /v1/logs only when its Backend implements it.
+type Introspector interface {
+	Node(ctx context.Context) (api.NodeStatus, error)
+	Logs(ctx context.Context) (api.LogsResponse, error)
+}
+
+// MaxRequestBytes bounds a request body; a real request is a few hundred bytes.
+const MaxRequestBytes = 64 << 10
 
 // ShutdownGrace is how long Serve lets requests in flight finish once its context is done; after it their
 // contexts are cancelled and their connections closed.
@@ -95,27 +107,27 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rl := &reqLog{}
 	var (
-		status  = http.StatusOK
-		body    any
-		errBody *Error
+		body any
+		err  error
 	)
 	func() {
 		// A panicking backend must still answer, or the client would take the agent for dead.
 		defer func() {
 			if p := recover(); p != nil {
-				errBody = &Error{Code: CodeInternal, Message: fmt.Sprintf("agent panicked serving %s: %v", r.URL.Path, p)}
+				err = &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("agent panicked serving %s: %v", r.URL.Path, p)}
 			}
 		}()
-		if errBody = checkPeer(r.Context(), h.allowed); errBody == nil {
-			body, errBody = h.route(w, r, rl)
+		if perr := checkPeer(r.Context(), h.allowed); perr != nil {
+			err = perr
+		} else {
+			body, err = h.route(w, r, rl)
 		}
 	}()
-	if errBody != nil {
-		status = errBody.status
-		if status == 0 {
-			status = httpStatus(errBody.Code)
-		}
-		body = errBody
+	status := http.StatusOK
+	var errBody *api.Error
+	if err != nil {
+		errBody = asError(err)
+		status, body = statusOf(err, errBody), errBody
 	}
 	writeJSON(w, status, body)
 
@@ -123,7 +135,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if errBody != nil {
 		result = string(errBody.Code)
 		rl.add(slog.String("error", errBody.Message))
-		if errBody.Code == CodeInternal {
+		if errBody.Code == api.CodeInternal {
 			level = slog.LevelError
 		} else {
 			level = slog.LevelWarn
@@ -138,53 +150,53 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // methods is each endpoint's one method.
 var methods = map[string]string{
-	pathAllocate:    http.MethodPost,
-	pathRelease:     http.MethodPost,
-	pathAllocations: http.MethodGet,
-	pathStatus:      http.MethodGet,
-	pathNode:        http.MethodGet,
-	pathLogs:        http.MethodGet,
+	api.PathAllocate:    http.MethodPost,
+	api.PathRelease:     http.MethodPost,
+	api.PathAllocations: http.MethodGet,
+	api.PathStatus:      http.MethodGet,
+	api.PathNode:        http.MethodGet,
+	api.PathLogs:        http.MethodGet,
 }
 
 // route dispatches to the endpoint and returns its body or its error.
-func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any, *Error) {
+func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any, error) {
 	method, ok := methods[r.URL.Path]
 	switch {
 	case !ok:
-		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
+		return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
 	case r.Method != method:
-		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("%s %s: method not allowed, use %s", r.Method, r.URL.Path, method)}
+		return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("%s %s: method not allowed, use %s", r.Method, r.URL.Path, method)}
 	}
 	body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 	ctx := r.Context()
-	if r.URL.Path == pathNode || r.URL.Path == pathLogs {
+	if r.URL.Path == api.PathNode || r.URL.Path == api.PathLogs {
 		return h.introspect(ctx, r)
 	}
 	switch r.URL.Path {
-	case pathAllocate:
+	case api.PathAllocate:
 		req, err := decodeAllocateRequest(body)
 		if err != nil {
-			return nil, asError(err)
+			return nil, err
 		}
 		rl.add(slog.Int("card", req.Card), slog.String("container", req.ContainerID),
-			slog.String("ifname", req.IfName), slog.String("pod", req.pod()), slog.Bool("exclusive", req.Exclusive))
+			slog.String("ifname", req.IfName), slog.String("pod", podOf(req)), slog.Bool("exclusive", req.Exclusive))
 		resp, err := h.b.Allocate(ctx, req)
 		if err != nil {
 			return nil, errorFor(err)
 		}
 		if !resp.Address.IsValid() {
-			return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("allocate card %d for container %s: backend returned no address", req.Card, req.ContainerID)}
+			return nil, &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("allocate card %d for container %s: backend returned no address", req.Card, req.ContainerID)}
 		}
 		rl.add(slog.String("address", resp.Address.String()), slog.String("eni", resp.ENIID))
 		return resp, nil
-	case pathRelease:
-		var req ReleaseRequest
+	case api.PathRelease:
+		var req api.ReleaseRequest
 		if err := decodeJSON(body, &req); err != nil {
-			return nil, asError(err)
+			return nil, err
 		}
 		rl.add(slog.String("container", req.ContainerID), slog.String("ifname", req.IfName))
 		if err := req.Validate(); err != nil {
-			return nil, asError(err)
+			return nil, err
 		}
 		resp, err := h.b.Release(ctx, req)
 		if err != nil {
@@ -192,20 +204,17 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 		}
 		rl.add(slog.Bool("released", resp.Released))
 		return resp, nil
-	case pathAllocations:
-		if err := checkQuery(r.URL.Query()); err != nil {
-			return nil, err
-		}
+	case api.PathAllocations:
 		list, err := h.b.List(ctx)
 		if err != nil {
 			return nil, errorFor(err)
 		}
 		if list == nil {
-			list = []Allocation{} // "[]", not null
+			list = []api.Allocation{} // "[]", not null
 		}
 		rl.add(slog.Int("count", len(list)))
-		return ListResponse{Allocations: list}, nil
-	default: // pathStatus
+		return api.ListResponse{Allocations: list}, nil
+	default: // api.PathStatus
 		card, perr := parseCard(r.URL.Query())
 		if perr != nil {
 			return nil, perr
@@ -222,19 +231,16 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 }
 
 // introspect answers the operators' read-only endpoints, when the backend serves them.
-func (h *handler) introspect(ctx context.Context, r *http.Request) (any, *Error) {
+func (h *handler) introspect(ctx context.Context, r *http.Request) (any, error) {
 	in, ok := h.b.(Introspector)
 	if !ok {
-		return nil, &Error{Code: CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
-	}
-	if err := checkQuery(r.URL.Query()); err != nil {
-		return nil, err
+		return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("no endpoint %s", r.URL.Path)}
 	}
 	var (
 		body any
 		err  error
 	)
-	if r.URL.Path == pathNode {
+	if r.URL.Path == api.PathNode {
 		body, err = in.Node(ctx)
 	} else {
 		body, err = in.Logs(ctx)
@@ -245,8 +251,8 @@ func (h *handler) introspect(ctx context.Context, r *http.Request) (any, *Error)
 	return body, nil
 }
 
-func asError(err error) *Error {
-	var e *Error
+func asError(err error) *api.Error {
+	var e *api.Error
 	if errors.As(err, &e) {
 		return e
 	}
@@ -262,31 +268,31 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // decodeAllocateRequest reads and validates an allocate request. It never panics; any error matches
 // ErrInvalid.
-func decodeAllocateRequest(r io.Reader) (AllocateRequest, error) {
+func decodeAllocateRequest(r io.Reader) (api.AllocateRequest, error) {
 	// The outer Card shadows the embedded one, so a missing "card" is told apart from card 0.
 	var w struct {
-		AllocateRequest
+		api.AllocateRequest
 		Card *int `json:"card"`
 	}
 	if err := decodeJSON(r, &w); err != nil {
-		return AllocateRequest{}, err
+		return api.AllocateRequest{}, err
 	}
 	if w.Card == nil {
-		return AllocateRequest{}, invalidf("\"card\" is required")
+		return api.AllocateRequest{}, invalidf("\"card\" is required")
 	}
 	req := w.AllocateRequest
 	req.Card = *w.Card
 	if err := req.Validate(); err != nil {
-		return AllocateRequest{}, err
+		return api.AllocateRequest{}, err
 	}
 	return req, nil
 }
 
-// decodeJSON decodes exactly one JSON object into v, refusing unknown fields and trailing data. Errors are
-// *Error with CodeInvalid and say which field or byte is wrong.
+// decodeJSON decodes exactly one JSON object into v, refusing trailing data and ignoring fields v does not
+// have (a newer plugin's; see api's compatibility rule). Errors are *api.Error with CodeInvalid and say which
+// field or byte is wrong.
 func decodeJSON(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}
@@ -300,7 +306,7 @@ func decodeJSON(r io.Reader, v any) error {
 	return nil
 }
 
-func jsonError(err error) *Error {
+func jsonError(err error) error {
 	var (
 		syn *json.SyntaxError
 		typ *json.UnmarshalTypeError
@@ -308,9 +314,7 @@ func jsonError(err error) *Error {
 	)
 	switch {
 	case errors.As(err, &mbe):
-		e := invalidf("decode request: body larger than %d bytes", mbe.Limit)
-		e.status = http.StatusRequestEntityTooLarge
-		return e
+		return &tooLarge{invalidf("decode request: body larger than %d bytes", mbe.Limit)}
 	case errors.Is(err, io.EOF):
 		return invalidf("decode request: empty body")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -323,17 +327,12 @@ func jsonError(err error) *Error {
 		}
 		return invalidf("decode request: cannot use JSON %s as %s", typ.Value, typ.Type)
 	}
-	// DisallowUnknownFields' error is `json: unknown field "x"`, with no type to match.
 	return invalidf("decode request: %s", strings.TrimPrefix(err.Error(), "json: "))
 }
 
-// parseCard reads the one query parameter of GET /v1/status.
-func parseCard(q url.Values) (int, *Error) {
+// parseCard reads the query parameter of GET /v1/status; others are ignored (see api's compatibility rule).
+func parseCard(q url.Values) (int, *api.Error) {
 	vals, ok := q["card"]
-	delete(q, "card")
-	if err := checkQuery(q); err != nil {
-		return 0, err
-	}
 	switch {
 	case !ok:
 		return 0, invalidf("query parameter \"card\" is required")
@@ -345,12 +344,4 @@ func parseCard(q url.Values) (int, *Error) {
 		return 0, invalidf("query parameter \"card\" %q invalid: must be a number, 0 or more", vals[0])
 	}
 	return card, nil
-}
-
-// checkQuery refuses query parameters the endpoint does not know, as unknown JSON fields are refused.
-func checkQuery(q url.Values) *Error {
-	for k := range q {
-		return invalidf("unknown query parameter %q", k)
-	}
-	return nil
 }

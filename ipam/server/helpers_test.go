@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -16,14 +16,16 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // fakeBackend answers with its funcs, or with fixed values when a func is nil, and counts calls.
 type fakeBackend struct {
-	allocate func(context.Context, AllocateRequest) (AllocateResponse, error)
-	release  func(context.Context, ReleaseRequest) (ReleaseResponse, error)
-	list     func(context.Context) ([]Allocation, error)
-	status   func(context.Context, int) (Status, error)
+	allocate func(context.Context, api.AllocateRequest) (api.AllocateResponse, error)
+	release  func(context.Context, api.ReleaseRequest) (api.ReleaseResponse, error)
+	list     func(context.Context) ([]api.Allocation, error)
+	status   func(context.Context, int) (api.Status, error)
 
 	mu    sync.Mutex
 	calls int
@@ -31,7 +33,7 @@ type fakeBackend struct {
 
 var _ Backend = &fakeBackend{}
 
-var testResponse = AllocateResponse{
+var testResponse = api.AllocateResponse{
 	Address:    netip.MustParseAddr("10.0.16.5"),
 	PrefixLen:  20,
 	Gateway:    netip.MustParseAddr("10.0.16.1"),
@@ -54,7 +56,7 @@ func (f *fakeBackend) Calls() int {
 	return f.calls
 }
 
-func (f *fakeBackend) Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error) {
+func (f *fakeBackend) Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
 	f.count()
 	if f.allocate != nil {
 		return f.allocate(ctx, req)
@@ -62,15 +64,15 @@ func (f *fakeBackend) Allocate(ctx context.Context, req AllocateRequest) (Alloca
 	return testResponse, nil
 }
 
-func (f *fakeBackend) Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error) {
+func (f *fakeBackend) Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 	f.count()
 	if f.release != nil {
 		return f.release(ctx, req)
 	}
-	return ReleaseResponse{Released: true}, nil
+	return api.ReleaseResponse{Released: true}, nil
 }
 
-func (f *fakeBackend) List(ctx context.Context) ([]Allocation, error) {
+func (f *fakeBackend) List(ctx context.Context) ([]api.Allocation, error) {
 	f.count()
 	if f.list != nil {
 		return f.list(ctx)
@@ -78,12 +80,12 @@ func (f *fakeBackend) List(ctx context.Context) ([]Allocation, error) {
 	return nil, nil
 }
 
-func (f *fakeBackend) Status(ctx context.Context, card int) (Status, error) {
+func (f *fakeBackend) Status(ctx context.Context, card int) (api.Status, error) {
 	f.count()
 	if f.status != nil {
 		return f.status(ctx, card)
 	}
-	return Status{Ready: true}, nil
+	return api.Status{Ready: true}, nil
 }
 
 // shortDir is a temporary directory short enough for a unix socket path (TempDir's often is not).
@@ -143,14 +145,14 @@ func startServerFor(t testing.TB, b Backend, logger *slog.Logger, grace time.Dur
 	return s
 }
 
-func newTestClient(t testing.TB, path string, timeout time.Duration) *Client {
-	c := NewClient(path, timeout)
+func newTestClient(t testing.TB, path string, timeout time.Duration) *api.Client {
+	c := api.NewClient(path, timeout)
 	t.Cleanup(c.Close)
 	return c
 }
 
 // rawDo sends a hand-made request to the socket and returns the status and the decoded error body.
-func rawDo(t testing.TB, path, method, target string, body []byte) (int, *Error) {
+func rawDo(t testing.TB, path, method, target string, body []byte) (int, *api.Error) {
 	t.Helper()
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -175,7 +177,7 @@ func rawDo(t testing.TB, path, method, target string, body []byte) (int, *Error)
 	if resp.StatusCode == http.StatusOK {
 		return resp.StatusCode, nil
 	}
-	var e Error
+	var e api.Error
 	if err := json.Unmarshal(data, &e); err != nil {
 		t.Fatalf("%s %s answered %d with a body that is not an error: %q", method, target, resp.StatusCode, data)
 	}

@@ -1,0 +1,154 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// recordingBackend keeps what the server decoded, re-encoded as JSON.
+type recordingBackend struct {
+	fakeBackend
+	mu   sync.Mutex
+	seen []string
+}
+
+func (b *recordingBackend) record(v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seen = append(b.seen, string(data))
+}
+
+func (b *recordingBackend) last() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.seen) == 0 {
+		return ""
+	}
+	return b.seen[len(b.seen)-1]
+}
+
+func newRecordingBackend() *recordingBackend {
+	b := &recordingBackend{}
+	b.allocate = func(_ context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
+		b.record(req)
+		return testResponse, nil
+	}
+	b.release = func(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
+		b.record(req)
+		return api.ReleaseResponse{Released: true}, nil
+	}
+	b.status = func(_ context.Context, card int) (api.Status, error) {
+		b.record(card)
+		return api.Status{Ready: true}, nil
+	}
+	return b
+}
+
+// TestRecordedPluginRequests: the requests older plugins sent (testdata/wire/plugin-<commit>.jsonl: the
+// plugin built at that commit, run for ADD, DEL, STATUS and an exclusive ADD against a unix socket that
+// recorded each request) are served by this agent, and nothing they carry is lost: the request the
+// backend gets encodes back to the recorded body, byte for byte.
+func TestRecordedPluginRequests(t *testing.T) {
+	files, err := filepath.Glob("testdata/wire/plugin-*.jsonl")
+	if err != nil || len(files) < 2 {
+		t.Fatalf("recorded requests: %v, %v; want the oldest and the newest plugin's", files, err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			b := newRecordingBackend()
+			s := startServer(t, b, nil, time.Second)
+			f, err := os.Open(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			sc := bufio.NewScanner(f)
+			n := 0
+			for sc.Scan() {
+				var rec struct{ Method, Path, Body string }
+				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+					t.Fatalf("line %d: %v", n+1, err)
+				}
+				n++
+				status, e := rawDo(t, s.path, rec.Method, rec.Path, []byte(rec.Body))
+				if status != http.StatusOK {
+					t.Errorf("%s %s %s: HTTP %d %+v, want 200", rec.Method, rec.Path, rec.Body, status, e)
+					continue
+				}
+				want := rec.Body
+				if rec.Path == api.PathStatus+"?card=3" {
+					want = "3"
+				}
+				if got := b.last(); got != want {
+					t.Errorf("%s %s: the backend got\n %s\nwant\n %s", rec.Method, rec.Path, got, want)
+				}
+			}
+			if err := sc.Err(); err != nil || n != 4 {
+				t.Fatalf("read %d recorded requests (%v), want 4", n, err)
+			}
+		})
+	}
+}
+
+// TestNewerClientFields: what a newer plugin adds is ignored (a v1 field may only add information), and
+// what this agent knows is still validated.
+func TestNewerClientFields(t *testing.T) {
+	b := newRecordingBackend()
+	s := startServer(t, b, nil, time.Second)
+	for _, tt := range []struct {
+		name, method, target, body string
+		want                       string // what the backend gets; "" for a refused request
+		inMsg                      string
+	}{
+		{"allocate with a new field", "POST", api.PathAllocate,
+			`{"card":1,"containerID":"c","ifName":"net1","priority":{"class":"gold"},"network":"n"}`,
+			`{"card":1,"containerID":"c","ifName":"net1","network":"n"}`, ""},
+		{"release with a new field", "POST", api.PathRelease, `{"containerID":"c","ifName":"net1","reason":"gc"}`,
+			`{"containerID":"c","ifName":"net1"}`, ""},
+		{"status with a new parameter", "GET", api.PathStatus + "?card=2&verbose=1", ``, "2", ""},
+		{"known field still validated", "POST", api.PathAllocate, `{"card":1,"containerID":"c","ifName":"a/b","newField":1}`,
+			"", `"ifName"`},
+		{"known field of the wrong type", "POST", api.PathAllocate, `{"card":1,"containerID":"c","ifName":"net1","exclusive":"yes","newField":1}`,
+			"", "exclusive"},
+		{"a new version of an endpoint", "POST", "/v2/allocate", `{"card":1,"containerID":"c","ifName":"net1"}`,
+			"", "no endpoint /v2/allocate"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := b.last()
+			status, e := rawDo(t, s.path, tt.method, tt.target, []byte(tt.body))
+			if tt.want == "" {
+				if status != http.StatusBadRequest || e == nil || e.Code != api.CodeInvalid || !strings.Contains(e.Message, tt.inMsg) {
+					t.Errorf("HTTP %d %+v, want 400 invalid naming %s", status, e, tt.inMsg)
+				}
+				if b.last() != before {
+					t.Errorf("the backend was called: %s", b.last())
+				}
+				return
+			}
+			if status != http.StatusOK {
+				t.Fatalf("HTTP %d %+v, want 200", status, e)
+			}
+			if got := b.last(); got != tt.want {
+				t.Errorf("the backend got %s, want %s", got, tt.want)
+			}
+		})
+	}
+	// Listing with a parameter this agent does not know still lists.
+	if status, e := rawDo(t, s.path, "GET", api.PathAllocations+"?card=1", nil); status != http.StatusOK {
+		t.Errorf("GET %s?card=1: HTTP %d %+v, want 200", api.PathAllocations, status, e)
+	}
+}
