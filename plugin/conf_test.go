@@ -2,13 +2,10 @@ package plugin
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
-
-	"github.com/multinic/multinic/ipam/api"
 )
 
 func requireCode7(t *testing.T, err error) {
@@ -74,45 +71,4 @@ func FuzzParseArgs(f *testing.F) {
 			}
 		}
 	})
-}
-
-func TestCNIError(t *testing.T) {
-	tests := []struct {
-		err  error
-		want uint
-	}{
-		{fmt.Errorf("allocate: %w", &api.Error{Code: api.CodeInvalid}), types.ErrInvalidNetworkConfig},
-		{fmt.Errorf("allocate: %w", &api.Error{Code: api.CodeTryAgain, Message: "RequestLimitExceeded"}), types.ErrTryAgainLater},
-		{fmt.Errorf("allocate: %w: connect", api.ErrUnavailable), types.ErrTryAgainLater},
-		{&api.Error{Code: api.CodeCardTaken}, ErrCardTaken},
-		{&api.Error{Code: api.CodeInterfaceTaken}, ErrInterfaceTaken},
-		{&api.Error{Code: api.CodeNotManaged}, ErrCardNotManaged},
-		{&api.Error{Code: api.CodeInternal}, types.ErrInternal},
-		{errors.New("netlink: boom"), types.ErrInternal},
-		{fmt.Errorf("ctx: %w", types.NewError(types.ErrInvalidNetNS, "host netns", "")), types.ErrInvalidNetNS},
-	}
-	for _, tt := range tests {
-		got := cniError(tt.err)
-		var e *types.Error
-		if !errors.As(got, &e) || e.Code != tt.want || e.Msg != tt.err.Error() {
-			t.Errorf("cniError(%v) = %#v, want code %d with the whole message", tt.err, got, tt.want)
-		}
-	}
-	if cniError(nil) != nil {
-		t.Error("cniError(nil) != nil")
-	}
-}
-
-func TestAlias(t *testing.T) {
-	for _, s := range []origState{{Name: "ens6", MTU: 9001, Up: true}, {Name: "eth1", MTU: 1500}} {
-		got, ok := parseAlias(s.Alias())
-		if !ok || got != s {
-			t.Errorf("parseAlias(%q) = %+v, %t, want %+v", s.Alias(), got, ok, s)
-		}
-	}
-	for _, a := range []string{"", "ens6", "multinic:v2 name=x", "multinic:v1 mtu=5"} {
-		if _, ok := parseAlias(a); ok {
-			t.Errorf("parseAlias(%q) is ours", a)
-		}
-	}
 }
