@@ -5,7 +5,7 @@
 // leftovers, since under the directory's lock nobody else can be writing them.
 //
 // Users: the agent's checkpoint (ipam/store), the release journal (ipam/journal), the agent's socket lock
-// (ipam/api) and the installed plugin binary.
+// (ipam/server) and the installed plugin binary.
 package statefile
 
 import (
