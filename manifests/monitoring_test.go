@@ -75,8 +75,8 @@ func exportedMetrics(t *testing.T) map[string][]string {
 		t.Fatal(err)
 	}
 	for _, r := range []api.AllocateRequest{
-		{Card: 1, ContainerID: "c1", IfName: "net1", PodNamespace: "ns", PodName: "p1", Netns: netns},
-		{Card: 1, ContainerID: "c2", IfName: "net1", PodNamespace: "ns", PodName: "p2"},
+		{Card: 1, ContainerID: "c1", IfName: "net1", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p1"}, Netns: netns},
+		{Card: 1, ContainerID: "c2", IfName: "net1", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p2"}},
 	} {
 		if _, err := a.Allocate(ctx, r); err != nil {
 			t.Fatal(err)

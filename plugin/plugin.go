@@ -225,15 +225,14 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 
 	ctx := context.Background()
 	resp, err := client.Allocate(ctx, api.AllocateRequest{
-		Card:         conf.Card,
-		ContainerID:  args.ContainerID,
-		IfName:       args.IfName,
-		PodNamespace: string(k8s.K8S_POD_NAMESPACE),
-		PodName:      string(k8s.K8S_POD_NAME),
-		PodUID:       string(k8s.K8S_POD_UID),
-		Exclusive:    conf.Mode == netconf.ModeExclusive,
-		Netns:        args.Netns,
-		Network:      conf.Name,
+		Card:        conf.Card,
+		ContainerID: args.ContainerID,
+		IfName:      args.IfName,
+		PodRef: api.PodRef{PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
+			PodUID: string(k8s.K8S_POD_UID)},
+		Exclusive: conf.Mode == netconf.ModeExclusive,
+		Netns:     args.Netns,
+		Network:   conf.Name,
 	})
 	if err != nil {
 		return nil, nil, err

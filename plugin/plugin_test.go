@@ -79,8 +79,9 @@ func TestAddCheckDel(t *testing.T) {
 				t.Fatalf("allocate calls = %d, want 1", n)
 			}
 			req := e.agent.allocates[0]
-			wantReq := api.AllocateRequest{Card: card, ContainerID: e.containerID, IfName: podIfName, PodNamespace: "default",
-				PodName: "pod-a", PodUID: "uid-a", Exclusive: m.exclusive, Netns: e.pod.Path(), Network: "card1"}
+			wantReq := api.AllocateRequest{Card: card, ContainerID: e.containerID, IfName: podIfName,
+				PodRef:    api.PodRef{PodNamespace: "default", PodName: "pod-a", PodUID: "uid-a"},
+				Exclusive: m.exclusive, Netns: e.pod.Path(), Network: "card1"}
 			if req != wantReq {
 				t.Errorf("allocate request = %+v, want %+v", req, wantReq)
 			}

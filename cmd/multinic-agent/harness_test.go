@@ -353,5 +353,5 @@ func poolMatchesEC2(cp store.Checkpoint, st fakeec2.State) string {
 
 func podReq(card int, container, ifname, pod string) api.AllocateRequest {
 	return api.AllocateRequest{Card: card, ContainerID: container, IfName: ifname,
-		PodNamespace: "default", PodName: pod, PodUID: "uid-" + pod}
+		PodRef: api.PodRef{PodNamespace: "default", PodName: pod, PodUID: "uid-" + pod}}
 }

@@ -80,7 +80,7 @@ func newFakePod(name, netns string) fakePod {
 
 func (p fakePod) allocate(ctx context.Context, c *api.Client, card int, ifName string) (api.AllocateResponse, error) {
 	return c.Allocate(ctx, api.AllocateRequest{Card: card, ContainerID: p.containerID, IfName: ifName,
-		PodNamespace: "default", PodName: p.name, PodUID: p.uid, Netns: p.netns})
+		PodRef: api.PodRef{PodNamespace: "default", PodName: p.name, PodUID: p.uid}, Netns: p.netns})
 }
 
 func (p fakePod) release(ctx context.Context, c *api.Client, ifName string) error {

@@ -109,7 +109,8 @@ func agentRoundTrip(t *testing.T, node *harness.Node, pod *harness.Pod, exclusiv
 	c := api.NewClient(node.Socket, 0)
 	start := time.Now()
 	_, err := c.Allocate(ctx, api.AllocateRequest{Card: latencyCard, ContainerID: cid, IfName: "net1",
-		PodNamespace: "default", PodName: pod.Name, PodUID: "uid-" + pod.Name, Exclusive: exclusive, Netns: pod.NetNSPath})
+		PodRef:    api.PodRef{PodNamespace: "default", PodName: pod.Name, PodUID: "uid-" + pod.Name},
+		Exclusive: exclusive, Netns: pod.NetNSPath})
 	alloc = time.Since(start)
 	c.Close()
 	if err != nil {

@@ -199,7 +199,7 @@ func TestAllocationCap(t *testing.T) {
 		for k := range 50 {
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
 			req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("buggy-%d-%d", i, k), IfName: "net1",
-				PodNamespace: "default", PodName: fmt.Sprintf("buggy-%d", k)}
+				PodRef: api.PodRef{PodNamespace: "default", PodName: fmt.Sprintf("buggy-%d", k)}}
 			_, err := node.Client.Allocate(ctx, req)
 			cancel()
 			if err != nil {

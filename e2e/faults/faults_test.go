@@ -207,8 +207,8 @@ func hasIPVlan() bool {
 func agentRecovers(n *harness.Node) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
 	defer cancel()
-	req := api.AllocateRequest{Card: card, ContainerID: "faults-recover", IfName: "net1", PodNamespace: "default",
-		PodName: "recover", Netns: n.NetNSPath}
+	req := api.AllocateRequest{Card: card, ContainerID: "faults-recover", IfName: "net1",
+		PodRef: api.PodRef{PodNamespace: "default", PodName: "recover"}, Netns: n.NetNSPath}
 	start := time.Now()
 	_, err := n.Client.Allocate(ctx, req)
 	d := time.Since(start)
@@ -228,7 +228,7 @@ func drainShared(t *testing.T, _ *harness.Region, n *harness.Node) func() {
 	for i := range 200 {
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("faults-drain-%d", i), IfName: "net1",
-			PodNamespace: "default", PodName: fmt.Sprintf("drain-%d", i), Netns: n.NetNSPath}
+			PodRef: api.PodRef{PodNamespace: "default", PodName: fmt.Sprintf("drain-%d", i)}, Netns: n.NetNSPath}
 		_, err := n.Client.Allocate(ctx, req)
 		cancel()
 		if err != nil {

@@ -152,17 +152,7 @@ func New(cfg Config) (*Agent, error) {
 
 func reqLogAttrs(req api.AllocateRequest) []any {
 	return []any{"card", req.Card, "container", req.ContainerID, "ifname", req.IfName,
-		"pod", podOf(req.PodNamespace, req.PodName, req.PodUID)}
-}
-
-func podOf(ns, name, uid string) string {
-	switch {
-	case name != "":
-		return ns + "/" + name
-	case uid != "":
-		return "uid " + uid
-	}
-	return ""
+		"pod", req.Describe()}
 }
 
 // Allocate grants req an address on its card, waiting up to WaitTimeout for a refill when the pool is
@@ -178,7 +168,7 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 	if err := req.Validate(); err != nil {
 		return api.AllocateResponse{}, err
 	}
-	pod := podOf(req.PodNamespace, req.PodName, req.PodUID)
+	pod := req.Describe()
 	if !a.pools.Managed(req.Card) {
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
 	}
@@ -224,7 +214,7 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 // allocateWait allocates, kicking the pool and waiting for a refill while it is empty, until WaitTimeout or
 // ctx ends.
 func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (allocator.Allocation, error) {
-	pod := podOf(req.PodNamespace, req.PodName, req.PodUID)
+	pod := req.Describe()
 	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.WaitTimeout)
 	defer cancel()
 	if req.Exclusive && !existed {
@@ -270,15 +260,13 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 // allocatorRequest is the allocator's view of req.
 func allocatorRequest(r api.AllocateRequest) allocator.Request {
 	return allocator.Request{
-		Card:         r.Card,
-		ContainerID:  r.ContainerID,
-		IfName:       r.IfName,
-		PodNamespace: r.PodNamespace,
-		PodName:      r.PodName,
-		PodUID:       r.PodUID,
-		Exclusive:    r.Exclusive,
-		Netns:        r.Netns,
-		Network:      r.Network,
+		Card:        r.Card,
+		ContainerID: r.ContainerID,
+		IfName:      r.IfName,
+		PodRef:      r.PodRef,
+		Exclusive:   r.Exclusive,
+		Netns:       r.Netns,
+		Network:     r.Network,
 	}
 }
 
@@ -299,7 +287,7 @@ func (a *Agent) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseR
 	}
 	a.metrics.releases.WithLabelValues("ok").Inc()
 	a.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
-		"pod", podOf(al.PodNamespace, al.PodName, al.PodUID), "address", al.Address, "eni", al.ENIID)
+		"pod", al.Describe(), "address", al.Address, "eni", al.ENIID)
 	return api.ReleaseResponse{Released: true}, nil
 }
 
@@ -317,7 +305,7 @@ func (a *Agent) toAPI(al allocator.Allocation) api.Allocation {
 	return api.Allocation{
 		AllocateRequest: api.AllocateRequest{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
-			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID,
+			PodRef:    al.PodRef,
 			Exclusive: al.Exclusive, Netns: al.Netns, Network: al.Network,
 		},
 		Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,

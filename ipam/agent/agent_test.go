@@ -46,7 +46,7 @@ func serve(t *testing.T, a *Agent) *api.Client {
 
 func req(card int, container, ifname, pod string) api.AllocateRequest {
 	return api.AllocateRequest{Card: card, ContainerID: container, IfName: ifname,
-		PodNamespace: "default", PodName: pod, PodUID: "uid-" + pod}
+		PodRef: api.PodRef{PodNamespace: "default", PodName: pod, PodUID: "uid-" + pod}}
 }
 
 func TestAllocateFillsResponseAndKicks(t *testing.T) {
@@ -74,7 +74,7 @@ func TestAllocateFillsResponseAndKicks(t *testing.T) {
 			line = l
 		}
 	}
-	for _, kv := range []string{"card=2", "container=c1", "ifname=net1", "pod=default/p1", "address=10.2.0.10"} {
+	for _, kv := range []string{"card=2", "container=c1", "ifname=net1", `pod="default/p1 (uid uid-p1)"`, "address=10.2.0.10"} {
 		if !strings.Contains(line, kv) {
 			t.Errorf("allocation log line %q lacks %s", line, kv)
 		}

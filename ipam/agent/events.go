@@ -117,7 +117,7 @@ func (e *events) gcReleased(al allocator.Allocation, reason string) {
 	}
 	e.rec.Eventf(e.node, corev1.EventTypeNormal, EventGCReleased,
 		"released %s (card %d, %s) of pod %s, interface %s: %s", al.Address, al.Card, al.ENIID,
-		podOf(al.PodNamespace, al.PodName, al.PodUID), al.IfName, reason)
+		al.Describe(), al.IfName, reason)
 }
 
 // cardDownReason names why a card cannot serve, from its last error: EC2's code when there is one.

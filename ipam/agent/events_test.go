@@ -169,7 +169,7 @@ func TestGCEvent(t *testing.T) {
 		}
 		ta.clock.Step(2 * time.Second)
 	}
-	wantEvents(t, drain(rec), fmt.Sprintf("Normal AddressReleased released %s (card 1, %s) of pod default/dead, interface net1: netns-gone",
+	wantEvents(t, drain(rec), fmt.Sprintf("Normal AddressReleased released %s (card 1, %s) of pod default/dead (uid uid-dead), interface net1: netns-gone",
 		al.Address, al.ENIID))
 }
 

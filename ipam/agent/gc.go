@@ -109,7 +109,7 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 		if !ok {
 			s = gcSeen{first: now}
 			a.log.Info("allocation's pod looks gone, releasing after the grace period", "card", al.Card,
-				"container", al.ContainerID, "ifname", al.IfName, "pod", podOf(al.PodNamespace, al.PodName, al.PodUID),
+				"container", al.ContainerID, "ifname", al.IfName, "pod", al.Describe(),
 				"address", al.Address, "reason", reason, "grace", a.cfg.GCGrace)
 		}
 		s.passes++
@@ -149,7 +149,7 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 		a.metrics.gcReleases.WithLabelValues(reason).Inc()
 		a.events.gcReleased(al, reason)
 		a.log.Info("released allocation of a gone pod", "card", al.Card, "container", al.ContainerID,
-			"ifname", al.IfName, "pod", podOf(al.PodNamespace, al.PodName, al.PodUID), "address", al.Address,
+			"ifname", al.IfName, "pod", al.Describe(), "address", al.Address,
 			"eni", al.ENIID, "reason", reason)
 	}
 	return len(released), nil

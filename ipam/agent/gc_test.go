@@ -285,8 +285,8 @@ func TestGCStaticPod(t *testing.T) {
 	})
 	startPodView(t, ta)
 	ctx := context.Background()
-	static := api.AllocateRequest{Card: 1, ContainerID: "c-static", IfName: "net1", PodNamespace: "kube-system",
-		PodName: "etcd-node-a", PodUID: "hash-of-manifest"}
+	static := api.AllocateRequest{Card: 1, ContainerID: "c-static", IfName: "net1",
+		PodRef: api.PodRef{PodNamespace: "kube-system", PodName: "etcd-node-a", PodUID: "hash-of-manifest"}}
 	keeper := req(1, "c-keeper", "net1", "keeper")
 	keeper.PodUID = "uid-keeper"
 	for _, r := range []api.AllocateRequest{static, keeper} {

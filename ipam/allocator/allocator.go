@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -24,12 +25,10 @@ const DefaultCooldown = 30 * time.Second
 
 // Request asks for one address on one card for one (container, interface) of a pod.
 type Request struct {
-	Card         int
-	ContainerID  string
-	IfName       string
-	PodNamespace string
-	PodName      string
-	PodUID       string
+	Card        int
+	ContainerID string
+	IfName      string
+	api.PodRef
 	// Exclusive asks for a whole ENI (its primary address) instead of a shared secondary address.
 	Exclusive bool
 	// Netns is the pod's netns path (CNI_NETNS), kept for the agent's GC; empty when unknown.
@@ -245,7 +244,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 	for _, al := range a.listLocked() {
 		cp.Allocations = append(cp.Allocations, store.Allocation{
 			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
-			PodNamespace: al.PodNamespace, PodName: al.PodName, PodUID: al.PodUID, Exclusive: al.Exclusive,
+			PodRef: al.PodRef, Exclusive: al.Exclusive,
 			Netns: al.Netns, Network: al.Network, Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
 		})
 	}
@@ -280,7 +279,7 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 	for _, sa := range cp.Allocations {
 		al := &Allocation{
 			Request: Request{Card: sa.Card, ContainerID: sa.ContainerID, IfName: sa.IfName,
-				PodNamespace: sa.PodNamespace, PodName: sa.PodName, PodUID: sa.PodUID, Exclusive: sa.Exclusive,
+				PodRef: sa.PodRef, Exclusive: sa.Exclusive,
 				Netns: sa.Netns, Network: sa.Network},
 			Address: sa.Address, ENIID: sa.ENIID, AllocatedAt: sa.AllocatedAt,
 		}
@@ -348,18 +347,8 @@ func samePod(x, y Request) bool {
 	}
 }
 
-func podName(r Request) string {
-	switch {
-	case r.PodName != "" && r.PodUID != "":
-		return r.PodNamespace + "/" + r.PodName + " (uid " + r.PodUID + ")"
-	case r.PodName != "":
-		return r.PodNamespace + "/" + r.PodName
-	case r.PodUID != "":
-		return "uid " + r.PodUID
-	default:
-		return "container " + r.ContainerID
-	}
-}
+// podName names r's pod; one without any pod name or UID is its sandbox, as for samePod.
+func podName(r Request) string { return cmp.Or(r.Describe(), "container "+r.ContainerID) }
 
 // podOnCard returns the pod's allocation on the request's card under another (container, interface).
 func (a *Allocator) podOnCard(r Request) *Allocation {

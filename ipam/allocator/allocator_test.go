@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -517,7 +518,8 @@ func TestRestoreRejectsBrokenCheckpoint(t *testing.T) {
 	a1 := netip.MustParseAddr("10.0.0.1")
 	pool := []store.Address{{Card: 1, Address: a1, ENIID: "eni-1"}}
 	alloc := func(cid, uid string) store.Allocation {
-		return store.Allocation{Card: 1, ContainerID: cid, IfName: "net1", PodUID: uid, Address: a1, ENIID: "eni-1"}
+		return store.Allocation{Card: 1, ContainerID: cid, IfName: "net1", PodRef: api.PodRef{PodUID: uid},
+			Address: a1, ENIID: "eni-1"}
 	}
 	for _, tc := range []struct {
 		name string
@@ -666,7 +668,8 @@ func TestExclusive(t *testing.T) {
 		t.Fatalf("exclusive allocation %+v", got)
 	}
 	// One address per (pod, card) holds across modes.
-	if _, err := a.Allocate(Request{Card: 4, ContainerID: "sandbox-1", IfName: "net-b", PodUID: "uid-1"}); !errors.Is(err, ErrCardTaken) {
+	other := Request{Card: 4, ContainerID: "sandbox-1", IfName: "net-b", PodRef: api.PodRef{PodUID: "uid-1"}}
+	if _, err := a.Allocate(other); !errors.Is(err, ErrCardTaken) {
 		t.Errorf("shared after exclusive on the same card: %v, want ErrCardTaken", err)
 	}
 	// Shared requests never get the exclusive ENI, and exclusive ones never a shared address.

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -43,7 +44,7 @@ func BenchmarkAllocateRelease(b *testing.B) {
 					mustAllocate(b, a, r)
 				}
 			}
-			r := Request{Card: 1, ContainerID: "bench", IfName: "net1", PodUID: "bench-uid",
+			r := Request{Card: 1, ContainerID: "bench", IfName: "net1", PodRef: api.PodRef{PodUID: "bench-uid"},
 				Netns: "/var/run/netns/cni-bench0000-0000-0000-0000-000000000000"}
 			for i := 0; b.Loop(); i++ {
 				r.ContainerID = fmt.Sprint("bench-", i)

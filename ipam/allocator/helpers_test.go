@@ -8,6 +8,7 @@ import (
 
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -52,7 +53,7 @@ func seed(t testing.TB, a *Allocator, card, n int) []netip.Addr {
 func req(p, card int) Request {
 	return Request{
 		Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
-		PodNamespace: "team", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p),
+		PodRef: api.PodRef{PodNamespace: "team", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p)},
 	}
 }
 

@@ -76,11 +76,9 @@ type AllocateRequest struct {
 	ContainerID string `json:"containerID"`
 	// IfName is CNI_IFNAME, the interface name inside the pod (net1, ...). Required.
 	IfName string `json:"ifName"`
-	// PodNamespace, PodName and PodUID come from CNI_ARGS (K8S_POD_*); they identify the pod for the
-	// one-address-per-pod-per-card rule and for garbage collection.
-	PodNamespace string `json:"podNamespace,omitempty"`
-	PodName      string `json:"podName,omitempty"`
-	PodUID       string `json:"podUID,omitempty"`
+	// PodRef comes from CNI_ARGS (K8S_POD_*); it identifies the pod for the one-address-per-pod-per-card
+	// rule and for garbage collection.
+	PodRef
 	// Exclusive asks for a whole ENI (moved into the pod) instead of a shared secondary address.
 	Exclusive bool `json:"exclusive,omitempty"`
 	// Netns is CNI_NETNS, an absolute path; the agent's GC frees the allocation once it no longer exists.
@@ -110,6 +108,29 @@ type AllocateResponse struct {
 	MTU int `json:"mtu"`
 	// Exclusive is true when the whole ENI belongs to this pod (Address is its primary address).
 	Exclusive bool `json:"exclusive,omitempty"`
+}
+
+// PodRef names a pod as CNI_ARGS do (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID). Every record that names
+// a pod embeds it (this request, the allocator's, the checkpoint's), so the JSON keys stay flat and the fields
+// read as before: req.PodName.
+type PodRef struct {
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	PodUID       string `json:"podUID,omitempty"`
+}
+
+// Describe names the pod for logs, errors and events: "ns/name (uid U)", "ns/name", "uid U", or "" when
+// nothing is known. (Not String: embedded in a record, it would print for the whole record.)
+func (p PodRef) Describe() string {
+	switch {
+	case p.PodName != "" && p.PodUID != "":
+		return p.PodNamespace + "/" + p.PodName + " (uid " + p.PodUID + ")"
+	case p.PodName != "":
+		return p.PodNamespace + "/" + p.PodName
+	case p.PodUID != "":
+		return "uid " + p.PodUID
+	}
+	return ""
 }
 
 // ReleaseRequest gives back what (containerID, ifName) holds. Releasing twice, or something never allocated,

@@ -6,16 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
 var testRequest = AllocateRequest{
-	Card:         3,
-	ContainerID:  "5f2c9e0a",
-	IfName:       "net1",
-	PodNamespace: "ml", PodName: "trainer-0", PodUID: "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11",
-	Netns:   "/var/run/netns/cni-1234",
-	Network: "multinic-card-3",
+	Card:        3,
+	ContainerID: "5f2c9e0a",
+	IfName:      "net1",
+	PodRef:      PodRef{PodNamespace: "ml", PodName: "trainer-0", PodUID: "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11"},
+	Netns:       "/var/run/netns/cni-1234",
+	Network:     "multinic-card-3",
 }
 
 var testResponse = AllocateResponse{
@@ -85,5 +86,25 @@ func TestCodes(t *testing.T) {
 	}
 	if got := Code("future").HTTPStatus(); got != http.StatusInternalServerError {
 		t.Errorf("HTTP status of an unknown code = %d, want 500", got)
+	}
+}
+
+func TestPodRefDescribe(t *testing.T) {
+	for _, tt := range []struct {
+		p    PodRef
+		want string
+	}{
+		{PodRef{PodNamespace: "ml", PodName: "trainer-0", PodUID: "u-1"}, "ml/trainer-0 (uid u-1)"},
+		{PodRef{PodNamespace: "ml", PodName: "trainer-0"}, "ml/trainer-0"},
+		{PodRef{PodUID: "u-1"}, "uid u-1"},
+		{PodRef{}, ""},
+	} {
+		if got := tt.p.Describe(); got != tt.want {
+			t.Errorf("%+v.Describe() = %q, want %q", tt.p, got, tt.want)
+		}
+	}
+	// Embedded, PodRef keeps the wire's keys flat and does not stand in for the record's %v.
+	if got := fmt.Sprintf("%v", testRequest); !strings.Contains(got, "net1") {
+		t.Errorf("%%v of a request = %s, want the whole record", got)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -381,7 +382,7 @@ func exclusiveReq(p, card int) allocator.Request {
 
 func podReq(p, card int) allocator.Request {
 	return allocator.Request{Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
-		PodNamespace: "ns", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p)}
+		PodRef: api.PodRef{PodNamespace: "ns", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p)}}
 }
 
 // foreignENI creates and attaches an ENI the manager must not touch, with two secondary addresses.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -143,7 +144,8 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 				continue
 			}
 			al := store.Allocation{Card: in.e.card, ContainerID: RecoveredPrefix + filepath.Base(path), IfName: l.name,
-				PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID, Netns: path, ENIID: in.e.id, AllocatedAt: now}
+				PodRef: api.PodRef{PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID},
+				Netns:  path, ENIID: in.e.id, AllocatedAt: now}
 			switch {
 			case in.e.exclusive && l.aliased:
 				al.Exclusive, al.Address = true, in.e.primary

@@ -59,14 +59,3 @@ func statusOf(err error, e *api.Error) int {
 func invalidf(format string, args ...any) *api.Error {
 	return &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf(format, args...)}
 }
-
-// podOf names the request's pod for logs.
-func podOf(r api.AllocateRequest) string {
-	switch {
-	case r.PodName != "":
-		return r.PodNamespace + "/" + r.PodName
-	case r.PodUID != "":
-		return "uid " + r.PodUID
-	}
-	return ""
-}

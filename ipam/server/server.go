@@ -179,7 +179,7 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 			return nil, err
 		}
 		rl.add(slog.Int("card", req.Card), slog.String("container", req.ContainerID),
-			slog.String("ifname", req.IfName), slog.String("pod", podOf(req)), slog.Bool("exclusive", req.Exclusive))
+			slog.String("ifname", req.IfName), slog.String("pod", req.Describe()), slog.Bool("exclusive", req.Exclusive))
 		resp, err := h.b.Allocate(ctx, req)
 		if err != nil {
 			return nil, errorFor(err)

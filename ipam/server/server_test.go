@@ -24,14 +24,12 @@ import (
 )
 
 var testRequest = api.AllocateRequest{
-	Card:         3,
-	ContainerID:  "5f2c9e0a",
-	IfName:       "net1",
-	PodNamespace: "ml",
-	PodName:      "trainer-0",
-	PodUID:       "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11",
-	Netns:        "/var/run/netns/cni-1234",
-	Network:      "multinic-card-3",
+	Card:        3,
+	ContainerID: "5f2c9e0a",
+	IfName:      "net1",
+	PodRef:      api.PodRef{PodNamespace: "ml", PodName: "trainer-0", PodUID: "0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11"},
+	Netns:       "/var/run/netns/cni-1234",
+	Network:     "multinic-card-3",
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -534,7 +532,7 @@ func TestLogLine(t *testing.T) {
 	}
 	for k, want := range map[string]any{
 		"msg": "POST /v1/allocate", "level": "INFO", "card": 3.0, "container": "5f2c9e0a", "ifname": "net1",
-		"pod": "ml/trainer-0", "result": "ok", "address": "10.0.16.5", "eni": "eni-0123456789abcdef0",
+		"pod": "ml/trainer-0 (uid 0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11)", "result": "ok", "address": "10.0.16.5", "eni": "eni-0123456789abcdef0",
 	} {
 		if alloc[k] != want {
 			t.Errorf("allocate log %q = %v, want %v", k, alloc[k], want)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/statefile"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // Version is the checkpoint format this build writes and the newest it reads. Adding optional fields
@@ -45,18 +46,16 @@ type Checkpoint struct {
 
 // Allocation is one address given to one (container, interface).
 type Allocation struct {
-	Card         int        `json:"card"`
-	ContainerID  string     `json:"containerID"`
-	IfName       string     `json:"ifName"`
-	PodNamespace string     `json:"podNamespace,omitempty"`
-	PodName      string     `json:"podName,omitempty"`
-	PodUID       string     `json:"podUID,omitempty"`
-	Exclusive    bool       `json:"exclusive,omitempty"`
-	Netns        string     `json:"netns,omitempty"`   // CNI_NETNS; empty when unknown
-	Network      string     `json:"network,omitempty"` // the CNI network's name; empty when unknown
-	Address      netip.Addr `json:"address"`
-	ENIID        string     `json:"eniID"`
-	AllocatedAt  time.Time  `json:"allocatedAt"`
+	Card        int    `json:"card"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	api.PodRef
+	Exclusive   bool       `json:"exclusive,omitempty"`
+	Netns       string     `json:"netns,omitempty"`   // CNI_NETNS; empty when unknown
+	Network     string     `json:"network,omitempty"` // the CNI network's name; empty when unknown
+	Address     netip.Addr `json:"address"`
+	ENIID       string     `json:"eniID"`
+	AllocatedAt time.Time  `json:"allocatedAt"`
 }
 
 // Address is one address known on a card: a secondary address of a shared ENI, or, when Exclusive, the

@@ -11,16 +11,17 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/statefile"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 func sample() Checkpoint {
 	at := time.Date(2025, 11, 25, 20, 0, 0, 123, time.UTC)
 	return Checkpoint{
 		Allocations: []Allocation{{
-			Card: 3, ContainerID: "c1", IfName: "net1", PodNamespace: "ns", PodName: "p", PodUID: "u1",
+			Card: 3, ContainerID: "c1", IfName: "net1", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"},
 			Netns: "/var/run/netns/cni-1", Network: "multinic-card-3", Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
 		}, {
-			Card: 4, ContainerID: "c1", IfName: "net2", PodNamespace: "ns", PodName: "p", PodUID: "u1",
+			Card: 4, ContainerID: "c1", IfName: "net2", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"},
 			Exclusive: true, Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", AllocatedAt: at,
 		}},
 		Addresses: []Address{
@@ -172,8 +173,8 @@ func TestLoadWithoutNetns(t *testing.T) {
 	if err != nil || !found {
 		t.Fatalf("load: found=%v err=%v", found, err)
 	}
-	want := Allocation{Card: 3, ContainerID: "c1", IfName: "net1", PodUID: "u1", Address: netip.MustParseAddr("10.0.3.10"),
-		ENIID: "eni-3", AllocatedAt: time.Date(2025, 11, 25, 20, 0, 0, 0, time.UTC)}
+	want := Allocation{Card: 3, ContainerID: "c1", IfName: "net1", PodRef: api.PodRef{PodUID: "u1"},
+		Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: time.Date(2025, 11, 25, 20, 0, 0, 0, time.UTC)}
 	if len(got.Allocations) != 1 || got.Allocations[0] != want {
 		t.Fatalf("allocations %+v, want [%+v]", got.Allocations, want)
 	}
