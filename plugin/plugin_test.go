@@ -459,9 +459,9 @@ func TestAddErrorCodes(t *testing.T) {
 		wantMsg  string
 	}{
 		{"try again", &api.Error{Code: api.CodeTryAgain, Message: "card 1: InsufficientFreeAddressesInSubnet"}, false, types.ErrTryAgainLater, "InsufficientFreeAddressesInSubnet"},
-		{"card taken", &api.Error{Code: api.CodeCardTaken, Message: "pod default/pod-a holds card 1 as net2"}, false, ErrCardTaken, "as net2"},
-		{"interface taken", &api.Error{Code: api.CodeInterfaceTaken, Message: "net1 is on card 2"}, false, ErrInterfaceTaken, "card 2"},
-		{"not managed", &api.Error{Code: api.CodeNotManaged, Message: "card 1 not managed"}, false, ErrCardNotManaged, "not managed"},
+		{"card taken", &api.Error{Code: api.CodeCardTaken, Message: "pod default/pod-a holds card 1 as net2"}, false, api.CNICardTaken, "as net2"},
+		{"interface taken", &api.Error{Code: api.CodeInterfaceTaken, Message: "net1 is on card 2"}, false, api.CNIInterfaceTaken, "card 2"},
+		{"not managed", &api.Error{Code: api.CodeNotManaged, Message: "card 1 not managed"}, false, api.CNICardNotManaged, "not managed"},
 		{"invalid", &api.Error{Code: api.CodeInvalid, Message: "bad ifName"}, false, types.ErrInvalidNetworkConfig, "bad ifName"},
 		{"internal", &api.Error{Code: api.CodeInternal, Message: "boom"}, false, types.ErrInternal, "boom"},
 		{"agent down", nil, true, types.ErrTryAgainLater, "agent unavailable"},

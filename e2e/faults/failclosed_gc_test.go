@@ -18,7 +18,6 @@ import (
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/netconf"
-	"github.com/multinic/multinic/plugin"
 )
 
 // The fail-closed cases of issue 11 that belong to GC, the journal and the socket: each drives the real
@@ -214,8 +213,8 @@ func TestAllocationCap(t *testing.T) {
 		next := w.newPod(t, fmt.Sprintf("next%d", i))
 		d, err := attachTimed(next, exclusive)
 		run.addResult(d, err)
-		if code, msg := cniError(err); code != plugin.ErrAllocationLimit {
-			t.Errorf("ADD beyond the cap: code %d (%s), want %d", code, msg, plugin.ErrAllocationLimit)
+		if code, msg := cniError(err); code != api.CNIAllocationLimit {
+			t.Errorf("ADD beyond the cap: code %d (%s), want %d", code, msg, api.CNIAllocationLimit)
 		}
 		requireKept(t, node, live)
 		for _, r := range taken {

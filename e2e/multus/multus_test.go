@@ -40,7 +40,6 @@ import (
 	"github.com/multinic/multinic/manifests"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
-	"github.com/multinic/multinic/plugin"
 )
 
 const (
@@ -137,8 +136,8 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 		}
 		conf, _, _ := unstructuredString(u.Object, "spec", "config")
 		_, err = e.execPlugin(holder, "ADD", "net2", conf)
-		if code := cniCode(err); code != plugin.ErrCardTaken || !strings.Contains(fmt.Sprint(err), "one address per pod per card") {
-			t.Errorf("plugin ADD of card 3 again as net2: %v (code %d), want code %d (card taken)", err, code, plugin.ErrCardTaken)
+		if code := cniCode(err); code != api.CNICardTaken || !strings.Contains(fmt.Sprint(err), "one address per pod per card") {
+			t.Errorf("plugin ADD of card 3 again as net2: %v (code %d), want code %d (card taken)", err, code, api.CNICardTaken)
 		} else {
 			t.Logf("the plugin itself answers code %d: %v", code, err)
 		}

@@ -220,7 +220,7 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 	if req.Exclusive && !existed {
 		// At the cap, refuse before an ENI is made for an allocation the allocator would refuse anyway.
 		if a.alloc.Full() {
-			return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, allocator.ErrLimit)
+			return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, api.ErrLimit)
 		}
 		if err := a.pools.EnsureExclusive(waitCtx, req.Card); err != nil {
 			if ctx.Err() != nil {

@@ -96,7 +96,7 @@ func (e *events) allocateRefused(req api.AllocateRequest, err error) {
 	case errors.As(err, &taken):
 		e.rec.Eventf(pod, corev1.EventTypeWarning, EventCardTaken,
 			"interface %s refused: %v. List each card once in the pod's networks", req.IfName, taken)
-	case errors.Is(err, allocator.ErrInterfaceTaken):
+	case errors.Is(err, api.ErrInterfaceTaken):
 		e.rec.Eventf(pod, corev1.EventTypeWarning, EventInterfaceTaken, "interface %s on card %d refused: %v", req.IfName, req.Card, err)
 	case errors.Is(err, api.ErrNotManaged):
 		e.rec.Eventf(pod, corev1.EventTypeWarning, EventCardNotManaged,

@@ -93,15 +93,15 @@ func resultOf(err error) string {
 		return resultNotManaged
 	case errors.Is(err, context.Canceled):
 		return resultCanceled
-	case errors.Is(err, api.ErrTryAgain), errors.Is(err, allocator.ErrPoolEmpty):
+	case errors.Is(err, api.ErrTryAgain): // allocator.ErrPoolEmpty too
 		return resultTryAgain
-	case errors.Is(err, allocator.ErrCardTaken):
+	case errors.Is(err, api.ErrCardTaken):
 		return resultCardTaken
-	case errors.Is(err, allocator.ErrInterfaceTaken):
+	case errors.Is(err, api.ErrInterfaceTaken):
 		return resultInterfaceTaken
-	case errors.Is(err, allocator.ErrLimit):
+	case errors.Is(err, api.ErrLimit):
 		return resultLimit
-	case errors.Is(err, api.ErrInvalid), errors.Is(err, allocator.ErrInvalid):
+	case errors.Is(err, api.ErrInvalid):
 		return resultInvalid
 	}
 	return resultError

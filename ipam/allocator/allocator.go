@@ -86,7 +86,7 @@ type Option func(*Allocator)
 func WithCooldown(d time.Duration) Option { return func(a *Allocator) { a.cooldown = d } }
 
 // WithMaxAllocations caps the allocations held at once (0: no cap), so that a buggy local client cannot
-// drain the subnets; a new allocation beyond it is ErrLimit. A checkpoint holding more still loads.
+// drain the subnets; a new allocation beyond it is api.ErrLimit. A checkpoint holding more still loads.
 func WithMaxAllocations(n int) Option { return func(a *Allocator) { a.maxAllocs = n } }
 
 // WithClock replaces time.Now, for tests.
@@ -313,11 +313,11 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 func checkRequest(r Request) error {
 	switch {
 	case r.Card < 0:
-		return fmt.Errorf("card %d: %w: must be 0 or more", r.Card, ErrInvalid)
+		return fmt.Errorf("card %d: %w: must be 0 or more", r.Card, api.ErrInvalid)
 	case r.ContainerID == "":
-		return fmt.Errorf("empty container id: %w", ErrInvalid)
+		return fmt.Errorf("empty container id: %w", api.ErrInvalid)
 	case r.IfName == "":
-		return fmt.Errorf("empty interface name for container %s: %w", r.ContainerID, ErrInvalid)
+		return fmt.Errorf("empty interface name for container %s: %w", r.ContainerID, api.ErrInvalid)
 	}
 	return nil
 }
@@ -325,11 +325,11 @@ func checkRequest(r Request) error {
 func checkAddress(cardN int, eniID string, addr netip.Addr) error {
 	switch {
 	case cardN < 0:
-		return fmt.Errorf("card %d: %w: must be 0 or more", cardN, ErrInvalid)
+		return fmt.Errorf("card %d: %w: must be 0 or more", cardN, api.ErrInvalid)
 	case eniID == "":
-		return fmt.Errorf("address %s on card %d: %w: empty ENI id", addr, cardN, ErrInvalid)
+		return fmt.Errorf("address %s on card %d: %w: empty ENI id", addr, cardN, api.ErrInvalid)
 	case !addr.IsValid():
-		return fmt.Errorf("address on card %d ENI %s: %w: not set", cardN, eniID, ErrInvalid)
+		return fmt.Errorf("address on card %d ENI %s: %w: not set", cardN, eniID, api.ErrInvalid)
 	}
 	return nil
 }
@@ -400,8 +400,8 @@ func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time)
 // Allocate grants req an address on its card and returns only once that is persisted.
 //   - The same (ContainerID, IfName) again returns the same allocation, changing nothing but a Netns or a
 //     Network it lacked (the first known stays); with a different card, pod, mode or network it is
-//     ErrInterfaceTaken.
-//   - The same pod holding the card under another (container, interface) is ErrCardTaken (*CardTakenError).
+//     api.ErrInterfaceTaken.
+//   - The same pod holding the card under another (container, interface) is api.ErrCardTaken (*CardTakenError).
 //   - No usable address (or exclusive ENI) is ErrPoolEmpty (*PoolEmptyError); see WaitForAddress.
 func (a *Allocator) Allocate(req Request) (Allocation, error) {
 	if err := checkRequest(req); err != nil {
@@ -420,11 +420,11 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 	if cur, ok := a.allocs[keyOf(req)]; ok {
 		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.Request, req) {
 			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
-				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), ErrInterfaceTaken)
+				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), api.ErrInterfaceTaken)
 		}
 		if cur.Network != "" && req.Network != "" && cur.Network != req.Network {
 			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for network %s: %w",
-				req.ContainerID, req.IfName, cur.Address, cur.Card, cur.Network, ErrInterfaceTaken)
+				req.ContainerID, req.IfName, cur.Address, cur.Card, cur.Network, api.ErrInterfaceTaken)
 		}
 		if (cur.Netns == "" && req.Netns != "") || (cur.Network == "" && req.Network != "") {
 			before := cur.Request
@@ -445,7 +445,7 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 		return Allocation{}, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
 	}
 	if a.maxAllocs > 0 && len(a.allocs) >= a.maxAllocs {
-		return Allocation{}, fmt.Errorf("the node holds %d allocations, the most allowed: %w", len(a.allocs), ErrLimit)
+		return Allocation{}, fmt.Errorf("the node holds %d allocations, the most allowed: %w", len(a.allocs), api.ErrLimit)
 	}
 	c := a.card(req.Card)
 	now := a.now()
@@ -555,7 +555,7 @@ func (a *Allocator) Lookup(containerID, ifName string) (Allocation, bool) {
 	return *al, true
 }
 
-// Full says whether a new allocation would be refused with ErrLimit now.
+// Full says whether a new allocation would be refused with api.ErrLimit now.
 func (a *Allocator) Full() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -28,17 +28,17 @@ func TestAllocateRules(t *testing.T) {
 			r := first
 			r.IfName = "net9"
 			return r
-		}(), wantErr: ErrCardTaken},
+		}(), wantErr: api.ErrCardTaken},
 		{name: "same pod other sandbox same card", req: func() Request {
 			r := first
 			r.ContainerID = "sandbox-new"
 			return r
-		}(), wantErr: ErrCardTaken},
+		}(), wantErr: api.ErrCardTaken},
 		{name: "same pod by namespace/name when uid missing", req: func() Request {
 			r := first
 			r.IfName, r.PodUID = "net9", ""
 			return r
-		}(), wantErr: ErrCardTaken},
+		}(), wantErr: api.ErrCardTaken},
 		{name: "recreated pod same name new uid", req: func() Request {
 			r := first
 			r.ContainerID, r.PodUID = "sandbox-new", "uid-new"
@@ -50,26 +50,26 @@ func TestAllocateRules(t *testing.T) {
 			r := first
 			r.Card = 3
 			return r
-		}(), wantErr: ErrInterfaceTaken},
+		}(), wantErr: api.ErrInterfaceTaken},
 		{name: "same interface asks exclusive", req: func() Request {
 			r := first
 			r.Exclusive = true
 			return r
-		}(), wantErr: ErrInterfaceTaken},
+		}(), wantErr: api.ErrInterfaceTaken},
 		{name: "same interface other pod", req: func() Request {
 			r := first
 			r.PodUID = "uid-other"
 			return r
-		}(), wantErr: ErrInterfaceTaken},
+		}(), wantErr: api.ErrInterfaceTaken},
 		{name: "card with no pool", req: req(1, 7), wantErr: ErrPoolEmpty},
 		{name: "exclusive with no ENI", req: func() Request {
 			r := req(2, 2)
 			r.Exclusive = true
 			return r
 		}(), wantErr: ErrPoolEmpty},
-		{name: "negative card", req: req(1, -1), wantErr: ErrInvalid},
-		{name: "no container", req: Request{Card: 2, IfName: "net2"}, wantErr: ErrInvalid},
-		{name: "no ifname", req: Request{Card: 2, ContainerID: "c"}, wantErr: ErrInvalid},
+		{name: "negative card", req: req(1, -1), wantErr: api.ErrInvalid},
+		{name: "no container", req: Request{Card: 2, IfName: "net2"}, wantErr: api.ErrInvalid},
+		{name: "no ifname", req: Request{Card: 2, ContainerID: "c"}, wantErr: api.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, st, _ := newTest(t)
@@ -114,7 +114,7 @@ func TestAllocateRules(t *testing.T) {
 }
 
 // A repeated Allocate records a network name the allocation lacks (made by an older plugin) and keeps the
-// one it has; another network's name for the same (container, interface) is ErrInterfaceTaken.
+// one it has; another network's name for the same (container, interface) is api.ErrInterfaceTaken.
 func TestAllocateAgainNetwork(t *testing.T) {
 	a, st, _ := newTest(t)
 	seed(t, a, 2, 2)
@@ -126,8 +126,8 @@ func TestAllocateAgainNetwork(t *testing.T) {
 		t.Fatalf("again with a network: %+v, want %s with network card-2", got, first.Address)
 	}
 	r.Network = "other"
-	if _, err := a.Allocate(r); !errors.Is(err, ErrInterfaceTaken) {
-		t.Errorf("again with another network: %v, want ErrInterfaceTaken", err)
+	if _, err := a.Allocate(r); !errors.Is(err, api.ErrInterfaceTaken) {
+		t.Errorf("again with another network: %v, want api.ErrInterfaceTaken", err)
 	}
 	r.Network = ""
 	if got := mustAllocate(t, a, r); got.Network != "card-2" {
@@ -186,7 +186,7 @@ func TestCardTakenMessage(t *testing.T) {
 	r.IfName = "net-extra"
 	_, err := a.Allocate(r)
 	var cte *CardTakenError
-	if !errors.As(err, &cte) || !errors.Is(err, ErrCardTaken) {
+	if !errors.As(err, &cte) || !errors.Is(err, api.ErrCardTaken) {
 		t.Fatalf("allocate: %v, want a *CardTakenError", err)
 	}
 	msg := err.Error()
@@ -598,7 +598,7 @@ func TestConcurrentAllocate(t *testing.T) {
 			var p int
 			fmt.Sscanf(res.al.PodUID, "uid-%d", &p)
 			won[[2]int{p, res.al.Card}]++
-		case !errors.Is(res.err, ErrCardTaken):
+		case !errors.Is(res.err, api.ErrCardTaken):
 			t.Errorf("unexpected error: %v", res.err)
 		}
 	}
@@ -669,8 +669,8 @@ func TestExclusive(t *testing.T) {
 	}
 	// One address per (pod, card) holds across modes.
 	other := Request{Card: 4, ContainerID: "sandbox-1", IfName: "net-b", PodRef: api.PodRef{PodUID: "uid-1"}}
-	if _, err := a.Allocate(other); !errors.Is(err, ErrCardTaken) {
-		t.Errorf("shared after exclusive on the same card: %v, want ErrCardTaken", err)
+	if _, err := a.Allocate(other); !errors.Is(err, api.ErrCardTaken) {
+		t.Errorf("shared after exclusive on the same card: %v, want api.ErrCardTaken", err)
 	}
 	// Shared requests never get the exclusive ENI, and exclusive ones never a shared address.
 	y := req(2, 4)
@@ -686,8 +686,8 @@ func TestExclusive(t *testing.T) {
 	if rm, err := a.RemoveAddresses(4, primary); len(rm) != 0 || err != nil {
 		t.Errorf("removed a held ENI: %v %v", rm, err)
 	}
-	if err := a.SetAway(4, "eni-x", true); !errors.Is(err, ErrInvalid) {
-		t.Errorf("SetAway on a held ENI: %v, want ErrInvalid", err)
+	if err := a.SetAway(4, "eni-x", true); !errors.Is(err, api.ErrInvalid) {
+		t.Errorf("SetAway on a held ENI: %v, want api.ErrInvalid", err)
 	}
 	if _, ok, err := a.Release("sandbox-1", "net4"); !ok || err != nil {
 		t.Fatal(ok, err)
@@ -754,15 +754,15 @@ func TestConcurrentWithFileStore(t *testing.T) {
 	checkInvariants(t, b)
 }
 
-// WithMaxAllocations refuses a new allocation beyond the cap with ErrLimit; a repeated allocation and one
+// WithMaxAllocations refuses a new allocation beyond the cap with api.ErrLimit; a repeated allocation and one
 // made after a release still go through.
 func TestMaxAllocations(t *testing.T) {
 	a, _, _ := newTest(t, WithMaxAllocations(2))
 	seed(t, a, 1, 4)
 	mustAllocate(t, a, req(1, 1))
 	mustAllocate(t, a, req(2, 1))
-	if _, err := a.Allocate(req(3, 1)); !errors.Is(err, ErrLimit) {
-		t.Fatalf("third allocation = %v, want ErrLimit", err)
+	if _, err := a.Allocate(req(3, 1)); !errors.Is(err, api.ErrLimit) {
+		t.Fatalf("third allocation = %v, want api.ErrLimit", err)
 	}
 	mustAllocate(t, a, req(2, 1)) // the same again is not a new one
 	r := req(1, 1)

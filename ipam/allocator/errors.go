@@ -4,22 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
-// Sentinel errors, matched with errors.Is; the typed errors below carry the details.
+// The allocator's errors wrap api's sentinels, whose one table gives each its wire and CNI code:
+// api.ErrInvalid (a malformed request or argument), api.ErrCardTaken (the pod already holds an address on the
+// card under another (container, interface); CardTakenError), api.ErrInterfaceTaken (the (container,
+// interface) already holds an allocation that differs from the request: another card, pod or mode) and
+// api.ErrLimit (the node already holds the most allocations WithMaxAllocations allows). Its own sentinels:
 var (
-	// ErrCardTaken: the pod already holds an address on the card under another (container, interface).
-	ErrCardTaken = errors.New("card already taken by this pod")
-	// ErrPoolEmpty: no address (or exclusive ENI) on the card is free and rested. Try again after a refill.
-	ErrPoolEmpty = errors.New("no free address")
-	// ErrInterfaceTaken: the (container, interface) already holds an allocation that differs from the
-	// request (another card, pod or mode).
-	ErrInterfaceTaken = errors.New("interface already allocated differently")
-	// ErrInvalid: a malformed request or argument.
-	ErrInvalid = errors.New("invalid argument")
-	// ErrLimit: the node already holds the most allocations WithMaxAllocations allows.
-	ErrLimit = errors.New("allocation limit reached")
-	// ErrConflict: an address or ENI is already known in another role or place.
+	// ErrPoolEmpty: no address (or exclusive ENI) on the card is free and rested (PoolEmptyError). The agent
+	// waits for a refill on it; it is an api.ErrTryAgain.
+	ErrPoolEmpty = fmt.Errorf("no free address: %w", api.ErrTryAgain)
+	// ErrConflict: an address or ENI is already known in another role or place (an internal error).
 	ErrConflict = errors.New("conflicts with known state")
 )
 
@@ -35,8 +33,8 @@ func (e *CardTakenError) Error() string {
 		e.Pod, e.Existing.Address, e.Card, e.Existing.ContainerID, e.Existing.IfName)
 }
 
-// Is makes errors.Is(err, ErrCardTaken) true.
-func (e *CardTakenError) Is(target error) bool { return target == ErrCardTaken }
+// Unwrap makes errors.Is(err, api.ErrCardTaken) true.
+func (e *CardTakenError) Unwrap() error { return api.ErrCardTaken }
 
 // PoolEmptyError says which card ran dry and when the next resting address becomes usable.
 type PoolEmptyError struct {
@@ -60,5 +58,5 @@ func (e *PoolEmptyError) Error() string {
 	return msg
 }
 
-// Is makes errors.Is(err, ErrPoolEmpty) true.
-func (e *PoolEmptyError) Is(target error) bool { return target == ErrPoolEmpty }
+// Unwrap makes errors.Is(err, ErrPoolEmpty) (and so api.ErrTryAgain) true.
+func (e *PoolEmptyError) Unwrap() error { return ErrPoolEmpty }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // AddAddresses puts eniID's secondary addresses into the card's shared pool as warm, skipping any address
@@ -174,7 +176,7 @@ func (a *Allocator) AwayExclusive(cardN int) []PoolAddress {
 
 // SetAway marks a free exclusive ENI away (false: its link is home, ConfirmHome) and persists. Away, it
 // is never given out; it still counts in the card's capacity and can be removed. An ENI that is held,
-// unknown or not exclusive is ErrInvalid: only a free ENI's state is the ENI manager's to decide.
+// unknown or not exclusive is api.ErrInvalid: only a free ENI's state is the ENI manager's to decide.
 func (a *Allocator) SetAway(cardN int, eniID string, away bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -184,7 +186,7 @@ func (a *Allocator) SetAway(cardN int, eniID string, away bool) error {
 		s = c.exclusive[eniID]
 	}
 	if s == nil || !s.free() {
-		return fmt.Errorf("mark exclusive ENI %s on card %d away=%t: not a free exclusive ENI: %w", eniID, cardN, away, ErrInvalid)
+		return fmt.Errorf("mark exclusive ENI %s on card %d away=%t: not a free exclusive ENI: %w", eniID, cardN, away, api.ErrInvalid)
 	}
 	if s.away == away {
 		return nil
@@ -273,7 +275,7 @@ func (a *Allocator) Demand(cardN, warmTarget, minFree int) Demand {
 // AddExclusiveENI, releases and reconcile, and when a resting address's time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
 func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive bool) error {
 	if cardN < 0 {
-		return fmt.Errorf("wait for address on card %d: %w", cardN, ErrInvalid)
+		return fmt.Errorf("wait for address on card %d: %w", cardN, api.ErrInvalid)
 	}
 	if !exclusive {
 		a.mu.Lock()

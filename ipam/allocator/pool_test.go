@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -39,8 +40,8 @@ func TestAddAddresses(t *testing.T) {
 		eni  string
 		addr netip.Addr
 	}{{-1, "eni", addr(1, 9)}, {1, "", addr(1, 9)}, {1, "eni", netip.Addr{}}} {
-		if _, err := a.AddAddresses(bad.card, bad.eni, bad.addr); !errors.Is(err, ErrInvalid) {
-			t.Errorf("AddAddresses(%d, %q, %v): %v, want ErrInvalid", bad.card, bad.eni, bad.addr, err)
+		if _, err := a.AddAddresses(bad.card, bad.eni, bad.addr); !errors.Is(err, api.ErrInvalid) {
+			t.Errorf("AddAddresses(%d, %q, %v): %v, want api.ErrInvalid", bad.card, bad.eni, bad.addr, err)
 		}
 	}
 }
@@ -323,8 +324,8 @@ func TestReconcile(t *testing.T) {
 	if err != nil || len(d.Lost) != 1 || len(d.Stale)+len(d.Unknown) != 0 {
 		t.Fatalf("second pass: %+v %v", d, err)
 	}
-	if _, err := a.Reconcile([]EC2Address{{Card: 1, Address: addr(1, 11)}}); !errors.Is(err, ErrInvalid) {
-		t.Errorf("reconcile with an ENI-less address: %v, want ErrInvalid", err)
+	if _, err := a.Reconcile([]EC2Address{{Card: 1, Address: addr(1, 11)}}); !errors.Is(err, api.ErrInvalid) {
+		t.Errorf("reconcile with an ENI-less address: %v, want api.ErrInvalid", err)
 	}
 }
 

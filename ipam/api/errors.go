@@ -3,6 +3,8 @@ package api
 import (
 	"errors"
 	"net/http"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 // Code is the stable, machine-readable kind of an error on the wire.
@@ -32,7 +34,8 @@ const (
 )
 
 // Sentinels, matched with errors.Is against the *Error values the client returns. ErrUnavailable also matches
-// the client's errors when the agent cannot be reached at all.
+// the client's errors when the agent cannot be reached at all. The agent's packages return these same
+// sentinels (wrapped with what was being done), so that codes has the one mapping of each.
 var (
 	ErrInvalid        = errors.New("invalid request")
 	ErrCardTaken      = errors.New("card already taken by this pod")
@@ -45,21 +48,40 @@ var (
 	ErrInternal       = errors.New("agent internal error")
 )
 
-// codes ties each code to its sentinel and HTTP status; the order is the order the server tries them in.
+// CNI error codes of the plugin's own (the CNI spec leaves 100 and up to plugins).
+const (
+	// CNICardTaken: the pod already holds an address on this card under another interface. A pod gets one
+	// address per card; attach each card once.
+	CNICardTaken uint = 100
+	// CNIInterfaceTaken: this (container, interface) already holds a different allocation, e.g. the same
+	// ifname was attached to two cards.
+	CNIInterfaceTaken uint = 101
+	// CNICardNotManaged: the agent on this node does not manage the card (no such card on the instance type,
+	// or excluded by the agent's configuration).
+	CNICardNotManaged uint = 102
+	// CNIAllocationLimit: the node's agent holds the most allocations it allows (--max-allocations).
+	CNIAllocationLimit uint = 103
+)
+
+// codes is the one table of errors: each code with its sentinel, the HTTP status the agent sends it with, and
+// the CNI error code the plugin returns for it. The order is the order CodeOf tries the sentinels in.
 var codes = []struct {
 	code     Code
 	sentinel error
 	status   int
+	cni      uint
 }{
-	{CodeInvalid, ErrInvalid, http.StatusBadRequest},
-	{CodeCardTaken, ErrCardTaken, http.StatusConflict},
-	{CodeInterfaceTaken, ErrInterfaceTaken, http.StatusConflict},
-	{CodeTryAgain, ErrTryAgain, http.StatusServiceUnavailable},
-	{CodeNotManaged, ErrNotManaged, http.StatusNotFound},
-	{CodeUnavailable, ErrUnavailable, http.StatusServiceUnavailable},
-	{CodeLimit, ErrLimit, http.StatusTooManyRequests},
-	{CodeForbidden, ErrForbidden, http.StatusForbidden},
-	{CodeInternal, ErrInternal, http.StatusInternalServerError},
+	{CodeInvalid, ErrInvalid, http.StatusBadRequest, types.ErrInvalidNetworkConfig},
+	{CodeCardTaken, ErrCardTaken, http.StatusConflict, CNICardTaken},
+	{CodeInterfaceTaken, ErrInterfaceTaken, http.StatusConflict, CNIInterfaceTaken},
+	// The message carries EC2's own error code when there is one.
+	{CodeTryAgain, ErrTryAgain, http.StatusServiceUnavailable, types.ErrTryAgainLater},
+	{CodeNotManaged, ErrNotManaged, http.StatusNotFound, CNICardNotManaged},
+	// Also the agent down, on ADD (DEL journals the release instead).
+	{CodeUnavailable, ErrUnavailable, http.StatusServiceUnavailable, types.ErrTryAgainLater},
+	{CodeLimit, ErrLimit, http.StatusTooManyRequests, CNIAllocationLimit},
+	{CodeForbidden, ErrForbidden, http.StatusForbidden, types.ErrInternal},
+	{CodeInternal, ErrInternal, http.StatusInternalServerError, types.ErrInternal},
 }
 
 // Error is an error as it travels on the wire, and as the client returns it.
@@ -108,4 +130,16 @@ func CodeOf(err error) Code {
 		}
 	}
 	return CodeInternal
+}
+
+// CNICode is the CNI error code for err, from codes: that of CodeOf(err), 999 (internal) for an error that
+// matches no code.
+func CNICode(err error) uint {
+	c := CodeOf(err)
+	for _, x := range codes {
+		if x.code == c {
+			return x.cni
+		}
+	}
+	return types.ErrInternal
 }

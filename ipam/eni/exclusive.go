@@ -9,6 +9,7 @@ import (
 
 	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // Exclusive ENIs. The plugin moves an exclusive ENI's link into its pod, so the node netns not holding the
@@ -42,7 +43,7 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 	}
 	m.mu.Unlock()
 	if cs == nil {
-		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, ErrNotManaged)
+		return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, api.ErrNotManaged)
 	}
 	defer func() {
 		m.mu.Lock()

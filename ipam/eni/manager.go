@@ -41,9 +41,6 @@ import (
 
 var _ agent.Pools = (*Manager)(nil)
 
-// ErrNotManaged is returned for a card this manager does not serve.
-var ErrNotManaged = errors.New("card not managed")
-
 // ErrCardFull: the card has as many ENIs as the instance type allows and they are all full.
 // It is the agent's sentinel, so that the agent tells the Node why a card cannot serve.
 var ErrCardFull = agent.ErrCardFull

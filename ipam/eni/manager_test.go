@@ -24,6 +24,7 @@ import (
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 func TestDiscoveryAndSetup(t *testing.T) {
@@ -610,7 +611,7 @@ func TestExclusive(t *testing.T) {
 	cfg.SurplusDelay = delay
 	m := e.start(cfg, e.alloc)
 	waitReady(t, m, 5*time.Second)
-	if err := m.EnsureExclusive(context.Background(), 5); !errors.Is(err, ErrNotManaged) {
+	if err := m.EnsureExclusive(context.Background(), 5); !errors.Is(err, api.ErrNotManaged) {
 		t.Errorf("EnsureExclusive on an unmanaged card: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

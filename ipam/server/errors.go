@@ -7,36 +7,21 @@ import (
 	"net/http"
 	"syscall"
 
-	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// errorFor maps a backend error to its wire form: the one place where backend errors become codes. The message
-// is the whole error text, so EC2's error code and the allocator's details reach the plugin's CNI error.
+// errorFor maps a backend error to its wire form: the one place where backend errors become codes. The backend
+// wraps api's sentinels (the allocator's and the ENI manager's errors are those), so api.CodeOf finds the code
+// in api's one table; only causes that are no sentinel are named here. The message is the whole error text, so
+// EC2's error code and the allocator's details reach the plugin's CNI error.
 func errorFor(err error) *api.Error {
-	var apiErr *api.Error
-	if errors.As(err, &apiErr) {
-		return &api.Error{Code: apiErr.Code, Message: err.Error()}
-	}
-	code := api.CodeInternal
-	switch {
-	case errors.Is(err, allocator.ErrInvalid):
-		code = api.CodeInvalid
-	case errors.Is(err, allocator.ErrCardTaken):
-		code = api.CodeCardTaken
-	case errors.Is(err, allocator.ErrInterfaceTaken):
-		code = api.CodeInterfaceTaken
-	case errors.Is(err, allocator.ErrLimit):
-		code = api.CodeLimit
-	case errors.Is(err, allocator.ErrPoolEmpty),
+	code := api.CodeOf(err)
+	if code == api.CodeInternal && !errors.Is(err, api.ErrInternal) &&
 		// A backend that gave up waiting for a refill.
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
-		// The state disk is full: nothing was taken, and the same request works once space returns.
-		errors.Is(err, syscall.ENOSPC):
+		(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+			// The state disk is full: nothing was taken, and the same request works once space returns.
+			errors.Is(err, syscall.ENOSPC)) {
 		code = api.CodeTryAgain
-	default:
-		// A backend may also wrap api's sentinels: fmt.Errorf("card %d: %w", n, api.ErrNotManaged).
-		code = api.CodeOf(err)
 	}
 	return &api.Error{Code: code, Message: err.Error()}
 }

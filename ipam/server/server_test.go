@@ -122,10 +122,10 @@ func TestErrorCodes(t *testing.T) {
 		status   int
 		inMsg    string
 	}{
-		{"allocator invalid", fmt.Errorf("allocate: %w", allocator.ErrInvalid), api.CodeInvalid, api.ErrInvalid, 400, "invalid argument"},
+		{"allocator invalid", fmt.Errorf("allocate: %w", api.ErrInvalid), api.CodeInvalid, api.ErrInvalid, 400, "invalid request"},
 		{"allocator card taken", fmt.Errorf("allocate card 3: %w", cardTaken), api.CodeCardTaken, api.ErrCardTaken, 409, "one address per pod per card"},
-		{"allocator interface taken", fmt.Errorf("allocate: %w", allocator.ErrInterfaceTaken), api.CodeInterfaceTaken, api.ErrInterfaceTaken, 409, "differently"},
-		{"allocator limit", fmt.Errorf("allocate: %w", allocator.ErrLimit), api.CodeLimit, api.ErrLimit, 429, "limit"},
+		{"allocator interface taken", fmt.Errorf("allocate: %w", api.ErrInterfaceTaken), api.CodeInterfaceTaken, api.ErrInterfaceTaken, 409, "differently"},
+		{"allocator limit", fmt.Errorf("allocate: %w", api.ErrLimit), api.CodeLimit, api.ErrLimit, 429, "limit"},
 		{"allocator pool empty with EC2 code", fmt.Errorf("refill card 3: %w: %w", &allocator.PoolEmptyError{Card: 3}, ec2Err),
 			api.CodeTryAgain, api.ErrTryAgain, 503, "InsufficientFreeAddressesInSubnet"},
 		{"backend gave up waiting", fmt.Errorf("wait for refill on card 3: %w", context.DeadlineExceeded), api.CodeTryAgain, api.ErrTryAgain, 503, "deadline"},
