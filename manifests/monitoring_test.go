@@ -19,6 +19,7 @@ import (
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -33,8 +34,8 @@ func (onePools) Managed(card int) bool                      { return card == 1 }
 func (onePools) Kick(int)                                   {}
 func (onePools) LastError(int) error                        { return nil }
 func (onePools) EnsureExclusive(context.Context, int) error { return nil }
-func (onePools) ENI(id string) (agent.ENIInfo, bool) {
-	return agent.ENIInfo{ID: id, Card: 1, LinkName: "ens1", MAC: "02:00:00:00:00:01", MTU: 9001,
+func (onePools) ENI(id string) (enipool.ENIInfo, bool) {
+	return enipool.ENIInfo{ID: id, Card: 1, LinkName: "ens1", MAC: "02:00:00:00:00:01", MTU: 9001,
 		SubnetCIDR: netip.MustParsePrefix("10.1.0.0/20"), Gateway: netip.MustParseAddr("10.1.0.1")}, true
 }
 

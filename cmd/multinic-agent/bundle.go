@@ -19,7 +19,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/ipam/agent"
+	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/store"
@@ -78,7 +78,7 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "the agent's --state-dir")
 	fs.StringVar(&o.cniConfDir, "cni-conf-dir", netconf.DefaultCNIConfDir, "the CNI config dir")
 	fs.StringVar(&o.journalDir, "journal-dir", journal.DefaultDir, "the plugin's journal")
-	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "where the runtime creates pod netns")
+	netnsDirs := fs.String("netns-dirs", strings.Join(netnsdir.Default, ","), "where the runtime creates pod netns")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the agent")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
@@ -156,7 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.waitTimeout, "wait-timeout", agent.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
 	fs.DurationVar(&o.gcGrace, "gc-grace", agent.DefaultGCGrace, "how long a pod must have been seen gone before GC frees its allocations")
 	fs.DurationVar(&o.gcInterval, "gc-interval", agent.DefaultGCInterval, "time between GC passes")
-	netnsDirs := fs.String("netns-dirs", strings.Join(agent.DefaultNetnsDirs, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
+	netnsDirs := fs.String("netns-dirs", strings.Join(netnsdir.Default, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
 	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
 	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")
 	fs.BoolVar(&o.recover, "recover", false, "when the checkpoint in --state-dir is missing or corrupt (a corrupt one is moved aside), rebuild it before starting from what is true: this node's tagged ENIs in EC2, the multinic links and addresses inside the pod netns in --netns-dirs, and with --kubeconfig the pods on this node (refused when a running pod's netns is not visible). Nothing is taken as free that a visible pod holds; a loadable checkpoint is used as it is")

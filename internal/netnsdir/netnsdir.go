@@ -11,6 +11,10 @@ import (
 	"slices"
 )
 
+// Default are where runtimes create pod netns (containerd and CRI-O: /var/run/netns, which is /run/netns
+// on most hosts). A recorded netns path elsewhere is not evidence either way.
+var Default = []string{"/var/run/netns", "/run/netns"}
+
 // Gone says whether the netns at path is positively gone: path is directly in one of dirs, that directory
 // is there, and path is not. visible is false for a path outside dirs or in a directory that is not there.
 func Gone(dirs []string, path string) (gone, visible bool) {

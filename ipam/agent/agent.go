@@ -1,6 +1,6 @@
 // Package agent is the node agent's backend for the plugin's socket (server.Backend): it allocates from the
-// allocator's per-card pools, asks the ENI manager (Pools) to refill them, waits a bounded time when a pool
-// is empty, garbage-collects the allocations of pods that are gone, and exposes Prometheus metrics and health
+// allocator's per-card pools, asks the ENI manager (enipool.Pools) to refill them, waits a bounded time when a
+// pool is empty, garbage-collects the allocations of pods that are gone, and exposes Prometheus metrics and health
 // endpoints.
 package agent
 
@@ -14,8 +14,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/server"
 )
 
@@ -43,7 +45,7 @@ type EC2Stats struct {
 // documented defaults.
 type Config struct {
 	Allocator *allocator.Allocator
-	Pools     Pools
+	Pools     enipool.Pools
 
 	// WaitTimeout bounds the wait for a refill of an empty pool (0: DefaultWaitTimeout). The request's
 	// context bounds it too.
@@ -54,7 +56,7 @@ type Config struct {
 	// Kube, when set, is how GC learns which pods live on the node (an informer on the node's pods, started
 	// by Run); nil: GC goes by netns existence alone.
 	Kube kubernetes.Interface
-	// NetnsDirs are the directories whose netns paths GC takes as evidence (nil: DefaultNetnsDirs).
+	// NetnsDirs are the directories whose netns paths GC takes as evidence (nil: netnsdir.Default).
 	NetnsDirs []string
 	// GCGrace: an allocation is released once its pod has been seen gone for this long, on two passes
 	// at least (0: DefaultGCGrace).
@@ -88,7 +90,7 @@ type Config struct {
 type Agent struct {
 	cfg     Config
 	alloc   *allocator.Allocator
-	pools   Pools
+	pools   enipool.Pools
 	log     *slog.Logger
 	metrics *metrics
 	gc      *gcState
@@ -130,7 +132,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.FailingFor = DefaultFailingFor
 	}
 	if cfg.NetnsDirs == nil {
-		cfg.NetnsDirs = DefaultNetnsDirs
+		cfg.NetnsDirs = netnsdir.Default
 	}
 	if cfg.Kube != nil && cfg.NodeName == "" {
 		return nil, errors.New("new agent: node name required with a Kube client")

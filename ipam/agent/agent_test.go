@@ -14,6 +14,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/server"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -201,7 +202,7 @@ func TestAllocateExclusive(t *testing.T) {
 	// EnsureExclusive creates the ENI and puts it into the exclusive pool, as the manager would.
 	fp.ensure = func(_ context.Context, card int) error {
 		fp.mu.Lock()
-		fp.enis["eni-x1"] = ENIInfo{ID: "eni-x1", Card: card, LinkName: "ensx1", MAC: "02:00:00:00:01:01", MTU: 9001,
+		fp.enis["eni-x1"] = enipool.ENIInfo{ID: "eni-x1", Card: card, LinkName: "ensx1", MAC: "02:00:00:00:01:01", MTU: 9001,
 			SubnetCIDR: netip.MustParsePrefix("10.1.0.0/20"), Gateway: netip.MustParseAddr("10.1.0.1")}
 		fp.mu.Unlock()
 		return ta.alloc.AddExclusiveENI(card, "eni-x1", netip.MustParseAddr("10.1.0.200"))

@@ -17,11 +17,8 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 )
-
-// ErrCardFull: the card has as many ENIs as the instance type allows and they are all full. The ENI
-// manager returns it (as eni.ErrCardFull); the agent tells it apart for the Node's events.
-var ErrCardFull = errors.New("card full")
 
 // Reasons of the Events the agent records (Kubernetes wants them CamelCase and stable).
 const (
@@ -130,7 +127,7 @@ func cardDownReason(err error) string {
 	switch {
 	case code == "InsufficientFreeAddressesInSubnet":
 		return EventSubnetExhausted
-	case errors.Is(err, ErrCardFull), code == "AttachmentLimitExceeded", code == "PrivateIpAddressLimitExceeded",
+	case errors.Is(err, enipool.ErrCardFull), code == "AttachmentLimitExceeded", code == "PrivateIpAddressLimitExceeded",
 		code == "NetworkInterfaceLimitExceeded":
 		return EventENILimit
 	case code == "UnauthorizedOperation", code == "OperationNotPermitted", code == "AuthFailure":

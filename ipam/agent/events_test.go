@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
 // ec2Err is an EC2 error as the SDK returns it, wrapped the way the ENI manager wraps it.
@@ -133,7 +134,7 @@ func TestCardDownReason(t *testing.T) {
 	}{
 		{ec2Err("InsufficientFreeAddressesInSubnet"), EventSubnetExhausted},
 		{ec2Err("AttachmentLimitExceeded"), EventENILimit},
-		{fmt.Errorf("add ENI on card 1: %w: 5 of 5 ENIs attached", ErrCardFull), EventENILimit},
+		{fmt.Errorf("add ENI on card 1: %w: 5 of 5 ENIs attached", enipool.ErrCardFull), EventENILimit},
 		{ec2Err("UnauthorizedOperation"), EventEC2Denied},
 		{ec2Err("RequestLimitExceeded"), EventEC2Throttled},
 		{ec2Err("InternalError"), EventEC2Failing},

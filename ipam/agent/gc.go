@@ -27,10 +27,6 @@ const (
 	refusalNotSynced = "pod-view-not-synced"
 )
 
-// DefaultNetnsDirs are where runtimes create pod netns (containerd and CRI-O: /var/run/netns, which is
-// /run/netns on most hosts). A recorded netns path elsewhere is not evidence either way.
-var DefaultNetnsDirs = []string{"/var/run/netns", "/run/netns"}
-
 // gcKey names one allocation exactly: a released and re-made allocation of the same pair is another one.
 type gcKey struct {
 	containerID, ifName string

@@ -13,16 +13,17 @@ import (
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
 
-// fakePools is a Pools whose behaviour the test sets: which cards are managed, what Kick does, what
+// fakePools is an enipool.Pools whose behaviour the test sets: which cards are managed, what Kick does, what
 // EnsureExclusive does, and what LastError says.
 type fakePools struct {
 	mu        sync.Mutex
 	ready     bool
 	managed   map[int]bool
-	enis      map[string]ENIInfo
+	enis      map[string]enipool.ENIInfo
 	kicks     map[int]int
 	lastErr   map[int]error
 	exclusive []int
@@ -30,13 +31,13 @@ type fakePools struct {
 	ensure    func(ctx context.Context, card int) error
 }
 
-var _ Pools = (*fakePools)(nil)
+var _ enipool.Pools = (*fakePools)(nil)
 
 func newFakePools(cards ...int) *fakePools {
-	fp := &fakePools{ready: true, managed: map[int]bool{}, enis: map[string]ENIInfo{}, kicks: map[int]int{}, lastErr: map[int]error{}}
+	fp := &fakePools{ready: true, managed: map[int]bool{}, enis: map[string]enipool.ENIInfo{}, kicks: map[int]int{}, lastErr: map[int]error{}}
 	for _, c := range cards {
 		fp.managed[c] = true
-		fp.enis[eniOf(c)] = ENIInfo{ID: eniOf(c), Card: c, LinkName: fmt.Sprintf("ens%d", c), MAC: fmt.Sprintf("02:00:00:00:00:%02x", c),
+		fp.enis[eniOf(c)] = enipool.ENIInfo{ID: eniOf(c), Card: c, LinkName: fmt.Sprintf("ens%d", c), MAC: fmt.Sprintf("02:00:00:00:00:%02x", c),
 			MTU: 9001, SubnetCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(c), 0, 0}), 20), Gateway: netip.AddrFrom4([4]byte{10, byte(c), 0, 1})}
 	}
 	return fp
@@ -54,7 +55,7 @@ func (f *fakePools) Managed(card int) bool {
 	return f.managed[card]
 }
 
-func (f *fakePools) ENI(id string) (ENIInfo, bool) {
+func (f *fakePools) ENI(id string) (enipool.ENIInfo, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e, ok := f.enis[id]

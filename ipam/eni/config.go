@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/multinic/multinic/ipam/agent"
+	"github.com/multinic/multinic/internal/netnsdir"
 )
 
 // Tags the manager puts on every ENI it creates. An ENI is the manager's only when it carries TagCluster
@@ -118,7 +118,7 @@ type Config struct {
 	ErrorBackoffMax time.Duration
 
 	// NetnsDirs are the directories whose netns paths count as evidence that a released exclusive ENI's
-	// pod netns is gone (package netnsdir; nil: agent.DefaultNetnsDirs).
+	// pod netns is gone (package netnsdir; nil: netnsdir.Default).
 	NetnsDirs []string
 
 	// OrphanAge: an available ENI of this cluster older than this is an orphan (0: DefaultOrphanAge).
@@ -168,7 +168,7 @@ func (c Config) withDefaults() Config {
 	c.OrphanSweepInterval = or(c.OrphanSweepInterval, DefaultOrphanSweep)
 	c.OrphanBatch = or(c.OrphanBatch, DefaultOrphanBatch)
 	if c.NetnsDirs == nil {
-		c.NetnsDirs = agent.DefaultNetnsDirs
+		c.NetnsDirs = netnsdir.Default
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

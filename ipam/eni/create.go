@@ -13,6 +13,7 @@ import (
 
 	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
 // createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
@@ -27,7 +28,7 @@ func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, 
 	used, limit := len(m.occupied[cs.index]), m.limits.enisPerCard[cs.index]
 	m.mu.Unlock()
 	if used >= limit {
-		return nil, fmt.Errorf("add ENI on card %d: %w: %d of %d ENIs attached", cs.index, ErrCardFull, used, limit)
+		return nil, fmt.Errorf("add ENI on card %d: %w: %d of %d ENIs attached", cs.index, enipool.ErrCardFull, used, limit)
 	}
 	n := 0
 	if !exclusive {

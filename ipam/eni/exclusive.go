@@ -10,6 +10,7 @@ import (
 	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
 // Exclusive ENIs. The plugin moves an exclusive ENI's link into its pod, so the node netns not holding the
@@ -72,7 +73,7 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 		m.mu.Lock()
 		failed, last := cs.failedSteps != steps, cs.lastErr
 		m.mu.Unlock()
-		if failed && last != nil && !(errors.Is(last, ErrCardFull) && st.Cooling+st.Away > 0) {
+		if failed && last != nil && !(errors.Is(last, enipool.ErrCardFull) && st.Cooling+st.Away > 0) {
 			return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, last)
 		}
 		if !kicked {
@@ -111,7 +112,7 @@ func (m *Manager) supplyExclusive(ctx context.Context, cs *cardState) error {
 			return nil
 		}
 		if _, err := m.createENI(ctx, cs, true, allocator.Demand{}); err != nil {
-			if errors.Is(err, ErrCardFull) && st.Cooling+st.Away > 0 {
+			if errors.Is(err, enipool.ErrCardFull) && st.Cooling+st.Away > 0 {
 				return nil
 			}
 			return err

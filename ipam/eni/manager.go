@@ -35,15 +35,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
-	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
-var _ agent.Pools = (*Manager)(nil)
-
-// ErrCardFull: the card has as many ENIs as the instance type allows and they are all full.
-// It is the agent's sentinel, so that the agent tells the Node why a card cannot serve.
-var ErrCardFull = agent.ErrCardFull
+var _ enipool.Pools = (*Manager)(nil)
 
 // Deps are the manager's collaborators.
 type Deps struct {
@@ -54,7 +50,7 @@ type Deps struct {
 	Links Links
 }
 
-// Manager implements agent.Pools.
+// Manager implements enipool.Pools.
 type Manager struct {
 	cfg    Config
 	log    *slog.Logger
@@ -281,14 +277,14 @@ func (m *Manager) ManagedCards() []int {
 }
 
 // ENI describes one of the manager's ENIs.
-func (m *Manager) ENI(eniID string) (agent.ENIInfo, bool) {
+func (m *Manager) ENI(eniID string) (enipool.ENIInfo, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.enis[eniID]
 	if !ok {
-		return agent.ENIInfo{}, false
+		return enipool.ENIInfo{}, false
 	}
-	return agent.ENIInfo{
+	return enipool.ENIInfo{
 		ID: e.id, Card: e.card, LinkName: e.linkName, MAC: e.mac.String(), MTU: m.cfg.MTU,
 		SubnetCIDR: e.cidr, Gateway: e.cidr.Masked().Addr().Next(),
 	}, true

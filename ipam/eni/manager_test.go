@@ -25,6 +25,7 @@ import (
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
 func TestDiscoveryAndSetup(t *testing.T) {
@@ -323,7 +324,7 @@ func TestSecondENIWhenFull(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "card full error", func() bool {
 		err := m.LastError(0)
-		return err != nil && errors.Is(err, ErrCardFull)
+		return err != nil && errors.Is(err, enipool.ErrCardFull)
 	})
 	t.Logf("last error: %v", m.LastError(0))
 	wctx, wcancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -665,7 +666,7 @@ func TestExclusiveCardFull(t *testing.T) {
 	for p := 0; ; p++ {
 		r := exclusiveReq(p, 1)
 		al, err := allocWait(ctx, m, e.alloc, r)
-		if errors.Is(err, ErrCardFull) {
+		if errors.Is(err, enipool.ErrCardFull) {
 			break
 		}
 		if err != nil {

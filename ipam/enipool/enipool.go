@@ -1,12 +1,21 @@
-package agent
+// Package enipool is the contract between the ENI manager (ipam/eni), which owns every EC2 call and keeps
+// the allocator's per-card pools filled, and the allocation backend (ipam/agent), which only allocates from
+// them: the interface the manager implements, the ENI facts an allocation answer needs, and the manager's
+// error the backend tells apart. It imports nothing of the project, so neither side depends on the other.
+package enipool
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 )
 
-// Pools is what the agent needs from the ENI manager (package ipam/eni): the manager owns every
-// EC2 call and keeps the allocator's pools filled; the agent only allocates from them.
+// ErrCardFull: the card has as many ENIs as the instance type allows and they are all full. The ENI
+// manager returns it; the agent tells it apart for the Node's events.
+var ErrCardFull = errors.New("card full")
+
+// Pools is what the agent needs from the ENI manager: the manager owns every EC2 call and keeps the
+// allocator's pools filled; the agent only allocates from them.
 type Pools interface {
 	// Ready reports whether every managed card has its ENI attached and its link up.
 	Ready() bool
