@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -17,52 +16,23 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/netconf"
 )
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// pluginBinaries builds the multinic binary and the reference tuning plugin once per test run, on first
-// use (so that unit-only runs do not pay for it). The test VM has no Go toolchain: the libcni tests run on
-// the host, in exclusive mode.
+// pluginBinaries is a folder with the multinic binary and the reference tuning plugin, built on first use
+// (so that unit-only runs do not pay for it). The test VM has no Go toolchain: the libcni tests run on the
+// host, in exclusive mode.
 func pluginBinaries(t *testing.T) string {
 	t.Helper()
 	nettest.RequireRoot(t)
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("needs the go toolchain to build the plugin binaries (the test VM has none; this runs on the host)")
 	}
-	buildOnce.Do(func() {
-		if binDir, buildErr = os.MkdirTemp("", "multinic-bin"); buildErr != nil {
-			return
-		}
-		for name, pkg := range map[string]string{
-			"multinic": "github.com/multinic/multinic/cmd/multinic",
-			"tuning":   "github.com/containernetworking/plugins/plugins/meta/tuning",
-		} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
+	return testbin.Dir(t, testbin.Plugin, "github.com/containernetworking/plugins/plugins/meta/tuning")
 }
 
 // TestLibcni drives the real binary through libcni with tuning chained after it, as a runtime (or

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,26 +12,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
-// fakeEC2Bin is the binary under test, built once by TestMain.
-var fakeEC2Bin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fake-ec2-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	fakeEC2Bin = filepath.Join(dir, "fake-ec2")
-	if out, err := exec.Command("go", "build", "-o", fakeEC2Bin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build fake-ec2: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // process is a running fake-ec2 and what its ready file said.
 type process struct {
@@ -47,7 +31,7 @@ func startFakeEC2(t *testing.T, args ...string) *process {
 	t.Helper()
 	readyFile := filepath.Join(t.TempDir(), "ready.json")
 	args = append([]string{"--listen", freeAddr(t), "--ready-file", readyFile}, args...)
-	p := &process{cmd: exec.Command(fakeEC2Bin, args...), output: &bytes.Buffer{}}
+	p := &process{cmd: exec.Command(testbin.Path(t, testbin.FakeEC2), args...), output: &bytes.Buffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -132,7 +116,7 @@ func TestParseRate(t *testing.T) {
 }
 
 func TestUnknownInstanceTypeFails(t *testing.T) {
-	out, err := exec.Command(fakeEC2Bin, "--listen", freeAddr(t), "--instance-type", "x9.huge").CombinedOutput()
+	out, err := exec.Command(testbin.Path(t, testbin.FakeEC2), "--listen", freeAddr(t), "--instance-type", "x9.huge").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `"x9.huge" invalid`) {
 		t.Fatalf("fake-ec2 with an unknown type: err %v, output %s", err, out)
 	}

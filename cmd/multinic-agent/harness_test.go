@@ -19,44 +19,22 @@ import (
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
 )
 
-// Binaries built once by TestMain (as root only: the binary tests need netns).
+// The binaries under test, set by requireBinaries.
 var (
-	binDir    string
 	fakeBin   string
 	agentBin  string
-	buildErr  error
 	prefixSeq atomic.Int32
 )
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		// (TestFallbackRoots' child process needs no binaries.)
-		if os.Geteuid() == 0 && os.Getenv(noCABundleEnv) == "" {
-			dir, err := os.MkdirTemp("", "mnagent-bin")
-			if err != nil {
-				buildErr = err
-			} else {
-				binDir = dir
-				defer os.RemoveAll(dir)
-				fakeBin, agentBin = filepath.Join(dir, "fake-ec2"), filepath.Join(dir, "multinic-agent")
-				out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/multinic/multinic/cmd/fake-ec2",
-					"github.com/multinic/multinic/cmd/multinic-agent").CombinedOutput()
-				if err != nil {
-					buildErr = fmt.Errorf("build binaries: %v\n%s", err, out)
-				}
-			}
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// requireBinaries skips the test unless it runs as root with the binaries built.
+// requireBinaries skips the test unless it runs as root, and builds the binaries (once per process).
 func requireBinaries(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -65,9 +43,8 @@ func requireBinaries(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs root and ip(8) from iproute2")
 	}
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
+	dir := testbin.Dir(t, testbin.FakeEC2, testbin.Agent)
+	fakeBin, agentBin = filepath.Join(dir, "fake-ec2"), filepath.Join(dir, "multinic-agent")
 }
 
 // node is one fake-ec2 instance with its netns, and the agent that runs in it.

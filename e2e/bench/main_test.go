@@ -16,6 +16,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
 // Sizes: the smoke sizes keep `make test` short; -multinic.full (MULTINIC_BENCH=1) runs the issue's.
@@ -32,11 +33,7 @@ const refModule = "github.com/containernetworking/plugins"
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	code := harness.Main(m)
-	if builtRefDir != "" {
-		_ = os.RemoveAll(builtRefDir)
-	}
-	os.Exit(code)
+	os.Exit(testbin.Main(m))
 }
 
 func envInt(key string) int {
@@ -71,49 +68,36 @@ func size(full, smoke int) int {
 }
 
 var (
-	refOnce     sync.Once
-	refDir      string
-	refErr      error
-	builtRefDir string
+	refOnce sync.Once
+	refPkgs []string
+	refErr  error
 )
 
-// refBinDir is the folder of the reference plugins: -multinic.refbin when it has them all, else a temporary
-// folder they are installed into (`go install` at the module's version of containernetworking/plugins).
+// refBinDir is the folder of the reference plugins: -multinic.refbin when it has them all (e2e/bench/run.sh
+// installs them there, static, for the test VM), else testbin's, built at the module's version of
+// containernetworking/plugins.
 func refBinDir(tb testing.TB) string {
 	tb.Helper()
-	refOnce.Do(func() { refDir, refErr = findOrBuildRefs(*refBinFlag) })
+	if abs, err := filepath.Abs(*refBinFlag); err == nil && hasRefs(abs) {
+		return abs
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		tb.Fatalf("reference plugins: none in %s and no go toolchain (e2e/bench/run.sh refs installs them): %v", *refBinFlag, err)
+	}
+	refOnce.Do(func() {
+		ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", refModule).Output()
+		if err != nil {
+			refErr = fmt.Errorf("reference plugins: version of %s: %w", refModule, err)
+			return
+		}
+		for _, p := range refPlugins {
+			refPkgs = append(refPkgs, refModule+"/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
+		}
+	})
 	if refErr != nil {
 		tb.Fatal(refErr)
 	}
-	return refDir
-}
-
-func findOrBuildRefs(dir string) (string, error) {
-	if abs, err := filepath.Abs(dir); err == nil && hasRefs(abs) {
-		return abs, nil
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		return "", fmt.Errorf("reference plugins: none in %s and no go toolchain (e2e/bench/run.sh builds them): %w", dir, err)
-	}
-	ver, err := exec.Command("go", "list", "-m", "-f", "{{.Version}}", refModule).Output()
-	if err != nil {
-		return "", fmt.Errorf("reference plugins: version of %s: %w", refModule, err)
-	}
-	tmp, err := os.MkdirTemp("", "multinic-refbin")
-	if err != nil {
-		return "", fmt.Errorf("reference plugins: %w", err)
-	}
-	builtRefDir = tmp
-	args := []string{"install", "-trimpath"}
-	for _, p := range refPlugins {
-		args = append(args, refModule+"/plugins/"+p+"@"+strings.TrimSpace(string(ver)))
-	}
-	cmd := exec.Command("go", args...)
-	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("reference plugins: go %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return tmp, nil
+	return testbin.Dir(tb, refPkgs...)
 }
 
 func hasRefs(dir string) bool {

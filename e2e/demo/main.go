@@ -46,6 +46,7 @@ import (
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/e2e/traffic"
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
 // prefix names every netns of the demo; a fixed one, so that a killed run's leftovers are removed by the
@@ -204,7 +205,7 @@ func run(o options) int {
 	}
 	step("tearing down: agents stopped, ENIs detached, namespaces removed")
 	tb.runCleanups()
-	harness.RemoveBuiltBinaries()
+	testbin.Remove()
 	if err := leftovers(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1

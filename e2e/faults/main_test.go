@@ -17,10 +17,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
 func TestMain(m *testing.M) {
-	code := harness.Main(m)
+	code := testbin.Main(m)
 	if err := writeResults(); err != nil {
 		fmt.Fprintf(os.Stderr, "faults: write results: %v\n", err)
 		if code == 0 {

@@ -72,6 +72,8 @@ type Config struct {
 	// NoAgents leaves the nodes without the harness's agents: something else runs them (the real-node e2e,
 	// as a DaemonSet on a real kubelet). Node.StartAgent still starts one.
 	NoAgents bool
+	// BinDir is the folder of the multinic and multinic-agent binaries the nodes run (BinDir's when empty).
+	BinDir string
 	// RatePerCard is the fabric's rate limit of every ENI in bit/s, both directions (fabric.Config.RatePerCard:
 	// tbf, and ifb + mirred for what the ENI sends); 0 = none.
 	RatePerCard uint64
@@ -104,7 +106,10 @@ func NewRegion(tb TB, cfg Config) *Region {
 	if len(cfg.Prefix) > 20 {
 		tb.Fatalf("harness prefix %q invalid: at most 20 characters", cfg.Prefix)
 	}
-	r := &Region{cfg: cfg, binDir: BinDir(tb)}
+	r := &Region{cfg: cfg, binDir: cfg.BinDir}
+	if r.binDir == "" {
+		r.binDir = BinDir(tb)
+	}
 	tb.Cleanup(func() {
 		if err := r.close(tb); err != nil {
 			tb.Errorf("tear down region %s: %v", cfg.Prefix, err)

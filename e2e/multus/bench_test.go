@@ -103,8 +103,8 @@ func TestMultusBenchIPVlan(t *testing.T) {
 		t.Fatalf("%s=%q: want the iterations the host picked", benchNEnv, os.Getenv(benchNEnv))
 	}
 	smoke := os.Getenv(benchSmokeEnv) == "true"
-	tools = stageBenchBinaries(t, tools)
-	setupBinaries(t)
+	tools, bins := stageBenchBinaries(t, tools)
+	setupBinaries(t, bins)
 	ctx := t.Context()
 	e := startEnv(ctx, t, c, tools, netconf.ModeIPVlan, 1, benchAgentArgs, start)
 	node := e.region.Node(0)
@@ -152,9 +152,9 @@ func TestMultusBenchIPVlan(t *testing.T) {
 
 // stageBenchBinaries copies what every ADD and DEL execs (Multus, ptp, host-local, ipvlan and multinic)
 // to the guest's tmpfs, so that both sides exec from there rather than from the 9p mount, where every
-// page of an exec is a 9p read. It returns the tools there and points $MULTINIC_BIN_DIR at a folder with
-// the copied plugin (and the agent, linked).
-func stageBenchBinaries(t *testing.T, tools *cluster.Tools) *cluster.Tools {
+// page of an exec is a 9p read. It returns the tools there and a folder with the copied plugin (and the
+// agent, linked).
+func stageBenchBinaries(t *testing.T, tools *cluster.Tools) (*cluster.Tools, string) {
 	t.Helper()
 	dir := t.TempDir()
 	toolsDir, binDir := filepath.Join(dir, "tools"), filepath.Join(dir, "bin")
@@ -168,19 +168,14 @@ func stageBenchBinaries(t *testing.T, tools *cluster.Tools) *cluster.Tools {
 			t.Fatal(err)
 		}
 	}
-	// Not harness.BinDir: it keeps the first answer, and setupBinaries puts its wrapper there next.
-	orig := os.Getenv(harness.BinDirEnv)
-	if orig == "" {
-		t.Fatalf("$%s unset: the guest runs the binaries vmtest.sh built", harness.BinDirEnv)
-	}
+	orig := harness.BinDir(t) // in the guest: the binaries vmtest.sh built
 	if err := copyFile(filepath.Join(orig, harness.PluginBinary), filepath.Join(binDir, harness.PluginBinary), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(filepath.Join(orig, harness.AgentBinary), filepath.Join(binDir, harness.AgentBinary)); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(harness.BinDirEnv, binDir)
-	return &cluster.Tools{Multus: filepath.Join(toolsDir, "multus"), CNIBinDir: toolsDir}
+	return &cluster.Tools{Multus: filepath.Join(toolsDir, "multus"), CNIBinDir: toolsDir}, binDir
 }
 
 // refCard is a reference NAD and what it was made from: the card's ENI link as the agent reports it,

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/multinic/multinic/e2e/cluster"
+	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
@@ -22,7 +23,7 @@ import (
 // NAD of its own) to card 0, which the agents do not serve, gets CardNotManaged on the Pod and the Node.
 func TestAgentEventsThroughAPIServer(t *testing.T) {
 	tools := cluster.RequireE2E(t)
-	setupBinaries(t)
+	setupBinaries(t, harness.BinDir(t))
 	start := time.Now()
 	c := cluster.Start(t, cluster.Options{Tools: tools})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

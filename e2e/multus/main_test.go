@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/ipam/api"
 )
 
@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 	if verb := os.Getenv(runtimeEnv); verb != "" {
 		os.Exit(runRuntime(verb))
 	}
-	code := harness.Main(m)
+	code := testbin.Main(m)
 	removeBuilt()
 	os.Exit(code)
 }
@@ -142,39 +142,24 @@ exec unshare --mount --propagation slave /bin/sh -c 'mount --bind "$1" "$2" && s
 var (
 	binOnce     sync.Once
 	binErr      error
-	realBinDir  string
+	realBinDir  string // the real plugin and agent
+	wrapBinDir  string // the real plugin and the agent wrapper: the regions' harness.Config.BinDir
 	builtDirs   []string
 	createdDirs []string // mount points this process created on the host, removed (if empty) at the end
 )
 
-// setupBinaries makes the harness run the agent wrapper: it finds the real binaries ($MULTINIC_BIN_DIR,
-// else built once), writes a folder with the wrapper and the real plugin, and points $MULTINIC_BIN_DIR at
-// it. It must run before the first harness.NewRegion of the process.
-func setupBinaries(t *testing.T) string {
+// setupBinaries makes the regions run the agent wrapper: it writes a folder with the wrapper around the
+// real agent in dir and the real plugin (wrapBinDir). The first call of the process decides dir.
+func setupBinaries(t *testing.T, dir string) {
 	t.Helper()
-	binOnce.Do(func() { binErr = doSetupBinaries() })
+	binOnce.Do(func() { binErr = doSetupBinaries(dir) })
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
-	return realBinDir
 }
 
-func doSetupBinaries() error {
-	realBinDir = os.Getenv(harness.BinDirEnv)
-	if realBinDir == "" {
-		dir, err := os.MkdirTemp("", "multinic-multus-bin-")
-		if err != nil {
-			return err
-		}
-		builtDirs = append(builtDirs, dir)
-		out, err := exec.Command("go", "build", "-o", dir+"/",
-			"github.com/multinic/multinic/cmd/"+harness.PluginBinary,
-			"github.com/multinic/multinic/cmd/"+harness.AgentBinary).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("build binaries: %w\n%s", err, out)
-		}
-		realBinDir = dir
-	}
+func doSetupBinaries(dir string) error {
+	realBinDir = dir
 	wrap, err := os.MkdirTemp("", "multinic-multus-wrap-")
 	if err != nil {
 		return err
@@ -196,7 +181,8 @@ func doSetupBinaries() error {
 			createdDirs = append(createdDirs, dir)
 		}
 	}
-	return os.Setenv(harness.BinDirEnv, wrap)
+	wrapBinDir = wrap
+	return nil
 }
 
 func removeBuilt() {

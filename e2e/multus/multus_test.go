@@ -63,7 +63,7 @@ var nadGVR = schema.GroupVersionResource{Group: "k8s.cni.cncf.io", Version: "v1"
 // cases with the ipvlan NADs run in the test VM (TestMultinicThroughMultusIPVlanVM).
 func TestMultinicThroughMultus(t *testing.T) {
 	tools := cluster.RequireE2E(t)
-	setupBinaries(t)
+	setupBinaries(t, harness.BinDir(t))
 	start := time.Now()
 	c := cluster.Start(t, cluster.Options{Tools: tools})
 	runCases(t, c, tools, netconf.ModeExclusive, managedCards, start)
@@ -183,7 +183,7 @@ func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *clus
 		}
 	}
 	region := harness.NewRegion(t, harness.Config{
-		InstanceType: instanceType, Nodes: nodes, ManagedCards: managedCards,
+		InstanceType: instanceType, Nodes: nodes, ManagedCards: managedCards, BinDir: wrapBinDir,
 		AgentArgs: append([]string{
 			"--kubeconfig", c.Kubeconfig, // the agent runs in the host's netns: 127.0.0.1 reaches the API server
 			"--socket", api.DefaultSocketPath, // the node's folder there: see the agent wrapper

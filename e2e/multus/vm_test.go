@@ -17,6 +17,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/bench"
 	"github.com/multinic/multinic/e2e/cluster"
+	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/netconf"
 )
 
@@ -176,7 +177,7 @@ func runInVM(t *testing.T, tools *cluster.Tools, guestTest string, timeout time.
 func TestMultinicThroughMultusIPVlan(t *testing.T) {
 	start := time.Now()
 	c, tools := guestCluster(t, "TestMultinicThroughMultusIPVlanVM (`make e2e-vm`)")
-	setupBinaries(t)
+	setupBinaries(t, harness.BinDir(t))
 	runCases(t, c, tools, netconf.ModeIPVlan, vmAllCards, start)
 }
 

@@ -8,7 +8,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }

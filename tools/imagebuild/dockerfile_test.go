@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/multinic/multinic/internal/gobuild"
 )
 
 // dockerfile is what the test reads of the repository's Dockerfile.
@@ -160,8 +162,8 @@ func TestDockerfileMatchesImage(t *testing.T) {
 		t.Errorf("build stage FROM %s, want %s (go.mod's go)", d.buildImage, want)
 	}
 	flags := regexp.MustCompile(`go build (.*) -o `).FindStringSubmatch(d.buildRun)
-	if !strings.Contains(d.buildRun, "CGO_ENABLED=0") || flags == nil || strings.Join(BuildFlags, " ") != flags[1] {
-		t.Errorf("the Dockerfile's build %q, want CGO_ENABLED=0 go build %s", d.buildRun, strings.Join(BuildFlags, " "))
+	if !strings.Contains(d.buildRun, "CGO_ENABLED=0") || flags == nil || strings.Join(gobuild.Flags, " ") != flags[1] {
+		t.Errorf("the Dockerfile's build %q, want CGO_ENABLED=0 go build %s", d.buildRun, strings.Join(gobuild.Flags, " "))
 	}
 	for _, pkg := range []string{"./cmd/multinic-agent", "./cmd/multinic"} {
 		if !strings.Contains(d.buildRun+" ", " "+pkg+" ") {

@@ -12,6 +12,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+
+	"github.com/multinic/multinic/internal/gobuild"
 )
 
 // The three images: multinic (agent and plugin), and the two the real-node e2e imports into containerd
@@ -53,24 +55,6 @@ var BusyboxApplets = []string{"sh", "ip", "ping", "nc", "sleep", "cat"}
 // DefaultRef is the default reference of the named image.
 func DefaultRef(image string) string {
 	return map[string]string{Multinic: DefaultMultinicRef, Pause: DefaultPauseRef, Busybox: DefaultBusyboxRef}[image]
-}
-
-// BuildFlags are the flags of `go build` for every binary of the images (and of the Dockerfile), with
-// CGO_ENABLED=0: static, without paths of the build machine. The test VM and the demo build the same way,
-// so the build cache serves them all.
-var BuildFlags = []string{"-trimpath"}
-
-// GoBuild builds the packages into dir with BuildFlags and CGO_ENABLED=0, for linux and this machine's
-// architecture. It runs in the current directory, which must be inside this module.
-func GoBuild(ctx context.Context, dir string, pkgs ...string) error {
-	args := append([]string{"build"}, BuildFlags...)
-	args = append(args, "-o", dir+"/")
-	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", strings.Join(pkgs, " "), err, out)
-	}
-	return nil
 }
 
 // MultinicSpec is the multinic image from a directory holding the built multinic-agent and multinic.
@@ -140,12 +124,12 @@ func BuildImage(ctx context.Context, image, ref, out string) (string, error) {
 		}
 		defer os.RemoveAll(tmp)
 		if image == Multinic {
-			if err := GoBuild(ctx, tmp, agentPkg, pluginPkg); err != nil {
+			if err := gobuild.Build(ctx, tmp, agentPkg, pluginPkg); err != nil {
 				return "", err
 			}
 			spec = MultinicSpec(tmp)
 		} else {
-			if err := GoBuild(ctx, tmp, pausePkg); err != nil {
+			if err := gobuild.Build(ctx, tmp, pausePkg); err != nil {
 				return "", err
 			}
 			spec = PauseSpec(filepath.Join(tmp, path.Base(pausePkg)))
