@@ -70,10 +70,11 @@ demo: ## fake-ec2 trn1.32xlarge, the agent, 4 pods on every card, per-card throu
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/demo ./e2e/demo
 	CGO_ENABLED=0 $(BIN)/demo $(DEMO_FLAGS)
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and every import pointing down (the rules in tools/layers)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GOTEST) ./tools/layers/
 
 fuzz: ## run every fuzz target for FUZZTIME (default 5m); crashers land in testdata/fuzz as regression inputs
 	@for t in $(FUZZ_TARGETS); do \
