@@ -58,6 +58,28 @@ func newRecordingBackend() *recordingBackend {
 	return b
 }
 
+// The JSON keys are the protocol: pin them.
+func TestWireNames(t *testing.T) {
+	b, err := json.Marshal(testRequest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"card":3,"containerID":"5f2c9e0a","ifName":"net1","podNamespace":"ml","podName":"trainer-0",` +
+		`"podUID":"0b7c7c1e-4b8f-4e43-9e55-2f0d3a3e8a11","netns":"/var/run/netns/cni-1234","network":"multinic-card-3"}`
+	if string(b) != want {
+		t.Errorf("AllocateRequest on the wire:\n got %s\nwant %s", b, want)
+	}
+	b, err = json.Marshal(testResponse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = `{"address":"10.0.16.5","prefixLen":20,"gateway":"10.0.16.1","subnetCIDR":"10.0.16.0/20",` +
+		`"eniID":"eni-0123456789abcdef0","linkName":"ens33","mac":"02:12:34:56:78:9a","mtu":9001}`
+	if string(b) != want {
+		t.Errorf("AllocateResponse on the wire:\n got %s\nwant %s", b, want)
+	}
+}
+
 // TestRecordedPluginRequests: the requests older plugins sent (testdata/wire/plugin-<commit>.jsonl: the
 // plugin built at that commit, run for ADD, DEL, STATUS and an exclusive ADD against a unix socket that
 // recorded each request) are served by this agent, and nothing they carry is lost: the request the

@@ -145,6 +145,19 @@ func startServerFor(t testing.TB, b Backend, logger *slog.Logger, grace time.Dur
 	return s
 }
 
+// everyVerb calls each of the client's verbs once, by name.
+func everyVerb(ctx context.Context, c *api.Client) map[string]func() error {
+	return map[string]func() error{
+		"allocate": func() error { _, err := c.Allocate(ctx, testRequest); return err },
+		"release": func() error {
+			_, err := c.Release(ctx, api.ReleaseRequest{ContainerID: "c", IfName: "net1"})
+			return err
+		},
+		"list":   func() error { _, err := c.List(ctx); return err },
+		"status": func() error { _, err := c.Status(ctx, 1); return err },
+	}
+}
+
 func newTestClient(t testing.TB, path string, timeout time.Duration) *api.Client {
 	c := api.NewClient(path, timeout)
 	t.Cleanup(c.Close)

@@ -153,15 +153,7 @@ func TestErrorCodes(t *testing.T) {
 	s := startServer(t, b, nil, time.Second)
 	c := newTestClient(t, s.path, 0)
 	ctx := context.Background()
-	calls := map[string]func() error{
-		"allocate": func() error { _, err := c.Allocate(ctx, testRequest); return err },
-		"release": func() error {
-			_, err := c.Release(ctx, api.ReleaseRequest{ContainerID: "c", IfName: "net1"})
-			return err
-		},
-		"list":   func() error { _, err := c.List(ctx); return err },
-		"status": func() error { _, err := c.Status(ctx, 1); return err },
-	}
+	calls := everyVerb(ctx, c)
 	for _, tt := range tests {
 		// The server's mapping on its own, including the HTTP status.
 		if got := errorFor(tt.err); got.Code != tt.code || got.Code.HTTPStatus() != tt.status {
@@ -296,15 +288,7 @@ func TestAgentDown(t *testing.T) {
 	for _, path := range []string{filepath.Join(dir, "missing.sock"), filepath.Join(dir, "nodir", "agent.sock"), stale, dying} {
 		c := newTestClient(t, path, 0)
 		ctx := context.Background()
-		for verb, call := range map[string]func() error{
-			"allocate": func() error { _, err := c.Allocate(ctx, testRequest); return err },
-			"release": func() error {
-				_, err := c.Release(ctx, api.ReleaseRequest{ContainerID: "c", IfName: "net1"})
-				return err
-			},
-			"list":   func() error { _, err := c.List(ctx); return err },
-			"status": func() error { _, err := c.Status(ctx, 1); return err },
-		} {
+		for verb, call := range everyVerb(ctx, c) {
 			if err := call(); !errors.Is(err, api.ErrUnavailable) {
 				t.Errorf("%s on %s: %v, want api.ErrUnavailable", verb, filepath.Base(path), err)
 			}
