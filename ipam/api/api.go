@@ -20,10 +20,10 @@
 //   - A receiver ignores what it does not know: the agent ignores unknown JSON fields and query parameters
 //     of a request, the client unknown fields of an answer. What it knows it validates strictly (type,
 //     value, the JSON key named in the error), and the client validates its own request before sending it.
-//   - So a v1 field may only add information that an older agent may safely ignore (netns, network: an
-//     older agent frees such an allocation by its own GC instead). A request that changes what is
-//     allocated or how gets a new path, /v2/..., which an older agent refuses as invalid ("no endpoint")
-//     instead of serving it wrongly.
+//   - So a v1 field may only add information that an older agent may safely ignore (as netns and network
+//     were added: an agent without them does what it did before they existed). A request that changes
+//     what is allocated or how gets a new path, /v2/..., which an older agent refuses as invalid ("no
+//     endpoint") instead of serving it wrongly.
 //   - A field, a path or a code is never removed or given another meaning within v1. A client treats a
 //     code it does not know (from a newer agent) like CodeInternal.
 //
@@ -34,9 +34,10 @@
 //
 // Any other answer than 200 carries an Error: {"code": "...", "message": "..."}. The codes are a small stable
 // set (see Code); the client turns them back into *Error values that match the sentinels ErrInvalid,
-// ErrCardTaken, ErrInterfaceTaken, ErrTryAgain, ErrNotManaged, ErrUnavailable and ErrInternal with errors.Is,
-// so the plugin maps them to CNI codes in one place. The server maps backend errors to codes in one
-// function (ipam/server's errorFor).
+// ErrCardTaken, ErrInterfaceTaken, ErrTryAgain, ErrNotManaged, ErrUnavailable and ErrInternal with errors.Is.
+// One table (errors.go) gives each code its sentinel, HTTP status and CNI code: the agent's packages return
+// the sentinels, the server finds the code with CodeOf (ipam/server's errorFor), the plugin the CNI code
+// with CNICode.
 //
 // For debugging, as root:
 //
