@@ -12,7 +12,7 @@ type Code string
 
 // The codes. Clients must treat an unknown code (from a newer agent) like CodeInternal.
 const (
-	// CodeInvalid: a malformed request: bad JSON, an unknown field, a missing or bad value (CNI code 7).
+	// CodeInvalid: a malformed request: bad JSON, a missing or bad value, an unknown endpoint (CNI code 7).
 	CodeInvalid Code = "invalid"
 	// CodeCardTaken: the pod already holds an address on the card under another (container, interface).
 	CodeCardTaken Code = "card-taken"
