@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,20 +14,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/ipam/api"
 )
-
-var allCards = []int{1, 2, 3, 4, 5, 6, 7}
 
 // TestConcurrentAllocations: 64 allocations at once across cards 1-7 (16 pods x 4 cards), each pod also
 // asking for each of its cards a second time under another interface name: the 64 succeed with 64
 // distinct addresses, one per (pod, card), the 64 doubles are refused, and every address is one EC2 has on
 // that card's ENI.
 func TestConcurrentAllocations(t *testing.T) {
-	n := startNode(t)
-	n.startAgent("--cooldown", "1s")
-	n.waitReady(60*time.Second, allCards...)
+	region, n := startNode(t, harness.Config{})
+	startAgent(t, n, []string{"--cooldown", "1s"})
 	ctx := context.Background()
 
 	type grant struct {
@@ -49,7 +45,7 @@ func TestConcurrentAllocations(t *testing.T) {
 			for _, ifname := range []string{fmt.Sprintf("net%d", i+1), fmt.Sprintf("dup%d", i+1)} {
 				wg.Go(func() {
 					r := podReq(card, "sandbox-"+pod, ifname, pod)
-					resp, err := n.client.Allocate(ctx, r)
+					resp, err := n.Client.Allocate(ctx, r)
 					if errors.Is(err, api.ErrCardTaken) {
 						refused.Add(1)
 						return
@@ -70,8 +66,8 @@ func TestConcurrentAllocations(t *testing.T) {
 	if len(grants) != 64 || refused.Load() != 64 {
 		t.Fatalf("%d granted and %d refused with card-taken, want 64 and 64", len(grants), refused.Load())
 	}
-	st := n.state()
-	enis := ourENIs(st)
+	st := region.State()
+	enis := ourENIs(n, st)
 	byAddr := map[netip.Addr]string{}
 	byPodCard := map[string]bool{}
 	for _, g := range grants {
@@ -97,7 +93,7 @@ func TestConcurrentAllocations(t *testing.T) {
 			t.Errorf("%s: answer %+v does not match ENI %s (MAC %s)", who, g.resp, e.ID, e.MAC)
 		}
 	}
-	list, err := n.client.List(ctx)
+	list, err := n.Client.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +126,10 @@ func TestCrashSafety(t *testing.T) {
 		minOps   = 2000
 		maxRun   = 150 * time.Second
 	)
-	n := startNode(t)
+	region, n := startNode(t, harness.Config{})
 	flags := []string{"--cooldown", "200ms", "--surplus-delay", "1s", "--warm-target", "8", "--min-free", "4",
 		"--reconcile-interval", "3s", "--wait-timeout", "5s", "--ec2-rate", "20", "--ec2-burst", "20"}
-	n.startAgent(flags...)
-	n.waitReady(60*time.Second, allCards...)
+	startAgent(t, n, flags)
 
 	var (
 		gate    sync.RWMutex // workers hold it shared per call; the checker holds it alone
@@ -175,7 +170,7 @@ func TestCrashSafety(t *testing.T) {
 				gate.RLock()
 				var err error
 				if release {
-					_, err = n.client.Release(context.Background(), api.ReleaseRequest{ContainerID: r.ContainerID, IfName: r.IfName})
+					_, err = n.Client.Release(context.Background(), api.ReleaseRequest{ContainerID: r.ContainerID, IfName: r.IfName})
 					if err == nil {
 						delete(cw.held, k)
 						delete(cw.uncertain, k)
@@ -183,7 +178,7 @@ func TestCrashSafety(t *testing.T) {
 					}
 				} else {
 					var resp api.AllocateResponse
-					resp, err = n.client.Allocate(context.Background(), r)
+					resp, err = n.Client.Allocate(context.Background(), r)
 					if err == nil {
 						if prev, ok := cw.held[k]; ok && prev != resp.Address {
 							t.Errorf("%s: repeated allocate answered %s, earlier %s", k, resp.Address, prev)
@@ -234,7 +229,7 @@ func TestCrashSafety(t *testing.T) {
 	// check runs with every worker paused: the agent's list against what the workers were told, and EC2.
 	check := func(round int) {
 		ctx := context.Background()
-		list, err := n.client.List(ctx)
+		list, err := n.Client.List(ctx)
 		if err != nil {
 			t.Fatalf("round %d: list: %v", round, err)
 		}
@@ -259,7 +254,7 @@ func TestCrashSafety(t *testing.T) {
 				}
 			}
 		}
-		enis := ourENIs(n.state())
+		enis := ourENIs(n, region.State())
 		for _, al := range list {
 			if e, ok := enis[al.ENIID]; !ok || !onENI(e, al.Address) || e.Card != al.Card {
 				t.Errorf("round %d: allocation %s/%s: %s not on %s (card %d) in EC2", round, al.ContainerID, al.IfName, al.Address, al.ENIID, al.Card)
@@ -272,19 +267,20 @@ func TestCrashSafety(t *testing.T) {
 	kills, earlyKills := 0, 0
 	for (kills < minKills || totalOK.Load() < minOps) && time.Since(start) < maxRun && !t.Failed() {
 		time.Sleep(time.Duration(50+rng.IntN(700)) * time.Millisecond)
-		n.kill() // mid-traffic: workers' calls in flight fail with ErrUnavailable
+		killAgent(t, n) // mid-traffic: workers' calls in flight fail with ErrUnavailable
 		kills++
 		gate.Lock()
 		if rng.IntN(4) == 0 {
 			// Also die during start-up: restore, discovery, reconcile.
-			n.startAgent(flags...)
+			if err := n.StartAgentWith(flags...); err != nil {
+				t.Fatal(err)
+			}
 			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
-			n.kill()
+			killAgent(t, n)
 			kills++
 			earlyKills++
 		}
-		n.startAgent(flags...)
-		n.waitReady(60*time.Second, allCards...)
+		startAgent(t, n, flags)
 		check(kills)
 		gate.Unlock()
 	}
@@ -303,12 +299,12 @@ func TestCrashSafety(t *testing.T) {
 	for _, cw := range ws {
 		for k := range cw.held {
 			c, ifn, _ := strings.Cut(k, "|")
-			if _, err := n.client.Release(ctx, api.ReleaseRequest{ContainerID: c, IfName: ifn}); err != nil {
+			if _, err := n.Client.Release(ctx, api.ReleaseRequest{ContainerID: c, IfName: ifn}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	list, err := n.client.List(ctx)
+	list, err := n.Client.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,14 +314,14 @@ func TestCrashSafety(t *testing.T) {
 	// The manager may be mid-refill or mid-shrink: give it a moment to settle, then compare.
 	var diff string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
-		if diff = poolMatchesEC2(n.checkpoint(), n.state()); diff == "" {
+		if diff = poolMatchesEC2(n, checkpoint(t, n), region.State()); diff == "" {
 			break
 		}
 	}
 	if diff != "" {
 		t.Fatalf("after releasing everything, pool and EC2 differ: %s", diff)
 	}
-	cp := n.checkpoint()
+	cp := checkpoint(t, n)
 	t.Logf("end: 0 allocations, %d addresses in the pool, all of them on the agent's ENIs in EC2 and vice versa", len(cp.Addresses))
 }
 
@@ -333,41 +329,35 @@ func TestCrashSafety(t *testing.T) {
 // grace period, the address back in the pool, also when the agent was killed and restarted in between; a
 // pod whose netns lives keeps its allocation. A development build's netns.json is removed at start.
 func TestGCNetnsDeleted(t *testing.T) {
-	n := startNode(t)
-	stale := filepath.Join(n.stateDir, "netns.json")
-	if err := os.MkdirAll(n.stateDir, 0o700); err != nil {
+	_, n := startNode(t, harness.Config{})
+	stale := filepath.Join(n.StateDir, "netns.json")
+	if err := os.MkdirAll(n.StateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(stale, []byte(`{"version":1,"records":[]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	flags := []string{"--gc-grace", "1s", "--gc-interval", "200ms", "--cooldown", "30s"}
-	n.startAgent(flags...)
-	n.waitReady(60*time.Second, 1, 2)
+	startAgent(t, n, flags, 1, 2)
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s after start: %v, want it removed", stale, err)
 	}
 	ctx := context.Background()
 
-	pods := map[string]string{}
+	pods := map[string]*harness.Pod{}
 	for _, name := range []string{"dead", "live"} {
-		ns := n.prefix + "p" + name
-		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-			t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+		p, err := n.NewPod(name) // a netns and no attachment: the allocations below are made directly
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Cleanup(func() {
-			if _, err := os.Stat(filepath.Join(fabric.NetNSDir, ns)); err == nil {
-				exec.Command("ip", "netns", "del", ns).Run()
-			}
-		})
-		pods[name] = filepath.Join(fabric.NetNSDir, ns)
+		pods[name] = p
 	}
 	var deadAddrs []netip.Addr
 	for _, card := range []int{1, 2} {
 		for _, name := range []string{"dead", "live"} {
 			r := podReq(card, "c-"+name, fmt.Sprintf("net%d", card), name)
-			r.Netns = pods[name]
-			resp, err := n.client.Allocate(ctx, r)
+			r.Netns = pods[name].NetNSPath
+			resp, err := n.Client.Allocate(ctx, r)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -378,21 +368,20 @@ func TestGCNetnsDeleted(t *testing.T) {
 	}
 	// Outlive a GC pass or two with both netns present: nothing is freed.
 	time.Sleep(1500 * time.Millisecond)
-	if list, _ := n.client.List(ctx); len(list) != 4 {
+	if list, _ := n.Client.List(ctx); len(list) != 4 {
 		t.Fatalf("%d allocations with every netns alive, want 4", len(list))
 	}
 	// The netns paths must come back from the checkpoint.
-	n.kill()
-	n.startAgent(flags...)
-	n.waitReady(60*time.Second, 1, 2)
-	if out, err := exec.Command("ip", "netns", "del", n.prefix+"pdead").CombinedOutput(); err != nil {
-		t.Fatalf("ip netns del: %v: %s", err, out)
+	killAgent(t, n)
+	startAgent(t, n, flags, 1, 2)
+	if err := pods["dead"].Remove(); err != nil { // its netns deleted, without a DEL
+		t.Fatal(err)
 	}
 	deleted := time.Now()
 	var list []api.Allocation
 	for {
 		var err error
-		if list, err = n.client.List(ctx); err != nil {
+		if list, err = n.Client.List(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if len(list) == 2 || time.Since(deleted) > 20*time.Second {
@@ -408,14 +397,14 @@ func TestGCNetnsDeleted(t *testing.T) {
 		t.Errorf("freed after %s, before the 1s grace period", took)
 	}
 	for _, al := range list {
-		if al.PodName != "live" || al.Netns != pods["live"] {
+		if al.PodName != "live" || al.Netns != pods["live"].NetNSPath {
 			t.Errorf("left %+v, want only the live pod's", al)
 		}
 	}
 	t.Logf("dead pod's 2 allocations freed %s after its netns was deleted (grace 1s, interval 200ms)", took.Round(10*time.Millisecond))
 	// Back in the pool, resting (cooldown 30s), not given to anyone.
 	pool := map[netip.Addr]bool{}
-	for _, a := range n.checkpoint().Addresses {
+	for _, a := range checkpoint(t, n).Addresses {
 		pool[a.Address] = !a.RestUntil.IsZero()
 	}
 	for _, a := range deadAddrs {

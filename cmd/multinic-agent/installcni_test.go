@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/multinic/multinic/internal/statefile"
+	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/manifests"
 	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/tools/imagebuild"
@@ -198,10 +199,9 @@ func TestInstallCNICommand(t *testing.T) {
 // TestInstallCNIBinary: the built agent binary as the init container runs it: the plugin beside it by
 // default, the host's bin dir given; a missing dir exits non-zero naming it.
 func TestInstallCNIBinary(t *testing.T) {
-	requireBinaries(t)
 	imageBin := t.TempDir() // as /usr/local/bin in the image
 	agent := filepath.Join(imageBin, "multinic-agent")
-	if err := os.Link(agentBin, agent); err != nil {
+	if err := os.Link(testbin.Path(t, testbin.Agent), agent); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(imageBin, netconf.Type), []byte("the plugin"), 0o755); err != nil {

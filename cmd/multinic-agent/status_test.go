@@ -15,34 +15,28 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// tinySubnetConfig is fake-ec2's default one-subnet-per-card layout for one trn1.32xlarge, with card 2's
+// tinySubnets is fake-ec2's default one-subnet-per-card layout for one trn1.32xlarge, with card 2's
 // subnet a /28: 11 usable addresses, fewer than card 2's ENI and its warm target need.
-func tinySubnetConfig(t *testing.T, dir string) string {
+func tinySubnets(t *testing.T) []fakeec2.SubnetConfig {
 	t.Helper()
 	subnets, err := fakeec2.SubnetsPerCard(8)
 	if err != nil {
 		t.Fatal(err)
 	}
 	subnets[2].CIDR = "10.0.32.0/28"
-	cfg := fakeec2.Config{Subnets: subnets, Instances: []fakeec2.InstanceConfig{{Type: "trn1.32xlarge"}}}
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "fake-ec2.json")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return subnets
 }
 
 // runStatusCmd runs the real binary's status subcommand against the node's agent.
-func (n *node) runStatusCmd(args ...string) (stdout, stderr string, err error) {
+func runStatusCmd(t *testing.T, n *harness.Node, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	cmd := exec.Command(agentBin, append([]string{"status", "--socket", n.socket}, args...)...)
+	cmd := exec.Command(testbin.Path(t, testbin.Agent), append([]string{"status", "--socket", n.Socket}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
 	return out.String(), errb.String(), err
@@ -54,28 +48,27 @@ func (n *node) runStatusCmd(args ...string) (stdout, stderr string, err error) {
 // the command says so and fails.
 func TestStatusCommand(t *testing.T) {
 	dir := t.TempDir()
-	n := startNode(t, "--config", tinySubnetConfig(t, dir))
+	// The harness gives the agent --managed-cards 1,2 and each card its own subnet (--subnet-per-card).
+	region, n := startNode(t, harness.Config{ManagedCards: []int{1, 2}, Subnets: tinySubnets(t)})
 	start := time.Now()
-	agentArgs := []string{"--managed-cards", "1,2", "--warm-target", "12", "--cooldown", "1h",
-		"--subnet-per-card", "1=" + fakeec2.CardSubnetID(1) + ",2=" + fakeec2.CardSubnetID(2)}
-	n.startAgent(agentArgs...)
-	n.waitReady(60*time.Second, 1)
+	agentArgs := []string{"--warm-target", "12", "--cooldown", "1h"}
+	startAgent(t, n, agentArgs, 1)
 	ctx := context.Background()
 	for _, pod := range []string{"pod-a", "pod-b"} {
-		if _, err := n.client.Allocate(ctx, podReq(1, "c-"+pod, "net1", pod)); err != nil {
+		if _, err := n.Client.Allocate(ctx, podReq(1, "c-"+pod, "net1", pod)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := n.client.Release(ctx, api.ReleaseRequest{ContainerID: "c-pod-b", IfName: "net1"}); err != nil {
+	if _, err := n.Client.Release(ctx, api.ReleaseRequest{ContainerID: "c-pod-b", IfName: "net1"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.client.Allocate(ctx, podReq(1, "c-pod-c", "net1", "pod-c")); err != nil {
+	if _, err := n.Client.Allocate(ctx, podReq(1, "c-pod-c", "net1", "pod-c")); err != nil {
 		t.Fatal(err)
 	}
 	// Card 2's subnet has room for its ENI and 10 more addresses: 10 pods take them all.
 	for i := range 10 {
 		pod := fmt.Sprintf("pod-2-%d", i)
-		if _, err := n.client.Allocate(ctx, podReq(2, "c-"+pod, "net2", pod)); err != nil {
+		if _, err := n.Client.Allocate(ctx, podReq(2, "c-"+pod, "net2", pod)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +78,7 @@ func TestStatusCommand(t *testing.T) {
 	var rep statusReport
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		out, stderr, err := n.runStatusCmd("-o", "json", "--allocations")
+		out, stderr, err := runStatusCmd(t, n, "-o", "json", "--allocations")
 		if err != nil {
 			t.Fatalf("status -o json: %v\n%s", err, stderr)
 		}
@@ -103,12 +96,12 @@ func TestStatusCommand(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	st := n.state()
+	st := region.State()
 	// The state is read after the status: card 2's ENIs and addresses do not change any more (every
 	// refill fails), card 1's are settled (warm target reached, nothing released but resting).
 
-	if rep.Node != "node-1" || rep.Instance != st.Instances[0].ID {
-		t.Errorf("node %q instance %q, want node-1 and fake-ec2's %s", rep.Node, rep.Instance, st.Instances[0].ID)
+	if rep.Node != n.Name || rep.Instance != st.Instances[0].ID {
+		t.Errorf("node %q instance %q, want %s and fake-ec2's %s", rep.Node, rep.Instance, n.Name, st.Instances[0].ID)
 	}
 	if !rep.Time.After(start) || rep.Time.After(time.Now()) {
 		t.Errorf("agent time %s not between the test's start %s and now", rep.Time, start)
@@ -117,11 +110,11 @@ func TestStatusCommand(t *testing.T) {
 	for _, s := range st.Subnets {
 		subnetOf[s.CIDR] = s.ID
 	}
-	als, err := n.client.List(ctx)
+	als, err := n.Client.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	enis := ourENIs(st)
+	enis := ourENIs(n, st)
 	for i, c := range rep.Cards {
 		if c.Card != i+1 {
 			t.Fatalf("cards %+v, want 1 and 2 in order", rep.Cards)
@@ -207,11 +200,11 @@ func TestStatusCommand(t *testing.T) {
 	// if that time moved in between.
 	var diffs []string
 	for range 5 {
-		out, stderr, err := n.runStatusCmd("--allocations")
+		out, stderr, err := runStatusCmd(t, n, "--allocations")
 		if err != nil {
 			t.Fatalf("status: %v\n%s", err, stderr)
 		}
-		jout, stderr, err := n.runStatusCmd("-o", "json", "--allocations")
+		jout, stderr, err := runStatusCmd(t, n, "-o", "json", "--allocations")
 		if err != nil {
 			t.Fatalf("status -o json: %v\n%s", err, stderr)
 		}
@@ -231,25 +224,25 @@ func TestStatusCommand(t *testing.T) {
 	// The support bundle, from the real binary against the running agent: its status, its own log lines
 	// and the checkpoint on disk.
 	bundle := filepath.Join(dir, "bundle.tar.gz")
-	if out, err := exec.Command(agentBin, "support-bundle", "-o", bundle, "--socket", n.socket, "--state-dir", n.stateDir,
+	if out, err := exec.Command(testbin.Path(t, testbin.Agent), "support-bundle", "-o", bundle, "--socket", n.Socket, "--state-dir", n.StateDir,
 		"--netns-dirs", dir).CombinedOutput(); err != nil {
 		t.Fatalf("support-bundle: %v\n%s", err, out)
 	}
 	got := readBundle(t, bundle)
 	var inBundle statusReport
-	if err := json.Unmarshal([]byte(got["status.json"]), &inBundle); err != nil || inBundle.Node != "node-1" || len(inBundle.Allocations) != 12 {
+	if err := json.Unmarshal([]byte(got["status.json"]), &inBundle); err != nil || inBundle.Node != n.Name || len(inBundle.Allocations) != 12 {
 		t.Errorf("bundle's status.json: %v, %q", err, got["status.json"])
 	}
 	if !strings.Contains(got["agent-log.jsonl"], `"msg":"allocated"`) || !strings.Contains(got["agent-log.jsonl"], "c-pod-a") {
 		t.Errorf("bundle's agent-log.jsonl lacks the allocations' log lines: %.500s", got["agent-log.jsonl"])
 	}
-	if cp, err := os.ReadFile(filepath.Join(n.stateDir, "checkpoint.json")); err != nil || len(got["checkpoint.json"]) == 0 ||
+	if cp, err := os.ReadFile(filepath.Join(n.StateDir, "checkpoint.json")); err != nil || len(got["checkpoint.json"]) == 0 ||
 		!strings.Contains(string(cp), `"c-pod-a"`) || !strings.Contains(got["checkpoint.json"], `"c-pod-a"`) {
 		t.Errorf("bundle's checkpoint.json %.300q, want the agent's checkpoint (%v)", got["checkpoint.json"], err)
 	}
 
-	n.kill()
-	out, stderr, err := n.runStatusCmd()
+	killAgent(t, n)
+	out, stderr, err := runStatusCmd(t, n)
 	if err == nil {
 		t.Fatalf("status with the agent down succeeded: %s", out)
 	}
@@ -257,8 +250,7 @@ func TestStatusCommand(t *testing.T) {
 		t.Errorf("status with the agent down says %q, want it to say the agent is not running", stderr)
 	}
 	// Restart it so that the test ends with the graceful stop every harness test checks.
-	n.startAgent(agentArgs...)
-	n.waitReady(60*time.Second, 1)
+	startAgent(t, n, agentArgs, 1)
 }
 
 // statusTableDiffs parses the table's card and allocation rows and compares every column with rep.

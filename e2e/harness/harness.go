@@ -65,6 +65,13 @@ type Config struct {
 	ManagedCards []int
 	// WarmTarget is each agent's --warm-target (DefaultWarmTarget).
 	WarmTarget int
+	// AgentDefaults runs the agents with their own defaults for the pool and EC2 rate (--warm-target,
+	// --min-free, --cooldown, --ec2-rate, --ec2-burst), as a node does, instead of the harness's quick
+	// ones; WarmTarget is then unused.
+	AgentDefaults bool
+	// Subnets are fake-ec2's subnets (fakeec2.SubnetsPerCard of the instance type: one per card, each
+	// card's ENIs in its own).
+	Subnets []fakeec2.SubnetConfig
 	// AgentArgs are extra agent flags; they override the harness's (the last value of a flag wins).
 	AgentArgs []string
 	// ReadyTimeout bounds the wait for each agent to be ready (DefaultReadyTimeout).
@@ -153,9 +160,12 @@ func (r *Region) start(tb TB) error {
 			return fmt.Errorf("managed card %d invalid: %s has cards 0-%d", c, it.Name, it.NetworkCards-1)
 		}
 	}
-	subnets, err := fakeec2.SubnetsPerCard(it.NetworkCards)
-	if err != nil {
-		return err
+	subnets := r.cfg.Subnets
+	if subnets == nil {
+		var err error
+		if subnets, err = fakeec2.SubnetsPerCard(it.NetworkCards); err != nil {
+			return err
+		}
 	}
 	fcfg := fakeec2.Config{Subnets: subnets}
 	nodeNS := map[string]string{}
@@ -170,6 +180,7 @@ func (r *Region) start(tb TB) error {
 	if err := fabric.Cleanup(r.cfg.Prefix); err != nil {
 		return err
 	}
+	var err error
 	if r.fab, err = fabric.New(fabric.Config{Prefix: r.cfg.Prefix, Nodes: nodeNS, RatePerCard: r.cfg.RatePerCard}); err != nil {
 		return err
 	}
@@ -191,7 +202,7 @@ func (r *Region) start(tb TB) error {
 		if r.cfg.NoAgents {
 			break
 		}
-		if err := n.waitReady(r.cfg.ReadyTimeout); err != nil {
+		if err := n.WaitReady(); err != nil {
 			return err
 		}
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/store"
 )
 
 // agentStopTimeout bounds the wait for an agent after SIGTERM before it is killed.
@@ -130,8 +132,8 @@ func (n *Node) NetNS() ns.NetNS { return n.netns }
 func (n *Node) Handle() netlinksafe.Handle { return n.h }
 
 // agentArgs are the agent's flags: its own socket, state and IMDS; ENI links in the node's netns; each
-// managed card's ENIs in that card's subnet (fakeec2.SubnetsPerCard); short intervals for tests; then
-// Config.AgentArgs.
+// managed card's ENIs in that card's subnet (fakeec2.SubnetsPerCard); short intervals and (unless
+// Config.AgentDefaults) a quick pool and EC2 rate for tests; then Config.AgentArgs.
 func (n *Node) agentArgs() []string {
 	cfg := n.region.cfg
 	cards := make([]string, len(cfg.ManagedCards))
@@ -146,10 +148,11 @@ func (n *Node) agentArgs() []string {
 		"--ec2-endpoint", n.region.endpoint, "--imds-endpoint", n.IMDSEndpoint,
 		"--link-netns", n.NetNSPath,
 		"--managed-cards", strings.Join(cards, ","), "--subnet-per-card", strings.Join(subnets, ","),
-		"--warm-target", strconv.Itoa(cfg.WarmTarget), "--min-free", "1",
-		"--cooldown", "1s", "--refill-interval", "1s",
-		"--ec2-rate", "100", "--ec2-burst", "100",
-		"--metrics-addr", "", "--lock-timeout", "5s", "--log-level", "debug",
+		"--refill-interval", "1s", "--metrics-addr", "", "--lock-timeout", "5s", "--log-level", "debug",
+	}
+	if !cfg.AgentDefaults {
+		args = append(args, "--warm-target", strconv.Itoa(cfg.WarmTarget), "--min-free", "1", "--cooldown", "1s",
+			"--ec2-rate", "100", "--ec2-burst", "100")
 	}
 	return append(args, cfg.AgentArgs...)
 }
@@ -226,10 +229,32 @@ func (n *Node) StopAgent() error {
 	return nil
 }
 
-// WaitReady waits until the agent reports every managed card ready.
-func (n *Node) WaitReady() error { return n.waitReady(n.region.cfg.ReadyTimeout) }
+// KillAgent SIGKILLs the agent, as a crash or the OOM killer would, and reaps it: its state dir and socket
+// stay as it left them. StartAgent starts it again.
+func (n *Node) KillAgent() error {
+	n.mu.Lock()
+	cmd, exited := n.agent, n.exited
+	n.agent, n.exited = nil, nil
+	n.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("kill agent on %s: not running", n.Name)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill agent on %s: %w", n.Name, err)
+	}
+	<-exited
+	return nil
+}
 
-func (n *Node) waitReady(timeout time.Duration) error {
+// WaitReady waits until the agent reports cards ready, every managed card when none are given.
+func (n *Node) WaitReady(cards ...int) error {
+	if len(cards) == 0 {
+		cards = n.region.cfg.ManagedCards
+	}
+	return n.waitReady(n.region.cfg.ReadyTimeout, cards)
+}
+
+func (n *Node) waitReady(timeout time.Duration, cards []int) error {
 	n.mu.Lock()
 	exited := n.exited
 	n.mu.Unlock()
@@ -238,7 +263,7 @@ func (n *Node) waitReady(timeout time.Duration) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	for _, c := range n.region.cfg.ManagedCards {
+	for _, c := range cards {
 		for {
 			st, err := n.Client.Status(ctx, c)
 			if err == nil && st.Ready {
@@ -278,6 +303,35 @@ func (n *Node) Allocation(containerID, ifName string) (a api.Allocation, ok bool
 		}
 	}
 	return a, false, nil
+}
+
+// Checkpoint reads the agent's checkpoint in its state dir, running or not (reading takes no lock); found
+// is false when the agent has written none yet.
+func (n *Node) Checkpoint() (cp store.Checkpoint, found bool, err error) {
+	// NewFileStore would create a missing folder.
+	if _, err := os.Stat(n.StateDir); err != nil {
+		return cp, false, fmt.Errorf("agent state dir of %s: %w", n.Name, err)
+	}
+	s, err := store.NewFileStore(n.StateDir)
+	if err != nil {
+		return cp, false, fmt.Errorf("open checkpoint of %s: %w", n.Name, err)
+	}
+	if cp, found, err = s.Load(); err != nil {
+		return cp, found, fmt.Errorf("load checkpoint of %s: %w", n.Name, err)
+	}
+	return cp, found, nil
+}
+
+// ENIs are the ENIs of st (a snapshot of fake-ec2's state) that the node's agent created: tagged with the
+// harness's cluster and the node's instance, attached or not.
+func (n *Node) ENIs(st fakeec2.State) []fakeec2.ENIState {
+	var out []fakeec2.ENIState
+	for _, e := range st.ENIs {
+		if e.Tags[eni.TagCluster] == DefaultCluster && e.Tags[eni.TagNode] == n.InstanceID {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // AgentLog is the path of the agent's log (stdout and stderr of every start).
