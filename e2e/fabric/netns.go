@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/internal/namedns"
@@ -60,17 +59,7 @@ func (c createdNS) delete() error {
 
 // openNetNS opens a named netns and a route netlink handle bound to it.
 func openNetNS(name string) (ns.NetNS, netlinksafe.Handle, error) {
-	nsh, err := ns.GetNS(netnsPath(name))
-	if err != nil {
-		return nil, netlinksafe.Handle{}, err
-	}
-	// NETLINK_ROUTE explicitly: the default family list fails in the test VM.
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(nsh.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		_ = nsh.Close()
-		return nil, netlinksafe.Handle{}, fmt.Errorf("netlink handle: %w", err)
-	}
-	return nsh, h, nil
+	return namedns.Open(netnsPath(name))
 }
 
 // Cleanup removes what a fabric with this prefix left behind when its process

@@ -37,6 +37,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/namedns"
 )
 
 // Defaults of Config's zero values.
@@ -237,7 +238,7 @@ func Gateway(subnet netip.Prefix) netip.Addr { return subnet.Masked().Addr().Nex
 // on, and each node's pod range through the node's primary address.
 func (r *Region) routeVPC() error {
 	path := filepath.Join(fabric.NetNSDir, r.fab.NetNSName())
-	nsh, h, err := openNetNS(path)
+	nsh, h, err := namedns.Open(path)
 	if err != nil {
 		return err
 	}

@@ -6,28 +6,11 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/internal/namedns"
 )
-
-// createNetNS makes a named netns like `ip netns add` and opens it with a route netlink handle.
-func createNetNS(name string) (ns.NetNS, netlinksafe.Handle, error) {
-	path := filepath.Join(fabric.NetNSDir, name)
-	if err := namedns.Create(path); err != nil {
-		return nil, netlinksafe.Handle{}, err
-	}
-	nsh, h, err := openNetNS(path)
-	if err != nil {
-		_ = deleteNetNS(path)
-		return nil, netlinksafe.Handle{}, err
-	}
-	return nsh, h, nil
-}
 
 // shareNetNSDir makes /var/run/netns a shared mount point of its own, as `ip netns add` and
 // containernetworking's testutils.NewNS do, before the region mounts anything under it. Otherwise the first
@@ -53,24 +36,6 @@ func shareNetNSDir() error {
 	}
 	return nil
 }
-
-// openNetNS opens the netns at path and a NETLINK_ROUTE handle in it (the default families fail in the
-// test VM, which loads neither xfrm nor nfnetlink).
-func openNetNS(path string) (ns.NetNS, netlinksafe.Handle, error) {
-	nsh, err := ns.GetNS(path)
-	if err != nil {
-		return nil, netlinksafe.Handle{}, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(nsh.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		_ = nsh.Close()
-		return nil, netlinksafe.Handle{}, fmt.Errorf("netlink handle in %s: %w", path, err)
-	}
-	return nsh, h, nil
-}
-
-// deleteNetNS unmounts and removes a named netns; a missing one is success.
-func deleteNetNS(path string) error { return namedns.Remove(path) }
 
 // writeSysctl writes /proc/sys/<key> (key like "net/ipv4/ip_forward") inside n. A key the kernel lacks is
 // an error unless optional.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
@@ -78,7 +79,7 @@ func (r *Region) newNode(tb TB, i int, in fakeec2.InstanceState, netnsName strin
 		return nil, fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	n.Socket, n.StateDir = filepath.Join(n.Dir, "agent.sock"), filepath.Join(n.Dir, "state")
-	if n.netns, n.h, err = openNetNS(n.NetNSPath); err != nil {
+	if n.netns, n.h, err = namedns.Open(n.NetNSPath); err != nil {
 		return n, fmt.Errorf("node %s: %w", n.Name, err)
 	}
 	if err := n.setupRouting(); err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/internal/namedns"
 )
 
 // CNIVersion is the version of the configurations the harness sends.
@@ -144,7 +145,7 @@ func (n *Node) NewPod(name string) (_ *Pod, retErr error) {
 	p.NetNSPath = filepath.Join(fabric.NetNSDir, p.NetNSName)
 	p.hostVeth = fmt.Sprintf("veth%08x", crc32.ChecksumIEEE([]byte(p.NetNSName)))
 	var err error
-	if p.netns, p.h, err = createNetNS(p.NetNSName); err != nil {
+	if p.netns, p.h, err = namedns.CreateOpen(p.NetNSPath); err != nil {
 		return nil, fmt.Errorf("new pod %s: %w", name, err)
 	}
 	n.region.addPod(p)
@@ -347,7 +348,7 @@ func (p *Pod) Remove() error {
 	if p.netns != nil {
 		errs = append(errs, p.netns.Close())
 	}
-	errs = append(errs, deleteNetNS(p.NetNSPath))
+	errs = append(errs, namedns.Remove(p.NetNSPath))
 	p.Node.region.forgetPod(p)
 	return errors.Join(errs...)
 }

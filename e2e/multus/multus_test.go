@@ -34,6 +34,7 @@ import (
 	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
@@ -495,7 +496,7 @@ func (e *env) newPodNets(ctx context.Context, t *testing.T, n *harness.Node, nam
 	p := &pod{obj: obj, node: n, cards: cards, containerID: hex.EncodeToString(id)}
 	t.Cleanup(func() { e.removePod(t, p) })
 	p.netnsPath = filepath.Join(fabric.NetNSDir, fmt.Sprintf("%s-%s", n.NetNSName, name))
-	if p.netns, p.h, err = createNetNS(p.netnsPath); err != nil {
+	if p.netns, p.h, err = namedns.CreateOpen(p.netnsPath); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -828,7 +829,7 @@ func (e *env) removePod(t *testing.T, p *pod) {
 		_ = p.netns.Close()
 	}
 	if p.netnsPath != "" {
-		if err := deleteNetNS(p.netnsPath); err != nil {
+		if err := namedns.Remove(p.netnsPath); err != nil {
 			t.Errorf("remove netns of pod %s: %v", p.obj.Name, err)
 		}
 	}

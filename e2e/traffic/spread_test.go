@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/internal/nettest"
 )
 
 func TestScalingSteps(t *testing.T) {
@@ -24,7 +26,7 @@ func TestSpreadAddsUpShapedCards(t *testing.T) {
 		t.Skip("needs root: creates network namespaces")
 	}
 	const rate = 40_000_000 // bits/s per card
-	src, peer1, peer2 := newNS(t), newNS(t), newNS(t)
+	src, peer1, peer2 := nettest.NewNS(t), nettest.NewNS(t), nettest.NewNS(t)
 	card1Src, card1Dst := net.ParseIP("192.0.2.1"), net.ParseIP("192.0.2.2")
 	card2Src, card2Dst := net.ParseIP("198.51.100.1"), net.ParseIP("198.51.100.2")
 	vethPair(t, src, peer1, "card1", []net.IP{card1Src}, card1Dst, rate)

@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/multinic/multinic/internal/nettest"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 func TestRunNeedsFlows(t *testing.T) {
@@ -28,7 +27,7 @@ func TestRunMeasuresAShapedLink(t *testing.T) {
 		t.Skip("needs root: creates network namespaces")
 	}
 	const rate = 40_000_000 // bits/s
-	a, b := newNS(t), newNS(t)
+	a, b := nettest.NewNS(t), nettest.NewNS(t)
 	ipA1, ipA2 := net.ParseIP("192.0.2.1"), net.ParseIP("192.0.2.3")
 	ipB := net.ParseIP("192.0.2.2")
 	vethPair(t, a, b, "va", []net.IP{ipA1, ipA2}, ipB, rate)
@@ -57,27 +56,17 @@ func TestRunMeasuresAShapedLink(t *testing.T) {
 	}
 }
 
-func newNS(t *testing.T) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = n.Close(); _ = testutils.UnmountNS(n) })
-	return n
-}
-
 // vethPair joins a and b with a veth, name in a and name+"p" in b, addresses both ends (/24), and shapes
 // traffic into b to rate.
 func vethPair(t *testing.T, a, b ns.NetNS, name string, ipsA []net.IP, ipB net.IP, rate uint64) {
 	t.Helper()
-	ha := handle(t, a)
-	hb := handle(t, b)
+	ha := nettest.Handle(t, a)
+	hb := nettest.Handle(t, b)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p", PeerNamespace: netlink.NsFd(int(b.Fd()))}
 	if err := ha.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
-	up := func(h *netlink.Handle, name string, ips ...net.IP) netlink.Link {
+	up := func(h netlinksafe.Handle, name string, ips ...net.IP) netlink.Link {
 		l, err := h.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
@@ -102,18 +91,4 @@ func vethPair(t *testing.T, a, b ns.NetNS, name string, ipsA []net.IP, ipB net.I
 	if err := ha.QdiscAdd(tbf); err != nil {
 		t.Fatalf("add tbf: %v", err)
 	}
-}
-
-func handle(t *testing.T, n ns.NetNS) *netlink.Handle {
-	t.Helper()
-	nsh, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(); _ = nsh.Close() })
-	return h
 }

@@ -1,5 +1,7 @@
-// Package namedns creates and removes named network namespaces: a file (usually under /var/run/netns)
-// with a new netns bind-mounted on it, as `ip netns add` makes, without shelling out.
+// Package namedns creates, opens and removes named network namespaces: a file (usually under
+// /var/run/netns) with a netns bind-mounted on it, as `ip netns add` makes, without shelling out. A netns
+// is opened with a route netlink handle bound to it, so that its links are read and changed without
+// moving a thread into it (the agent's ENI links and pod netns, the fabric, the harnesses).
 package namedns
 
 import (
@@ -9,6 +11,9 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,4 +60,42 @@ func Remove(path string) error {
 		return fmt.Errorf("remove netns %s: %w", path, err)
 	}
 	return nil
+}
+
+// Open opens the netns at path and a route netlink handle bound to it; the caller closes both. An error
+// opening the netns wraps ns.GetNS's (ns.NSPathNotExistErr, ns.NSPathNotNSErr).
+func Open(path string) (ns.NetNS, netlinksafe.Handle, error) {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return nil, netlinksafe.Handle{}, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	h, err := Handle(n)
+	if err != nil {
+		_ = n.Close()
+		return nil, netlinksafe.Handle{}, err
+	}
+	return n, h, nil
+}
+
+// Handle opens a route netlink handle bound to the open netns n. NETLINK_ROUTE only: the default families
+// include xfrm and netfilter, which the test VM's kernel does not load ("protocol not supported").
+func Handle(n ns.NetNS) (netlinksafe.Handle, error) {
+	h, err := netlinksafe.NewHandleAt(netns.NsHandle(int(n.Fd())), unix.NETLINK_ROUTE)
+	if err != nil {
+		return netlinksafe.Handle{}, fmt.Errorf("netlink handle in %s: %w", n.Path(), err)
+	}
+	return h, nil
+}
+
+// CreateOpen creates a named netns at path (Create) and opens it (Open); it is removed again when it
+// cannot be opened.
+func CreateOpen(path string) (ns.NetNS, netlinksafe.Handle, error) {
+	if err := Create(path); err != nil {
+		return nil, netlinksafe.Handle{}, err
+	}
+	n, h, err := Open(path)
+	if err != nil {
+		return nil, netlinksafe.Handle{}, errors.Join(err, Remove(path))
+	}
+	return n, h, nil
 }

@@ -1,6 +1,7 @@
-package namedns
+package namedns_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/internal/nettest"
 )
 
@@ -24,7 +27,7 @@ func inode(t *testing.T, path string) uint64 {
 func TestCreateRemove(t *testing.T) {
 	nettest.RequireRoot(t)
 	path := filepath.Join(t.TempDir(), "ns", "a")
-	t.Cleanup(func() { _ = Remove(path) })
+	t.Cleanup(func() { _ = namedns.Remove(path) })
 
 	// This thread's own entry, not /proc/self: the throwaway thread may be the process's main thread, which Go
 	// wedges instead of destroying, and /proc/self names that thread.
@@ -32,7 +35,7 @@ func TestCreateRemove(t *testing.T) {
 	defer runtime.UnlockOSThread()
 	self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
 	before := inode(t, self)
-	if err := Create(path); err != nil {
+	if err := namedns.Create(path); err != nil {
 		t.Fatal(err)
 	}
 	if got := inode(t, path); got == before {
@@ -41,16 +44,56 @@ func TestCreateRemove(t *testing.T) {
 	if inode(t, self) != before {
 		t.Error("the calling thread was left in another netns")
 	}
-	if err := Create(path); err == nil {
+	if err := namedns.Create(path); err == nil {
 		t.Error("Create over an existing netns succeeded")
 	}
-	if err := Remove(path); err != nil {
+	if err := namedns.Remove(path); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("%s still exists after Remove (%v)", path, err)
 	}
-	if err := Remove(path); err != nil {
+	if err := namedns.Remove(path); err != nil {
 		t.Errorf("second Remove: %v", err)
+	}
+}
+
+// TestCreateOpen: CreateOpen makes a netns and a handle bound to it: the handle sees that netns's links
+// (only lo), not the caller's. Open of a missing path or of a file that is no netns fails with ns's typed
+// errors, which callers tell apart (a gone pod netns).
+func TestCreateOpen(t *testing.T) {
+	nettest.RequireRoot(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a")
+	t.Cleanup(func() { _ = namedns.Remove(path) })
+	n, h, err := namedns.CreateOpen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := nettest.LinkNames(t, h); len(got) != 1 || got[0] != "lo" {
+		t.Errorf("links through the handle: %v, want only the new netns's lo", got)
+	}
+	if n.Path() != path {
+		t.Errorf("netns path %s, want %s", n.Path(), path)
+	}
+	h.Close()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := namedns.CreateOpen(path); err == nil {
+		t.Error("CreateOpen over an existing netns succeeded")
+	}
+
+	var notExist ns.NSPathNotExistErr
+	if _, _, err := namedns.Open(filepath.Join(dir, "missing")); !errors.As(err, &notExist) {
+		t.Errorf("Open of a missing path: %v, want ns.NSPathNotExistErr", err)
+	}
+	plain := filepath.Join(dir, "plain")
+	if err := os.WriteFile(plain, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var notNS ns.NSPathNotNSErr
+	if _, _, err := namedns.Open(plain); !errors.As(err, &notNS) {
+		t.Errorf("Open of a plain file: %v, want ns.NSPathNotNSErr", err)
 	}
 }

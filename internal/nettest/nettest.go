@@ -13,8 +13,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/multinic/multinic/internal/namedns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -130,14 +130,12 @@ func NewNS(tb testing.TB) ns.NetNS {
 	return n
 }
 
-// Handle returns a route netlink handle bound to n, closed when the test ends.
-// NETLINK_ROUTE is explicit: the default families include xfrm and netfilter, which
-// the test VM does not load ("protocol not supported").
+// Handle returns a route netlink handle bound to n (namedns.Handle), closed when the test ends.
 func Handle(tb testing.TB, n ns.NetNS) netlinksafe.Handle {
 	tb.Helper()
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(int(n.Fd())), unix.NETLINK_ROUTE)
+	h, err := namedns.Handle(n)
 	if err != nil {
-		tb.Fatalf("netlink handle in %s: %v", n.Path(), err)
+		tb.Fatal(err)
 	}
 	tb.Cleanup(h.Close)
 	return h

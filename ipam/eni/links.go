@@ -8,10 +8,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/internal/linkalias"
+	"github.com/multinic/multinic/internal/namedns"
 )
 
 // Links finds and configures ENI links in the node's network namespace.
@@ -61,14 +61,9 @@ func NewNetlinkLinks(path string) (*NetlinkLinks, error) {
 		}
 		return &NetlinkLinks{h: h}, nil
 	}
-	n, err := ns.GetNS(path)
+	n, h, err := namedns.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		_ = n.Close()
-		return nil, fmt.Errorf("open netlink handle in %s: %w", path, err)
+		return nil, err
 	}
 	return &NetlinkLinks{h: h, ns: n}, nil
 }

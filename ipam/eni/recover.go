@@ -12,13 +12,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/internal/linkalias"
+	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
@@ -217,7 +216,7 @@ type podLink struct {
 // podLinks lists the links of the netns at path with their IPv4 addresses, through a handle in that netns
 // (no thread changes netns).
 func podLinks(path string) ([]podLink, error) {
-	n, err := ns.GetNS(path)
+	n, h, err := namedns.Open(path)
 	if err != nil {
 		var notNS ns.NSPathNotNSErr
 		var notExist ns.NSPathNotExistErr
@@ -227,10 +226,6 @@ func podLinks(path string) ([]podLink, error) {
 		return nil, err
 	}
 	defer n.Close()
-	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
-	}
 	defer h.Close()
 	links, err := h.LinkList()
 	if err != nil {
