@@ -48,7 +48,7 @@ var Rules = []Rule{
 
 // TestInfra is what is not production code: suites, fakes, harnesses, test helpers and build tools. It may
 // import anything; production code may import none of it, even where a rule's pattern covers it.
-var TestInfra = []string{"e2e/...", "internal/testing/...", "cmd/fake-ec2", "tools/...", "internal/nettest", "internal/namedns"}
+var TestInfra = []string{"e2e/...", "internal/testing/...", "cmd/fake-ec2", "tools/...", "internal/nettest"}
 
 // Rule is one production package (or tree) and what it may import.
 type Rule struct {
