@@ -175,7 +175,7 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
 	}
 	_, existed := a.alloc.Lookup(req.ContainerID, req.IfName)
-	var al allocator.Allocation
+	var al api.Allocation
 	defer func() {
 		if retErr != nil && al.Address.IsValid() && !existed {
 			// Give back what this call took: the caller is told it failed.
@@ -215,60 +215,47 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 
 // allocateWait allocates, kicking the pool and waiting for a refill while it is empty, until WaitTimeout or
 // ctx ends.
-func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (allocator.Allocation, error) {
+func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (api.Allocation, error) {
 	pod := req.Describe()
 	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.WaitTimeout)
 	defer cancel()
 	if req.Exclusive && !existed {
 		// At the cap, refuse before an ENI is made for an allocation the allocator would refuse anyway.
 		if a.alloc.Full() {
-			return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, api.ErrLimit)
+			return api.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, api.ErrLimit)
 		}
 		if err := a.pools.EnsureExclusive(waitCtx, req.Card); err != nil {
 			if ctx.Err() != nil {
-				return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, ctx.Err())
+				return api.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, ctx.Err())
 			}
-			return allocator.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w: %w",
+			return api.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w: %w",
 				req.Card, pod, api.ErrTryAgain, err)
 		}
 	}
 	start := time.Now()
 	for {
-		al, err := a.alloc.Allocate(allocatorRequest(req))
+		al, err := a.alloc.Allocate(req)
 		if err == nil {
 			return al, nil
 		}
 		if !errors.Is(err, allocator.ErrPoolEmpty) {
-			return allocator.Allocation{}, err
+			return api.Allocation{}, err
 		}
 		a.pools.Kick(req.Card)
 		log.Debug("pool empty, waiting for a refill", "error", err)
 		if werr := a.alloc.WaitForAddress(waitCtx, req.Card, req.Exclusive); werr != nil {
 			if ctx.Err() != nil {
 				// The client went away or its own deadline passed.
-				return allocator.Allocation{}, fmt.Errorf("%w (gave up waiting for a refill: %w)", err, ctx.Err())
+				return api.Allocation{}, fmt.Errorf("%w (gave up waiting for a refill: %w)", err, ctx.Err())
 			}
 			last := a.pools.LastError(req.Card)
 			reason := "none"
 			if last != nil {
 				reason = last.Error()
 			}
-			return allocator.Allocation{}, fmt.Errorf("%w: %w; waited %s for a refill; last EC2 error on card %d: %s",
+			return api.Allocation{}, fmt.Errorf("%w: %w; waited %s for a refill; last EC2 error on card %d: %s",
 				api.ErrTryAgain, err, time.Since(start).Round(time.Millisecond), req.Card, reason)
 		}
-	}
-}
-
-// allocatorRequest is the allocator's view of req.
-func allocatorRequest(r api.AllocateRequest) allocator.Request {
-	return allocator.Request{
-		Card:        r.Card,
-		ContainerID: r.ContainerID,
-		IfName:      r.IfName,
-		PodRef:      r.PodRef,
-		Exclusive:   r.Exclusive,
-		Netns:       r.Netns,
-		Network:     r.Network,
 	}
 }
 
@@ -295,23 +282,7 @@ func (a *Agent) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseR
 
 // List returns every allocation, with the netns each was made for.
 func (a *Agent) List(context.Context) ([]api.Allocation, error) {
-	als := a.alloc.List()
-	out := make([]api.Allocation, 0, len(als))
-	for _, al := range als {
-		out = append(out, a.toAPI(al))
-	}
-	return out, nil
-}
-
-func (a *Agent) toAPI(al allocator.Allocation) api.Allocation {
-	return api.Allocation{
-		AllocateRequest: api.AllocateRequest{
-			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
-			PodRef:    al.PodRef,
-			Exclusive: al.Exclusive, Netns: al.Netns, Network: al.Network,
-		},
-		Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
-	}
+	return a.alloc.List(), nil
 }
 
 // Status says whether an ADD on card could be served now.

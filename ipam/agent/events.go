@@ -108,7 +108,7 @@ func (e *events) allocateRefused(req api.AllocateRequest, err error) {
 }
 
 // gcReleased tells the Node that GC freed an allocation, and why.
-func (e *events) gcReleased(al allocator.Allocation, reason string) {
+func (e *events) gcReleased(al api.Allocation, reason string) {
 	if e.rec == nil {
 		return
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/netnsdir"
-	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // GC reasons, also the values of the reason label of the GC metric.
@@ -34,7 +34,7 @@ type gcKey struct {
 	allocatedAt         time.Time
 }
 
-func keyFor(al allocator.Allocation) gcKey {
+func keyFor(al api.Allocation) gcKey {
 	return gcKey{al.ContainerID, al.IfName, al.Address, al.AllocatedAt}
 }
 
@@ -128,10 +128,10 @@ func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
 	}
 	a.gc.refusal.Store(nil)
 
-	var released []allocator.Allocation
+	var released []api.Allocation
 	if len(due) > 0 {
 		var err error
-		released, err = a.alloc.ReleaseIf(func(al allocator.Allocation) bool {
+		released, err = a.alloc.ReleaseIf(func(al api.Allocation) bool {
 			_, ok := due[keyFor(al)]
 			return ok
 		})
@@ -161,7 +161,7 @@ func (a *Agent) gcRefusal() string {
 
 // gone returns why al's pod is gone, or "" when it is not (or cannot be told); visible is false when al's
 // netns path was consulted but lies outside NetnsDirs.
-func (a *Agent) gone(al allocator.Allocation, pods map[podKey][]string) (reason string, visible bool) {
+func (a *Agent) gone(al api.Allocation, pods map[podKey][]string) (reason string, visible bool) {
 	if pods != nil && al.PodName != "" {
 		uids, ok := pods[podKey{al.PodNamespace, al.PodName}]
 		if ok && (al.PodUID == "" || slices.Contains(uids, al.PodUID)) {

@@ -1,6 +1,7 @@
 // Package allocator is the node agent's per-card address allocator: warm pools, one address per
 // (pod, card), cooldown before reuse, and whole-ENI (exclusive) allocations. It knows nothing of EC2 or
-// links; the agent feeds it addresses and asks it what to refill or give back.
+// links; the agent feeds it addresses and asks it what to refill or give back. It takes and holds the wire's
+// record as it is (api.AllocateRequest in, api.Allocation out and in the checkpoint): no copy of its own.
 //
 // Every operation that changes state writes the whole state through a store.Store before it returns; if the
 // write fails the in-memory change is undone, so memory and disk never disagree about what was answered.
@@ -22,28 +23,6 @@ import (
 // DefaultCooldown is how long a released address rests before it is given out again, so that peers' ARP
 // entries and conntrack state for the old pod age out first.
 const DefaultCooldown = 30 * time.Second
-
-// Request asks for one address on one card for one (container, interface) of a pod.
-type Request struct {
-	Card        int
-	ContainerID string
-	IfName      string
-	api.PodRef
-	// Exclusive asks for a whole ENI (its primary address) instead of a shared secondary address.
-	Exclusive bool
-	// Netns is the pod's netns path (CNI_NETNS), kept for the agent's GC; empty when unknown.
-	Netns string
-	// Network is the CNI network's name, which scopes the plugin's CNI GC; empty when unknown.
-	Network string
-}
-
-// Allocation is a granted Request.
-type Allocation struct {
-	Request
-	Address     netip.Addr
-	ENIID       string
-	AllocatedAt time.Time
-}
 
 // PoolAddress is one address the allocator knows, for the ENI manager and reconcile.
 type PoolAddress struct {
@@ -103,12 +82,12 @@ type Allocator struct {
 	mu     sync.Mutex
 	cards  map[int]*card
 	slots  map[netip.Addr]*slot // every known address, across cards: an address lives in one place only
-	allocs map[key]*Allocation
+	allocs map[key]*api.Allocation
 }
 
 type key struct{ containerID, ifName string }
 
-func keyOf(r Request) key { return key{r.ContainerID, r.IfName} }
+func keyOf(r api.AllocateRequest) key { return key{r.ContainerID, r.IfName} }
 
 // slot is one known address: a secondary of a shared ENI or the primary of an exclusive ENI.
 type slot struct {
@@ -116,7 +95,7 @@ type slot struct {
 	addr      netip.Addr
 	eni       string
 	exclusive bool
-	holder    *Allocation // nil when free
+	holder    *api.Allocation // nil when free
 	restUntil time.Time
 	// away (exclusive only): released, its link not yet confirmed home; never given out meanwhile.
 	away      bool
@@ -139,7 +118,7 @@ func (s *slot) pool() PoolAddress {
 type card struct {
 	shared    map[netip.Addr]*slot
 	exclusive map[string]*slot // by ENI id
-	allocs    map[key]*Allocation
+	allocs    map[key]*api.Allocation
 	// changed is closed (and replaced) whenever an address may have become available on the card.
 	changed chan struct{}
 	// waiting counts WaitForAddress calls blocked on the shared pool: demand the refill must cover now.
@@ -156,7 +135,7 @@ func New(st store.Store, opts ...Option) (*Allocator, error) {
 		cooldown: DefaultCooldown,
 		cards:    map[int]*card{},
 		slots:    map[netip.Addr]*slot{},
-		allocs:   map[key]*Allocation{},
+		allocs:   map[key]*api.Allocation{},
 	}
 	for _, o := range opts {
 		o(a)
@@ -182,7 +161,7 @@ func (a *Allocator) card(n int) *card {
 		c = &card{
 			shared:    map[netip.Addr]*slot{},
 			exclusive: map[string]*slot{},
-			allocs:    map[key]*Allocation{},
+			allocs:    map[key]*api.Allocation{},
 			changed:   make(chan struct{}),
 		}
 		a.cards[n] = c
@@ -215,16 +194,16 @@ func (a *Allocator) removeSlot(s *slot) {
 	}
 }
 
-func (a *Allocator) hold(s *slot, al *Allocation) {
+func (a *Allocator) hold(s *slot, al *api.Allocation) {
 	s.holder = al
-	k := keyOf(al.Request)
+	k := keyOf(al.AllocateRequest)
 	a.allocs[k] = al
 	a.card(al.Card).allocs[k] = al
 }
 
-func (a *Allocator) unhold(s *slot, al *Allocation) {
+func (a *Allocator) unhold(s *slot, al *api.Allocation) {
 	s.holder = nil
-	k := keyOf(al.Request)
+	k := keyOf(al.AllocateRequest)
 	delete(a.allocs, k)
 	delete(a.card(al.Card).allocs, k)
 }
@@ -236,17 +215,12 @@ func (a *Allocator) persist() error {
 	return nil
 }
 
+// checkpoint is the allocator's state as the store persists it: the allocations themselves (the record the
+// wire defines, api.Allocation) and every known address.
 func (a *Allocator) checkpoint() store.Checkpoint {
 	cp := store.Checkpoint{
-		Allocations: make([]store.Allocation, 0, len(a.allocs)),
+		Allocations: a.listLocked(),
 		Addresses:   make([]store.Address, 0, len(a.slots)),
-	}
-	for _, al := range a.listLocked() {
-		cp.Allocations = append(cp.Allocations, store.Allocation{
-			Card: al.Card, ContainerID: al.ContainerID, IfName: al.IfName,
-			PodRef: al.PodRef, Exclusive: al.Exclusive,
-			Netns: al.Netns, Network: al.Network, Address: al.Address, ENIID: al.ENIID, AllocatedAt: al.AllocatedAt,
-		})
 	}
 	for _, p := range a.knownLocked() {
 		cp.Addresses = append(cp.Addresses, store.Address{
@@ -277,16 +251,11 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 			away: ad.Away, awayNetns: ad.AwayNetns})
 	}
 	for _, sa := range cp.Allocations {
-		al := &Allocation{
-			Request: Request{Card: sa.Card, ContainerID: sa.ContainerID, IfName: sa.IfName,
-				PodRef: sa.PodRef, Exclusive: sa.Exclusive,
-				Netns: sa.Netns, Network: sa.Network},
-			Address: sa.Address, ENIID: sa.ENIID, AllocatedAt: sa.AllocatedAt,
-		}
-		if err := checkRequest(al.Request); err != nil {
+		al := &sa
+		if err := checkRequest(al.AllocateRequest); err != nil {
 			return err
 		}
-		if _, dup := a.allocs[keyOf(al.Request)]; dup {
+		if _, dup := a.allocs[keyOf(al.AllocateRequest)]; dup {
 			return fmt.Errorf("container %s interface %s allocated twice", al.ContainerID, al.IfName)
 		}
 		s := a.slots[al.Address]
@@ -301,8 +270,8 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 			return fmt.Errorf("address %s held by container %s interface %s and container %s interface %s",
 				al.Address, s.holder.ContainerID, s.holder.IfName, al.ContainerID, al.IfName)
 		}
-		if other := a.podOnCard(al.Request); other != nil {
-			return fmt.Errorf("pod %s holds card %d twice: %s and %s", podName(al.Request), al.Card,
+		if other := a.podOnCard(al.AllocateRequest); other != nil {
+			return fmt.Errorf("pod %s holds card %d twice: %s and %s", podName(al.AllocateRequest), al.Card,
 				other.Address, al.Address)
 		}
 		a.hold(s, al)
@@ -310,7 +279,7 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 	return nil
 }
 
-func checkRequest(r Request) error {
+func checkRequest(r api.AllocateRequest) error {
 	switch {
 	case r.Card < 0:
 		return fmt.Errorf("card %d: %w: must be 0 or more", r.Card, api.ErrInvalid)
@@ -336,7 +305,7 @@ func checkAddress(cardN int, eniID string, addr netip.Addr) error {
 
 // samePod decides whether two requests come from one pod: by UID when both have one, else by
 // namespace/name, else by sandbox container id.
-func samePod(x, y Request) bool {
+func samePod(x, y api.AllocateRequest) bool {
 	switch {
 	case x.PodUID != "" && y.PodUID != "":
 		return x.PodUID == y.PodUID
@@ -348,17 +317,17 @@ func samePod(x, y Request) bool {
 }
 
 // podName names r's pod; one without any pod name or UID is its sandbox, as for samePod.
-func podName(r Request) string { return cmp.Or(r.Describe(), "container "+r.ContainerID) }
+func podName(r api.AllocateRequest) string { return cmp.Or(r.Describe(), "container "+r.ContainerID) }
 
 // podOnCard returns the pod's allocation on the request's card under another (container, interface).
-func (a *Allocator) podOnCard(r Request) *Allocation {
+func (a *Allocator) podOnCard(r api.AllocateRequest) *api.Allocation {
 	c := a.cards[r.Card]
 	if c == nil {
 		return nil
 	}
 	k := keyOf(r)
 	for ak, al := range c.allocs {
-		if ak != k && samePod(al.Request, r) {
+		if ak != k && samePod(al.AllocateRequest, r) {
 			return al
 		}
 	}
@@ -403,31 +372,31 @@ func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time)
 //     api.ErrInterfaceTaken.
 //   - The same pod holding the card under another (container, interface) is api.ErrCardTaken (*CardTakenError).
 //   - No usable address (or exclusive ENI) is ErrPoolEmpty (*PoolEmptyError); see WaitForAddress.
-func (a *Allocator) Allocate(req Request) (Allocation, error) {
+func (a *Allocator) Allocate(req api.AllocateRequest) (api.Allocation, error) {
 	if err := checkRequest(req); err != nil {
-		return Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
+		return api.Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
 	}
 	al, err := a.allocate(req)
 	if err != nil {
-		return Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
+		return api.Allocation{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, podName(req), err)
 	}
 	return al, nil
 }
 
-func (a *Allocator) allocate(req Request) (Allocation, error) {
+func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if cur, ok := a.allocs[keyOf(req)]; ok {
-		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.Request, req) {
-			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
-				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.Request), api.ErrInterfaceTaken)
+		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.AllocateRequest, req) {
+			return api.Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
+				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.AllocateRequest), api.ErrInterfaceTaken)
 		}
 		if cur.Network != "" && req.Network != "" && cur.Network != req.Network {
-			return Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for network %s: %w",
+			return api.Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for network %s: %w",
 				req.ContainerID, req.IfName, cur.Address, cur.Card, cur.Network, api.ErrInterfaceTaken)
 		}
 		if (cur.Netns == "" && req.Netns != "") || (cur.Network == "" && req.Network != "") {
-			before := cur.Request
+			before := cur.AllocateRequest
 			if cur.Netns == "" {
 				cur.Netns = req.Netns
 			}
@@ -435,17 +404,17 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 				cur.Network = req.Network
 			}
 			if err := a.persist(); err != nil {
-				cur.Request = before
-				return Allocation{}, err
+				cur.AllocateRequest = before
+				return api.Allocation{}, err
 			}
 		}
 		return *cur, nil
 	}
 	if other := a.podOnCard(req); other != nil {
-		return Allocation{}, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
+		return api.Allocation{}, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
 	}
 	if a.maxAllocs > 0 && len(a.allocs) >= a.maxAllocs {
-		return Allocation{}, fmt.Errorf("the node holds %d allocations, the most allowed: %w", len(a.allocs), api.ErrLimit)
+		return api.Allocation{}, fmt.Errorf("the node holds %d allocations, the most allowed: %w", len(a.allocs), api.ErrLimit)
 	}
 	c := a.card(req.Card)
 	now := a.now()
@@ -462,28 +431,28 @@ func (a *Allocator) allocate(req Request) (Allocation, error) {
 		} else {
 			e.Cooling, e.NextReady = resting(c.shared, now)
 		}
-		return Allocation{}, e
+		return api.Allocation{}, e
 	}
-	al := &Allocation{Request: req, Address: s.addr, ENIID: s.eni, AllocatedAt: now}
+	al := &api.Allocation{AllocateRequest: req, Address: s.addr, ENIID: s.eni, AllocatedAt: now}
 	a.hold(s, al)
 	if err := a.persist(); err != nil {
 		a.unhold(s, al)
-		return Allocation{}, err
+		return api.Allocation{}, err
 	}
 	return *al, nil
 }
 
 // Release frees the (container, interface)'s address into cooldown and persists before returning. An
 // unknown pair is (zero, false, nil): releasing twice is harmless.
-func (a *Allocator) Release(containerID, ifName string) (Allocation, bool, error) {
+func (a *Allocator) Release(containerID, ifName string) (api.Allocation, bool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	al, ok := a.allocs[key{containerID, ifName}]
 	if !ok {
-		return Allocation{}, false, nil
+		return api.Allocation{}, false, nil
 	}
-	if err := a.releaseLocked([]*Allocation{al}); err != nil {
-		return Allocation{}, false, fmt.Errorf("release card %d container %s interface %s: %w",
+	if err := a.releaseLocked([]*api.Allocation{al}); err != nil {
+		return api.Allocation{}, false, fmt.Errorf("release card %d container %s interface %s: %w",
 			al.Card, containerID, ifName, err)
 	}
 	return *al, true, nil
@@ -492,10 +461,10 @@ func (a *Allocator) Release(containerID, ifName string) (Allocation, bool, error
 // ReleaseIf releases every allocation for which match is true, with one write, and returns them. match
 // runs under the allocator's lock: it must not call the allocator. For GC: decide outside (List), then
 // release here by key.
-func (a *Allocator) ReleaseIf(match func(Allocation) bool) ([]Allocation, error) {
+func (a *Allocator) ReleaseIf(match func(api.Allocation) bool) ([]api.Allocation, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var hit []*Allocation
+	var hit []*api.Allocation
 	for _, al := range a.listPtrsLocked() {
 		if match(*al) {
 			hit = append(hit, al)
@@ -507,7 +476,7 @@ func (a *Allocator) ReleaseIf(match func(Allocation) bool) ([]Allocation, error)
 	if err := a.releaseLocked(hit); err != nil {
 		return nil, fmt.Errorf("release %d allocations: %w", len(hit), err)
 	}
-	out := make([]Allocation, len(hit))
+	out := make([]api.Allocation, len(hit))
 	for i, al := range hit {
 		out[i] = *al
 	}
@@ -517,7 +486,7 @@ func (a *Allocator) ReleaseIf(match func(Allocation) bool) ([]Allocation, error)
 // releaseLocked moves the allocations' addresses into cooldown, persists, and undoes it all on failure.
 // A released exclusive ENI is away: its link was in the pod, and only the ENI manager, once it sees the
 // link back in the node netns, makes it usable again (ConfirmHome).
-func (a *Allocator) releaseLocked(als []*Allocation) error {
+func (a *Allocator) releaseLocked(als []*api.Allocation) error {
 	until := a.now().Add(a.cooldown)
 	prev := make([]time.Time, len(als))
 	for i, al := range als {
@@ -545,12 +514,12 @@ func (a *Allocator) releaseLocked(als []*Allocation) error {
 }
 
 // Lookup returns the allocation of (containerID, ifName).
-func (a *Allocator) Lookup(containerID, ifName string) (Allocation, bool) {
+func (a *Allocator) Lookup(containerID, ifName string) (api.Allocation, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	al, ok := a.allocs[key{containerID, ifName}]
 	if !ok {
-		return Allocation{}, false
+		return api.Allocation{}, false
 	}
 	return *al, true
 }
@@ -563,27 +532,27 @@ func (a *Allocator) Full() bool {
 }
 
 // List returns every allocation, by card then address.
-func (a *Allocator) List() []Allocation {
+func (a *Allocator) List() []api.Allocation {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.listLocked()
 }
 
-func (a *Allocator) listLocked() []Allocation {
+func (a *Allocator) listLocked() []api.Allocation {
 	ptrs := a.listPtrsLocked()
-	out := make([]Allocation, len(ptrs))
+	out := make([]api.Allocation, len(ptrs))
 	for i, al := range ptrs {
 		out[i] = *al
 	}
 	return out
 }
 
-func (a *Allocator) listPtrsLocked() []*Allocation {
-	out := make([]*Allocation, 0, len(a.allocs))
+func (a *Allocator) listPtrsLocked() []*api.Allocation {
+	out := make([]*api.Allocation, 0, len(a.allocs))
 	for _, al := range a.allocs {
 		out = append(out, al)
 	}
-	slices.SortFunc(out, func(x, y *Allocation) int {
+	slices.SortFunc(out, func(x, y *api.Allocation) int {
 		return cmp.Or(cmp.Compare(x.Card, y.Card), x.Address.Compare(y.Address))
 	})
 	return out

@@ -18,58 +18,58 @@ func TestAllocateRules(t *testing.T) {
 	first := req(1, 2) // pod 1 holds card 2 on sandbox-1/net2 in every case
 	for _, tc := range []struct {
 		name    string
-		req     Request
+		req     api.AllocateRequest
 		wantErr error
 		// wantSame: the answer is first's allocation again.
 		wantSame bool
 	}{
 		{name: "same interface again is idempotent", req: first, wantSame: true},
-		{name: "same pod other interface same card", req: func() Request {
+		{name: "same pod other interface same card", req: func() api.AllocateRequest {
 			r := first
 			r.IfName = "net9"
 			return r
 		}(), wantErr: api.ErrCardTaken},
-		{name: "same pod other sandbox same card", req: func() Request {
+		{name: "same pod other sandbox same card", req: func() api.AllocateRequest {
 			r := first
 			r.ContainerID = "sandbox-new"
 			return r
 		}(), wantErr: api.ErrCardTaken},
-		{name: "same pod by namespace/name when uid missing", req: func() Request {
+		{name: "same pod by namespace/name when uid missing", req: func() api.AllocateRequest {
 			r := first
 			r.IfName, r.PodUID = "net9", ""
 			return r
 		}(), wantErr: api.ErrCardTaken},
-		{name: "recreated pod same name new uid", req: func() Request {
+		{name: "recreated pod same name new uid", req: func() api.AllocateRequest {
 			r := first
 			r.ContainerID, r.PodUID = "sandbox-new", "uid-new"
 			return r
 		}()},
 		{name: "same pod other card", req: req(1, 3)},
 		{name: "other pod same card", req: req(2, 2)},
-		{name: "same interface asks another card", req: func() Request {
+		{name: "same interface asks another card", req: func() api.AllocateRequest {
 			r := first
 			r.Card = 3
 			return r
 		}(), wantErr: api.ErrInterfaceTaken},
-		{name: "same interface asks exclusive", req: func() Request {
+		{name: "same interface asks exclusive", req: func() api.AllocateRequest {
 			r := first
 			r.Exclusive = true
 			return r
 		}(), wantErr: api.ErrInterfaceTaken},
-		{name: "same interface other pod", req: func() Request {
+		{name: "same interface other pod", req: func() api.AllocateRequest {
 			r := first
 			r.PodUID = "uid-other"
 			return r
 		}(), wantErr: api.ErrInterfaceTaken},
 		{name: "card with no pool", req: req(1, 7), wantErr: ErrPoolEmpty},
-		{name: "exclusive with no ENI", req: func() Request {
+		{name: "exclusive with no ENI", req: func() api.AllocateRequest {
 			r := req(2, 2)
 			r.Exclusive = true
 			return r
 		}(), wantErr: ErrPoolEmpty},
 		{name: "negative card", req: req(1, -1), wantErr: api.ErrInvalid},
-		{name: "no container", req: Request{Card: 2, IfName: "net2"}, wantErr: api.ErrInvalid},
-		{name: "no ifname", req: Request{Card: 2, ContainerID: "c"}, wantErr: api.ErrInvalid},
+		{name: "no container", req: api.AllocateRequest{Card: 2, IfName: "net2"}, wantErr: api.ErrInvalid},
+		{name: "no ifname", req: api.AllocateRequest{Card: 2, ContainerID: "c"}, wantErr: api.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, st, _ := newTest(t)
@@ -84,7 +84,7 @@ func TestAllocateRules(t *testing.T) {
 			}
 			switch {
 			case err != nil:
-				if got != (Allocation{}) {
+				if got != (api.Allocation{}) {
 					t.Errorf("error with an allocation: %+v", got)
 				}
 				if st.Saves() != saves {
@@ -296,7 +296,7 @@ func TestRelease(t *testing.T) {
 	}
 	saves := st.Saves()
 	for range 2 { // twice more, and a never-known one: harmless and writes nothing
-		if got, ok, err := a.Release("sandbox-1", "net1"); err != nil || ok || got != (Allocation{}) {
+		if got, ok, err := a.Release("sandbox-1", "net1"); err != nil || ok || got != (api.Allocation{}) {
 			t.Fatalf("release again: %+v ok=%v err=%v", got, ok, err)
 		}
 	}
@@ -319,7 +319,7 @@ func TestReleaseIf(t *testing.T) {
 			mustAllocate(t, a, req(p, c))
 		}
 	}
-	got, err := a.ReleaseIf(func(al Allocation) bool { return al.PodUID == "uid-1" })
+	got, err := a.ReleaseIf(func(al api.Allocation) bool { return al.PodUID == "uid-1" })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +334,7 @@ func TestReleaseIf(t *testing.T) {
 	if n := len(a.List()); n != 6 {
 		t.Errorf("%d left, want 6", n)
 	}
-	if got, err := a.ReleaseIf(func(Allocation) bool { return false }); got != nil || err != nil {
+	if got, err := a.ReleaseIf(func(api.Allocation) bool { return false }); got != nil || err != nil {
 		t.Errorf("no match: %v %v", got, err)
 	}
 }
@@ -351,7 +351,7 @@ func TestLookupAndList(t *testing.T) {
 	if _, ok := a.Lookup("sandbox-1", "net3"); ok {
 		t.Error("lookup of unknown interface found something")
 	}
-	if got := a.List(); !reflect.DeepEqual(got, []Allocation{y, x}) {
+	if got := a.List(); !reflect.DeepEqual(got, []api.Allocation{y, x}) {
 		t.Errorf("list not by card: %+v", got)
 	}
 	if got := a.Cards(); !reflect.DeepEqual(got, []int{1, 2}) {
@@ -382,7 +382,7 @@ func TestPersistFailureRollsBack(t *testing.T) {
 		}},
 		{"release", func(a *Allocator) error { _, _, err := a.Release("sandbox-1", "net1"); return err }},
 		{"release if", func(a *Allocator) error {
-			_, err := a.ReleaseIf(func(Allocation) bool { return true })
+			_, err := a.ReleaseIf(func(api.Allocation) bool { return true })
 			return err
 		}},
 		{"add addresses", func(a *Allocator) error {
@@ -517,19 +517,19 @@ func TestRestore(t *testing.T) {
 func TestRestoreRejectsBrokenCheckpoint(t *testing.T) {
 	a1 := netip.MustParseAddr("10.0.0.1")
 	pool := []store.Address{{Card: 1, Address: a1, ENIID: "eni-1"}}
-	alloc := func(cid, uid string) store.Allocation {
-		return store.Allocation{Card: 1, ContainerID: cid, IfName: "net1", PodRef: api.PodRef{PodUID: uid},
-			Address: a1, ENIID: "eni-1"}
+	alloc := func(cid, uid string) api.Allocation {
+		return api.Allocation{AllocateRequest: api.AllocateRequest{Card: 1, ContainerID: cid, IfName: "net1",
+			PodRef: api.PodRef{PodUID: uid}}, Address: a1, ENIID: "eni-1"}
 	}
 	for _, tc := range []struct {
 		name string
 		cp   store.Checkpoint
 	}{
 		{"address held twice", store.Checkpoint{Addresses: pool,
-			Allocations: []store.Allocation{alloc("c1", "u1"), alloc("c2", "u2")}}},
-		{"allocation outside pool", store.Checkpoint{Allocations: []store.Allocation{alloc("c1", "u1")}}},
+			Allocations: []api.Allocation{alloc("c1", "u1"), alloc("c2", "u2")}}},
+		{"allocation outside pool", store.Checkpoint{Allocations: []api.Allocation{alloc("c1", "u1")}}},
 		{"address listed twice", store.Checkpoint{Addresses: append(pool, pool...)}},
-		{"allocation on wrong ENI", store.Checkpoint{Addresses: pool, Allocations: []store.Allocation{func() store.Allocation {
+		{"allocation on wrong ENI", store.Checkpoint{Addresses: pool, Allocations: []api.Allocation{func() api.Allocation {
 			al := alloc("c1", "u1")
 			al.ENIID = "eni-2"
 			return al
@@ -561,7 +561,7 @@ func TestConcurrentAllocate(t *testing.T) {
 	}
 
 	type result struct {
-		al  Allocation
+		al  api.Allocation
 		err error
 	}
 	results := make(chan result, 2*pods*cards*2)
@@ -668,7 +668,7 @@ func TestExclusive(t *testing.T) {
 		t.Fatalf("exclusive allocation %+v", got)
 	}
 	// One address per (pod, card) holds across modes.
-	other := Request{Card: 4, ContainerID: "sandbox-1", IfName: "net-b", PodRef: api.PodRef{PodUID: "uid-1"}}
+	other := api.AllocateRequest{Card: 4, ContainerID: "sandbox-1", IfName: "net-b", PodRef: api.PodRef{PodUID: "uid-1"}}
 	if _, err := a.Allocate(other); !errors.Is(err, api.ErrCardTaken) {
 		t.Errorf("shared after exclusive on the same card: %v, want api.ErrCardTaken", err)
 	}

@@ -44,7 +44,7 @@ func BenchmarkAllocateRelease(b *testing.B) {
 					mustAllocate(b, a, r)
 				}
 			}
-			r := Request{Card: 1, ContainerID: "bench", IfName: "net1", PodRef: api.PodRef{PodUID: "bench-uid"},
+			r := api.AllocateRequest{Card: 1, ContainerID: "bench", IfName: "net1", PodRef: api.PodRef{PodUID: "bench-uid"},
 				Netns: "/var/run/netns/cni-bench0000-0000-0000-0000-000000000000"}
 			for i := 0; b.Loop(); i++ {
 				r.ContainerID = fmt.Sprint("bench-", i)

@@ -25,7 +25,7 @@ var (
 type CardTakenError struct {
 	Pod      string
 	Card     int
-	Existing Allocation
+	Existing api.Allocation
 }
 
 func (e *CardTakenError) Error() string {

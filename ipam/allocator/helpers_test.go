@@ -50,14 +50,14 @@ func seed(t testing.TB, a *Allocator, card, n int) []netip.Addr {
 }
 
 // req is pod p's request for card on interface net<card>, sandbox "sandbox-<p>".
-func req(p, card int) Request {
-	return Request{
+func req(p, card int) api.AllocateRequest {
+	return api.AllocateRequest{
 		Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
 		PodRef: api.PodRef{PodNamespace: "team", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p)},
 	}
 }
 
-func mustAllocate(t testing.TB, a *Allocator, r Request) Allocation {
+func mustAllocate(t testing.TB, a *Allocator, r api.AllocateRequest) api.Allocation {
 	t.Helper()
 	al, err := a.Allocate(r)
 	if err != nil {
@@ -68,7 +68,7 @@ func mustAllocate(t testing.TB, a *Allocator, r Request) Allocation {
 
 // state is everything observable, for before/after comparisons.
 type state struct {
-	Allocs []Allocation
+	Allocs []api.Allocation
 	Known  []PoolAddress
 }
 
@@ -78,12 +78,12 @@ func snapshot(a *Allocator) state { return state{a.List(), a.Known()} }
 // that List and Known agree.
 func checkInvariants(t testing.TB, a *Allocator) {
 	t.Helper()
-	byAddr := map[netip.Addr]Allocation{}
+	byAddr := map[netip.Addr]api.Allocation{}
 	type podCard struct {
 		uid  string
 		card int
 	}
-	byPod := map[podCard]Allocation{}
+	byPod := map[podCard]api.Allocation{}
 	for _, al := range a.List() {
 		if prev, dup := byAddr[al.Address]; dup {
 			t.Errorf("%s held by %s/%s and %s/%s", al.Address, prev.ContainerID, prev.IfName, al.ContainerID, al.IfName)

@@ -228,8 +228,8 @@ func TestWaitForAddress(t *testing.T) {
 
 func TestCompare(t *testing.T) {
 	ip := netip.MustParseAddr
-	held := Allocation{Request: req(1, 1), Address: ip("10.1.0.1"), ENIID: "eni-1"}
-	heldX := Allocation{Request: req(2, 1), Address: ip("10.1.9.1"), ENIID: "eni-x"}
+	held := api.Allocation{AllocateRequest: req(1, 1), Address: ip("10.1.0.1"), ENIID: "eni-1"}
+	heldX := api.Allocation{AllocateRequest: req(2, 1), Address: ip("10.1.9.1"), ENIID: "eni-x"}
 	heldX.Exclusive = true
 	known := []PoolAddress{
 		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.1"), Allocated: true},
@@ -237,7 +237,7 @@ func TestCompare(t *testing.T) {
 		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.3")},
 		{Card: 1, ENIID: "eni-x", Address: ip("10.1.9.1"), Exclusive: true, Allocated: true},
 	}
-	allocs := []Allocation{held, heldX}
+	allocs := []api.Allocation{held, heldX}
 	ec2All := []EC2Address{
 		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.100"), Primary: true},
 		{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.1")},
@@ -264,8 +264,8 @@ func TestCompare(t *testing.T) {
 		want Diff
 	}{
 		{name: "in sync", ec2: ec2All},
-		{name: "held address gone", ec2: without("10.1.0.1"), want: Diff{Lost: []Allocation{held}}},
-		{name: "exclusive ENI gone", ec2: without("10.1.9.1"), want: Diff{Lost: []Allocation{heldX}}},
+		{name: "held address gone", ec2: without("10.1.0.1"), want: Diff{Lost: []api.Allocation{held}}},
+		{name: "exclusive ENI gone", ec2: without("10.1.9.1"), want: Diff{Lost: []api.Allocation{heldX}}},
 		{name: "free address gone", ec2: without("10.1.0.3"), want: Diff{Stale: []PoolAddress{known[2]}}},
 		{name: "new addresses", ec2: append(without(),
 			EC2Address{Card: 1, ENIID: "eni-1", Address: ip("10.1.0.9")},
@@ -280,9 +280,9 @@ func TestCompare(t *testing.T) {
 		{name: "address moved to another ENI", ec2: append(without("10.1.0.2", "10.1.0.1"),
 			EC2Address{Card: 1, ENIID: "eni-9", Address: ip("10.1.0.2")},
 			EC2Address{Card: 1, ENIID: "eni-9", Address: ip("10.1.0.1")},
-		), want: Diff{Lost: []Allocation{held}, Stale: []PoolAddress{known[1]}}},
+		), want: Diff{Lost: []api.Allocation{held}, Stale: []PoolAddress{known[1]}}},
 		{name: "EC2 reports nothing", ec2: nil, want: Diff{
-			Lost: []Allocation{held, heldX}, Stale: []PoolAddress{known[1], known[2]}}},
+			Lost: []api.Allocation{held, heldX}, Stale: []PoolAddress{known[1], known[2]}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := Compare(known, allocs, tc.ec2)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // EC2Address is one address EC2 reports on one of the agent's ENIs.
@@ -19,7 +21,7 @@ type EC2Address struct {
 type Diff struct {
 	// Lost: allocations whose address EC2 no longer has on that card and ENI. Reported, not released: the
 	// caller decides (log, event, GC).
-	Lost []Allocation
+	Lost []api.Allocation
 	// Stale: free known addresses EC2 no longer has on that card and ENI. Reconcile removes them.
 	Stale []PoolAddress
 	// Unknown: EC2 secondary addresses on shared ENIs the allocator does not know at all. Reconcile adds them
@@ -39,7 +41,7 @@ type place struct {
 // Compare is the pure core of reconcile: known and allocs as the allocator has them (Known, List), ec2 as
 // EC2 reports the agent's ENIs. Addresses match by (card, ENI, address). An address EC2 moved to another
 // ENI shows as Stale (or Lost) now and as Unknown on the next pass, once it has been removed.
-func Compare(known []PoolAddress, allocs []Allocation, ec2 []EC2Address) Diff {
+func Compare(known []PoolAddress, allocs []api.Allocation, ec2 []EC2Address) Diff {
 	inEC2 := make(map[place]bool, len(ec2))
 	for _, e := range ec2 {
 		inEC2[place{e.Card, e.ENIID, e.Address}] = true

@@ -70,6 +70,10 @@ const maxIfNameLen = 15
 
 // AllocateRequest asks the agent for one address on one network card for one (container, interface) of a
 // pod. Sending the same (containerID, ifName) again returns the same allocation.
+//
+// It and Allocation are the one allocation record: the allocator takes and holds them as they are and the
+// checkpoint (ipam/store) persists Allocation directly, so a new field is added here only. Their JSON keys
+// are therefore also the checkpoint's format: the compatibility rule below holds for both.
 type AllocateRequest struct {
 	// Card is the EC2 network card index (NetworkCardIndex). Required, even when 0.
 	Card int `json:"card"`
@@ -146,7 +150,8 @@ type ReleaseResponse struct {
 	Released bool `json:"released"`
 }
 
-// Allocation is one live allocation in the agent, as listed by GET /v1/allocations.
+// Allocation is a granted AllocateRequest: one live allocation in the agent, as the allocator holds it, the
+// checkpoint saves it and GET /v1/allocations lists it.
 type Allocation struct {
 	AllocateRequest
 	Address     netip.Addr `json:"address"`

@@ -346,10 +346,10 @@ func checkNoLeak(t testing.TB, e *env, a *allocator.Allocator, card int) {
 }
 
 // allocWait is the agent's allocate path: allocate from the pool, or kick the card and wait for a refill.
-func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r allocator.Request) (allocator.Allocation, error) {
+func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r api.AllocateRequest) (api.Allocation, error) {
 	if r.Exclusive { // as the agent does: a free exclusive ENI is checked before it is handed out
 		if err := m.EnsureExclusive(ctx, r.Card); err != nil {
-			return allocator.Allocation{}, err
+			return api.Allocation{}, err
 		}
 	}
 	for {
@@ -374,14 +374,14 @@ func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r alloca
 }
 
 // exclusiveReq is podReq asking for a whole ENI.
-func exclusiveReq(p, card int) allocator.Request {
+func exclusiveReq(p, card int) api.AllocateRequest {
 	r := podReq(p, card)
 	r.Exclusive = true
 	return r
 }
 
-func podReq(p, card int) allocator.Request {
-	return allocator.Request{Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
+func podReq(p, card int) api.AllocateRequest {
+	return api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("sandbox-%d", p), IfName: fmt.Sprintf("net%d", card),
 		PodRef: api.PodRef{PodNamespace: "ns", PodName: fmt.Sprintf("pod-%d", p), PodUID: fmt.Sprintf("uid-%d", p)}}
 }
 

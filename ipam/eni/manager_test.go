@@ -242,7 +242,7 @@ func TestRefillAndShrink(t *testing.T) {
 
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			var als []allocator.Allocation
+			var als []api.Allocation
 			for p := range pods {
 				al, err := allocWait(ctx, m, a, podReq(p, 1))
 				if err != nil {
@@ -662,7 +662,7 @@ func TestExclusiveCardFull(t *testing.T) {
 	waitReady(t, m, 5*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var held []allocator.Allocation
+	var held []api.Allocation
 	for p := 0; ; p++ {
 		r := exclusiveReq(p, 1)
 		al, err := allocWait(ctx, m, e.alloc, r)
@@ -1020,7 +1020,7 @@ func TestReconcileUnderLag(t *testing.T) {
 	waitReady(t, m, 10*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var als []allocator.Allocation
+	var als []api.Allocation
 	for p := range 8 {
 		al, err := allocWait(ctx, m, e.alloc, podReq(p, 1))
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 func (m *Manager) reconcileLoop(ctx context.Context) {
@@ -158,7 +159,7 @@ func (m *Manager) adoptLink(e *eniState) {
 
 // reassignLost asks EC2 to give back to their ENI the addresses of live allocations it no longer has
 // (someone unassigned them behind the agent's back). Best effort: failures are logged.
-func (m *Manager) reassignLost(ctx context.Context, lost []allocator.Allocation) {
+func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 	byENI := map[string][]string{}
 	for _, al := range lost {
 		if !al.Exclusive {

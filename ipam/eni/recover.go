@@ -142,9 +142,10 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 			if in == nil {
 				continue
 			}
-			al := store.Allocation{Card: in.e.card, ContainerID: RecoveredPrefix + filepath.Base(path), IfName: l.name,
+			al := api.Allocation{AllocateRequest: api.AllocateRequest{Card: in.e.card,
+				ContainerID: RecoveredPrefix + filepath.Base(path), IfName: l.name,
 				PodRef: api.PodRef{PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID},
-				Netns:  path, ENIID: in.e.id, AllocatedAt: now}
+				Netns:  path}, ENIID: in.e.id, AllocatedAt: now}
 			switch {
 			case in.e.exclusive && l.aliased:
 				al.Exclusive, al.Address = true, in.e.primary

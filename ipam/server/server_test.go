@@ -110,8 +110,8 @@ func TestListEmptyIsNotNull(t *testing.T) {
 var sentinels = []error{api.ErrInvalid, api.ErrCardTaken, api.ErrInterfaceTaken, api.ErrTryAgain, api.ErrNotManaged, api.ErrUnavailable, api.ErrInternal}
 
 func TestErrorCodes(t *testing.T) {
-	cardTaken := &allocator.CardTakenError{Pod: "ml/trainer-0", Card: 3, Existing: allocator.Allocation{
-		Request: allocator.Request{Card: 3, ContainerID: "c0", IfName: "net1"}, Address: netip.MustParseAddr("10.0.16.7"),
+	cardTaken := &allocator.CardTakenError{Pod: "ml/trainer-0", Card: 3, Existing: api.Allocation{
+		AllocateRequest: api.AllocateRequest{Card: 3, ContainerID: "c0", IfName: "net1"}, Address: netip.MustParseAddr("10.0.16.7"),
 	}}
 	ec2Err := errors.New("api error InsufficientFreeAddressesInSubnet: subnet-0abc has no free addresses")
 	tests := []struct {

@@ -16,7 +16,7 @@ import (
 )
 
 // Version is the checkpoint format this build writes and the newest it reads. Adding optional fields
-// (Allocation.Netns, Allocation.Network) kept it at 1: a checkpoint without the field loads with it empty, and a build that
+// (an allocation's Netns and Network) kept it at 1: a checkpoint without the field loads with it empty, and a build that
 // does not know it ignores it, so neither direction needs a conversion.
 const Version = 1
 
@@ -38,24 +38,12 @@ var (
 // Checkpoint is everything the allocator needs to come back after a restart.
 type Checkpoint struct {
 	// Version is stamped by Save; Load only returns checkpoints of a version it understands.
-	Version     int          `json:"version"`
-	Allocations []Allocation `json:"allocations"`
+	Version int `json:"version"`
+	// Allocations are the records the agent answered with, persisted as they are defined (api.Allocation,
+	// the wire's record): the JSON keys are the wire's and the same as before the types were one.
+	Allocations []api.Allocation `json:"allocations"`
 	// Addresses is every address the allocator knows, held or not; a held one also appears in Allocations.
 	Addresses []Address `json:"addresses"`
-}
-
-// Allocation is one address given to one (container, interface).
-type Allocation struct {
-	Card        int    `json:"card"`
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-	api.PodRef
-	Exclusive   bool       `json:"exclusive,omitempty"`
-	Netns       string     `json:"netns,omitempty"`   // CNI_NETNS; empty when unknown
-	Network     string     `json:"network,omitempty"` // the CNI network's name; empty when unknown
-	Address     netip.Addr `json:"address"`
-	ENIID       string     `json:"eniID"`
-	AllocatedAt time.Time  `json:"allocatedAt"`
 }
 
 // Address is one address known on a card: a secondary address of a shared ENI, or, when Exclusive, the

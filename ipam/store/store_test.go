@@ -17,12 +17,15 @@ import (
 func sample() Checkpoint {
 	at := time.Date(2025, 11, 25, 20, 0, 0, 123, time.UTC)
 	return Checkpoint{
-		Allocations: []Allocation{{
-			Card: 3, ContainerID: "c1", IfName: "net1", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"},
-			Netns: "/var/run/netns/cni-1", Network: "multinic-card-3", Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
+		Allocations: []api.Allocation{{
+			AllocateRequest: api.AllocateRequest{Card: 3, ContainerID: "c1", IfName: "net1",
+				PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"},
+				Netns:  "/var/run/netns/cni-1", Network: "multinic-card-3"},
+			Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: at,
 		}, {
-			Card: 4, ContainerID: "c1", IfName: "net2", PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"},
-			Exclusive: true, Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", AllocatedAt: at,
+			AllocateRequest: api.AllocateRequest{Card: 4, ContainerID: "c1", IfName: "net2",
+				PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "u1"}, Exclusive: true},
+			Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", AllocatedAt: at,
 		}},
 		Addresses: []Address{
 			{Card: 3, Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3"},
@@ -173,10 +176,70 @@ func TestLoadWithoutNetns(t *testing.T) {
 	if err != nil || !found {
 		t.Fatalf("load: found=%v err=%v", found, err)
 	}
-	want := Allocation{Card: 3, ContainerID: "c1", IfName: "net1", PodRef: api.PodRef{PodUID: "u1"},
-		Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: time.Date(2025, 11, 25, 20, 0, 0, 0, time.UTC)}
+	want := api.Allocation{AllocateRequest: api.AllocateRequest{Card: 3, ContainerID: "c1", IfName: "net1",
+		PodRef: api.PodRef{PodUID: "u1"}}, Address: netip.MustParseAddr("10.0.3.10"), ENIID: "eni-3", AllocatedAt: time.Date(2025, 11, 25, 20, 0, 0, 0, time.UTC)}
 	if len(got.Allocations) != 1 || got.Allocations[0] != want {
 		t.Fatalf("allocations %+v, want [%+v]", got.Allocations, want)
+	}
+}
+
+// TestLoadRecordedCheckpoint: a checkpoint written by the agent before the allocation record was one type
+// (recorded from main at 82bc98e through the real allocator and FileStore) loads field for field, and saving
+// it again writes the same bytes: the format did not move in either direction.
+func TestLoadRecordedCheckpoint(t *testing.T) {
+	recorded, err := os.ReadFile(filepath.Join("testdata", "checkpoint-v1-main-82bc98e.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := lockedStore(t, t.TempDir())
+	if err := os.WriteFile(s.Path(), recorded, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, found, err := s.Load()
+	if err != nil || !found {
+		t.Fatalf("load: found=%v err=%v", found, err)
+	}
+	at := func(sec int) time.Time { return time.Date(2025, 11, 25, 12, 0, sec, 0, time.UTC) }
+	ip := netip.MustParseAddr
+	want := Checkpoint{
+		Version: 1,
+		Allocations: []api.Allocation{{
+			AllocateRequest: api.AllocateRequest{Card: 1, ContainerID: "5f2c9e0a", IfName: "net1",
+				PodRef: api.PodRef{PodNamespace: "ml", PodName: "trainer-0", PodUID: "6b1f0c2e-1111-4c7a-9d00-0123456789ab"},
+				Netns:  "/var/run/netns/cni-5f2c9e0a", Network: "card1"},
+			Address: ip("10.0.16.5"), ENIID: "eni-0a1", AllocatedAt: at(0),
+		}, {
+			// From a plugin older than pods, netns and networks in the request.
+			AllocateRequest: api.AllocateRequest{Card: 1, ContainerID: "old-plugin", IfName: "net1"},
+			Address:         ip("10.0.16.6"), ENIID: "eni-0a1", AllocatedAt: at(1),
+		}, {
+			AllocateRequest: api.AllocateRequest{Card: 3, ContainerID: "9e8d7c6b", IfName: "net3",
+				PodRef: api.PodRef{PodNamespace: "ml", PodName: "trainer-1"}, Exclusive: true,
+				Netns: "/var/run/netns/cni-9e8d7c6b", Network: "card3-exclusive"},
+			Address: ip("10.0.48.9"), ENIID: "eni-0c3", AllocatedAt: at(2),
+		}},
+		Addresses: []Address{
+			{Card: 1, Address: ip("10.0.16.5"), ENIID: "eni-0a1"},
+			{Card: 1, Address: ip("10.0.16.6"), ENIID: "eni-0a1"},
+			{Card: 1, Address: ip("10.0.16.7"), ENIID: "eni-0a1"},
+			{Card: 3, Address: ip("10.0.48.9"), ENIID: "eni-0c3", Exclusive: true},
+			{Card: 3, Address: ip("10.0.48.10"), ENIID: "eni-0c4", Exclusive: true, RestUntil: at(33),
+				Away: true, AwayNetns: "/var/run/netns/cni-gone"},
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("loaded\n%+v\nwant\n%+v", got, want)
+	}
+	again := lockedStore(t, t.TempDir())
+	if err := again.Save(got); err != nil {
+		t.Fatal(err)
+	}
+	written, err := os.ReadFile(again.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(written) != string(recorded) {
+		t.Fatalf("saved again:\n%s\nrecorded:\n%s", written, recorded)
 	}
 }
 
