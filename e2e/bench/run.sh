@@ -82,8 +82,8 @@ step vm env MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TIMEOUT=2700 \
 # (kube-apiserver, etcd, Multus, the reference plugins) are built once into ~/.cache/multinic/tools.
 CMDLINE="bash e2e/tools/build.sh"
 step tools bash e2e/tools/build.sh
-CMDLINE="MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -count=1 -v -timeout 40m -run '^TestMultusBenchVM\$' ./e2e/multus/"
-step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -count=1 -v -timeout 40m -run '^TestMultusBenchVM$' ./e2e/multus/
+CMDLINE="MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -tags e2e -count=1 -v -timeout 40m -run '^TestMultusBenchVM\$' ./e2e/multus/"
+step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -tags e2e -count=1 -v -timeout 40m -run '^TestMultusBenchVM$' ./e2e/multus/
 
 # The fault suite's long variants: everything but the ipvlan cases on the host; those in the VM, where the
 # plugin can finish an ipvlan ADD (on the host they only check the agent). Same pattern as the Makefile's.

@@ -31,5 +31,6 @@
 // ipvlan NADs against NADs of the reference ipvlan + host-local on the same ENI links, interleaved, in the
 // test VM through the same plumbing (TestMultusBenchVM, with MULTINIC_BENCH_MULTUS=1; not in make test).
 //
-// Run it with `make e2e` (MULTINIC_E2E=1, root; see cluster.RequireE2E).
+// Its tests are behind the e2e build tag (cluster.BuildTag). Run them with `make e2e` (-tags e2e,
+// MULTINIC_E2E=1, root; see cluster.RequireE2E).
 package multus

@@ -1,3 +1,5 @@
+//go:build e2e
+
 package multus
 
 import (
@@ -133,6 +135,8 @@ func runInVM(t *testing.T, tools *cluster.Tools, guestTest string, timeout time.
 	cmd := exec.Command("bash", vmtest, "./e2e/multus/")
 	cmd.Dir = root
 	cmd.Env = append(env,
+		// The guest side is behind the e2e build tag: vmtest.sh's go list and go test -c read GOFLAGS.
+		"GOFLAGS="+strings.TrimSpace(os.Getenv("GOFLAGS")+" -tags="+cluster.BuildTag),
 		"MULTINIC_VM_NET=user",
 		"MULTINIC_VM_ENV="+strings.Join(names, " "),
 		"MULTINIC_VM_TESTFLAGS=-test.run=^"+guestTest+"$",

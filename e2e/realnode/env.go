@@ -72,7 +72,7 @@ type Env struct {
 func RequireE2E(tb testing.TB) {
 	tb.Helper()
 	if os.Getenv(E2EEnv) != "1" {
-		tb.Skipf("real-node e2e: runs with `make e2e-node` (bash e2e/tools/build.sh node && make image && %s=1 go test ./e2e/realnode/)", E2EEnv)
+		tb.Skipf("real-node e2e: runs with `make e2e-node` (bash e2e/tools/build.sh node && make image && %s=1 go test -tags %s ./e2e/realnode/)", E2EEnv, cluster.BuildTag)
 	}
 	if os.Geteuid() != 0 {
 		tb.Fatalf("%s=1 but the real-node e2e needs root", E2EEnv)

@@ -1,0 +1,93 @@
+//go:build e2e
+
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/multinic/multinic/e2e/cluster"
+	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/netconf"
+)
+
+// The fail-closed case that needs a real kube-apiserver: behind the e2e build tag, run by `make e2e`.
+
+// TestGCAPIView (items 2 and 3): the agent's GC with a real kube-apiserver. A static pod's runtime UID is its
+// config hash, which the API server holds only in the mirror pod's annotations; a pod deleted from the API
+// server whose netns is still there (its DEL not yet run) is not gone. GC passes every 250 ms with a 1 s
+// grace must take neither's address; the pods' DEL then frees everything. It needs the control plane's
+// binaries, so `make e2e` runs it (with MULTINIC_E2E=1), not test-unit.
+func TestGCAPIView(t *testing.T) {
+	tools := cluster.RequireE2E(t) // make e2e runs it
+	c := cluster.Start(t, cluster.Options{Tools: tools})
+	region := harness.NewRegion(t, regionConfig("--kubeconfig", c.Kubeconfig, "--gc-grace", "1s", "--gc-interval", "250ms",
+		"--publish-nads=false", "--node-resources=false"))
+	node := region.Node(0)
+	w := newWatch(t, region, node)
+	run := newRun(t, "gc-api-view", netconf.ModeExclusive, "a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s")
+	ctx := context.Background()
+	pods := c.Client.CoreV1().Pods("default")
+	var notes []string
+	for i := range rounds() {
+		// apiPod creates p's API object (a mirror pod when hash is set) and gives p the UID the runtime would.
+		apiPod := func(p *harness.Pod, hash string) {
+			t.Helper()
+			obj := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
+				Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "c", Image: "none"}}},
+			}
+			if hash != "" {
+				obj.Annotations = map[string]string{"kubernetes.io/config.hash": hash, "kubernetes.io/config.mirror": hash,
+					"kubernetes.io/config.source": "file"}
+			}
+			created, err := pods.Create(ctx, obj, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatalf("create pod %s: %v", p.Name, err)
+			}
+			p.UID = string(created.UID)
+			if hash != "" {
+				p.UID = hash
+			}
+		}
+		keeper := w.newPod(t, fmt.Sprintf("keeper%d", i))
+		static := w.newPod(t, fmt.Sprintf("static%d-%s", i, node.Name))
+		deleted := w.newPod(t, fmt.Sprintf("deleted%d", i))
+		apiPod(keeper, "")
+		apiPod(static, fmt.Sprintf("%032x", i+1))
+		apiPod(deleted, "")
+		var addErr error
+		start := time.Now()
+		for _, p := range []*harness.Pod{keeper, static, deleted} {
+			if _, err := p.Attach(exclusive); err != nil {
+				addErr = errors.Join(addErr, err)
+			}
+		}
+		run.addResult(time.Since(start), addErr)
+		if addErr != nil {
+			t.Fatal(addErr)
+		}
+		// Grace 0: there is no kubelet to confirm a graceful deletion, the object goes at once.
+		if err := pods.Delete(ctx, deleted.Name, *metav1.NewDeleteOptions(0)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second) // 16 GC passes, 4 grace periods
+		requireKept(t, node, keeper, static, deleted)
+		notes = append(notes, "the static pod and the API-deleted pod with a live netns kept their ENIs")
+		for _, p := range []*harness.Pod{keeper, static} {
+			if err := pods.Delete(ctx, p.Name, *metav1.NewDeleteOptions(0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.endRound(t, i, keeper, static, deleted)
+	}
+	l, details := w.cleanup(t)
+	run.finish(l, details, strings.Join(dedup(notes), "; "))
+}
