@@ -512,7 +512,7 @@ func TestAgentKilled(t *testing.T) {
 		res := <-done
 		run.addResult(res.d, res.err)
 		orphans := 0
-		for _, e := range ownENIs(region.State(), node) {
+		for _, e := range node.ENIs(region.State()) {
 			if e.Status == "available" {
 				orphans++
 			}

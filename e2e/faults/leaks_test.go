@@ -16,11 +16,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/journal"
-	"github.com/multinic/multinic/ipam/store"
 )
 
 // leakWait bounds how long the leak count waits to reach 0: the agent's pool and EC2 converge
@@ -152,7 +150,7 @@ func (w *watch) count() (Leaks, []string, error) {
 	}
 
 	// EC2 against the agent's pool (its checkpoint: what it would come back with).
-	cp, _, err := loadCheckpoint(w.stateDir)
+	cp, _, err := harness.LoadCheckpoint(w.stateDir)
 	if err != nil {
 		return l, nil, err
 	}
@@ -303,22 +301,6 @@ func (w *watch) settle(t *testing.T) (Leaks, []string) {
 	}
 }
 
-func loadCheckpoint(dir string) (store.Checkpoint, bool, error) {
-	// Read-only: NewFileStore would create the folder, Load takes no lock.
-	if _, err := os.Stat(dir); err != nil {
-		return store.Checkpoint{}, false, fmt.Errorf("agent state dir: %w", err)
-	}
-	s, err := store.NewFileStore(dir)
-	if err != nil {
-		return store.Checkpoint{}, false, fmt.Errorf("open agent checkpoint: %w", err)
-	}
-	cp, found, err := s.Load()
-	if err != nil {
-		return cp, found, fmt.Errorf("load agent checkpoint: %w", err)
-	}
-	return cp, found, nil
-}
-
 // journaled lists the container IDs in ours that have a pending release in the plugin's journal.
 func journaled(ours map[string]bool) ([]string, error) {
 	files, err := filepath.Glob(filepath.Join(journal.DefaultDir, "*.json"))
@@ -342,17 +324,6 @@ func journaled(ours map[string]bool) ([]string, error) {
 }
 
 func short(id string) string { return id[:min(12, len(id))] }
-
-// ownENIs lists the ENIs with the node's tags in a state snapshot.
-func ownENIs(st fakeec2.State, node *harness.Node) []fakeec2.ENIState {
-	var out []fakeec2.ENIState
-	for _, e := range st.ENIs {
-		if e.Tags[eni.TagCluster] == harness.DefaultCluster && e.Tags[eni.TagNode] == node.InstanceID {
-			out = append(out, e)
-		}
-	}
-	return out
-}
 
 // cleanup does what a runtime does once it gives up on the pods: DEL every attachment (DEL must succeed),
 // count what the plugin left in each pod, remove the pods; then it waits for the agent and EC2 to settle

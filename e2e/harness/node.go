@@ -204,10 +204,7 @@ func (n *Node) StartAgentWith(extra ...string) error {
 // agent exited 0 on SIGTERM (an agent that had exited by itself is an error too). Stopping a stopped agent
 // does nothing.
 func (n *Node) StopAgent() error {
-	n.mu.Lock()
-	cmd, exited := n.agent, n.exited
-	n.agent, n.exited = nil, nil
-	n.mu.Unlock()
+	cmd, exited := n.takeAgent()
 	if cmd == nil {
 		return nil
 	}
@@ -233,10 +230,7 @@ func (n *Node) StopAgent() error {
 // KillAgent SIGKILLs the agent, as a crash or the OOM killer would, and reaps it: its state dir and socket
 // stay as it left them. StartAgent starts it again.
 func (n *Node) KillAgent() error {
-	n.mu.Lock()
-	cmd, exited := n.agent, n.exited
-	n.agent, n.exited = nil, nil
-	n.mu.Unlock()
+	cmd, exited := n.takeAgent()
 	if cmd == nil {
 		return fmt.Errorf("kill agent on %s: not running", n.Name)
 	}
@@ -245,6 +239,15 @@ func (n *Node) KillAgent() error {
 	}
 	<-exited
 	return nil
+}
+
+// takeAgent hands the running agent and its exit channel (nil when stopped) to the caller, which ends it.
+func (n *Node) takeAgent() (*exec.Cmd, chan struct{}) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cmd, exited := n.agent, n.exited
+	n.agent, n.exited = nil, nil
+	return cmd, exited
 }
 
 // WaitReady waits until the agent reports cards ready, every managed card when none are given.
@@ -306,19 +309,22 @@ func (n *Node) Allocation(containerID, ifName string) (a api.Allocation, ok bool
 	return a, false, nil
 }
 
-// Checkpoint reads the agent's checkpoint in its state dir, running or not (reading takes no lock); found
+// Checkpoint reads the agent's checkpoint in its state dir (LoadCheckpoint).
+func (n *Node) Checkpoint() (store.Checkpoint, bool, error) { return LoadCheckpoint(n.StateDir) }
+
+// LoadCheckpoint reads an agent's checkpoint in its state dir, running or not (reading takes no lock); found
 // is false when the agent has written none yet.
-func (n *Node) Checkpoint() (cp store.Checkpoint, found bool, err error) {
+func LoadCheckpoint(stateDir string) (cp store.Checkpoint, found bool, err error) {
 	// NewFileStore would create a missing folder.
-	if _, err := os.Stat(n.StateDir); err != nil {
-		return cp, false, fmt.Errorf("agent state dir of %s: %w", n.Name, err)
+	if _, err := os.Stat(stateDir); err != nil {
+		return cp, false, fmt.Errorf("agent state dir: %w", err)
 	}
-	s, err := store.NewFileStore(n.StateDir)
+	s, err := store.NewFileStore(stateDir)
 	if err != nil {
-		return cp, false, fmt.Errorf("open checkpoint of %s: %w", n.Name, err)
+		return cp, false, fmt.Errorf("open agent checkpoint: %w", err)
 	}
 	if cp, found, err = s.Load(); err != nil {
-		return cp, found, fmt.Errorf("load checkpoint of %s: %w", n.Name, err)
+		return cp, found, fmt.Errorf("load agent checkpoint: %w", err)
 	}
 	return cp, found, nil
 }
