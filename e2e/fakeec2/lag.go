@@ -1,11 +1,14 @@
 package fakeec2
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
 	"time"
+
+	"github.com/multinic/multinic/internal/ctxtime"
 )
 
 // LagEnv, when set (e.g. "2s"), is the visibility lag of every fake whose faults set none: so that a whole
@@ -80,6 +83,32 @@ func (s *Server) visibleENIs() map[string]*eni {
 		}
 	}
 	return s.enis
+}
+
+// describedAtLocked is when the visible ENIs will be the current ones (zero: they are); s.mu is held.
+func (s *Server) describedAtLocked() time.Time {
+	lag := s.faults.lag()
+	if lag <= 0 || len(s.history) == 0 {
+		return time.Time{}
+	}
+	if at := s.history[len(s.history)-1].at.Add(lag); at.After(time.Now()) {
+		return at
+	}
+	return time.Time{}
+}
+
+// WaitDescribed returns once Describe* and IMDS show the ENIs as they are (at once without a lag): for a
+// test that needs EC2's view of a change made a moment ago, as an agent restarted without memory does.
+func (s *Server) WaitDescribed(ctx context.Context) error {
+	for {
+		at := s.State().DescribedAt
+		if at.IsZero() {
+			return nil
+		}
+		if err := ctxtime.Sleep(ctx, time.Until(at)); err != nil {
+			return fmt.Errorf("wait for Describe to show the ENIs as they are: %w", err)
+		}
+	}
 }
 
 func cloneENIs(in map[string]*eni) map[string]*eni {

@@ -52,7 +52,13 @@ func TestLag(t *testing.T) {
 
 	e := f.createENI(t, CardSubnetID(1))
 	id := aws.ToString(e.NetworkInterfaceId)
+	if at := f.srv.State().DescribedAt; !at.After(time.Now()) || at.After(time.Now().Add(lag)) {
+		t.Errorf("DescribedAt %v right after a create, want within %s from now", at, lag)
+	}
 	settles("create", func() bool { return !visible(id) }, func() bool { return visible(id) })
+	if at := f.srv.State().DescribedAt; !at.IsZero() {
+		t.Errorf("DescribedAt %v once the lag passed, want zero", at)
+	}
 
 	f.attach(t, id, 1, 1)
 	macs := "network/interfaces/macs/"
@@ -96,6 +102,15 @@ func TestLag(t *testing.T) {
 		t.Fatal(err)
 	}
 	settles("delete", func() bool { return visible(id) && inIMDS() }, func() bool { return !visible(id) && !inIMDS() })
+
+	// WaitDescribed returns once a change made just now is visible.
+	waited := f.createENI(t, CardSubnetID(1))
+	if err := f.srv.WaitDescribed(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if !visible(aws.ToString(waited.NetworkInterfaceId)) {
+		t.Error("create not visible after WaitDescribed")
+	}
 
 	// Off again: no lag.
 	if err := f.srv.SetFaults(Faults{}); err != nil {

@@ -1,6 +1,9 @@
 package fakeec2
 
-import "maps"
+import (
+	"maps"
+	"time"
+)
 
 // State is a read-only snapshot of the fake, also served as JSON at GET /fake/state.
 type State struct {
@@ -12,6 +15,9 @@ type State struct {
 	Subnets   []SubnetState   `json:"subnets"`
 	// Calls counts EC2 actions (and IMDS.PutToken / IMDS.Get) by result: "ok" or the error code.
 	Calls map[string]map[string]int `json:"calls"`
+	// DescribedAt, with a lag (Faults.Lag), is when Describe* and IMDS will show the ENIs as this snapshot
+	// has them, unless they change again; zero when they already do.
+	DescribedAt time.Time `json:"describedAt,omitzero"`
 }
 
 type InstanceState struct {
@@ -62,6 +68,7 @@ func (s *Server) State() State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st.Region, st.VPCID, st.VPCCIDR = s.cfg.Region, s.cfg.VPCID, s.cfg.VPCCIDR
+	st.DescribedAt = s.describedAtLocked()
 	for _, id := range s.instOrder {
 		in := s.instances[id]
 		st.Instances = append(st.Instances, InstanceState{ID: in.id, Type: in.typ.Name, AZ: in.az,
