@@ -83,6 +83,10 @@ type Allocator struct {
 	cards  map[int]*card
 	slots  map[netip.Addr]*slot // every known address, across cards: an address lives in one place only
 	allocs map[key]*api.Allocation
+	// recent is the ENI manager's memory of its EC2 changes as the checkpoint held it; once the manager
+	// hands over its memory (CarryRecent), every save takes recentFn's instead. Never read here.
+	recent   *store.Recent
+	recentFn func() *store.Recent
 }
 
 type key struct{ containerID, ifName string }
@@ -215,12 +219,42 @@ func (a *Allocator) persist() error {
 	return nil
 }
 
+// Recent is the ENI manager's memory of its EC2 changes as the next checkpoint would carry it: the restored
+// checkpoint's until the manager hands over its own (nil: none).
+func (a *Allocator) Recent() *store.Recent {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.recentFn != nil {
+		return a.recentFn()
+	}
+	return a.recent
+}
+
+// CarryRecent makes every later checkpoint carry fn's result: the ENI manager's memory of its own EC2
+// changes rides along with the allocations it must agree with. fn must not call the allocator.
+func (a *Allocator) CarryRecent(fn func() *store.Recent) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.recentFn = fn
+}
+
+// SaveRecent writes the checkpoint now: the carried memory changed while the allocator did not.
+func (a *Allocator) SaveRecent() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.persist()
+}
+
 // checkpoint is the allocator's state as the store persists it: the allocations themselves (the record the
-// wire defines, api.Allocation) and every known address.
+// wire defines, api.Allocation), every known address, and the ENI manager's memory it carries.
 func (a *Allocator) checkpoint() store.Checkpoint {
 	cp := store.Checkpoint{
 		Allocations: a.listLocked(),
 		Addresses:   make([]store.Address, 0, len(a.slots)),
+		Recent:      a.recent,
+	}
+	if a.recentFn != nil {
+		cp.Recent = a.recentFn()
 	}
 	for _, p := range a.knownLocked() {
 		cp.Addresses = append(cp.Addresses, store.Address{
@@ -232,6 +266,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 }
 
 func (a *Allocator) restore(cp store.Checkpoint) error {
+	a.recent = cp.Recent
 	for _, ad := range cp.Addresses {
 		if err := checkAddress(ad.Card, ad.ENIID, ad.Address); err != nil {
 			return err

@@ -14,6 +14,7 @@ import (
 	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/enipool"
+	"github.com/multinic/multinic/ipam/store"
 )
 
 // createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
@@ -114,7 +115,10 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	}
 	ni := out.NetworkInterface
 	id := aws.ToString(ni.NetworkInterfaceId)
-	m.recent.create(id)
+	primary, _ := netip.ParseAddr(aws.ToString(ni.PrivateIpAddress))
+	m.recent.create(store.RecentENI{ID: id, Card: cs.index, MAC: aws.ToString(ni.MacAddress),
+		SubnetID: aws.ToString(ni.SubnetId), Exclusive: exclusive, Primary: primary})
+	m.saveRecent() // a restarted agent deletes it if the attach never happened, and never too early
 	log := m.log.With("card", cs.index, "eni", id)
 	defer func() {
 		if retErr != nil {
@@ -173,7 +177,9 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 			addrs = append(addrs, expand(pfx)...)
 		}
 	}
+	m.recent.attached(id, dev, e.attachmentID)
 	m.recent.assign(id, addrs...)
+	m.saveRecent() // a restarted agent adopts it before Describe shows it
 	m.mu.Lock()
 	e.cidr = m.subnets[e.subnetID]
 	m.enis[id] = e
@@ -203,7 +209,8 @@ func (m *Manager) freeDevice(card int) int {
 	}
 }
 
-// refreshDevices relearns which device indexes are taken on one card.
+// refreshDevices relearns which device indexes are taken on one card: Describe's, and those of the
+// manager's own ENIs, which a lagging Describe may not show yet.
 func (m *Manager) refreshDevices(ctx context.Context, card int) error {
 	enis, err := m.describeAttached(ctx)
 	if err != nil {
@@ -215,6 +222,11 @@ func (m *Manager) refreshDevices(ctx context.Context, card int) error {
 	for _, ni := range enis {
 		if a := ni.Attachment; a != nil && int(aws.ToInt32(a.NetworkCardIndex)) == card {
 			occ[int(aws.ToInt32(a.DeviceIndex))] = aws.ToString(ni.NetworkInterfaceId)
+		}
+	}
+	for _, e := range m.enis {
+		if e.card == card {
+			occ[e.device] = e.id
 		}
 	}
 	m.occupied[card] = occ

@@ -412,6 +412,18 @@ func (e *env) foreignENI(card, device int, tags map[string]string) string {
 	return id
 }
 
+// waitDescribed waits until fake-ec2's Describe shows its ENIs as they are: for a step that needs EC2's
+// view of what was done a moment ago (an agent without memory of it), when fake-ec2 lags
+// (MULTINIC_FAKE_EC2_LAG).
+func (e *env) waitDescribed() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.srv.WaitDescribed(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 func (e *env) eniState(id string) (fakeec2.ENIState, bool) { return e.srv.State().ENI(id) }
 
 func newMemStore() *store.Memory { return store.NewMemory() }

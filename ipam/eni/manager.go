@@ -37,6 +37,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/enipool"
+	"github.com/multinic/multinic/ipam/store"
 )
 
 var _ enipool.Pools = (*Manager)(nil)
@@ -147,12 +148,25 @@ func New(cfg Config, d Deps) (*Manager, error) {
 	if d.Links == nil {
 		d.Links = NoLinks{}
 	}
-	return &Manager{
+	m := &Manager{
 		cfg: cfg, log: cfg.Logger, ec2: newCaller(d.EC2, cfg), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
 		recent: newRecent(cfg.SettleTime),
 		cards:  map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
 		subnets: map[string]netip.Prefix{}, orphanSeen: map[string]time.Time{},
-	}, nil
+	}
+	// What the previous process changed in EC2 within the settle time, and from now on this one's, in
+	// every checkpoint.
+	m.recent.load(d.Allocator.Recent())
+	d.Allocator.CarryRecent(m.recent.snapshot)
+	return m, nil
+}
+
+// saveRecent writes the memory of recent EC2 changes with the checkpoint now, for a change that no
+// allocator write follows. A failure is logged: the memory still serves this process.
+func (m *Manager) saveRecent() {
+	if err := m.alloc.SaveRecent(); err != nil {
+		m.log.Warn("save the memory of recent EC2 changes with the checkpoint", "err", err)
+	}
 }
 
 // Start discovers the instance, adopts the manager's own ENIs, deletes detached ones of this node,
@@ -469,6 +483,7 @@ func (m *Manager) discover(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
+	rv := m.recent.view()
 	subnetIDs := map[string]bool{primSubnet: true}
 	for _, cs := range m.cards {
 		subnetIDs[cs.subnetID] = true
@@ -476,11 +491,16 @@ func (m *Manager) discover(ctx context.Context) error {
 	for _, ni := range enis {
 		subnetIDs[aws.ToString(ni.SubnetId)] = true
 	}
+	for _, c := range rv.created {
+		if c.rec.SubnetID != "" {
+			subnetIDs[c.rec.SubnetID] = true
+		}
+	}
 	if err := m.describeSubnets(ctx, slices.Sorted(mapsKeys(subnetIDs))); err != nil {
 		return err
 	}
 	m.mu.Lock()
-	m.setAttachedLocked(enis, m.recent.view())
+	m.setAttachedLocked(enis, rv)
 	adopted := len(m.enis)
 	m.mu.Unlock()
 	m.log.Info("discovered instance", "instance", m.instanceID, "type", m.instanceType, "cards", m.limits.cards,
@@ -647,8 +667,9 @@ func (m *Manager) ownsTags(ni types.NetworkInterface) bool {
 
 // setAttachedLocked rebuilds device occupancy from ni (every ENI attached to this instance) and adopts or
 // refreshes the manager's own ENIs; link state of known ENIs is kept. Describe may lag (recent): an ENI
-// the manager created within SettleTime and Describe does not show yet is kept, one it detached within
-// SettleTime and Describe still shows is not adopted again.
+// the manager created within SettleTime and Describe does not show yet is kept (adopted from the memory
+// when an earlier process created and attached it), one it detached within SettleTime and Describe still
+// shows is not adopted again.
 func (m *Manager) setAttachedLocked(enis []types.NetworkInterface, rv recentView) {
 	m.occupied = map[int]map[int]string{}
 	seen := map[string]bool{}
@@ -706,6 +727,15 @@ func (m *Manager) setAttachedLocked(enis []types.NetworkInterface, rv recentView
 			}
 		}
 	}
+	for id, c := range rv.created {
+		if !seen[id] && m.enis[id] == nil && c.rec.AttachmentID != "" {
+			if _, managed := m.cards[c.rec.Card]; managed {
+				m.enis[id] = m.fromMemory(c.rec, rv)
+				m.log.Info("adopted ENI from the memory of recent changes; Describe does not show it yet",
+					"card", c.rec.Card, "eni", id, "device", c.rec.Device, "exclusive", c.rec.Exclusive)
+			}
+		}
+	}
 	for id, e := range m.enis {
 		if seen[id] {
 			continue
@@ -720,6 +750,27 @@ func (m *Manager) setAttachedLocked(enis []types.NetworkInterface, rv recentView
 		m.log.Warn("ENI no longer attached", "card", e.card, "eni", id)
 		delete(m.enis, id)
 	}
+}
+
+// fromMemory is an ENI an earlier process created and attached within SettleTime, as it recorded it; its
+// secondary addresses (or prefixes) are those assigned to it since, as remembered. Its link is looked for
+// as for any adopted ENI; DeleteOnTermination is set again (the record does not say).
+func (m *Manager) fromMemory(rec store.RecentENI, rv recentView) *eniState {
+	mac, _ := net.ParseMAC(rec.MAC)
+	e := &eniState{id: rec.ID, mac: mac, card: rec.Card, device: rec.Device, attachmentID: rec.AttachmentID,
+		subnetID: rec.SubnetID, cidr: m.subnets[rec.SubnetID], exclusive: rec.Exclusive, primary: rec.Primary, adopted: true}
+	pfxs := map[netip.Prefix]bool{}
+	for a, as := range rv.assigned {
+		switch {
+		case as.eniID != rec.ID:
+		case m.cfg.PrefixMode:
+			pfxs[netip.PrefixFrom(a, 28).Masked()] = true
+		default:
+			e.secondaries++
+		}
+	}
+	e.prefixes = slices.SortedFunc(mapsKeys(pfxs), func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
+	return e
 }
 
 // newToken is a fresh ClientToken for one logical CreateNetworkInterface, reused by its retries.

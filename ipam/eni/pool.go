@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
@@ -270,20 +270,20 @@ func (m *Manager) unassignEC2(ctx context.Context, e *eniState, addrs []netip.Ad
 	for _, a := range addrs {
 		in.PrivateIpAddresses = append(in.PrivateIpAddresses, a.String())
 	}
+	gone := slices.Clone(addrs)
 	for _, p := range pfxs {
 		in.Ipv4Prefixes = append(in.Ipv4Prefixes, p.String())
+		gone = append(gone, expand(p)...)
 	}
+	// Remembered (and saved) first, and kept if the call fails: see recent.unassign.
+	m.recent.unassign(e.id, gone...)
+	m.saveRecent()
 	_, err := do(ctx, m.ec2, "UnassignPrivateIpAddresses", func(ctx context.Context, o func(*ec2.Options)) (*ec2.UnassignPrivateIpAddressesOutput, error) {
 		return m.ec2.api.UnassignPrivateIpAddresses(ctx, in, o)
 	})
 	if err != nil {
 		return fmt.Errorf("unassign %d addresses and %d prefixes from card %d (%s): %w", len(addrs), len(pfxs), e.card, e.id, err)
 	}
-	gone := slices.Clone(addrs)
-	for _, p := range pfxs {
-		gone = append(gone, expand(p)...)
-	}
-	m.recent.unassign(gone...)
 	m.mu.Lock()
 	e.secondaries = max(e.secondaries-len(addrs), 0)
 	e.prefixes = slices.DeleteFunc(e.prefixes, func(p netip.Prefix) bool { return slices.Contains(pfxs, p) })
@@ -463,8 +463,9 @@ func (m *Manager) removeExclusive(ctx context.Context, cs *cardState, id string,
 	return nil
 }
 
-// detachDelete detaches e, waits until EC2 reports it available, and deletes it. A failed delete is left
-// to GC (the ENI carries this node's tags).
+// detachDelete detaches e and deletes it once EC2 lets it (it refuses while the detach is under way): by
+// trying the delete, not by waiting for Describe to say "available", which may lag. A delete still
+// refused after LinkTimeout is left to GC (the ENI carries this node's tags).
 func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 	_, err := do(ctx, m.ec2, "DetachNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DetachNetworkInterfaceOutput, error) {
 		return m.ec2.api.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: aws.String(e.attachmentID)}, o)
@@ -473,6 +474,7 @@ func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 		return fmt.Errorf("detach %s from card %d: %w", e.id, e.card, err)
 	}
 	m.recent.detach(e.id)
+	m.saveRecent()
 	m.mu.Lock()
 	delete(m.enis, e.id)
 	if m.occupied[e.card][e.device] == e.id {
@@ -481,30 +483,36 @@ func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 	m.mu.Unlock()
 	deadline := time.Now().Add(m.cfg.LinkTimeout)
 	for {
-		out, err := do(ctx, m.ec2, "DescribeNetworkInterfaces", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error) {
-			return m.ec2.api.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{e.id}}, o)
-		})
-		if err == nil && len(out.NetworkInterfaces) == 1 && out.NetworkInterfaces[0].Status == types.NetworkInterfaceStatusAvailable {
-			break
+		err := m.deleteENI(ctx, e.card, e.id)
+		if err == nil {
+			m.log.Info("deleted surplus exclusive ENI", "card", e.card, "eni", e.id)
+			return nil
 		}
-		if time.Now().After(deadline) || ctxtime.Sleep(ctx, m.cfg.LinkPoll) != nil {
-			m.log.Warn("detached ENI not available yet; left for GC", "card", e.card, "eni", e.id)
+		if !eniInUse(err) || time.Now().After(deadline) || ctxtime.Sleep(ctx, m.cfg.LinkPoll) != nil {
+			m.log.Warn("detached ENI not deleted yet; left for GC", "card", e.card, "eni", e.id, "err", err)
 			return nil
 		}
 	}
-	m.deleteENI(ctx, e.card, e.id)
-	m.log.Info("deleted surplus exclusive ENI", "card", e.card, "eni", e.id)
-	return nil
 }
 
-// deleteENI deletes a detached ENI even if ctx is cancelled; a failure is logged and left to GC.
-func (m *Manager) deleteENI(ctx context.Context, card int, id string) {
+// eniInUse: EC2 refuses to delete an ENI that is attached (or still detaching).
+func eniInUse(err error) bool {
+	return ErrorCode(err) == "InvalidParameterValue" && strings.Contains(err.Error(), "currently in use")
+}
+
+// deleteENI deletes a detached ENI even if ctx is cancelled; NotFound counts as deleted. A failure is
+// returned, and left to GC.
+func (m *Manager) deleteENI(ctx context.Context, card int, id string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	_, err := do(ctx, m.ec2, "DeleteNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DeleteNetworkInterfaceOutput, error) {
 		return m.ec2.api.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}, o)
 	})
 	if err != nil && ErrorCode(err) != "InvalidNetworkInterfaceID.NotFound" {
-		m.log.Error("delete ENI failed; GC will retry", "card", card, "eni", id, "err", err)
+		if !eniInUse(err) {
+			m.log.Error("delete ENI failed; GC will retry", "card", card, "eni", id, "err", err)
+		}
+		return fmt.Errorf("delete %s: %w", id, err)
 	}
+	return nil
 }

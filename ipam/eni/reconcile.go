@@ -186,6 +186,7 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 		for _, a := range addrs {
 			m.recent.assign(id, netip.MustParseAddr(a))
 		}
+		m.saveRecent()
 		m.mu.Lock()
 		e.secondaries += len(addrs)
 		m.mu.Unlock()
@@ -195,7 +196,9 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 
 // GC deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
 // attach, or of a detach whose delete failed. An ENI created within SettleTime, or one the manager holds
-// as attached, is never a leftover, whatever a lagging Describe says.
+// as attached, is never a leftover, whatever a lagging Describe says; but one an earlier agent process
+// created within SettleTime and did not record attached is deleted even before Describe lists it: that
+// process is gone, so nobody attaches it any more, and EC2 refuses to delete it if the attach did happen.
 func (m *Manager) GC(ctx context.Context) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
@@ -212,19 +215,30 @@ func (m *Manager) gcLocked(ctx context.Context) error {
 		return fmt.Errorf("gc: %w", err)
 	}
 	rv := m.recent.view()
+	leftovers := map[string]string{} // ENI -> card
 	for _, ni := range enis {
 		if ni.Attachment != nil || ni.Status != types.NetworkInterfaceStatusAvailable || !m.ownsTags(ni) {
 			continue
 		}
-		id := aws.ToString(ni.NetworkInterfaceId)
+		leftovers[aws.ToString(ni.NetworkInterfaceId)] = tagMap(ni.TagSet)[TagCard]
+	}
+	for id, c := range rv.created {
+		if c.inherited && c.rec.AttachmentID == "" {
+			leftovers[id] = itoa(c.rec.Card)
+		}
+	}
+	for id, card := range leftovers {
 		m.mu.Lock()
 		_, attached := m.enis[id]
 		m.mu.Unlock()
-		if _, fresh := rv.created[id]; fresh || attached {
+		c, fresh := rv.created[id]
+		if attached || (fresh && !(c.inherited && c.rec.AttachmentID == "")) {
 			continue // created just now: Describe may not show its attachment yet
 		}
-		m.log.Info("deleting detached ENI of this node", "eni", id, "card", tagMap(ni.TagSet)[TagCard])
-		m.deleteENI(ctx, -1, id)
+		m.log.Info("deleting detached ENI of this node", "eni", id, "card", card, "describedYet", !fresh || c.rec.AttachmentID != "")
+		if err := m.deleteENI(ctx, -1, id); err == nil {
+			m.recent.forget(id)
+		}
 	}
 	return nil
 }

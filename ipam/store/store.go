@@ -16,7 +16,7 @@ import (
 )
 
 // Version is the checkpoint format this build writes and the newest it reads. Adding optional fields
-// (an allocation's Netns and Network) kept it at 1: a checkpoint without the field loads with it empty, and a build that
+// (an allocation's Netns and Network, Checkpoint.Recent) kept it at 1: a checkpoint without the field loads with it empty, and a build that
 // does not know it ignores it, so neither direction needs a conversion.
 const Version = 1
 
@@ -44,6 +44,44 @@ type Checkpoint struct {
 	Allocations []api.Allocation `json:"allocations"`
 	// Addresses is every address the allocator knows, held or not; a held one also appears in Allocations.
 	Addresses []Address `json:"addresses"`
+	// Recent is the ENI manager's memory of its own EC2 changes (package eni), nil when it has none. The
+	// allocator carries it without reading it.
+	Recent *Recent `json:"recent,omitempty"`
+}
+
+// Recent is what the ENI manager changed in EC2 within its settle time. EC2 is eventually consistent:
+// DescribeNetworkInterfaces may lag behind those changes, and an agent restarted meanwhile must believe
+// them over Describe, so they are saved with the checkpoint. Each entry carries when it happened; entries
+// older than the settle time are dropped.
+type Recent struct {
+	// ENIs created, with their attachment once it succeeded (AttachmentID empty: not attached, or the
+	// attach was not seen to succeed).
+	ENIs []RecentENI `json:"enis,omitempty"`
+	// Detached: ENIs detached (or being detached); only ID and At are set.
+	Detached []RecentENI `json:"detached,omitempty"`
+	// Assigned and Unassigned: secondary addresses (prefixes expanded), one entry per EC2 call.
+	Assigned   []RecentAddresses `json:"assigned,omitempty"`
+	Unassigned []RecentAddresses `json:"unassigned,omitempty"`
+}
+
+// RecentENI is one ENI the manager created (or detached), and where it attached it.
+type RecentENI struct {
+	ID           string     `json:"id"`
+	At           time.Time  `json:"at"`
+	Card         int        `json:"card,omitempty"`
+	Device       int        `json:"device,omitempty"`
+	AttachmentID string     `json:"attachmentID,omitempty"`
+	MAC          string     `json:"mac,omitempty"`
+	SubnetID     string     `json:"subnetID,omitempty"`
+	Exclusive    bool       `json:"exclusive,omitempty"`
+	Primary      netip.Addr `json:"primary,omitzero"`
+}
+
+// RecentAddresses is the addresses one EC2 call assigned to, or unassigned from, one ENI.
+type RecentAddresses struct {
+	ENIID     string       `json:"eniID"`
+	At        time.Time    `json:"at"`
+	Addresses []netip.Addr `json:"addresses"`
 }
 
 // Address is one address known on a card: a secondary address of a shared ENI, or, when Exclusive, the

@@ -32,6 +32,13 @@ func sample() Checkpoint {
 			{Card: 3, Address: netip.MustParseAddr("10.0.3.11"), ENIID: "eni-3", RestUntil: at.Add(30 * time.Second)},
 			{Card: 4, Address: netip.MustParseAddr("10.0.4.4"), ENIID: "eni-4x", Exclusive: true},
 		},
+		Recent: &Recent{
+			ENIs: []RecentENI{{ID: "eni-4x", At: at, Card: 4, Device: 2, AttachmentID: "eni-attach-1", MAC: "02:00:00:00:00:04",
+				SubnetID: "subnet-4", Exclusive: true, Primary: netip.MustParseAddr("10.0.4.4")}, {ID: "eni-5", At: at, Card: 5}},
+			Detached:   []RecentENI{{ID: "eni-6", At: at}},
+			Assigned:   []RecentAddresses{{ENIID: "eni-3", At: at, Addresses: []netip.Addr{netip.MustParseAddr("10.0.3.11")}}},
+			Unassigned: []RecentAddresses{{ENIID: "eni-3", At: at, Addresses: []netip.Addr{netip.MustParseAddr("10.0.3.12")}}},
+		},
 	}
 }
 

@@ -1,0 +1,87 @@
+package eni
+
+import (
+	"encoding/json"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/ipam/store"
+)
+
+// TestRecentRoundTrip: the memory of recent EC2 changes, saved with the checkpoint (JSON) and loaded by
+// the next process, comes back as it was, the ENIs marked as the earlier process's; what is older than the
+// settle time is not saved, and a burst of changes is saved at most maxRecent entries of each kind.
+func TestRecentRoundTrip(t *testing.T) {
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	r := newRecent(time.Hour)
+	r.assign("eni-1", a("10.0.1.5"), a("10.0.1.6"))
+	r.assign("eni-1", a("10.0.1.7"))
+	r.unassign("eni-1", a("10.0.1.6"))
+	r.create(store.RecentENI{ID: "eni-1", Card: 1, MAC: "02:00:00:00:00:01", SubnetID: "subnet-1", Primary: a("10.0.1.4")})
+	r.attached("eni-1", 2, "eni-attach-1")
+	r.create(store.RecentENI{ID: "eni-2", Card: 1})
+	r.create(store.RecentENI{ID: "eni-3", Card: 1})
+	r.detach("eni-3")
+
+	b, err := json.Marshal(r.snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved store.Recent
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	if len(saved.Assigned) != 2 || len(saved.Unassigned) != 1 {
+		t.Errorf("saved %d assign and %d unassign calls, want 2 and 1 (one entry per call): %s", len(saved.Assigned), len(saved.Unassigned), b)
+	}
+	next := newRecent(time.Hour)
+	next.load(&saved)
+	v := next.view()
+	for _, ad := range []string{"10.0.1.5", "10.0.1.7"} {
+		if as, ok := v.assigned[a(ad)]; !ok || as.eniID != "eni-1" {
+			t.Errorf("assigned %s: %+v %v, want on eni-1", ad, as, ok)
+		}
+	}
+	if as, ok := v.unassigned[a("10.0.1.6")]; !ok || as.eniID != "eni-1" || len(v.assigned) != 2 {
+		t.Errorf("unassigned 10.0.1.6: %+v %v; assigned %v", as, ok, v.assigned)
+	}
+	c := v.created["eni-1"]
+	if !c.inherited || c.rec.Device != 2 || c.rec.AttachmentID != "eni-attach-1" || c.rec.MAC != "02:00:00:00:00:01" ||
+		c.rec.Primary != a("10.0.1.4") || c.rec.SubnetID != "subnet-1" {
+		t.Errorf("created eni-1 loaded as %+v", c)
+	}
+	if c := v.created["eni-2"]; !c.inherited || c.rec.AttachmentID != "" {
+		t.Errorf("created, never attached eni-2 loaded as %+v", c)
+	}
+	if _, ok := v.detached["eni-3"]; !ok || len(v.created) != 2 {
+		t.Errorf("detached eni-3 not remembered as such: %v, created %v", v.detached, v.created)
+	}
+
+	// Older than the settle time: neither saved nor loaded.
+	short := newRecent(time.Millisecond)
+	short.assign("eni-1", a("10.0.1.5"))
+	time.Sleep(5 * time.Millisecond)
+	if s := short.snapshot(); s != nil {
+		t.Errorf("expired memory saved: %+v", s)
+	}
+	old := newRecent(time.Millisecond)
+	old.load(&saved)
+	if v := old.view(); len(v.assigned)+len(v.unassigned)+len(v.created)+len(v.detached) != 0 {
+		t.Errorf("expired memory loaded: %+v", v)
+	}
+
+	// Bounded: the newest maxRecent calls.
+	burst := newRecent(time.Hour)
+	ip := a("10.1.0.0")
+	for range maxRecent + 10 {
+		ip = ip.Next()
+		burst.assign("eni-1", ip)
+		time.Sleep(time.Microsecond) // one call, one time
+	}
+	s := burst.snapshot()
+	if len(s.Assigned) != maxRecent || s.Assigned[0].Addresses[0] != ip {
+		t.Errorf("a burst of %d calls saved as %d entries, newest %v; want %d, newest %s", maxRecent+10, len(s.Assigned),
+			s.Assigned[0].Addresses, maxRecent, ip)
+	}
+}
