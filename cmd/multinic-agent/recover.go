@@ -47,7 +47,12 @@ func recoverCheckpoint(ctx context.Context, o options, st *store.FileStore, log 
 			return fmt.Errorf("recover: %w", err)
 		}
 	}
-	cp, rep, err := eni.Recover(ctx, o.eniConfig(log), eni.Deps{EC2: ec2c, IMDS: imdsc, Allocator: nil}, o.netnsDirs, pods)
+	links, err := eni.NewNetlinkLinks(o.linkNetns)
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	defer links.Close()
+	cp, rep, err := eni.Recover(ctx, o.eniConfig(log), eni.Deps{EC2: ec2c, IMDS: imdsc, Links: links}, o.netnsDirs, pods)
 	if err != nil {
 		return err
 	}

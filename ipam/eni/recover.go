@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -16,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/ipam/allocator"
@@ -34,6 +36,8 @@ import (
 //     IPs gives the allocation the pod's namespace, name and UID. A running pod none of whose IPs is seen
 //     in a visible netns means a netns the agent cannot see: recovery refuses (its addresses would be
 //     taken as free).
+// EC2 is eventually consistent: an ipvlan pod link on one of this node's ENIs that Describe does not
+// explain yet (the ENI or the address made a moment ago) makes recovery read EC2 again, up to SettleTime.
 // The container ID behind a netns is not knowable here, so a recovered allocation's is RecoveredPrefix +
 // the netns name: the pod's DEL tears its links down but releases nothing, and GC frees the allocation
 // once the netns is gone (and the pod, with a kubeconfig). Every other address stays out of the
@@ -74,38 +78,39 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 	if err := m.discover(ctx); err != nil {
 		return store.Checkpoint{}, rep, fmt.Errorf("recover: discover instance: %w", err)
 	}
-	// The manager's own ENIs by MAC, and what EC2 says each holds.
-	type eniInfo struct {
-		e    *eniState
-		addr map[netip.Addr]bool // secondaries and prefix addresses
-	}
-	byMAC := map[string]*eniInfo{}
-	attached, err := m.describeAttached(ctx)
-	if err != nil {
-		return store.Checkpoint{}, rep, fmt.Errorf("recover: %w", err)
-	}
-	m.mu.Lock()
-	for _, ni := range attached {
-		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
-		if e == nil {
+	netns := map[string][]podLink{} // pod netns path -> its links
+	paths := netnsFiles(netnsDirs)
+	for _, path := range paths {
+		links, err := podLinks(path)
+		if errors.Is(err, errNotNetns) {
 			continue
 		}
-		in := &eniInfo{e: e, addr: map[netip.Addr]bool{}}
-		for _, a := range ni.PrivateIpAddresses {
-			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil && !aws.ToBool(a.Primary) {
-				in.addr[ip] = true
-			}
+		if err != nil {
+			return store.Checkpoint{}, rep, fmt.Errorf("recover: read pod netns %s: %w", path, err)
 		}
-		for _, p := range ni.Ipv4Prefixes {
-			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
-				for _, a := range expand(pfx) {
-					in.addr[a] = true
-				}
-			}
-		}
-		byMAC[e.mac.String()] = in
+		netns[path] = links
 	}
-	m.mu.Unlock()
+	// EC2 is eventually consistent: an ENI or address made a moment ago may be missing from Describe. A
+	// pod link it does not explain yet is read again, up to SettleTime: recovering without it would take
+	// its address as free.
+	var byMAC map[string]*recoverENI
+	for deadline := time.Now().Add(m.cfg.SettleTime); ; {
+		var unexplained []string
+		if byMAC, unexplained, err = m.recoverView(ctx, netns); err != nil {
+			return store.Checkpoint{}, rep, err
+		}
+		if len(unexplained) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			m.log.Warn("recover: pod links EC2 does not explain; recovered without them", "links", unexplained)
+			break
+		}
+		m.log.Info("recover: pod links EC2 does not explain yet (Describe may lag); reading again", "links", unexplained)
+		if err := ctxtime.Sleep(ctx, recoverPoll); err != nil {
+			return store.Checkpoint{}, rep, err
+		}
+	}
 
 	podByIP := map[netip.Addr]PodIPs{}
 	for _, p := range pods {
@@ -117,13 +122,10 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 	taken := map[netip.Addr]bool{}
 	var cp store.Checkpoint
 	now := time.Now().UTC()
-	for _, path := range netnsFiles(netnsDirs) {
-		links, err := podLinks(path)
-		if errors.Is(err, errNotNetns) {
+	for _, path := range paths {
+		links, ok := netns[path]
+		if !ok {
 			continue
-		}
-		if err != nil {
-			return store.Checkpoint{}, rep, fmt.Errorf("recover: read pod netns %s: %w", path, err)
 		}
 		rep.Netns++
 		var pod PodIPs
@@ -178,6 +180,85 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 		}
 	}
 	return cp, rep, nil
+}
+
+// recoverPoll is how often Recover reads EC2 again while it does not explain a pod link.
+const recoverPoll = 500 * time.Millisecond
+
+// recoverENI is one of the manager's ENIs and the addresses EC2 says it holds (secondaries and prefixes).
+type recoverENI struct {
+	e    *eniState
+	addr map[netip.Addr]bool
+}
+
+// recoverView reads the instance's ENIs: the manager's own by MAC, and the pod links EC2 does not explain
+// yet. Those are ipvlan links on one of this node's ENIs (their MAC is a link in the node netns) that
+// Describe does not list, or lists without any of the link's addresses: an ENI or an address made a moment
+// ago. Recovered without them, those addresses would be taken as free. An exclusive ENI Describe does not
+// show yet needs no wait: it is not recovered, never handed out while its link is away, and registered
+// once its link is home.
+func (m *Manager) recoverView(ctx context.Context, netns map[string][]podLink) (map[string]*recoverENI, []string, error) {
+	attached, err := m.describeAttached(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("recover: %w", err)
+	}
+	m.mu.Lock()
+	m.setAttachedLocked(attached, m.recent.view())
+	byMAC := map[string]*recoverENI{}
+	described := map[string]bool{}
+	for _, ni := range attached {
+		described[strings.ToLower(aws.ToString(ni.MacAddress))] = true
+		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
+		if e == nil {
+			continue
+		}
+		in := &recoverENI{e: e, addr: map[netip.Addr]bool{}}
+		for _, a := range ni.PrivateIpAddresses {
+			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil && !aws.ToBool(a.Primary) {
+				in.addr[ip] = true
+			}
+		}
+		for _, p := range ni.Ipv4Prefixes {
+			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
+				for _, a := range expand(pfx) {
+					in.addr[a] = true
+				}
+			}
+		}
+		byMAC[e.mac.String()] = in
+	}
+	m.mu.Unlock()
+	var unexplained []string
+	unknown := map[string][]string{} // MAC Describe does not know -> pod links on it
+	for path, links := range netns {
+		for _, l := range links {
+			in := byMAC[l.mac]
+			switch {
+			case !l.ipvlan:
+			case !described[l.mac]:
+				unknown[l.mac] = append(unknown[l.mac], path+" "+l.name)
+			case in != nil && !in.e.exclusive && !slices.ContainsFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] }):
+				unexplained = append(unexplained, path+" "+l.name)
+			}
+		}
+	}
+	if len(unknown) > 0 {
+		var macs []net.HardwareAddr
+		for s := range unknown {
+			if mac, err := net.ParseMAC(s); err == nil {
+				macs = append(macs, mac)
+			}
+		}
+		home, err := m.links.LinkNames(macs...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("recover: find the node's ENI links: %w", err)
+		}
+		for mac := range home {
+			unexplained = append(unexplained, unknown[mac]...)
+		}
+	}
+	slices.Sort(unexplained)
+	return byMAC, unexplained, nil
 }
 
 // netnsFiles lists the entries of the netns directories, each netns once (/var/run/netns and /run/netns
