@@ -159,6 +159,9 @@ func TestRestartAdopts(t *testing.T) {
 
 			a2 := e.alloc
 			if tc.freshAllocator {
+				// Without its checkpoint the agent has no memory of the ENIs it made: it knows what
+				// Describe shows, once that shows them.
+				e.waitDescribed()
 				e.st = nil
 				a2 = newEnvAllocator(t)
 			} else {
@@ -583,6 +586,7 @@ func TestGCDetached(t *testing.T) {
 	otherCluster := e.foreignENI(1, -1, map[string]string{TagCluster: "other", TagNode: e.inst, TagCard: "1"})
 	noManage := e.foreignENI(1, -1, map[string]string{TagCluster: testCluster, TagNode: e.inst, TagCard: "1", TagNoManage: "true"})
 	untagged := e.foreignENI(1, -1, nil)
+	e.waitDescribed() // leftovers of an earlier agent are older than EC2's lag
 	cfg := e.fastConfig(8)
 	cfg.ManagedCards = []int{1}
 	m := e.start(cfg, e.alloc)
@@ -597,6 +601,7 @@ func TestGCDetached(t *testing.T) {
 	// A leftover made while running goes at the next pass.
 	waitReady(t, m, 5*time.Second)
 	late := e.foreignENI(1, -1, ourTags)
+	e.waitDescribed()
 	if err := m.GC(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -1201,6 +1206,7 @@ func TestSweepOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	keep[aws.ToString(out.NetworkInterface.NetworkInterfaceId)] = "efa"
+	e.waitDescribed() // a dead node's orphans are older than EC2's lag
 
 	ctx := context.Background()
 	var wg sync.WaitGroup
