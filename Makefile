@@ -16,10 +16,13 @@ IMAGE     ?= ghcr.io/multinic/multinic:dev
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
 FUZZ_TARGETS := ./netconf/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/server/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
+# Packages whose tests talk to fake-ec2 on this host (not in the VM), and the lag test-lag gives it.
+LAG_PKGS  ?= ./ipam/eni/ ./cmd/multinic-agent/ ./e2e/faults/ ./e2e/harness/ ./e2e/fabric/ ./e2e/traffic/ ./e2e/bench/
+FAKE_EC2_LAG ?= 2s
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipvlan$$
 
-.PHONY: help build image test test-unit test-vm test-fuzz e2e e2e-node e2e-vm bench demo lint fuzz clean
+.PHONY: help build image test test-unit test-lag test-vm test-fuzz e2e e2e-node e2e-vm bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,11 +34,14 @@ build: ## build every binary into bin/
 image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
 	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
 
-test: lint build test-unit test-vm test-fuzz e2e ## the whole suite CI runs: lint, unit + root tests, kernel tests in the VM, short fuzzing, e2e
+test: lint build test-unit test-lag test-vm test-fuzz e2e ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e
 	@echo "make test: all suites passed"
 
 test-unit: ## unit tests, plus root tests in throwaway netns when run as root
 	$(GOTEST) -race ./...
+
+test-lag: ## the tests that talk to fake-ec2 again, its Describe* and IMDS FAKE_EC2_LAG (2s) behind every change
+	MULTINIC_FAKE_EC2_LAG=$(FAKE_EC2_LAG) $(GOTEST) $(LAG_PKGS)
 
 test-vm: ## tests that need ipvlan/dummy/vlan, inside a QEMU VM with Debian's kernel
 	bash e2e/vm/vmtest.sh $(VM_PKGS)

@@ -13,10 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
+// TestMain pins fake-ec2's own tests to no lag: they check EC2's semantics exactly (TestLag in
+// e2e/fakeec2 checks the lag); MULTINIC_FAKE_EC2_LAG is for fake-ec2's users (make test-lag).
+func TestMain(m *testing.M) {
+	os.Unsetenv(fakeec2.LagEnv)
+	os.Exit(testbin.Main(m))
+}
 
 // process is a running fake-ec2 and what its ready file said.
 type process struct {

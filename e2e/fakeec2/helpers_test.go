@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -14,6 +15,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
 )
+
+// TestMain pins the fake's own tests to no lag: they check EC2's semantics exactly, and TestLag and
+// TestLagEnv check the lag itself. MULTINIC_FAKE_EC2_LAG is for the fake's users (make test-lag).
+func TestMain(m *testing.M) {
+	os.Unsetenv(LagEnv)
+	os.Exit(m.Run())
+}
 
 // fixture is a running fake with two real SDK clients: one with the standard
 // retryer and one that returns the first answer (to read error codes).
