@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -96,29 +95,24 @@ func TestRecoverCheckpoint(t *testing.T) {
 }
 
 func runRecover(t *testing.T, att harness.Attachment, fault string) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig("--gc-interval", "1s"))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover")
-	var notes []string
+	fc := newFaultCase(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover", "--gc-interval", "1s")
 	for i := range rounds() {
-		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
-		before := attachPods(t, node, att, pods)
+		pods := []*harness.Pod{fc.newPod(t, fmt.Sprintf("a%d", i)), fc.newPod(t, fmt.Sprintf("b%d", i))}
+		before := attachPods(t, fc.node, att, pods)
 		if att.Mode == netconf.ModeExclusive {
 			// Recovery rebuilds an exclusive ENI's allocation once Describe shows the ENI; one made a
 			// moment ago (MULTINIC_FAKE_EC2_LAG) stays out, kept and never handed out while in its pod.
 			// An ipvlan pod's address Describe does not list yet makes recovery wait for it.
-			if err := region.Fake().WaitDescribed(context.Background()); err != nil {
+			if err := fc.region.Fake().WaitDescribed(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 		}
-		d, err := restartWithoutCheckpoint(t, node, "--recover")
-		run.addResult(d, err)
+		d, err := restartWithoutCheckpoint(t, fc.node, "--recover")
+		fc.run.addResult(d, err)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held := heldBy(t, node)
+		held := heldBy(t, fc.node)
 		for _, p := range pods {
 			want := before[p.Name]
 			got, ok := held[want.Address.String()]
@@ -126,9 +120,9 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 				t.Errorf("pod %s: after recovery %s is held as %+v (%v), want ENI %s in netns %s", p.Name, want.Address, got, ok, want.ENIID, p.NetNSPath)
 			}
 		}
-		next := w.recover(t, run, i, att, "ADD of a new pod after recovery")
-		heldBy(t, node)
-		if al, ok, err := node.Allocation(next.ContainerID, att.IfName); err != nil || !ok {
+		next := fc.recover(t, i, att, "ADD of a new pod after recovery")
+		heldBy(t, fc.node)
+		if al, ok, err := fc.node.Allocation(next.ContainerID, att.IfName); err != nil || !ok {
 			t.Errorf("new pod's allocation: %v %v", ok, err)
 		} else {
 			for _, p := range pods {
@@ -137,50 +131,46 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 				}
 			}
 		}
-		notes = append(notes, "both pods kept their ENI and address; the next pod got another")
-		w.endRound(t, i, append(pods, next)...)
+		fc.note("both pods kept their ENI and address; the next pod got another")
+		fc.endRound(t, i, append(pods, next)...)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // TestExclusiveNoCheckpoint (item 4): the agent restarts without its checkpoint (and without --recover)
 // while exclusive pods run: their ENIs' links are inside the pods. Those ENIs must be neither registered
 // free, nor detached, nor given to the next pod; once the pods' DELs bring the links home they serve again.
 func TestExclusiveNoCheckpoint(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig("--surplus-delay", "0"))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "exclusive-no-checkpoint", netconf.ModeExclusive, "agent restarted without its checkpoint under 2 exclusive pods, --surplus-delay 0")
-	var notes []string
+	fc := newFaultCase(t, "exclusive-no-checkpoint", netconf.ModeExclusive,
+		"agent restarted without its checkpoint under 2 exclusive pods, --surplus-delay 0",
+		"--surplus-delay", "0")
 	for i := range rounds() {
-		pods := []*harness.Pod{w.newPod(t, fmt.Sprintf("a%d", i)), w.newPod(t, fmt.Sprintf("b%d", i))}
+		pods := []*harness.Pod{fc.newPod(t, fmt.Sprintf("a%d", i)), fc.newPod(t, fmt.Sprintf("b%d", i))}
 		inPod := map[string]string{} // ENI -> pod
-		for name, al := range attachPods(t, node, exclusive, pods) {
+		for name, al := range attachPods(t, fc.node, exclusive, pods) {
 			inPod[al.ENIID] = name
 		}
 		// Without its checkpoint (and without --recover) the agent has no memory of the ENIs it made a
 		// moment ago: it knows what Describe shows, once that shows them (MULTINIC_FAKE_EC2_LAG).
-		if err := region.Fake().WaitDescribed(context.Background()); err != nil {
+		if err := fc.region.Fake().WaitDescribed(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := restartWithoutCheckpoint(t, node); err != nil {
+		if _, err := restartWithoutCheckpoint(t, fc.node); err != nil {
 			t.Fatal(err)
 		}
-		next := w.newPod(t, fmt.Sprintf("n%d", i))
+		next := fc.newPod(t, fmt.Sprintf("n%d", i))
 		d, err := attachTimed(next, exclusive)
-		run.addResult(d, err)
+		fc.run.addResult(d, err)
 		if err != nil {
 			t.Fatalf("ADD after the restart: %v", err)
 		}
 		time.Sleep(3 * time.Second) // card loop steps with --surplus-delay 0: a free ENI would go now
-		if al, _, _ := node.Allocation(next.ContainerID, exclusive.IfName); inPod[al.ENIID] != "" {
+		if al, _, _ := fc.node.Allocation(next.ContainerID, exclusive.IfName); inPod[al.ENIID] != "" {
 			t.Errorf("new pod got ENI %s, which is inside pod %s", al.ENIID, inPod[al.ENIID])
 		}
 		for id, pod := range inPod {
-			x, ok := region.State().ENI(id)
-			if !ok || x.Status != "in-use" || x.InstanceID != node.InstanceID {
+			x, ok := fc.region.State().ENI(id)
+			if !ok || x.Status != "in-use" || x.InstanceID != fc.node.InstanceID {
 				t.Errorf("ENI %s inside running pod %s detached or deleted: %+v", id, pod, x)
 			}
 		}
@@ -189,24 +179,21 @@ func TestExclusiveNoCheckpoint(t *testing.T) {
 				t.Errorf("pod %s lost its ENI link: %v", p.Name, err)
 			}
 		}
-		heldBy(t, node)
-		notes = append(notes, "the ENIs inside running pods stayed attached and were not given out")
-		w.endRound(t, i, append(pods, next)...)
+		heldBy(t, fc.node)
+		fc.note("the ENIs inside running pods stayed attached and were not given out")
+		fc.endRound(t, i, append(pods, next)...)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // TestOrphanSweep (item 8): ENIs created and tagged for a node that died before attaching them are
 // deleted by the cluster-wide sweep, while no_manage, other clusters' and young ones, and the live pods'
 // ENIs, are untouched.
 func TestOrphanSweep(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig("--orphan-sweep-interval", "500ms", "--orphan-age", "2s"))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "orphan-sweep", netconf.ModeExclusive, "ENIs of a dead node (cluster tags, available, 1 h old) next to no_manage, other-cluster and young ones")
-	c := region.Fake().Client()
+	fc := newFaultCase(t, "orphan-sweep", netconf.ModeExclusive,
+		"ENIs of a dead node (cluster tags, available, 1 h old) next to no_manage, other-cluster and young ones",
+		"--orphan-sweep-interval", "500ms", "--orphan-age", "2s")
+	c := fc.region.Fake().Client()
 	ctx := context.Background()
 	newENI := func(tags map[string]string) string {
 		var ts []types.Tag
@@ -229,9 +216,8 @@ func TestOrphanSweep(t *testing.T) {
 		}
 		return m
 	}
-	var notes []string
 	for i := range rounds() {
-		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		live := fc.newPod(t, fmt.Sprintf("live%d", i))
 		if _, err := live.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
@@ -246,7 +232,7 @@ func TestOrphanSweep(t *testing.T) {
 		for {
 			left := 0
 			for _, id := range orphans {
-				if _, ok := region.State().ENI(id); ok {
+				if _, ok := fc.region.State().ENI(id); ok {
 					left++
 				}
 			}
@@ -258,51 +244,47 @@ func TestOrphanSweep(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		run.addResult(time.Since(start), nil)
+		fc.run.addResult(time.Since(start), nil)
 		for id, why := range keep {
-			if _, ok := region.State().ENI(id); !ok {
+			if _, ok := fc.region.State().ENI(id); !ok {
 				t.Errorf("%s ENI %s deleted by the sweep", why, id)
 			}
 			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
 				t.Errorf("remove %s ENI %s: %v", why, id, err)
 			}
 		}
-		requireKept(t, node, live)
-		notes = append(notes, fmt.Sprintf("orphans gone %s after they appeared; the rest untouched", time.Since(start).Round(100*time.Millisecond)))
-		w.endRound(t, i, live)
+		requireKept(t, fc.node, live)
+		fc.note(fmt.Sprintf("orphans gone %s after they appeared; the rest untouched", time.Since(start).Round(100*time.Millisecond)))
+		fc.endRound(t, i, live)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // TestEC2Lag (item 6): EC2's Describe and IMDS show every ENI change 2 s late while exclusive pods come
 // and go, free ENIs go back to EC2 at once and the agent reconciles every second: no live pod loses its
 // address or ENI, no address is held twice, and nothing leaks.
 func TestEC2Lag(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig("--surplus-delay", "0", "--reconcile-interval", "1s"))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
+	fc := newFaultCase(t, "ec2-lag", netconf.ModeExclusive,
+		"Describe* and IMDS 2 s behind every change; --surplus-delay 0, --reconcile-interval 1s",
+		"--surplus-delay", "0", "--reconcile-interval", "1s")
 	const lag = 2 * time.Second
-	run := newRun(t, "ec2-lag", netconf.ModeExclusive, "Describe* and IMDS 2 s behind every change; --surplus-delay 0, --reconcile-interval 1s")
-	if err := region.Fake().SetFaults(fakeec2.Faults{Lag: fakeec2.Duration(lag)}); err != nil {
+	if err := fc.region.Fake().SetFaults(fakeec2.Faults{Lag: fakeec2.Duration(lag)}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = region.Fake().SetFaults(fakeec2.Faults{}) })
-	var notes []string
+	t.Cleanup(func() { _ = fc.region.Fake().SetFaults(fakeec2.Faults{}) })
 	for i := range rounds() {
-		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		live := fc.newPod(t, fmt.Sprintf("live%d", i))
 		d, err := attachTimed(live, exclusive)
-		run.addResult(d, err)
+		fc.run.addResult(d, err)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for k := range 3 { // churn: an ENI made and given back within the lag, again and again
-			p := w.newPod(t, fmt.Sprintf("churn%d-%d", i, k))
+			p := fc.newPod(t, fmt.Sprintf("churn%d-%d", i, k))
 			if _, err := p.Attach(exclusive); err != nil {
 				t.Fatal(err)
 			}
-			requireKept(t, node, live, p)
+			requireKept(t, fc.node, live, p)
 			if err := p.Del(); err != nil {
 				t.Fatal(err)
 			}
@@ -311,10 +293,9 @@ func TestEC2Lag(t *testing.T) {
 			}
 		}
 		time.Sleep(lag + 2*time.Second) // reconciles against the lagging view of what the churn did
-		requireKept(t, node, live)
-		notes = append(notes, "the live pod kept its ENI through the churn and the lagging reconciles")
-		w.endRound(t, i, live)
+		requireKept(t, fc.node, live)
+		fc.note("the live pod kept its ENI through the churn and the lagging reconciles")
+		fc.endRound(t, i, live)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/multinic/multinic/e2e/harness"
-	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/netconf"
 )
@@ -55,22 +53,18 @@ func requireKept(t *testing.T, node *harness.Node, pods ...*harness.Pod) {
 // TestGCOtherNetwork (item 1): two networks on one card and mode, the published one and a hand-written one.
 // The runtime's GC of each lists only its own network's attachments; neither may take the other's.
 func TestGCOtherNetwork(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig())
-	node := region.Node(0)
-	w := newWatch(t, region, node)
+	fc := newFaultCase(t, "gc-other-network", netconf.ModeExclusive,
+		"CNI GC of a second network on the same card and mode, each listing only its own attachments")
 	byHand := exclusive
 	byHand.Network = "multinic-card1-by-hand"
-	run := newRun(t, "gc-other-network", netconf.ModeExclusive, "CNI GC of a second network on the same card and mode, each listing only its own attachments")
-	var notes []string
 	for i := range rounds() {
-		published := w.newPod(t, fmt.Sprintf("pub%d", i))
+		published := fc.newPod(t, fmt.Sprintf("pub%d", i))
 		if _, err := published.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
-		hand := w.newPod(t, fmt.Sprintf("hand%d", i))
+		hand := fc.newPod(t, fmt.Sprintf("hand%d", i))
 		d, err := attachTimed(hand, byHand)
-		run.addResult(d, err)
+		fc.run.addResult(d, err)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,37 +74,31 @@ func TestGCOtherNetwork(t *testing.T) {
 		}{{byHand, hand}, {exclusive, published}} {
 			gc.att.Valid = []types.GCAttachment{{ContainerID: gc.pod.ContainerID, IfName: gc.att.IfName}}
 			if _, err := gc.pod.CNI("GC", gc.att, nil); err != nil {
-				t.Errorf("GC of network %v: %v", gc.att.NetConf(node.Socket)["name"], err)
+				t.Errorf("GC of network %v: %v", gc.att.NetConf(fc.node.Socket)["name"], err)
 			}
 		}
-		requireKept(t, node, published, hand)
-		notes = append(notes, "both pods kept their ENI through both networks' GC")
-		w.endRound(t, i, published, hand)
+		requireKept(t, fc.node, published, hand)
+		fc.note("both pods kept their ENI through both networks' GC")
+		fc.endRound(t, i, published, hand)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // TestJournalReplayAtStart (item 7): the agent is killed (SIGKILL) and the runtime DELs a pod, so the plugin
 // journals the release. The agent restarts and no plugin runs again: the agent itself must free the address
 // before it answers, so its very first answer no longer lists it.
 func TestJournalReplayAtStart(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig())
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "journal-replay", netconf.ModeExclusive, "agent SIGKILLed, pod DELed (release journaled), agent started, no further CNI call")
-	var notes []string
+	fc := newFaultCase(t, "journal-replay", netconf.ModeExclusive, "agent SIGKILLed, pod DELed (release journaled), agent started, no further CNI call")
 	for i := range rounds() {
-		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		live := fc.newPod(t, fmt.Sprintf("live%d", i))
 		if _, err := live.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
-		gone := w.newPod(t, fmt.Sprintf("gone%d", i))
+		gone := fc.newPod(t, fmt.Sprintf("gone%d", i))
 		if _, err := gone.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
-		pid := node.AgentPID()
+		pid := fc.node.AgentPID()
 		if pid == 0 {
 			t.Fatal("agent not running")
 		}
@@ -118,22 +106,22 @@ func TestJournalReplayAtStart(t *testing.T) {
 			t.Fatalf("kill agent: %v", err)
 		}
 		// StopAgent reaps the dead agent (and says it had died by itself).
-		if err := node.StopAgent(); err == nil {
+		if err := fc.node.StopAgent(); err == nil {
 			t.Errorf("StopAgent after SIGKILL: no error, want one saying the agent had exited")
 		}
 		start := time.Now()
 		err := gone.Del()
-		run.addResult(time.Since(start), err)
+		fc.run.addResult(time.Since(start), err)
 		if err != nil {
 			t.Fatalf("DEL with the agent down: %v, want success (journaled)", err)
 		}
 		if j, err := journaled(map[string]bool{gone.ContainerID: true}); err != nil || len(j) != 1 {
 			t.Fatalf("journal after DEL with the agent down: %v (%v), want the pod's record", j, err)
 		}
-		if err := node.StartAgent(); err != nil {
+		if err := fc.node.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
-		first, err := firstAnswer(node)
+		first, err := firstAnswer(fc.node)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,21 +130,20 @@ func TestJournalReplayAtStart(t *testing.T) {
 				t.Errorf("the restarted agent's first answer lists the DELed pod's address %s", a.Address)
 			}
 		}
-		if err := node.WaitReady(); err != nil {
+		if err := fc.node.WaitReady(); err != nil {
 			t.Fatal(err)
 		}
-		if _, held, err := node.Allocation(gone.ContainerID, exclusive.IfName); err != nil || held {
+		if _, held, err := fc.node.Allocation(gone.ContainerID, exclusive.IfName); err != nil || held {
 			t.Errorf("after the restart the agent still holds the DELed pod's address (err %v)", err)
 		}
 		if j, err := journaled(map[string]bool{gone.ContainerID: true}); err != nil || len(j) != 0 {
 			t.Errorf("journal after the restart: %v (%v), want it empty", j, err)
 		}
-		requireKept(t, node, live)
-		notes = append(notes, "the ADD columns are the DEL under the fault (journaled, success); the restarted agent freed the journaled address before answering")
-		w.endRound(t, i, live, gone)
+		requireKept(t, fc.node, live)
+		fc.note("the ADD columns are the DEL under the fault (journaled, success); the restarted agent freed the journaled address before answering")
+		fc.endRound(t, i, live, gone)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // firstAnswer asks a starting agent for its allocations until it answers, and returns its first answer.
@@ -178,15 +165,12 @@ func firstAnswer(node *harness.Node) ([]api.Allocation, error) {
 // stops it, an ADD beyond the cap gets CNI code 103, the live pod keeps its address, and once the client
 // gives back what it took the next ADD works.
 func TestAllocationCap(t *testing.T) {
-	nettest.RequireRoot(t)
 	const maxAllocs = 3
-	region := harness.NewRegion(t, regionConfig("--max-allocations", fmt.Sprint(maxAllocs)))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "allocation-cap", netconf.ModeExclusive, fmt.Sprintf("a local client allocating in a loop, --max-allocations %d", maxAllocs))
-	var notes []string
+	fc := newFaultCase(t, "allocation-cap", netconf.ModeExclusive,
+		fmt.Sprintf("a local client allocating in a loop, --max-allocations %d", maxAllocs),
+		"--max-allocations", fmt.Sprint(maxAllocs))
 	for i := range rounds() {
-		live := w.newPod(t, fmt.Sprintf("live%d", i))
+		live := fc.newPod(t, fmt.Sprintf("live%d", i))
 		if _, err := live.Attach(exclusive); err != nil {
 			t.Fatal(err)
 		}
@@ -196,7 +180,7 @@ func TestAllocationCap(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
 			req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("buggy-%d-%d", i, k), IfName: "net1",
 				PodRef: api.PodRef{PodNamespace: "default", PodName: fmt.Sprintf("buggy-%d", k)}}
-			_, err := node.Client.Allocate(ctx, req)
+			_, err := fc.node.Client.Allocate(ctx, req)
 			cancel()
 			if err != nil {
 				refusal = err
@@ -207,26 +191,25 @@ func TestAllocationCap(t *testing.T) {
 		if !errors.Is(refusal, api.ErrLimit) || len(taken) != maxAllocs-1 {
 			t.Errorf("buggy client: %d allocations, then %v; want %d, then the limit", len(taken), refusal, maxAllocs-1)
 		}
-		next := w.newPod(t, fmt.Sprintf("next%d", i))
+		next := fc.newPod(t, fmt.Sprintf("next%d", i))
 		d, err := attachTimed(next, exclusive)
-		run.addResult(d, err)
+		fc.run.addResult(d, err)
 		if code, msg := cniError(err); code != api.CNIAllocationLimit {
 			t.Errorf("ADD beyond the cap: code %d (%s), want %d", code, msg, api.CNIAllocationLimit)
 		}
-		requireKept(t, node, live)
+		requireKept(t, fc.node, live)
 		for _, r := range taken {
-			if _, err := node.Client.Release(context.Background(), r); err != nil {
+			if _, err := fc.node.Client.Release(context.Background(), r); err != nil {
 				t.Errorf("release %s: %v", r.ContainerID, err)
 			}
 		}
 		if err := next.Del(); err != nil {
 			t.Errorf("DEL of the refused ADD: %v", err)
 		}
-		roundPods := []*harness.Pod{live, next, w.recover(t, run, i, exclusive, "ADD once the client gave its addresses back")}
-		requireKept(t, node, live)
-		notes = append(notes, "the cap stopped the client; the live pod kept its ENI")
-		w.endRound(t, i, roundPods...)
+		roundPods := []*harness.Pod{live, next, fc.recover(t, i, exclusive, "ADD once the client gave its addresses back")}
+		requireKept(t, fc.node, live)
+		fc.note("the cap stopped the client; the live pod kept its ENI")
+		fc.endRound(t, i, roundPods...)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }

@@ -84,29 +84,24 @@ type ec2Case struct {
 }
 
 func runEC2Case(t *testing.T, c ec2Case) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig(c.extra...))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, c.fault, modeOf(c.att), c.injected)
+	fc := newFaultCase(t, c.fault, modeOf(c.att), c.injected, c.extra...)
 	canIPVlan := c.att.Mode != netconf.ModeIPVlan || hasIPVlan()
-	var notes []string
 	for i := range rounds() {
-		if err := region.Fake().SetFaults(c.faults); err != nil {
+		if err := fc.region.Fake().SetFaults(c.faults); err != nil {
 			t.Fatal(err)
 		}
 		undo := func() {}
 		if c.prepare != nil {
-			undo = c.prepare(t, region, node)
+			undo = c.prepare(t, fc.region, fc.node)
 		}
-		pod := w.newPod(t, fmt.Sprintf("f%d", i))
-		before := region.State().Calls
+		pod := fc.newPod(t, fmt.Sprintf("f%d", i))
+		before := fc.region.State().Calls
 		d, err := attachTimed(pod, c.att)
-		run.addResult(d, err)
-		notes = append(notes, "fake-ec2 during the ADD: "+callsDiff(before, region.State().Calls))
+		fc.run.addResult(d, err)
+		fc.note("fake-ec2 during the ADD: " + callsDiff(before, fc.region.State().Calls))
 		switch code, msg := cniError(err); {
 		case err == nil && c.allowSuccess:
-			notes = append(notes, fmt.Sprintf("round %d: ADD succeeded in %s: the agent's backoff rode the fault out", i+1, d.Round(time.Millisecond)))
+			fc.note(fmt.Sprintf("round %d: ADD succeeded in %s: the agent's backoff rode the fault out", i+1, d.Round(time.Millisecond)))
 		case err == nil:
 			t.Errorf("ADD under %s succeeded, want CNI error 11", c.injected)
 		case code != types.ErrTryAgainLater:
@@ -119,27 +114,26 @@ func runEC2Case(t *testing.T, c ec2Case) {
 			}
 		}
 		// The fault clears; the runtime retries with a new sandbox.
-		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+		if err := fc.region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
 			t.Fatal(err)
 		}
 		undo()
 		roundPods := []*harness.Pod{pod}
 		if canIPVlan {
-			roundPods = append(roundPods, w.recover(t, run, i, c.att, "ADD after the fault cleared"))
+			roundPods = append(roundPods, fc.recover(t, i, c.att, "ADD after the fault cleared"))
 		} else {
 			// No ipvlan on this kernel: the plugin cannot finish an ipvlan ADD here, so recovery is checked
 			// one level down: the agent allocates again once EC2 answers.
-			d, err := agentRecovers(node)
-			run.recovered(d, err)
+			d, err := agentRecovers(fc.node)
+			fc.run.recovered(d, err)
 			if err != nil {
 				t.Errorf("allocate after the fault cleared: %v", err)
 			}
-			notes = append(notes, "recovery checked with the agent's API (no ipvlan on this kernel)")
+			fc.note("recovery checked with the agent's API (no ipvlan on this kernel)")
 		}
-		w.endRound(t, i, roundPods...)
+		fc.endRound(t, i, roundPods...)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // callsDiff says which EC2 calls fake-ec2 answered, and how, between two snapshots.
@@ -392,17 +386,13 @@ func TestLatency(t *testing.T) {
 	const latency = 2 * time.Second
 	lat := fakeec2.Faults{Latency: fakeec2.Duration(latency)}
 	t.Run("warm", func(t *testing.T) {
-		nettest.RequireRoot(t)
 		// The warm exclusive ENI must outlive the long variant's short --surplus-delay (last flag wins).
-		region := harness.NewRegion(t, regionConfig("--surplus-delay", "10m"))
-		node := region.Node(0)
-		w := newWatch(t, region, node)
-		run := newRun(t, "latency-warm", netconf.ModeExclusive, "2 s on every EC2 call; a free exclusive ENI in the pool")
+		fc := newFaultCase(t, "latency-warm", netconf.ModeExclusive, "2 s on every EC2 call; a free exclusive ENI in the pool", "--surplus-delay", "10m")
 		var worst time.Duration
 		var lastErr error
 		for i := range rounds() {
 			// Warm the exclusive pool: ADD and DEL once without latency, let the ENI rest (--cooldown 1s).
-			warm := w.newPod(t, fmt.Sprintf("w%d", i))
+			warm := fc.newPod(t, fmt.Sprintf("w%d", i))
 			if _, err := warm.Attach(exclusive); err != nil {
 				t.Fatalf("warm-up ADD: %v", err)
 			}
@@ -410,10 +400,10 @@ func TestLatency(t *testing.T) {
 				t.Fatalf("warm-up DEL: %v", err)
 			}
 			time.Sleep(1500 * time.Millisecond)
-			if err := region.Fake().SetFaults(lat); err != nil {
+			if err := fc.region.Fake().SetFaults(lat); err != nil {
 				t.Fatal(err)
 			}
-			pod := w.newPod(t, fmt.Sprintf("f%d", i))
+			pod := fc.newPod(t, fmt.Sprintf("f%d", i))
 			d, err := attachTimed(pod, exclusive)
 			if d > worst || err != nil {
 				worst, lastErr = d, err
@@ -423,53 +413,47 @@ func TestLatency(t *testing.T) {
 			} else if d >= latency {
 				t.Errorf("ADD with a warm pool took %s under 2 s EC2 latency: the hot path called EC2", d)
 			}
-			if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+			if err := fc.region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
 				t.Fatal(err)
 			}
 			if err := pod.Del(); err != nil {
 				t.Errorf("DEL: %v", err)
 			}
 		}
-		run.addResult(worst, lastErr)
-		l, details := w.cleanup(t)
-		run.finish(l, details, "ADD ms is the slowest of the rounds")
+		fc.run.addResult(worst, lastErr)
+		fc.note("ADD ms is the slowest of the rounds")
+		fc.finish(t)
 	})
 	t.Run("empty", func(t *testing.T) {
-		nettest.RequireRoot(t)
-		region := harness.NewRegion(t, regionConfig())
-		node := region.Node(0)
-		w := newWatch(t, region, node)
-		run := newRun(t, "latency-empty", netconf.ModeExclusive,
+		fc := newFaultCase(t, "latency-empty", netconf.ModeExclusive,
 			fmt.Sprintf("2 s on every EC2 call; no free exclusive ENI; --wait-timeout %s", waitTimeout()))
-		var notes []string
 		for i := range rounds() {
-			if err := region.Fake().SetFaults(lat); err != nil {
+			if err := fc.region.Fake().SetFaults(lat); err != nil {
 				t.Fatal(err)
 			}
-			pod := w.newPod(t, fmt.Sprintf("f%d", i))
+			pod := fc.newPod(t, fmt.Sprintf("f%d", i))
 			d, err := attachTimed(pod, exclusive)
-			run.addResult(d, err)
+			fc.run.addResult(d, err)
 			switch code, msg := cniError(err); {
 			case err == nil:
-				notes = append(notes, "success within --wait-timeout")
+				fc.note("success within --wait-timeout")
 			case code != types.ErrTryAgainLater:
 				t.Errorf("ADD on an empty pool under 2 s latency: CNI code %d (%s), want 11 or success", code, msg)
 			default:
-				notes = append(notes, "11 once --wait-timeout ran out")
+				fc.note("11 once --wait-timeout ran out")
 				if d > waitTimeout()+3*time.Second {
 					t.Errorf("ADD answered 11 after %s, want about --wait-timeout %s", d, waitTimeout())
 				}
 			}
-			if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+			if err := fc.region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
 				t.Fatal(err)
 			}
 			if err := pod.Del(); err != nil {
 				t.Errorf("DEL: %v", err)
 			}
-			w.endRound(t, i, pod, w.recover(t, run, i, exclusive, "ADD after the latency cleared"))
+			fc.endRound(t, i, pod, fc.recover(t, i, exclusive, "ADD after the latency cleared"))
 		}
-		l, details := w.cleanup(t)
-		run.finish(l, details, strings.Join(dedup(notes), "; "))
+		fc.finish(t)
 	})
 }
 
@@ -489,20 +473,16 @@ func waitCall(t *testing.T, r *harness.Region, action string, before int, timeou
 // held 3 s by fake-ec2). The runtime sees 11; after the agent restarts and the runtime DELs, nothing leaks
 // (the detached ENI the dead agent created is the restarted agent's to delete).
 func TestAgentKilled(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig())
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "agent-killed", netconf.ModeExclusive, "SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
-	var notes []string
+	fc := newFaultCase(t, "agent-killed", netconf.ModeExclusive,
+		"SIGKILL of the agent after CreateNetworkInterface, during a 3 s AttachNetworkInterface")
 	for i := range rounds() {
-		slowAction(t, region, "AttachNetworkInterface", 3*time.Second)
-		before := region.State().Calls["CreateNetworkInterface"]["ok"]
-		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		slowAction(t, fc.region, "AttachNetworkInterface", 3*time.Second)
+		before := fc.region.State().Calls["CreateNetworkInterface"]["ok"]
+		pod := fc.newPod(t, fmt.Sprintf("f%d", i))
 		done := attachAsync(pod, exclusive)
-		waitCall(t, region, "CreateNetworkInterface", before, 10*time.Second)
+		waitCall(t, fc.region, "CreateNetworkInterface", before, 10*time.Second)
 		time.Sleep(200 * time.Millisecond) // into the attach
-		pid := node.AgentPID()
+		pid := fc.node.AgentPID()
 		if pid == 0 {
 			t.Fatal("agent not running")
 		}
@@ -510,58 +490,52 @@ func TestAgentKilled(t *testing.T) {
 			t.Fatalf("kill agent: %v", err)
 		}
 		res := <-done
-		run.addResult(res.d, res.err)
+		fc.run.addResult(res.d, res.err)
 		orphans := 0
-		for _, e := range node.ENIs(region.State()) {
+		for _, e := range fc.node.ENIs(fc.region.State()) {
 			if e.Status == "available" {
 				orphans++
 			}
 		}
-		notes = append(notes, fmt.Sprintf("%d detached ENI(s) of the dead agent right after the kill", orphans))
+		fc.note(fmt.Sprintf("%d detached ENI(s) of the dead agent right after the kill", orphans))
 		switch code, msg := cniError(res.err); {
 		case res.err == nil:
-			notes = append(notes, "ADD succeeded")
+			fc.note("ADD succeeded")
 		case code != types.ErrTryAgainLater:
 			t.Errorf("ADD with the agent killed: CNI code %d (%s), want 11", code, msg)
 		default:
-			notes = append(notes, "11: agent unavailable")
+			fc.note("11: agent unavailable")
 		}
 		// StopAgent reaps the dead agent (and says it had died by itself).
-		if err := node.StopAgent(); err == nil {
+		if err := fc.node.StopAgent(); err == nil {
 			t.Errorf("StopAgent after SIGKILL: no error, want one saying the agent had exited")
 		}
-		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+		if err := fc.region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := node.StartAgent(); err != nil {
+		if err := fc.node.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
-		if err := node.WaitReady(); err != nil {
+		if err := fc.node.WaitReady(); err != nil {
 			t.Fatal(err)
 		}
 		// The runtime DELs the failed ADD, then retries with a new sandbox.
 		if err := pod.Del(); err != nil {
 			t.Errorf("DEL after the agent restarted: %v", err)
 		}
-		w.endRound(t, i, pod, w.recover(t, run, i, exclusive, "ADD after the agent restarted"))
+		fc.endRound(t, i, pod, fc.recover(t, i, exclusive, "ADD after the agent restarted"))
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // TestNetnsDeleted: the runtime deletes the pod's netns (unmounts and removes its path) while an exclusive
 // ADD waits for EC2. The plugin holds the netns open, so the ADD may finish into it; the DEL then finds no
 // netns and must still release the allocation.
 func TestNetnsDeleted(t *testing.T) {
-	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig())
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "netns-deleted", netconf.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
-	var notes []string
+	fc := newFaultCase(t, "netns-deleted", netconf.ModeExclusive, "pod netns unmounted and removed 1 s into a 2 s CreateNetworkInterface")
 	for i := range rounds() {
-		slowAction(t, region, "CreateNetworkInterface", 2*time.Second)
-		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		slowAction(t, fc.region, "CreateNetworkInterface", 2*time.Second)
+		pod := fc.newPod(t, fmt.Sprintf("f%d", i))
 		done := attachAsync(pod, exclusive)
 		time.Sleep(time.Second)
 		if err := unix.Unmount(pod.NetNSPath, unix.MNT_DETACH); err != nil {
@@ -571,34 +545,33 @@ func TestNetnsDeleted(t *testing.T) {
 			t.Fatalf("remove %s: %v", pod.NetNSPath, err)
 		}
 		res := <-done
-		run.addResult(res.d, res.err)
+		fc.run.addResult(res.d, res.err)
 		if res.err == nil {
-			notes = append(notes, "ADD succeeded into the unlinked netns (the plugin held it open)")
+			fc.note("ADD succeeded into the unlinked netns (the plugin held it open)")
 		} else {
 			// The netns went before the plugin opened it (a slow machine): the container is gone.
 			code, msg := cniError(res.err)
-			notes = append(notes, fmt.Sprintf("ADD failed with code %d (the netns went before the plugin opened it)", code))
+			fc.note(fmt.Sprintf("ADD failed with code %d (the netns went before the plugin opened it)", code))
 			if code != types.ErrUnknownContainer {
 				t.Errorf("ADD with the netns deleted: code %d (%s), want success or %d", code, msg, types.ErrUnknownContainer)
 			}
 		}
-		if err := region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
+		if err := fc.region.Fake().SetFaults(fakeec2.Faults{}); err != nil {
 			t.Fatal(err)
 		}
 		// DEL with the netns path gone succeeds and releases the allocation.
 		if err := pod.Del(); err != nil {
 			t.Errorf("DEL with the netns gone: %v", err)
 		}
-		if _, ok, err := node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
+		if _, ok, err := fc.node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
 			t.Errorf("after DEL with the netns gone the agent still holds the allocation (err %v)", err)
 		}
-		w.endRound(t, i, pod, w.recover(t, run, i, exclusive, "ADD of a new pod afterwards"))
+		fc.endRound(t, i, pod, fc.recover(t, i, exclusive, "ADD of a new pod afterwards"))
 	}
-	l, details := w.cleanup(t)
 	// The fabric's ENI links are veth pairs: the ENI that was in the deleted netns lost its link with it
 	// (where the kernel would move a real ENI's device back to the root netns). The agent must notice
 	// and delete that ENI rather than hand it to the next pod, which the rounds and the leak count check.
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }
 
 // mountTmpfs mounts a tmpfs of size bytes on a new folder, unmounted when the test ends.
@@ -653,29 +626,25 @@ func fill(t *testing.T, dir string) string {
 func TestDiskFull(t *testing.T) {
 	nettest.RequireRoot(t)
 	dir := mountTmpfs(t, 256<<10)
-	region := harness.NewRegion(t, regionConfig("--state-dir", dir))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	w.stateDir = dir // --state-dir overrides the harness's: the leak count reads the checkpoint there
-	run := newRun(t, "disk-full", netconf.ModeExclusive, "--state-dir on a 256 KiB tmpfs, filled before the ADD")
-	var notes []string
+	fc := newFaultCase(t, "disk-full", netconf.ModeExclusive, "--state-dir on a 256 KiB tmpfs, filled before the ADD", "--state-dir", dir)
+	fc.stateDir = dir // --state-dir overrides the harness's: the leak count reads the checkpoint there
 	for i := range rounds() {
 		filler := fill(t, dir)
-		pod := w.newPod(t, fmt.Sprintf("f%d", i))
+		pod := fc.newPod(t, fmt.Sprintf("f%d", i))
 		d, err := attachTimed(pod, exclusive)
-		run.addResult(d, err)
+		fc.run.addResult(d, err)
 		switch code, msg := cniError(err); {
 		case err == nil:
 			t.Errorf("ADD with the state dir full succeeded: the allocation cannot have been checkpointed")
 		case code != types.ErrTryAgainLater:
 			t.Errorf("ADD with the state dir full: CNI code %d, want %d (try again later): %s", code, types.ErrTryAgainLater, msg)
 		default:
-			notes = append(notes, fmt.Sprintf("CNI code %d", code))
+			fc.note(fmt.Sprintf("CNI code %d", code))
 			if !strings.Contains(msg, "no space left on device") {
 				t.Errorf("ADD with the state dir full: message %q does not say the disk is full", msg)
 			}
 		}
-		if _, ok, err := node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
+		if _, ok, err := fc.node.Allocation(pod.ContainerID, exclusive.IfName); err != nil || ok {
 			t.Errorf("after the failed ADD the agent holds an allocation for it (err %v)", err)
 		}
 		if err := os.Remove(filler); err != nil {
@@ -684,8 +653,7 @@ func TestDiskFull(t *testing.T) {
 		if err := pod.Del(); err != nil {
 			t.Errorf("DEL: %v", err)
 		}
-		w.endRound(t, i, pod, w.recover(t, run, i, exclusive, "ADD once space returned"))
+		fc.endRound(t, i, pod, fc.recover(t, i, exclusive, "ADD once space returned"))
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }

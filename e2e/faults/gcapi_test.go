@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -28,21 +27,18 @@ import (
 func TestGCAPIView(t *testing.T) {
 	tools := cluster.RequireE2E(t) // make e2e runs it
 	c := cluster.Start(t, cluster.Options{Tools: tools})
-	region := harness.NewRegion(t, regionConfig("--kubeconfig", c.Kubeconfig, "--gc-grace", "1s", "--gc-interval", "250ms",
-		"--publish-nads=false", "--node-resources=false"))
-	node := region.Node(0)
-	w := newWatch(t, region, node)
-	run := newRun(t, "gc-api-view", netconf.ModeExclusive, "a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s")
+	fc := newFaultCase(t, "gc-api-view", netconf.ModeExclusive,
+		"a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s",
+		"--kubeconfig", c.Kubeconfig, "--gc-grace", "1s", "--gc-interval", "250ms", "--publish-nads=false", "--node-resources=false")
 	ctx := context.Background()
 	pods := c.Client.CoreV1().Pods("default")
-	var notes []string
 	for i := range rounds() {
 		// apiPod creates p's API object (a mirror pod when hash is set) and gives p the UID the runtime would.
 		apiPod := func(p *harness.Pod, hash string) {
 			t.Helper()
 			obj := &corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace},
-				Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "c", Image: "none"}}},
+				Spec:       corev1.PodSpec{NodeName: fc.node.Name, Containers: []corev1.Container{{Name: "c", Image: "none"}}},
 			}
 			if hash != "" {
 				obj.Annotations = map[string]string{"kubernetes.io/config.hash": hash, "kubernetes.io/config.mirror": hash,
@@ -57,9 +53,9 @@ func TestGCAPIView(t *testing.T) {
 				p.UID = hash
 			}
 		}
-		keeper := w.newPod(t, fmt.Sprintf("keeper%d", i))
-		static := w.newPod(t, fmt.Sprintf("static%d-%s", i, node.Name))
-		deleted := w.newPod(t, fmt.Sprintf("deleted%d", i))
+		keeper := fc.newPod(t, fmt.Sprintf("keeper%d", i))
+		static := fc.newPod(t, fmt.Sprintf("static%d-%s", i, fc.node.Name))
+		deleted := fc.newPod(t, fmt.Sprintf("deleted%d", i))
 		apiPod(keeper, "")
 		apiPod(static, fmt.Sprintf("%032x", i+1))
 		apiPod(deleted, "")
@@ -70,7 +66,7 @@ func TestGCAPIView(t *testing.T) {
 				addErr = errors.Join(addErr, err)
 			}
 		}
-		run.addResult(time.Since(start), addErr)
+		fc.run.addResult(time.Since(start), addErr)
 		if addErr != nil {
 			t.Fatal(addErr)
 		}
@@ -79,15 +75,14 @@ func TestGCAPIView(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(4 * time.Second) // 16 GC passes, 4 grace periods
-		requireKept(t, node, keeper, static, deleted)
-		notes = append(notes, "the static pod and the API-deleted pod with a live netns kept their ENIs")
+		requireKept(t, fc.node, keeper, static, deleted)
+		fc.note("the static pod and the API-deleted pod with a live netns kept their ENIs")
 		for _, p := range []*harness.Pod{keeper, static} {
 			if err := pods.Delete(ctx, p.Name, *metav1.NewDeleteOptions(0)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		w.endRound(t, i, keeper, static, deleted)
+		fc.endRound(t, i, keeper, static, deleted)
 	}
-	l, details := w.cleanup(t)
-	run.finish(l, details, strings.Join(dedup(notes), "; "))
+	fc.finish(t)
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/journal"
 )
@@ -351,14 +352,40 @@ func (w *watch) cleanup(t *testing.T) (Leaks, []string) {
 	return l, append(podDetails, d...)
 }
 
-// newPod creates a pod on the watched node, removed when the test ends, and tracks it.
+// faultCase is one fault test: a one-node region serving card 1, the leak watch on its node, and the
+// record of the run with its notes.
+type faultCase struct {
+	*watch
+	run   *run
+	notes []string
+}
+
+// newFaultCase starts a fault test (root: it makes netns) on a region made with regionConfig(flags...);
+// finish ends it.
+func newFaultCase(t *testing.T, fault, mode, injected string, flags ...string) *faultCase {
+	t.Helper()
+	nettest.RequireRoot(t)
+	region := harness.NewRegion(t, regionConfig(flags...))
+	return &faultCase{watch: newWatch(t, region, region.Node(0)), run: newRun(t, fault, mode, injected)}
+}
+
+// note adds to the run's note (repeats in a row are said once).
+func (c *faultCase) note(s string) { c.notes = append(c.notes, s) }
+
+// finish does the runtime's cleanup, counts the leaks and records the run.
+func (c *faultCase) finish(t *testing.T) {
+	t.Helper()
+	l, details := c.cleanup(t)
+	c.run.finish(l, details, strings.Join(dedup(c.notes), "; "))
+}
+
 // recover is the last step of every fault round: once the fault is gone, a new pod's ADD (the runtime's
 // retry with a new sandbox) must work. It records how long that took; what names the situation.
-func (w *watch) recover(t *testing.T, r *run, round int, att harness.Attachment, what string) *harness.Pod {
+func (c *faultCase) recover(t *testing.T, round int, att harness.Attachment, what string) *harness.Pod {
 	t.Helper()
-	p := w.newPod(t, fmt.Sprintf("r%d", round))
+	p := c.newPod(t, fmt.Sprintf("r%d", round))
 	d, err := attachTimed(p, att)
-	r.recovered(d, err)
+	c.run.recovered(d, err)
 	if err != nil {
 		t.Errorf("%s: %v", what, err)
 	}
@@ -396,6 +423,7 @@ func (w *watch) endRound(t *testing.T, i int, pods ...*harness.Pod) {
 	}
 }
 
+// newPod creates a pod on the watched node, removed when the test ends, and tracks it.
 func (w *watch) newPod(t *testing.T, name string) *harness.Pod {
 	t.Helper()
 	p, err := w.node.NewPod(name)
