@@ -14,7 +14,8 @@
 #   tools, multus-vm  figure 2: Multus ADD/DEL of a 7-card pod against 7 reference ipvlan + host-local
 #         delegates, in the VM against a control plane on the host (e2e/multus TestMultusBenchVM)
 #   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
-#         mode on the host, the ipvlan cases in the VM; records into faults.jsonl
+#         mode on the host (with the e2e tag and the tools step's control plane, so that TestGCAPIView
+#         runs too), the ipvlan cases in the VM; records into faults.jsonl
 #   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, faults.jsonl, steps.jsonl, the logs;
 #         git-ignored)
 #
@@ -88,8 +89,8 @@ step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go te
 # The fault suite's long variants: everything but the ipvlan cases on the host; those in the VM, where the
 # plugin can finish an ipvlan ADD (on the host they only check the agent). Same pattern as the Makefile's.
 FAULTS_IPVLAN='^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$/^ipvlan$'
-CMDLINE="MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip '$FAULTS_IPVLAN' ./e2e/faults/"
-step faults-host env MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -count=1 -v -timeout 40m -skip "$FAULTS_IPVLAN" ./e2e/faults/
+CMDLINE="MULTINIC_E2E=1 MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -tags e2e -count=1 -v -timeout 40m -skip '$FAULTS_IPVLAN' ./e2e/faults/"
+step faults-host env MULTINIC_E2E=1 MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- go test -tags e2e -count=1 -v -timeout 40m -skip "$FAULTS_IPVLAN" ./e2e/faults/
 
 CMDLINE="MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- MULTINIC_VM_ENV='MULTINIC_FAULTS_LONG MULTINIC_FAULTS_OUT' MULTINIC_VM_TESTFLAGS='-test.v -test.run $FAULTS_IPVLAN' e2e/vm/vmtest.sh ./e2e/faults/"
 step faults-vm env MULTINIC_FAULTS_LONG=1 MULTINIC_FAULTS_OUT=- MULTINIC_VM_ENV='MULTINIC_FAULTS_LONG MULTINIC_FAULTS_OUT' \
