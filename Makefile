@@ -14,10 +14,10 @@ E2E_TAGS  := e2e
 # The multinic image's reference (`make image`); manifests/kustomization.yaml's `images:` names the same.
 IMAGE     ?= ghcr.io/multinic/multinic:dev
 # Fuzz targets as package:Target; `make test` runs each briefly, `make fuzz` for FUZZTIME each.
-FUZZ_TARGETS := ./netconf/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/server/:FuzzDecodeAllocateRequest ./e2e/fakeec2/:FuzzQuery
+FUZZ_TARGETS := ./netconf/:FuzzLoadConf ./plugin/:FuzzParseArgs ./ipam/server/:FuzzDecodeAllocateRequest ./internal/testing/fakeec2/:FuzzQuery
 FUZZTIME  ?= 5m
 # Packages whose tests talk to fake-ec2 on this host (not in the VM), and the lag test-lag gives it.
-LAG_PKGS  ?= ./ipam/eni/ ./cmd/multinic-agent/ ./e2e/faults/ ./e2e/harness/ ./e2e/fabric/ ./e2e/traffic/ ./e2e/bench/
+LAG_PKGS  ?= ./ipam/eni/ ./cmd/multinic-agent/ ./e2e/faults/ ./internal/testing/harness/ ./internal/testing/fabric/ ./e2e/traffic/ ./e2e/bench/
 FAKE_EC2_LAG ?= 2s
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipvlan$$

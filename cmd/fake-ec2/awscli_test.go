@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // awsCLI is Debian's AWS CLI v2; an older `aws` earlier on PATH may ignore --endpoint-url.

@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
 // TestMain pins fake-ec2's own tests to no lag: they check EC2's semantics exactly (TestLag in
-// e2e/fakeec2 checks the lag); MULTINIC_FAKE_EC2_LAG is for fake-ec2's users (make test-lag).
+// internal/testing/fakeec2 checks the lag); MULTINIC_FAKE_EC2_LAG is for fake-ec2's users (make test-lag).
 func TestMain(m *testing.M) {
 	os.Unsetenv(fakeec2.LagEnv)
 	os.Exit(testbin.Main(m))

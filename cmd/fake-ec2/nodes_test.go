@@ -21,9 +21,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // TestTwoNodesReachEachOtherPerCard runs the binary with two materialized trn1.32xlarge

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // options are the command line; see flags() for what each means.

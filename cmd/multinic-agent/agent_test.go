@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
 )
 

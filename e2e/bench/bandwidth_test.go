@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/e2e/traffic"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 )
 
 // Figure 4: bandwidth of one multi-homed pod over 1, 2, 4, 7 rate-limited cards, and ipvlan against an
@@ -129,7 +129,7 @@ func TestBandwidthScaling(t *testing.T) {
 		Iterations: repeats, Ours: "aggregate", Ref: "N x one card", Rows: rows, Notes: []string{
 			fmt.Sprintf("One pod on node 1 with an ipvlan l2 attachment on each of cards %d-%d (%s); %d peer pods on node 2 with the same attachments. Over N cards, card c's flow goes from the pod's card-c address to a peer's card-c address (peers in turn), %d TCP connections per card, all cards at once (e2e/traffic Spread, counted at the receivers).",
 				cards[0], cards[len(cards)-1], harness.DefaultInstanceType, bandwidthPeers, bandwidthConns),
-			fmt.Sprintf("The fake VPC fabric limits every ENI to %s each direction (tbf, and ifb + tbf for what it sends: e2e/fabric/tc.go); the pod and its peers are on different nodes, so every byte crosses its card's ENI on both. One card carries %.1f Mbit/s against the limit of %s (TCP payload, counted at the receivers; at the ENIs' 9001 MTU the headers are under 1%%).",
+			fmt.Sprintf("The fake VPC fabric limits every ENI to %s each direction (tbf, and ifb + tbf for what it sends: internal/testing/fabric/tc.go); the pod and its peers are on different nodes, so every byte crosses its card's ENI on both. One card carries %.1f Mbit/s against the limit of %s (TCP payload, counted at the receivers; at the ENIs' 9001 MTU the headers are under 1%%).",
 				rateText(bandwidthRate), one.Value, rateText(bandwidthRate)),
 			fmt.Sprintf("%d run(s) of %s per card count, in the order 1, 2, 4, %d cards, then back (every other run); the table shows the median (p50) of the runs' aggregates, and the reference is N times one card's median.",
 				repeats, d, len(cards)),

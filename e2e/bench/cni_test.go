@@ -29,7 +29,7 @@ type call struct {
 	dur time.Duration
 }
 
-// execCNI runs a plugin as a runtime does and as e2e/harness's Pod.CNI does: from a thread in the node's
+// execCNI runs a plugin as a runtime does and as internal/testing/harness's Pod.CNI does: from a thread in the node's
 // netns, CNI_* in the environment, the config on stdin. The clock covers fork+exec to wait.
 func execCNI(nodeNS ns.NetNS, p plugin, command, containerID, netnsPath, ifName, podName string) (call, error) {
 	cmd := exec.Command(p.bin)

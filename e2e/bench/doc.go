@@ -1,6 +1,6 @@
 // Package bench measures multinic against the reference CNI plugins and writes BENCHMARKS.md (issue 6).
 //
-// The measurements are root tests in this package (they stand up a region with e2e/harness); each prints
+// The measurements are root tests in this package (they stand up a region with internal/testing/harness); each prints
 // its results as one JSON line, "BENCHRESULT {...}" (a Result), on stdout, so that the same code reports
 // from the host and from inside the test VM (whose console is the only way out). By default every
 // measurement runs at smoke size (20 iterations, 20 pods, 3 pods per burst) so that `make test` keeps the

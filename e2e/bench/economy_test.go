@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
 )
 
@@ -215,7 +215,7 @@ func TestEC2Churn(t *testing.T) {
 		Notes: []string{
 			fmt.Sprintf("What was measured: the agent, driven through its socket API (api.Client Allocate/Release with the fields the plugin sends: card, containerID, ifName net1..net8, pod namespace/name/UID, netns), not the plugin: EC2 economy is the agent's property, and this runs on the host without ipvlan. %d pods in %d concurrent streams (like a runtime's parallel sandbox starts), each pod allocating one address on each of cards %v in order; %d pods live at a time (each stream deletes its oldest after each new one). As fast as the agent answers.", npods, workers, cards, live),
 			fmt.Sprintf("Calls counted by fake-ec2 (every result) from after the pools settled to the end of the churn: %d mutating, %d describe (IMDS not counted); by action: %v.", m1-m0, d1-d0, byAction),
-			fmt.Sprintf("Agent flags: e2e/harness's (--cooldown 1s --refill-interval 1s --ec2-rate 100 --ec2-burst 100) then %v; trn1n.32xlarge.", poolArgs),
+			fmt.Sprintf("Agent flags: internal/testing/harness's (--cooldown 1s --refill-interval 1s --ec2-rate 100 --ec2-burst 100) then %v; trn1n.32xlarge.", poolArgs),
 		}})
 	emit(t, Result{Figure: 5, Key: "agent", Title: "agent RSS and CPU, idle and under the churn above", Iterations: npods,
 		Ours: "multinic-agent",
@@ -227,7 +227,7 @@ func TestEC2Churn(t *testing.T) {
 			{Metric: "CPU under churn", Unit: "% of a CPU", Ours: Value(cpuPercent(start, end))},
 			{Metric: "CPU time per 1,000 attachments (allocate + release)", Unit: "s", Ours: Value((end.cpu - start.cpu).Seconds() * 1000 / atts)},
 		},
-		Notes: []string{fmt.Sprintf("From /proc/<pid>/status and /proc/<pid>/stat (utime+stime at USER_HZ=%d) of the agent process e2e/harness started; the churn of figure 3 (%.0f attachments in %.1f s).", clockTicks, atts, churnTime.Seconds())}})
+		Notes: []string{fmt.Sprintf("From /proc/<pid>/status and /proc/<pid>/stat (utime+stime at USER_HZ=%d) of the agent process internal/testing/harness started; the churn of figure 3 (%.0f attachments in %.1f s).", clockTicks, atts, churnTime.Seconds())}})
 }
 
 // burstPolicy is an agent pool policy for the burst.
@@ -272,7 +272,7 @@ func TestEC2Burst(t *testing.T) {
 		},
 		Notes: []string{
 			"What was measured: the agent, driven through its socket API as in the churn. All pods start at once; each allocates cards 1-7 in order (as Multus runs delegates); an allocation that fails (the agent's \"try again\" after --wait-timeout 10s, i.e. a CNI error 11 the runtime would see) is counted and retried after 1 s, as kubelet retries the sandbox.",
-			"fake-ec2 throttles every action class at EC2's published rates (mutating 100 burst, 5/s; attach 50, 5/s; describe 100, 20/s) from after the pools settled. Both agents use e2e/harness's flags (--ec2-rate 100 --ec2-burst 100: the agent's own limiter is not the bottleneck, EC2's is) and --cooldown 1s; trn1.32xlarge, cards 1-7.",
+			"fake-ec2 throttles every action class at EC2's published rates (mutating 100 burst, 5/s; attach 50, 5/s; describe 100, 20/s) from after the pools settled. Both agents use internal/testing/harness's flags (--ec2-rate 100 --ec2-burst 100: the agent's own limiter is not the bottleneck, EC2's is) and --cooldown 1s; trn1.32xlarge, cards 1-7.",
 			fmt.Sprintf("Policies (agent flags): multinic %v; the Amazon VPC CNI's behaviour on cards > 0 emulated with %v (one address per AssignPrivateIpAddresses, nothing kept warm beyond one).", policies[0].args, policies[1].args),
 			"Run one after the other (a burst cannot be interleaved), each on a fresh region.",
 			fmt.Sprintf("Failures by error: multinic %v; warm target 1 %v.", a.errors, b.errors),

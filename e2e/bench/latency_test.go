@@ -13,9 +13,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
 )
 
@@ -216,8 +216,8 @@ func TestLatencyIPVlan(t *testing.T) {
 	n := latencyIterations()
 	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), false)
 	latencyResults(t, "ipvlan", "ipvlan mode vs ipvlan + host-local", "ipvlan + host-local", n, s, []string{
-		fmt.Sprintf("Same parent link (%s, the card-%d ENI the agent serves), same pod netns (made by e2e/harness with its eth0), ipvlan l2, CNI 1.1.0, both exec'd from the node netns. The reference gets host-local with a range at the top of the same subnet and no routes; multinic also installs its per-card route table and policy rules (its default).", probe.LinkName, latencyCard),
-		fmt.Sprintf("Agent flags (on top of e2e/harness's): %v, --warm-target 4.", latencyAgentArgs),
+		fmt.Sprintf("Same parent link (%s, the card-%d ENI the agent serves), same pod netns (made by internal/testing/harness with its eth0), ipvlan l2, CNI 1.1.0, both exec'd from the node netns. The reference gets host-local with a range at the top of the same subnet and no routes; multinic also installs its per-card route table and policy rules (its default).", probe.LinkName, latencyCard),
+		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v, --warm-target 4.", latencyAgentArgs),
 	})
 }
 
@@ -246,7 +246,7 @@ func TestLatencyExclusive(t *testing.T) {
 	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), true)
 	latencyResults(t, "exclusive", "exclusive mode vs host-device + static", "host-device + static", n, s, []string{
 		fmt.Sprintf("multinic moves the card-%d ENI link the agent created (a veth from fake-ec2's fabric, MTU 9001) into the pod; host-device moves %s, a veth made the same way (peer in the fabric netns, MTU 9001), with static IPAM giving an address of the same subnet. Same pod netns, both exec'd from the node netns. Runs on the host (exclusive mode needs no ipvlan).", latencyCard, refDev),
-		fmt.Sprintf("Agent flags (on top of e2e/harness's): %v: the one exclusive ENI is reused every iteration, so no EC2 call is on the hot path.", latencyAgentArgs),
+		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v: the one exclusive ENI is reused every iteration, so no EC2 call is on the hot path.", latencyAgentArgs),
 	})
 }
 

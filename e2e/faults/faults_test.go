@@ -24,9 +24,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/netconf"
 )

@@ -16,7 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/internal/testing/testbin"
 )
 

@@ -1,5 +1,5 @@
 // Package faults is the fault suite of issue 6: each test drives a real CNI ADD through the real multinic
-// plugin and agent against fake-ec2 (e2e/harness) while one fault is injected (EC2 5xx, throttling, 2 s
+// plugin and agent against fake-ec2 (internal/testing/harness) while one fault is injected (EC2 5xx, throttling, 2 s
 // latency, attach failure, subnet exhaustion, the agent SIGKILLed during an ADD, the pod netns deleted during
 // an ADD, a full disk under the agent's state), records the CNI error the runtime sees, cleans up as a
 // runtime would (DEL, pod removal, agent restart) and counts what leaked. The target is 0 leaks everywhere.

@@ -21,8 +21,8 @@ import (
 
 	"github.com/multinic/multinic/e2e/bench"
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
@@ -345,7 +345,7 @@ func emitBench(t *testing.T, n int, smoke bool, ours, ref *benchSide, refs []ref
 			"multinic: the agent's NADs kube-system/multinic-card-1..7 (mode ipvlan, ipvlan l2, its per-card route table and policy rules). Reference: kube-system/ref-ipvlan-card-1..7, made by the benchmark with the reference ipvlan (mode l2, master = the card's ENI link in the node netns as the agent reports it, e.g. " + r0.eni.LinkName + " for card 1) and host-local with a separate range in the card's subnet: its top /27 (card 1: " + r0.rng.String() + " in " + r0.eni.SubnetCIDR.Masked().String() + "), which fake-ec2 (lowest free address first) never handed out (checked), gateway the subnet's, no routes. Both NADs of a card carry the same k8s.v1.cni.cncf.io/resourceName annotation, so Multus does the same work per NAD (the kubelet checkpoint names no device).",
 			fmt.Sprintf("Each iteration and side: a new Pod object and pod netns, Multus ADD, checks (untimed: links, addresses, MACs, network-status, the agent's allocations), Multus DEL, then the netns and the Pod go; the order of the two sides alternates (A B, B A, ...); %d warm-up iteration per side first, not counted. p99 ratio (ours/reference): ADD %.2fx, DEL %.2fx (under 100 iterations the p99 is the maximum).", benchWarmup, p99(add), p99(del)),
 			"Where: the test VM (QEMU TCG, 1 vCPU, Debian's kernel, e2e/vm/vmtest.sh): one node, its agent serving cards 1-7 of " + instanceType + " on fake-ec2 (in the guest). kube-apiserver " + cluster.KubernetesVersion + " and etcd " + cluster.EtcdVersion + " run on the host, reached over QEMU user networking through relays in the guest, for both sides alike. multus, ptp, host-local, ipvlan (containernetworking/plugins " + cluster.CNIPluginsVersion + ", static, -s -w, built by e2e/tools/build.sh) and multinic (static, built by vmtest.sh) are copied to the guest's tmpfs first. Multus logs at debug level to a file (the e2e's conflist).",
-			fmt.Sprintf("Agent flags (on top of e2e/harness's and the e2e's): %v, warm target %d per card: every ADD takes warm addresses (EC2 calls that change something during the measured iterations: %d).", benchAgentArgs, harness.DefaultWarmTarget, ec2Calls),
+			fmt.Sprintf("Agent flags (on top of internal/testing/harness's and the e2e's): %v, warm target %d per card: every ADD takes warm addresses (EC2 calls that change something during the measured iterations: %d).", benchAgentArgs, harness.DefaultWarmTarget, ec2Calls),
 		},
 	}
 	if err := bench.Emit(os.Stdout, r); err != nil {

@@ -1,6 +1,6 @@
 // Package multus is the end-to-end test of multinic as users run it: through the real Multus thin plugin,
 // against a real kube-apiserver (e2e/cluster), on a fake EC2 region with two trn1.32xlarge nodes and one
-// real multinic-agent per node (e2e/harness).
+// real multinic-agent per node (internal/testing/harness).
 //
 // The agents publish their NetworkAttachmentDefinitions and node resources to the API server; pods are Pod
 // objects naming those NADs in k8s.v1.cni.cncf.io/networks, plus a netns on which the test plays the

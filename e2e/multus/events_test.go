@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"

@@ -18,7 +18,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/internal/testing/testbin"
 	"github.com/multinic/multinic/ipam/api"
 )

@@ -19,7 +19,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/bench"
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/netconf"
 )
 

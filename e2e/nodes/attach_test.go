@@ -9,10 +9,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/netconf"
 	"github.com/multinic/multinic/plugin"
 )

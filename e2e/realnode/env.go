@@ -17,7 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 )
 
 // EC2Addr is where fake-ec2 serves EC2 and the instance's IMDS inside every node's netns: the same on

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/internal/testing/fabric"
 )
 
 // Prefix names everything a run makes on the host: node netns and cgroups "<Prefix>-n<i>", the fabric's

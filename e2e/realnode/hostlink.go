@@ -11,7 +11,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/internal/testing/fabric"
 )
 
 // createHostLink connects the host to the fabric's router (the VPC's) with a veth and routes each node's

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 )
 
 // Where the agent of the DaemonSet serves its metrics, /healthz and /readyz (manifests/daemonset.yaml).

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/e2e/cluster"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 )
 
 // Mounts of a node. Inside its mount namespace a node sees the usual paths of a node (containerd's and

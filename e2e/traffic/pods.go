@@ -3,7 +3,7 @@ package traffic
 import (
 	"net"
 
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/harness"
 )
 
 // PodEndpoint is a harness pod as the meter sees it: its netns and the address of each of its multinic

@@ -47,7 +47,7 @@
 set -euo pipefail
 
 # Modules the guest loads, in this order; their dependencies come from modules.dep.
-# ifb sch_tbf sch_ingress act_mirred cls_u32: the fabric's per-card rate limit (e2e/fabric/tc.go).
+# ifb sch_tbf sch_ingress act_mirred cls_u32: the fabric's per-card rate limit (internal/testing/fabric/tc.go).
 # virtio_net: the NIC of MULTINIC_VM_NET=user.
 readonly MODS="virtio_pci 9pnet_virtio 9p virtio_net ipvlan dummy 8021q macvlan veth bridge ifb sch_tbf sch_ingress act_mirred cls_u32"
 
@@ -202,7 +202,7 @@ if [ -z "$RUNPKG" ] && [ $# -eq 0 ]; then
 	set -- "${pkgs[@]}"
 fi
 
-# The project's binaries, for tests that run them (e2e/harness): static, in RUN/bin, which the guest sees
+# The project's binaries, for tests that run them (internal/testing/harness): static, in RUN/bin, which the guest sees
 # as $MULTINIC_BIN_DIR (the VM has no Go toolchain to build them).
 mkdir "$RUN/bin"
 (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$RUN/bin/" ./cmd/fake-ec2 ./cmd/multinic ./cmd/multinic-agent) >&2 ||

@@ -21,8 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/linkalias"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/enipool"

@@ -14,9 +14,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fabric"
 	"github.com/multinic/multinic/plugin"
 )
 

@@ -20,7 +20,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // testPrefixBase starts every prefix these tests use, so TestMain can spot leaks.

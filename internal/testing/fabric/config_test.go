@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 func TestNames(t *testing.T) {

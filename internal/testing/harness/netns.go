@@ -9,7 +9,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fabric"
+	"github.com/multinic/multinic/internal/testing/fabric"
 )
 
 // shareNetNSDir makes /var/run/netns a shared mount point of its own, as `ip netns add` and

@@ -35,9 +35,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/namedns"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // Defaults of Config's zero values.

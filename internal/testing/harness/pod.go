@@ -23,8 +23,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fabric"
 	"github.com/multinic/multinic/internal/namedns"
+	"github.com/multinic/multinic/internal/testing/fabric"
 )
 
 // CNIVersion is the version of the configurations the harness sends.

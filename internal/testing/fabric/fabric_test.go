@@ -11,7 +11,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // Subnets of the test VPC. subnet-c has subnet-b's CIDR on purpose: only the

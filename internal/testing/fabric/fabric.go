@@ -46,7 +46,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 // DefaultMTU is the MTU of every fabric link unless Config.MTU says otherwise (EC2's jumbo MTU).

@@ -19,9 +19,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/multinic/multinic/e2e/fabric"
-	"github.com/multinic/multinic/e2e/fakeec2"
 	"github.com/multinic/multinic/internal/namedns"
+	"github.com/multinic/multinic/internal/testing/fabric"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
