@@ -16,9 +16,9 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -40,7 +40,7 @@ func (onePools) ENI(id string) (enipool.ENIInfo, bool) {
 }
 
 // exportedMetrics runs a real agent until every metric it has has a series (an allocation, a refused
-// one, a release, a GC release, EC2 counters) and gathers its registry: metric name -> label names.
+// one, a release, a reclaim release, EC2 counters) and gathers its registry: metric name -> label names.
 func exportedMetrics(t *testing.T) map[string][]string {
 	t.Helper()
 	st, err := store.NewFileStore(t.TempDir())
@@ -61,10 +61,10 @@ func exportedMetrics(t *testing.T) map[string][]string {
 	var mu sync.Mutex
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	netnsDir := t.TempDir()
-	a, err := agent.New(agent.Config{Allocator: al, Pools: onePools{}, GCGrace: time.Second, NetnsDirs: []string{netnsDir},
+	a, err := backend.New(backend.Config{Allocator: al, Pools: onePools{}, ReclaimGrace: time.Second, NetnsDirs: []string{netnsDir},
 		Cards: func() []int { return []int{1} },
-		EC2Stats: func() agent.EC2Stats {
-			return agent.EC2Stats{Calls: map[string]map[string]int{"AssignPrivateIpAddresses": {"ok": 1}}, Throttles: 1}
+		EC2Stats: func() backend.EC2Stats {
+			return backend.EC2Stats{Calls: map[string]map[string]int{"AssignPrivateIpAddresses": {"ok": 1}}, Throttles: 1}
 		},
 		Now: func() time.Time { mu.Lock(); defer mu.Unlock(); now = now.Add(time.Minute); return now }})
 	if err != nil {
@@ -92,14 +92,14 @@ func exportedMetrics(t *testing.T) map[string][]string {
 	os.Remove(netns)
 	released := 0
 	for range 3 {
-		n, err := a.CollectGarbage(ctx)
+		n, err := a.ReclaimGonePods(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		released += n
 	}
 	if released != 1 {
-		t.Fatalf("GC released %d, want the allocation whose netns is gone", released)
+		t.Fatalf("reclaim released %d, want the allocation whose netns is gone", released)
 	}
 	mfs, err := a.Registry().Gather()
 	if err != nil {

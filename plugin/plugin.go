@@ -89,7 +89,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error { return cniError(p.status(arg
 
 // GC is CNI GC: it releases this network's allocations (by name, card and mode) that are not valid
 // attachments.
-func (p *Plugin) GC(args *skel.CmdArgs) error { return cniError(p.gc(args)) }
+func (p *Plugin) GC(args *skel.CmdArgs) error { return cniError(p.cniGC(args)) }
 
 func (p *Plugin) step(s Step) error {
 	if p.Hook == nil {
@@ -107,7 +107,7 @@ func (p *Plugin) connect(conf *netconf.Config) *api.Client {
 }
 
 // replay delivers the releases journaled for conf's agent (its socket's records only) while it was down.
-// ADD, DEL and GC call it before their own work, so a journaled release goes out with the next change even
+// ADD, DEL and CNI GC call it before their own work, so a journaled release goes out with the next change even
 // when the agent restarted without the journal in view (it replays at start when it sees it). CHECK and
 // STATUS only read, and leave the journal alone. Best effort (the agent may still be down), bounded in time.
 func (p *Plugin) replay(client *api.Client, conf *netconf.Config) {
@@ -495,16 +495,16 @@ func (p *Plugin) status(args *skel.CmdArgs) error {
 	return nil
 }
 
-// gcCandidate says whether a GC of conf's network may free a: it must be this network's, by name, card and
+// cniGCCandidate says whether a CNI GC of conf's network may free a: it must be this network's, by name, card and
 // mode. The valid attachments list only this network's attachments, so another network's allocation (a
-// hand-written NAD on the same card and mode) is not this GC's to judge. An allocation without a network
-// name (made by a plugin older than the field) is kept: the agent's own GC frees it once its pod is gone.
-func gcCandidate(conf *netconf.Config, a api.Allocation) bool {
+// hand-written NAD on the same card and mode) is not this CNI GC's to judge. An allocation without a network
+// name (made by a plugin older than the field) is kept: the agent's reclaim of gone pods' allocations frees it once its pod is gone.
+func cniGCCandidate(conf *netconf.Config, a api.Allocation) bool {
 	return a.Network != "" && a.Network == conf.Name &&
 		a.Card == conf.Card && a.Exclusive == (conf.Mode == netconf.ModeExclusive)
 }
 
-func (p *Plugin) gc(args *skel.CmdArgs) error {
+func (p *Plugin) cniGC(args *skel.CmdArgs) error {
 	conf, err := netconf.Load(args.StdinData)
 	if err != nil {
 		return err
@@ -522,7 +522,7 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 	}
 	var errs []error
 	for _, a := range allocs {
-		if !gcCandidate(conf, a) || valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
+		if !cniGCCandidate(conf, a) || valid[types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName}] {
 			continue
 		}
 		if err := p.remove(client, conf, a.ContainerID, a.IfName, a.Netns); err != nil {

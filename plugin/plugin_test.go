@@ -666,9 +666,9 @@ func TestStatus(t *testing.T) {
 	}
 }
 
-// TestGC releases what is not valid, of this network only (by name, card and mode), and cleans the link
+// TestCNIGC releases what is not valid, of this network only (by name, card and mode), and cleans the link
 // when the netns is still there. An allocation without a network name (an older plugin's) is kept.
-func TestGC(t *testing.T) {
+func TestCNIGC(t *testing.T) {
 	e := newEnv(t, true)
 	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	if _, err := e.add(args); err != nil {
@@ -707,10 +707,10 @@ func TestGC(t *testing.T) {
 	}
 }
 
-// TestGCTwoNetworks: two networks on one card and mode (the published NAD and a hand-written one). A GC of
+// TestCNIGCTwoNetworks: two networks on one card and mode (the published NAD and a hand-written one). A GC of
 // the other network, whose valid attachments cannot list this pod, leaves the pod's link and address alone;
 // a GC of the pod's own network that lists it does too.
-func TestGCTwoNetworks(t *testing.T) {
+func TestCNIGCTwoNetworks(t *testing.T) {
 	e := newEnv(t, true)
 	args := e.args(e.conf(netconf.ModeExclusive, ""))
 	res, err := e.add(args)

@@ -325,10 +325,10 @@ func TestCrashSafety(t *testing.T) {
 	t.Logf("end: 0 allocations, %d addresses in the pool, all of them on the agent's ENIs in EC2 and vice versa", len(cp.Addresses))
 }
 
-// TestGCNetnsDeleted: a pod whose netns is deleted without a DEL gets its allocations freed by GC after the
+// TestReclaimNetnsDeleted: a pod whose netns is deleted without a DEL gets its allocations freed by reclaim (the agent's GC) after the
 // grace period, the address back in the pool, also when the agent was killed and restarted in between; a
 // pod whose netns lives keeps its allocation. A development build's netns.json is removed at start.
-func TestGCNetnsDeleted(t *testing.T) {
+func TestReclaimNetnsDeleted(t *testing.T) {
 	_, n := startNode(t, harness.Config{})
 	stale := filepath.Join(n.StateDir, "netns.json")
 	if err := os.MkdirAll(n.StateDir, 0o700); err != nil {
@@ -366,7 +366,7 @@ func TestGCNetnsDeleted(t *testing.T) {
 			}
 		}
 	}
-	// Outlive a GC pass or two with both netns present: nothing is freed.
+	// Outlive a reclaim pass or two with both netns present: nothing is freed.
 	time.Sleep(1500 * time.Millisecond)
 	if list, _ := n.Client.List(ctx); len(list) != 4 {
 		t.Fatalf("%d allocations with every netns alive, want 4", len(list))

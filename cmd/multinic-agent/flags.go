@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/netnsdir"
-	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/nad"
@@ -154,9 +154,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.maxAllocs, "max-allocations", DefaultMaxAllocations, "most allocations the node holds at once; an ADD beyond it is refused (CNI code 103), so that a buggy local client cannot drain the subnets. 0: no cap")
 	fs.DurationVar(&o.cooldown, "cooldown", allocator.DefaultCooldown, "how long a released address rests before it is given out again")
 	fs.DurationVar(&o.surplusDelay, "surplus-delay", eni.DefaultSurplusDelay, "how long warm addresses beyond --warm-target (and free exclusive ENIs) wait before they go back to EC2; 0: at once")
-	fs.DurationVar(&o.waitTimeout, "wait-timeout", agent.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
-	fs.DurationVar(&o.gcGrace, "gc-grace", agent.DefaultGCGrace, "how long a pod must have been seen gone before GC frees its allocations")
-	fs.DurationVar(&o.gcInterval, "gc-interval", agent.DefaultGCInterval, "time between GC passes")
+	fs.DurationVar(&o.waitTimeout, "wait-timeout", backend.DefaultWaitTimeout, "how long an allocate on an empty pool waits for a refill before answering \"try again\" with EC2's last error")
+	fs.DurationVar(&o.gcGrace, "gc-grace", backend.DefaultReclaimGrace, "how long a pod must have been seen gone before GC frees its allocations")
+	fs.DurationVar(&o.gcInterval, "gc-interval", backend.DefaultReclaimInterval, "time between GC passes")
 	netnsDirs := fs.String("netns-dirs", strings.Join(netnsdir.Default, ","), "directories where the runtime creates pod netns, as the agent sees them (mount them in); GC takes a recorded netns path as evidence only there, and keeps allocations whose netns is elsewhere")
 	fs.DurationVar(&o.refill, "refill-interval", eni.DefaultRefillInterval, "how often each card's pool is checked without a trigger")
 	fs.DurationVar(&o.reconcile, "reconcile-interval", eni.DefaultReconcileInterval, "how often the pools are reconciled with EC2; negative: only at start")

@@ -1,6 +1,6 @@
 // Command multinic-agent is the node agent of multinic: the only component that talks to EC2. It keeps
 // per-card pools of ENI-backed addresses, serves allocations to the CNI plugin over a root-only unix socket,
-// garbage-collects the allocations of gone pods, and exports Prometheus metrics. `--help` lists its flags.
+// reclaims the allocations of gone pods, and exports Prometheus metrics. `--help` lists its flags.
 // `multinic-agent install-cni` installs the CNI plugin into the host's CNI bin directory (the DaemonSet's
 // init container: the image has no shell).
 //

@@ -21,8 +21,8 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/multinic/multinic/internal/logring"
-	"github.com/multinic/multinic/ipam/agent"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/server"
@@ -30,7 +30,7 @@ import (
 )
 
 // run is the whole agent: lock and restore the state, start the ENI manager (discovery and reconcile with
-// EC2), then serve the socket, GC and metrics until ctx ends, and stop in the reverse order.
+// EC2), then serve the socket, reclaim and metrics until ctx ends, and stop in the reverse order.
 func run(ctx context.Context, args []string) (retErr error) {
 	o, err := parseFlags(args, os.Stderr)
 	if err != nil {
@@ -99,17 +99,17 @@ func run(ctx context.Context, args []string) (retErr error) {
 	}
 	var events record.EventRecorder
 	if kube != nil {
-		rec, stop := agent.NewEventRecorder(kube, o.nodeName)
+		rec, stop := backend.NewEventRecorder(kube, o.nodeName)
 		defer stop()
 		events = rec
 	}
-	ag, err := agent.New(agent.Config{
+	be, err := backend.New(backend.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout, Events: events,
-		NodeName: o.nodeName, Kube: kube, GCGrace: o.gcGrace, GCInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
+		NodeName: o.nodeName, Kube: kube, ReclaimGrace: o.gcGrace, ReclaimInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
 		Cards:      mgr.ManagedCards,
-		EC2Stats:   func() agent.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
+		EC2Stats:   func() backend.EC2Stats { return ec2Stats(mgr.Stats().EC2) },
 		InstanceID: mgr.InstanceID,
-		CardInfo:   func() []agent.CardInfo { return cardInfos(mgr.Stats()) },
+		CardInfo:   func() []backend.CardInfo { return cardInfos(mgr.Stats()) },
 		Logs:       logs.Lines,
 		Logger:     logger.With("component", "agent"),
 	})
@@ -119,7 +119,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 
 	// Releases the plugin journaled while the agent was down go out before anything else is answered, so an
 	// address freed by a DEL is never reported held, and the journal does not wait for the next CNI call.
-	if n, err := journal.Replay(ctx, o.journalDir, o.socket, ag); err != nil {
+	if n, err := journal.Replay(ctx, o.journalDir, o.socket, be); err != nil {
 		logger.Error("replay the plugin's release journal", "dir", o.journalDir, "released", n, "error", err)
 	} else if n > 0 {
 		logger.Info("replayed the plugin's release journal", "dir", o.journalDir, "released", n)
@@ -132,7 +132,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		if err != nil {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metricsAddr, err)
 		}
-		metricsSrv = &http.Server{Handler: ag.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		metricsSrv = &http.Server{Handler: be.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("metrics server", "error", err)
@@ -168,19 +168,19 @@ func run(ctx context.Context, args []string) (retErr error) {
 	if err != nil {
 		return err
 	}
-	// GC gets its own context: if Serve fails while ctx lives, the deferred wait must not hang.
-	gcCtx, gcCancel := context.WithCancel(ctx)
-	gcDone := make(chan struct{})
+	// The backend's Run (reclaim, card checks) gets its own context: if Serve fails while ctx lives, the deferred wait must not hang.
+	runCtx, runCancel := context.WithCancel(ctx)
+	runDone := make(chan struct{})
 	go func() {
-		defer close(gcDone)
-		ag.Run(gcCtx)
+		defer close(runDone)
+		be.Run(runCtx)
 	}()
 	defer func() {
-		gcCancel()
-		<-gcDone
+		runCancel()
+		<-runDone
 	}()
 	logger.Info("serving allocations", "socket", o.socket, "node", o.nodeName)
-	err = server.Serve(ctx, l, ag, logger.With("component", "api"))
+	err = server.Serve(ctx, l, be, logger.With("component", "api"))
 	logger.Info("shutting down")
 	return err
 }
@@ -224,10 +224,10 @@ const (
 	logRingLineBytes = 8 << 10
 )
 
-func cardInfos(s eni.Stats) []agent.CardInfo {
-	out := make([]agent.CardInfo, 0, len(s.Cards))
+func cardInfos(s eni.Stats) []backend.CardInfo {
+	out := make([]backend.CardInfo, 0, len(s.Cards))
 	for _, c := range s.Cards {
-		out = append(out, agent.CardInfo{
+		out = append(out, backend.CardInfo{
 			Card: c.Card, Subnet: c.SubnetID, ENIs: c.SharedENIIDs, Exclusive: c.ExclusiveENIIDs,
 			MaxENIs: c.MaxENIs, PrefixMode: s.PrefixMode, LastError: c.LastFailure, LastErrorAt: c.LastFailureAt,
 		})
@@ -235,6 +235,6 @@ func cardInfos(s eni.Stats) []agent.CardInfo {
 	return out
 }
 
-func ec2Stats(s eni.CallStats) agent.EC2Stats {
-	return agent.EC2Stats{Calls: s.Calls, Throttles: s.Throttles, Retries: s.Retries}
+func ec2Stats(s eni.CallStats) backend.EC2Stats {
+	return backend.EC2Stats{Calls: s.Calls, Throttles: s.Throttles, Retries: s.Retries}
 }

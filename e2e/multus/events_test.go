@@ -15,7 +15,7 @@ import (
 
 	"github.com/multinic/multinic/e2e/cluster"
 	"github.com/multinic/multinic/internal/testing/harness"
-	"github.com/multinic/multinic/ipam/agent"
+	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
 )
@@ -40,7 +40,7 @@ func TestAgentEventsThroughAPIServer(t *testing.T) {
 	if _, err := e.run("ADD", twice); err == nil {
 		t.Fatal("Multus ADD of a pod naming card 3 twice succeeded")
 	}
-	ev := waitEvent(ctx, t, e, podEvents(twice.obj), agent.EventCardTaken)
+	ev := waitEvent(ctx, t, e, podEvents(twice.obj), backend.EventCardTaken)
 	checkSource(t, ev, n.Name, corev1.EventTypeWarning)
 	if ev.InvolvedObject.UID != twice.obj.UID || !strings.Contains(ev.Message, "net2") || !strings.Contains(ev.Message, "card 3") {
 		t.Errorf("CardTaken event %+v: want it on pod UID %s, naming net2 and card 3", ev.InvolvedObject, twice.obj.UID)
@@ -68,13 +68,13 @@ func TestAgentEventsThroughAPIServer(t *testing.T) {
 	if _, err := e.run("ADD", card0); err == nil {
 		t.Fatal("Multus ADD of a pod on card 0, which the agent does not serve, succeeded")
 	}
-	ev = waitEvent(ctx, t, e, podEvents(card0.obj), agent.EventCardNotManaged)
+	ev = waitEvent(ctx, t, e, podEvents(card0.obj), backend.EventCardNotManaged)
 	checkSource(t, ev, n.Name, corev1.EventTypeWarning)
 	if ev.InvolvedObject.UID != card0.obj.UID || !strings.Contains(ev.Message, "card 0") {
 		t.Errorf("CardNotManaged pod event %+v %q: want it on pod UID %s, naming card 0", ev.InvolvedObject, ev.Message, card0.obj.UID)
 	}
 	nodeSel := "involvedObject.kind=Node,involvedObject.name=" + n.Name
-	ev = waitEvent(ctx, t, e, nodeSel, agent.EventCardNotManaged)
+	ev = waitEvent(ctx, t, e, nodeSel, backend.EventCardNotManaged)
 	checkSource(t, ev, n.Name, corev1.EventTypeWarning)
 	if !strings.Contains(ev.Message, "default/events-card0") || !strings.Contains(ev.Message, "card 0") {
 		t.Errorf("CardNotManaged node event %q: want it to name the pod and card 0", ev.Message)
@@ -116,7 +116,7 @@ func waitEvent(ctx context.Context, t *testing.T, e *env, fieldSelector, reason 
 
 func checkSource(t *testing.T, ev corev1.Event, node, typ string) {
 	t.Helper()
-	if ev.Source.Component != agent.EventComponent || ev.Source.Host != node || ev.Type != typ {
-		t.Errorf("event %s: source %+v type %s, want %s on %s, %s", ev.Reason, ev.Source, ev.Type, agent.EventComponent, node, typ)
+	if ev.Source.Component != backend.EventComponent || ev.Source.Host != node || ev.Type != typ {
+		t.Errorf("event %s: source %+v type %s, want %s on %s, %s", ev.Reason, ev.Source, ev.Type, backend.EventComponent, node, typ)
 	}
 }

@@ -82,11 +82,12 @@ type AllocateRequest struct {
 	// IfName is CNI_IFNAME, the interface name inside the pod (net1, ...). Required.
 	IfName string `json:"ifName"`
 	// PodRef comes from CNI_ARGS (K8S_POD_*); it identifies the pod for the one-address-per-pod-per-card
-	// rule and for garbage collection.
+	// rule and for the agent's reclaim of gone pods' allocations.
 	PodRef
 	// Exclusive asks for a whole ENI (moved into the pod) instead of a shared secondary address.
 	Exclusive bool `json:"exclusive,omitempty"`
-	// Netns is CNI_NETNS, an absolute path; the agent's GC frees the allocation once it no longer exists.
+	// Netns is CNI_NETNS, an absolute path; the agent's reclaim (its GC) frees the allocation once it
+	// no longer exists.
 	Netns string `json:"netns,omitempty"`
 	// Network is the CNI configuration's "name": a CNI GC of one network frees only that network's
 	// allocations. Empty from plugins older than the field; such an allocation is never freed by CNI GC.

@@ -1,5 +1,5 @@
 // Package enipool is the contract between the ENI manager (ipam/eni), which owns every EC2 call and keeps
-// the allocator's per-card pools filled, and the allocation backend (ipam/agent), which only allocates from
+// the allocator's per-card pools filled, and the allocation backend (ipam/backend), which only allocates from
 // them: the interface the manager implements, the ENI facts an allocation answer needs, and the manager's
 // error the backend tells apart. It imports nothing of the project, so neither side depends on the other.
 package enipool

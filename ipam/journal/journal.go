@@ -2,7 +2,7 @@
 // are delivered: one record per (containerID, ifName), naming the agent socket it was meant for, written
 // and removed under the directory's lock (internal/statefile). Two parties replay it, each only the records
 // of its own socket: the agent when it starts, before it serves its socket (so no plugin call is needed),
-// and the plugin on ADD, DEL and GC for the socket its configuration names (for an agent restarted without
+// and the plugin on ADD, DEL and CNI GC for the socket its configuration names (for an agent restarted without
 // the journal directory in view). CHECK and STATUS only read, so they leave the journal alone.
 package journal
 

@@ -35,7 +35,7 @@ var Rules = []Rule{
 	// The agent's parts: the socket server, the ENI manager, the allocation backend.
 	{"ipam/server", []string{"ipam/api", "internal/..."}},
 	{"ipam/eni", []string{"ipam/allocator", "ipam/api", "ipam/enipool", "ipam/store", "internal/..."}},
-	{"ipam/agent", []string{"ipam/allocator", "ipam/api", "ipam/enipool", "ipam/server", "ipam/store", "internal/..."}},
+	{"ipam/backend", []string{"ipam/allocator", "ipam/api", "ipam/enipool", "ipam/server", "ipam/store", "internal/..."}},
 
 	// The plugin and the NAD renderer: neither reaches into the agent's ipam packages.
 	{"plugin", []string{"netconf", "ipam/api", "ipam/journal", "internal/..."}},

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 )
 
 // gaugeValue reads one sample (gauge or counter) from the agent's registry; -1 when absent.
-func gaugeValue(t *testing.T, a *Agent, name string, labels map[string]string) float64 {
+func gaugeValue(t *testing.T, a *Backend, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := a.Registry().Gather()
 	if err != nil {
@@ -54,7 +54,7 @@ func value(m *dto.Metric) float64 {
 func TestMetricsAndHealth(t *testing.T) {
 	fp := newFakePools(1, 2)
 	fp.lastErr[2] = errors.New("InsufficientFreeAddressesInSubnet: no")
-	ta := newTestAgent(t, fp, map[int]int{1: 5}, func(c *Config) {
+	ta := newTestBackend(t, fp, map[int]int{1: 5}, func(c *Config) {
 		c.WaitTimeout = 50 * time.Millisecond
 		c.Cards = func() []int { return []int{1, 2} }
 		c.EC2Stats = func() EC2Stats {

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 )
 
 // serve runs the agent behind the real socket server and returns a client for it.
-func serve(t *testing.T, a *Agent) *api.Client {
+func serve(t *testing.T, a *Backend) *api.Client {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mnagent")
 	if err != nil {
@@ -51,8 +51,8 @@ func req(card int, container, ifname, pod string) api.AllocateRequest {
 }
 
 func TestAllocateFillsResponseAndKicks(t *testing.T) {
-	ta := newTestAgent(t, newFakePools(1, 2), map[int]int{1: 2, 2: 2}, nil)
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, newFakePools(1, 2), map[int]int{1: 2, 2: 2}, nil)
+	c := serve(t, ta.Backend)
 	resp, err := c.Allocate(context.Background(), req(2, "c1", "net1", "p1"))
 	if err != nil {
 		t.Fatal(err)
@@ -83,8 +83,8 @@ func TestAllocateFillsResponseAndKicks(t *testing.T) {
 }
 
 func TestAllocateRules(t *testing.T) {
-	ta := newTestAgent(t, newFakePools(1, 2), map[int]int{1: 4, 2: 4}, nil)
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, newFakePools(1, 2), map[int]int{1: 4, 2: 4}, nil)
+	c := serve(t, ta.Backend)
 	ctx := context.Background()
 	first, err := c.Allocate(ctx, req(1, "c1", "net1", "p1"))
 	if err != nil {
@@ -127,7 +127,7 @@ func TestAllocateRules(t *testing.T) {
 
 func TestAllocateWaitsForRefill(t *testing.T) {
 	fp := newFakePools(1)
-	var ta *testAgent
+	var ta *testBackend
 	var once sync.Once
 	// The first Kick on an empty pool is answered by a refill 200ms later, as the manager would.
 	fp.onKick = func(card int) {
@@ -140,8 +140,8 @@ func TestAllocateWaitsForRefill(t *testing.T) {
 			}()
 		})
 	}
-	ta = newTestAgent(t, fp, nil, nil)
-	c := serve(t, ta.Agent)
+	ta = newTestBackend(t, fp, nil, nil)
+	c := serve(t, ta.Backend)
 	start := time.Now()
 	resp, err := c.Allocate(context.Background(), req(1, "c1", "net1", "p1"))
 	if err != nil {
@@ -161,8 +161,8 @@ func TestAllocateWaitsForRefill(t *testing.T) {
 func TestAllocateTimesOutWithEC2Reason(t *testing.T) {
 	fp := newFakePools(1)
 	fp.lastErr[1] = errors.New("InsufficientFreeAddressesInSubnet: The specified subnet subnet-0abc does not have enough free addresses")
-	ta := newTestAgent(t, fp, nil, func(c *Config) { c.WaitTimeout = 300 * time.Millisecond })
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, fp, nil, func(c *Config) { c.WaitTimeout = 300 * time.Millisecond })
+	c := serve(t, ta.Backend)
 	start := time.Now()
 	_, err := c.Allocate(context.Background(), req(1, "c1", "net1", "p1"))
 	d := time.Since(start)
@@ -184,7 +184,7 @@ func TestAllocateTimesOutWithEC2Reason(t *testing.T) {
 		t.Error("a failed allocation left an allocation behind")
 	}
 	// The request's own deadline wins over a longer wait timeout.
-	ta2 := newTestAgent(t, newFakePools(1), nil, func(c *Config) { c.WaitTimeout = time.Minute })
+	ta2 := newTestBackend(t, newFakePools(1), nil, func(c *Config) { c.WaitTimeout = time.Minute })
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start = time.Now()
@@ -198,7 +198,7 @@ func TestAllocateTimesOutWithEC2Reason(t *testing.T) {
 
 func TestAllocateExclusive(t *testing.T) {
 	fp := newFakePools(1)
-	var ta *testAgent
+	var ta *testBackend
 	// EnsureExclusive creates the ENI and puts it into the exclusive pool, as the manager would.
 	fp.ensure = func(_ context.Context, card int) error {
 		fp.mu.Lock()
@@ -207,8 +207,8 @@ func TestAllocateExclusive(t *testing.T) {
 		fp.mu.Unlock()
 		return ta.alloc.AddExclusiveENI(card, "eni-x1", netip.MustParseAddr("10.1.0.200"))
 	}
-	ta = newTestAgent(t, fp, map[int]int{1: 2}, nil)
-	c := serve(t, ta.Agent)
+	ta = newTestBackend(t, fp, map[int]int{1: 2}, nil)
+	c := serve(t, ta.Backend)
 	r := req(1, "c1", "net1", "p1")
 	r.Exclusive = true
 	resp, err := c.Allocate(context.Background(), r)
@@ -247,7 +247,7 @@ func TestAllocateExclusive(t *testing.T) {
 func TestAllocateUnknownENIRollsBack(t *testing.T) {
 	fp := newFakePools(1)
 	delete(fp.enis, eniOf(1))
-	ta := newTestAgent(t, fp, map[int]int{1: 1}, nil)
+	ta := newTestBackend(t, fp, map[int]int{1: 1}, nil)
 	_, err := ta.Allocate(context.Background(), req(1, "c1", "net1", "p1"))
 	if err == nil || !strings.Contains(err.Error(), "does not know") {
 		t.Fatalf("error %v, want the unknown ENI named", err)
@@ -263,8 +263,8 @@ func TestConcurrentAllocations(t *testing.T) {
 	for _, c := range cards {
 		warm[c] = 20
 	}
-	ta := newTestAgent(t, newFakePools(cards...), warm, nil)
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, newFakePools(cards...), warm, nil)
+	c := serve(t, ta.Backend)
 	const pods = 16
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -300,8 +300,8 @@ func TestConcurrentAllocations(t *testing.T) {
 }
 
 func TestReleaseAndList(t *testing.T) {
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, nil)
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, nil)
+	c := serve(t, ta.Backend)
 	ctx := context.Background()
 	r := req(1, "c1", "net1", "p1")
 	r.Netns = "/var/run/netns/cni-1"
@@ -329,7 +329,7 @@ func TestReleaseAndList(t *testing.T) {
 // TestNetnsSurvivesRestart: the netns of an allocation is in the allocator's checkpoint; a repeated ADD
 // with another netns does not replace it.
 func TestNetnsSurvivesRestart(t *testing.T) {
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, nil)
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, nil)
 	r := req(1, "c1", "net1", "p1")
 	r.Netns = "/var/run/netns/cni-1"
 	if _, err := ta.Allocate(context.Background(), r); err != nil {
@@ -348,8 +348,8 @@ func TestNetnsSurvivesRestart(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	fp := newFakePools(1, 2)
-	ta := newTestAgent(t, fp, map[int]int{1: 1}, nil)
-	c := serve(t, ta.Agent)
+	ta := newTestBackend(t, fp, map[int]int{1: 1}, nil)
+	c := serve(t, ta.Backend)
 	ctx := context.Background()
 	fp.lastErr[2] = errors.New("PrivateIpAddressLimitExceeded: Number of private addresses will exceed limit.")
 	tests := []struct {
@@ -386,8 +386,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{Pools: newFakePools()},
 		{Allocator: al},
 		{Allocator: al, Pools: newFakePools(), WaitTimeout: -1},
-		{Allocator: al, Pools: newFakePools(), GCGrace: -1},
-		{Allocator: al, Pools: newFakePools(), GCInterval: -1},
+		{Allocator: al, Pools: newFakePools(), ReclaimGrace: -1},
+		{Allocator: al, Pools: newFakePools(), ReclaimInterval: -1},
 	} {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)

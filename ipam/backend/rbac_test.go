@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -11,15 +11,15 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 )
 
-// TestPolicyRulesCoverGC: every API call the GC's pod view and passes make (list, then watch) is one
-// PolicyRules grants, and GC makes at least one, so that the ClusterRole built from PolicyRules is what the
+// TestPolicyRulesCoverReclaim: every API call the reclaim's pod view and passes make (list, then watch) is one
+// PolicyRules grants, and reclaim makes at least one, so that the ClusterRole built from PolicyRules is what the
 // agent needs.
-func TestPolicyRulesCoverGC(t *testing.T) {
+func TestPolicyRulesCoverReclaim(t *testing.T) {
 	kube := fake.NewClientset(pod("default", "live", "uid-live", "node-a", corev1.PodRunning))
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
 		c.Kube = kube
 		c.NodeName = "node-a"
-		c.GCGrace = time.Second
+		c.ReclaimGrace = time.Second
 	})
 	startPodView(t, ta)
 	ctx := context.Background()
@@ -27,17 +27,17 @@ func TestPolicyRulesCoverGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := ta.CollectGarbage(ctx); err != nil {
+		if _, err := ta.ReclaimGonePods(ctx); err != nil {
 			t.Fatal(err)
 		}
 		ta.clock.Step(2 * time.Second)
 	}
 	acts := kube.Actions()
 	if len(acts) == 0 {
-		t.Fatal("GC made no API call")
+		t.Fatal("reclaim made no API call")
 	}
 	for _, call := range notGranted(acts) {
-		t.Errorf("GC called %s, not granted by PolicyRules", call)
+		t.Errorf("reclaim called %s, not granted by PolicyRules", call)
 	}
 }
 

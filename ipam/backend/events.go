@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -28,9 +28,9 @@ const (
 	EventEC2Denied       = "EC2Denied"
 	EventEC2Throttled    = "EC2Throttled"
 	EventEC2Failing      = "EC2Failing"
-	// On the Node when the card serves again; and when GC frees an allocation.
-	EventCardRecovered = "CardRecovered"
-	EventGCReleased    = "AddressReleased"
+	// On the Node when the card serves again; and when reclaim frees an allocation.
+	EventCardRecovered   = "CardRecovered"
+	EventAddressReleased = "AddressReleased"
 	// On the Pod (and, for a card not managed, the Node too) when its allocation is refused.
 	EventCardTaken      = "CardTaken"
 	EventInterfaceTaken = "InterfaceTaken"
@@ -107,12 +107,12 @@ func (e *events) allocateRefused(req api.AllocateRequest, err error) {
 	}
 }
 
-// gcReleased tells the Node that GC freed an allocation, and why.
-func (e *events) gcReleased(al api.Allocation, reason string) {
+// reclaimed tells the Node that reclaim freed an allocation, and why.
+func (e *events) reclaimed(al api.Allocation, reason string) {
 	if e.rec == nil {
 		return
 	}
-	e.rec.Eventf(e.node, corev1.EventTypeNormal, EventGCReleased,
+	e.rec.Eventf(e.node, corev1.EventTypeNormal, EventAddressReleased,
 		"released %s (card %d, %s) of pod %s, interface %s: %s", al.Address, al.Card, al.ENIID,
 		al.Describe(), al.IfName, reason)
 }
@@ -141,29 +141,29 @@ func cardDownReason(err error) string {
 // checkCards looks at every managed card once and records a Node event when one stops being able to serve
 // new pods (its pool is empty and its refill fails, or its refill has failed for failingFor), and when it
 // serves again.
-func (a *Agent) checkCards(ctx context.Context) {
-	e := a.events
-	if e.rec == nil || a.cfg.Cards == nil || !a.pools.Ready() {
+func (b *Backend) checkCards(ctx context.Context) {
+	e := b.events
+	if e.rec == nil || b.cfg.Cards == nil || !b.pools.Ready() {
 		return
 	}
-	now := a.cfg.Now()
+	now := b.cfg.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, card := range a.cfg.Cards() {
+	for _, card := range b.cfg.Cards() {
 		h := e.cards[card]
 		if h == nil {
 			h = &cardHealth{}
 			e.cards[card] = h
 		}
-		last := a.pools.LastError(card)
+		last := b.pools.LastError(card)
 		switch {
 		case last == nil:
 			h.failingSince = time.Time{}
 		case h.failingSince.IsZero():
 			h.failingSince = now
 		}
-		st, _ := a.Status(ctx, card)
-		down := last != nil && (!st.Ready || now.Sub(h.failingSince) >= a.cfg.FailingFor)
+		st, _ := b.Status(ctx, card)
+		down := last != nil && (!st.Ready || now.Sub(h.failingSince) >= b.cfg.FailingFor)
 		switch {
 		case down && !h.down:
 			msg := fmt.Sprintf("card %d cannot serve new pods: %v", card, last)

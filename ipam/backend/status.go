@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/multinic/multinic/ipam/server"
 )
 
-var _ server.Introspector = (*Agent)(nil)
+var _ server.Introspector = (*Backend)(nil)
 
 // CardInfo is what the ENI manager knows of one managed card, for the operators' node status.
 type CardInfo struct {
@@ -27,17 +27,17 @@ type CardInfo struct {
 
 // Node describes the node and each managed card: the ENI manager's view (Config.CardInfo), the
 // allocator's counts, and whether an ADD could be served now (Status).
-func (a *Agent) Node(ctx context.Context) (api.NodeStatus, error) {
-	st := api.NodeStatus{Node: a.cfg.NodeName, Ready: a.pools.Ready(), Time: a.cfg.Now().UTC(), Cards: []api.CardStatus{}}
-	if a.cfg.InstanceID != nil {
-		st.Instance = a.cfg.InstanceID()
+func (b *Backend) Node(ctx context.Context) (api.NodeStatus, error) {
+	st := api.NodeStatus{Node: b.cfg.NodeName, Ready: b.pools.Ready(), Time: b.cfg.Now().UTC(), Cards: []api.CardStatus{}}
+	if b.cfg.InstanceID != nil {
+		st.Instance = b.cfg.InstanceID()
 	}
-	for _, ci := range a.cardInfos() {
-		ready, err := a.Status(ctx, ci.Card)
+	for _, ci := range b.cardInfos() {
+		ready, err := b.Status(ctx, ci.Card)
 		if err != nil {
 			return api.NodeStatus{}, err
 		}
-		pool := a.alloc.Stats(ci.Card)
+		pool := b.alloc.Stats(ci.Card)
 		mode := "single"
 		if ci.PrefixMode {
 			mode = "prefix"
@@ -54,13 +54,13 @@ func (a *Agent) Node(ctx context.Context) (api.NodeStatus, error) {
 }
 
 // cardInfos is the ENI manager's view of the cards, or the bare list of cards without it.
-func (a *Agent) cardInfos() []CardInfo {
-	if a.cfg.CardInfo != nil {
-		return a.cfg.CardInfo()
+func (b *Backend) cardInfos() []CardInfo {
+	if b.cfg.CardInfo != nil {
+		return b.cfg.CardInfo()
 	}
 	var out []CardInfo
-	if a.cfg.Cards != nil {
-		for _, c := range a.cfg.Cards() {
+	if b.cfg.Cards != nil {
+		for _, c := range b.cfg.Cards() {
 			out = append(out, CardInfo{Card: c})
 		}
 	}
@@ -79,10 +79,10 @@ func nonNil(s []string) []string {
 }
 
 // Logs returns the agent's recent log lines (Config.Logs), oldest first.
-func (a *Agent) Logs(context.Context) (api.LogsResponse, error) {
+func (b *Backend) Logs(context.Context) (api.LogsResponse, error) {
 	resp := api.LogsResponse{Lines: []string{}}
-	if a.cfg.Logs != nil {
-		resp.Lines = append(resp.Lines, a.cfg.Logs()...)
+	if b.cfg.Logs != nil {
+		resp.Lines = append(resp.Lines, b.cfg.Logs()...)
 	}
 	return resp, nil
 }

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -13,13 +13,13 @@ import (
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// GC reasons, also the values of the reason label of the GC metric.
+// Reclaim reasons, also the values of the reason label of multinic_gc_releases_total.
 const (
 	reasonPodGone   = "pod-gone"
 	reasonNetnsGone = "netns-gone"
 )
 
-// Reasons a GC pass freed nothing, the values of the reason label of multinic_gc_refusals_total.
+// Reasons a reclaim pass freed nothing, the values of the reason label of multinic_gc_refusals_total.
 const (
 	// refusalAllAllocations: the pass would have freed every allocation on the node.
 	refusalAllAllocations = "all-allocations"
@@ -27,28 +27,28 @@ const (
 	refusalNotSynced = "pod-view-not-synced"
 )
 
-// gcKey names one allocation exactly: a released and re-made allocation of the same pair is another one.
-type gcKey struct {
+// reclaimKey names one allocation exactly: a released and re-made allocation of the same pair is another one.
+type reclaimKey struct {
 	containerID, ifName string
 	address             netip.Addr
 	allocatedAt         time.Time
 }
 
-func keyFor(al api.Allocation) gcKey {
-	return gcKey{al.ContainerID, al.IfName, al.Address, al.AllocatedAt}
+func keyFor(al api.Allocation) reclaimKey {
+	return reclaimKey{al.ContainerID, al.IfName, al.Address, al.AllocatedAt}
 }
 
-type gcSeen struct {
+type reclaimSeen struct {
 	first  time.Time
 	passes int
 	reason string
 }
 
-type gcState struct {
+type reclaimState struct {
 	mu   sync.Mutex // one pass at a time
-	seen map[gcKey]gcSeen
+	seen map[reclaimKey]reclaimSeen
 	// unseen are the allocations whose netns path is outside NetnsDirs, logged once each.
-	unseen map[gcKey]bool
+	unseen map[reclaimKey]bool
 	// refusal is why the last pass freed nothing though it had something to free; "" when it did not refuse.
 	refusal atomic.Pointer[string]
 }
@@ -56,8 +56,9 @@ type gcState struct {
 // podKey is a pod as the API server names it.
 type podKey struct{ namespace, name string }
 
-// CollectGarbage runs one GC pass: it releases the allocations whose pod has been seen gone on two passes
-// at least, GCGrace apart or more. When in doubt it keeps:
+// ReclaimGonePods runs one reclaim pass (the agent's GC, as its flags and metrics call it): it releases the
+// allocations whose pod has been seen gone on two passes at least, ReclaimGrace apart or more. When in doubt
+// it keeps:
 //   - With a Kube client a pod is gone when the synced pod view of this node no longer has it (by
 //     namespace/name, and UID, a mirror pod's config hash standing for the static pod's UID) or shows it
 //     finished, AND, where a netns path was recorded, that netns is gone too. Until the view has synced,
@@ -70,90 +71,90 @@ type podKey struct{ namespace, name string }
 //     multinic_gc_refusals_total and on /readyz.
 //
 // It returns how many allocations it released.
-func (a *Agent) CollectGarbage(ctx context.Context) (int, error) {
-	a.gc.mu.Lock()
-	defer a.gc.mu.Unlock()
-	now := a.cfg.Now()
-	als := a.alloc.List()
+func (b *Backend) ReclaimGonePods(ctx context.Context) (int, error) {
+	b.reclaim.mu.Lock()
+	defer b.reclaim.mu.Unlock()
+	now := b.cfg.Now()
+	als := b.alloc.List()
 
 	var pods map[podKey][]string // namespace/name -> the UIDs of the live pods on the node
-	if a.pods != nil {
+	if b.pods != nil {
 		var err error
-		if pods, err = a.pods.livePods(); err != nil {
-			a.metrics.gcRefusals.WithLabelValues(refusalNotSynced).Inc()
-			return 0, fmt.Errorf("collect garbage: %w", err)
+		if pods, err = b.pods.livePods(); err != nil {
+			b.metrics.reclaimRefusals.WithLabelValues(refusalNotSynced).Inc()
+			return 0, fmt.Errorf("reclaim allocations of gone pods: %w", err)
 		}
 	}
-	next := make(map[gcKey]gcSeen)
-	unseen := make(map[gcKey]bool)
-	due := make(map[gcKey]string)
+	next := make(map[reclaimKey]reclaimSeen)
+	unseen := make(map[reclaimKey]bool)
+	due := make(map[reclaimKey]string)
 	for _, al := range als {
 		k := keyFor(al)
-		reason, visible := a.gone(al, pods)
+		reason, visible := b.gone(al, pods)
 		if !visible {
 			unseen[k] = true
-			if !a.gc.unseen[k] {
-				a.log.Warn("allocation's netns is outside the netns directories the agent sees: GC keeps it",
+			if !b.reclaim.unseen[k] {
+				b.log.Warn("allocation's netns is outside the netns directories the agent sees: GC keeps it",
 					"card", al.Card, "container", al.ContainerID, "ifname", al.IfName, "netns", al.Netns,
-					"netnsDirs", a.cfg.NetnsDirs)
+					"netnsDirs", b.cfg.NetnsDirs)
 			}
 		}
 		if reason == "" {
 			continue
 		}
-		s, ok := a.gc.seen[k]
+		s, ok := b.reclaim.seen[k]
 		if !ok {
-			s = gcSeen{first: now}
-			a.log.Info("allocation's pod looks gone, releasing after the grace period", "card", al.Card,
+			s = reclaimSeen{first: now}
+			b.log.Info("allocation's pod looks gone, releasing after the grace period", "card", al.Card,
 				"container", al.ContainerID, "ifname", al.IfName, "pod", al.Describe(),
-				"address", al.Address, "reason", reason, "grace", a.cfg.GCGrace)
+				"address", al.Address, "reason", reason, "grace", b.cfg.ReclaimGrace)
 		}
 		s.passes++
 		s.reason = reason
 		next[k] = s
-		if s.passes >= 2 && now.Sub(s.first) >= a.cfg.GCGrace {
+		if s.passes >= 2 && now.Sub(s.first) >= b.cfg.ReclaimGrace {
 			due[k] = reason
 		}
 	}
-	a.gc.seen = next
-	a.gc.unseen = unseen
+	b.reclaim.seen = next
+	b.reclaim.unseen = unseen
 
 	if pods != nil && len(due) > 0 && len(due) == len(als) {
 		why := fmt.Sprintf("GC refused to free all %d allocations of node %q: the API server lists %d live pods "+
-			"on it and none holds one; check --node-name and the API server", len(als), a.cfg.NodeName, len(pods))
-		a.gc.refusal.Store(&why)
-		a.metrics.gcRefusals.WithLabelValues(refusalAllAllocations).Inc()
-		a.log.Error(why, "allocations", len(als), "livePods", len(pods))
+			"on it and none holds one; check --node-name and the API server", len(als), b.cfg.NodeName, len(pods))
+		b.reclaim.refusal.Store(&why)
+		b.metrics.reclaimRefusals.WithLabelValues(refusalAllAllocations).Inc()
+		b.log.Error(why, "allocations", len(als), "livePods", len(pods))
 		return 0, nil
 	}
-	a.gc.refusal.Store(nil)
+	b.reclaim.refusal.Store(nil)
 
 	var released []api.Allocation
 	if len(due) > 0 {
 		var err error
-		released, err = a.alloc.ReleaseIf(func(al api.Allocation) bool {
+		released, err = b.alloc.ReleaseIf(func(al api.Allocation) bool {
 			_, ok := due[keyFor(al)]
 			return ok
 		})
 		if err != nil {
-			return 0, fmt.Errorf("collect garbage: %w", err)
+			return 0, fmt.Errorf("reclaim allocations of gone pods: %w", err)
 		}
 	}
 	for _, al := range released {
 		reason := due[keyFor(al)]
-		delete(a.gc.seen, keyFor(al))
-		a.metrics.gcReleases.WithLabelValues(reason).Inc()
-		a.events.gcReleased(al, reason)
-		a.log.Info("released allocation of a gone pod", "card", al.Card, "container", al.ContainerID,
+		delete(b.reclaim.seen, keyFor(al))
+		b.metrics.reclaimReleases.WithLabelValues(reason).Inc()
+		b.events.reclaimed(al, reason)
+		b.log.Info("released allocation of a gone pod", "card", al.Card, "container", al.ContainerID,
 			"ifname", al.IfName, "pod", al.Describe(), "address", al.Address,
 			"eni", al.ENIID, "reason", reason)
 	}
 	return len(released), nil
 }
 
-// gcRefusal is why the last GC pass refused to free anything, or "".
-func (a *Agent) gcRefusal() string {
-	if p := a.gc.refusal.Load(); p != nil {
+// reclaimRefusal is why the last reclaim pass refused to free anything, or "".
+func (b *Backend) reclaimRefusal() string {
+	if p := b.reclaim.refusal.Load(); p != nil {
 		return *p
 	}
 	return ""
@@ -161,7 +162,7 @@ func (a *Agent) gcRefusal() string {
 
 // gone returns why al's pod is gone, or "" when it is not (or cannot be told); visible is false when al's
 // netns path was consulted but lies outside NetnsDirs.
-func (a *Agent) gone(al api.Allocation, pods map[podKey][]string) (reason string, visible bool) {
+func (b *Backend) gone(al api.Allocation, pods map[podKey][]string) (reason string, visible bool) {
 	if pods != nil && al.PodName != "" {
 		uids, ok := pods[podKey{al.PodNamespace, al.PodName}]
 		if ok && (al.PodUID == "" || slices.Contains(uids, al.PodUID)) {
@@ -171,7 +172,7 @@ func (a *Agent) gone(al api.Allocation, pods map[podKey][]string) (reason string
 			return reasonPodGone, true
 		}
 		// The second signal: the pod's netns must be gone too.
-		gone, visible := a.netnsGone(al.Netns)
+		gone, visible := b.netnsGone(al.Netns)
 		if gone {
 			return reasonPodGone, true
 		}
@@ -180,7 +181,7 @@ func (a *Agent) gone(al api.Allocation, pods map[podKey][]string) (reason string
 	if al.Netns == "" {
 		return "", true
 	}
-	gone, visible := a.netnsGone(al.Netns)
+	gone, visible := b.netnsGone(al.Netns)
 	if gone {
 		return reasonNetnsGone, true
 	}
@@ -189,6 +190,6 @@ func (a *Agent) gone(al api.Allocation, pods map[podKey][]string) (reason string
 
 // netnsGone says whether the netns at path is positively gone (package netnsdir): visible is false for a
 // path outside NetnsDirs.
-func (a *Agent) netnsGone(path string) (gone, visible bool) {
-	return netnsdir.Gone(a.cfg.NetnsDirs, path)
+func (b *Backend) netnsGone(path string) (gone, visible bool) {
+	return netnsdir.Gone(b.cfg.NetnsDirs, path)
 }

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 // on a file store in a temp dir: all the agent writes to disk for one attachment. 100 other live
 // allocations give the checkpoint a realistic size.
 func BenchmarkAllocateRelease(b *testing.B) {
-	ta := newTestAgent(b, newFakePools(1, 2, 3, 4), map[int]int{1: 50, 2: 50, 3: 50, 4: 50},
+	ta := newTestBackend(b, newFakePools(1, 2, 3, 4), map[int]int{1: 50, 2: 50, 3: 50, 4: 50},
 		func(c *Config) { c.Logger = slog.New(slog.DiscardHandler) })
 	ctx := context.Background()
 	netns := func(pod string) string { return "/var/run/netns/cni-" + pod + "-0000-0000-0000-000000000000" }

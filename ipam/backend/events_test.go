@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -51,7 +51,7 @@ func TestPodEvents(t *testing.T) {
 	rec := record.NewFakeRecorder(10)
 	fp := newFakePools(1, 2)
 	fp.lastErr[2] = ec2Err("InsufficientFreeAddressesInSubnet")
-	ta := newTestAgent(t, fp, map[int]int{1: 4}, func(c *Config) {
+	ta := newTestBackend(t, fp, map[int]int{1: 4}, func(c *Config) {
 		c.Events = rec
 		c.NodeName = "node-a"
 		c.WaitTimeout = 10 * time.Millisecond
@@ -94,7 +94,7 @@ func TestPodEvents(t *testing.T) {
 func TestCardEvents(t *testing.T) {
 	rec := record.NewFakeRecorder(10)
 	fp := newFakePools(1, 2)
-	ta := newTestAgent(t, fp, map[int]int{2: 4}, func(c *Config) {
+	ta := newTestBackend(t, fp, map[int]int{2: 4}, func(c *Config) {
 		c.Events = rec
 		c.NodeName = "node-a"
 		c.Cards = func() []int { return []int{1, 2} }
@@ -146,14 +146,14 @@ func TestCardDownReason(t *testing.T) {
 	}
 }
 
-// TestGCEvent: an allocation GC frees is told to the Node with its reason.
-func TestGCEvent(t *testing.T) {
+// TestReclaimEvent: an allocation reclaim frees is told to the Node with its reason.
+func TestReclaimEvent(t *testing.T) {
 	rec := record.NewFakeRecorder(10)
 	nsDir := newNetnsDir(t)
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
 		c.Events = rec
 		c.NodeName = "node-a"
-		c.GCGrace = time.Second
+		c.ReclaimGrace = time.Second
 		c.NetnsDirs = []string{string(nsDir)}
 	})
 	ctx := context.Background()
@@ -165,7 +165,7 @@ func TestGCEvent(t *testing.T) {
 	}
 	nsDir.rm(t, dead.Netns)
 	for range 3 {
-		if _, err := ta.CollectGarbage(ctx); err != nil {
+		if _, err := ta.ReclaimGonePods(ctx); err != nil {
 			t.Fatal(err)
 		}
 		ta.clock.Step(2 * time.Second)
@@ -180,7 +180,7 @@ func TestPolicyRulesCoverEvents(t *testing.T) {
 	kube := fake.NewClientset()
 	rec, stop := NewEventRecorder(kube, "node-a")
 	defer stop()
-	ta := newTestAgent(t, newFakePools(1), nil, func(c *Config) {
+	ta := newTestBackend(t, newFakePools(1), nil, func(c *Config) {
 		c.Events = rec
 		c.NodeName = "node-a"
 	})

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -21,7 +21,7 @@ const (
 	annotationConfigMirror = "kubernetes.io/config.mirror"
 )
 
-// errPodViewNotSynced: the informer has not listed this node's pods yet; GC decides nothing until it has.
+// errPodViewNotSynced: the informer has not listed this node's pods yet; reclaim decides nothing until it has.
 var errPodViewNotSynced = errors.New("pod view of the node not synced with the API server yet")
 
 // podView is this node's pods as a client-go informer sees them: one LIST, then a WATCH, resumed with

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -34,15 +34,15 @@ const (
 // metrics is the agent's own registry: per-card pool gauges read from the allocator at scrape time, EC2
 // counters read from the manager at scrape time, and the agent's own counters and histogram.
 type metrics struct {
-	reg         *prometheus.Registry
-	allocations *prometheus.CounterVec
-	latency     *prometheus.HistogramVec
-	releases    *prometheus.CounterVec
-	gcReleases  *prometheus.CounterVec
-	gcRefusals  *prometheus.CounterVec
+	reg             *prometheus.Registry
+	allocations     *prometheus.CounterVec
+	latency         *prometheus.HistogramVec
+	releases        *prometheus.CounterVec
+	reclaimReleases *prometheus.CounterVec
+	reclaimRefusals *prometheus.CounterVec
 }
 
-func newMetrics(a *Agent) *metrics {
+func newMetrics(b *Backend) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -58,23 +58,23 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: metricsNamespace, Name: "releases_total",
 			Help: "Release requests answered, by result (ok, unknown: nothing was allocated, error).",
 		}, []string{"result"}),
-		gcReleases: prometheus.NewCounterVec(prometheus.CounterOpts{
+		reclaimReleases: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "gc_releases_total",
 			Help: "Allocations released by garbage collection, by reason (pod-gone, netns-gone).",
 		}, []string{"reason"}),
-		gcRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		reclaimRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "gc_refusals_total",
 			Help: "GC passes that released nothing on purpose, by reason (all-allocations: the pass would have freed every allocation on the node; pod-view-not-synced: the node's pods were not listed yet).",
 		}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.allocations, m.latency, m.releases, m.gcReleases, m.gcRefusals,
-		&poolCollector{a: a}, &ec2Collector{stats: a.cfg.EC2Stats},
+	m.reg.MustRegister(m.allocations, m.latency, m.releases, m.reclaimReleases, m.reclaimRefusals,
+		&poolCollector{b: b}, &ec2Collector{stats: b.cfg.EC2Stats},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{resultOK, resultTryAgain} {
 		m.allocations.WithLabelValues(r)
 	}
 	for _, r := range []string{refusalAllAllocations, refusalNotSynced} {
-		m.gcRefusals.WithLabelValues(r)
+		m.reclaimRefusals.WithLabelValues(r)
 	}
 	return m
 }
@@ -123,7 +123,7 @@ var (
 )
 
 // poolCollector reads the allocator's per-card counts at scrape time.
-type poolCollector struct{ a *Agent }
+type poolCollector struct{ b *Backend }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCapacity, descAllocated, descWarm, descCooling, descManaged, descReady} {
@@ -132,15 +132,15 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	cards := c.a.alloc.Cards()
-	if c.a.cfg.Cards != nil {
-		cards = append(cards, c.a.cfg.Cards()...)
+	cards := c.b.alloc.Cards()
+	if c.b.cfg.Cards != nil {
+		cards = append(cards, c.b.cfg.Cards()...)
 	}
 	slices.Sort(cards)
 	cards = slices.Compact(cards)
 	for _, n := range cards {
 		card := strconv.Itoa(n)
-		st := c.a.alloc.Stats(n)
+		st := c.b.alloc.Stats(n)
 		for _, p := range []struct {
 			pool string
 			c    allocator.Counts
@@ -150,12 +150,12 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descWarm, prometheus.GaugeValue, float64(p.c.Warm), card, p.pool)
 			ch <- prometheus.MustNewConstMetric(descCooling, prometheus.GaugeValue, float64(p.c.Cooling), card, p.pool)
 		}
-		if c.a.pools.Managed(n) {
+		if c.b.pools.Managed(n) {
 			ch <- prometheus.MustNewConstMetric(descManaged, prometheus.GaugeValue, 1, card)
 		}
 	}
 	ready := 0.0
-	if c.a.pools.Ready() {
+	if c.b.pools.Ready() {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
@@ -194,23 +194,23 @@ func (c *ec2Collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // Registry is the agent's metrics registry, for tests and for adding collectors.
-func (a *Agent) Registry() *prometheus.Registry { return a.metrics.reg }
+func (b *Backend) Registry() *prometheus.Registry { return b.metrics.reg }
 
-// Handler serves /metrics, /healthz (the process is up and its state restored: true once an Agent exists)
-// and /readyz (every managed card has its ENI: Pools.Ready, and the last GC pass did not refuse to free
+// Handler serves /metrics, /healthz (the process is up and its state restored: true once a Backend exists)
+// and /readyz (every managed card has its ENI: Pools.Ready, and the last reclaim pass did not refuse to free
 // every allocation of the node; the body says which is wrong).
-func (a *Agent) Handler() http.Handler {
+func (b *Backend) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.pools.Ready() {
+		if !b.pools.Ready() {
 			http.Error(w, "not ready: ENIs of the managed cards are still being set up", http.StatusServiceUnavailable)
 			return
 		}
-		if why := a.gcRefusal(); why != "" {
+		if why := b.reclaimRefusal(); why != "" {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}

@@ -1,8 +1,9 @@
-// Package agent is the node agent's backend for the plugin's socket (server.Backend): it allocates from the
-// allocator's per-card pools, asks the ENI manager (enipool.Pools) to refill them, waits a bounded time when a
-// pool is empty, garbage-collects the allocations of pods that are gone, and exposes Prometheus metrics and health
+// Package backend is the node agent's allocation backend, what the plugin's socket calls (server.Backend): it
+// allocates from the allocator's per-card pools, asks the ENI manager (enipool.Pools) to refill them, waits a
+// bounded time when a pool is empty, reclaims the allocations of pods that are gone (reclaim.go: the agent's
+// "GC" in its flags, metrics and Events, not the plugin's CNI GC), and exposes Prometheus metrics and health
 // endpoints.
-package agent
+package backend
 
 import (
 	"context"
@@ -25,13 +26,13 @@ import (
 const (
 	// DefaultWaitTimeout bounds how long an allocate waits for a refill of an empty pool.
 	DefaultWaitTimeout = 10 * time.Second
-	// DefaultGCGrace is how long an allocation's pod must have been seen gone before GC releases it.
-	DefaultGCGrace = 60 * time.Second
-	// DefaultGCInterval is how often GC looks for allocations whose pod is gone.
-	DefaultGCInterval = 15 * time.Second
+	// DefaultReclaimGrace is how long an allocation's pod must have been seen gone before reclaim releases it.
+	DefaultReclaimGrace = 60 * time.Second
+	// DefaultReclaimInterval is how often reclaim looks for allocations whose pod is gone.
+	DefaultReclaimInterval = 15 * time.Second
 )
 
-var _ server.Backend = (*Agent)(nil)
+var _ server.Backend = (*Backend)(nil)
 
 // EC2Stats is a snapshot of the ENI manager's EC2 call counters, for metrics.
 type EC2Stats struct {
@@ -51,18 +52,18 @@ type Config struct {
 	// context bounds it too.
 	WaitTimeout time.Duration
 
-	// NodeName is this node's Kubernetes name, for the pod view of GC.
+	// NodeName is this node's Kubernetes name, for the pod view of reclaim.
 	NodeName string
-	// Kube, when set, is how GC learns which pods live on the node (an informer on the node's pods, started
-	// by Run); nil: GC goes by netns existence alone.
+	// Kube, when set, is how reclaim learns which pods live on the node (an informer on the node's pods, started
+	// by Run); nil: reclaim goes by netns existence alone.
 	Kube kubernetes.Interface
-	// NetnsDirs are the directories whose netns paths GC takes as evidence (nil: netnsdir.Default).
+	// NetnsDirs are the directories whose netns paths reclaim takes as evidence (nil: netnsdir.Default).
 	NetnsDirs []string
-	// GCGrace: an allocation is released once its pod has been seen gone for this long, on two passes
-	// at least (0: DefaultGCGrace).
-	GCGrace time.Duration
-	// GCInterval is the time between GC passes in Run (0: DefaultGCInterval).
-	GCInterval time.Duration
+	// ReclaimGrace: an allocation is released once its pod has been seen gone for this long, on two passes
+	// at least (0: DefaultReclaimGrace).
+	ReclaimGrace time.Duration
+	// ReclaimInterval is the time between reclaim passes in Run (0: DefaultReclaimInterval).
+	ReclaimInterval time.Duration
 
 	// Cards lists the cards whose pool gauges are exported even while empty (the managed ones, once
 	// known). Cards with any known address are exported anyway.
@@ -75,52 +76,52 @@ type Config struct {
 	Logs       func() []string
 
 	// Events, when set, records Kubernetes Events: on the Node when a card stops being able to serve and
-	// when it recovers, and when GC frees an allocation; on the Pod when its allocation is refused for a
+	// when it recovers, and when reclaim frees an allocation; on the Pod when its allocation is refused for a
 	// reason the user can act on. FailingFor is how long a card's refill must fail, with addresses still
 	// free, before the Node hears of it (0: DefaultFailingFor).
 	Events     record.EventRecorder
 	FailingFor time.Duration
 
 	Logger *slog.Logger
-	// Now replaces time.Now for GC decisions, for tests.
+	// Now replaces time.Now for reclaim decisions, for tests.
 	Now func() time.Time
 }
 
-// Agent serves allocations; it is safe for concurrent use.
-type Agent struct {
+// Backend serves allocations; it is safe for concurrent use.
+type Backend struct {
 	cfg     Config
 	alloc   *allocator.Allocator
 	pools   enipool.Pools
 	log     *slog.Logger
 	metrics *metrics
-	gc      *gcState
+	reclaim *reclaimState
 	// pods is the node's pod view; nil without Config.Kube.
 	pods   *podView
 	events *events
 }
 
-// New returns an agent over a restored allocator.
-func New(cfg Config) (*Agent, error) {
+// New returns a backend over a restored allocator.
+func New(cfg Config) (*Backend, error) {
 	switch {
 	case cfg.Allocator == nil:
-		return nil, errors.New("new agent: allocator required")
+		return nil, errors.New("new backend: allocator required")
 	case cfg.Pools == nil:
-		return nil, errors.New("new agent: pools required")
+		return nil, errors.New("new backend: pools required")
 	case cfg.WaitTimeout < 0:
-		return nil, fmt.Errorf("new agent: wait timeout %s invalid: must be 0 or more", cfg.WaitTimeout)
-	case cfg.GCGrace < 0:
-		return nil, fmt.Errorf("new agent: gc grace %s invalid: must be 0 or more", cfg.GCGrace)
-	case cfg.GCInterval < 0:
-		return nil, fmt.Errorf("new agent: gc interval %s invalid: must be 0 or more", cfg.GCInterval)
+		return nil, fmt.Errorf("new backend: wait timeout %s invalid: must be 0 or more", cfg.WaitTimeout)
+	case cfg.ReclaimGrace < 0:
+		return nil, fmt.Errorf("new backend: reclaim grace %s invalid: must be 0 or more", cfg.ReclaimGrace)
+	case cfg.ReclaimInterval < 0:
+		return nil, fmt.Errorf("new backend: reclaim interval %s invalid: must be 0 or more", cfg.ReclaimInterval)
 	}
 	if cfg.WaitTimeout == 0 {
 		cfg.WaitTimeout = DefaultWaitTimeout
 	}
-	if cfg.GCGrace == 0 {
-		cfg.GCGrace = DefaultGCGrace
+	if cfg.ReclaimGrace == 0 {
+		cfg.ReclaimGrace = DefaultReclaimGrace
 	}
-	if cfg.GCInterval == 0 {
-		cfg.GCInterval = DefaultGCInterval
+	if cfg.ReclaimInterval == 0 {
+		cfg.ReclaimInterval = DefaultReclaimInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -135,21 +136,21 @@ func New(cfg Config) (*Agent, error) {
 		cfg.NetnsDirs = netnsdir.Default
 	}
 	if cfg.Kube != nil && cfg.NodeName == "" {
-		return nil, errors.New("new agent: node name required with a Kube client")
+		return nil, errors.New("new backend: node name required with a Kube client")
 	}
-	a := &Agent{
-		cfg:    cfg,
-		alloc:  cfg.Allocator,
-		pools:  cfg.Pools,
-		log:    cfg.Logger,
-		gc:     &gcState{seen: map[gcKey]gcSeen{}, unseen: map[gcKey]bool{}},
-		events: newEvents(cfg.Events, cfg.NodeName),
+	b := &Backend{
+		cfg:     cfg,
+		alloc:   cfg.Allocator,
+		pools:   cfg.Pools,
+		log:     cfg.Logger,
+		reclaim: &reclaimState{seen: map[reclaimKey]reclaimSeen{}, unseen: map[reclaimKey]bool{}},
+		events:  newEvents(cfg.Events, cfg.NodeName),
 	}
 	if cfg.Kube != nil {
-		a.pods = newPodView(cfg.Kube, cfg.NodeName)
+		b.pods = newPodView(cfg.Kube, cfg.NodeName)
 	}
-	a.metrics = newMetrics(a)
-	return a, nil
+	b.metrics = newMetrics(b)
+	return b, nil
 }
 
 func reqLogAttrs(req api.AllocateRequest) []any {
@@ -160,39 +161,39 @@ func reqLogAttrs(req api.AllocateRequest) []any {
 // Allocate grants req an address on its card, waiting up to WaitTimeout for a refill when the pool is
 // empty. Errors wrap api.ErrNotManaged, api.ErrTryAgain (with EC2's last error on the card) or the
 // allocator's sentinels.
-func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api.AllocateResponse, retErr error) {
+func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp api.AllocateResponse, retErr error) {
 	start := time.Now()
-	log := a.log.With(reqLogAttrs(req)...)
+	log := b.log.With(reqLogAttrs(req)...)
 	defer func() {
-		a.metrics.observeAllocate(time.Since(start), retErr)
-		a.events.allocateRefused(req, retErr)
+		b.metrics.observeAllocate(time.Since(start), retErr)
+		b.events.allocateRefused(req, retErr)
 	}()
 	if err := req.Validate(); err != nil {
 		return api.AllocateResponse{}, err
 	}
 	pod := req.Describe()
-	if !a.pools.Managed(req.Card) {
+	if !b.pools.Managed(req.Card) {
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
 	}
-	_, existed := a.alloc.Lookup(req.ContainerID, req.IfName)
+	_, existed := b.alloc.Lookup(req.ContainerID, req.IfName)
 	var al api.Allocation
 	defer func() {
 		if retErr != nil && al.Address.IsValid() && !existed {
 			// Give back what this call took: the caller is told it failed.
-			if _, _, err := a.alloc.Release(req.ContainerID, req.IfName); err != nil {
+			if _, _, err := b.alloc.Release(req.ContainerID, req.IfName); err != nil {
 				log.Error("roll back allocation", "address", al.Address, "error", err)
 			}
 		}
 	}()
 
-	waited, err := a.allocateWait(ctx, req, existed, log)
+	waited, err := b.allocateWait(ctx, req, existed, log)
 	if err != nil {
 		return api.AllocateResponse{}, err
 	}
 	al = waited
 	// Refill in the background so the next pod finds a warm address.
-	a.pools.Kick(req.Card)
-	info, ok := a.pools.ENI(al.ENIID)
+	b.pools.Kick(req.Card)
+	info, ok := b.pools.ENI(al.ENIID)
 	if !ok {
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: address %s is on ENI %s, which the ENI manager does not know",
 			req.Card, pod, al.Address, al.ENIID)
@@ -215,16 +216,16 @@ func (a *Agent) Allocate(ctx context.Context, req api.AllocateRequest) (resp api
 
 // allocateWait allocates, kicking the pool and waiting for a refill while it is empty, until WaitTimeout or
 // ctx ends.
-func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (api.Allocation, error) {
+func (b *Backend) allocateWait(ctx context.Context, req api.AllocateRequest, existed bool, log *slog.Logger) (api.Allocation, error) {
 	pod := req.Describe()
-	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.WaitTimeout)
+	waitCtx, cancel := context.WithTimeout(ctx, b.cfg.WaitTimeout)
 	defer cancel()
 	if req.Exclusive && !existed {
 		// At the cap, refuse before an ENI is made for an allocation the allocator would refuse anyway.
-		if a.alloc.Full() {
+		if b.alloc.Full() {
 			return api.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, api.ErrLimit)
 		}
-		if err := a.pools.EnsureExclusive(waitCtx, req.Card); err != nil {
+		if err := b.pools.EnsureExclusive(waitCtx, req.Card); err != nil {
 			if ctx.Err() != nil {
 				return api.Allocation{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w", req.Card, pod, ctx.Err())
 			}
@@ -234,21 +235,21 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 	}
 	start := time.Now()
 	for {
-		al, err := a.alloc.Allocate(req)
+		al, err := b.alloc.Allocate(req)
 		if err == nil {
 			return al, nil
 		}
 		if !errors.Is(err, allocator.ErrPoolEmpty) {
 			return api.Allocation{}, err
 		}
-		a.pools.Kick(req.Card)
+		b.pools.Kick(req.Card)
 		log.Debug("pool empty, waiting for a refill", "error", err)
-		if werr := a.alloc.WaitForAddress(waitCtx, req.Card, req.Exclusive); werr != nil {
+		if werr := b.alloc.WaitForAddress(waitCtx, req.Card, req.Exclusive); werr != nil {
 			if ctx.Err() != nil {
 				// The client went away or its own deadline passed.
 				return api.Allocation{}, fmt.Errorf("%w (gave up waiting for a refill: %w)", err, ctx.Err())
 			}
-			last := a.pools.LastError(req.Card)
+			last := b.pools.LastError(req.Card)
 			reason := "none"
 			if last != nil {
 				reason = last.Error()
@@ -260,42 +261,42 @@ func (a *Agent) allocateWait(ctx context.Context, req api.AllocateRequest, exist
 }
 
 // Release gives back what (containerID, ifName) holds; releasing what is not held is not an error.
-func (a *Agent) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
+func (b *Backend) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 	if err := req.Validate(); err != nil {
 		return api.ReleaseResponse{}, err
 	}
-	al, ok, err := a.alloc.Release(req.ContainerID, req.IfName)
+	al, ok, err := b.alloc.Release(req.ContainerID, req.IfName)
 	if err != nil {
-		a.metrics.releases.WithLabelValues("error").Inc()
+		b.metrics.releases.WithLabelValues("error").Inc()
 		return api.ReleaseResponse{}, err
 	}
 	if !ok {
-		a.metrics.releases.WithLabelValues("unknown").Inc()
-		a.log.Info("release: nothing allocated", "container", req.ContainerID, "ifname", req.IfName)
+		b.metrics.releases.WithLabelValues("unknown").Inc()
+		b.log.Info("release: nothing allocated", "container", req.ContainerID, "ifname", req.IfName)
 		return api.ReleaseResponse{}, nil
 	}
-	a.metrics.releases.WithLabelValues("ok").Inc()
-	a.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
+	b.metrics.releases.WithLabelValues("ok").Inc()
+	b.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
 		"pod", al.Describe(), "address", al.Address, "eni", al.ENIID)
 	return api.ReleaseResponse{Released: true}, nil
 }
 
 // List returns every allocation, with the netns each was made for.
-func (a *Agent) List(context.Context) ([]api.Allocation, error) {
-	return a.alloc.List(), nil
+func (b *Backend) List(context.Context) ([]api.Allocation, error) {
+	return b.alloc.List(), nil
 }
 
 // Status says whether an ADD on card could be served now.
-func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
+func (b *Backend) Status(_ context.Context, card int) (api.Status, error) {
 	st := api.Status{Card: card}
 	switch {
-	case !a.pools.Managed(card):
+	case !b.pools.Managed(card):
 		st.Reason = fmt.Sprintf("card %d is not managed by this agent", card)
-	case !a.pools.Ready():
+	case !b.pools.Ready():
 		st.Reason = "agent not ready: ENIs of the managed cards are still being set up"
 	default:
-		stats := a.alloc.Stats(card)
-		if last := a.pools.LastError(card); stats.Warm == 0 && last != nil {
+		stats := b.alloc.Stats(card)
+		if last := b.pools.LastError(card); stats.Warm == 0 && last != nil {
 			st.Reason = fmt.Sprintf("card %d: no free address and the last refill failed: %v", card, last)
 			break
 		}
@@ -307,19 +308,19 @@ func (a *Agent) Status(_ context.Context, card int) (api.Status, error) {
 // cardCheckInterval is how often Run looks at the cards' health for the Node's events.
 const cardCheckInterval = 5 * time.Second
 
-// Run starts the pod view (with a Kube client), waits until it has synced, and runs GC every GCInterval
+// Run starts the pod view (with a Kube client), waits until it has synced, and runs ReclaimGonePods every ReclaimInterval
 // until ctx ends. It returns nil once ctx ends.
 //
 // With Config.Events it also looks at the cards' health every cardCheckInterval.
-func (a *Agent) Run(ctx context.Context) error {
-	if a.pods != nil {
-		a.pods.start(ctx)
-		if !a.pods.waitSynced(ctx) {
+func (b *Backend) Run(ctx context.Context) error {
+	if b.pods != nil {
+		b.pods.start(ctx)
+		if !b.pods.waitSynced(ctx) {
 			return nil
 		}
-		a.log.Info("pod view of the node synced", "node", a.cfg.NodeName)
+		b.log.Info("pod view of the node synced", "node", b.cfg.NodeName)
 	}
-	t := time.NewTicker(a.cfg.GCInterval)
+	t := time.NewTicker(b.cfg.ReclaimInterval)
 	defer t.Stop()
 	cards := time.NewTicker(cardCheckInterval)
 	defer cards.Stop()
@@ -328,12 +329,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-cards.C:
-			a.checkCards(ctx)
+			b.checkCards(ctx)
 			continue
 		case <-t.C:
 		}
-		if _, err := a.CollectGarbage(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("garbage collection", "error", err)
+		if _, err := b.ReclaimGonePods(ctx); err != nil && ctx.Err() == nil {
+			b.log.Warn("garbage collection", "error", err)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"context"
@@ -43,13 +43,13 @@ func (d netnsDir) rm(t *testing.T, path string) {
 	}
 }
 
-// TestGCNetns: without an API server, an allocation whose netns path is gone is released after the grace
+// TestReclaimNetns: without an API server, an allocation whose netns path is gone is released after the grace
 // period (and a second look), not before; live netns, allocations without a netns, and a netns path
 // outside the configured netns directories (no evidence) are untouched.
-func TestGCNetns(t *testing.T) {
+func TestReclaimNetns(t *testing.T) {
 	nsDir := newNetnsDir(t)
-	ta := newTestAgent(t, newFakePools(1, 2), map[int]int{1: 4, 2: 4}, func(c *Config) {
-		c.GCGrace = time.Minute
+	ta := newTestBackend(t, newFakePools(1, 2), map[int]int{1: 4, 2: 4}, func(c *Config) {
+		c.ReclaimGrace = time.Minute
 		c.NetnsDirs = []string{string(nsDir)}
 	})
 	ctx := context.Background()
@@ -80,7 +80,7 @@ func TestGCNetns(t *testing.T) {
 	}
 	for i, s := range steps {
 		ta.clock.Step(s.advance)
-		n, err := ta.CollectGarbage(ctx)
+		n, err := ta.ReclaimGonePods(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +98,7 @@ func TestGCNetns(t *testing.T) {
 	if st := ta.alloc.Stats(1); st.Allocated != 2 || st.Warm+st.Cooling != 2 {
 		t.Errorf("card 1 stats %+v, want the dead pod's address back in the pool", st)
 	}
-	if got := gaugeValue(t, ta.Agent, "multinic_gc_releases_total", map[string]string{"reason": "netns-gone"}); got != 2 {
+	if got := gaugeValue(t, ta.Backend, "multinic_gc_releases_total", map[string]string{"reason": "netns-gone"}); got != 2 {
 		t.Errorf("multinic_gc_releases_total{reason=netns-gone} = %v, want 2", got)
 	}
 	if !strings.Contains(ta.logs.String(), "outside the netns directories") {
@@ -106,12 +106,12 @@ func TestGCNetns(t *testing.T) {
 	}
 }
 
-// TestGCNetnsDirMissing: a configured netns directory that is not there (not mounted into the agent) says
+// TestReclaimNetnsDirMissing: a configured netns directory that is not there (not mounted into the agent) says
 // nothing about the netns that were in it.
-func TestGCNetnsDirMissing(t *testing.T) {
+func TestReclaimNetnsDirMissing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "netns")
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
-		c.GCGrace = time.Second
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+		c.ReclaimGrace = time.Second
 		c.NetnsDirs = []string{dir}
 	})
 	r := req(1, "c1", "net1", "p1")
@@ -121,17 +121,17 @@ func TestGCNetnsDirMissing(t *testing.T) {
 	}
 	for range 3 {
 		ta.clock.Step(time.Hour)
-		if n, _ := ta.CollectGarbage(context.Background()); n != 0 {
+		if n, _ := ta.ReclaimGonePods(context.Background()); n != 0 {
 			t.Fatal("released an allocation whose netns directory is not visible")
 		}
 	}
 }
 
-// TestGCNetnsComesBack: a netns that reappears before the grace period ends (a slow mount) is not released.
-func TestGCNetnsComesBack(t *testing.T) {
+// TestReclaimNetnsComesBack: a netns that reappears before the grace period ends (a slow mount) is not released.
+func TestReclaimNetnsComesBack(t *testing.T) {
 	nsDir := newNetnsDir(t)
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
-		c.GCGrace = time.Minute
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+		c.ReclaimGrace = time.Minute
 		c.NetnsDirs = []string{string(nsDir)}
 	})
 	ctx := context.Background()
@@ -140,19 +140,19 @@ func TestGCNetnsComesBack(t *testing.T) {
 	if _, err := ta.Allocate(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := ta.CollectGarbage(ctx); n != 0 {
+	if n, _ := ta.ReclaimGonePods(ctx); n != 0 {
 		t.Fatal("released on the first look")
 	}
 	nsDir.mk(t, "ns")
 	ta.clock.Step(30 * time.Second)
-	ta.CollectGarbage(ctx)
+	ta.ReclaimGonePods(ctx)
 	nsDir.rm(t, r.Netns)
 	ta.clock.Step(45 * time.Second) // 75s since first seen, but only 0s since seen gone again
-	if n, _ := ta.CollectGarbage(ctx); n != 0 {
+	if n, _ := ta.ReclaimGonePods(ctx); n != 0 {
 		t.Fatal("released although the grace period restarted when the netns came back")
 	}
 	ta.clock.Step(time.Minute)
-	if n, _ := ta.CollectGarbage(ctx); n != 1 {
+	if n, _ := ta.ReclaimGonePods(ctx); n != 1 {
 		t.Fatal("not released after a full grace period gone")
 	}
 }
@@ -174,7 +174,7 @@ func mirrorPod(ns, name, uid, hash, node string) *corev1.Pod {
 }
 
 // startPodView starts ta's pod view and waits for its first LIST, as Run does.
-func startPodView(t *testing.T, ta *testAgent) {
+func startPodView(t *testing.T, ta *testBackend) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -187,7 +187,7 @@ func startPodView(t *testing.T, ta *testAgent) {
 }
 
 // waitPodView waits until the pod view (fed by a watch) agrees with cond.
-func waitPodView(t *testing.T, ta *testAgent, cond func(map[podKey][]string) bool) {
+func waitPodView(t *testing.T, ta *testBackend, cond func(map[podKey][]string) bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -202,11 +202,11 @@ func waitPodView(t *testing.T, ta *testAgent, cond func(map[podKey][]string) boo
 	}
 }
 
-// TestGCAPIServer: with an API server, an allocation is released once its pod is gone from the node's
+// TestReclaimAPIServer: with an API server, an allocation is released once its pod is gone from the node's
 // synced pod view (deleted, replaced by a pod of the same name with another UID, on another node, or
 // finished) AND its recorded netns is gone too, after the grace period. A live pod whose netns path is
 // gone, and a gone pod whose netns is still there, are both kept.
-func TestGCAPIServer(t *testing.T) {
+func TestReclaimAPIServer(t *testing.T) {
 	kube := fake.NewClientset(
 		pod("default", "live", "uid-live", "node-a", corev1.PodRunning),
 		pod("default", "recreated", "uid-new", "node-a", corev1.PodRunning),
@@ -220,10 +220,10 @@ func TestGCAPIServer(t *testing.T) {
 		return false, nil, nil
 	})
 	nsDir := newNetnsDir(t)
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 8}, func(c *Config) {
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 8}, func(c *Config) {
 		c.Kube = kube
 		c.NodeName = "node-a"
-		c.GCGrace = time.Minute
+		c.ReclaimGrace = time.Minute
 		c.NetnsDirs = []string{string(nsDir)}
 	})
 	startPodView(t, ta)
@@ -245,15 +245,15 @@ func TestGCAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPodView(t, ta, func(p map[podKey][]string) bool { _, ok := p[podKey{"default", "deleted"}]; return !ok })
-	if n, err := ta.CollectGarbage(ctx); n != 0 || err != nil {
+	if n, err := ta.ReclaimGonePods(ctx); n != 0 || err != nil {
 		t.Fatalf("first pass released %d (%v), want 0", n, err)
 	}
 	ta.clock.Step(59 * time.Second)
-	if n, _ := ta.CollectGarbage(ctx); n != 0 {
+	if n, _ := ta.ReclaimGonePods(ctx); n != 0 {
 		t.Fatalf("released %d within the grace period", n)
 	}
 	ta.clock.Step(2 * time.Second)
-	if n, err := ta.CollectGarbage(ctx); n != 4 || err != nil {
+	if n, err := ta.ReclaimGonePods(ctx); n != 4 || err != nil {
 		t.Fatalf("released %d (%v) after the grace period, want 4", n, err)
 	}
 	left := map[string]bool{}
@@ -266,22 +266,22 @@ func TestGCAPIServer(t *testing.T) {
 	if len(selectors) == 0 || selectors[0] != "spec.nodeName=node-a" {
 		t.Errorf("pod list field selectors %q, want spec.nodeName=node-a", selectors)
 	}
-	if got := gaugeValue(t, ta.Agent, "multinic_gc_releases_total", map[string]string{"reason": "pod-gone"}); got != 4 {
+	if got := gaugeValue(t, ta.Backend, "multinic_gc_releases_total", map[string]string{"reason": "pod-gone"}); got != 4 {
 		t.Errorf("multinic_gc_releases_total{reason=pod-gone} = %v, want 4", got)
 	}
 }
 
-// TestGCStaticPod: a static pod's runtime UID is the kubelet's config hash; the API server has its mirror
-// pod under another UID with the hash in its annotations. GC must take the mirror pod for the live pod.
-func TestGCStaticPod(t *testing.T) {
+// TestReclaimStaticPod: a static pod's runtime UID is the kubelet's config hash; the API server has its mirror
+// pod under another UID with the hash in its annotations. reclaim must take the mirror pod for the live pod.
+func TestReclaimStaticPod(t *testing.T) {
 	kube := fake.NewClientset(
 		mirrorPod("kube-system", "etcd-node-a", "uid-mirror", "hash-of-manifest", "node-a"),
 		pod("default", "keeper", "uid-keeper", "node-a", corev1.PodRunning),
 	)
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 4}, func(c *Config) {
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 4}, func(c *Config) {
 		c.Kube = kube
 		c.NodeName = "node-a"
-		c.GCGrace = time.Second
+		c.ReclaimGrace = time.Second
 	})
 	startPodView(t, ta)
 	ctx := context.Background()
@@ -296,8 +296,8 @@ func TestGCStaticPod(t *testing.T) {
 	}
 	for range 3 {
 		ta.clock.Step(time.Minute)
-		if n, err := ta.CollectGarbage(ctx); n != 0 || err != nil {
-			t.Fatalf("GC released %d (%v): the static pod's allocation must stay", n, err)
+		if n, err := ta.ReclaimGonePods(ctx); n != 0 || err != nil {
+			t.Fatalf("reclaim released %d (%v): the static pod's allocation must stay", n, err)
 		}
 	}
 	// The static pod replaced by one from another manifest: the hash no longer matches.
@@ -311,26 +311,26 @@ func TestGCStaticPod(t *testing.T) {
 		uids := p[podKey{"kube-system", "etcd-node-a"}]
 		return len(uids) > 0 && uids[0] == "uid-mirror-2"
 	})
-	ta.CollectGarbage(ctx)
+	ta.ReclaimGonePods(ctx)
 	ta.clock.Step(time.Minute)
-	if n, err := ta.CollectGarbage(ctx); n != 1 || err != nil {
-		t.Fatalf("after the static pod was replaced GC released %d (%v), want 1", n, err)
+	if n, err := ta.ReclaimGonePods(ctx); n != 1 || err != nil {
+		t.Fatalf("after the static pod was replaced reclaim released %d (%v), want 1", n, err)
 	}
 }
 
-// TestGCRefusesAll: with a wrong node name the pod view is empty and every allocation looks gone; the pass
+// TestReclaimRefusesAll: with a wrong node name the pod view is empty and every allocation looks gone; the pass
 // frees nothing and says so in the log, the refusal metric and /readyz. Once the name is right the agent
 // is ready again.
-func TestGCRefusesAll(t *testing.T) {
+func TestReclaimRefusesAll(t *testing.T) {
 	kube := fake.NewClientset(
 		pod("default", "a", "uid-a", "node-a", corev1.PodRunning),
 		pod("default", "b", "uid-b", "node-a", corev1.PodRunning),
 	)
-	mk := func(node string) *testAgent {
-		return newTestAgent(t, newFakePools(1), map[int]int{1: 4}, func(c *Config) {
+	mk := func(node string) *testBackend {
+		return newTestBackend(t, newFakePools(1), map[int]int{1: 4}, func(c *Config) {
 			c.Kube = kube
 			c.NodeName = node
-			c.GCGrace = time.Second
+			c.ReclaimGrace = time.Second
 		})
 	}
 	ta := mk("node-typo")
@@ -345,14 +345,14 @@ func TestGCRefusesAll(t *testing.T) {
 	}
 	for range 3 {
 		ta.clock.Step(time.Minute)
-		if n, err := ta.CollectGarbage(ctx); n != 0 || err != nil {
-			t.Fatalf("GC with an empty pod view released %d (%v), want 0", n, err)
+		if n, err := ta.ReclaimGonePods(ctx); n != 0 || err != nil {
+			t.Fatalf("reclaim with an empty pod view released %d (%v), want 0", n, err)
 		}
 	}
 	if len(ta.alloc.List()) != 2 {
 		t.Fatalf("allocations left %d, want 2", len(ta.alloc.List()))
 	}
-	if got := gaugeValue(t, ta.Agent, "multinic_gc_refusals_total", map[string]string{"reason": "all-allocations"}); got < 2 {
+	if got := gaugeValue(t, ta.Backend, "multinic_gc_refusals_total", map[string]string{"reason": "all-allocations"}); got < 2 {
 		t.Errorf("multinic_gc_refusals_total{reason=all-allocations} = %v, want at least 2", got)
 	}
 	if !strings.Contains(ta.logs.String(), `refused to free all 2 allocations of node \"node-typo\"`) {
@@ -367,8 +367,8 @@ func TestGCRefusesAll(t *testing.T) {
 	ta = ta.restartAs(t, "node-a")
 	startPodView(t, ta)
 	ta.clock.Step(time.Minute)
-	if n, err := ta.CollectGarbage(ctx); n != 0 || err != nil {
-		t.Fatalf("GC released %d (%v), want 0", n, err)
+	if n, err := ta.ReclaimGonePods(ctx); n != 0 || err != nil {
+		t.Fatalf("reclaim released %d (%v), want 0", n, err)
 	}
 	if code, body := get(t, ta.Handler(), "/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz = %d %q, want 200", code, body)
@@ -376,7 +376,7 @@ func TestGCRefusesAll(t *testing.T) {
 }
 
 // restartAs is restart with another node name.
-func (ta *testAgent) restartAs(t *testing.T, node string) *testAgent {
+func (ta *testBackend) restartAs(t *testing.T, node string) *testBackend {
 	t.Helper()
 	ta.cfg.NodeName = node
 	return ta.restart(t)
@@ -390,14 +390,14 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 	return rec.Code, string(b)
 }
 
-// TestGCPaced: the pod view lists once and then watches; passes do not list again.
-func TestGCPaced(t *testing.T) {
+// TestReclaimPaced: the pod view lists once and then watches; passes do not list again.
+func TestReclaimPaced(t *testing.T) {
 	kube := fake.NewClientset(pod("default", "live", "uid-live", "node-a", corev1.PodRunning))
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) { c.Kube = kube; c.NodeName = "node-a" })
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) { c.Kube = kube; c.NodeName = "node-a" })
 	startPodView(t, ta)
 	for range 5 {
 		ta.clock.Step(time.Minute)
-		if _, err := ta.CollectGarbage(context.Background()); err != nil {
+		if _, err := ta.ReclaimGonePods(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -412,13 +412,13 @@ func TestGCPaced(t *testing.T) {
 	}
 }
 
-// TestGCAPIServerDown: while the pod view cannot list, GC releases nothing, however long it fails.
-func TestGCAPIServerDown(t *testing.T) {
+// TestReclaimAPIServerDown: while the pod view cannot list, reclaim releases nothing, however long it fails.
+func TestReclaimAPIServerDown(t *testing.T) {
 	kube := fake.NewClientset()
 	kube.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, errors.New("connection refused")
 	})
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) { c.Kube = kube; c.NodeName = "n" })
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) { c.Kube = kube; c.NodeName = "n" })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ta.pods.start(ctx)
@@ -427,21 +427,21 @@ func TestGCAPIServerDown(t *testing.T) {
 	}
 	for range 3 {
 		ta.clock.Step(time.Hour)
-		if n, err := ta.CollectGarbage(context.Background()); n != 0 || !errors.Is(err, errPodViewNotSynced) {
+		if n, err := ta.ReclaimGonePods(context.Background()); n != 0 || !errors.Is(err, errPodViewNotSynced) {
 			t.Fatalf("pass with the API server down: released %d, error %v; want 0 and %v", n, err, errPodViewNotSynced)
 		}
 	}
-	if got := gaugeValue(t, ta.Agent, "multinic_gc_refusals_total", map[string]string{"reason": "pod-view-not-synced"}); got != 3 {
+	if got := gaugeValue(t, ta.Backend, "multinic_gc_refusals_total", map[string]string{"reason": "pod-view-not-synced"}); got != 3 {
 		t.Errorf("multinic_gc_refusals_total{reason=pod-view-not-synced} = %v, want 3", got)
 	}
 }
 
-// TestGCNetnsAfterRestart: a restarted agent knows each allocation's netns from the checkpoint and frees
+// TestReclaimNetnsAfterRestart: a restarted agent knows each allocation's netns from the checkpoint and frees
 // the allocations of a netns that went away.
-func TestGCNetnsAfterRestart(t *testing.T) {
+func TestReclaimNetnsAfterRestart(t *testing.T) {
 	nsDir := newNetnsDir(t)
-	ta := newTestAgent(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
-		c.GCGrace = time.Minute
+	ta := newTestBackend(t, newFakePools(1), map[int]int{1: 2}, func(c *Config) {
+		c.ReclaimGrace = time.Minute
 		c.NetnsDirs = []string{string(nsDir)}
 	})
 	ctx := context.Background()
@@ -452,9 +452,9 @@ func TestGCNetnsAfterRestart(t *testing.T) {
 	}
 	ta = ta.restart(t)
 	nsDir.rm(t, dead.Netns)
-	ta.CollectGarbage(ctx)
+	ta.ReclaimGonePods(ctx)
 	ta.clock.Step(time.Minute)
-	if n, err := ta.CollectGarbage(ctx); n != 1 || err != nil {
+	if n, err := ta.ReclaimGonePods(ctx); n != 1 || err != nil {
 		t.Fatalf("released %d (%v) after the grace period, want 1", n, err)
 	}
 	if list := ta.alloc.List(); len(list) != 0 {

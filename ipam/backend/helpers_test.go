@@ -1,4 +1,4 @@
-package agent
+package backend
 
 import (
 	"bytes"
@@ -118,8 +118,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-type testAgent struct {
-	*Agent
+type testBackend struct {
+	*Backend
 	alloc *allocator.Allocator
 	pools *fakePools
 	clock *testingclock.FakeClock
@@ -147,9 +147,9 @@ func lockedAllocator(t testing.TB, dir string) (*allocator.Allocator, *store.Fil
 	return al, st
 }
 
-// newTestAgent returns an agent over a fresh allocator on a file store in a temp dir, with warm addresses
+// newTestBackend returns an agent over a fresh allocator on a file store in a temp dir, with warm addresses
 // on the given cards (warm[card] = count). change edits the config before New.
-func newTestAgent(t testing.TB, fp *fakePools, warm map[int]int, change func(*Config)) *testAgent {
+func newTestBackend(t testing.TB, fp *fakePools, warm map[int]int, change func(*Config)) *testBackend {
 	t.Helper()
 	al, st := lockedAllocator(t, t.TempDir())
 	for card, n := range warm {
@@ -172,12 +172,12 @@ func newTestAgent(t testing.TB, fp *fakePools, warm map[int]int, change func(*Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testAgent{Agent: a, alloc: al, pools: fp, clock: clk, store: st, cfg: cfg, logs: logs}
+	return &testBackend{Backend: a, alloc: al, pools: fp, clock: clk, store: st, cfg: cfg, logs: logs}
 }
 
 // restart is the agent after a restart of its process: the old one's lock let go, then a new allocator
 // restored from the same state dir and a new agent with the same config over it.
-func (ta *testAgent) restart(t *testing.T) *testAgent {
+func (ta *testBackend) restart(t *testing.T) *testBackend {
 	t.Helper()
 	if err := ta.store.Unlock(); err != nil {
 		t.Fatal(err)
@@ -189,5 +189,5 @@ func (ta *testAgent) restart(t *testing.T) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testAgent{Agent: a, alloc: al, pools: ta.pools, clock: ta.clock, store: st, cfg: cfg, logs: ta.logs}
+	return &testBackend{Backend: a, alloc: al, pools: ta.pools, clock: ta.clock, store: st, cfg: cfg, logs: ta.logs}
 }
