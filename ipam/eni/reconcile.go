@@ -222,8 +222,10 @@ func (m *Manager) gcLocked(ctx context.Context) error {
 		}
 		leftovers[aws.ToString(ni.NetworkInterfaceId)] = tagMap(ni.TagSet)[TagCard]
 	}
+	// abandoned: created by an earlier agent process that never recorded it attached.
+	abandoned := func(c createdENI) bool { return c.inherited && c.rec.AttachmentID == "" }
 	for id, c := range rv.created {
-		if c.inherited && c.rec.AttachmentID == "" {
+		if abandoned(c) {
 			leftovers[id] = itoa(c.rec.Card)
 		}
 	}
@@ -232,10 +234,10 @@ func (m *Manager) gcLocked(ctx context.Context) error {
 		_, attached := m.enis[id]
 		m.mu.Unlock()
 		c, fresh := rv.created[id]
-		if attached || (fresh && !(c.inherited && c.rec.AttachmentID == "")) {
+		if attached || (fresh && !abandoned(c)) {
 			continue // created just now: Describe may not show its attachment yet
 		}
-		m.log.Info("deleting detached ENI of this node", "eni", id, "card", card, "describedYet", !fresh || c.rec.AttachmentID != "")
+		m.log.Info("deleting detached ENI of this node", "eni", id, "card", card, "abandonedByEarlierAgent", fresh)
 		if err := m.deleteENI(ctx, -1, id); err == nil {
 			m.recent.forget(id)
 		}
