@@ -95,7 +95,8 @@ func TestRecoverCheckpoint(t *testing.T) {
 }
 
 func runRecover(t *testing.T, att harness.Attachment, fault string) {
-	fc := newFaultCase(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover", "--gc-interval", "1s")
+	fc := newFaultCase(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover",
+		"--gc-interval", "1s", "--gc-grace", "1s") // GC frees a recovered allocation once its netns is gone
 	for i := range rounds() {
 		pods := []*harness.Pod{fc.newPod(t, fmt.Sprintf("a%d", i)), fc.newPod(t, fmt.Sprintf("b%d", i))}
 		before := attachPods(t, fc.node, att, pods)

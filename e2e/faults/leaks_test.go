@@ -134,17 +134,20 @@ func (w *watch) count() (Leaks, []string, error) {
 	var details []string
 	n := w.node
 	ours := map[string]bool{}
+	ourNetns := map[string]bool{}
 	for _, p := range w.pods {
 		ours[p.ContainerID] = true
+		ourNetns[p.NetNSPath] = true
 	}
 
-	// The agent's allocations of our pods.
+	// The agent's allocations of our pods, by container or, for one rebuilt by --recover (its container
+	// is not knowable), by netns.
 	allocs, err := n.Allocations()
 	if err != nil {
 		return l, nil, fmt.Errorf("list allocations: %w", err)
 	}
 	for _, a := range allocs {
-		if ours[a.ContainerID] {
+		if ours[a.ContainerID] || (a.Netns != "" && ourNetns[a.Netns]) {
 			l.Allocations++
 			details = append(details, fmt.Sprintf("allocation %s/%s card %d %s on %s", short(a.ContainerID), a.IfName, a.Card, a.Address, a.ENIID))
 		}
