@@ -129,7 +129,7 @@ type Config struct {
 	OrphanSweepInterval time.Duration
 	OrphanBatch         int
 
-	// SettleTime is how long reconcile and GC believe the manager's own recent EC2 changes (assigns,
+	// SettleTime is how long reconcile and its detached-ENI cleanup believe the manager's own recent EC2 changes (assigns,
 	// unassigns, creates, detaches) over what Describe says, which may lag behind (0: DefaultSettleTime).
 	SettleTime time.Duration
 

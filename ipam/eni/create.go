@@ -74,7 +74,7 @@ func (m *Manager) tags(card int, exclusive bool) []types.Tag {
 }
 
 // createAttach is CreateNetworkInterface + AttachNetworkInterface, deleting the ENI if the attach fails.
-// Caller holds opMu for reading, so GC cannot delete the ENI between the two calls.
+// Caller holds opMu for reading, so the detached-ENI cleanup cannot delete the ENI between the two calls.
 func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive bool, n int) (_ *eniState, _ []netip.Addr, retErr error) {
 	in := &ec2.CreateNetworkInterfaceInput{
 		SubnetId:    aws.String(cs.subnetID),

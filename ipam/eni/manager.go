@@ -10,7 +10,7 @@
 //
 // Concurrency: one goroutine per managed card fills and shrinks that card's pool; a reconcile goroutine
 // compares the allocator with EC2. Address changes (EC2 call + allocator update) hold opMu for reading;
-// reconcile and GC hold it for writing, so they never see an address in EC2 but not yet in the allocator
+// reconcile and its detached-ENI cleanup hold it for writing, so they never see an address in EC2 but not yet in the allocator
 // (or the reverse) and never delete an ENI between its create and attach.
 package eni
 

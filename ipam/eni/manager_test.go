@@ -578,7 +578,7 @@ func TestAttachFailureDeletesENI(t *testing.T) {
 	}
 }
 
-func TestGCDetached(t *testing.T) {
+func TestDeleteDetached(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	ourTags := map[string]string{TagCluster: testCluster, TagNode: e.inst, TagCard: "1", TagMode: ModeShared}
 	leftover := e.foreignENI(1, -1, ourTags)
@@ -602,7 +602,7 @@ func TestGCDetached(t *testing.T) {
 	waitReady(t, m, 5*time.Second)
 	late := e.foreignENI(1, -1, ourTags)
 	e.waitDescribed()
-	if err := m.GC(context.Background()); err != nil {
+	if err := m.DeleteDetached(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := e.eniState(late); ok {
@@ -1016,7 +1016,7 @@ func TestP5DefaultsUnderThrottling(t *testing.T) {
 // TestReconcileUnderLag: EC2's Describe lags behind its changes. Right after the manager gave surplus
 // addresses back and assigned new ones, a reconcile must neither put the unassigned addresses back in
 // the pool (a pod would get an address its ENI no longer has) nor drop the new ones, nor forget or
-// delete an ENI it just created; a GC then must not delete that ENI.
+// delete an ENI it just created; its detached-ENI cleanup then must not delete that ENI.
 func TestReconcileUnderLag(t *testing.T) {
 	const lag = time.Second
 	e := newEnv(t, envOpts{faults: fakeec2.Faults{Lag: fakeec2.Duration(lag)}})

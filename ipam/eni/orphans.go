@@ -14,7 +14,7 @@ import (
 
 // Orphans: an ENI created and tagged by an agent whose node died before the ENI was attached, or before
 // DeleteOnTermination was set, stays "available" with this cluster's tags and no agent to delete it (the
-// node GC deletes only its own node's). Every agent sweeps the whole cluster's: idempotent and paced,
+// detached-ENI cleanup deletes only its own node's). Every agent sweeps the whole cluster's: idempotent and paced,
 // rather than elected. Deleting an ENI twice is harmless (the second delete answers NotFound), so no
 // coordination is needed, and an election would need the Kubernetes API, which the ENI manager does
 // without. Each agent sweeps every OrphanSweepInterval from a random offset, at most OrphanBatch deletes

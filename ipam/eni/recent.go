@@ -14,8 +14,8 @@ import (
 // recent remembers the manager's own EC2 changes for Config.SettleTime. EC2 is eventually consistent: for
 // a few seconds after a change, DescribeNetworkInterfaces may still list an address just unassigned (put
 // back in the pool, a pod would get an address its ENI no longer has), miss an address just assigned or an
-// ENI just created (reconcile would drop it, GC could delete an ENI still being attached), or show an ENI
-// just detached as attached (it would be adopted again). Reconcile and GC believe this memory over
+// ENI just created (reconcile would drop it, the detached-ENI cleanup could delete an ENI still being attached), or show an ENI
+// just detached as attached (it would be adopted again). Reconcile and its detached-ENI cleanup believe this memory over
 // Describe; the AWS VPC CNI's ipamd keeps the same kind of cooldown cache for unassigned addresses.
 //
 // The memory is saved with the allocator's checkpoint (store.Recent, through Allocator.CarryRecent) and
@@ -106,7 +106,7 @@ func (r *recent) forget(eniID string) {
 	delete(r.created, eniID)
 }
 
-// recentView is a copy of the memory, without what is older than the TTL, for one reconcile or GC pass.
+// recentView is a copy of the memory, without what is older than the TTL, for one reconcile or cleanup pass.
 type recentView struct {
 	assigned   map[netip.Addr]assignment
 	unassigned map[netip.Addr]assignment

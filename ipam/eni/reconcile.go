@@ -29,7 +29,7 @@ func (m *Manager) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// Reconcile runs one reconcile and GC pass now (it also runs at Start and every ReconcileInterval).
+// Reconcile runs one reconcile pass, detached-ENI cleanup included, now (it also runs at Start and every ReconcileInterval).
 func (m *Manager) Reconcile(ctx context.Context) error { return m.reconcile(ctx) }
 
 // reconcile re-reads the instance's ENIs, adopts the manager's own, compares what EC2 says they hold with
@@ -132,7 +132,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		m.log.Warn("allocator and EC2 disagreed", "stale", len(diff.Stale), "unknown", len(diff.Unknown), "lost", len(diff.Lost))
 	}
 	m.reassignLost(ctx, diff.Lost)
-	return m.gcLocked(ctx)
+	return m.deleteDetachedLocked(ctx)
 }
 
 // adoptLink looks once, without waiting, for an adopted ENI's link. An exclusive ENI whose link is not in
@@ -194,25 +194,25 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 	}
 }
 
-// GC deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
+// DeleteDetached (reconcile's detached-ENI cleanup) deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
 // attach, or of a detach whose delete failed. An ENI created within SettleTime, or one the manager holds
 // as attached, is never a leftover, whatever a lagging Describe says; but one an earlier agent process
 // created within SettleTime and did not record attached is deleted even before Describe lists it: that
 // process is gone, so nobody attaches it any more, and EC2 refuses to delete it if the attach did happen.
-func (m *Manager) GC(ctx context.Context) error {
+func (m *Manager) DeleteDetached(ctx context.Context) error {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
-	return m.gcLocked(ctx)
+	return m.deleteDetachedLocked(ctx)
 }
 
-func (m *Manager) gcLocked(ctx context.Context) error {
+func (m *Manager) deleteDetachedLocked(ctx context.Context) error {
 	enis, err := m.describeENIs(ctx, []types.Filter{
 		{Name: aws.String("tag:" + TagNode), Values: []string{m.instanceID}},
 		{Name: aws.String("tag:" + TagCluster), Values: []string{m.cfg.Cluster}},
 		{Name: aws.String("status"), Values: []string{string(types.NetworkInterfaceStatusAvailable)}},
 	})
 	if err != nil {
-		return fmt.Errorf("gc: %w", err)
+		return fmt.Errorf("delete detached ENIs: %w", err)
 	}
 	rv := m.recent.view()
 	leftovers := map[string]string{} // ENI -> card

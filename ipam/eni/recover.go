@@ -39,7 +39,7 @@ import (
 // EC2 is eventually consistent: an ipvlan pod link on one of this node's ENIs that Describe does not
 // explain yet (the ENI or the address made a moment ago) makes recovery read EC2 again, up to SettleTime.
 // The container ID behind a netns is not knowable here, so a recovered allocation's is RecoveredPrefix +
-// the netns name: the pod's DEL tears its links down but releases nothing, and GC frees the allocation
+// the netns name: the pod's DEL tears its links down but releases nothing, and the agent's reclaim frees the allocation
 // once the netns is gone (and the pod, with a kubeconfig). Every other address stays out of the
 // checkpoint: the first reconcile adds it as warm, and exclusive ENIs join when their link is home.
 

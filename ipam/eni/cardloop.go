@@ -465,7 +465,8 @@ func (m *Manager) removeExclusive(ctx context.Context, cs *cardState, id string,
 
 // detachDelete detaches e and deletes it once EC2 lets it (it refuses while the detach is under way): by
 // trying the delete, not by waiting for Describe to say "available", which may lag. A delete still
-// refused after LinkTimeout is left to GC (the ENI carries this node's tags).
+// refused after LinkTimeout is left to the detached-ENI cleanup (the ENI carries this node's
+// tags).
 func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 	_, err := do(ctx, m.ec2, "DetachNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DetachNetworkInterfaceOutput, error) {
 		return m.ec2.api.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: aws.String(e.attachmentID)}, o)
@@ -489,7 +490,7 @@ func (m *Manager) detachDelete(ctx context.Context, e *eniState) error {
 			return nil
 		}
 		if !eniInUse(err) || time.Now().After(deadline) || ctxtime.Sleep(ctx, m.cfg.LinkPoll) != nil {
-			m.log.Warn("detached ENI not deleted yet; left for GC", "card", e.card, "eni", e.id, "err", err)
+			m.log.Warn("detached ENI not deleted yet; left for the detached-ENI cleanup", "card", e.card, "eni", e.id, "err", err)
 			return nil
 		}
 	}
@@ -501,7 +502,7 @@ func eniInUse(err error) bool {
 }
 
 // deleteENI deletes a detached ENI even if ctx is cancelled; NotFound counts as deleted. A failure is
-// returned, and left to GC.
+// returned, and left to the detached-ENI cleanup.
 func (m *Manager) deleteENI(ctx context.Context, card int, id string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -510,7 +511,7 @@ func (m *Manager) deleteENI(ctx context.Context, card int, id string) error {
 	})
 	if err != nil && ErrorCode(err) != "InvalidNetworkInterfaceID.NotFound" {
 		if !eniInUse(err) {
-			m.log.Error("delete ENI failed; GC will retry", "card", card, "eni", id, "err", err)
+			m.log.Error("delete ENI failed; the detached-ENI cleanup will retry", "card", card, "eni", id, "err", err)
 		}
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
