@@ -28,6 +28,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/nad"
 	"github.com/multinic/multinic/netconf"
@@ -534,11 +535,12 @@ func (s *stringOrList) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// ec2Actions are the EC2 actions the agent calls: the methods of eni.EC2API (the interface every EC2 call
-// of package eni goes through), plus ec2:CreateTags, which EC2 authorizes for CreateNetworkInterface's
-// TagSpecifications (tag on create). ipam/eni exports no list of its own; the interface is that list.
+// ec2Actions are the EC2 actions the agent calls: the methods of awsec2.EC2API (the interface every EC2
+// call of the ENI manager goes through, in its EC2 layer), plus ec2:CreateTags, which EC2 authorizes for
+// CreateNetworkInterface's TagSpecifications (tag on create). The EC2 layer exports no list of its own; the
+// interface is that list.
 func ec2Actions() []string {
-	typ := reflect.TypeFor[eni.EC2API]()
+	typ := reflect.TypeFor[awsec2.EC2API]()
 	out := []string{"ec2:CreateTags"}
 	for i := range typ.NumMethod() {
 		out = append(out, "ec2:"+typ.Method(i).Name)

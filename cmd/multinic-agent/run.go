@@ -24,6 +24,7 @@ import (
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/journal"
 	"github.com/multinic/multinic/ipam/server"
 	"github.com/multinic/multinic/ipam/store"
@@ -235,6 +236,6 @@ func cardInfos(s eni.Stats) []backend.CardInfo {
 	return out
 }
 
-func ec2Stats(s eni.CallStats) backend.EC2Stats {
+func ec2Stats(s awsec2.CallStats) backend.EC2Stats {
 	return backend.EC2Stats{Calls: s.Calls, Throttles: s.Throttles, Retries: s.Retries}
 }

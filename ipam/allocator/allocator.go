@@ -1,7 +1,8 @@
 // Package allocator is the node agent's per-card address allocator: warm pools, one address per
-// (pod, card), cooldown before reuse, and whole-ENI (exclusive) allocations. It knows nothing of EC2 or
-// links; the agent feeds it addresses and asks it what to refill or give back. It takes and holds the wire's
-// record as it is (api.AllocateRequest in, api.Allocation out and in the checkpoint): no copy of its own.
+// (pod, card), cooldown before reuse, and whole-ENI (exclusive) allocations. It knows nothing of EC2, links
+// or pool policy: the ENI manager feeds it addresses (inventory.go) and plans refills and give-backs from
+// its counts (package ipam/eni/plan). It takes and holds the wire's record as it is (api.AllocateRequest
+// in, api.Allocation out and in the checkpoint): no copy of its own.
 //
 // Every operation that changes state writes the whole state through a store.Store before it returns; if the
 // write fails the in-memory change is undone, so memory and disk never disagree about what was answered.
@@ -56,6 +57,9 @@ type Counts struct {
 type Stats struct {
 	Counts
 	Exclusive Counts
+	// Waiting counts the allocations blocked on the empty shared pool right now (WaitForAddress): demand
+	// a refill must cover at once.
+	Waiting int
 }
 
 // Option configures New.

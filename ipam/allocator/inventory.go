@@ -113,64 +113,49 @@ func (a *Allocator) RemoveAddresses(cardN int, addrs ...netip.Addr) ([]netip.Add
 	return out, nil
 }
 
-// Surplus returns the card's warm (free and rested) shared addresses beyond warmTarget, highest first:
-// candidates to give back to EC2. Resting addresses are never offered. It changes nothing.
-func (a *Allocator) Surplus(cardN, warmTarget int) []PoolAddress {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	c := a.cards[cardN]
-	if c == nil {
-		return nil
-	}
-	now := a.now()
-	var warm []PoolAddress
-	for _, s := range c.shared {
-		if s.usable(now) {
-			warm = append(warm, s.pool())
-		}
-	}
-	if len(warm) <= warmTarget {
-		return nil
-	}
-	slices.SortFunc(warm, func(x, y PoolAddress) int { return y.Address.Compare(x.Address) })
-	return warm[:len(warm)-max(warmTarget, 0)]
+// Warm returns the card's shared addresses usable now (free and rested), by address. Resting addresses are
+// not warm: the ENI manager never gives one back to EC2 during its cooldown.
+func (a *Allocator) Warm(cardN int) []PoolAddress {
+	return a.list(cardN, false, (*slot).usable)
 }
 
 // FreeExclusive returns the card's exclusive ENIs that are free, rested and home (usable now), by ENI ID.
 func (a *Allocator) FreeExclusive(cardN int) []PoolAddress {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	c := a.cards[cardN]
-	if c == nil {
-		return nil
-	}
-	now := a.now()
-	var out []PoolAddress
-	for _, s := range c.exclusive {
-		if s.usable(now) {
-			out = append(out, s.pool())
-		}
-	}
-	slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
-	return out
+	return a.list(cardN, true, (*slot).usable)
 }
 
 // AwayExclusive returns the card's exclusive ENIs that are free but away (released, their link not yet
 // seen back in the node netns), by ENI ID.
 func (a *Allocator) AwayExclusive(cardN int) []PoolAddress {
+	return a.list(cardN, true, func(s *slot, _ time.Time) bool { return s.free() && s.away })
+}
+
+// list returns the card's shared addresses (by address) or exclusive ENIs (by ENI ID) that keep accepts.
+func (a *Allocator) list(cardN int, exclusive bool, keep func(*slot, time.Time) bool) []PoolAddress {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c := a.cards[cardN]
 	if c == nil {
 		return nil
 	}
+	now := a.now()
 	var out []PoolAddress
-	for _, s := range c.exclusive {
-		if s.free() && s.away {
+	add := func(s *slot) {
+		if keep(s, now) {
 			out = append(out, s.pool())
 		}
 	}
-	slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
+	if exclusive {
+		for _, s := range c.exclusive {
+			add(s)
+		}
+		slices.SortFunc(out, func(x, y PoolAddress) int { return strings.Compare(x.ENIID, y.ENIID) })
+		return out
+	}
+	for _, s := range c.shared {
+		add(s)
+	}
+	slices.SortFunc(out, comparePool)
 	return out
 }
 
@@ -242,36 +227,12 @@ func (a *Allocator) statsLocked(cardN int) Stats {
 	for _, s := range c.exclusive {
 		count(&st.Exclusive, s)
 	}
+	st.Waiting = c.waiting
 	return st
 }
 
-// Demand is what a card's shared pool should ask EC2 for.
-type Demand struct {
-	// Need is how many addresses to add: enough that free addresses (warm plus resting, which come back
-	// by themselves) reach the warm target, with every allocation waiting for an address on top. When
-	// fewer than minFree are usable right now, enough that the warm target is usable right now: refilling
-	// only up to minFree would take one small EC2 call after another while a churn keeps many addresses
-	// resting.
-	Need int
-	// Waiting is how many allocations are blocked on the empty pool right now.
-	Waiting int
-}
-
-// Demand returns the card's shared-pool demand for the given warm target and minimum free.
-func (a *Allocator) Demand(cardN, warmTarget, minFree int) Demand {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	st := a.statsLocked(cardN)
-	w := a.card(cardN).waiting
-	need := warmTarget + w - (st.Warm + st.Cooling)
-	if st.Warm < minFree+w {
-		need = max(warmTarget, minFree) + w - st.Warm
-	}
-	return Demand{Need: max(need, 0), Waiting: w}
-}
-
 // WaitForAddress blocks until the card has a usable address (exclusive: a usable exclusive ENI) or ctx
-// ends; while it waits on the shared pool it counts in the card's Demand. It wakes on AddAddresses,
+// ends; while it waits on the shared pool it counts in the card's Stats (Waiting). It wakes on AddAddresses,
 // AddExclusiveENI, releases and reconcile, and when a resting address's time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
 func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive bool) error {
 	if cardN < 0 {

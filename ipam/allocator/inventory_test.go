@@ -46,7 +46,7 @@ func TestAddAddresses(t *testing.T) {
 	}
 }
 
-func TestSurplusAndRemove(t *testing.T) {
+func TestWarmAndRemove(t *testing.T) {
 	a, _, _ := newTest(t)
 	addrs := seed(t, a, 3, 8)                                    // 10.3.0.1 .. 10.3.0.8
 	mustAllocate(t, a, req(1, 3))                                // takes .1
@@ -54,29 +54,19 @@ func TestSurplusAndRemove(t *testing.T) {
 	if _, _, err := a.Release("sandbox-2", "net3"); err != nil { // .2 rests
 		t.Fatal(err)
 	}
-	// Warm now: .3 .. .8 (6). Held .1 and resting .2 are never offered.
-	for _, tc := range []struct {
-		target int
-		want   []netip.Addr
-	}{
-		{target: 0, want: []netip.Addr{addrs[7], addrs[6], addrs[5], addrs[4], addrs[3], addrs[2]}},
-		{target: 4, want: []netip.Addr{addrs[7], addrs[6]}},
-		{target: 6, want: nil},
-		{target: 10, want: nil},
-	} {
-		var got []netip.Addr
-		for _, p := range a.Surplus(3, tc.target) {
-			got = append(got, p.Address)
-			if p.ENIID != eni(3) || p.Allocated {
-				t.Errorf("surplus entry %+v", p)
-			}
-		}
-		if !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("Surplus(target %d) = %v, want %v", tc.target, got, tc.want)
+	// Warm now: .3 .. .8. Held .1 and resting .2 are not warm.
+	var got []netip.Addr
+	for _, p := range a.Warm(3) {
+		got = append(got, p.Address)
+		if p.ENIID != eni(3) || p.Allocated || p.Card != 3 {
+			t.Errorf("warm entry %+v", p)
 		}
 	}
-	if got := a.Surplus(9, 0); got != nil {
-		t.Errorf("surplus of unknown card: %v", got)
+	if want := addrs[2:]; !reflect.DeepEqual(got, want) {
+		t.Errorf("Warm = %v, want %v", got, want)
+	}
+	if got := a.Warm(9); got != nil {
+		t.Errorf("warm of unknown card: %v", got)
 	}
 
 	// Removing skips the held address and ones on another card or unknown.
@@ -95,36 +85,10 @@ func TestSurplusAndRemove(t *testing.T) {
 	}
 }
 
-func TestDemand(t *testing.T) {
+// TestWaiting: allocations blocked on card 5's empty pool count in its Stats until they return; an
+// exclusive wait is not shared-pool demand.
+func TestWaiting(t *testing.T) {
 	a, _, _ := newTest(t)
-	seed(t, a, 1, 4)
-	mustAllocate(t, a, req(1, 1))
-	mustAllocate(t, a, req(2, 1))
-	if _, _, err := a.Release("sandbox-2", "net1"); err != nil {
-		t.Fatal(err)
-	}
-	// Card 1: 1 allocated, 2 warm, 1 cooling. Card 5: nothing.
-	for _, tc := range []struct {
-		card, target, minFree, want int
-	}{
-		{1, 0, 0, 0},
-		{1, 3, 0, 0}, // warm + cooling already reach 3
-		{1, 5, 0, 2},
-		{1, 3, 3, 1}, // only 2 usable now
-		{1, 3, 2, 0},
-		{1, 4, 2, 1}, // 2 usable is enough: up to the target counting the resting one
-		{1, 6, 3, 4}, // fewer than 3 usable: refill until 6 are usable, not just 3
-		{1, 2, 4, 2}, // min free above the target: refill until min free are usable
-		{5, 3, 1, 3},
-		{5, 0, 1, 1},
-	} {
-		if got := a.Demand(tc.card, tc.target, tc.minFree); got != (Demand{Need: tc.want}) {
-			t.Errorf("Demand(card %d, target %d, min %d) = %+v, want need %d, none waiting", tc.card, tc.target, tc.minFree, got, tc.want)
-		}
-	}
-
-	// Allocations blocked on card 5's empty pool add to its demand until they return; an exclusive wait
-	// is not shared-pool demand.
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, exclusive := range []bool{false, false, false, true} {
@@ -134,21 +98,17 @@ func TestDemand(t *testing.T) {
 			_ = a.WaitForAddress(ctx, 5, exclusive)
 		}()
 	}
-	want := Demand{Need: 6, Waiting: 3} // target 3 + 3 waiting
 	deadline := time.Now().Add(5 * time.Second)
-	for a.Demand(5, 3, 1) != want && time.Now().Before(deadline) {
+	for a.Stats(5).Waiting != 3 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	if got := a.Demand(5, 3, 1); got != want {
-		t.Errorf("card 5 with 3 shared waiters: Demand = %+v, want %+v", got, want)
-	}
-	if got, want := a.Demand(5, 0, 4), (Demand{Need: 7, Waiting: 3}); got != want {
-		t.Errorf("card 5, min free 4, 3 waiting: Demand = %+v, want %+v", got, want)
+	if got := a.Stats(5).Waiting; got != 3 {
+		t.Errorf("card 5 with 3 shared waiters: Waiting = %d, want 3", got)
 	}
 	cancel()
 	wg.Wait()
-	if got := a.Demand(5, 3, 1); got != (Demand{Need: 3}) {
-		t.Errorf("card 5 after the waiters gave up: Demand = %+v, want need 3, none waiting", got)
+	if got := a.Stats(5).Waiting; got != 0 {
+		t.Errorf("card 5 after the waiters gave up: Waiting = %d, want 0", got)
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/netnsdir"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
+	"github.com/multinic/multinic/ipam/eni/plan"
 )
 
 // Tags the manager puts on every ENI it creates. An ENI is the manager's only when it carries TagCluster
@@ -41,7 +43,7 @@ const (
 	DefaultReconcileInterval = 5 * time.Minute
 	DefaultLinkTimeout       = 60 * time.Second
 	DefaultLinkPoll          = 100 * time.Millisecond
-	DefaultEC2Rate           = 4.0 // calls/s, a bit under EC2's 5/s refill for mutating calls
+	DefaultEC2Rate           = 4.0 // mutating calls/s, a bit under EC2's 5/s refill (the other classes scale with it)
 	DefaultEC2Burst          = 10
 	DefaultMaxAttempts       = 8
 	DefaultBackoffBase       = 200 * time.Millisecond
@@ -51,8 +53,6 @@ const (
 	DefaultOrphanAge         = 10 * time.Minute
 	DefaultOrphanSweep       = 10 * time.Minute
 	DefaultOrphanBatch       = 20
-	// PrefixSize is how many addresses a /28 prefix delegates.
-	PrefixSize = 16
 )
 
 // CardConfig overrides where a card's ENIs are created. Empty fields mean "as the primary ENI".
@@ -103,8 +103,9 @@ type Config struct {
 	// LinkPoll is the interval between link lookups (0: DefaultLinkPoll).
 	LinkPoll time.Duration
 
-	// EC2Rate and EC2Burst set the one token bucket every EC2 call (every attempt) goes through
-	// (0: DefaultEC2Rate, DefaultEC2Burst).
+	// EC2Rate and EC2Burst set the token bucket of EC2's mutating calls (every attempt counts; 0:
+	// DefaultEC2Rate, DefaultEC2Burst). EC2 throttles each class of calls in its own bucket, and so does the
+	// agent: attach/detach, tags and describes get the same share of EC2's published rates (awsec2.Limits).
 	EC2Rate  float64
 	EC2Burst int
 	// MaxAttempts per EC2 call, the first included (0: DefaultMaxAttempts).
@@ -242,6 +243,17 @@ func ParseCards(s string) (cards []int, all bool, err error) {
 	}
 	slices.Sort(cards)
 	return slices.Compact(cards), false, nil
+}
+
+// ec2 is the EC2 layer's part of the configuration.
+func (c Config) ec2() awsec2.Config {
+	return awsec2.Config{Rate: c.EC2Rate, Burst: c.EC2Burst, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax}
+}
+
+// policy is the pool policy's part of the configuration (defaults applied).
+func (c Config) policy() plan.Config {
+	return plan.Config{WarmTarget: *c.WarmTarget, MinFree: *c.MinFree, MaxBatch: c.MaxBatch, PrefixMode: c.PrefixMode,
+		SurplusDelay: c.SurplusDelay}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -4,25 +4,20 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
 	"github.com/multinic/multinic/internal/ctxtime"
-	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
+	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
 
 // createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
-// and brings it up; then a shared ENI's initial addresses join the pool, or an exclusive ENI joins the
-// card's exclusive pool. want is the shared pool's demand; batch decides how much of it the ENI starts with.
-// A failed attach deletes the new ENI. A link that does not show up leaves the ENI attached but not ready;
-// the card loop retries the link.
-func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, want allocator.Demand) (*eniState, error) {
+// and brings it up; then a shared ENI's initial batch of addresses (prefixes) joins the pool, or an
+// exclusive ENI joins the card's exclusive pool. A failed attach deletes the new ENI. A link that does not
+// show up leaves the ENI attached but not ready; the card loop retries the link.
+func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, batch int) (*eniState, error) {
 	cs.createMu.Lock()
 	defer cs.createMu.Unlock()
 	m.mu.Lock()
@@ -31,12 +26,11 @@ func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, 
 	if used >= limit {
 		return nil, fmt.Errorf("add ENI on card %d: %w: %d of %d ENIs attached", cs.index, enipool.ErrCardFull, used, limit)
 	}
-	n := 0
-	if !exclusive {
-		n = m.batch(want, m.limits.ipv4PerENI-1)
+	if exclusive {
+		batch = 0
 	}
 	m.opMu.RLock()
-	e, addrs, err := m.createAttach(ctx, cs, exclusive, n)
+	e, addrs, err := m.createAttach(ctx, cs, exclusive, batch)
 	m.opMu.RUnlock()
 	if err != nil {
 		return nil, err
@@ -54,21 +48,17 @@ func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, 
 	return e, nil
 }
 
-func (m *Manager) tags(card int, exclusive bool) []types.Tag {
+func (m *Manager) tags(card int, exclusive bool) map[string]string {
 	mode := ModeShared
 	if exclusive {
 		mode = ModeExclusive
 	}
-	t := []types.Tag{
-		{Key: aws.String(TagCluster), Value: aws.String(m.cfg.Cluster)},
-		{Key: aws.String(TagNode), Value: aws.String(m.instanceID)},
-		{Key: aws.String(TagCard), Value: aws.String(itoa(card))},
-		{Key: aws.String(TagManaged), Value: aws.String("true")},
-		{Key: aws.String(TagMode), Value: aws.String(mode)},
-		{Key: aws.String(TagCreatedAt), Value: aws.String(time.Now().UTC().Format(time.RFC3339))},
+	t := map[string]string{
+		TagCluster: m.cfg.Cluster, TagNode: m.instanceID, TagCard: itoa(card), TagManaged: "true", TagMode: mode,
+		TagCreatedAt: time.Now().UTC().Format(time.RFC3339),
 	}
 	if m.cfg.NodeName != "" {
-		t = append(t, types.Tag{Key: aws.String(TagNodeName), Value: aws.String(m.cfg.NodeName)})
+		t[TagNodeName] = m.cfg.NodeName
 	}
 	return t
 }
@@ -76,71 +66,40 @@ func (m *Manager) tags(card int, exclusive bool) []types.Tag {
 // createAttach is CreateNetworkInterface + AttachNetworkInterface, deleting the ENI if the attach fails.
 // Caller holds opMu for reading, so the detached-ENI cleanup cannot delete the ENI between the two calls.
 func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive bool, n int) (_ *eniState, _ []netip.Addr, retErr error) {
-	in := &ec2.CreateNetworkInterfaceInput{
-		SubnetId:    aws.String(cs.subnetID),
-		Groups:      cs.groups,
-		Description: aws.String(fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID)),
-		ClientToken: aws.String(newToken()),
-		TagSpecifications: []types.TagSpecification{{
-			ResourceType: types.ResourceTypeNetworkInterface, Tags: m.tags(cs.index, exclusive)}},
+	req := awsec2.CreateRequest{
+		SubnetID: cs.subnetID, Groups: cs.groups, Tags: m.tags(cs.index, exclusive), Count: n, Prefixes: m.cfg.PrefixMode,
+		Description: fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID), ClientToken: newToken(),
 	}
-	setCount := func(n int) {
-		in.SecondaryPrivateIpAddressCount, in.Ipv4PrefixCount = nil, nil
-		switch {
-		case n == 0:
-		case m.cfg.PrefixMode:
-			in.Ipv4PrefixCount = aws.Int32(int32(n))
-		default:
-			in.SecondaryPrivateIpAddressCount = aws.Int32(int32(n))
-		}
-	}
-	setCount(n)
-	create := func() (*ec2.CreateNetworkInterfaceOutput, error) {
-		return do(ctx, m.ec2, "CreateNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.CreateNetworkInterfaceOutput, error) {
-			return m.ec2.api.CreateNetworkInterface(ctx, in, o)
-		})
-	}
-	out, err := create()
-	if code := ErrorCode(err); n > 0 && (code == "InsufficientFreeAddressesInSubnet" || code == "InsufficientCidrBlocks") {
-		// The subnet cannot give the initial batch: an ENI with its primary address alone still serves
-		// exclusive allocations and whatever the subnet frees later.
+	ni, err := m.ec2.Create(ctx, req)
+	if smaller, ok := plan.Smaller(n, true); ok && awsec2.SubnetFull(err) {
 		m.log.Warn("subnet too full for the initial batch; creating the ENI without", "card", cs.index,
 			"subnet", cs.subnetID, "batch", n, "err", err)
-		setCount(0)
-		in.ClientToken = aws.String(newToken())
-		out, err = create()
+		req.Count, req.ClientToken = smaller, newToken()
+		ni, err = m.ec2.Create(ctx, req)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("create ENI on card %d in subnet %s: %w", cs.index, cs.subnetID, err)
 	}
-	ni := out.NetworkInterface
-	id := aws.ToString(ni.NetworkInterfaceId)
-	primary, _ := netip.ParseAddr(aws.ToString(ni.PrivateIpAddress))
-	m.recent.create(store.RecentENI{ID: id, Card: cs.index, MAC: aws.ToString(ni.MacAddress),
-		SubnetID: aws.ToString(ni.SubnetId), Exclusive: exclusive, Primary: primary})
+	id := ni.ID
+	m.recent.create(store.RecentENI{ID: id, Card: cs.index, MAC: ni.MAC, SubnetID: ni.SubnetID, Exclusive: exclusive, Primary: ni.Primary})
 	m.saveRecent() // a restarted agent deletes it if the attach never happened, and never too early
 	log := m.log.With("card", cs.index, "eni", id)
 	defer func() {
 		if retErr != nil {
 			log.Warn("deleting ENI after failed attach", "err", retErr)
-			m.deleteENI(ctx, cs.index, id)
+			_ = m.deleteENI(ctx, cs.index, id)
 		}
 	}()
-	mac, err := parseMAC(aws.ToString(ni.MacAddress))
-	if err != nil {
-		return nil, nil, fmt.Errorf("create ENI on card %d: %s: %w", cs.index, id, err)
+	mac, ok := ni.HardwareAddr()
+	if !ok {
+		return nil, nil, fmt.Errorf("create ENI on card %d: %s: mac %q invalid", cs.index, id, ni.MAC)
 	}
-	var attOut *ec2.AttachNetworkInterfaceOutput
+	var attachment string
 	dev := 0
 	for try := 0; ; try++ {
 		dev = m.freeDevice(cs.index)
-		attOut, err = do(ctx, m.ec2, "AttachNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.AttachNetworkInterfaceOutput, error) {
-			return m.ec2.api.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
-				NetworkInterfaceId: aws.String(id), InstanceId: aws.String(m.instanceID),
-				DeviceIndex: aws.Int32(int32(dev)), NetworkCardIndex: aws.Int32(int32(cs.index)),
-			}, o)
-		})
-		if err == nil || try > 0 || !deviceInUse(err) {
+		attachment, err = m.ec2.Attach(ctx, id, m.instanceID, cs.index, dev)
+		if err == nil || try > 0 || !awsec2.DeviceInUse(err) {
 			break
 		}
 		// Someone else took the device index: learn the card's devices again and retry once.
@@ -152,31 +111,10 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 		return nil, nil, fmt.Errorf("attach %s to card %d device %d: %w", id, cs.index, dev, err)
 	}
 	e := &eniState{
-		id: id, mac: mac, card: cs.index, device: dev, attachmentID: aws.ToString(attOut.AttachmentId),
-		subnetID: aws.ToString(ni.SubnetId), exclusive: exclusive,
+		id: id, mac: mac, card: cs.index, device: dev, attachmentID: attachment, subnetID: ni.SubnetID, exclusive: exclusive,
+		primary: ni.Primary, secondaries: len(ni.Secondaries), prefixes: ni.Prefixes,
 	}
-	var addrs []netip.Addr
-	for _, a := range ni.PrivateIpAddresses {
-		ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress))
-		if err != nil {
-			continue
-		}
-		if aws.ToBool(a.Primary) {
-			e.primary = ip
-		} else {
-			e.secondaries++
-			addrs = append(addrs, ip)
-		}
-	}
-	if !e.primary.IsValid() {
-		e.primary, _ = netip.ParseAddr(aws.ToString(ni.PrivateIpAddress))
-	}
-	for _, p := range ni.Ipv4Prefixes {
-		if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
-			e.prefixes = append(e.prefixes, pfx)
-			addrs = append(addrs, expand(pfx)...)
-		}
-	}
+	addrs := ni.Addresses()
 	m.recent.attached(id, dev, e.attachmentID)
 	m.recent.assign(id, addrs...)
 	m.saveRecent() // a restarted agent adopts it before Describe shows it
@@ -191,10 +129,6 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	log.Info("created and attached ENI", "device", dev, "subnet", e.subnetID, "exclusive", exclusive,
 		"addresses", e.secondaries, "prefixes", len(e.prefixes))
 	return e, addrs, nil
-}
-
-func deviceInUse(err error) bool {
-	return ErrorCode(err) == "InvalidParameterValue" && strings.Contains(err.Error(), "device index")
 }
 
 // freeDevice is the lowest device index >= 1 free on the card. Device 0 is left alone on every card: on
@@ -220,8 +154,8 @@ func (m *Manager) refreshDevices(ctx context.Context, card int) error {
 	defer m.mu.Unlock()
 	occ := map[int]string{}
 	for _, ni := range enis {
-		if a := ni.Attachment; a != nil && int(aws.ToInt32(a.NetworkCardIndex)) == card {
-			occ[int(aws.ToInt32(a.DeviceIndex))] = aws.ToString(ni.NetworkInterfaceId)
+		if a := ni.Attachment; a != nil && a.Card == card {
+			occ[a.Device] = ni.ID
 		}
 	}
 	for _, e := range m.enis {
@@ -237,14 +171,7 @@ func (m *Manager) setDeleteOnTermination(ctx context.Context, e *eniState) error
 	m.mu.Lock()
 	att := e.attachmentID
 	m.mu.Unlock()
-	_, err := do(ctx, m.ec2, "ModifyNetworkInterfaceAttribute", func(ctx context.Context, o func(*ec2.Options)) (*ec2.ModifyNetworkInterfaceAttributeOutput, error) {
-		return m.ec2.api.ModifyNetworkInterfaceAttribute(ctx, &ec2.ModifyNetworkInterfaceAttributeInput{
-			NetworkInterfaceId: aws.String(e.id),
-			Attachment: &types.NetworkInterfaceAttachmentChanges{
-				AttachmentId: aws.String(att), DeleteOnTermination: aws.Bool(true)},
-		}, o)
-	})
-	if err != nil {
+	if err := m.ec2.SetDeleteOnTermination(ctx, e.id, att); err != nil {
 		return fmt.Errorf("set DeleteOnTermination on %s (card %d): %w", e.id, e.card, err)
 	}
 	m.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
 )
 
@@ -73,7 +74,7 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 		m.mu.Lock()
 		failed, last := cs.failedSteps != steps, cs.lastErr
 		m.mu.Unlock()
-		if failed && last != nil && !(errors.Is(last, enipool.ErrCardFull) && st.Cooling+st.Away > 0) {
+		if failed && last != nil && !(errors.Is(last, enipool.ErrCardFull) && plan.WorthWaiting(st)) {
 			return fmt.Errorf("ensure exclusive ENI on card %d: %w", card, last)
 		}
 		if !kicked {
@@ -88,54 +89,6 @@ func (m *Manager) EnsureExclusive(ctx context.Context, card int) error {
 		case <-tick.C:
 		}
 	}
-}
-
-// supplyExclusive, in the card loop, creates exclusive ENIs while exclusive ADDs wait or an ask is not
-// served yet, and none is usable or about to be. On a full card an ENI resting or away is worth waiting
-// for: that is not a failure.
-func (m *Manager) supplyExclusive(ctx context.Context, cs *cardState) error {
-	for range 64 {
-		st := m.alloc.Stats(cs.index).Exclusive
-		m.mu.Lock()
-		want := cs.exclWaiting
-		if want == 0 && !cs.exclAsked.IsZero() {
-			want = 1
-		}
-		coming := 0
-		for _, e := range m.enis {
-			if e.card == cs.index && e.pendingExclusive {
-				coming++
-			}
-		}
-		m.mu.Unlock()
-		if want <= st.Warm+coming {
-			return nil
-		}
-		if _, err := m.createENI(ctx, cs, true, allocator.Demand{}); err != nil {
-			if errors.Is(err, enipool.ErrCardFull) && st.Cooling+st.Away > 0 {
-				return nil
-			}
-			return err
-		}
-		m.mu.Lock()
-		cs.exclAsked = time.Time{} // served
-		m.mu.Unlock()
-	}
-	return nil
-}
-
-// stepExclusive is the card loop's exclusive work, one EnsureExclusive check at a time: links checked (and
-// dead ENIs deleted), ENIs created for waiting ADDs, rested free ENIs given back.
-func (m *Manager) stepExclusive(ctx context.Context, cs *cardState) (next time.Time, err error) {
-	cs.exclMu.Lock()
-	defer cs.exclMu.Unlock()
-	if err := m.checkExclusive(ctx, cs, true); err != nil {
-		return time.Time{}, err
-	}
-	if err := m.supplyExclusive(ctx, cs); err != nil {
-		return time.Time{}, err
-	}
-	return m.shrinkExclusive(ctx, cs)
 }
 
 // checkExclusive looks, in one link dump, for the links of the card's free exclusive ENIs: a usable one

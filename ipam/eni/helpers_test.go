@@ -22,6 +22,8 @@ import (
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
+	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -315,7 +317,7 @@ func (e *env) ec2Addresses(card int) map[netip.Addr]string {
 			out[netip.MustParseAddr(a)] = id
 		}
 		for _, p := range x.Prefixes {
-			for _, a := range expand(netip.MustParsePrefix(p)) {
+			for _, a := range awsec2.Expand(netip.MustParsePrefix(p)) {
 				out[a] = id
 			}
 		}
@@ -427,3 +429,8 @@ func (e *env) waitDescribed() {
 func (e *env) eniState(id string) (fakeec2.ENIState, bool) { return e.srv.State().ENI(id) }
 
 func newMemStore() *store.Memory { return store.NewMemory() }
+
+// need is the shared pool's refill need on card under the policy (plan.Need) for a warm target and min free.
+func need(a *allocator.Allocator, card, warmTarget, minFree int) int {
+	return plan.Need(a.Stats(card), plan.Config{WarmTarget: warmTarget, MinFree: minFree})
+}

@@ -2,7 +2,13 @@
 // and attaches one ENI per managed card (more when a card's ENIs are full), keeps the allocator's per-card
 // pools filled with batched secondary addresses or /28 prefixes, gives surplus back to EC2 after a delay,
 // makes whole ENIs for exclusive allocations, reconciles the allocator with EC2 and deletes detached ENIs
-// it left behind. It is the only code that calls EC2.
+// it left behind.
+//
+// It is split as the AWS VPC CNI splits awsutils from ipamd: package awsec2 is the EC2 layer (every EC2
+// call, a token bucket per EC2 throttling class, retries, error classes, the one parser of EC2's interface
+// data); package plan is the pool policy, pure (a card's inventory and pool counts in, actions out); this
+// package keeps the inventory of the manager's ENIs, executes the plans against EC2 and the allocator
+// (cardloop.go), and adopts, reconciles and recovers what EC2 and the node say.
 //
 // Ownership: the manager changes only ENIs that carry its tags (TagCluster = Config.Cluster, TagNode = this
 // instance, TagCard); never card 0's primary ENI, an ENI tagged TagNoManage=true, or an EFA ENI. Every other
@@ -10,42 +16,34 @@
 //
 // Concurrency: one goroutine per managed card fills and shrinks that card's pool; a reconcile goroutine
 // compares the allocator with EC2. Address changes (EC2 call + allocator update) hold opMu for reading;
-// reconcile and its detached-ENI cleanup hold it for writing, so they never see an address in EC2 but not yet in the allocator
-// (or the reverse) and never delete an ENI between its create and attach.
+// reconcile and its detached-ENI cleanup hold it for writing, so they never see an address in EC2 but not
+// yet in the allocator (or the reverse) and never delete an ENI between its create and attach.
 package eni
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
+	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
-	"github.com/multinic/multinic/ipam/store"
 )
 
 var _ enipool.Pools = (*Manager)(nil)
 
 // Deps are the manager's collaborators.
 type Deps struct {
-	EC2       EC2API
-	IMDS      IMDSAPI
+	EC2       awsec2.EC2API
+	IMDS      awsec2.IMDSAPI
 	Allocator *allocator.Allocator
 	// Links finds ENI links in the node netns; nil means NoLinks.
 	Links Links
@@ -55,8 +53,8 @@ type Deps struct {
 type Manager struct {
 	cfg    Config
 	log    *slog.Logger
-	ec2    *caller
-	imds   IMDSAPI
+	ec2    *awsec2.Client
+	imds   awsec2.IMDSAPI
 	alloc  *allocator.Allocator
 	links  Links
 	recent *recent
@@ -149,7 +147,7 @@ func New(cfg Config, d Deps) (*Manager, error) {
 		d.Links = NoLinks{}
 	}
 	m := &Manager{
-		cfg: cfg, log: cfg.Logger, ec2: newCaller(d.EC2, cfg), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
+		cfg: cfg, log: cfg.Logger, ec2: awsec2.New(d.EC2, cfg.ec2()), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
 		recent: newRecent(cfg.SettleTime),
 		cards:  map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
 		subnets: map[string]netip.Prefix{}, orphanSeen: map[string]time.Time{},
@@ -366,7 +364,7 @@ type CardStats struct {
 // Stats is everything the agent exports as metrics.
 type Stats struct {
 	Cards []CardStats
-	EC2   CallStats
+	EC2   awsec2.CallStats
 	// PrefixMode: the cards' pools are filled with /28 prefixes, not single addresses.
 	PrefixMode bool
 }
@@ -376,7 +374,7 @@ func (m *Manager) Stats() Stats {
 	per := m.perENI()
 	m.mu.Lock()
 	var out Stats
-	for _, k := range slices.Sorted(mapsKeys(m.cards)) {
+	for _, k := range slices.Sorted(maps.Keys(m.cards)) {
 		cs := m.cards[k]
 		st := CardStats{Card: k, SubnetID: cs.subnetID, MaxENIs: m.limits.enisPerCard[k], Ready: m.cardReadyLocked(k)}
 		for _, e := range m.enis {
@@ -405,7 +403,7 @@ func (m *Manager) Stats() Stats {
 	for i := range out.Cards {
 		out.Cards[i].Pool = m.alloc.Stats(out.Cards[i].Card)
 	}
-	out.EC2 = m.ec2.stats()
+	out.EC2 = m.ec2.Stats()
 	out.PrefixMode = m.cfg.PrefixMode
 	return out
 }
@@ -413,385 +411,7 @@ func (m *Manager) Stats() Stats {
 // perENI is how many shared addresses one ENI can hold.
 func (m *Manager) perENI() int {
 	if m.cfg.PrefixMode {
-		return (m.limits.ipv4PerENI - 1) * PrefixSize
+		return (m.limits.ipv4PerENI - 1) * plan.PrefixSize
 	}
 	return m.limits.ipv4PerENI - 1
-}
-
-func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
-// discover reads IMDS, DescribeInstanceTypes and the attached ENIs, and sets up the managed cards.
-func (m *Manager) discover(ctx context.Context) error {
-	var err error
-	if m.instanceID, err = m.metadata(ctx, "instance-id"); err != nil {
-		return err
-	}
-	if m.instanceType, err = m.metadata(ctx, "instance-type"); err != nil {
-		return err
-	}
-	mac, err := m.metadata(ctx, "mac")
-	if err != nil {
-		return err
-	}
-	primSubnet, err := m.metadata(ctx, "network/interfaces/macs/"+mac+"/subnet-id")
-	if err != nil {
-		return err
-	}
-	groups, err := m.metadata(ctx, "network/interfaces/macs/"+mac+"/security-group-ids")
-	if err != nil {
-		return err
-	}
-	if m.primaryENI, err = m.metadata(ctx, "network/interfaces/macs/"+mac+"/interface-id"); err != nil {
-		return err
-	}
-	primGroups := splitLines(groups)
-
-	if err := m.describeType(ctx); err != nil {
-		return err
-	}
-	managed, err := m.managedCards()
-	if err != nil {
-		return err
-	}
-	enis, err := m.describeAttached(ctx)
-	if err != nil {
-		return err
-	}
-
-	m.mu.Lock()
-	for _, k := range managed {
-		cs := &cardState{index: k, subnetID: primSubnet, groups: primGroups, kick: make(chan struct{}, 1),
-			surplusSince: map[netip.Addr]time.Time{}, exclSince: map[string]time.Time{},
-			exclGone: map[string]time.Time{}, warned: map[string]bool{}}
-		if cc, ok := m.cfg.Cards[k]; ok {
-			if cc.SubnetID != "" {
-				cs.subnetID = cc.SubnetID
-			}
-			if len(cc.SecurityGroupIDs) > 0 {
-				cs.groups = slices.Clone(cc.SecurityGroupIDs)
-			}
-		}
-		m.cards[k] = cs
-	}
-	m.mu.Unlock()
-
-	rv := m.recent.view()
-	subnetIDs := map[string]bool{primSubnet: true}
-	for _, cs := range m.cards {
-		subnetIDs[cs.subnetID] = true
-	}
-	for _, ni := range enis {
-		subnetIDs[aws.ToString(ni.SubnetId)] = true
-	}
-	for _, c := range rv.created {
-		if c.rec.SubnetID != "" {
-			subnetIDs[c.rec.SubnetID] = true
-		}
-	}
-	if err := m.describeSubnets(ctx, slices.Sorted(mapsKeys(subnetIDs))); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	m.setAttachedLocked(enis, rv)
-	adopted := len(m.enis)
-	m.mu.Unlock()
-	m.log.Info("discovered instance", "instance", m.instanceID, "type", m.instanceType, "cards", m.limits.cards,
-		"enisPerCard", m.limits.enisPerCard[managedOr(managed, 0)], "ipv4PerENI", m.limits.ipv4PerENI,
-		"managedCards", managed, "attachedENIs", len(enis), "adoptedENIs", adopted)
-	return nil
-}
-
-func managedOr(cards []int, def int) int {
-	if len(cards) > 0 {
-		return cards[0]
-	}
-	return def
-}
-
-func splitLines(s string) []string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func (m *Manager) metadata(ctx context.Context, path string) (string, error) {
-	out, err := m.imds.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
-	if err != nil {
-		return "", fmt.Errorf("read imds %s: %w", path, err)
-	}
-	defer out.Content.Close()
-	b, err := io.ReadAll(io.LimitReader(out.Content, 1<<20))
-	if err != nil {
-		return "", fmt.Errorf("read imds %s: %w", path, err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
-
-func (m *Manager) describeType(ctx context.Context) error {
-	out, err := do(ctx, m.ec2, "DescribeInstanceTypes", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DescribeInstanceTypesOutput, error) {
-		return m.ec2.api.DescribeInstanceTypes(ctx, &ec2.DescribeInstanceTypesInput{
-			InstanceTypes: []types.InstanceType{types.InstanceType(m.instanceType)}}, o)
-	})
-	if err != nil {
-		return fmt.Errorf("describe instance type %s: %w", m.instanceType, err)
-	}
-	if len(out.InstanceTypes) != 1 || out.InstanceTypes[0].NetworkInfo == nil {
-		return fmt.Errorf("describe instance type %s: no network info", m.instanceType)
-	}
-	ni := out.InstanceTypes[0].NetworkInfo
-	l := typeLimits{
-		cards:       int(aws.ToInt32(ni.MaximumNetworkCards)),
-		defaultCard: int(aws.ToInt32(ni.DefaultNetworkCardIndex)),
-		maxENIs:     int(aws.ToInt32(ni.MaximumNetworkInterfaces)),
-		ipv4PerENI:  int(aws.ToInt32(ni.Ipv4AddressesPerInterface)),
-		enisPerCard: map[int]int{},
-	}
-	for _, c := range ni.NetworkCards {
-		l.enisPerCard[int(aws.ToInt32(c.NetworkCardIndex))] = int(aws.ToInt32(c.MaximumNetworkInterfaces))
-	}
-	if l.cards == 0 {
-		l.cards = 1
-	}
-	if len(l.enisPerCard) == 0 {
-		l.enisPerCard[0] = l.maxENIs
-	}
-	if l.ipv4PerENI < 2 {
-		return fmt.Errorf("describe instance type %s: %d IPv4 addresses per ENI leave none for pods", m.instanceType, l.ipv4PerENI)
-	}
-	m.limits = l
-	return nil
-}
-
-func (m *Manager) managedCards() ([]int, error) {
-	var out []int
-	switch {
-	case m.cfg.AllCards:
-		for k := range m.limits.cards {
-			out = append(out, k)
-		}
-	case m.cfg.ManagedCards != nil:
-		for _, k := range m.cfg.ManagedCards {
-			if k >= m.limits.cards {
-				return nil, fmt.Errorf("managed card %d invalid: %s has cards 0-%d", k, m.instanceType, m.limits.cards-1)
-			}
-			out = append(out, k)
-		}
-	default:
-		for k := range m.limits.cards {
-			if k != m.limits.defaultCard {
-				out = append(out, k)
-			}
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
-}
-
-// describeAttached lists every ENI attached to this instance, ours or not.
-func (m *Manager) describeAttached(ctx context.Context) ([]types.NetworkInterface, error) {
-	return m.describeENIs(ctx, []types.Filter{{Name: aws.String("attachment.instance-id"), Values: []string{m.instanceID}}})
-}
-
-func (m *Manager) describeENIs(ctx context.Context, filters []types.Filter) ([]types.NetworkInterface, error) {
-	var all []types.NetworkInterface
-	var token *string
-	for {
-		out, err := do(ctx, m.ec2, "DescribeNetworkInterfaces", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DescribeNetworkInterfacesOutput, error) {
-			return m.ec2.api.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: filters, NextToken: token}, o)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("describe network interfaces of %s: %w", m.instanceID, err)
-		}
-		all = append(all, out.NetworkInterfaces...)
-		if aws.ToString(out.NextToken) == "" {
-			return all, nil
-		}
-		token = out.NextToken
-	}
-}
-
-func (m *Manager) describeSubnets(ctx context.Context, ids []string) error {
-	out, err := do(ctx, m.ec2, "DescribeSubnets", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DescribeSubnetsOutput, error) {
-		return m.ec2.api.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: ids}, o)
-	})
-	if err != nil {
-		return fmt.Errorf("describe subnets %v: %w", ids, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, sn := range out.Subnets {
-		p, err := netip.ParsePrefix(aws.ToString(sn.CidrBlock))
-		if err != nil {
-			return fmt.Errorf("subnet %s cidr %q: %w", aws.ToString(sn.SubnetId), aws.ToString(sn.CidrBlock), err)
-		}
-		m.subnets[aws.ToString(sn.SubnetId)] = p
-	}
-	return nil
-}
-
-func tagMap(ts []types.Tag) map[string]string {
-	out := make(map[string]string, len(ts))
-	for _, t := range ts {
-		out[aws.ToString(t.Key)] = aws.ToString(t.Value)
-	}
-	return out
-}
-
-// ownsTags decides ownership from everything but the attachment.
-func (m *Manager) ownsTags(ni types.NetworkInterface) bool {
-	tags := tagMap(ni.TagSet)
-	switch {
-	case tags[TagNoManage] == "true":
-		return false
-	case ni.InterfaceType != "" && ni.InterfaceType != types.NetworkInterfaceTypeInterface:
-		return false // efa, efa-only, trunk, ...: never ours
-	case tags[TagCluster] != m.cfg.Cluster || tags[TagNode] != m.instanceID || tags[TagCard] == "":
-		return false
-	case aws.ToString(ni.NetworkInterfaceId) == m.primaryENI:
-		return false
-	}
-	return true
-}
-
-// setAttachedLocked rebuilds device occupancy from ni (every ENI attached to this instance) and adopts or
-// refreshes the manager's own ENIs; link state of known ENIs is kept. Describe may lag (recent): an ENI
-// the manager created within SettleTime and Describe does not show yet is kept (adopted from the memory
-// when an earlier process created and attached it), one it detached within SettleTime and Describe still
-// shows is not adopted again.
-func (m *Manager) setAttachedLocked(enis []types.NetworkInterface, rv recentView) {
-	m.occupied = map[int]map[int]string{}
-	seen := map[string]bool{}
-	for _, ni := range enis {
-		att := ni.Attachment
-		if att == nil || aws.ToString(att.InstanceId) != m.instanceID {
-			continue
-		}
-		id := aws.ToString(ni.NetworkInterfaceId)
-		card, dev := int(aws.ToInt32(att.NetworkCardIndex)), int(aws.ToInt32(att.DeviceIndex))
-		if m.occupied[card] == nil {
-			m.occupied[card] = map[int]string{}
-		}
-		m.occupied[card][dev] = id
-		if !m.ownsTags(ni) || (card == 0 && dev == 0) {
-			continue
-		}
-		if _, managed := m.cards[card]; !managed {
-			continue // ours, but on a card no longer served: leave it as it is
-		}
-		if _, gone := rv.detached[id]; gone {
-			continue
-		}
-		seen[id] = true
-		e := m.enis[id]
-		if e == nil {
-			mac, _ := net.ParseMAC(aws.ToString(ni.MacAddress))
-			e = &eniState{id: id, mac: mac, exclusive: tagMap(ni.TagSet)[TagMode] == ModeExclusive, adopted: true}
-			m.enis[id] = e
-			m.log.Info("adopted ENI", "card", card, "eni", id, "device", dev, "exclusive", e.exclusive)
-		}
-		// Fields other goroutines read without m.mu are written only when they change (they never do
-		// for an attachment that stays): card, device, attachment, subnet, primary.
-		set(&e.card, card)
-		set(&e.device, dev)
-		set(&e.attachmentID, aws.ToString(att.AttachmentId))
-		set(&e.subnetID, aws.ToString(ni.SubnetId))
-		set(&e.cidr, m.subnets[e.subnetID])
-		e.dot = aws.ToBool(att.DeleteOnTermination)
-		e.secondaries, e.prefixes = 0, nil
-		for _, a := range ni.PrivateIpAddresses {
-			ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress))
-			if err != nil {
-				continue
-			}
-			if aws.ToBool(a.Primary) {
-				set(&e.primary, ip)
-			} else {
-				e.secondaries++
-			}
-		}
-		for _, p := range ni.Ipv4Prefixes {
-			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
-				e.prefixes = append(e.prefixes, pfx)
-			}
-		}
-	}
-	for id, c := range rv.created {
-		if !seen[id] && m.enis[id] == nil && c.rec.AttachmentID != "" {
-			if _, managed := m.cards[c.rec.Card]; managed {
-				m.enis[id] = m.fromMemory(c.rec, rv)
-				m.log.Info("adopted ENI from the memory of recent changes; Describe does not show it yet",
-					"card", c.rec.Card, "eni", id, "device", c.rec.Device, "exclusive", c.rec.Exclusive)
-			}
-		}
-	}
-	for id, e := range m.enis {
-		if seen[id] {
-			continue
-		}
-		if _, fresh := rv.created[id]; fresh {
-			if m.occupied[e.card] == nil {
-				m.occupied[e.card] = map[int]string{}
-			}
-			m.occupied[e.card][e.device] = id
-			continue
-		}
-		m.log.Warn("ENI no longer attached", "card", e.card, "eni", id)
-		delete(m.enis, id)
-	}
-}
-
-// fromMemory is an ENI an earlier process created and attached within SettleTime, as it recorded it; its
-// secondary addresses (or prefixes) are those assigned to it since, as remembered. Its link is looked for
-// as for any adopted ENI; DeleteOnTermination is set again (the record does not say).
-func (m *Manager) fromMemory(rec store.RecentENI, rv recentView) *eniState {
-	mac, _ := net.ParseMAC(rec.MAC)
-	e := &eniState{id: rec.ID, mac: mac, card: rec.Card, device: rec.Device, attachmentID: rec.AttachmentID,
-		subnetID: rec.SubnetID, cidr: m.subnets[rec.SubnetID], exclusive: rec.Exclusive, primary: rec.Primary, adopted: true}
-	pfxs := map[netip.Prefix]bool{}
-	for a, as := range rv.assigned {
-		switch {
-		case as.eniID != rec.ID:
-		case m.cfg.PrefixMode:
-			pfxs[netip.PrefixFrom(a, 28).Masked()] = true
-		default:
-			e.secondaries++
-		}
-	}
-	e.prefixes = slices.SortedFunc(mapsKeys(pfxs), func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
-	return e
-}
-
-// newToken is a fresh ClientToken for one logical CreateNetworkInterface, reused by its retries.
-func newToken() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return "multinic-" + hex.EncodeToString(b)
-}
-
-func itoa(i int) string { return strconv.Itoa(i) }
-
-func parseMAC(s string) (net.HardwareAddr, error) {
-	mac, err := net.ParseMAC(s)
-	if err != nil || len(mac) != 6 {
-		return nil, fmt.Errorf("mac %q invalid", s)
-	}
-	return mac, nil
-}
-
-func set[T comparable](p *T, v T) {
-	if *p != v {
-		*p = v
-	}
 }

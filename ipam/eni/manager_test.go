@@ -19,12 +19,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-	"github.com/aws/smithy-go"
 
 	"github.com/multinic/multinic/internal/linkalias"
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
+	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -52,7 +53,7 @@ func TestDiscoveryAndSetup(t *testing.T) {
 			}
 
 			cfg := e.fastConfig(tc.cards)
-			cfg.EC2Rate, cfg.EC2Burst = 100, 200 // one rate limiter, roomy enough to show setup speed
+			cfg.EC2Rate, cfg.EC2Burst = 100, 200 // rate limits roomy enough to show setup speed
 			t0 := time.Now()
 			m := e.start(cfg, e.alloc)
 			waitReady(t, m, 30*time.Second)
@@ -227,7 +228,7 @@ func TestRefillAndShrink(t *testing.T) {
 			waitReady(t, m, 10*time.Second)
 			want := 6
 			if tc.prefix {
-				want = PrefixSize
+				want = plan.PrefixSize
 			}
 			eventually(t, 5*time.Second, "warm target", func() bool { return a.Stats(1).Warm == want })
 			mine := e.ours()
@@ -255,13 +256,13 @@ func TestRefillAndShrink(t *testing.T) {
 				als = append(als, al)
 			}
 			eventually(t, 5*time.Second, "refill after allocations", func() bool {
-				return m.alloc.Demand(1, 6, 2).Need == 0
+				return need(m.alloc, 1, 6, 2) == 0
 			})
 			grown := len(e.ec2Addresses(1))
 			if grown < pods+6 {
 				t.Errorf("EC2 holds %d addresses after %d allocations, want >= %d", grown, pods, pods+6)
 			}
-			if tc.prefix && grown%PrefixSize != 0 {
+			if tc.prefix && grown%plan.PrefixSize != 0 {
 				t.Errorf("prefix mode: %d addresses, not whole /28s", grown)
 			}
 			checkNoLeak(t, e, a, 1)
@@ -280,7 +281,7 @@ func TestRefillAndShrink(t *testing.T) {
 			}
 			shrunk := want
 			if tc.prefix {
-				shrunk = PrefixSize // one /28 is >= the target of 6
+				shrunk = plan.PrefixSize // one /28 is >= the target of 6
 			}
 			eventually(t, 5*time.Second, "shrink", func() bool { return len(e.ec2Addresses(1)) == shrunk })
 			if took := time.Since(released); took < cooldown+delay-50*time.Millisecond {
@@ -428,10 +429,10 @@ func TestWaitersAskedFor(t *testing.T) {
 				}()
 			}
 			eventually(t, 5*time.Second, "every waiter counted", func() bool {
-				return e.alloc.Demand(1, 0, 0).Waiting == waiters
+				return e.alloc.Stats(1).Waiting == waiters
 			})
-			if d := e.alloc.Demand(1, 0, 0); d.Need != waiters {
-				t.Errorf("demand %+v with %d waiting and nothing warm: want need %d", d, waiters, waiters)
+			if d := need(e.alloc, 1, 0, 0); d != waiters {
+				t.Errorf("need %d with %d waiting and nothing warm: want %d", d, waiters, waiters)
 			}
 			m.Kick(1)
 			for range waiters {
@@ -442,7 +443,7 @@ func TestWaitersAskedFor(t *testing.T) {
 			// With a smaller cap the count is a floor: a waiter between wake-up and its retry is briefly
 			// not counted, so a refill may ask for fewer than are still to come.
 			n := assigns() - before
-			switch floor := ceilDiv(waiters, maxBatch); {
+			switch floor := (waiters + maxBatch - 1) / maxBatch; {
 			case maxBatch >= waiters && n != 1:
 				t.Errorf("%d AssignPrivateIpAddresses for %d waiting allocations, want 1", n, waiters)
 			case n < floor:
@@ -520,7 +521,7 @@ func TestSubnetExhaustion(t *testing.T) {
 			waitReady(t, m, 10*time.Second)
 			eventually(t, 5*time.Second, "last error", func() bool { return m.LastError(1) != nil })
 			err := m.LastError(1)
-			var ae *APIError
+			var ae *awsec2.APIError
 			if !errors.As(err, &ae) || ae.Code != "InsufficientFreeAddressesInSubnet" {
 				t.Errorf("last error %v: want EC2's InsufficientFreeAddressesInSubnet", err)
 			}
@@ -554,7 +555,7 @@ func TestAttachFailureDeletesENI(t *testing.T) {
 	m := e.start(cfg, e.alloc)
 	eventually(t, 5*time.Second, "attach errors", func() bool {
 		err1, err2 := m.LastError(1), m.LastError(2)
-		return err1 != nil && err2 != nil && ErrorCode(err1) == "AttachmentLimitExceeded"
+		return err1 != nil && err2 != nil && awsec2.ErrorCode(err1) == "AttachmentLimitExceeded"
 	})
 	t.Logf("last error: %v", m.LastError(1))
 	if m.Ready() {
@@ -913,81 +914,6 @@ func TestExclusiveBackoff(t *testing.T) {
 	m.Kick(1)
 }
 
-func TestParseCards(t *testing.T) {
-	for _, tc := range []struct {
-		in      string
-		cards   []int
-		all     bool
-		wantErr bool
-	}{
-		{"", nil, false, false},
-		{"all", nil, true, false},
-		{"1,3", []int{1, 3}, false, false},
-		{"5-7, 1 ,6", []int{1, 5, 6, 7}, false, false},
-		{"x", nil, false, true},
-		{"3-1", nil, false, true},
-		{"-1", nil, false, true},
-	} {
-		cards, all, err := ParseCards(tc.in)
-		if (err != nil) != tc.wantErr || all != tc.all || !slices.Equal(cards, tc.cards) {
-			t.Errorf("ParseCards(%q) = %v, %v, %v", tc.in, cards, all, err)
-		}
-	}
-}
-
-func TestConfigValidate(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		cfg  Config
-		want string
-	}{
-		{"no cluster", Config{}, "cluster"},
-		{"bad subnet", Config{Cluster: "c", Cards: map[int]CardConfig{1: {SubnetID: "nope"}}}, `subnet "nope"`},
-		{"bad mtu", Config{Cluster: "c", MTU: 10}, "mtu 10"},
-		{"negative warm", Config{Cluster: "c", WarmTarget: ptr(-1)}, "warm target -1"},
-		{"ok", Config{Cluster: "c"}, ""},
-	} {
-		err := tc.cfg.withDefaults().validate()
-		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
-			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
-		}
-	}
-}
-
-func TestBackoffBounds(t *testing.T) {
-	c := newCaller(nil, Config{MaxAttempts: 3, BackoffBase: 100 * time.Millisecond, BackoffMax: time.Second, EC2Rate: 1, EC2Burst: 1})
-	for attempt := range 40 {
-		limit := min(100*time.Millisecond<<min(attempt, 30), time.Second)
-		for range 50 {
-			if d := c.backoff(attempt); d <= 0 || d > limit {
-				t.Fatalf("attempt %d: backoff %s outside (0, %s]", attempt, d, limit)
-			}
-		}
-	}
-}
-
-func TestRetryable(t *testing.T) {
-	api := func(code string) error { return &smithy.GenericAPIError{Code: code, Message: "m"} }
-	for _, tc := range []struct {
-		name string
-		err  error
-		want bool
-	}{
-		{"throttle", api("RequestLimitExceeded"), true},
-		{"internal", api("InternalError"), true},
-		{"unavailable", api("Unavailable"), true},
-		{"no addresses", api("InsufficientFreeAddressesInSubnet"), false},
-		{"limit", api("PrivateIpAddressLimitExceeded"), false},
-		{"denied", api("UnauthorizedOperation"), false},
-		{"transport", errors.New("connection reset"), true},
-		{"cancelled", fmt.Errorf("x: %w", context.Canceled), false},
-	} {
-		if got := retryable(tc.err); got != tc.want {
-			t.Errorf("%s: retryable %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
 // TestP5DefaultsUnderThrottling: with the shipped defaults (limiter 4/s, burst 10) and EC2's published
 // throttling on, all 31 managed cards of a p5.48xlarge get their ENI and a warm pool. It takes ~25 s,
 // bounded by the limiter rather than the CPU, and it is the largest instance type we support.
@@ -1035,7 +961,7 @@ func TestReconcileUnderLag(t *testing.T) {
 		}
 		als = append(als, al)
 	}
-	eventually(t, 5*time.Second, "refill", func() bool { return e.alloc.Demand(1, 2, 1).Need == 0 })
+	eventually(t, 5*time.Second, "refill", func() bool { return need(e.alloc, 1, 2, 1) == 0 })
 	time.Sleep(lag + 100*time.Millisecond) // EC2's view has caught up
 	for _, al := range als {
 		if _, _, err := e.alloc.Release(al.ContainerID, al.IfName); err != nil {
@@ -1103,7 +1029,7 @@ func TestRestartWithinLag(t *testing.T) {
 			churn = append(churn, al)
 		}
 	}
-	eventually(t, 5*time.Second, "refill", func() bool { return e.alloc.Demand(1, 2, 1).Need == 0 })
+	eventually(t, 5*time.Second, "refill", func() bool { return need(e.alloc, 1, 2, 1) == 0 })
 	before := e.ec2Addresses(1)
 	for _, al := range churn {
 		if _, _, err := e.alloc.Release(al.ContainerID, al.IfName); err != nil {

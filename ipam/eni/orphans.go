@@ -5,11 +5,8 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
 	"github.com/multinic/multinic/internal/ctxtime"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
 )
 
 // Orphans: an ENI created and tagged by an agent whose node died before the ENI was attached, or before
@@ -44,11 +41,8 @@ func (m *Manager) orphanLoop(ctx context.Context) {
 
 // SweepOrphans runs one pass of the cluster-wide orphan sweep now and returns how many ENIs it deleted.
 func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
-	enis, err := m.describeENIs(ctx, []types.Filter{
-		{Name: aws.String("tag:" + TagCluster), Values: []string{m.cfg.Cluster}},
-		{Name: aws.String("tag:" + TagManaged), Values: []string{"true"}},
-		{Name: aws.String("status"), Values: []string{string(types.NetworkInterfaceStatusAvailable)}},
-	})
+	enis, err := m.describeENIs(ctx, awsec2.TagFilter(TagCluster, m.cfg.Cluster), awsec2.TagFilter(TagManaged, "true"),
+		awsec2.Filter{Name: "status", Values: []string{awsec2.StatusAvailable}})
 	if err != nil {
 		return 0, err
 	}
@@ -57,9 +51,9 @@ func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
 	m.mu.Lock()
 	seen := m.orphanSeen
 	m.orphanSeen = map[string]time.Time{}
-	var due []types.NetworkInterface
+	var due []awsec2.Interface
 	for _, ni := range enis {
-		id := aws.ToString(ni.NetworkInterfaceId)
+		id := ni.ID
 		if _, mine := fresh[id]; mine || !orphanCandidate(ni, m.cfg.Cluster) {
 			continue
 		}
@@ -68,7 +62,7 @@ func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
 			first = now
 		}
 		m.orphanSeen[id] = first
-		created, err := time.Parse(time.RFC3339, tagMap(ni.TagSet)[TagCreatedAt])
+		created, err := time.Parse(time.RFC3339, ni.Tags[TagCreatedAt])
 		if err != nil {
 			created = first // no (readable) creation time: only this agent's own observation counts
 		}
@@ -79,15 +73,13 @@ func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
 	m.mu.Unlock()
 	deleted := 0
 	for _, ni := range due {
-		id := aws.ToString(ni.NetworkInterfaceId)
-		_, err := do(ctx, m.ec2, "DeleteNetworkInterface", func(ctx context.Context, o func(*ec2.Options)) (*ec2.DeleteNetworkInterfaceOutput, error) {
-			return m.ec2.api.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}, o)
-		})
-		switch code := ErrorCode(err); {
+		id := ni.ID
+		err := m.ec2.Delete(ctx, id)
+		switch code := awsec2.ErrorCode(err); {
 		case err == nil:
 			deleted++
-			m.log.Warn("deleted orphaned ENI", "eni", id, "node", tagMap(ni.TagSet)[TagNode],
-				"card", tagMap(ni.TagSet)[TagCard], "createdAt", tagMap(ni.TagSet)[TagCreatedAt])
+			m.log.Warn("deleted orphaned ENI", "eni", id, "node", ni.Tags[TagNode],
+				"card", ni.Tags[TagCard], "createdAt", ni.Tags[TagCreatedAt])
 		case code == "InvalidNetworkInterfaceID.NotFound":
 			// Another agent's sweep (or its owner) got there first.
 		case code == "InvalidParameterValue":
@@ -104,15 +96,15 @@ func (m *Manager) SweepOrphans(ctx context.Context) (int, error) {
 
 // orphanCandidate is everything but the age (and this manager's own recent creates): the cluster's,
 // managed, not opted out, a plain interface, attached to nothing.
-func orphanCandidate(ni types.NetworkInterface, cluster string) bool {
-	tags := tagMap(ni.TagSet)
+func orphanCandidate(ni awsec2.Interface, cluster string) bool {
+	tags := ni.Tags
 	switch {
 	case tags[TagCluster] != cluster || tags[TagManaged] != "true" || tags[TagCard] == "":
 		return false
 	case tags[TagNoManage] == "true":
 		return false
-	case ni.InterfaceType != "" && ni.InterfaceType != types.NetworkInterfaceTypeInterface:
+	case !ni.Plain():
 		return false
 	}
-	return ni.Attachment == nil && ni.Status == types.NetworkInterfaceStatusAvailable
+	return ni.Available()
 }

@@ -6,12 +6,9 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
 )
 
 func (m *Manager) reconcileLoop(ctx context.Context) {
@@ -46,7 +43,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	var missing []string
 	m.mu.Lock()
 	for _, ni := range enis {
-		if id := aws.ToString(ni.SubnetId); id != "" && !m.subnets[id].IsValid() {
+		if id := ni.SubnetID; id != "" && !m.subnets[id].IsValid() {
 			missing = append(missing, id)
 		}
 	}
@@ -82,7 +79,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	var ec2Addrs []allocator.EC2Address
 	m.mu.Lock()
 	for _, ni := range enis {
-		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
+		e := m.enis[ni.ID]
 		if e == nil {
 			continue
 		}
@@ -97,17 +94,11 @@ func (m *Manager) reconcile(ctx context.Context) error {
 			}
 			ec2Addrs = append(ec2Addrs, allocator.EC2Address{Card: e.card, ENIID: e.id, Address: a, Primary: primary})
 		}
-		for _, a := range ni.PrivateIpAddresses {
-			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil {
-				add(ip, aws.ToBool(a.Primary))
-			}
+		if ni.Primary.IsValid() {
+			add(ni.Primary, true)
 		}
-		for _, p := range ni.Ipv4Prefixes {
-			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
-				for _, a := range expand(pfx) {
-					add(a, false)
-				}
-			}
+		for _, a := range ni.Addresses() {
+			add(a, false)
 		}
 		if !e.linkReady {
 			e.pending = pending
@@ -160,10 +151,10 @@ func (m *Manager) adoptLink(e *eniState) {
 // reassignLost asks EC2 to give back to their ENI the addresses of live allocations it no longer has
 // (someone unassigned them behind the agent's back). Best effort: failures are logged.
 func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
-	byENI := map[string][]string{}
+	byENI := map[string][]netip.Addr{}
 	for _, al := range lost {
 		if !al.Exclusive {
-			byENI[al.ENIID] = append(byENI[al.ENIID], al.Address.String())
+			byENI[al.ENIID] = append(byENI[al.ENIID], al.Address)
 		}
 	}
 	for id, addrs := range byENI {
@@ -175,17 +166,11 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 				"eni", id, "addresses", addrs)
 			continue
 		}
-		_, err := do(ctx, m.ec2, "AssignPrivateIpAddresses", func(ctx context.Context, o func(*ec2.Options)) (*ec2.AssignPrivateIpAddressesOutput, error) {
-			return m.ec2.api.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{
-				NetworkInterfaceId: aws.String(id), PrivateIpAddresses: addrs}, o)
-		})
-		if err != nil {
+		if err := m.ec2.AssignAddresses(ctx, id, addrs); err != nil {
 			m.log.Error("re-assign lost addresses", "card", e.card, "eni", id, "addresses", addrs, "err", err)
 			continue
 		}
-		for _, a := range addrs {
-			m.recent.assign(id, netip.MustParseAddr(a))
-		}
+		m.recent.assign(id, addrs...)
 		m.saveRecent()
 		m.mu.Lock()
 		e.secondaries += len(addrs)
@@ -206,21 +191,18 @@ func (m *Manager) DeleteDetached(ctx context.Context) error {
 }
 
 func (m *Manager) deleteDetachedLocked(ctx context.Context) error {
-	enis, err := m.describeENIs(ctx, []types.Filter{
-		{Name: aws.String("tag:" + TagNode), Values: []string{m.instanceID}},
-		{Name: aws.String("tag:" + TagCluster), Values: []string{m.cfg.Cluster}},
-		{Name: aws.String("status"), Values: []string{string(types.NetworkInterfaceStatusAvailable)}},
-	})
+	enis, err := m.describeENIs(ctx, awsec2.TagFilter(TagNode, m.instanceID), awsec2.TagFilter(TagCluster, m.cfg.Cluster),
+		awsec2.Filter{Name: "status", Values: []string{awsec2.StatusAvailable}})
 	if err != nil {
 		return fmt.Errorf("delete detached ENIs: %w", err)
 	}
 	rv := m.recent.view()
 	leftovers := map[string]string{} // ENI -> card
 	for _, ni := range enis {
-		if ni.Attachment != nil || ni.Status != types.NetworkInterfaceStatusAvailable || !m.ownsTags(ni) {
+		if !ni.Available() || !m.ownsTags(ni) {
 			continue
 		}
-		leftovers[aws.ToString(ni.NetworkInterfaceId)] = tagMap(ni.TagSet)[TagCard]
+		leftovers[ni.ID] = ni.Tags[TagCard]
 	}
 	// abandoned: created by an earlier agent process that never recorded it attached.
 	abandoned := func(c createdENI) bool { return c.inherited && c.rec.AttachmentID == "" }

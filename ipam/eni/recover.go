@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -207,23 +206,14 @@ func (m *Manager) recoverView(ctx context.Context, netns map[string][]podLink) (
 	byMAC := map[string]*recoverENI{}
 	described := map[string]bool{}
 	for _, ni := range attached {
-		described[strings.ToLower(aws.ToString(ni.MacAddress))] = true
-		e := m.enis[aws.ToString(ni.NetworkInterfaceId)]
+		described[strings.ToLower(ni.MAC)] = true
+		e := m.enis[ni.ID]
 		if e == nil {
 			continue
 		}
 		in := &recoverENI{e: e, addr: map[netip.Addr]bool{}}
-		for _, a := range ni.PrivateIpAddresses {
-			if ip, err := netip.ParseAddr(aws.ToString(a.PrivateIpAddress)); err == nil && !aws.ToBool(a.Primary) {
-				in.addr[ip] = true
-			}
-		}
-		for _, p := range ni.Ipv4Prefixes {
-			if pfx, err := netip.ParsePrefix(aws.ToString(p.Ipv4Prefix)); err == nil {
-				for _, a := range expand(pfx) {
-					in.addr[a] = true
-				}
-			}
+		for _, a := range ni.Addresses() {
+			in.addr[a] = true
 		}
 		byMAC[e.mac.String()] = in
 	}

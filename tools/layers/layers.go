@@ -34,7 +34,10 @@ var Rules = []Rule{
 
 	// The agent's parts: the socket server, the ENI manager, the allocation backend.
 	{"ipam/server", []string{"ipam/api", "internal/..."}},
-	{"ipam/eni", []string{"ipam/allocator", "ipam/api", "ipam/enipool", "ipam/store", "internal/..."}},
+	{"ipam/eni", []string{"ipam/eni/awsec2", "ipam/eni/plan", "ipam/allocator", "ipam/api", "ipam/enipool", "ipam/store", "internal/..."}},
+	// The ENI manager's EC2 layer imports nothing of the project; its pure planner only the pool types.
+	{"ipam/eni/awsec2", nil},
+	{"ipam/eni/plan", []string{"ipam/allocator"}},
 	{"ipam/backend", []string{"ipam/allocator", "ipam/api", "ipam/enipool", "ipam/server", "ipam/store", "internal/..."}},
 
 	// The plugin and the NAD renderer: neither reaches into the agent's ipam packages.

@@ -1,0 +1,86 @@
+package awsec2
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/smithy-go"
+)
+
+// APIError is an EC2 error as the agent reports it: "Code: Message". It unwraps to the SDK's error.
+type APIError struct {
+	Code    string
+	Message string
+	Err     error
+}
+
+func (e *APIError) Error() string { return e.Code + ": " + e.Message }
+func (e *APIError) Unwrap() error { return e.Err }
+
+// ErrorCode returns EC2's error code in err's chain, or "".
+func ErrorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// SubnetFull: the subnet cannot give the addresses (or /28 prefixes) asked for; fewer may still fit.
+func SubnetFull(err error) bool {
+	code := ErrorCode(err)
+	return code == "InsufficientFreeAddressesInSubnet" || code == "InsufficientCidrBlocks"
+}
+
+// DeviceInUse: another ENI took the device index an attach asked for.
+func DeviceInUse(err error) bool {
+	return ErrorCode(err) == "InvalidParameterValue" && strings.Contains(err.Error(), "device index")
+}
+
+// InUse: EC2 refuses to delete an ENI that is attached (or still detaching).
+func InUse(err error) bool {
+	return ErrorCode(err) == "InvalidParameterValue" && strings.Contains(err.Error(), "currently in use")
+}
+
+// NotFound: the ENI (or the attachment) does not exist (any more).
+func NotFound(err error) bool {
+	code := ErrorCode(err)
+	return code == "InvalidNetworkInterfaceID.NotFound" || code == "InvalidAttachmentID.NotFound"
+}
+
+// throttleCodes are EC2's "slow down" answers.
+var throttleCodes = map[string]bool{
+	"RequestLimitExceeded": true, "Throttling": true, "ThrottlingException": true,
+	"RequestThrottled": true, "EC2ThrottledException": true,
+}
+
+// transientCodes are server-side failures worth another attempt.
+var transientCodes = map[string]bool{
+	"InternalError": true, "InternalFailure": true, "ServiceUnavailable": true, "Unavailable": true,
+}
+
+// retryable: throttles, server errors (5xx), and failures with no EC2 error code at all (transport errors,
+// a response cut off mid-body). A 4xx with a code is EC2's answer and final.
+func retryable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if code := ErrorCode(err); code != "" {
+		if throttleCodes[code] || transientCodes[code] {
+			return true
+		}
+		var re *awshttp.ResponseError
+		return errors.As(err, &re) && re.HTTPStatusCode() >= 500
+	}
+	return true
+}
+
+func wrapAPI(err error) error {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return &APIError{Code: ae.ErrorCode(), Message: ae.ErrorMessage(), Err: err}
+	}
+	return err
+}
