@@ -16,10 +16,9 @@ import (
 // createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
 // and brings it up; then a shared ENI's initial batch of addresses (prefixes) joins the pool, or an
 // exclusive ENI joins the card's exclusive pool. A failed attach deletes the new ENI. A link that does not
-// show up leaves the ENI attached but not ready; the card loop retries the link.
+// show up leaves the ENI attached but not ready; the card loop retries the link. Only the card's own loop
+// calls it, so the card's device indexes are chosen one at a time.
 func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, batch int) (*eniState, error) {
-	cs.createMu.Lock()
-	defer cs.createMu.Unlock()
 	m.mu.Lock()
 	used, limit := len(m.occupied[cs.index]), m.limits.enisPerCard[cs.index]
 	m.mu.Unlock()

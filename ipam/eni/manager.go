@@ -93,7 +93,6 @@ type cardState struct {
 	subnetID string
 	groups   []string
 	kick     chan struct{}
-	createMu sync.Mutex // one ENI creation at a time per card: device indexes are per card
 	exclMu   sync.Mutex // one look at the card's exclusive ENIs at a time (EnsureExclusive, the card loop)
 
 	// Under Manager.mu. lastErr clears once a step succeeds; lastFailure stays, for operators.
