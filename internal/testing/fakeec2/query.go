@@ -216,8 +216,8 @@ func (q query) page(n int) (from, to int, next string, err error) {
 // ipv6Request reads the IPv6 part of CreateNetworkInterface (structured: Ipv6Addresses.N.Ipv6Address,
 // Ipv6Prefix.N.Ipv6Prefix) or AssignIpv6Addresses (flat: Ipv6Addresses.N, Ipv6Prefix.N). EC2 takes one of
 // the four ways to ask per request.
-func (q query) ipv6Request(structured bool) (ipv6Request, error) {
-	var r ipv6Request
+func (q query) ipv6Request(structured bool) (addrRequest, error) {
+	var r addrRequest
 	var err error
 	if r.count, err = q.intParam("Ipv6AddressCount", 0); err != nil {
 		return r, err

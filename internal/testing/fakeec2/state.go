@@ -170,29 +170,19 @@ func (s *Server) newMAC() string {
 func (s *Server) releaseAll(e *eni) {
 	p := s.subnets[e.subnetID].pool
 	p.releaseIP(e.primaryIP)
-	for _, a := range e.secondary {
-		p.releaseIP(a)
-	}
-	for _, pfx := range e.prefixes {
-		p.releasePrefix(pfx)
-	}
+	giveBack(p, e.secondary, e.prefixes)
 	if p6 := s.subnets[e.subnetID].pool6; p6 != nil {
-		for _, a := range e.ipv6 {
-			p6.releaseIP(a)
-		}
-		for _, pfx := range e.ipv6Prefixes {
-			p6.releasePrefix(pfx)
-		}
+		giveBack(p6, e.ipv6, e.ipv6Prefixes)
 	}
 }
 
-// addrRequest is what Create and Assign ask for beyond the primary address.
+// addrRequest is what Create and Assign (IPv4 or IPv6) ask for beyond the primary address.
 type addrRequest struct {
 	count       int          // secondary addresses chosen by EC2
 	explicit    []netip.Addr // secondary addresses chosen by the caller
 	prefixCount int
 	prefixes    []netip.Prefix
-	reassign    bool // AllowReassignment: explicit addresses may move from another ENI
+	reassign    bool // AllowReassignment (IPv4 only): explicit addresses may move from another ENI
 }
 
 func (r addrRequest) slots() int { return r.count + len(r.explicit) + r.prefixCount + len(r.prefixes) }
@@ -218,36 +208,19 @@ func (s *Server) assign(e *eni, r addrRequest) (ips []netip.Addr, pfxs []netip.P
 		}
 		seen[a] = true
 	}
-	for i, pfx := range r.prefixes {
-		valid, free := p.prefixOK(pfx)
-		if !valid {
-			return nil, nil, errInvalidParam("Prefix %s is not a /28 block in subnet %s", pfx, sn.id)
-		}
-		if !free || slices.Contains(r.prefixes[:i], pfx) {
-			return nil, nil, errInvalidParam("Prefix %s is in use.", pfx)
-		}
+	if err := checkPrefixes(p, r.prefixes, func(pfx netip.Prefix) error {
+		return errInvalidParam("Prefix %s is not a /28 block in subnet %s", pfx, sn.id)
+	}); err != nil {
+		return nil, nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			for _, a := range ips {
-				p.releaseIP(a)
-			}
-			for _, x := range pfxs {
-				p.releasePrefix(x)
-			}
+			giveBack(p, ips, pfxs)
 			ips, pfxs = nil, nil
 		}
 	}()
-	for _, pfx := range r.prefixes {
-		p.claimPrefix(pfx, e.id)
-		pfxs = append(pfxs, pfx)
-	}
-	for range r.prefixCount {
-		pfx, ok := p.allocPrefix(e.id)
-		if !ok {
-			return ips, pfxs, errNoFreePrefixes(sn.id)
-		}
-		pfxs = append(pfxs, pfx)
+	if err := takePrefixes(p, e.id, sn.id, r.prefixes, r.prefixCount, &pfxs); err != nil {
+		return ips, pfxs, err
 	}
 	for range r.count {
 		a, ok := p.allocIP(e.id)
@@ -275,18 +248,8 @@ func (s *Server) isSecondaryOf(eniID string, a netip.Addr) bool {
 	return ok && slices.Contains(o.secondary, a)
 }
 
-// ipv6Request is what Create and AssignIpv6Addresses ask for: one kind per request.
-type ipv6Request struct {
-	count       int          // addresses chosen by EC2
-	explicit    []netip.Addr // addresses chosen by the caller
-	prefixCount int          // /80s chosen by EC2
-	prefixes    []netip.Prefix
-}
-
-func (r ipv6Request) slots() int { return r.count + len(r.explicit) + r.prefixCount + len(r.prefixes) }
-
 // kinds counts how many of the four ways to ask are used; EC2 takes one per request.
-func (r ipv6Request) kinds() int {
+func (r addrRequest) kinds() int {
 	n := 0
 	for _, used := range []bool{r.count > 0, len(r.explicit) > 0, r.prefixCount > 0, len(r.prefixes) > 0} {
 		if used {
@@ -297,7 +260,7 @@ func (r ipv6Request) kinds() int {
 }
 
 // assign6 gives e the requested IPv6 addresses or prefixes all-or-nothing and returns the new ones.
-func (s *Server) assign6(e *eni, r ipv6Request) (ips []netip.Addr, pfxs []netip.Prefix, retErr error) {
+func (s *Server) assign6(e *eni, r addrRequest) (ips []netip.Addr, pfxs []netip.Prefix, retErr error) {
 	if r.slots() == 0 {
 		return nil, nil, nil
 	}
@@ -318,36 +281,19 @@ func (s *Server) assign6(e *eni, r ipv6Request) (ips []netip.Addr, pfxs []netip.
 			return nil, nil, newErr("InvalidIPAddress.InUse", "Address %s is in use.", a)
 		}
 	}
-	for i, pfx := range r.prefixes {
-		valid, free := p.prefixOK(pfx)
-		if !valid {
-			return nil, nil, errInvalidParam("Prefix %s is not a /80 block in the IPv6 CIDR block %s of subnet %s", pfx, p.cidr, sn.id)
-		}
-		if !free || slices.Contains(r.prefixes[:i], pfx) {
-			return nil, nil, errInvalidParam("Prefix %s is in use.", pfx)
-		}
+	if err := checkPrefixes(p, r.prefixes, func(pfx netip.Prefix) error {
+		return errInvalidParam("Prefix %s is not a /80 block in the IPv6 CIDR block %s of subnet %s", pfx, p.cidr, sn.id)
+	}); err != nil {
+		return nil, nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			for _, a := range ips {
-				p.releaseIP(a)
-			}
-			for _, x := range pfxs {
-				p.releasePrefix(x)
-			}
+			giveBack(p, ips, pfxs)
 			ips, pfxs = nil, nil
 		}
 	}()
-	for _, pfx := range r.prefixes {
-		p.claimPrefix(pfx, e.id)
-		pfxs = append(pfxs, pfx)
-	}
-	for range r.prefixCount {
-		pfx, ok := p.allocPrefix(e.id)
-		if !ok {
-			return ips, pfxs, errNoFreePrefixes(sn.id)
-		}
-		pfxs = append(pfxs, pfx)
+	if err := takePrefixes(p, e.id, sn.id, r.prefixes, r.prefixCount, &pfxs); err != nil {
+		return ips, pfxs, err
 	}
 	for _, a := range r.explicit {
 		p.claimIP(a, e.id)
@@ -363,4 +309,55 @@ func (s *Server) assign6(e *eni, r ipv6Request) (ips []netip.Addr, pfxs []netip.
 	e.ipv6 = append(e.ipv6, ips...)
 	e.ipv6Prefixes = append(e.ipv6Prefixes, pfxs...)
 	return ips, pfxs, nil
+}
+
+// prefixPool is what assign and assign6 share of pool (IPv4, /28s) and pool6 (IPv6, /80s).
+type prefixPool interface {
+	prefixOK(pfx netip.Prefix) (valid, free bool)
+	claimPrefix(pfx netip.Prefix, owner string)
+	allocPrefix(owner string) (netip.Prefix, bool)
+	releaseIP(a netip.Addr)
+	releasePrefix(pfx netip.Prefix)
+}
+
+// checkPrefixes validates the prefixes a caller named before anything is taken; notBlock words EC2's error
+// for one that is not an aligned block of the subnet.
+func checkPrefixes(p prefixPool, pfxs []netip.Prefix, notBlock func(netip.Prefix) error) error {
+	for i, pfx := range pfxs {
+		valid, free := p.prefixOK(pfx)
+		if !valid {
+			return notBlock(pfx)
+		}
+		if !free || slices.Contains(pfxs[:i], pfx) {
+			return errInvalidParam("Prefix %s is in use.", pfx)
+		}
+	}
+	return nil
+}
+
+// takePrefixes claims the named prefixes, then count more of EC2's choosing, adding each to *taken as it
+// goes so that the caller's rollback gives back exactly what was taken.
+func takePrefixes(p prefixPool, owner, subnetID string, named []netip.Prefix, count int, taken *[]netip.Prefix) error {
+	for _, pfx := range named {
+		p.claimPrefix(pfx, owner)
+		*taken = append(*taken, pfx)
+	}
+	for range count {
+		pfx, ok := p.allocPrefix(owner)
+		if !ok {
+			return errNoFreePrefixes(subnetID)
+		}
+		*taken = append(*taken, pfx)
+	}
+	return nil
+}
+
+// giveBack returns addresses and prefixes to their pool (a failed assign's, or a deleted ENI's).
+func giveBack(p prefixPool, ips []netip.Addr, pfxs []netip.Prefix) {
+	for _, a := range ips {
+		p.releaseIP(a)
+	}
+	for _, pfx := range pfxs {
+		p.releasePrefix(pfx)
+	}
 }
