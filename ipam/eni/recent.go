@@ -28,6 +28,10 @@ type recent struct {
 	unassigned map[netip.Addr]assignment
 	created    map[string]createdENI // by ENI ID
 	detached   map[string]time.Time
+	// saved is the last snapshot, good until savedUntil (when its oldest entry expires) unless the memory
+	// changes: every checkpoint write asks for one, and most come with no EC2 change between them.
+	saved      *store.Recent
+	savedUntil time.Time
 }
 
 type assignment struct {
@@ -54,6 +58,7 @@ func newRecent(ttl time.Duration) *recent {
 func (r *recent) assign(eniID string, addrs ...netip.Addr) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	now := time.Now()
 	for _, a := range addrs {
 		delete(r.unassigned, a)
@@ -67,6 +72,7 @@ func (r *recent) assign(eniID string, addrs ...netip.Addr) {
 func (r *recent) unassign(eniID string, addrs ...netip.Addr) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	now := time.Now()
 	for _, a := range addrs {
 		delete(r.assigned, a)
@@ -78,6 +84,7 @@ func (r *recent) unassign(eniID string, addrs ...netip.Addr) {
 func (r *recent) create(rec store.RecentENI) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	rec.At = time.Now()
 	r.created[rec.ID] = createdENI{rec: rec}
 }
@@ -86,6 +93,7 @@ func (r *recent) create(rec store.RecentENI) {
 func (r *recent) attached(eniID string, device int, attachmentID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	if c, ok := r.created[eniID]; ok {
 		c.rec.Device, c.rec.AttachmentID = device, attachmentID
 		r.created[eniID] = c
@@ -95,6 +103,7 @@ func (r *recent) attached(eniID string, device int, attachmentID string) {
 func (r *recent) detach(eniID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	delete(r.created, eniID)
 	r.detached[eniID] = time.Now()
 }
@@ -103,6 +112,7 @@ func (r *recent) detach(eniID string) {
 func (r *recent) forget(eniID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	delete(r.created, eniID)
 }
 
@@ -131,11 +141,43 @@ func (r *recent) expireLocked() {
 }
 
 // snapshot is the memory as the checkpoint saves it (nil when empty): addresses grouped by the EC2 call
-// (ENI and time) that changed them, at most maxRecent entries of each kind, the newest.
+// (ENI and time) that changed them, at most maxRecent entries of each kind, the newest. Callers must not
+// change what it returns: it is kept for the next call while the memory does not change.
 func (r *recent) snapshot() *store.Recent {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if time.Now().Before(r.savedUntil) {
+		return r.saved
+	}
 	r.expireLocked()
+	r.saved, r.savedUntil = r.snapshotLocked(), r.oldestLocked().Add(r.ttl)
+	return r.saved
+}
+
+// oldestLocked is when the oldest entry was made (zero: none).
+func (r *recent) oldestLocked() time.Time {
+	var t time.Time
+	older := func(at time.Time) {
+		if t.IsZero() || at.Before(t) {
+			t = at
+		}
+	}
+	for _, a := range r.assigned {
+		older(a.at)
+	}
+	for _, a := range r.unassigned {
+		older(a.at)
+	}
+	for _, c := range r.created {
+		older(c.rec.At)
+	}
+	for _, at := range r.detached {
+		older(at)
+	}
+	return t
+}
+
+func (r *recent) snapshotLocked() *store.Recent {
 	s := &store.Recent{Assigned: groupCalls(r.assigned), Unassigned: groupCalls(r.unassigned)}
 	for _, c := range r.created {
 		s.ENIs = append(s.ENIs, c.rec)
@@ -188,6 +230,7 @@ func (r *recent) load(s *store.Recent) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.savedUntil = time.Time{}
 	for _, c := range s.ENIs {
 		r.created[c.ID] = createdENI{rec: c, inherited: true}
 	}

@@ -58,6 +58,15 @@ func TestRecentRoundTrip(t *testing.T) {
 		t.Errorf("detached eni-3 not remembered as such: %v, created %v", v.detached, v.created)
 	}
 
+	// Kept between checkpoint writes while nothing changes; a change shows in the next one.
+	if s1, s2 := r.snapshot(), r.snapshot(); s1 != s2 {
+		t.Error("snapshot made again with no change in between")
+	}
+	r.assign("eni-2", a("10.0.2.5"))
+	if s := r.snapshot(); len(s.Assigned) != 3 || s.Assigned[0].ENIID != "eni-2" {
+		t.Errorf("snapshot after an assign: %+v, want it first of 3 calls", s.Assigned)
+	}
+
 	// Older than the settle time: neither saved nor loaded.
 	short := newRecent(time.Millisecond)
 	short.assign("eni-1", a("10.0.1.5"))
