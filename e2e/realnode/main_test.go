@@ -8,6 +8,8 @@ import (
 	"os/signal"
 	"syscall"
 	"testing"
+
+	"github.com/multinic/multinic/internal/testing/testbin"
 )
 
 // TestMain removes everything on Ctrl-C or SIGTERM (the nodes' processes, cgroups, netns, the host link,
@@ -21,9 +23,11 @@ func TestMain(m *testing.M) {
 		if err := Cleanup(); err != nil {
 			fmt.Fprintf(os.Stderr, "realnode: cleanup: %v\n", err)
 		}
+		testbin.Remove()
 		os.Exit(130) // the control plane dies with this process (Pdeathsig)
 	}()
 	code := m.Run()
+	testbin.Remove() // the binaries the harness built for this run
 	if os.Getenv(E2EEnv) == "1" {
 		if left := Leftovers(); len(left) > 0 {
 			fmt.Fprintf(os.Stderr, "realnode: left behind after the run: %v\n", left)
