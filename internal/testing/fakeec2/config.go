@@ -61,7 +61,8 @@ type InstanceConfig struct {
 
 // Faults are all off by default.
 type Faults struct {
-	// Throttle turns on token buckets for every action class at EC2's published rates.
+	// Throttle turns on token buckets for every action class at EC2's published rates (PublishedRates), one
+	// per class for the whole region, as EC2 keeps them per account: every instance draws on the same ones.
 	Throttle bool `json:"throttle,omitempty"`
 	// Rates sets (and turns on) a bucket for a class (ClassMutate, ...) or a single action name.
 	Rates map[string]Rate `json:"rates,omitempty"`

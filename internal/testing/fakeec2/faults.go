@@ -48,7 +48,9 @@ func throttleClass(action string, q query) string {
 	return ClassDescribe
 }
 
-// faults holds the live fault settings; it has its own lock so faults never wait on state.
+// faults holds the live fault settings; it has its own lock so faults never wait on state. The buckets are
+// the server's, not an instance's: a Server is one account's region, and EC2 counts every instance's calls
+// against the account's buckets (TestThrottleAccountWide).
 type faults struct {
 	mu      sync.Mutex
 	cfg     Faults

@@ -215,3 +215,71 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal("unknown key accepted")
 	}
 }
+
+// TestThrottleAccountWide: EC2's buckets are per account and region, so the calls made for every instance of
+// the fake draw on the same buckets (issue 13's 100-node scale-up depends on it): two instances' ENIs, real
+// SDK client, no retries, buckets that do not refill during the test.
+func TestThrottleAccountWide(t *testing.T) {
+	cfg := perCard(t, "trn1.32xlarge")
+	cfg.Instances = append(cfg.Instances, InstanceConfig{ID: "i-0fedcba9876543210", Type: "trn1.32xlarge"})
+	cfg.Faults = Faults{Rates: map[string]Rate{ClassMutate: {Burst: 6, PerSecond: 0.001}, ClassAttach: {Burst: 2, PerSecond: 0.001}}}
+	f := start(t, cfg)
+	insts := []string{cfg.Instances[0].ID, cfg.Instances[1].ID}
+	enis := make([]string, 2)
+	for i, inst := range insts { // 2 mutating tokens, 2 attach tokens: one each per instance
+		enis[i] = aws.ToString(f.createENI(t, CardSubnetID(1)).NetworkInterfaceId)
+		if _, err := f.noRetry.AttachNetworkInterface(ctx(t), &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(enis[i]),
+			InstanceId: aws.String(inst), DeviceIndex: aws.Int32(1), NetworkCardIndex: aws.Int32(1)}); err != nil {
+			t.Fatalf("attach %s to %s: %v", enis[i], inst, err)
+		}
+	}
+	assign := func(eni string) error {
+		_, err := f.noRetry.AssignPrivateIpAddresses(ctx(t), &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(eni), SecondaryPrivateIpAddressCount: aws.Int32(1)})
+		return err
+	}
+	for i := range 4 { // the 4 mutating tokens left, alternating instances
+		if err := assign(enis[i%2]); err != nil {
+			t.Fatalf("assign %d on %s: %v", i, insts[i%2], err)
+		}
+	}
+	for i, eni := range enis { // empty for both instances alike
+		wantCode(t, assign(eni), "RequestLimitExceeded", 503)
+		_, err := f.noRetry.DetachNetworkInterface(ctx(t), &ec2.DetachNetworkInterfaceInput{AttachmentId: f.describeENI(t, eni).Attachment.AttachmentId})
+		if err == nil {
+			t.Fatalf("detach on %s after both instances' attaches took the attach bucket: not throttled", insts[i])
+		}
+		wantCode(t, err, "RequestLimitExceeded", 503)
+	}
+}
+
+// TestThrottlePublishedAccountWide: with Throttle on, the mutating calls for two instances' ENIs, taking
+// turns, get EC2's 100-token account bucket between them (per instance, they would get 200).
+func TestThrottlePublishedAccountWide(t *testing.T) {
+	cfg := perCard(t, "trn1.32xlarge")
+	cfg.Instances = append(cfg.Instances, InstanceConfig{ID: "i-0fedcba9876543210", Type: "trn1.32xlarge"})
+	cfg.Faults = Faults{Throttle: true}
+	f := start(t, cfg)
+	if r := PublishedRates[ClassMutate]; r != (Rate{Burst: 100, PerSecond: 5}) {
+		t.Fatalf("mutating bucket %+v, EC2's is 100 burst, 5/s", r)
+	}
+	start := time.Now()
+	var enis []string
+	for i, inst := range []string{cfg.Instances[0].ID, cfg.Instances[1].ID} {
+		enis = append(enis, aws.ToString(f.createENI(t, CardSubnetID(1)).NetworkInterfaceId))
+		if _, err := f.noRetry.AttachNetworkInterface(ctx(t), &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(enis[i]),
+			InstanceId: aws.String(inst), DeviceIndex: aws.Int32(1), NetworkCardIndex: aws.Int32(1)}); err != nil {
+			t.Fatalf("attach to %s: %v", inst, err)
+		}
+	}
+	ok := len(enis)
+	for ; ok < 300; ok++ {
+		if _, err := f.noRetry.AssignPrivateIpAddresses(ctx(t), &ec2.AssignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(enis[ok%2]), SecondaryPrivateIpAddressCount: aws.Int32(1)}); err != nil {
+			wantCode(t, err, "RequestLimitExceeded", 503)
+			break
+		}
+	}
+	refilled := int(time.Since(start).Seconds()*5) + 1
+	if ok < 100 || ok > 100+refilled {
+		t.Fatalf("%d mutating calls for two instances before the first throttle, want 100 (+%d refilled)", ok, refilled)
+	}
+}
