@@ -86,6 +86,10 @@ type Options struct {
 	IPVlanMode string
 	// MTU of the pod interfaces; 0: the ENI's MTU (the plugin's default).
 	MTU int
+	// Families are the cards' address families as the agent serves them (netconf.FamilyIPv6 or
+	// netconf.FamilyDual); a card not listed is netconf.FamilyIPv4, which is rendered without "family" so
+	// that its NAD is the one plugins older than the key accept.
+	Families map[int]string
 }
 
 // ParseModes reads the --nad-mode flag: "ipvlan", "exclusive" or "both".
@@ -142,6 +146,11 @@ func (o Options) Validate() error {
 			return err
 		}
 	}
+	for card, f := range o.Families {
+		if err := netconf.CheckFamily(fmt.Sprintf("family of card %d", card), f); err != nil {
+			return err
+		}
+	}
 	return netconf.CheckMTU("mtu", o.MTU)
 }
 
@@ -192,6 +201,9 @@ func NetConfig(card int, mode string, o Options) (string, error) {
 	}
 	if mode == netconf.ModeIPVlan {
 		n.IPVlanMode = o.IPVlanMode
+	}
+	if f := o.Families[card]; f != netconf.FamilyIPv4 {
+		n.Family = f
 	}
 	b, err := netconf.Render(CNIVersion, Name(card, mode), n)
 	if err != nil {

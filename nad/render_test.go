@@ -55,6 +55,39 @@ func TestRenderExample(t *testing.T) {
 	}
 }
 
+// TestRenderFamily: each card's NAD carries the card's family; an ipv4 card's none, so that plugins older
+// than the key still accept it.
+func TestRenderFamily(t *testing.T) {
+	o := Options{Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive},
+		Families: map[int]string{2: netconf.FamilyDual, 3: netconf.FamilyIPv6, 4: netconf.FamilyIPv4}}
+	nads, err := Render([]int{1, 2, 3, 4}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"multinic-card-1": "", "multinic-card-1-exclusive": "",
+		"multinic-card-2": netconf.FamilyDual, "multinic-card-2-exclusive": netconf.FamilyDual,
+		"multinic-card-3": netconf.FamilyIPv6, "multinic-card-3-exclusive": netconf.FamilyIPv6,
+		"multinic-card-4": "", "multinic-card-4-exclusive": "",
+	}
+	if len(nads) != len(want) {
+		t.Fatalf("rendered %d NADs, want %d", len(nads), len(want))
+	}
+	for _, n := range nads {
+		var nc netconf.NetConf
+		if err := json.Unmarshal([]byte(n.Spec.Config), &nc); err != nil {
+			t.Fatal(err)
+		}
+		if nc.Family != want[n.Name] || (want[n.Name] == "") == strings.Contains(n.Spec.Config, `"family"`) {
+			t.Errorf("%s: family %q in %s, want %q", n.Name, nc.Family, n.Spec.Config, want[n.Name])
+		}
+		c, err := netconf.Load([]byte(n.Spec.Config))
+		if err != nil || c.Family != api.NormalFamily(want[n.Name]) {
+			t.Errorf("%s: Load = %+v, %v", n.Name, c, err)
+		}
+	}
+}
+
 // TestRenderDeterministic: the same input, in any order, renders byte-identical objects.
 func TestRenderDeterministic(t *testing.T) {
 	o := Options{Modes: []string{netconf.ModeExclusive, netconf.ModeIPVlan}, IPVlanMode: "l3", MTU: 8000, AgentSocket: "/run/x/agent.sock"}
@@ -109,6 +142,8 @@ func TestOptionsValidate(t *testing.T) {
 		{"other prefix", Options{ResourcePrefix: "example.com/nic"}, ""},
 		{"ipvlan mode", Options{IPVlanMode: "l4"}, "ipvlan mode"},
 		{"mtu", Options{MTU: 10000}, "mtu 10000 invalid"},
+		{"family", Options{Families: map[int]string{1: netconf.FamilyDual}}, ""},
+		{"bad family", Options{Families: map[int]string{1: "ipv5"}}, `family of card 1 "ipv5" invalid`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.o.Validate()
@@ -183,6 +218,8 @@ func TestConfigAcceptedByPlugin(t *testing.T) {
 	for _, o := range []Options{
 		{AgentSocket: sock, Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}},
 		{AgentSocket: sock, Modes: []string{netconf.ModeIPVlan}, IPVlanMode: "l3s", MTU: 1500},
+		{AgentSocket: sock, Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive},
+			Families: map[int]string{1: netconf.FamilyDual, 31: netconf.FamilyIPv6}},
 	} {
 		nads, err := Render([]int{0, 1, 31}, o)
 		if err != nil {

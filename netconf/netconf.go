@@ -39,6 +39,17 @@ const (
 	IPVlanL3S = "l3s"
 )
 
+// Address families of a network (the "family" key): which addresses the pod gets on the card. They are the
+// agent's (package ipam/api), so the NAD, the plugin's request and the agent's card setting use one spelling.
+const (
+	// FamilyIPv4 (the default, also for an empty "family"): one IPv4 address per pod per card.
+	FamilyIPv4 = api.FamilyIPv4
+	// FamilyIPv6: one IPv6 address per pod per card.
+	FamilyIPv6 = api.FamilyIPv6
+	// FamilyDual: one address of each family per pod per card.
+	FamilyDual = api.FamilyDual
+)
+
 // Limits of the "mtu" key: IPv4's minimum and the VPC's jumbo frame size.
 const (
 	MinMTU = 68
@@ -68,6 +79,10 @@ type Network struct {
 	Mode string `json:"mode,omitempty"`
 	// IPVlanMode is IPVlanL2 (default), IPVlanL3 or IPVlanL3S; only with mode ipvlan.
 	IPVlanMode string `json:"ipvlanMode,omitempty"`
+	// Family is FamilyIPv4 (default, also when empty), FamilyIPv6 or FamilyDual: the card's address
+	// families as the agent serves them. The agent renders it only for ipv6 and dual cards, so an ipv4 card's
+	// NAD stays what plugins older than the key accept.
+	Family string `json:"family,omitempty"`
 	// MTU of the pod interface; nil or 0 means the ENI's MTU as the agent reports it.
 	MTU *int `json:"mtu,omitempty"`
 	// AgentSocket is the agent's unix socket; default api.DefaultSocketPath.
@@ -131,6 +146,8 @@ type Config struct {
 	Mode       string
 	// IPVlanMode is IPVlanL2, IPVlanL3 or IPVlanL3S (IPVlanL2 also in exclusive mode, where it is unused).
 	IPVlanMode string
+	// Family is FamilyIPv4, FamilyIPv6 or FamilyDual (never empty).
+	Family string
 	// MTU is 0 for "the ENI's MTU".
 	MTU           int
 	AgentSocket   string
@@ -151,7 +168,7 @@ var standardKeys = []string{
 }
 
 // ourKeys are the keys this package defines (Network's).
-var ourKeys = []string{"agentSocket", "ipvlanMode", "mode", "mtu", "networkCard", "policyRouting", "routes"}
+var ourKeys = []string{"agentSocket", "family", "ipvlanMode", "mode", "mtu", "networkCard", "policyRouting", "routes"}
 
 // Invalid is the error of a bad configuration: CNI code 7. The message names the key.
 func Invalid(format string, args ...any) *types.Error {
@@ -189,6 +206,7 @@ func Load(data []byte) (*Config, error) {
 		CNIVersion:       n.CNIVersion,
 		Mode:             n.Mode,
 		IPVlanMode:       n.IPVlanMode,
+		Family:           n.Family,
 		AgentSocket:      n.AgentSocket,
 		PolicyRouting:    true,
 		DNS:              n.DNS,
@@ -223,6 +241,11 @@ func Load(data []byte) (*Config, error) {
 		if err := CheckIPVlanMode("ipvlanMode", c.IPVlanMode); err != nil {
 			return nil, err
 		}
+	}
+	if c.Family == "" {
+		c.Family = FamilyIPv4
+	} else if err := CheckFamily("family", c.Family); err != nil {
+		return nil, err
 	}
 	if n.MTU != nil {
 		if err := CheckMTU("mtu", *n.MTU); err != nil {
@@ -311,6 +334,14 @@ func CheckIPVlanMode(key, mode string) error {
 		return nil
 	}
 	return Invalid("%s %q invalid: must be l2, l3 or l3s", key, mode)
+}
+
+// CheckFamily accepts FamilyIPv4, FamilyIPv6 and FamilyDual; key names the setting in the error.
+func CheckFamily(key, family string) error {
+	if !api.ValidFamily(family) || family == "" {
+		return Invalid("%s %q invalid: must be %q, %q or %q", key, family, FamilyIPv4, FamilyIPv6, FamilyDual)
+	}
+	return nil
 }
 
 // CheckMTU accepts 0 (the ENI's MTU) and MinMTU..MaxMTU; key names the setting in the error.

@@ -32,20 +32,20 @@ func TestLoadConf(t *testing.T) {
 			name: "defaults",
 			json: `"networkCard": 0`,
 			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 0, Mode: ModeIPVlan, IPVlanMode: IPVlanL2,
-				AgentSocket: api.DefaultSocketPath, PolicyRouting: true},
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true, Family: FamilyIPv4},
 		},
 		{
 			name: "everything",
-			json: `"networkCard": 3, "mode": "ipvlan", "ipvlanMode": "l3s", "mtu": 1500, "agentSocket": "/run/x.sock",
+			json: `"networkCard": 3, "mode": "ipvlan", "ipvlanMode": "l3s", "family": "dual", "mtu": 1500, "agentSocket": "/run/x.sock",
 				"policyRouting": false, "routes": [{"dst": "10.100.0.0/16"}, {"dst": "10.200.0.0/16"}, {"dst": "10.100.0.0/16"}]`,
 			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 3, Mode: ModeIPVlan, IPVlanMode: IPVlanL3S,
-				MTU: 1500, AgentSocket: "/run/x.sock", PolicyRouting: false,
+				Family: FamilyDual, MTU: 1500, AgentSocket: "/run/x.sock", PolicyRouting: false,
 				Routes: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16"), netip.MustParsePrefix("10.200.0.0/16")}},
 		},
 		{
 			name: "exclusive, mtu 0 means the ENI's",
 			json: `"networkCard": 1, "mode": "exclusive", "mtu": 0`,
-			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeExclusive, IPVlanMode: IPVlanL2,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeExclusive, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
 				AgentSocket: api.DefaultSocketPath, PolicyRouting: true},
 		},
 		{
@@ -53,7 +53,7 @@ func TestLoadConf(t *testing.T) {
 			json: `"networkCard": 1, "capabilities": {"mac": true}, "runtimeConfig": {"mac": "x"}, "dns": {"nameservers": ["10.0.0.2"]},
 				"ipam": {}, "prevResult": {"cniVersion": "1.1.0"}, "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "net1"}],
 				"args": {"cni": {"mtu": 1400, "routes": [{"dst": "10.9.0.0/16"}], "sysctl": {"x": "1"}}, "other": 1}`,
-			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
 				MTU: 1400, AgentSocket: api.DefaultSocketPath, PolicyRouting: true,
 				Routes:           []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")},
 				DNS:              types.DNS{Nameservers: []string{"10.0.0.2"}},
@@ -62,13 +62,24 @@ func TestLoadConf(t *testing.T) {
 		{
 			name: "old attachments spelling",
 			json: `"networkCard": 1, "cni.dev/attachments": [{"containerID": "a", "ifname": "net1"}]`,
-			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
 				AgentSocket: api.DefaultSocketPath, PolicyRouting: true,
 				ValidAttachments: []types.GCAttachment{{ContainerID: "a", IfName: "net1"}}},
 		},
 		{name: "cniVersion 0.4.0", json: `"networkCard": 1, "cniVersion": "0.4.0"`,
-			want: &Config{Name: "card1", CNIVersion: "0.4.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2,
+			want: &Config{Name: "card1", CNIVersion: "0.4.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
 				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
+		{name: "family ipv6", json: `"networkCard": 1, "mode": "exclusive", "family": "ipv6"`,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeExclusive, IPVlanMode: IPVlanL2, Family: FamilyIPv6,
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
+		{name: "family ipv4 spelled out", json: `"networkCard": 1, "family": "ipv4"`,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
+		{name: "bad family", json: `"networkCard": 1, "family": "inet6"`, wantErr: `family "inet6" invalid: must be "ipv4", "ipv6" or "dual"`},
+		{name: "family empty is ipv4", json: `"networkCard": 1, "family": ""`,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
+		{name: "family a number", json: `"networkCard": 1, "family": 6`, wantErr: "family: want string"},
 
 		{name: "card missing", json: ``, wantErr: "networkCard is required"},
 		{name: "card null", json: `"networkCard": null`, wantErr: "networkCard is required"},
@@ -191,8 +202,15 @@ func TestRender(t *testing.T) {
 		t.Errorf("Load(Render) = %+v, %v", c, err)
 	}
 
+	// The family renders after ipvlanMode, only when set.
+	b, err = Render("1.1.0", "multinic-card-3", Network{NetworkCard: &card, Mode: ModeIPVlan, IPVlanMode: IPVlanL3, Family: FamilyDual})
+	if want := `{"cniVersion":"1.1.0","name":"multinic-card-3","type":"multinic","networkCard":3,"mode":"ipvlan","ipvlanMode":"l3","family":"dual"}`; err != nil || string(b) != want {
+		t.Errorf("Render with family:\n got %s, %v\nwant %s", b, err, want)
+	}
+
 	bad := 256
 	for name, n := range map[string]Network{
+		"bad family":         {NetworkCard: &card, Family: "ipv5"},
 		"no card":            {Mode: ModeIPVlan},
 		"card too big":       {NetworkCard: &bad},
 		"bad mode":           {NetworkCard: &card, Mode: "macvlan"},
@@ -218,6 +236,8 @@ func TestChecks(t *testing.T) {
 		{CheckMode("nad mode", "macvlan"), `nad mode "macvlan" invalid: must be "ipvlan" or "exclusive"`},
 		{CheckIPVlanMode("ipvlan mode", "l4"), `ipvlan mode "l4" invalid: must be l2, l3 or l3s`},
 		{CheckMTU("mtu", MaxMTU+1), "mtu 9002 invalid: must be 68-9001, or 0 for the ENI's MTU"},
+		{CheckFamily("family of card 3", "ipv7"), `family of card 3 "ipv7" invalid: must be "ipv4", "ipv6" or "dual"`},
+		{CheckFamily("family", ""), `family "" invalid: must be "ipv4", "ipv6" or "dual"`},
 	} {
 		if tt.err == nil || tt.err.Error() != tt.want {
 			t.Errorf("error %v, want %q", tt.err, tt.want)
@@ -226,7 +246,8 @@ func TestChecks(t *testing.T) {
 		requireCode7(t, tt.err)
 	}
 	for _, err := range []error{CheckCard("card", 0), CheckCard("card", MaxNetworkCard), CheckMode("mode", ModeExclusive),
-		CheckIPVlanMode("ipvlanMode", IPVlanL3S), CheckMTU("mtu", 0), CheckMTU("mtu", MinMTU), CheckMTU("mtu", MaxMTU)} {
+		CheckIPVlanMode("ipvlanMode", IPVlanL3S), CheckMTU("mtu", 0), CheckMTU("mtu", MinMTU), CheckMTU("mtu", MaxMTU),
+		CheckFamily("family", FamilyIPv4), CheckFamily("family", FamilyIPv6), CheckFamily("family", FamilyDual)} {
 		if err != nil {
 			t.Errorf("valid value refused: %v", err)
 		}

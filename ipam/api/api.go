@@ -27,6 +27,12 @@
 //   - A field, a path or a code is never removed or given another meaning within v1. A client treats a
 //     code it does not know (from a newer agent) like CodeInternal.
 //
+// "family" is the one v1 field that changes what is allocated, kept in v1 because both mixed pairs stay
+// safe: an older plugin sends none, which means ipv4, and the agent refuses it (CodeInvalid naming "family")
+// on a card that serves ipv6 or dual instead of answering without the address the NAD promised; an older
+// agent ignores it and answers without "ipv6", which Client.Allocate refuses (and releases) for a request
+// of family ipv6 or dual.
+//
 // Agents built before this rule decoded strictly and refuse a newer plugin's "network" field; with the
 // DaemonSet's rolling update (no surge) the old agent is gone before the new pod's init container installs
 // the new plugin, so that pair does not meet. ipam/server's tests replay requests recorded from older
@@ -65,6 +71,31 @@ const (
 	PathStatus      = "/v1/status"
 )
 
+// Address families of a card and of a request ("family"): which addresses a pod gets on the card. The
+// empty family is FamilyIPv4, what plugins older than the field send.
+const (
+	FamilyIPv4 = "ipv4"
+	FamilyIPv6 = "ipv6"
+	FamilyDual = "dual"
+)
+
+// ValidFamily reports whether f is a family a request may carry ("" included: ipv4).
+func ValidFamily(f string) bool {
+	return f == "" || f == FamilyIPv4 || f == FamilyIPv6 || f == FamilyDual
+}
+
+// NormalFamily is f with the empty family spelled FamilyIPv4.
+func NormalFamily(f string) string {
+	if f == "" {
+		return FamilyIPv4
+	}
+	return f
+}
+
+// WantsIPv4 and WantsIPv6 say which addresses a family gives.
+func WantsIPv4(f string) bool { return f == "" || f == FamilyIPv4 || f == FamilyDual }
+func WantsIPv6(f string) bool { return f == FamilyIPv6 || f == FamilyDual }
+
 // maxIfNameLen is IFNAMSIZ less the terminating NUL.
 const maxIfNameLen = 15
 
@@ -92,11 +123,16 @@ type AllocateRequest struct {
 	// Network is the CNI configuration's "name": a CNI GC of one network frees only that network's
 	// allocations. Empty from plugins older than the field; such an allocation is never freed by CNI GC.
 	Network string `json:"network,omitempty"`
+	// Family is FamilyIPv4 (also when empty, as plugins older than the field send), FamilyIPv6 or
+	// FamilyDual: the network's "family". It must be the card's family as the agent serves it, or the
+	// request is refused (CodeInvalid naming "family").
+	Family string `json:"family,omitempty"`
 }
 
-// AllocateResponse is a granted AllocateRequest: what the plugin needs to build the pod interface.
+// AllocateResponse is a granted AllocateRequest: what the plugin needs to build the pod interface. The
+// IPv4 fields are those of every release before IPv6; Address is zero (the JSON "") for family ipv6.
 type AllocateResponse struct {
-	// Address is the pod's address, e.g. "10.0.16.5".
+	// Address is the pod's IPv4 address, e.g. "10.0.16.5".
 	Address netip.Addr `json:"address"`
 	// PrefixLen is the subnet's prefix length, e.g. 20.
 	PrefixLen int `json:"prefixLen"`
@@ -114,6 +150,22 @@ type AllocateResponse struct {
 	MTU int `json:"mtu"`
 	// Exclusive is true when the whole ENI belongs to this pod (Address is its primary address).
 	Exclusive bool `json:"exclusive,omitempty"`
+	// IPv6 is the pod's IPv6 address for family ipv6 and dual, on the same ENI as Address; nil for ipv4.
+	IPv6 *IPv6Lease `json:"ipv6,omitempty"`
+}
+
+// IPv6Lease is the IPv6 part of an allocation.
+type IPv6Lease struct {
+	// Address is the pod's address, e.g. "2001:db8:ec2:1::5".
+	Address netip.Addr `json:"address"`
+	// PrefixLen is the subnet's prefix length: 64 on EC2.
+	PrefixLen int `json:"prefixLen"`
+	// Gateway is the VPC router's link-local address, which the pod routes via: EC2's router answers
+	// neighbour discovery for fe80:ec2::1 on every subnet (the address the AWS VPC CNI routes its IPv6 pods
+	// via), so it is the same on every card and needs no on-link route of the subnet.
+	Gateway netip.Addr `json:"gateway"`
+	// SubnetCIDR is the ENI's subnet's IPv6 CIDR, e.g. "2001:db8:ec2:1::/64".
+	SubnetCIDR netip.Prefix `json:"subnetCIDR"`
 }
 
 // PodRef names a pod as CNI_ARGS do (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID). Every record that names
@@ -158,6 +210,9 @@ type Allocation struct {
 	Address     netip.Addr `json:"address"`
 	ENIID       string     `json:"eniID"`
 	AllocatedAt time.Time  `json:"allocatedAt"`
+	// IPv6 is the allocation's IPv6 address (family ipv6 or dual), on ENIID; omitted for ipv4. (omitzero,
+	// not omitempty: encoding/json never omits a struct such as netip.Addr for omitempty.)
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
 }
 
 // ListResponse is the body of GET /v1/allocations.
@@ -184,6 +239,9 @@ func (r AllocateRequest) Validate() error {
 	}
 	if err := checkNetwork(r.Network); err != nil {
 		return err
+	}
+	if !ValidFamily(r.Family) {
+		return invalidf("\"family\" %q invalid: must be %q, %q or %q", r.Family, FamilyIPv4, FamilyIPv6, FamilyDual)
 	}
 	if r.Netns != "" && !filepath.IsAbs(r.Netns) {
 		return invalidf("\"netns\" %q invalid: must be an absolute path", r.Netns)

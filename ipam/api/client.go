@@ -55,12 +55,21 @@ func NewClient(socketPath string, timeout time.Duration) *Client {
 // Close drops idle connections to the agent.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
-// Allocate asks for an address (or a whole ENI) on req.Card.
+// Allocate asks for an address (or a whole ENI) on req.Card. An answer without the IPv6 address a family
+// ipv6 or dual request asked for (an agent older than the field) is released and refused as ErrInvalid.
 func (c *Client) Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error) {
 	var resp AllocateResponse
 	err := req.Validate()
 	if err == nil {
 		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), http.MethodPost, PathAllocate, req, &resp)
+	}
+	if err == nil && WantsIPv6(req.Family) && resp.IPv6 == nil {
+		// An agent older than "family" ignored it and gave IPv4 only: give it back, and say why.
+		_, rerr := c.Release(ctx, ReleaseRequest{ContainerID: req.ContainerID, IfName: req.IfName})
+		err = invalidf("\"family\" %q: the agent answered without an IPv6 address (an agent older than the family key?)", req.Family)
+		if rerr != nil {
+			err = fmt.Errorf("%w (and giving back its answer failed: %w)", err, rerr)
+		}
 	}
 	if err != nil {
 		return AllocateResponse{}, fmt.Errorf("allocate card %d for container %s interface %s: %w",

@@ -4,7 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,5 +176,93 @@ func TestNewerClientFields(t *testing.T) {
 	// Listing with a parameter this agent does not know still lists.
 	if status, e := rawDo(t, s.path, "GET", api.PathAllocations+"?card=1", nil); status != http.StatusOK {
 		t.Errorf("GET %s?card=1: HTTP %d %+v, want 200", api.PathAllocations, status, e)
+	}
+}
+
+// TestFamilyOnTheWire: the IPv6 fields' JSON keys are the protocol; "family" reaches the backend as sent
+// and is validated like the other keys; an answer must carry the family's addresses.
+func TestFamilyOnTheWire(t *testing.T) {
+	lease := &api.IPv6Lease{Address: netip.MustParseAddr("2001:db8:ec2:3::a"), PrefixLen: 64,
+		Gateway: netip.MustParseAddr("fe80:ec2::1"), SubnetCIDR: netip.MustParsePrefix("2001:db8:ec2:3::/64")}
+	dual := testResponse
+	dual.IPv6 = lease
+	b, err := json.Marshal(dual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"address":"10.0.16.5","prefixLen":20,"gateway":"10.0.16.1","subnetCIDR":"10.0.16.0/20",` +
+		`"eniID":"eni-0123456789abcdef0","linkName":"ens33","mac":"02:12:34:56:78:9a","mtu":9001,` +
+		`"ipv6":{"address":"2001:db8:ec2:3::a","prefixLen":64,"gateway":"fe80:ec2::1","subnetCIDR":"2001:db8:ec2:3::/64"}}`
+	if string(b) != want {
+		t.Errorf("dual AllocateResponse on the wire:\n got %s\nwant %s", b, want)
+	}
+	al := api.Allocation{AllocateRequest: api.AllocateRequest{Card: 1, ContainerID: "c", IfName: "net1", Family: api.FamilyIPv6},
+		ENIID: "eni-1", IPv6: lease.Address}
+	if b, _ = json.Marshal(al); !strings.Contains(string(b), `"family":"ipv6"`) || !strings.Contains(string(b), `"ipv6":"2001:db8:ec2:3::a"`) {
+		t.Errorf("ipv6 Allocation on the wire: %s", b)
+	}
+	al.Family, al.IPv6, al.Address = "", netip.Addr{}, netip.MustParseAddr("10.0.0.5")
+	if b, _ = json.Marshal(al); strings.Contains(string(b), "family") || strings.Contains(string(b), "ipv6") {
+		t.Errorf("an ipv4 Allocation carries IPv6 keys: %s", b)
+	}
+
+	rb := newRecordingBackend()
+	s := startServer(t, rb, nil, time.Second)
+	for _, tt := range []struct{ body, want, inMsg string }{
+		{`{"card":1,"containerID":"c","ifName":"net1","family":"dual"}`, `{"card":1,"containerID":"c","ifName":"net1","family":"dual"}`, ""},
+		{`{"card":1,"containerID":"c","ifName":"net1","family":"inet6"}`, "", `"family" "inet6" invalid`},
+		{`{"card":1,"containerID":"c","ifName":"net1","family":6}`, "", "family"},
+	} {
+		before := rb.last()
+		status, e := rawDo(t, s.path, "POST", api.PathAllocate, []byte(tt.body))
+		if tt.want == "" {
+			if status != http.StatusBadRequest || e == nil || e.Code != api.CodeInvalid || !strings.Contains(e.Message, tt.inMsg) || rb.last() != before {
+				t.Errorf("%s: HTTP %d %+v, want 400 invalid naming %s without calling the backend", tt.body, status, e, tt.inMsg)
+			}
+			continue
+		}
+		// testResponse has no IPv6: a dual request answered so is the backend's bug.
+		if status != http.StatusInternalServerError || rb.last() != tt.want {
+			t.Errorf("%s: HTTP %d %+v, backend got %s; want 500 after the backend got %s", tt.body, status, e, rb.last(), tt.want)
+		}
+	}
+
+	// An agent older than "family" ignores it and answers IPv4 only (a bare HTTP server stands for it: this
+	// package's server knows the field): the client gives that back and refuses.
+	released := make(chan string, 1)
+	sock := filepath.Join(shortDir(t), "old.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldAgent := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case api.PathAllocate:
+			_ = json.NewEncoder(w).Encode(testResponse)
+		case api.PathRelease:
+			released <- string(body)
+			_, _ = w.Write([]byte(`{"released":true}`))
+		}
+	})}
+	go func() { _ = oldAgent.Serve(l) }()
+	t.Cleanup(func() { _ = oldAgent.Close() })
+	req := testRequest
+	req.Family = api.FamilyIPv6
+	_, err = newTestClient(t, sock, 0).Allocate(context.Background(), req)
+	if !errors.Is(err, api.ErrInvalid) || !strings.Contains(err.Error(), `"family" "ipv6"`) {
+		t.Errorf("ipv6 answered without IPv6: %v, want api.ErrInvalid naming \"family\"", err)
+	}
+	select {
+	case r := <-released:
+		if r != `{"containerID":"5f2c9e0a","ifName":"net1"}` {
+			t.Errorf("released %s", r)
+		}
+	default:
+		t.Error("the IPv4-only answer was not given back")
+	}
+	req.Family = api.FamilyIPv4
+	if _, err := newTestClient(t, sock, 0).Allocate(context.Background(), req); err != nil {
+		t.Errorf("ipv4 from the same agent: %v", err)
 	}
 }

@@ -179,15 +179,21 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 			return nil, err
 		}
 		rl.add(slog.Int("card", req.Card), slog.String("container", req.ContainerID),
-			slog.String("ifname", req.IfName), slog.String("pod", req.Describe()), slog.Bool("exclusive", req.Exclusive))
+			slog.String("ifname", req.IfName), slog.String("pod", req.Describe()), slog.Bool("exclusive", req.Exclusive),
+			slog.String("family", api.NormalFamily(req.Family)))
 		resp, err := h.b.Allocate(ctx, req)
 		if err != nil {
 			return nil, errorFor(err)
 		}
-		if !resp.Address.IsValid() {
-			return nil, &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("allocate card %d for container %s: backend returned no address", req.Card, req.ContainerID)}
+		if (api.WantsIPv4(req.Family) && !resp.Address.IsValid()) ||
+			(api.WantsIPv6(req.Family) && (resp.IPv6 == nil || !resp.IPv6.Address.Is6())) {
+			return nil, &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("allocate card %d family %s for container %s: backend returned no address",
+				req.Card, api.NormalFamily(req.Family), req.ContainerID)}
 		}
 		rl.add(slog.String("address", resp.Address.String()), slog.String("eni", resp.ENIID))
+		if resp.IPv6 != nil {
+			rl.add(slog.String("ipv6", resp.IPv6.Address.String()))
+		}
 		return resp, nil
 	case api.PathRelease:
 		var req api.ReleaseRequest
