@@ -27,9 +27,11 @@ FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipv
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: ## build every binary into bin/
+# Static, as the image, the Dockerfile and the tests build them (internal/gobuild): the plugin copied to a node
+# runs on whatever libc the node has, and bin/ then holds the binaries the image ships, not a cgo variant.
+build: ## build every binary into bin/ (static, CGO_ENABLED=0, as the image)
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
 image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
 	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
