@@ -70,7 +70,7 @@ func TestAllocateFillsResponseAndKicks(t *testing.T) {
 	}
 	// Every allocation line names card, container, ifname and pod.
 	var line string
-	for l := range strings.Lines(ta.logs.String()) {
+	for _, l := range ta.logs.Lines() {
 		if strings.Contains(l, "msg=allocated") {
 			line = l
 		}

@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
@@ -100,24 +100,6 @@ func eniOf(card int) string { return fmt.Sprintf("eni-%02d", card) }
 // addrOf returns 10.<card>.0.<i+10>.
 func addrOf(card, i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(card), 0, byte(i + 10)}) }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type testBackend struct {
 	*Backend
 	alloc *allocator.Allocator
@@ -125,7 +107,7 @@ type testBackend struct {
 	clock *testingclock.FakeClock
 	store *store.FileStore
 	cfg   Config
-	logs  *syncBuffer
+	logs  *logring.Ring
 }
 
 // lockedAllocator returns an allocator (no cooldown) restored from a file store in dir, whose lock it
@@ -162,7 +144,7 @@ func newTestBackend(t testing.TB, fp *fakePools, warm map[int]int, change func(*
 		}
 	}
 	clk := testingclock.NewFakeClock(time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC))
-	logs := &syncBuffer{}
+	logs := logring.New(10000, 4096) // safe for the logger's concurrent writes
 	cfg := Config{Allocator: al, Pools: fp, WaitTimeout: 2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Now: clk.Now}
 	if change != nil {

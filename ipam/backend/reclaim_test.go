@@ -101,7 +101,7 @@ func TestReclaimNetns(t *testing.T) {
 	if got := gaugeValue(t, ta.Backend, "multinic_gc_releases_total", map[string]string{"reason": "netns-gone"}); got != 2 {
 		t.Errorf("multinic_gc_releases_total{reason=netns-gone} = %v, want 2", got)
 	}
-	if !strings.Contains(ta.logs.String(), "outside the netns directories") {
+	if !strings.Contains(strings.Join(ta.logs.Lines(), "\n"), "outside the netns directories") {
 		t.Errorf("no log line about the netns outside the netns directories")
 	}
 }
@@ -355,8 +355,8 @@ func TestReclaimRefusesAll(t *testing.T) {
 	if got := gaugeValue(t, ta.Backend, "multinic_gc_refusals_total", map[string]string{"reason": "all-allocations"}); got < 2 {
 		t.Errorf("multinic_gc_refusals_total{reason=all-allocations} = %v, want at least 2", got)
 	}
-	if !strings.Contains(ta.logs.String(), `refused to free all 2 allocations of node \"node-typo\"`) {
-		t.Errorf("no log line explaining the refusal:\n%s", ta.logs.String())
+	if !strings.Contains(strings.Join(ta.logs.Lines(), "\n"), `refused to free all 2 allocations of node \"node-typo\"`) {
+		t.Errorf("no log line explaining the refusal:\n%s", strings.Join(ta.logs.Lines(), "\n"))
 	}
 	code, body := get(t, ta.Handler(), "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "--node-name") {

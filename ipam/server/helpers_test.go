@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -195,22 +194,4 @@ func rawDo(t testing.TB, path, method, target string, body []byte) (int, *api.Er
 		t.Fatalf("%s %s answered %d with a body that is not an error: %q", method, target, resp.StatusCode, data)
 	}
 	return resp.StatusCode, &e
-}
-
-// lockedBuffer is an io.Writer for a logger shared by the server's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) lines() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Split(strings.TrimSpace(b.buf.String()), "\n")
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
 )
@@ -489,8 +490,8 @@ func TestBackendReturnsNoAddress(t *testing.T) {
 
 // One log line per request, carrying what an operator greps for.
 func TestLogLine(t *testing.T) {
-	var buf lockedBuffer
-	logger := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	buf := logring.New(100, 4096) // safe for the handlers' concurrent writes
+	logger := slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := &fakeBackend{release: func(context.Context, api.ReleaseRequest) (api.ReleaseResponse, error) {
 		return api.ReleaseResponse{}, &api.Error{Code: api.CodeTryAgain, Message: "throttled"}
 	}}
@@ -503,7 +504,7 @@ func TestLogLine(t *testing.T) {
 	if err := s.stop(); err != nil { // handlers log after answering; wait for them
 		t.Fatal(err)
 	}
-	lines := buf.lines()
+	lines := buf.Lines()
 	if len(lines) != 2 {
 		t.Fatalf("got %d log lines, want 2:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
