@@ -9,7 +9,7 @@ BINARIES  := fake-ec2 multinic multinic-agent
 VM_PKGS   ?= ./plugin/ ./e2e/nodes/
 GOTEST    ?= $(GO) test -count=1
 # The build tag of the e2e suites' test files (e2e/cluster's e2e tests, e2e/multus, e2e/realnode, e2e/faults'
-# TestGCAPIView): `go test ./...` leaves them out; the e2e targets pass it and `make lint` vets with it.
+# TestReclaimAPIView): `go test ./...` leaves them out; the e2e targets pass it and `make lint` vets with it.
 E2E_TAGS  := e2e
 # The multinic image's reference (`make image`); manifests/kustomization.yaml's `images:` names the same.
 IMAGE     ?= ghcr.io/multinic/multinic:dev
@@ -58,7 +58,7 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
-	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 10m -run '^TestGCAPIView$$' ./e2e/faults/
+	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 10m -run '^TestReclaimAPIView$$' ./e2e/faults/
 
 e2e-node: image ## manifests/ applied with kubectl on two real kubelet + containerd nodes (fake-ec2 instances), Multus thin and thick
 	bash e2e/tools/build.sh node

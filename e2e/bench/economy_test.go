@@ -105,7 +105,7 @@ func TestEC2Churn(t *testing.T) {
 	region := harness.NewRegion(t, harness.Config{InstanceType: "trn1n.32xlarge", ManagedCards: cards, AgentArgs: poolArgs})
 	node := region.Node(0)
 	settle(t, region, 2*time.Second, time.Minute)
-	netnsPod, err := node.NewPod("churn") // a real netns path for the requests' "netns" (the agent's GC checks it)
+	netnsPod, err := node.NewPod("churn") // a real netns path for the requests' "netns" (the agent's reclaim checks it)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@
 #   tools, multus-vm  figure 2: Multus ADD/DEL of a 7-card pod against 7 reference ipvlan + host-local
 #         delegates, in the VM against a control plane on the host (e2e/multus TestMultusBenchVM)
 #   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
-#         mode on the host (with the e2e tag and the tools step's control plane, so that TestGCAPIView
+#         mode on the host (with the e2e tag and the tools step's control plane, so that TestReclaimAPIView
 #         runs too), the ipvlan cases in the VM; records into faults.jsonl
 #   report  BENCHMARKS.md from e2e/bench/results/ (results.jsonl, faults.jsonl, steps.jsonl, the logs;
 #         git-ignored)

@@ -82,10 +82,10 @@ func restartWithoutCheckpoint(t *testing.T, node *harness.Node, extra ...string)
 }
 
 // TestRecoverCheckpoint (item 5): the agent's checkpoint is deleted under running pods. Started with
-// --recover, the agent rebuilds it from EC2 and the pod netns: every pod keeps its address and its ENI,
-// and the next pod gets another address (exclusive: another ENI). The recovered allocations are freed by
-// GC once their netns is gone (the DEL's container ID is not knowable from a netns). The ipvlan case
-// needs the test VM (make test-vm).
+// --recover, the agent rebuilds it from EC2 and the pod netns: every pod keeps its address and its ENI, and
+// the next pod gets another address (exclusive: another ENI). The recovered allocations are freed by the
+// agent's reclaim once their netns is gone (the DEL's container ID is not knowable from a netns). The ipvlan
+// case needs the test VM (make test-vm).
 func TestRecoverCheckpoint(t *testing.T) {
 	t.Run("exclusive", func(t *testing.T) { runRecover(t, exclusive, "recover-checkpoint") })
 	t.Run("ipvlan", func(t *testing.T) {
@@ -96,7 +96,7 @@ func TestRecoverCheckpoint(t *testing.T) {
 
 func runRecover(t *testing.T, att harness.Attachment, fault string) {
 	fc := newFaultCase(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover",
-		"--gc-interval", "1s", "--gc-grace", "1s") // GC frees a recovered allocation once its netns is gone
+		"--gc-interval", "1s", "--gc-grace", "1s") // reclaim frees a recovered allocation once its netns is gone
 	for i := range rounds() {
 		pods := []*harness.Pod{fc.newPod(t, fmt.Sprintf("a%d", i)), fc.newPod(t, fmt.Sprintf("b%d", i))}
 		before := attachPods(t, fc.node, att, pods)

@@ -15,9 +15,9 @@ import (
 	"github.com/multinic/multinic/netconf"
 )
 
-// The fail-closed cases of issue 11 that belong to GC, the journal and the socket: each drives the real
-// plugin and agent, injects the wrong input, and checks that no live pod lost its address, that no address
-// is held twice, and (in cleanup) that nothing leaked once the pods are gone.
+// The fail-closed cases of issue 11 that belong to the CNI GC verb, the journal and the socket: each drives
+// the real plugin and agent, injects the wrong input, and checks that no live pod lost its address, that no
+// address is held twice, and (in cleanup) that nothing leaked once the pods are gone.
 
 // requireKept fails t unless every pod still holds, in the agent, the address its ADD returned on each of
 // its attachments, and no address is held twice.
@@ -50,10 +50,10 @@ func requireKept(t *testing.T, node *harness.Node, pods ...*harness.Pod) {
 	}
 }
 
-// TestGCOtherNetwork (item 1): two networks on one card and mode, the published one and a hand-written one.
-// The runtime's GC of each lists only its own network's attachments; neither may take the other's.
-func TestGCOtherNetwork(t *testing.T) {
-	fc := newFaultCase(t, "gc-other-network", netconf.ModeExclusive,
+// TestCNIGCOtherNetwork (item 1): two networks on one card and mode, the published one and a hand-written
+// one. The runtime's GC of each lists only its own network's attachments; neither may take the other's.
+func TestCNIGCOtherNetwork(t *testing.T) {
+	fc := newFaultCase(t, "cni-gc-other-network", netconf.ModeExclusive,
 		"CNI GC of a second network on the same card and mode, each listing only its own attachments")
 	byHand := exclusive
 	byHand.Network = "multinic-card1-by-hand"

@@ -40,7 +40,7 @@ type Record struct {
 	Suite string `json:"suite"`
 	// Fault is a stable short name: ec2-5xx, throttle, latency-warm, latency-empty, attach-failure,
 	// subnet-exhausted, agent-killed, netns-deleted, disk-full, and the fail-closed cases of issue 11:
-	// gc-other-network, journal-replay, allocation-cap, gc-api-view, recover-checkpoint,
+	// cni-gc-other-network, journal-replay, allocation-cap, reclaim-api-view, recover-checkpoint,
 	// exclusive-no-checkpoint, ec2-lag, orphan-sweep (an ipvlan variant ends in "-ipvlan").
 	Fault string `json:"fault"`
 	// Variant is "fast" (make test) or "long" (make bench, $MULTINIC_FAULTS_LONG=1).

@@ -498,7 +498,7 @@ func (a *Allocator) Release(containerID, ifName string) (api.Allocation, bool, e
 }
 
 // ReleaseIf releases every allocation for which match is true, with one write, and returns them. match
-// runs under the allocator's lock: it must not call the allocator. For GC: decide outside (List), then
+// runs under the allocator's lock: it must not call the allocator. For the agent's reclaim: decide outside (List), then
 // release here by key.
 func (a *Allocator) ReleaseIf(match func(api.Allocation) bool) ([]api.Allocation, error) {
 	a.mu.Lock()

@@ -20,7 +20,7 @@ type EC2Address struct {
 // Diff is what a restored allocator and EC2 disagree on.
 type Diff struct {
 	// Lost: allocations whose address EC2 no longer has on that card and ENI. Reported, not released: the
-	// caller decides (log, event, GC).
+	// caller decides (log, event, reclaim).
 	Lost []api.Allocation
 	// Stale: free known addresses EC2 no longer has on that card and ENI. Reconcile removes them.
 	Stale []PoolAddress

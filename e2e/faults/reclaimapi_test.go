@@ -19,16 +19,16 @@ import (
 
 // The fail-closed case that needs a real kube-apiserver: behind the e2e build tag, run by `make e2e`.
 
-// TestGCAPIView (items 2 and 3): the agent's GC with a real kube-apiserver. A static pod's runtime UID is its
-// config hash, which the API server holds only in the mirror pod's annotations; a pod deleted from the API
-// server whose netns is still there (its DEL not yet run) is not gone. GC passes every 250 ms with a 1 s
-// grace must take neither's address; the pods' DEL then frees everything. It needs the control plane's
-// binaries, so `make e2e` runs it (with MULTINIC_E2E=1), not test-unit.
-func TestGCAPIView(t *testing.T) {
+// TestReclaimAPIView (items 2 and 3): the agent's dead-pod reclaim with a real kube-apiserver. A static pod's
+// runtime UID is its config hash, which the API server holds only in the mirror pod's annotations; a pod
+// deleted from the API server whose netns is still there (its DEL not yet run) is not gone. Reclaim passes
+// every 250 ms with a 1 s grace must take neither's address; the pods' DEL then frees everything. It needs
+// the control plane's binaries, so `make e2e` runs it (with MULTINIC_E2E=1), not test-unit.
+func TestReclaimAPIView(t *testing.T) {
 	tools := cluster.RequireE2E(t) // make e2e runs it
 	c := cluster.Start(t, cluster.Options{Tools: tools})
-	fc := newFaultCase(t, "gc-api-view", netconf.ModeExclusive,
-		"a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, GC every 250 ms, grace 1 s",
+	fc := newFaultCase(t, "reclaim-api-view", netconf.ModeExclusive,
+		"a static pod (runtime UID = config hash, mirror pod in the API) and a pod deleted from the API with its netns still there, reclaim every 250 ms, grace 1 s",
 		"--kubeconfig", c.Kubeconfig, "--gc-grace", "1s", "--gc-interval", "250ms", "--publish-nads=false", "--node-resources=false")
 	ctx := context.Background()
 	pods := c.Client.CoreV1().Pods("default")
@@ -74,7 +74,7 @@ func TestGCAPIView(t *testing.T) {
 		if err := pods.Delete(ctx, deleted.Name, *metav1.NewDeleteOptions(0)); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(4 * time.Second) // 16 GC passes, 4 grace periods
+		time.Sleep(4 * time.Second) // 16 reclaim passes, 4 grace periods
 		requireKept(t, fc.node, keeper, static, deleted)
 		fc.note("the static pod and the API-deleted pod with a live netns kept their ENIs")
 		for _, p := range []*harness.Pod{keeper, static} {
