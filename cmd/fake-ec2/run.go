@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/internal/testing/fabric"
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
@@ -210,9 +211,8 @@ func writeReady(path string, r ready) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := statefile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write ready file: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
