@@ -4,6 +4,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 )
 
 func TestParseCards(t *testing.T) {
@@ -45,4 +48,29 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// TestP5DefaultsUnderThrottling: with the shipped defaults (limiter 4/s, burst 10) and EC2's published
+// throttling on, all 31 managed cards of a p5.48xlarge get their ENI and a warm pool. It takes ~25 s,
+// bounded by the limiter rather than the CPU, and it is the largest instance type we support.
+func TestP5DefaultsUnderThrottling(t *testing.T) {
+	e := newEnv(t, envOpts{typ: "p5.48xlarge", faults: fakeec2.Faults{Throttle: true}})
+	cfg := e.fastConfig(32)
+	cfg.WarmTarget, cfg.MinFree = nil, nil
+	cfg.EC2Rate, cfg.EC2Burst, cfg.BackoffBase, cfg.BackoffMax = 0, 0, 0, 0
+	t0 := time.Now()
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 2*time.Minute)
+	ready := time.Since(t0)
+	eventually(t, 2*time.Minute, "warm", func() bool {
+		for k := 1; k < 32; k++ {
+			if e.alloc.Stats(k).Warm < DefaultWarmTarget {
+				return false
+			}
+		}
+		return true
+	})
+	st := m.Stats().EC2
+	t.Logf("p5.48xlarge defaults: 31 cards ready in %s, warm in %s; throttles %d; calls %v",
+		ready.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), st.Throttles, st.Calls)
 }

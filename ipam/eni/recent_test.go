@@ -1,11 +1,15 @@
 package eni
 
 import (
+	"context"
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/store"
 )
 
@@ -93,4 +97,87 @@ func TestRecentRoundTrip(t *testing.T) {
 		t.Errorf("a burst of %d calls saved as %d entries, newest %v; want %d, newest %s", maxRecent+10, len(s.Assigned),
 			s.Assigned[0].Addresses, maxRecent, ip)
 	}
+}
+
+// TestRestartWithinLag: the agent restarts before EC2's Describe shows what it just did. Its memory of
+// those changes comes back with the checkpoint: the new process adopts the ENIs it made (and makes none),
+// keeps every allocation and assigned address, does not take back into the pool the addresses it gave
+// back, and deletes an ENI the old process created but never attached.
+func TestRestartWithinLag(t *testing.T) {
+	const lag = 5 * time.Second
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Lag: fakeec2.Duration(lag)}})
+	cfg := e.cardOneConfig()
+	cfg.WarmTarget, cfg.MinFree = ptr(2), ptr(1)
+	cfg.SurplusDelay = -1 // surplus goes back at once
+	m1 := e.start(cfg, e.alloc)
+	waitReady(t, m1, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var held, churn []api.Allocation
+	for p, r := range []api.AllocateRequest{podReq(1, 1), exclusiveReq(2, 1), podReq(3, 1), podReq(4, 1), podReq(5, 1), podReq(6, 1)} {
+		al, err := allocWait(ctx, m1, e.alloc, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p < 2 {
+			held = append(held, al)
+		} else {
+			churn = append(churn, al)
+		}
+	}
+	eventually(t, 5*time.Second, "refill", func() bool { return need(e.alloc, 1, 2, 1) == 0 })
+	before := e.ec2Addresses(1)
+	for _, al := range churn {
+		if _, _, err := e.alloc.Release(al.ContainerID, al.IfName); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m1.Kick(1)
+	eventually(t, 5*time.Second, "surplus unassigned", func() bool { return len(e.ec2Addresses(1)) < len(before) })
+	after := e.ec2Addresses(1)
+	var unassigned []netip.Addr
+	for a := range before {
+		if _, ok := after[a]; !ok {
+			unassigned = append(unassigned, a)
+		}
+	}
+	// The old process created this one and died before attaching it.
+	orphan := e.foreignENI(1, -1, map[string]string{TagCluster: testCluster, TagNode: e.inst, TagCard: "1", TagMode: ModeExclusive})
+	m1.recent.create(store.RecentENI{ID: orphan, Card: 1})
+	m1.saveRecent()
+	m1.Stop()
+	enis := e.ours()
+	if e.srv.State().DescribedAt.IsZero() {
+		t.Fatalf("the steps before the restart took longer than fake-ec2's %s lag: the restart would not be within it", lag)
+	}
+
+	a2 := e.newAllocator(0)
+	m2 := e.start(cfg, a2)
+	waitReady(t, m2, 10*time.Second)
+	if n := m2.Stats().EC2.Calls["CreateNetworkInterface"]["ok"]; n != 0 {
+		t.Errorf("restart within the lag created %d ENIs", n)
+	}
+	for id, x := range enis {
+		if _, ok := m2.ENI(id); !ok && x.Status == "in-use" {
+			t.Errorf("ENI %s not adopted", id)
+		}
+	}
+	for _, al := range held {
+		if got, ok := a2.Lookup(al.ContainerID, al.IfName); !ok || got.Address != al.Address || got.ENIID != al.ENIID {
+			t.Errorf("allocation %s on %s lost over the restart: %+v %v", al.Address, al.ENIID, got, ok)
+		}
+	}
+	for _, p := range a2.Known() {
+		if slices.Contains(unassigned, p.Address) {
+			t.Errorf("address %s given back to EC2 before the restart is in the pool again", p.Address)
+		}
+	}
+	if _, ok := e.eniState(orphan); ok {
+		t.Errorf("ENI %s the old process created and never attached not deleted", orphan)
+	}
+	e.waitDescribed()
+	if err := m2.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLeak(t, e, a2, 1)
 }
