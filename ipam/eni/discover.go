@@ -128,7 +128,7 @@ func (m *Manager) describeType(ctx context.Context) error {
 		return fmt.Errorf("describe instance type %s: %d IPv4 addresses per ENI leave none for pods", m.instanceType, ni.IPv4PerENI)
 	}
 	m.limits = typeLimits{cards: ni.Cards, defaultCard: ni.DefaultCard, enisPerCard: ni.ENIsPerCard, maxENIs: ni.MaxENIs,
-		ipv4PerENI: ni.IPv4PerENI}
+		ipv4PerENI: ni.IPv4PerENI, baselineGbps: ni.BaselineGbps, peakGbps: ni.PeakGbps}
 	return nil
 }
 

@@ -185,3 +185,20 @@ func newEnvAllocator(t testing.TB) *allocator.Allocator {
 	}
 	return a
 }
+
+// TestCardBandwidth: each card's bandwidth comes from DescribeInstanceTypes (fake-ec2 serves the catalog's
+// figures) and reaches the card's stats, where the DRA devices read it.
+func TestCardBandwidth(t *testing.T) {
+	e := newEnv(t, envOpts{typ: "p5.48xlarge"})
+	m := e.start(e.cardOneConfig(), e.alloc)
+	waitReady(t, m, 10*time.Second)
+	it, _ := fakeec2.LookupInstanceType("p5.48xlarge")
+	cards := m.Stats().Cards
+	if len(cards) != 1 || cards[0].Card != 1 {
+		t.Fatalf("cards %+v, want card 1 only", cards)
+	}
+	if cards[0].BaselineGbps != it.CardBaselineGbps || cards[0].PeakGbps != it.CardPeakGbps || it.CardBaselineGbps == 0 {
+		t.Errorf("card 1 bandwidth %v/%v Gbps, want the catalog's %v/%v", cards[0].BaselineGbps, cards[0].PeakGbps,
+			it.CardBaselineGbps, it.CardPeakGbps)
+	}
+}

@@ -86,6 +86,8 @@ type typeLimits struct {
 	enisPerCard map[int]int
 	maxENIs     int
 	ipv4PerENI  int
+	// baselineGbps and peakGbps: each card's bandwidth, as DescribeInstanceTypes gives it.
+	baselineGbps, peakGbps map[int]float64
 }
 
 type cardState struct {
@@ -358,6 +360,8 @@ type CardStats struct {
 	// they stay after the card recovers.
 	LastFailure   string
 	LastFailureAt time.Time
+	// BaselineGbps and PeakGbps are the card's bandwidth from DescribeInstanceTypes (0: EC2 gave none).
+	BaselineGbps, PeakGbps float64
 }
 
 // Stats is everything the agent exports as metrics.
@@ -375,7 +379,8 @@ func (m *Manager) Stats() Stats {
 	var out Stats
 	for _, k := range slices.Sorted(maps.Keys(m.cards)) {
 		cs := m.cards[k]
-		st := CardStats{Card: k, SubnetID: cs.subnetID, MaxENIs: m.limits.enisPerCard[k], Ready: m.cardReadyLocked(k)}
+		st := CardStats{Card: k, SubnetID: cs.subnetID, MaxENIs: m.limits.enisPerCard[k], Ready: m.cardReadyLocked(k),
+			BaselineGbps: m.limits.baselineGbps[k], PeakGbps: m.limits.peakGbps[k]}
 		for _, e := range m.enis {
 			if e.card != k {
 				continue

@@ -60,6 +60,11 @@ func (c Config) validate() error {
 		}
 		seen[name] = id
 	}
+	for card, root := range c.PCIeRoots {
+		if _, err := pciBusID(root, card, 0); err != nil {
+			return fmt.Errorf("pcie root of card %d: %w", card, err)
+		}
+	}
 	for card := range c.CardRates {
 		if card < 0 {
 			return fmt.Errorf("card rate for card %d invalid: card must be >= 0", card)

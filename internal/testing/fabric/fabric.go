@@ -80,6 +80,10 @@ type Config struct {
 	CardRates map[int]uint64
 	// MTU of the node links, fabric links and bridges; 0 = DefaultMTU.
 	MTU int
+	// SysfsDir, when set, holds a fake sysfs per node (SysfsRoot) that gives the ENI links of the cards in
+	// PCIeRoots a PCI device below that card's PCIe root ("pci0000:10"), as a real instance's sysfs does.
+	SysfsDir  string
+	PCIeRoots map[int]string
 }
 
 // Fabric makes fake-ec2's ENI attachments real links. Safe for concurrent use.
@@ -258,6 +262,9 @@ func (f *Fabric) Attach(a fakeec2.Attachment) (retErr error) {
 			return fmt.Errorf("configure primary %s on %s: %w", a.ENIID, a.InstanceID, err)
 		}
 	}
+	if err := f.writeSysfs(n.name, a.NetworkCard, a.DeviceIndex); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", a.ENIID, a.InstanceID, err)
+	}
 	return nil
 }
 
@@ -335,6 +342,11 @@ func (f *Fabric) Detach(a fakeec2.Attachment) error {
 	}
 	if err := f.deleteENILinks(mac); err != nil {
 		return fmt.Errorf("detach %s from %s: %w", a.ENIID, a.InstanceID, err)
+	}
+	if n, ok := f.nodes[a.InstanceID]; ok {
+		if err := f.removeSysfs(n.name, a.NetworkCard, a.DeviceIndex); err != nil {
+			return fmt.Errorf("detach %s from %s: %w", a.ENIID, a.InstanceID, err)
+		}
 	}
 	return nil
 }

@@ -24,6 +24,9 @@ type NetworkInfo struct {
 	Cards, DefaultCard, MaxENIs, IPv4PerENI int
 	// ENIsPerCard: the most ENIs each card takes.
 	ENIsPerCard map[int]int
+	// BaselineGbps and PeakGbps are each card's bandwidth (NetworkCards[].BaselineBandwidthInGbps and
+	// PeakBandwidthInGbps); a card EC2 gives no figure for is absent.
+	BaselineGbps, PeakGbps map[int]float64
 }
 
 // InstanceType describes one instance type's networking. A type without per-card data is one card that
@@ -44,10 +47,17 @@ func (c *Client) InstanceType(ctx context.Context, typ string) (NetworkInfo, err
 		DefaultCard: int(aws.ToInt32(ni.DefaultNetworkCardIndex)),
 		MaxENIs:     int(aws.ToInt32(ni.MaximumNetworkInterfaces)),
 		IPv4PerENI:  int(aws.ToInt32(ni.Ipv4AddressesPerInterface)),
-		ENIsPerCard: map[int]int{},
+		ENIsPerCard: map[int]int{}, BaselineGbps: map[int]float64{}, PeakGbps: map[int]float64{},
 	}
 	for _, nc := range ni.NetworkCards {
-		l.ENIsPerCard[int(aws.ToInt32(nc.NetworkCardIndex))] = int(aws.ToInt32(nc.MaximumNetworkInterfaces))
+		k := int(aws.ToInt32(nc.NetworkCardIndex))
+		l.ENIsPerCard[k] = int(aws.ToInt32(nc.MaximumNetworkInterfaces))
+		if nc.BaselineBandwidthInGbps != nil {
+			l.BaselineGbps[k] = *nc.BaselineBandwidthInGbps
+		}
+		if nc.PeakBandwidthInGbps != nil {
+			l.PeakGbps[k] = *nc.PeakBandwidthInGbps
+		}
 	}
 	if l.Cards == 0 {
 		l.Cards = 1
