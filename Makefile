@@ -57,7 +57,7 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
-	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
+	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/ ./e2e/dra/
 	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 10m -run '^TestReclaimAPIView$$' ./e2e/faults/
 
 e2e-node: image ## manifests/ applied with kubectl on two real kubelet + containerd nodes (fake-ec2 instances), Multus thin and thick

@@ -26,6 +26,7 @@ import (
 	serializerjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"github.com/multinic/multinic/dra"
 	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
@@ -241,7 +242,7 @@ func grants(rules []rbacv1.PolicyRule) map[grant]bool {
 }
 
 // TestRBAC: the roles bound to the agent's ServiceAccount grant exactly the calls the code makes
-// (backend.PolicyRules: reclaim; nad.PolicyRules: publishing; each package's tests check that its code makes no
+// (backend.PolicyRules: reclaim; nad.PolicyRules: publishing; dra.PolicyRules: the ResourceSlice; each package's tests check that its code makes no
 // other call), the NAD permissions only in the NADs' namespace, and the DaemonSet runs as that account.
 func TestRBAC(t *testing.T) {
 	objs := kustomized(t)
@@ -274,7 +275,7 @@ func TestRBAC(t *testing.T) {
 	}
 
 	granted := grants(append(slices.Clone(cr.Rules), role.Rules...))
-	want := grants(append(slices.Clone(backend.PolicyRules), nad.PolicyRules...))
+	want := grants(slices.Concat(backend.PolicyRules, nad.PolicyRules, dra.PolicyRules))
 	if !reflect.DeepEqual(granted, want) {
 		for g := range granted {
 			if !want[g] {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multinic/multinic/dra"
 	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/api"
@@ -80,6 +81,11 @@ type options struct {
 	nadModes        []string
 	resourcePrefix  string
 	publishInterval time.Duration
+
+	// DRA (package dra): the cards as devices of driver multinic.io; needs --kubeconfig.
+	dra      bool
+	draModes []string
+	sysfs    string
 }
 
 // optBool is a boolean flag that knows whether it was given, for defaults that depend on other flags.
@@ -179,6 +185,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Var(&nodeResources, "node-resources", "advertise each managed card as the extended resource <resource-prefix>N on this Node's status (capacity and allocatable: the addresses the card can hold, 0 until its ENI is ready); default true with --kubeconfig")
 	fs.StringVar(&o.resourcePrefix, "resource-prefix", nad.DefaultResourcePrefix, "prefix of the cards' extended resources and of the NADs' "+nad.ResourceNameAnnotation+" annotation: card N is <prefix>N")
 	fs.DurationVar(&o.publishInterval, "publish-interval", nad.DefaultInterval, "time between two checks of the NADs and the node resources (each makes no write when nothing drifted)")
+	fs.BoolVar(&o.dra, "dra", false, "publish the managed cards as DRA devices of driver "+dra.DriverName+" in this node's ResourceSlice (resource.k8s.io/v1; needs --kubeconfig): card-N (ipvlan, shared: consumable capacity \"addresses\") and card-N-exclusive (whole device), with the card's index, subnet, mode, bandwidth and PCIe root as attributes")
+	draMode := fs.String("dra-mode", DefaultNADMode, "which DRA devices to publish per card: ipvlan (card-N), exclusive (card-N-exclusive) or both")
+	fs.StringVar(&o.sysfs, "sysfs", dra.DefaultSysfs, "sysfs as the agent sees it, for each card's PCIe root (class/net/<ENI link>/device); it must show the netns of the ENI links")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -204,7 +213,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.nadModes, err = nad.ParseModes(*nadMode); err != nil {
 		return o, fmt.Errorf("--nad-mode: %w", err)
 	}
+	if o.draModes, err = nad.ParseModes(*draMode); err != nil {
+		return o, fmt.Errorf("--dra-mode: %w", err)
+	}
 	switch {
+	case o.dra && o.kubeconfig == "":
+		return o, errors.New("--dra needs --kubeconfig")
 	case publishNADs.set && publishNADs.v && o.kubeconfig == "":
 		return o, errors.New("--publish-nads needs --kubeconfig")
 	case nodeResources.set && nodeResources.v && o.kubeconfig == "":

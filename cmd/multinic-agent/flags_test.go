@@ -88,6 +88,14 @@ func TestParseFlags(t *testing.T) {
 					t.Errorf("publishing options: %+v", o)
 				}
 			}},
+		{name: "dra", args: []string{"--cluster", "c", "--kubeconfig", "k", "--dra", "--dra-mode", "exclusive", "--sysfs", "/host/sys"},
+			check: func(t *testing.T, o options) {
+				if !o.dra || !slices.Equal(o.draModes, []string{"exclusive"}) || o.sysfs != "/host/sys" {
+					t.Errorf("dra=%v modes=%v sysfs=%q", o.dra, o.draModes, o.sysfs)
+				}
+			}},
+		{name: "dra without kubeconfig", args: []string{"--cluster", "c", "--dra"}, wantErr: "--dra needs --kubeconfig"},
+		{name: "bad dra mode", args: []string{"--cluster", "c", "--dra-mode", "sriov"}, wantErr: "--dra-mode"},
 		{name: "publish without kubeconfig", args: []string{"--cluster", "c", "--publish-nads"}, wantErr: "--publish-nads needs --kubeconfig"},
 		{name: "resources without kubeconfig", args: []string{"--cluster", "c", "--node-resources=true"}, wantErr: "--node-resources needs --kubeconfig"},
 		{name: "bad nad mode", args: []string{"--cluster", "c", "--nad-mode", "all"}, wantErr: "--nad-mode"},
@@ -122,7 +130,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	for _, f := range []string{"socket", "state-dir", "cluster", "node-name", "kubeconfig", "managed-cards", "subnet-per-card",
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
 		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
-		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations"} {
+		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations",
+		"dra", "dra-mode", "sysfs"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/multinic/multinic/dra"
 	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/backend"
@@ -163,6 +164,16 @@ func run(ctx context.Context, args []string) (retErr error) {
 		defer stop()
 		logger.Info("publishing", "nads", o.publishNADs, "nadNamespace", o.nadNamespace, "nadModes", o.nadModes,
 			"nodeResources", o.nodeResources, "resourcePrefix", o.resourcePrefix)
+	}
+
+	if o.dra {
+		pub, err := dra.StartPublisher(ctx, kube, o.nodeName, logger.With("component", "dra"))
+		if err != nil {
+			return err
+		}
+		stop := runDRAPublisher(ctx, pub, mgr, o, mgr.WaitReady, logger.With("component", "dra"))
+		defer stop()
+		logger.Info("publishing DRA devices", "driver", dra.DriverName, "modes", o.draModes, "sysfs", o.sysfs)
 	}
 
 	l, err := server.Listen(o.socket)

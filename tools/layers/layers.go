@@ -43,10 +43,12 @@ var Rules = []Rule{
 	// The plugin and the NAD renderer: neither reaches into the agent's ipam packages.
 	{"plugin", []string{"netconf", "ipam/api", "ipam/journal", "internal/..."}},
 	{"nad", []string{"netconf", "ipam/api", "internal/..."}},
+	// The DRA driver: devices and their publishing; like nad, it renders what the agent knows.
+	{"dra", []string{"netconf"}},
 
 	// The binaries.
 	{"cmd/multinic", []string{"plugin", "netconf"}},
-	{"cmd/multinic-agent", []string{"ipam/...", "nad", "netconf", "manifests", "internal/..."}},
+	{"cmd/multinic-agent", []string{"ipam/...", "nad", "dra", "netconf", "manifests", "internal/..."}},
 }
 
 // TestInfra is what is not production code: suites, fakes, harnesses, test helpers and build tools. It may

@@ -82,6 +82,9 @@ type Config struct {
 	NoAgents bool
 	// BinDir is the folder of the multinic and multinic-agent binaries the nodes run (BinDir's when empty).
 	BinDir string
+	// PCIeRoots gives cards a PCIe root ("pci0000:10") in each node's fake sysfs (fabric.Config.PCIeRoots),
+	// which the agents read (--sysfs); other cards' links have no PCI device, as a veth.
+	PCIeRoots map[int]string
 	// RatePerCard is the fabric's rate limit of every ENI in bit/s, both directions (fabric.Config.RatePerCard:
 	// tbf, and ifb + mirred for what the ENI sends); 0 = none.
 	RatePerCard uint64
@@ -95,6 +98,7 @@ type Region struct {
 	fab      *fabric.Fabric
 	endpoint string
 	nodes    []*Node
+	sysfsDir string // the nodes' fake sysfs trees (fabric.Config.SysfsDir)
 
 	mu   sync.Mutex
 	pods []*Pod // live pods, for the final cleanup
@@ -182,7 +186,11 @@ func (r *Region) start(tb TB) error {
 		return err
 	}
 	var err error
-	if r.fab, err = fabric.New(fabric.Config{Prefix: r.cfg.Prefix, Nodes: nodeNS, RatePerCard: r.cfg.RatePerCard}); err != nil {
+	if r.sysfsDir, err = os.MkdirTemp("", "mnh-sysfs-"); err != nil {
+		return err
+	}
+	if r.fab, err = fabric.New(fabric.Config{Prefix: r.cfg.Prefix, Nodes: nodeNS, RatePerCard: r.cfg.RatePerCard,
+		SysfsDir: r.sysfsDir, PCIeRoots: r.cfg.PCIeRoots}); err != nil {
 		return err
 	}
 	if r.fake, err = fakeec2.New(fcfg, fakeec2.WithLinkMaker(r.fab)); err != nil {
@@ -227,6 +235,9 @@ func (r *Region) State() fakeec2.State { return r.fake.State() }
 
 // Prefix is the name prefix of the region's netns.
 func (r *Region) Prefix() string { return r.cfg.Prefix }
+
+// SysfsRoot is the fake sysfs of the node with this netns name, as its agent's --sysfs.
+func (r *Region) SysfsRoot(netnsName string) string { return filepath.Join(r.sysfsDir, netnsName) }
 
 // FabricNetNS is the name of the fabric's netns (the VPC router).
 func (r *Region) FabricNetNS() string { return r.fab.NetNSName() }
@@ -298,6 +309,9 @@ func (r *Region) close(tb TB) error {
 		errs = append(errs, r.fab.Close())
 	}
 	errs = append(errs, fabric.Cleanup(r.cfg.Prefix))
+	if r.sysfsDir != "" {
+		errs = append(errs, os.RemoveAll(r.sysfsDir))
+	}
 	return errors.Join(errs...)
 }
 

@@ -147,7 +147,7 @@ func (n *Node) agentArgs() []string {
 		"--cluster", DefaultCluster, "--node-name", n.Name,
 		"--socket", n.Socket, "--state-dir", n.StateDir,
 		"--ec2-endpoint", n.region.endpoint, "--imds-endpoint", n.IMDSEndpoint,
-		"--link-netns", n.NetNSPath,
+		"--link-netns", n.NetNSPath, "--sysfs", n.region.SysfsRoot(n.NetNSName),
 		"--managed-cards", strings.Join(cards, ","), "--subnet-per-card", strings.Join(subnets, ","),
 		"--refill-interval", "1s", "--metrics-addr", "", "--lock-timeout", "5s", "--log-level", "debug",
 	}
