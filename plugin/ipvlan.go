@@ -5,13 +5,15 @@ package plugin
 import (
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
+	"slices"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // CreateIPVlanChild creates an ipvlan child of the link named parent (in the
@@ -109,19 +111,32 @@ func deleteLink(index int, name string) error {
 	return netlink.LinkDel(l)
 }
 
-// ConfigureInterface adds addr to the link ifName in podNS and sets it up. On error
-// the caller deletes the link, which takes the address with it.
-func ConfigureInterface(podNS ns.NetNS, ifName string, addr *net.IPNet) error {
+// ConfigureInterface adds addrs (IPv4, IPv6 or one of each) to the link ifName in podNS and sets it up. An
+// IPv6 address gets IPv6Sysctls on the link first, and is added with IFA_F_NODAD (usable when this returns,
+// never tentative: see IPv6Sysctls for why no DAD is right) and IFA_F_NOPREFIXROUTE (no on-link /64: the
+// VPC routes IPv6, see Routing). On error the caller deletes the link, which takes the addresses with it.
+func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) error {
 	err := podNS.Do(func(ns.NetNS) error {
-		if addr == nil {
+		if len(addrs) == 0 {
 			return errors.New("no address")
 		}
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return err
 		}
-		if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: addr}); err != nil {
-			return fmt.Errorf("add address %s: %w", addr, err)
+		if slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+			if err := setIPv6Sysctls(ifName); err != nil {
+				return err
+			}
+		}
+		for _, p := range addrs {
+			a := &netlink.Addr{IPNet: ipNet(p)}
+			if p.Addr().Is6() {
+				a.Flags = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
+			}
+			if err := netlink.AddrAdd(l, a); err != nil {
+				return fmt.Errorf("add address %s: %w", p, err)
+			}
 		}
 		if err := netlink.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set up: %w", err)

@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -60,7 +61,7 @@ func TestCreateIPVlanChild(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			hostNS, podNS := newParent(t)
 			hostLinks := linkNames(t, hostNS)
-			addr := &net.IPNet{IP: net.IPv4(10, 1, 0, 5), Mask: net.CIDRMask(24, 32)}
+			addr := netip.MustParsePrefix("10.1.0.5/24")
 
 			var iface *current.Interface
 			err := hostNS.Do(func(ns.NetNS) error {
@@ -184,8 +185,7 @@ func TestCreateIPVlanChildFailure(t *testing.T) {
 // TestConfigureInterfaceNoLink needs no ipvlan: it runs wherever there is root.
 func TestConfigureInterfaceNoLink(t *testing.T) {
 	podNS := nettest.NewNS(t)
-	addr := &net.IPNet{IP: net.IPv4(10, 1, 0, 5), Mask: net.CIDRMask(24, 32)}
-	err := ConfigureInterface(podNS, "net1", addr)
+	err := ConfigureInterface(podNS, "net1", netip.MustParsePrefix("10.1.0.5/24"))
 	if !errors.As(err, &netlink.LinkNotFoundError{}) {
 		t.Fatalf("error = %v, want link not found", err)
 	}

@@ -80,10 +80,10 @@ func TestLibcni(t *testing.T) {
 			}
 			var arpIgnore, rpf string
 			err = e.pod.Do(func(ns.NetNS) (err error) {
-				if arpIgnore, err = readSysctl(podIfName, "arp_ignore"); err != nil {
+				if arpIgnore, err = readSysctl("ipv4", podIfName, "arp_ignore"); err != nil {
 					return err
 				}
-				rpf, err = readSysctl(podIfName, "rp_filter")
+				rpf, err = readSysctl("ipv4", podIfName, "rp_filter")
 				return err
 			})
 			if err != nil || arpIgnore != "1" || rpf != "2" {

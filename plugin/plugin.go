@@ -160,17 +160,25 @@ func isCurrentNS(n ns.NetNS) (bool, error) {
 	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
-// routing is the Routing of an allocation under conf.
-func routing(conf *netconf.Config, ifName string, resp api.AllocateResponse) Routing {
-	r := Routing{
-		IfName:    ifName,
-		Address:   resp.Address,
-		PrefixLen: resp.PrefixLen,
-		Gateway:   resp.Gateway,
-		Routes:    conf.Routes,
+// routings are the Routings of an allocation under conf: one per family the agent granted, IPv4 first.
+func routings(conf *netconf.Config, ifName string, resp api.AllocateResponse) []Routing {
+	var rs []Routing
+	if resp.Address.IsValid() {
+		rs = append(rs, newRouting(conf, ifName, netip.PrefixFrom(resp.Address, resp.PrefixLen), resp.Gateway))
+	}
+	return rs
+}
+
+// newRouting is the Routing of one address under conf: conf's routes of the address's family.
+func newRouting(conf *netconf.Config, ifName string, addr netip.Prefix, gateway netip.Addr) Routing {
+	r := Routing{IfName: ifName, Address: addr.Addr(), PrefixLen: addr.Bits(), Gateway: gateway}
+	for _, dst := range conf.Routes {
+		if dst.Addr().Is6() == addr.Addr().Is6() {
+			r.Routes = append(r.Routes, dst)
+		}
 	}
 	if conf.Mode == netconf.ModeIPVlan && conf.IPVlanMode != netconf.IPVlanL2 {
-		r.Gateway = netip.Addr{} // L3: the parent routes; no ARP, routes need the device only
+		r.Gateway = netip.Addr{} // L3: the parent routes; no ARP or ND, routes need the device only
 	}
 	if conf.PolicyRouting {
 		r.Table = routeTable(conf)
@@ -276,28 +284,35 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 		return nil, nil, err
 	}
 
-	r := routing(conf, args.IfName, resp)
-	addr := ipNet(netip.PrefixFrom(resp.Address, resp.PrefixLen))
+	rs := routings(conf, args.IfName, resp)
+	var addrs []netip.Prefix
+	for _, r := range rs {
+		addrs = append(addrs, netip.PrefixFrom(r.Address, r.PrefixLen))
+	}
 	if conf.Mode == netconf.ModeExclusive && mtu > 0 {
 		if err := setMTU(podNS, args.IfName, mtu); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := ConfigureInterface(podNS, args.IfName, addr); err != nil {
+	if err := ConfigureInterface(podNS, args.IfName, addrs...); err != nil {
 		return nil, nil, err
 	}
 	if err := p.step(StepAddress); err != nil {
 		return nil, nil, err
 	}
-	if err := AddRoutes(podNS, r); err != nil {
-		return nil, nil, err
+	for _, r := range rs {
+		if err := AddRoutes(podNS, r); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := p.step(StepRoutes); err != nil {
 		return nil, nil, err
 	}
-	if r.Table > 0 {
-		if err := AddRule(podNS, r); err != nil {
-			return nil, nil, err
+	for _, r := range rs {
+		if r.Table > 0 {
+			if err := AddRule(podNS, r); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	if err := p.step(StepRule); err != nil {
@@ -310,7 +325,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 		return nil, nil, err
 	}
 
-	res, err := buildResult(podNS, conf, args.IfName, r)
+	res, err := buildResult(podNS, conf, args.IfName, rs)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -355,9 +370,9 @@ func resultInterface(l netlink.Link, podNS ns.NetNS) *current.Interface {
 		Sandbox: podNS.Path()}
 }
 
-// buildResult reads the interface back and describes it: one interface with its sandbox, the address
-// pointing at it, and the extra routes.
-func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, r Routing) (*current.Result, error) {
+// buildResult reads the interface back and describes it: one interface with its sandbox, its addresses
+// (IPv4 first) pointing at it with their gateways, and the extra routes.
+func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, rs []Routing) (*current.Result, error) {
 	var iface *current.Interface
 	err := podNS.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
@@ -373,15 +388,17 @@ func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, r Routing)
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{iface},
-		IPs: []*current.IPConfig{{
+		DNS:        conf.DNS,
+	}
+	for _, r := range rs {
+		res.IPs = append(res.IPs, &current.IPConfig{
 			Interface: current.Int(0),
 			Address:   *ipNet(netip.PrefixFrom(r.Address, r.PrefixLen)),
 			Gateway:   netIP(r.Gateway),
-		}},
-		DNS: conf.DNS,
-	}
-	for _, dst := range r.Routes {
-		res.Routes = append(res.Routes, &types.Route{Dst: *ipNet(dst), GW: netIP(r.Gateway)})
+		})
+		for _, dst := range r.Routes {
+			res.Routes = append(res.Routes, &types.Route{Dst: *ipNet(dst), GW: netIP(r.Gateway)})
+		}
 	}
 	return res, nil
 }
@@ -547,13 +564,19 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	if err != nil {
 		return netconf.Invalid("prevResult invalid: %v", err)
 	}
-	iface, ipc, err := ipOf(res, args.IfName, args.Netns)
+	iface, ips, err := ipsOf(res, args.IfName, args.Netns)
 	if err != nil {
 		return err
 	}
-	prefix, ok := netipx(ipc.Address)
-	if !ok {
-		return netconf.Invalid("prevResult address %s invalid", ipc.Address.String())
+	var rs []Routing
+	for _, want := range families(conf) {
+		ipc := ips[want]
+		if ipc == nil {
+			return fmt.Errorf("check %s/%s: prevResult has no %s address on %q", args.ContainerID, args.IfName, want, args.IfName)
+		}
+		prefix, _ := netipx(ipc.Address)
+		gw, _ := netip.AddrFromSlice(ipc.Gateway)
+		rs = append(rs, newRouting(conf, args.IfName, prefix, gw.Unmap()))
 	}
 
 	client := p.connect(conf)
@@ -568,15 +591,8 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 			alloc = &allocs[i]
 		}
 	}
-	switch {
-	case alloc == nil:
-		return fmt.Errorf("check %s/%s: the agent holds no allocation for it", args.ContainerID, args.IfName)
-	case alloc.Card != conf.Card:
-		return fmt.Errorf("check %s/%s: the agent's allocation is on card %d, the network's card is %d", args.ContainerID, args.IfName, alloc.Card, conf.Card)
-	case alloc.Address != prefix.Addr():
-		return fmt.Errorf("check %s/%s: the agent allocated %s, prevResult has %s", args.ContainerID, args.IfName, alloc.Address, prefix.Addr())
-	case alloc.Exclusive != (conf.Mode == netconf.ModeExclusive):
-		return fmt.Errorf("check %s/%s: the agent's allocation has exclusive=%t, the network's mode is %s", args.ContainerID, args.IfName, alloc.Exclusive, conf.Mode)
+	if err := checkAllocation(conf, alloc, rs); err != nil {
+		return fmt.Errorf("check %s/%s: %w", args.ContainerID, args.IfName, err)
 	}
 
 	podNS, err := openPodNS(args.Netns)
@@ -584,35 +600,55 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		return err
 	}
 	defer podNS.Close()
-	r := Routing{IfName: args.IfName, Address: prefix.Addr(), PrefixLen: prefix.Bits(), Routes: conf.Routes}
-	if gw, ok := netip.AddrFromSlice(ipc.Gateway.To4()); ok {
-		r.Gateway = gw
-	}
-	if conf.PolicyRouting {
-		r.Table = routeTable(conf)
-	}
-	if err := podNS.Do(func(ns.NetNS) error { return checkInterface(conf, iface, r) }); err != nil {
+	if err := podNS.Do(func(ns.NetNS) error { return checkInterface(conf, iface, rs) }); err != nil {
 		return fmt.Errorf("check %q in %s: %w", args.IfName, args.Netns, err)
 	}
 	return nil
 }
 
-// netipx converts a result address.
+// families are the address families conf's interface carries, in the result's order.
+func families(conf *netconf.Config) []string {
+	return []string{"IPv4"}
+}
+
+// checkAllocation compares the agent's record of the attachment with prevResult's addresses (rs).
+func checkAllocation(conf *netconf.Config, alloc *api.Allocation, rs []Routing) error {
+	switch {
+	case alloc == nil:
+		return errors.New("the agent holds no allocation for it")
+	case alloc.Card != conf.Card:
+		return fmt.Errorf("the agent's allocation is on card %d, the network's card is %d", alloc.Card, conf.Card)
+	case alloc.Exclusive != (conf.Mode == netconf.ModeExclusive):
+		return fmt.Errorf("the agent's allocation has exclusive=%t, the network's mode is %s", alloc.Exclusive, conf.Mode)
+	}
+	for _, r := range rs {
+		have := alloc.Address
+		if have != r.Address {
+			return fmt.Errorf("the agent allocated %v, prevResult has %s", have, r.Address)
+		}
+	}
+	return nil
+}
+
+// netipx converts a result address: an IPv4 address (also in its 16-byte form) with a 32-bit mask, or an
+// IPv6 address with a 128-bit mask.
 func netipx(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP.To4())
+	a, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
 		return netip.Prefix{}, false
 	}
+	a = a.Unmap()
 	ones, bits := n.Mask.Size()
-	if bits != 32 {
+	if bits != a.BitLen() {
 		return netip.Prefix{}, false
 	}
 	return netip.PrefixFrom(a, ones), true
 }
 
-// checkInterface, in the pod netns, compares the interface with what ADD made.
-func checkInterface(conf *netconf.Config, iface *current.Interface, r Routing) error {
-	l, err := netlinksafe.LinkByName(r.IfName)
+// checkInterface, in the pod netns, compares the interface with what ADD made for each of rs.
+func checkInterface(conf *netconf.Config, iface *current.Interface, rs []Routing) error {
+	ifName := rs[0].IfName
+	l, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return err
 	}
@@ -639,26 +675,43 @@ func checkInterface(conf *netconf.Config, iface *current.Interface, r Routing) e
 	if a.Flags&net.FlagUp == 0 {
 		return errors.New("link is down")
 	}
-	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
+	for _, r := range rs {
+		if err := checkRouting(l, r); err != nil {
+			return err
+		}
+	}
+	if v, err := readSysctl("ipv4", ifName, "rp_filter"); err != nil || v != RPFilterLoose {
+		return fmt.Errorf("rp_filter is %q (%v), want %s", v, err, RPFilterLoose)
+	}
+	return nil
+}
+
+// checkRouting compares r's address, routes, rule and (IPv6) sysctls on l with what ADD made.
+func checkRouting(l netlink.Link, r Routing) error {
+	index := l.Attrs().Index
+	addrs, err := netlinksafe.AddrList(l, r.family())
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
 	want := ipNet(netip.PrefixFrom(r.Address, r.PrefixLen)).String()
-	if !slices.ContainsFunc(addrs, func(x netlink.Addr) bool { return x.IPNet.String() == want }) {
+	i := slices.IndexFunc(addrs, func(x netlink.Addr) bool { return x.IPNet.String() == want })
+	if i < 0 {
 		return fmt.Errorf("address %s missing", want)
 	}
-	var routes []netlink.Route
-	routes = append(routes, r.extraRoutes(a.Index)...)
+	if f := addrs[i].Flags; f&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+		return fmt.Errorf("address %s is tentative or failed DAD (flags %#x)", want, f)
+	}
+	routes := r.mainRoutes(index)
 	if r.Table > 0 {
-		routes = append(routes, r.tableRoutes(a.Index)...)
+		routes = append(routes, r.tableRoutes(index)...)
 	}
 	for _, want := range routes {
 		table := want.Table
 		if table == 0 {
 			table = unix.RT_TABLE_MAIN
 		}
-		have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{Dst: want.Dst, Table: table, LinkIndex: a.Index},
+		have, err := netlinksafe.RouteListFiltered(r.family(),
+			&netlink.Route{Dst: want.Dst, Table: table, LinkIndex: index},
 			netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
 		if err != nil {
 			return fmt.Errorf("list routes: %w", err)
@@ -668,7 +721,7 @@ func checkInterface(conf *netconf.Config, iface *current.Interface, r Routing) e
 		}
 	}
 	if r.Table > 0 {
-		rules, err := netlinksafe.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		rules, err := netlinksafe.RuleListFiltered(r.family(), &netlink.Rule{Table: r.Table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return fmt.Errorf("list rules: %w", err)
 		}
@@ -679,24 +732,38 @@ func checkInterface(conf *netconf.Config, iface *current.Interface, r Routing) e
 			return fmt.Errorf("rule from %s lookup %d missing", r.Address, r.Table)
 		}
 	}
-	if v, err := readSysctl(r.IfName, "rp_filter"); err != nil || v != RPFilterLoose {
-		return fmt.Errorf("rp_filter is %q (%v), want %s", v, err, RPFilterLoose)
+	if r.Address.Is6() {
+		for _, s := range IPv6Sysctls {
+			if v, err := readSysctl("ipv6", r.IfName, s.Key); err != nil || v != s.Value {
+				return fmt.Errorf("net.ipv6.conf.%s.%s is %q (%v), want %s", r.IfName, s.Key, v, err, s.Value)
+			}
+		}
 	}
 	return nil
 }
 
-// ipOf returns the first IPv4 address of prevResult that points at the interface named ifName in sandbox.
-func ipOf(res *current.Result, ifName, sandbox string) (*current.Interface, *current.IPConfig, error) {
+// ipsOf returns the interface named ifName in sandbox of prevResult and its addresses by family ("IPv4",
+// "IPv6"), the first of each.
+func ipsOf(res *current.Result, ifName, sandbox string) (*current.Interface, map[string]*current.IPConfig, error) {
 	for i, iface := range res.Interfaces {
 		if iface.Name != ifName || iface.Sandbox != sandbox {
 			continue
 		}
+		ips := map[string]*current.IPConfig{}
 		for _, ipc := range res.IPs {
-			if ipc.Interface != nil && *ipc.Interface == i && ipc.Address.IP.To4() != nil {
-				return iface, ipc, nil
+			if ipc.Interface == nil || *ipc.Interface != i {
+				continue
+			}
+			p, ok := netipx(ipc.Address)
+			if !ok {
+				return nil, nil, netconf.Invalid("prevResult address %s invalid", ipc.Address.String())
+			}
+			f := map[bool]string{false: "IPv4", true: "IPv6"}[p.Addr().Is6()]
+			if ips[f] == nil {
+				ips[f] = ipc
 			}
 		}
-		return nil, nil, fmt.Errorf("prevResult has no IPv4 address on %q", ifName)
+		return iface, ips, nil
 	}
 	return nil, nil, fmt.Errorf("prevResult has no interface %q in %s", ifName, sandbox)
 }

@@ -159,7 +159,7 @@ func TestAddCheckDel(t *testing.T) {
 				t.Errorf("main table on eth0 = %q, want unchanged %q", got, mainBefore)
 			}
 			var rpf string
-			if err := e.pod.Do(func(ns.NetNS) error { rpf, err = readSysctl(podIfName, "rp_filter"); return err }); err != nil || rpf != "2" {
+			if err := e.pod.Do(func(ns.NetNS) error { rpf, err = readSysctl("ipv4", podIfName, "rp_filter"); return err }); err != nil || rpf != "2" {
 				t.Errorf("rp_filter = %q (%v), want 2", rpf, err)
 			}
 			if m.exclusive {
@@ -248,7 +248,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 		}},
 		{"rp_filter strict", func(e *env, h netlinksafe.Handle) error {
 			return e.pod.Do(func(ns.NetNS) error {
-				return os.WriteFile(sysctlPath(podIfName, "rp_filter"), []byte("1"), 0o644)
+				return os.WriteFile(sysctlPath("ipv4", podIfName, "rp_filter"), []byte("1"), 0o644)
 			})
 		}},
 		{"mtu changed", func(e *env, h netlinksafe.Handle) error {

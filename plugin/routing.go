@@ -30,21 +30,36 @@ const (
 // filtering would drop packets arriving on an interface that is not the main table's way back.
 const RPFilterLoose = "2"
 
-// Routing is what ADD configures on the pod interface besides its address.
+// Routing is what ADD configures on the pod interface besides its address, for one address family: a
+// dual-stack interface has one Routing per family, with the same table id (the kernel keeps a table per
+// family, so the one card-numbered id serves both without a collision).
+//
+// IPv6 is routed, not bridged, as the VPC routes it: the address gets no on-link /64 (IFA_F_NOPREFIXROUTE),
+// and the subnet is reached through the VPC router like any other destination, so the pod never sends
+// neighbour solicitations for its peers, only for the router (Gateway, a link-local address).
 type Routing struct {
 	IfName    string
 	Address   netip.Addr
 	PrefixLen int
-	// Gateway is the subnet's router; invalid (zero) for ipvlan L3/L3S, where routes need a device only.
+	// Gateway is the subnet's router (IPv4: its .1; IPv6: the VPC router's link-local fe80:ec2::1); invalid
+	// (zero) for ipvlan L3/L3S, where routes need a device only.
 	Gateway netip.Addr
 	// Table is the per-interface route table; 0 disables policy routing.
 	Table int
-	// Routes are extra destinations through the interface, added to the main table with the interface's
-	// address as source (so the rule sends replies the same way).
+	// Routes are extra destinations (of Address's family) through the interface, added to the main table
+	// with the interface's address as source (so the rule sends replies the same way).
 	Routes []netip.Prefix
 }
 
 func (r Routing) subnet() netip.Prefix { return netip.PrefixFrom(r.Address, r.PrefixLen).Masked() }
+
+// family is the netlink family of r's address.
+func (r Routing) family() int {
+	if r.Address.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
@@ -57,45 +72,58 @@ func netIP(a netip.Addr) net.IP {
 	return net.IP(a.AsSlice())
 }
 
-// extraRoutes are the main-table routes of r.Routes.
-func (r Routing) extraRoutes(index int) []netlink.Route {
+// via is a route through the gateway, or on the link when there is none (L3).
+func (r Routing) via(index int, dst netip.Prefix, table int) netlink.Route {
+	rt := netlink.Route{LinkIndex: index, Dst: ipNet(dst), Gw: netIP(r.Gateway), Table: table}
+	if !r.Gateway.IsValid() {
+		rt.Scope = netlink.SCOPE_LINK
+	}
+	return rt
+}
+
+// mainRoutes are r's routes in the main table: the extra routes and, for IPv6, the subnet through the
+// router (for IPv4 the kernel adds the subnet's on-link route with the address).
+func (r Routing) mainRoutes(index int) []netlink.Route {
 	var routes []netlink.Route
+	if r.Address.Is6() {
+		rt := r.via(index, r.subnet(), 0)
+		rt.Src = netIP(r.Address)
+		routes = append(routes, rt)
+	}
 	for _, dst := range r.Routes {
-		routes = append(routes, netlink.Route{
-			LinkIndex: index,
-			Dst:       ipNet(dst),
-			Gw:        netIP(r.Gateway),
-			Src:       netIP(r.Address),
-		})
+		rt := r.via(index, dst, 0)
+		rt.Src = netIP(r.Address)
+		rt.Scope = netlink.SCOPE_UNIVERSE
+		routes = append(routes, rt)
 	}
 	return routes
 }
 
-// tableRoutes are the routes of the per-interface table: the subnet on the link, and the default route.
+// tableRoutes are the routes of the per-interface table: the subnet (IPv4 on the link, IPv6 through the
+// router), and the default route.
 func (r Routing) tableRoutes(index int) []netlink.Route {
-	routes := []netlink.Route{{
+	sub := netlink.Route{
 		LinkIndex: index,
 		Dst:       ipNet(r.subnet()),
 		Src:       netIP(r.Address),
 		Scope:     netlink.SCOPE_LINK,
 		Table:     r.Table,
-	}}
-	def := netlink.Route{
-		LinkIndex: index,
-		Dst:       ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
-		Gw:        netIP(r.Gateway),
-		Table:     r.Table,
 	}
-	if !r.Gateway.IsValid() {
-		def.Scope = netlink.SCOPE_LINK
+	if r.Address.Is6() {
+		sub = r.via(index, r.subnet(), r.Table)
+		sub.Src = netIP(r.Address)
 	}
-	return append(routes, def)
+	unspec := netip.IPv4Unspecified()
+	if r.Address.Is6() {
+		unspec = netip.IPv6Unspecified()
+	}
+	return []netlink.Route{sub, r.via(index, netip.PrefixFrom(unspec, 0), r.Table)}
 }
 
 func (r Routing) rule() *netlink.Rule {
 	rule := netlink.NewRule()
-	rule.Family = unix.AF_INET
-	rule.Src = ipNet(netip.PrefixFrom(r.Address, 32))
+	rule.Family = r.family()
+	rule.Src = ipNet(netip.PrefixFrom(r.Address, r.Address.BitLen()))
 	rule.Table = r.Table
 	rule.Priority = RulePriority
 	return rule
@@ -109,7 +137,7 @@ func AddRoutes(podNS ns.NetNS, r Routing) error {
 		if err != nil {
 			return err
 		}
-		routes := r.extraRoutes(l.Attrs().Index)
+		routes := r.mainRoutes(l.Attrs().Index)
 		if r.Table > 0 {
 			routes = append(routes, r.tableRoutes(l.Attrs().Index)...)
 		}
@@ -135,34 +163,37 @@ func AddRule(podNS ns.NetNS, r Routing) error {
 	return nil
 }
 
-// DeleteRules removes every rule at RulePriority that looks up table, from the calling thread's netns.
-// No rule is not an error.
+// DeleteRules removes every rule (IPv4 and IPv6) at RulePriority that looks up table, from the calling
+// thread's netns. No rule is not an error.
 func DeleteRules(table int) error {
-	rules, err := netlinksafe.RuleListFiltered(unix.AF_INET, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return fmt.Errorf("list rules of table %d: %w", table, err)
-	}
 	var errs []error
-	for _, rule := range rules {
-		if rule.Priority != RulePriority || rule.Table != table {
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := netlinksafe.RuleListFiltered(family, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list rules of table %d: %w", table, err))
 			continue
 		}
-		if err := netlink.RuleDel(&rule); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete rule %s: %w", rule.String(), err))
+		for _, rule := range rules {
+			if rule.Priority != RulePriority || rule.Table != table {
+				continue
+			}
+			if err := netlink.RuleDel(&rule); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete rule %s: %w", rule.String(), err))
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// sysctlPath is the /proc/sys file of a net.ipv4.conf.<ifName> setting.
-func sysctlPath(ifName, key string) string {
-	return filepath.Join("/proc/sys/net/ipv4/conf", ifName, key)
+// sysctlPath is the /proc/sys file of a net.<ipv4|ipv6>.conf.<ifName> setting.
+func sysctlPath(family, ifName, key string) string {
+	return filepath.Join("/proc/sys/net", family, "conf", ifName, key)
 }
 
 // SetRPFilter sets net.ipv4.conf.<ifName>.rp_filter to loose in podNS.
 func SetRPFilter(podNS ns.NetNS, ifName string) error {
 	err := podNS.Do(func(ns.NetNS) error {
-		return os.WriteFile(sysctlPath(ifName, "rp_filter"), []byte(RPFilterLoose), 0o644)
+		return os.WriteFile(sysctlPath("ipv4", ifName, "rp_filter"), []byte(RPFilterLoose), 0o644)
 	})
 	if err != nil {
 		return fmt.Errorf("set rp_filter of %q in %s: %w", ifName, podNS.Path(), err)
@@ -170,8 +201,34 @@ func SetRPFilter(podNS ns.NetNS, ifName string) error {
 	return nil
 }
 
-// readSysctl reads net.ipv4.conf.<ifName>.<key> in the calling thread's netns.
-func readSysctl(ifName, key string) (string, error) {
-	b, err := os.ReadFile(sysctlPath(ifName, key))
+// IPv6Sysctls are the net.ipv6.conf.<ifName> settings of a pod interface that carries IPv6, written in the
+// pod netns before its addresses, in this order:
+//   - disable_ipv6 0: a link created in or moved into the pod takes the netns's default, which runtimes (and
+//     our test harness) may set to 1; the kernel then refuses IPv6 addresses.
+//   - accept_ra 0, autoconf 0: the addresses and routes are the agent's; a router advertisement must not add
+//     others (SLAAC addresses EC2 never assigned, which the VPC would drop) or a default route.
+//   - accept_dad 0: the global address is added with IFA_F_NODAD anyway (see ConfigureInterface); this also
+//     makes the kernel's own link-local usable at once instead of tentative for a second. DAD cannot find a
+//     duplicate on a VPC, which forwards no neighbour solicitation between ENIs; uniqueness comes from EC2
+//     (one address, one ENI) and the agent (one address, one pod). ipvlan children share their parent's MAC,
+//     but the kernel gives each a distinct dev_id, which goes into its EUI-64 link-local (fe80::..:<dev_id>:..),
+//     so siblings' link-locals differ too; and ipvlan itself refuses an address a sibling already has.
+var IPv6Sysctls = []struct{ Key, Value string }{
+	{"disable_ipv6", "0"}, {"accept_ra", "0"}, {"autoconf", "0"}, {"accept_dad", "0"},
+}
+
+// setIPv6Sysctls writes IPv6Sysctls for ifName in the calling thread's netns (the pod's).
+func setIPv6Sysctls(ifName string) error {
+	for _, s := range IPv6Sysctls {
+		if err := os.WriteFile(sysctlPath("ipv6", ifName, s.Key), []byte(s.Value), 0o644); err != nil {
+			return fmt.Errorf("set net.ipv6.conf.%s.%s=%s: %w", ifName, s.Key, s.Value, err)
+		}
+	}
+	return nil
+}
+
+// readSysctl reads net.<family>.conf.<ifName>.<key> in the calling thread's netns.
+func readSysctl(family, ifName, key string) (string, error) {
+	b, err := os.ReadFile(sysctlPath(family, ifName, key))
 	return strings.TrimSpace(string(b)), err
 }
