@@ -196,22 +196,28 @@ func TestAddCheckDel(t *testing.T) {
 	}
 }
 
-// routeStrings lists the routes of table on the link ifName in n as "dst [via gw|scope link] [src]".
+// routeStrings lists the IPv4 routes of table on the link ifName in n as "dst [via gw|scope link] [src]".
 func routeStrings(t *testing.T, n ns.NetNS, table int, ifName string) []string {
+	t.Helper()
+	return routeStringsOf(t, n, netlink.FAMILY_V4, table, ifName)
+}
+
+// routeStringsOf is routeStrings for a family (netlink.FAMILY_V4 or FAMILY_V6).
+func routeStringsOf(t *testing.T, n ns.NetNS, family, table int, ifName string) []string {
 	t.Helper()
 	h := nettest.Handle(t, n)
 	l, err := h.LinkByName(ifName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table, LinkIndex: l.Attrs().Index},
+	routes, err := h.RouteListFiltered(family, &netlink.Route{Table: table, LinkIndex: l.Attrs().Index},
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []string
 	for _, r := range routes {
-		dst := "0.0.0.0/0"
+		dst := map[int]string{netlink.FAMILY_V4: "0.0.0.0/0", netlink.FAMILY_V6: "::/0"}[family]
 		if r.Dst != nil {
 			dst = r.Dst.String()
 		}
