@@ -248,7 +248,7 @@ func Load(data []byte) (*Config, error) {
 		return nil, err
 	}
 	if n.MTU != nil {
-		if err := CheckMTU("mtu", *n.MTU); err != nil {
+		if err := checkFamilyMTU("mtu", c.Family, *n.MTU); err != nil {
 			return nil, err
 		}
 		c.MTU = *n.MTU
@@ -268,7 +268,7 @@ func Load(data []byte) (*Config, error) {
 		return nil, Invalid("ipam %q invalid: multinic takes its addresses from the multinic agent, remove \"ipam\"", n.IPAM.Type)
 	}
 	var err error
-	if c.Routes, err = appendRoutes(nil, "routes", n.Routes); err != nil {
+	if c.Routes, err = appendRoutes(nil, "routes", c.Family, n.Routes); err != nil {
 		return nil, err
 	}
 
@@ -278,12 +278,12 @@ func Load(data []byte) (*Config, error) {
 			return nil, Invalid("args.cni invalid: %s", jsonProblem(err))
 		}
 		if pa.MTU != nil {
-			if err := CheckMTU("args.cni.mtu", *pa.MTU); err != nil {
+			if err := checkFamilyMTU("args.cni.mtu", c.Family, *pa.MTU); err != nil {
 				return nil, err
 			}
 			c.MTU = *pa.MTU
 		}
-		if c.Routes, err = appendRoutes(c.Routes, "args.cni.routes", pa.Routes); err != nil {
+		if c.Routes, err = appendRoutes(c.Routes, "args.cni.routes", c.Family, pa.Routes); err != nil {
 			return nil, err
 		}
 	}
@@ -352,15 +352,33 @@ func CheckMTU(key string, mtu int) error {
 	return nil
 }
 
-// appendRoutes validates routes and appends the new ones to have.
-func appendRoutes(have []netip.Prefix, key string, routes []RouteConf) ([]netip.Prefix, error) {
+// MinIPv6MTU is IPv6's minimum link MTU (RFC 8200): the kernel turns IPv6 off on a link with a smaller one.
+const MinIPv6MTU = 1280
+
+// checkFamilyMTU is CheckMTU, and at least MinIPv6MTU when family carries IPv6.
+func checkFamilyMTU(key, family string, mtu int) error {
+	if err := CheckMTU(key, mtu); err != nil {
+		return err
+	}
+	if mtu != 0 && mtu < MinIPv6MTU && api.WantsIPv6(family) {
+		return Invalid("%s %d invalid: must be at least %d with family %q (IPv6's minimum link MTU)", key, mtu, MinIPv6MTU, family)
+	}
+	return nil
+}
+
+// appendRoutes validates routes (of family's address families) and appends the new ones to have.
+func appendRoutes(have []netip.Prefix, key, family string, routes []RouteConf) ([]netip.Prefix, error) {
 	for i, r := range routes {
 		p, err := netip.ParsePrefix(r.Dst)
 		switch {
 		case err != nil:
-			return nil, Invalid("%s[%d].dst %q invalid: want an IPv4 CIDR such as 10.100.0.0/16", key, i, r.Dst)
-		case !p.Addr().Is4():
-			return nil, Invalid("%s[%d].dst %q invalid: must be IPv4", key, i, r.Dst)
+			return nil, Invalid("%s[%d].dst %q invalid: want a CIDR such as 10.100.0.0/16 or 2001:db8:100::/48", key, i, r.Dst)
+		case p.Addr().Is4In6() || p.Addr().Zone() != "":
+			return nil, Invalid("%s[%d].dst %q invalid: want a plain IPv4 or IPv6 CIDR", key, i, r.Dst)
+		case p.Addr().Is4() && !api.WantsIPv4(family):
+			return nil, Invalid("%s[%d].dst %q invalid: must be IPv6 with family %q", key, i, r.Dst, family)
+		case p.Addr().Is6() && !api.WantsIPv6(family):
+			return nil, Invalid("%s[%d].dst %q invalid: must be IPv4 with family %q", key, i, r.Dst, family)
 		case p != p.Masked():
 			return nil, Invalid("%s[%d].dst %q invalid: host bits set, did you mean %s?", key, i, r.Dst, p.Masked())
 		case p.Bits() == 0:

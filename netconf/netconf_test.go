@@ -79,6 +79,13 @@ func TestLoadConf(t *testing.T) {
 		{name: "family empty is ipv4", json: `"networkCard": 1, "family": ""`,
 			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4,
 				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
+		{name: "dual with routes of both families", json: `"networkCard": 1, "family": "dual", "mtu": 1280, "routes": [{"dst": "10.100.0.0/16"}, {"dst": "2001:db8:100::/48"}]`,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyDual, MTU: 1280,
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true,
+				Routes: []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16"), netip.MustParsePrefix("2001:db8:100::/48")}}},
+		{name: "ipv4 mtu below IPv6's", json: `"networkCard": 1, "mtu": 576`,
+			want: &Config{Name: "card1", CNIVersion: "1.1.0", Card: 1, Mode: ModeIPVlan, IPVlanMode: IPVlanL2, Family: FamilyIPv4, MTU: 576,
+				AgentSocket: api.DefaultSocketPath, PolicyRouting: true}},
 		{name: "family a number", json: `"networkCard": 1, "family": 6`, wantErr: "family: want string"},
 
 		{name: "card missing", json: ``, wantErr: "networkCard is required"},
@@ -101,7 +108,16 @@ func TestLoadConf(t *testing.T) {
 		{name: "route not a CIDR", json: `"networkCard": 1, "routes": [{"dst": "10.0.0.1"}]`, wantErr: `routes[0].dst "10.0.0.1" invalid`},
 		{name: "route host bits", json: `"networkCard": 1, "routes": [{"dst": "10.0.0.1/16"}]`, wantErr: "did you mean 10.0.0.0/16"},
 		{name: "route default", json: `"networkCard": 1, "routes": [{"dst": "0.0.0.0/0"}]`, wantErr: "default route stays"},
-		{name: "route ipv6", json: `"networkCard": 1, "routes": [{"dst": "fd00::/64"}]`, wantErr: "must be IPv4"},
+		{name: "route ipv6", json: `"networkCard": 1, "routes": [{"dst": "fd00::/64"}]`, wantErr: `routes[0].dst "fd00::/64" invalid: must be IPv4 with family "ipv4"`},
+		{name: "route ipv4 with family ipv6", json: `"networkCard": 1, "family": "ipv6", "routes": [{"dst": "10.0.0.0/8"}]`,
+			wantErr: `routes[0].dst "10.0.0.0/8" invalid: must be IPv6 with family "ipv6"`},
+		{name: "route ipv6 default", json: `"networkCard": 1, "family": "dual", "routes": [{"dst": "::/0"}]`, wantErr: "default route stays"},
+		{name: "route ipv6 host bits", json: `"networkCard": 1, "family": "ipv6", "routes": [{"dst": "2001:db8::1/48"}]`, wantErr: "did you mean 2001:db8::/48"},
+		{name: "route ipv4-mapped", json: `"networkCard": 1, "family": "dual", "routes": [{"dst": "::ffff:10.0.0.0/104"}]`, wantErr: "plain IPv4 or IPv6"},
+		{name: "cni-args route ipv6 with family ipv4", json: `"networkCard": 1, "args": {"cni": {"routes": [{"dst": "2001:db8::/32"}]}}`,
+			wantErr: `args.cni.routes[0].dst "2001:db8::/32" invalid: must be IPv4`},
+		{name: "mtu below IPv6's", json: `"networkCard": 1, "family": "dual", "mtu": 1279`, wantErr: `mtu 1279 invalid: must be at least 1280 with family "dual"`},
+		{name: "cni-args mtu below IPv6's", json: `"networkCard": 1, "family": "ipv6", "args": {"cni": {"mtu": 1000}}`, wantErr: "args.cni.mtu 1000 invalid: must be at least 1280"},
 		{name: "route unknown key", json: `"networkCard": 1, "routes": [{"dst": "10.0.0.0/8", "gw": "10.0.0.1"}]`, wantErr: `unknown field "gw": a route has only "dst"`},
 		{name: "ipam plugin", json: `"networkCard": 1, "ipam": {"type": "host-local"}`, wantErr: `ipam "host-local" invalid`},
 		{name: "no cniVersion", json: `"networkCard": 1, "cniVersion": ""`, wantErr: `cniVersion "" invalid`},
@@ -172,13 +188,16 @@ func FuzzLoadConf(f *testing.F) {
 			t.Fatalf("card %d accepted", c.Card)
 		case c.MTU != 0 && (c.MTU < MinMTU || c.MTU > MaxMTU):
 			t.Fatalf("mtu %d accepted", c.MTU)
+		case c.MTU != 0 && c.MTU < MinIPv6MTU && api.WantsIPv6(c.Family):
+			t.Fatalf("mtu %d accepted with family %s", c.MTU, c.Family)
 		case c.Mode != ModeIPVlan && c.Mode != ModeExclusive, CheckIPVlanMode("ipvlanMode", c.IPVlanMode) != nil:
 			t.Fatalf("mode %q (ipvlan %q) accepted", c.Mode, c.IPVlanMode)
 		case !strings.HasPrefix(c.AgentSocket, "/"):
 			t.Fatalf("socket %q accepted", c.AgentSocket)
 		}
 		for _, r := range c.Routes {
-			if !r.Addr().Is4() || r != r.Masked() || r.Bits() == 0 {
+			if r.Addr().Is4() && !api.WantsIPv4(c.Family) || r.Addr().Is6() && !api.WantsIPv6(c.Family) || r.Addr().Is4In6() ||
+				r != r.Masked() || r.Bits() == 0 {
 				t.Fatalf("route %s accepted", r)
 			}
 		}
