@@ -22,7 +22,6 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/ipam/api"
@@ -69,9 +68,18 @@ func (f *fakeAgent) Allocate(_ context.Context, req api.AllocateRequest) (api.Al
 	if ans.Exclusive != req.Exclusive {
 		return api.AllocateResponse{}, &api.Error{Code: api.CodeInvalid, Message: "fake agent: wrong mode for this card"}
 	}
-	f.allocs[attachment{req.ContainerID, req.IfName}] = api.Allocation{
-		AllocateRequest: req, Address: ans.Address, ENIID: ans.ENIID, AllocatedAt: time.Now(),
+	// The family's addresses only, as the agent answers.
+	if !api.WantsIPv4(req.Family) {
+		ans.Address, ans.PrefixLen, ans.Gateway, ans.SubnetCIDR = netip.Addr{}, 0, netip.Addr{}, netip.Prefix{}
 	}
+	if !api.WantsIPv6(req.Family) {
+		ans.IPv6 = nil
+	}
+	a := api.Allocation{AllocateRequest: req, Address: ans.Address, ENIID: ans.ENIID, AllocatedAt: time.Now()}
+	if ans.IPv6 != nil {
+		a.IPv6 = ans.IPv6.Address
+	}
+	f.allocs[attachment{req.ContainerID, req.IfName}] = a
 	return ans, nil
 }
 
@@ -237,7 +245,9 @@ func newEnv(t *testing.T, exclusive bool) *env {
 			t.Fatalf("set up vpc netns: %v", step)
 		}
 	}
+	setUpVPC6(t, e.vpc, "vpc0")
 	e.agent.answers[card] = api.AllocateResponse{
+		IPv6:       &api.IPv6Lease{Address: podAddr6, PrefixLen: 64, Gateway: gateway6, SubnetCIDR: subnet6},
 		Address:    podAddr,
 		PrefixLen:  24,
 		Gateway:    gatewayIP,
@@ -376,21 +386,23 @@ func (e *env) podState() podState {
 		s.links = append(s.links, l.Attrs().Name)
 	}
 	slices.Sort(s.links)
-	rules, err := h.RuleList(unix.AF_INET)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, r := range rules {
-		if r.Priority == RulePriority {
-			s.rules = append(s.rules, r.String())
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := h.RuleList(family)
+		if err != nil {
+			e.t.Fatal(err)
 		}
-	}
-	routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: RouteTableBase + card}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, r := range routes {
-		s.tableRoutes = append(s.tableRoutes, r.String())
+		for _, r := range rules {
+			if r.Priority == RulePriority {
+				s.rules = append(s.rules, r.String())
+			}
+		}
+		routes, err := h.RouteListFiltered(family, &netlink.Route{Table: RouteTableBase + card}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, r := range routes {
+			s.tableRoutes = append(s.tableRoutes, r.String())
+		}
 	}
 	return s
 }

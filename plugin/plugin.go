@@ -163,8 +163,12 @@ func isCurrentNS(n ns.NetNS) (bool, error) {
 // routings are the Routings of an allocation under conf: one per family the agent granted, IPv4 first.
 func routings(conf *netconf.Config, ifName string, resp api.AllocateResponse) []Routing {
 	var rs []Routing
-	if resp.Address.IsValid() {
+	if api.WantsIPv4(conf.Family) {
 		rs = append(rs, newRouting(conf, ifName, netip.PrefixFrom(resp.Address, resp.PrefixLen), resp.Gateway))
+	}
+	if api.WantsIPv6(conf.Family) {
+		v6 := resp.IPv6
+		rs = append(rs, newRouting(conf, ifName, netip.PrefixFrom(v6.Address, v6.PrefixLen), v6.Gateway))
 	}
 	return rs
 }
@@ -186,19 +190,37 @@ func newRouting(conf *netconf.Config, ifName string, addr netip.Prefix, gateway 
 	return r
 }
 
-// checkResponse refuses an agent answer the plugin cannot apply.
+// checkResponse refuses an agent answer the plugin cannot apply: it must hold the address of each family
+// conf asks for, and only those.
 func checkResponse(conf *netconf.Config, resp api.AllocateResponse) error {
 	switch {
-	case !resp.Address.Is4():
-		return fmt.Errorf("agent answered address %v: want IPv4", resp.Address)
-	case resp.PrefixLen < 1 || resp.PrefixLen > 32:
+	case api.WantsIPv4(conf.Family) && !resp.Address.Is4():
+		return fmt.Errorf("agent answered address %v: want IPv4 for family %s", resp.Address, conf.Family)
+	case api.WantsIPv4(conf.Family) && (resp.PrefixLen < 1 || resp.PrefixLen > 32):
 		return fmt.Errorf("agent answered prefix length %d: want 1-32", resp.PrefixLen)
-	case !resp.Gateway.Is4():
+	case api.WantsIPv4(conf.Family) && !resp.Gateway.Is4():
 		return fmt.Errorf("agent answered gateway %v: want IPv4", resp.Gateway)
+	case !api.WantsIPv4(conf.Family) && resp.Address.IsValid():
+		return fmt.Errorf("agent answered IPv4 address %v for family %s", resp.Address, conf.Family)
 	case resp.LinkName == "":
 		return errors.New("agent answered no link name")
 	case resp.Exclusive != (conf.Mode == netconf.ModeExclusive):
 		return fmt.Errorf("agent answered exclusive=%t for mode %s", resp.Exclusive, conf.Mode)
+	}
+	v6 := resp.IPv6
+	switch {
+	case !api.WantsIPv6(conf.Family):
+		if v6 != nil {
+			return fmt.Errorf("agent answered IPv6 address %v for family %s", v6.Address, conf.Family)
+		}
+	case v6 == nil:
+		return fmt.Errorf("agent answered no IPv6 address for family %s", conf.Family)
+	case !v6.Address.Is6() || v6.Address.Is4In6() || !v6.Address.IsGlobalUnicast():
+		return fmt.Errorf("agent answered IPv6 address %v: want a global IPv6 address", v6.Address)
+	case v6.PrefixLen < 1 || v6.PrefixLen > 128:
+		return fmt.Errorf("agent answered IPv6 prefix length %d: want 1-128", v6.PrefixLen)
+	case !v6.Gateway.Is6() || v6.Gateway.Is4In6():
+		return fmt.Errorf("agent answered IPv6 gateway %v: want IPv6", v6.Gateway)
 	}
 	return nil
 }
@@ -231,6 +253,12 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 			"container %s interface %s: a release is still pending for the agent", args.ContainerID, args.IfName), "")
 	}
 
+	// An ipv4 request leaves "family" out: byte for byte what plugins before IPv6 sent, which every agent
+	// accepts (the oldest ones refuse unknown keys).
+	family := conf.Family
+	if family == netconf.FamilyIPv4 {
+		family = ""
+	}
 	ctx := context.Background()
 	resp, err := client.Allocate(ctx, api.AllocateRequest{
 		Card:        conf.Card,
@@ -241,6 +269,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 		Exclusive: conf.Mode == netconf.ModeExclusive,
 		Netns:     args.Netns,
 		Network:   conf.Name,
+		Family:    family,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -608,7 +637,14 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 
 // families are the address families conf's interface carries, in the result's order.
 func families(conf *netconf.Config) []string {
-	return []string{"IPv4"}
+	var fs []string
+	if api.WantsIPv4(conf.Family) {
+		fs = append(fs, "IPv4")
+	}
+	if api.WantsIPv6(conf.Family) {
+		fs = append(fs, "IPv6")
+	}
+	return fs
 }
 
 // checkAllocation compares the agent's record of the attachment with prevResult's addresses (rs).
@@ -623,6 +659,9 @@ func checkAllocation(conf *netconf.Config, alloc *api.Allocation, rs []Routing) 
 	}
 	for _, r := range rs {
 		have := alloc.Address
+		if r.Address.Is6() {
+			have = alloc.IPv6
+		}
 		if have != r.Address {
 			return fmt.Errorf("the agent allocated %v, prevResult has %s", have, r.Address)
 		}

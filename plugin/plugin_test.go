@@ -302,39 +302,46 @@ func TestCheckDetectsDrift(t *testing.T) {
 	}
 }
 
-// TestAddFailureRollsBack fails ADD after each step: nothing may be left behind.
+// TestAddFailureRollsBack fails ADD after each step, for each family: nothing may be left behind (no
+// allocation, link, rule or table route of either family).
 func TestAddFailureRollsBack(t *testing.T) {
 	steps := []Step{StepAllocate, StepLink, StepAddress, StepRoutes, StepRule, StepSysctl, StepResult}
-	for _, m := range modeCases[:2] { // exclusive on the host, ipvlan L2 in the VM
-		for _, s := range steps {
-			t.Run(m.name+"/"+string(s), func(t *testing.T) {
-				m.require(t)
-				e := newEnv(t, m.exclusive)
-				nodeLinks := linkNames(t, e.node)
-				injected := errors.New("injected failure")
-				var seen []Step
-				e.p.Hook = func(got Step) error {
-					seen = append(seen, got)
-					if got == s {
-						return injected
+	for _, c := range []struct{ family, routes string }{
+		{netconf.FamilyIPv4, `"routes": [{"dst": "10.100.0.0/16"}]`},
+		{netconf.FamilyIPv6, `"family": "ipv6", "routes": [{"dst": "2001:db8:100::/48"}]`},
+		{netconf.FamilyDual, `"family": "dual", "routes": [{"dst": "10.100.0.0/16"}, {"dst": "2001:db8:100::/48"}]`},
+	} {
+		for _, m := range modeCases[:2] { // exclusive on the host, ipvlan L2 in the VM
+			for _, s := range steps {
+				t.Run(c.family+"/"+m.name+"/"+string(s), func(t *testing.T) {
+					m.require(t)
+					e := newEnv(t, m.exclusive)
+					nodeLinks := linkNames(t, e.node)
+					injected := errors.New("injected failure")
+					var seen []Step
+					e.p.Hook = func(got Step) error {
+						seen = append(seen, got)
+						if got == s {
+							return injected
+						}
+						return nil
 					}
-					return nil
-				}
-				_, err := e.add(e.args(e.conf(m.mode, `"routes": [{"dst": "10.100.0.0/16"}]`)))
-				if !errors.Is(err, injected) && !strings.Contains(err.Error(), injected.Error()) {
-					t.Fatalf("ADD error = %v, want the injected failure", err)
-				}
-				if seen[len(seen)-1] != s {
-					t.Fatalf("steps seen = %v, want them to end at %s", seen, s)
-				}
-				e.requireClean([]string{"lo"})
-				if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
-					t.Errorf("node links = %v, want %v", got, nodeLinks)
-				}
-				if m.exclusive {
-					e.requireENIHome()
-				}
-			})
+					_, err := e.add(e.args(e.conf(m.mode, c.routes)))
+					if !errors.Is(err, injected) && !strings.Contains(err.Error(), injected.Error()) {
+						t.Fatalf("ADD error = %v, want the injected failure", err)
+					}
+					if seen[len(seen)-1] != s {
+						t.Fatalf("steps seen = %v, want them to end at %s", seen, s)
+					}
+					e.requireClean([]string{"lo"})
+					if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
+						t.Errorf("node links = %v, want %v", got, nodeLinks)
+					}
+					if m.exclusive {
+						e.requireENIHome()
+					}
+				})
+			}
 		}
 	}
 }
@@ -806,5 +813,281 @@ func TestDelIPVlanNetnsGone(t *testing.T) {
 	}
 	if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
 		t.Errorf("node links = %v, want %v", got, nodeLinks)
+	}
+}
+
+// familyModeCases are the modes IPv6 is tested in: exclusive on the host, the ipvlan modes in the VM.
+var familyModeCases = append(slices.Clone(modeCases),
+	modeCase{name: "ipvlan l3s", mode: netconf.ModeIPVlan, ipvlanMode: "l3s", l3: true})
+
+// TestAddCheckDelIPv6 attaches a pod with family ipv6 and dual in each mode, in a pod netns whose IPv6 is
+// off (as runtimes may leave it), and checks the request's family, the result (IPv4 first, each address on
+// interface 0 with its gateway), the addresses (none tentative), both families' policy routing, traffic
+// from the IPv6 address with a single attempt right after ADD (L2 and exclusive), CHECK, and DEL taking
+// everything back.
+func TestAddCheckDelIPv6(t *testing.T) {
+	for _, family := range []string{netconf.FamilyIPv6, netconf.FamilyDual} {
+		for _, m := range familyModeCases {
+			t.Run(family+"/"+m.name, func(t *testing.T) {
+				m.require(t)
+				e := newEnv(t, m.exclusive)
+				disableIPv6(t, e.pod)
+				e.addPodEth0()
+				nodeLinks := linkNames(t, e.node)
+				routes := `"routes": [{"dst": "2001:db8:100::/48"}]`
+				if family == netconf.FamilyDual {
+					routes = `"routes": [{"dst": "2001:db8:100::/48"}, {"dst": "10.100.0.0/16"}]`
+				}
+				args := e.args(e.conf(m.mode, m.extra(`"family": "`+family+`"`, `"mtu": 1500`, routes)))
+
+				res, err := e.add(args)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := e.agent.allocates[0].Family; got != family {
+					t.Errorf("allocate request family = %q, want %q", got, family)
+				}
+
+				// The result: IPv4 first, both on interface 0, each with its family's gateway (none in L3).
+				gw4, gw6 := net.IP(gatewayIP.AsSlice()), net.IP(gateway6.AsSlice())
+				if m.l3 {
+					gw4, gw6 = nil, nil
+				}
+				type ipRow struct {
+					addr string
+					gw   net.IP
+				}
+				want := []ipRow{{"2001:db8:ec2:1::5/64", gw6}}
+				wantRoutes := []string{"2001:db8:100::/48 via " + gw6.String()}
+				if family == netconf.FamilyDual {
+					want = append([]ipRow{{"10.1.0.5/24", gw4}}, want...)
+					wantRoutes = []string{"10.100.0.0/16 via " + gw4.String(), "2001:db8:100::/48 via " + gw6.String()}
+				}
+				if len(res.Interfaces) != 1 || len(res.IPs) != len(want) {
+					t.Fatalf("result = %+v, want one interface and %d IPs", res, len(want))
+				}
+				for i, w := range want {
+					ipc := res.IPs[i]
+					if ipc.Interface == nil || *ipc.Interface != 0 || ipc.Address.String() != w.addr || !ipc.Gateway.Equal(w.gw) {
+						t.Errorf("result ip %d = %+v, want %s gw %v on interface 0", i, ipc, w.addr, w.gw)
+					}
+				}
+				var gotRoutes []string
+				for _, r := range res.Routes {
+					gotRoutes = append(gotRoutes, r.Dst.String()+" via "+r.GW.String())
+				}
+				if !slices.Equal(gotRoutes, wantRoutes) {
+					t.Errorf("result routes = %q, want %q", gotRoutes, wantRoutes)
+				}
+
+				// The link's addresses: ours, and the kernel's link-local; none tentative.
+				h := nettest.Handle(t, e.pod)
+				l, err := h.LinkByName(podIfName)
+				if err != nil {
+					t.Fatal(err)
+				}
+				addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, a := range addrs {
+					if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+						t.Errorf("address %s flags %#x: tentative or failed DAD", a.IPNet, a.Flags)
+					}
+					if !a.IP.IsLinkLocalUnicast() {
+						got = append(got, a.IPNet.String())
+					}
+				}
+				var wantAddrs []string
+				for _, w := range want {
+					wantAddrs = append(wantAddrs, w.addr)
+				}
+				slices.Sort(got)
+				slices.Sort(wantAddrs)
+				if !slices.Equal(got, wantAddrs) {
+					t.Errorf("addresses = %v, want %v and link-local only", got, wantAddrs)
+				}
+
+				// Policy routing of each family.
+				table := RouteTableBase + card
+				via6 := "via fe80:ec2::1"
+				if m.l3 {
+					via6 = "scope link"
+				}
+				wantTable := []string{"2001:db8:ec2:1::/64 " + via6 + " src 2001:db8:ec2:1::5", "::/0 " + via6}
+				if got := routeStringsOf(t, e.pod, netlink.FAMILY_V6, table, podIfName); !slices.Equal(got, wantTable) {
+					t.Errorf("IPv6 table %d = %q, want %q", table, got, wantTable)
+				}
+				main6 := routeStringsOf(t, e.pod, netlink.FAMILY_V6, unix.RT_TABLE_MAIN, podIfName)
+				wantMain := "2001:db8:100::/48 " + map[bool]string{false: "via fe80:ec2::1 ", true: ""}[m.l3] + "src 2001:db8:ec2:1::5"
+				if !slices.Contains(main6, wantMain) {
+					t.Errorf("IPv6 main table on %s = %q, want %q in it", podIfName, main6, wantMain)
+				}
+				rules := map[int][]string{}
+				for _, f := range []int{unix.AF_INET, unix.AF_INET6} {
+					rs, err := h.RuleListFiltered(f, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range rs {
+						rules[f] = append(rules[f], fmt.Sprintf("%d from %s", r.Priority, r.Src))
+					}
+				}
+				if want := []string{"1000 from 2001:db8:ec2:1::5/128"}; !slices.Equal(rules[unix.AF_INET6], want) {
+					t.Errorf("IPv6 rules = %q, want %q", rules[unix.AF_INET6], want)
+				}
+				wantRules4 := map[string][]string{netconf.FamilyIPv6: nil, netconf.FamilyDual: {"1000 from 10.1.0.5/32"}}[family]
+				if !slices.Equal(rules[unix.AF_INET], wantRules4) {
+					t.Errorf("IPv4 rules = %q, want %q", rules[unix.AF_INET], wantRules4)
+				}
+
+				// Traffic at once, one attempt each (in L3 the node would route it: not wired here).
+				if !m.l3 {
+					if err := dial(t, e.pod, podAddr6, e.vpc, remote6); err != nil {
+						t.Errorf("connect from %s to %s right after ADD: %v", podAddr6, remote6, err)
+					}
+					if family == netconf.FamilyDual {
+						if err := dial(t, e.pod, podAddr, e.vpc, remoteAddr); err != nil {
+							t.Errorf("connect from %s to %s right after ADD: %v", podAddr, remoteAddr, err)
+						}
+					}
+				}
+
+				if err := e.check(args, res); err != nil {
+					t.Errorf("CHECK: %v", err)
+				}
+				if err := e.del(args); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+				e.requireClean([]string{"eth0", "eth0-peer", "lo"})
+				if m.exclusive {
+					e.requireENIHome()
+				}
+				if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
+					t.Errorf("node links = %v, want %v", got, nodeLinks)
+				}
+				if err := e.del(args); err != nil {
+					t.Errorf("DEL again: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// TestCheckDetectsDriftIPv6 breaks one IPv6 thing of a dual-stack attachment at a time; CHECK must notice
+// each, as it does for IPv4 (TestCheckDetectsDrift).
+func TestCheckDetectsDriftIPv6(t *testing.T) {
+	nettest.RequireRoot(t)
+	table := RouteTableBase + card
+	delRoute := func(dst string, gw net.IP, table int) func(e *env, h netlinksafe.Handle, res *current.Result) error {
+		return func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(netip.MustParsePrefix(dst)), Gw: gw, Table: table})
+		}
+	}
+	gw6 := net.IP(gateway6.AsSlice())
+	tests := []struct {
+		name   string
+		break_ func(e *env, h netlinksafe.Handle, res *current.Result) error
+	}{
+		{"IPv6 rule deleted", func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			rule := Routing{Address: podAddr6, Table: table}.rule()
+			return h.RuleDel(rule)
+		}},
+		{"IPv6 table default route deleted", delRoute("::/0", gw6, table)},
+		{"IPv6 table subnet route deleted", delRoute("2001:db8:ec2:1::/64", gw6, table)},
+		{"IPv6 main subnet route deleted", delRoute("2001:db8:ec2:1::/64", gw6, 0)},
+		{"IPv6 extra route deleted", delRoute("2001:db8:100::/48", gw6, 0)},
+		{"IPv6 address removed", func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			l, _ := h.LinkByName(podIfName)
+			return h.AddrDel(l, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(podAddr6, 64))})
+		}},
+		{"accept_ra on", func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			return e.pod.Do(func(ns.NetNS) error {
+				return os.WriteFile(sysctlPath("ipv6", podIfName, "accept_ra"), []byte("1"), 0o644)
+			})
+		}},
+		{"agent holds another IPv6 address", func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			e.agent.mu.Lock()
+			defer e.agent.mu.Unlock()
+			k := attachment{e.containerID, podIfName}
+			a := e.agent.allocs[k]
+			a.IPv6 = netip.MustParseAddr("2001:db8:ec2:1::6")
+			e.agent.allocs[k] = a
+			return nil
+		}},
+		{"prevResult without the IPv6 address", func(e *env, h netlinksafe.Handle, res *current.Result) error {
+			res.IPs = res.IPs[:1]
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, true)
+			args := e.args(e.conf(netconf.ModeExclusive, `"family": "dual", "mtu": 1500, "routes": [{"dst": "2001:db8:100::/48"}]`))
+			res, err := e.add(args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.del(args) })
+			if err := e.check(args, res); err != nil {
+				t.Fatalf("CHECK before the change: %v", err)
+			}
+			if err := tt.break_(e, nettest.Handle(t, e.pod), res); err != nil {
+				t.Fatalf("break: %v", err)
+			}
+			if err := e.check(args, res); err == nil {
+				t.Errorf("CHECK after %s passed, want an error", tt.name)
+			} else {
+				t.Logf("CHECK: %v", err)
+			}
+		})
+	}
+}
+
+// TestCheckResponse: the plugin applies an agent answer only when it holds the address of each family the
+// network asked for, and no other.
+func TestCheckResponse(t *testing.T) {
+	v4 := api.AllocateResponse{Address: podAddr, PrefixLen: 24, Gateway: gatewayIP, LinkName: eniName}
+	lease := &api.IPv6Lease{Address: podAddr6, PrefixLen: 64, Gateway: gateway6, SubnetCIDR: subnet6}
+	v6 := api.AllocateResponse{LinkName: eniName, IPv6: lease}
+	dual := v4
+	dual.IPv6 = lease
+	with := func(r api.AllocateResponse, f func(*api.AllocateResponse)) api.AllocateResponse {
+		if r.IPv6 != nil {
+			l := *r.IPv6
+			r.IPv6 = &l
+		}
+		f(&r)
+		return r
+	}
+	tests := []struct {
+		family  string
+		resp    api.AllocateResponse
+		wantErr string
+	}{
+		{netconf.FamilyIPv4, v4, ""},
+		{netconf.FamilyIPv6, v6, ""},
+		{netconf.FamilyDual, dual, ""},
+		{netconf.FamilyIPv4, dual, "IPv6 address 2001:db8:ec2:1::5 for family ipv4"},
+		{netconf.FamilyIPv6, dual, "IPv4 address 10.1.0.5 for family ipv6"},
+		{netconf.FamilyDual, v4, "no IPv6 address for family dual"},
+		{netconf.FamilyDual, v6, "want IPv4 for family dual"},
+		{netconf.FamilyIPv6, with(v6, func(r *api.AllocateResponse) { r.IPv6.Address = netip.MustParseAddr("::ffff:10.1.0.5") }), "want a global IPv6 address"},
+		{netconf.FamilyIPv6, with(v6, func(r *api.AllocateResponse) { r.IPv6.Address = netip.MustParseAddr("fe80::5") }), "want a global IPv6 address"},
+		{netconf.FamilyIPv6, with(v6, func(r *api.AllocateResponse) { r.IPv6.PrefixLen = 129 }), "prefix length 129"},
+		{netconf.FamilyIPv6, with(v6, func(r *api.AllocateResponse) { r.IPv6.Gateway = gatewayIP }), "IPv6 gateway 10.1.0.1"},
+		{netconf.FamilyIPv6, with(v6, func(r *api.AllocateResponse) { r.IPv6.Gateway = netip.Addr{} }), "IPv6 gateway invalid IP"},
+	}
+	for _, tt := range tests {
+		conf := &netconf.Config{Family: tt.family, Mode: netconf.ModeIPVlan}
+		err := checkResponse(conf, tt.resp)
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("family %s, answer %+v: %v", tt.family, tt.resp, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("family %s, answer %+v: error %v, want %q", tt.family, tt.resp, err, tt.wantErr)
+		}
 	}
 }
