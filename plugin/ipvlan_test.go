@@ -196,3 +196,68 @@ func TestConfigureInterfaceNoLink(t *testing.T) {
 
 // linkNames lists the links of n, sorted.
 func linkNames(t *testing.T, n ns.NetNS) []string { return nettest.LinkNames(t, nettest.Handle(t, n)) }
+
+// TestIPVlanIPv6Siblings: ipvlan children share their parent's MAC, so what keeps IPv6 sound without DAD
+// (IPv6Sysctls) is checked here: two children of one parent in two pods get distinct link-local addresses
+// (the kernel puts each child's dev_id into its EUI-64) that differ from the parent's, nothing is tentative,
+// and ipvlan itself refuses a global address a sibling already has.
+func TestIPVlanIPv6Siblings(t *testing.T) {
+	nettest.RequireLinkType(t, "ipvlan")
+	hostNS, podA := newParent(t)
+	podB, podC := nettest.NewNS(t), nettest.NewNS(t)
+	for _, c := range []struct {
+		pod  ns.NetNS
+		addr string
+	}{{podA, "2001:db8:ec2:1::5/64"}, {podB, "2001:db8:ec2:1::6/64"}} {
+		err := hostNS.Do(func(ns.NetNS) error {
+			_, err := CreateIPVlanChild(parentName, c.pod, "net1", netlink.IPVLAN_MODE_L2, 0)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ConfigureInterface(c.pod, "net1", netip.MustParsePrefix(c.addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	linkLocal := func(n ns.NetNS, ifName string) string {
+		t.Helper()
+		h := nettest.Handle(t, n)
+		l, err := h.LinkByName(ifName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ll string
+		for _, a := range addrs {
+			if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 && ifName == "net1" {
+				t.Errorf("%s in %s: address %s flags %#x, tentative or failed DAD", ifName, n.Path(), a.IPNet, a.Flags)
+			}
+			if a.IP.IsLinkLocalUnicast() {
+				ll = a.IP.String()
+			}
+		}
+		return ll
+	}
+	llA, llB, llParent := linkLocal(podA, "net1"), linkLocal(podB, "net1"), linkLocal(hostNS, parentName)
+	t.Logf("link-local: parent %s, child A %s, child B %s", llParent, llA, llB)
+	if llA == "" || llB == "" || llA == llB || llA == llParent || llB == llParent {
+		t.Errorf("link-local addresses: parent %q, child A %q, child B %q: want three distinct", llParent, llA, llB)
+	}
+
+	// A third child may not take A's address: ipvlan refuses it, DAD or not.
+	err := hostNS.Do(func(ns.NetNS) error {
+		_, err := CreateIPVlanChild(parentName, podC, "net1", netlink.IPVLAN_MODE_L2, 0)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ConfigureInterface(podC, "net1", netip.MustParsePrefix("2001:db8:ec2:1::5/64"))
+	if !errors.Is(err, unix.EADDRINUSE) {
+		t.Errorf("configure a sibling with A's address: error = %v, want EADDRINUSE", err)
+	}
+}
