@@ -152,3 +152,56 @@ func TestVersion(t *testing.T) {
 		t.Errorf("about = %q", out)
 	}
 }
+
+// TestLibcniDual: a dual-stack attachment through libcni in every supported version (0.4.0 results carry
+// each IP's version), tuning chained after it: the result has IPv4 then IPv6, CHECK passes on the converted
+// prevResult, DEL twice cleans both families.
+func TestLibcniDual(t *testing.T) {
+	dir := pluginBinaries(t)
+	for _, ver := range netconf.SupportedVersions {
+		t.Run(ver, func(t *testing.T) {
+			e := newEnv(t, true)
+			conflist := fmt.Sprintf(`{"cniVersion": %q, "name": "card1", "plugins": [
+				{"type": "multinic", "networkCard": %d, "mode": "exclusive", "family": "dual", "agentSocket": %q},
+				{"type": "tuning", "sysctl": {"net.ipv6.conf.IFNAME.hop_limit": "32"}}]}`, ver, card, e.srv.socket)
+			list, err := libcni.NetworkConfFromBytes([]byte(conflist))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cni := libcni.NewCNIConfigWithCacheDir([]string{dir}, t.TempDir(), nil)
+			rt := &libcni.RuntimeConf{ContainerID: e.containerID, NetNS: e.pod.Path(), IfName: podIfName,
+				Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "pod-a"}, {"K8S_POD_UID", "uid-a"}}}
+			ctx := context.Background()
+			var raw types.Result
+			if err := e.inNode(func() (err error) { raw, err = cni.AddNetworkList(ctx, list, rt); return err }); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			res, err := current.NewResultFromResult(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ips []string
+			for _, ipc := range res.IPs {
+				ips = append(ips, fmt.Sprintf("%s gw %s if %d", ipc.Address.String(), ipc.Gateway, *ipc.Interface))
+			}
+			want := []string{"10.1.0.5/24 gw 10.1.0.1 if 0", "2001:db8:ec2:1::5/64 gw fe80:ec2::1 if 0"}
+			if !slices.Equal(ips, want) {
+				t.Errorf("result IPs = %q, want %q", ips, want)
+			}
+			var hop string
+			if err := e.pod.Do(func(ns.NetNS) (err error) { hop, err = readSysctl("ipv6", podIfName, "hop_limit"); return err }); err != nil || hop != "32" {
+				t.Errorf("hop_limit (tuning) = %q (%v), want 32: IPv6 on the link as tuning sees it", hop, err)
+			}
+			if err := e.inNode(func() error { return cni.CheckNetworkList(ctx, list, rt) }); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			for i := range 2 {
+				if err := e.inNode(func() error { return cni.DelNetworkList(ctx, list, rt) }); err != nil {
+					t.Fatalf("DEL #%d: %v", i+1, err)
+				}
+			}
+			e.requireClean([]string{"lo"})
+			e.requireENIHome()
+		})
+	}
+}

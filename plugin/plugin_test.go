@@ -1091,3 +1091,22 @@ func TestCheckResponse(t *testing.T) {
 		}
 	}
 }
+
+// TestCNIGCDual: CNI GC of a live dual-stack attachment that is not valid takes back both families' rules
+// and the ENI, and releases the allocation.
+func TestCNIGCDual(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(netconf.ModeExclusive, `"family": "dual"`))
+	if _, err := e.add(args); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.podState(); len(s.rules) != 2 {
+		t.Fatalf("rules after ADD = %v, want one per family", s.rules)
+	}
+	gcConf := e.conf(netconf.ModeExclusive, `"family": "dual", "cni.dev/valid-attachments": []`)
+	if err := e.inNode(func() error { return e.p.GC(&skel.CmdArgs{StdinData: gcConf}) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	e.requireClean([]string{"lo"})
+	e.requireENIHome()
+}
