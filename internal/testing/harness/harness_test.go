@@ -14,8 +14,8 @@ func TestAttachmentNetConf(t *testing.T) {
 	}{
 		{"defaults", Attachment{Card: 1},
 			`{"agentSocket":"/s","cniVersion":"1.1.0","name":"multinic-card1","networkCard":1,"type":"multinic"}`},
-		{"every key", Attachment{Card: 2, Mode: "exclusive", IPVlanMode: "l3", PolicyRouting: &off, MTU: 1500},
-			`{"agentSocket":"/s","cniVersion":"1.1.0","ipvlanMode":"l3","mode":"exclusive","mtu":1500,"name":"multinic-card2","networkCard":2,"policyRouting":false,"type":"multinic"}`},
+		{"every key", Attachment{Card: 2, Mode: "exclusive", IPVlanMode: "l3", PolicyRouting: &off, MTU: 1500, Family: "dual"},
+			`{"agentSocket":"/s","cniVersion":"1.1.0","family":"dual","ipvlanMode":"l3","mode":"exclusive","mtu":1500,"name":"multinic-card2","networkCard":2,"policyRouting":false,"type":"multinic"}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

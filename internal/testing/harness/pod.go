@@ -46,6 +46,9 @@ type Attachment struct {
 	PolicyRouting *bool
 	// MTU, when not 0, is the config's "mtu".
 	MTU int
+	// Family, when set, is the config's "family" ("ipv4", "ipv6" or "dual"); the agent must serve the card
+	// in that family.
+	Family string
 	// Network, when set, is the config's "name" (default multinic-card<N>): a second network on a card.
 	Network string
 	// Valid, when not nil, is the config's "cni.dev/valid-attachments", for GC.
@@ -72,6 +75,9 @@ func (a Attachment) NetConf(socket string) map[string]any {
 	}
 	if a.MTU != 0 {
 		c["mtu"] = a.MTU
+	}
+	if a.Family != "" {
+		c["family"] = a.Family
 	}
 	if a.Network != "" {
 		c["name"] = a.Network
