@@ -108,7 +108,7 @@ func TestMultusBenchIPVlan(t *testing.T) {
 	tools, bins := stageBenchBinaries(t, tools)
 	setupBinaries(t, bins)
 	ctx := t.Context()
-	e := startEnv(ctx, t, c, tools, netconf.ModeIPVlan, 1, benchAgentArgs, start)
+	e := startEnv(ctx, t, c, tools, netconf.ModeIPVlan, "", 1, benchAgentArgs, start)
 	node := e.region.Node(0)
 	refs := createRefNADs(ctx, t, e, node)
 

@@ -30,7 +30,7 @@ func TestAgentEventsThroughAPIServer(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{Tools: tools})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	e := startEnv(ctx, t, c, tools, netconf.ModeExclusive, 1, nil, start)
+	e := startEnv(ctx, t, c, tools, netconf.ModeExclusive, "", 1, nil, start)
 	n := e.region.Node(0)
 
 	twice, err := e.newPod(ctx, t, n, "events-twice", []int{3, 3})

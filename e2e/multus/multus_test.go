@@ -72,6 +72,35 @@ func TestMultinicThroughMultus(t *testing.T) {
 	runCases(t, c, tools, netconf.ModeExclusive, managedCards, start)
 }
 
+// TestMultinicThroughMultusDual is issue 14's e2e: the agents serve every card dual-stack (--family dual)
+// and publish NADs with "family": "dual"; a pod on each node attached to cards 1-7 through Multus gets an
+// IPv4 and an IPv6 address of one ENI on each card (network-status lists both, IPv4 first), and the two
+// pods reach each other over IPv6 (and IPv4) on every card, through fake-ec2's VPC router. Exclusive NADs:
+// this host's kernel has no ipvlan.
+func TestMultinicThroughMultusDual(t *testing.T) {
+	tools := cluster.RequireE2E(t)
+	setupBinaries(t, harness.BinDir(t))
+	start := time.Now()
+	c := cluster.Start(t, cluster.Options{Tools: tools})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	e := startEnv(ctx, t, c, tools, netconf.ModeExclusive, netconf.FamilyDual, 2, nil, start)
+	a := e.addPod(ctx, t, e.region.Node(0), "dual-a", managedCards)
+	b := e.addPod(ctx, t, e.region.Node(1), "dual-b", managedCards)
+	e.checkPod(ctx, t, a)
+	e.checkPod(ctx, t, b)
+	for i, card := range managedCards {
+		ifName := "net" + strconv.Itoa(i+1)
+		tcpEcho(t, a, b, ifName, true, 7000+card)
+		tcpEcho(t, b, a, ifName, true, 7100+card)
+		tcpEcho(t, a, b, ifName, false, 7200+card)
+	}
+	e.deletePod(ctx, t, a)
+	e.deletePod(ctx, t, b)
+	e.settle(t)
+	t.Logf("total %s", time.Since(start).Round(time.Millisecond))
+}
+
 // runCases runs the cases on the control plane c with the NADs of mode (netconf.ModeExclusive or
 // netconf.ModeIPVlan): applies the manifests, starts the region and its agents, then the pods. allCards are
 // the cards of the "all-cards" pod.
@@ -79,7 +108,7 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 
-	e := startEnv(ctx, t, c, tools, mode, 2, nil, start)
+	e := startEnv(ctx, t, c, tools, mode, "", 2, nil, start)
 	region := e.region
 
 	t.Run("all-cards", func(t *testing.T) {
@@ -161,8 +190,8 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 		e.checkPod(ctx, t, b)
 		for i, card := range []int{1, 2} {
 			ifName := "net" + strconv.Itoa(i+1)
-			tcpEcho(t, a, b, ifName, 7000+card)
-			tcpEcho(t, b, a, ifName, 7100+card)
+			tcpEcho(t, a, b, ifName, false, 7000+card)
+			tcpEcho(t, b, a, ifName, false, 7100+card)
 		}
 		e.deletePod(ctx, t, a)
 		e.deletePod(ctx, t, b)
@@ -172,12 +201,16 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 }
 
 // startEnv makes the cluster side of the cases on the control plane c: applies the manifests, starts a
-// region of nodes nodes (Node objects node1, node2, ...) whose agents serve managedCards and publish to c
-// (agentArgs on top of the harness's and the e2e's flags), checks what they publish, and returns the
-// runtime side with pods of mode (netconf.ModeExclusive or netconf.ModeIPVlan) and the node netns recorded.
-func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode string, nodes int, agentArgs []string, start time.Time) *env {
+// region of nodes nodes (Node objects node1, node2, ...) whose agents serve managedCards in family ("" for
+// the agents' default, ipv4) and publish to c (agentArgs on top of the harness's and the e2e's flags),
+// checks what they publish, and returns the runtime side with pods of mode (netconf.ModeExclusive or
+// netconf.ModeIPVlan) and the node netns recorded.
+func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode, family string, nodes int, agentArgs []string, start time.Time) *env {
 	t.Helper()
 	applyManifests(ctx, t, c)
+	if family != "" {
+		agentArgs = append([]string{"--family", family}, agentArgs...)
+	}
 	// The Node objects first: the agents patch their status as soon as they are ready.
 	for i := range nodes {
 		name := fmt.Sprintf("node%d", i+1) // harness.Node.Name
@@ -206,11 +239,14 @@ func startEnv(ctx context.Context, t *testing.T, c *cluster.Cluster, tools *clus
 			t.Fatal(err)
 		}
 	}
-	checkNADs(ctx, t, c)
+	checkNADs(ctx, t, c, family)
 	checkNodeResources(ctx, t, c, region)
 
 	e := newEnv(t, c, tools, region)
-	e.mode = mode
+	e.mode, e.family = mode, netconf.FamilyIPv4
+	if family != "" {
+		e.family = family
+	}
 	e.snapshot(t)
 	return e
 }
@@ -237,12 +273,19 @@ func applyManifests(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	}
 }
 
-// checkNADs waits for the agents' NADs and compares them with nad.Render: same names, labels,
-// annotations and config, and no other NAD managed by the agent.
-func checkNADs(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+// checkNADs waits for the agents' NADs and compares them with nad.Render (with family, "" for the
+// default): same names, labels, annotations and config, and no other NAD managed by the agent.
+func checkNADs(ctx context.Context, t *testing.T, c *cluster.Cluster, family string) {
 	t.Helper()
+	var families map[int]string
+	if family != "" {
+		families = map[int]string{}
+		for _, card := range managedCards {
+			families[card] = family
+		}
+	}
 	want, err := nad.Render(managedCards, nad.Options{Namespace: nad.DefaultNamespace,
-		Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
+		Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}, Families: families})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +403,7 @@ type env struct {
 	confList  map[string]string // per node name: the conflist file
 	multusLog string
 	mode      string // of the pods' NADs: netconf.ModeExclusive or netconf.ModeIPVlan
+	family    string // of the agents' cards and so of the NADs: netconf.FamilyIPv4, FamilyIPv6 or FamilyDual
 	pods      []*pod
 	base      map[string]baseline // per node name
 }
@@ -670,32 +714,58 @@ func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 		if !ok {
 			t.Fatalf("fake-ec2 has no subnet %s for card %d", fakeec2.CardSubnetID(card), card)
 		}
-		cidr := netip.MustParsePrefix(subnet.CIDR)
-		addrs := podAddrs(t, p, ifName)
-		if len(addrs) != 1 || !cidr.Contains(addrs[0].Addr()) {
-			t.Errorf("pod %s %s addresses %v, want one in card %d's subnet %s", p.obj.Name, ifName, addrs, card, cidr)
+		// The addresses of each family: one in the card's subnet for a family the network has, none else.
+		var addr, addr6 netip.Addr
+		var wantIPs []string
+		for _, f := range []struct {
+			want  bool
+			addrs []netip.Prefix
+			cidr  string
+			addr  *netip.Addr
+		}{
+			{api.WantsIPv4(e.family), podAddrs(t, p, ifName), subnet.CIDR, &addr},
+			{api.WantsIPv6(e.family), podAddrs6(t, p, ifName), subnet.IPv6CIDR, &addr6},
+		} {
+			cidr, err := netip.ParsePrefix(f.cidr)
+			switch {
+			case !f.want && len(f.addrs) != 0:
+				t.Errorf("pod %s %s addresses %v, want none of that family with family %s", p.obj.Name, ifName, f.addrs, e.family)
+			case !f.want:
+			case err != nil || len(f.addrs) != 1 || !cidr.Contains(f.addrs[0].Addr()):
+				t.Errorf("pod %s %s addresses %v, want one in card %d's subnet %s", p.obj.Name, ifName, f.addrs, card, f.cidr)
+			default:
+				*f.addr = f.addrs[0].Addr()
+				wantIPs = append(wantIPs, f.addr.String())
+			}
+		}
+		if len(wantIPs) == 0 || (api.WantsIPv4(e.family) && api.WantsIPv6(e.family) && len(wantIPs) != 2) {
 			continue
 		}
-		addr := addrs[0].Addr()
-		// fake-ec2: an ENI of this node on this card holds the address (exclusive: as its primary).
+		// fake-ec2: an ENI of this node on this card holds the addresses (exclusive: the IPv4 as its primary;
+		// the IPv6 as an address or in a /80 of the same ENI).
 		var en *fakeec2.ENIState
 		for i := range st.ENIs {
 			x := &st.ENIs[i]
-			if x.PrimaryIP == addr.String() || slices.Contains(x.SecondaryIPs, addr.String()) {
+			if addr.IsValid() && (x.PrimaryIP == addr.String() || slices.Contains(x.SecondaryIPs, addr.String())) {
+				en = x
+			}
+			if !addr.IsValid() && eniHasIPv6(x, addr6) {
 				en = x
 			}
 		}
 		switch {
 		case en == nil:
-			t.Errorf("pod %s %s address %s is on no ENI in fake-ec2", p.obj.Name, ifName, addr)
+			t.Errorf("pod %s %s addresses %v are on no ENI in fake-ec2", p.obj.Name, ifName, wantIPs)
 			continue
 		case en.InstanceID != p.node.InstanceID || en.Card != card || en.SubnetID != subnet.ID || en.Status != "in-use":
-			t.Errorf("pod %s %s address %s is on ENI %s (%s card %d subnet %s %s), want %s card %d subnet %s",
-				p.obj.Name, ifName, addr, en.ID, en.InstanceID, en.Card, en.SubnetID, en.Status, p.node.InstanceID, card, subnet.ID)
-		case exclusive && en.PrimaryIP != addr.String():
+			t.Errorf("pod %s %s addresses %v are on ENI %s (%s card %d subnet %s %s), want %s card %d subnet %s",
+				p.obj.Name, ifName, wantIPs, en.ID, en.InstanceID, en.Card, en.SubnetID, en.Status, p.node.InstanceID, card, subnet.ID)
+		case addr.IsValid() && exclusive && en.PrimaryIP != addr.String():
 			t.Errorf("pod %s %s: exclusive address %s is not ENI %s's primary %s", p.obj.Name, ifName, addr, en.ID, en.PrimaryIP)
-		case !exclusive && !slices.Contains(en.SecondaryIPs, addr.String()):
+		case addr.IsValid() && !exclusive && !slices.Contains(en.SecondaryIPs, addr.String()):
 			t.Errorf("pod %s %s: ipvlan address %s is not a secondary address of ENI %s", p.obj.Name, ifName, addr, en.ID)
+		case addr6.IsValid() && !eniHasIPv6(en, addr6):
+			t.Errorf("pod %s %s: IPv6 address %s is not ENI %s's (%v, /80s %v)", p.obj.Name, ifName, addr6, en.ID, en.IPv6Addresses, en.IPv6Prefixes)
 		}
 		link, err := p.h.LinkByName(ifName)
 		if err != nil {
@@ -709,18 +779,18 @@ func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 			}
 		}
 		// The agent's record.
-		if a, ok := allocs[ifName]; !ok || a.Card != card || a.Exclusive != exclusive || a.Address != addr || a.ENIID != en.ID ||
-			a.PodName != p.obj.Name || a.PodNamespace != p.obj.Namespace {
-			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d %s %s on %s", p.obj.Name, ifName, a, ok, card, e.mode, addr, en.ID)
+		if a, ok := allocs[ifName]; !ok || a.Card != card || a.Exclusive != exclusive || a.Address != addr || a.IPv6 != addr6 ||
+			a.ENIID != en.ID || a.PodName != p.obj.Name || a.PodNamespace != p.obj.Namespace {
+			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d %s %v on %s", p.obj.Name, ifName, a, ok, card, e.mode, wantIPs, en.ID)
 		}
-		// The ADD result Multus returned (the primary network's) and the annotation Multus wrote.
+		// The ADD result Multus returned (the primary network's) and the annotation Multus wrote: IPv4 first.
 		s := statuses[i+1]
 		wantName := nad.DefaultNamespace + "/" + nad.Name(card, e.mode)
-		if s.Name != wantName || s.Interface != ifName || !slices.Equal(s.IPs, []string{addr.String()}) ||
+		if s.Name != wantName || s.Interface != ifName || !slices.Equal(s.IPs, wantIPs) ||
 			!strings.EqualFold(s.Mac, en.MAC) || s.Default {
-			t.Errorf("pod %s network-status[%d] = %+v, want %s %s %s mac %s", p.obj.Name, i+1, s, wantName, ifName, addr, en.MAC)
+			t.Errorf("pod %s network-status[%d] = %+v, want %s %s %v mac %s", p.obj.Name, i+1, s, wantName, ifName, wantIPs, en.MAC)
 		}
-		summary = append(summary, fmt.Sprintf("%s=%s(card %d, %s)", ifName, addr, card, en.ID))
+		summary = append(summary, fmt.Sprintf("%s=%s(card %d, %s)", ifName, strings.Join(wantIPs, ","), card, en.ID))
 	}
 	if p.result == nil || len(p.result.IPs) != 1 || p.result.IPs[0].Address.IP.String() != eth0[0].Addr().String() {
 		t.Errorf("pod %s: Multus ADD result %+v, want the primary network's eth0 %v", p.obj.Name, p.result, eth0)
@@ -738,7 +808,7 @@ func (e *env) podAllocations(t *testing.T, n *harness.Node, p *pod) map[string]a
 	out := map[string]allocation{}
 	for _, a := range all {
 		if a.ContainerID == p.containerID || (a.PodName == p.obj.Name && a.PodNamespace == p.obj.Namespace) {
-			out[a.IfName] = allocation{Card: a.Card, Exclusive: a.Exclusive, Address: a.Address, ENIID: a.ENIID,
+			out[a.IfName] = allocation{Card: a.Card, Exclusive: a.Exclusive, Address: a.Address, IPv6: a.IPv6, ENIID: a.ENIID,
 				PodName: a.PodName, PodNamespace: a.PodNamespace}
 		}
 	}
@@ -748,7 +818,7 @@ func (e *env) podAllocations(t *testing.T, n *harness.Node, p *pod) map[string]a
 type allocation struct {
 	Card                  int
 	Exclusive             bool
-	Address               netip.Addr
+	Address, IPv6         netip.Addr
 	ENIID                 string
 	PodName, PodNamespace string
 }
@@ -771,6 +841,43 @@ func podAddrs(t *testing.T, p *pod, ifName string) []netip.Prefix {
 		out = append(out, netip.PrefixFrom(ip, ones))
 	}
 	return out
+}
+
+// podAddrs6 are the global IPv6 addresses of the pod's ifName (not the kernel's link-local).
+func podAddrs6(t *testing.T, p *pod, ifName string) []netip.Prefix {
+	t.Helper()
+	l, err := p.h.LinkByName(ifName)
+	if err != nil {
+		t.Errorf("pod %s: no %s: %v", p.obj.Name, ifName, err)
+		return nil
+	}
+	addrs, err := p.h.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		if ip.IsLinkLocalUnicast() {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	return out
+}
+
+// eniHasIPv6 says whether EC2 assigned a to the ENI, as an address or in one of its /80s.
+func eniHasIPv6(en *fakeec2.ENIState, a netip.Addr) bool {
+	if slices.Contains(en.IPv6Addresses, a.String()) {
+		return true
+	}
+	for _, s := range en.IPv6Prefixes {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // deletePod is what the runtime and the API server do when a pod goes: Multus DEL (which must succeed),
@@ -957,11 +1064,15 @@ func diff(before, after []string) string {
 	return fmt.Sprintf("added %v, removed %v", added, removed)
 }
 
-// tcpEcho connects from pod from's ifName address to pod to's ifName address, inside the pods' netns, and
-// checks that a message comes back and that the server saw from's address.
-func tcpEcho(t *testing.T, from, to *pod, ifName string, port int) {
+// tcpEcho connects from pod from's ifName address (IPv6 with v6) to pod to's ifName address, inside the
+// pods' netns, and checks that a message comes back and that the server saw from's address.
+func tcpEcho(t *testing.T, from, to *pod, ifName string, v6 bool, port int) {
 	t.Helper()
-	src, dst := podAddrs(t, from, ifName), podAddrs(t, to, ifName)
+	addrsOf := podAddrs
+	if v6 {
+		addrsOf = podAddrs6
+	}
+	src, dst := addrsOf(t, from, ifName), addrsOf(t, to, ifName)
 	if len(src) != 1 || len(dst) != 1 {
 		t.Errorf("tcp %s: addresses %v -> %v", ifName, src, dst)
 		return
