@@ -10,6 +10,10 @@
 // (pods DEL'd through the plugin, addresses back in the agents' pools, agents stopped, ENIs detached,
 // namespaces removed) and the demo checks that nothing of it remains.
 //
+// With -ipv6 the agents serve every card with IPv6 only and the throughput runs over IPv6; with -dual each
+// pod gets an address of each family per card and the demo measures over IPv4, then over IPv6 (IPv6 goes
+// through fake-ec2's VPC router, fe80:ec2::1, rather than the subnet's bridge).
+//
 // Two nodes, not one: ipvlan L2 children of one ENI reach each other inside the kernel without touching
 // the ENI's link, so traffic between pods of one node would never cross the fabric, where each card's
 // rate limit lives (as on EC2, where a card's budget applies to what leaves the instance). pod-1 is on
@@ -62,6 +66,7 @@ type options struct {
 	duration     time.Duration
 	conns        int
 	pods         int
+	family       string // the cards' and the pods': "ipv4", "ipv6" or "dual" (-ipv6, -dual)
 }
 
 func main() {
@@ -74,9 +79,13 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each throughput measurement")
 	flag.IntVar(&o.conns, "conns", 4, "concurrent TCP connections per card")
 	flag.IntVar(&o.pods, "pods", 4, "pods, each attached to every non-primary card: pod-1 on node 1, the others (its peers) on node 2")
+	ipv6 := flag.Bool("ipv6", false, "IPv6 only: the agents serve every card with family ipv6 (addresses from /80 prefixes), the pods get one IPv6 address per card, the throughput runs over IPv6")
+	dual := flag.Bool("dual", false, "dual stack: one IPv4 and one IPv6 address per pod per card; throughput over IPv4, then over IPv6")
 	vm := flag.String("vm", "auto", "run inside the test VM (e2e/vm/vmtest.sh): auto (when this kernel lacks ipvlan), always or never")
 	flag.Parse()
-	if flag.NArg() > 0 || o.pods < 2 || o.conns < 1 || o.duration <= 0 || !slices.Contains([]string{"auto", "always", "never"}, *vm) {
+	o.family = map[[2]bool]string{{false, false}: "ipv4", {true, false}: "ipv6", {false, true}: "dual"}[[2]bool{*ipv6, *dual}]
+	if flag.NArg() > 0 || o.pods < 2 || o.conns < 1 || o.duration <= 0 || !slices.Contains([]string{"auto", "always", "never"}, *vm) ||
+		o.family == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -232,11 +241,16 @@ func demo(ctx context.Context, tb *demoTB, o options) {
 		cards = append(cards, c)
 	}
 	t0 := time.Now()
-	step("fake-ec2: 2 x %s (%d network cards x %d ENIs), VPC fabric with one subnet per card and %s per card; a multinic-agent per node managing cards %d-%d",
-		it.Name, it.NetworkCards, it.InterfacesPerCard, rateString(o.rate), cards[0], cards[len(cards)-1])
+	step("fake-ec2: 2 x %s (%d network cards x %d ENIs), VPC fabric with one subnet per card and %s per card; a multinic-agent per node managing cards %d-%d, family %s",
+		it.Name, it.NetworkCards, it.InterfacesPerCard, rateString(o.rate), cards[0], cards[len(cards)-1], o.family)
+	var agentArgs []string
+	if o.family != "ipv4" {
+		agentArgs = []string{"--family", o.family}
+	}
 	region := harness.NewRegion(tb, harness.Config{
 		InstanceType: it.Name, Nodes: 2, Prefix: prefix, ManagedCards: cards,
 		WarmTarget: o.pods + 2, RatePerCard: o.rate, // every pod's address warm: no EC2 call while they start
+		AgentArgs: agentArgs,
 	})
 	for _, n := range region.Nodes() {
 		agentDirs = append(agentDirs, n.Dir)
@@ -253,7 +267,7 @@ func demo(ctx context.Context, tb *demoTB, o options) {
 
 	atts := make([]harness.Attachment, len(cards))
 	for i, c := range cards {
-		atts[i] = harness.Attachment{Card: c, Mode: "ipvlan", IPVlanMode: "l2"}
+		atts[i] = harness.Attachment{Card: c, Mode: "ipvlan", IPVlanMode: "l2", Family: o.family}
 	}
 	// The pods start at once, as a scheduler would start them; each one's attachments in order, as Multus
 	// runs its delegates. A pod that fails is removed by the region's cleanup.
@@ -287,8 +301,14 @@ func demo(ctx context.Context, tb *demoTB, o options) {
 	checkInterrupt(ctx, tb)
 	printTable(tb, region, pods)
 
-	throughput(ctx, tb, o, cards, pods)
-	checkInterrupt(ctx, tb)
+	if o.family != "ipv6" {
+		throughput(ctx, tb, o, cards, pods, false)
+		checkInterrupt(ctx, tb)
+	}
+	if o.family != "ipv4" {
+		throughput(ctx, tb, o, cards, pods, true)
+		checkInterrupt(ctx, tb)
+	}
 
 	// Explicit teardown of the pods, so that the pools can be checked while the agents still run.
 	t := time.Now()
@@ -324,12 +344,12 @@ func printTable(tb *demoTB, region *harness.Region, pods []*harness.Pod) {
 	byAddr := map[netip.Addr]fakeec2.ENIState{}
 	var prefixes []fakeec2.ENIState
 	for _, e := range st.ENIs {
-		for _, a := range append([]string{e.PrimaryIP}, e.SecondaryIPs...) {
+		for _, a := range append(append([]string{e.PrimaryIP}, e.SecondaryIPs...), e.IPv6Addresses...) {
 			if ip, err := netip.ParseAddr(a); err == nil {
 				byAddr[ip] = e
 			}
 		}
-		if len(e.Prefixes) > 0 {
+		if len(e.Prefixes) > 0 || len(e.IPv6Prefixes) > 0 {
 			prefixes = append(prefixes, e)
 		}
 	}
@@ -338,7 +358,7 @@ func printTable(tb *demoTB, region *harness.Region, pods []*harness.Pod) {
 			return e, true
 		}
 		for _, e := range prefixes {
-			for _, p := range e.Prefixes {
+			for _, p := range append(slices.Clone(e.Prefixes), e.IPv6Prefixes...) {
 				if pp, err := netip.ParsePrefix(p); err == nil && pp.Contains(a) {
 					return e, true
 				}
@@ -351,12 +371,28 @@ func printTable(tb *demoTB, region *harness.Region, pods []*harness.Pod) {
 	fmt.Fprintln(w, "NODE\tPOD\tCARD\tINTERFACE\tADDRESS\tENI\tENI LINK")
 	for _, p := range pods {
 		for _, a := range p.Attachments {
-			addr := p.Addr(a.IfName)
-			e, ok := eniOf(addr)
-			if !ok || e.Card != a.Card || e.InstanceID != p.Node.InstanceID {
-				tb.Errorf("%s %s: address %s is not registered on a card-%d ENI of %s in fake-ec2", p.Name, a.IfName, addr, a.Card, p.Node.InstanceID)
+			// Each address of the attachment (IPv4 first), on one ENI of the card.
+			var addrs []string
+			var e fakeec2.ENIState
+			for _, addr := range []netip.Addr{p.Addr(a.IfName), p.Addr6(a.IfName)} {
+				if !addr.IsValid() {
+					continue
+				}
+				x, ok := eniOf(addr)
+				if !ok || x.Card != a.Card || x.InstanceID != p.Node.InstanceID || (e.ID != "" && x.ID != e.ID) {
+					tb.Errorf("%s %s: address %s is not registered on the card-%d ENI of %s in fake-ec2", p.Name, a.IfName, addr, a.Card, p.Node.InstanceID)
+				}
+				e = x
+				addrs = append(addrs, addr.String())
 			}
-			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Node.Name, p.Name, a.Card, a.IfName, addr, e.ID, fabric.NodeLinkName(e.Card, e.Device))
+			want := 1
+			if a.Family == "dual" {
+				want = 2
+			}
+			if len(addrs) != want {
+				tb.Errorf("%s %s: addresses %v, want those of family %s", p.Name, a.IfName, addrs, a.Family)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Node.Name, p.Name, a.Card, a.IfName, strings.Join(addrs, " "), e.ID, fabric.NodeLinkName(e.Card, e.Device))
 		}
 	}
 	_ = w.Flush()
@@ -369,21 +405,25 @@ func printTable(tb *demoTB, region *harness.Region, pods []*harness.Pod) {
 // throughput sends from pod-1 over 1, 2, 4 and every card at once (traffic.Spread: card c's flow goes from
 // pod-1's address on card c to a peer's address on card c, peers taken in turn), with conns connections
 // each, and prints what the peers received.
-func throughput(ctx context.Context, tb *demoTB, o options, cards []int, pods []*harness.Pod) {
+func throughput(ctx context.Context, tb *demoTB, o options, cards []int, pods []*harness.Pod, v6 bool) {
 	src, peers := pods[0], pods[1:]
+	endpoint, family := traffic.PodEndpoint, "IPv4"
+	if v6 {
+		endpoint, family = traffic.PodEndpoint6, "IPv6"
+	}
 	var names []string
 	var ends []traffic.Endpoint
 	for _, p := range peers {
 		names = append(names, p.Name)
-		ends = append(ends, traffic.PodEndpoint(p))
+		ends = append(ends, endpoint(p))
 	}
-	spread, err := traffic.NewSpread(traffic.PodEndpoint(src), ends)
+	spread, err := traffic.NewSpread(endpoint(src), ends)
 	if err != nil {
 		tb.Fatalf("throughput: %v", err)
 	}
 	defer spread.Close()
-	step("throughput %s (%s) -> %s (%s), %d TCP connections per card, %s per card, %s per run",
-		src.Name, src.Node.Name, strings.Join(names, ", "), peers[0].Node.Name, o.conns, rateString(o.rate), o.duration)
+	step("throughput over %s %s (%s) -> %s (%s), %d TCP connections per card, %s per card, %s per run",
+		family, src.Name, src.Node.Name, strings.Join(names, ", "), peers[0].Node.Name, o.conns, rateString(o.rate), o.duration)
 	fmt.Println()
 	// Rows print as they are measured, so fixed widths rather than a tabwriter.
 	fmt.Printf("  %5s  %-20s  %13s  %13s  %10s\n", "CARDS", "FLOWS", "AGGREGATE", "PER CARD", "x ONE CARD")

@@ -380,17 +380,29 @@ func (p *Pod) Result(ifName string) *current.Result {
 	return nil
 }
 
-// Addr is the address ADD gave the attachment named ifName (eth0: PrimaryIP); invalid when none.
+// Addr is the IPv4 address ADD gave the attachment named ifName (eth0: PrimaryIP); invalid when none.
 func (p *Pod) Addr(ifName string) netip.Addr {
 	if ifName == PrimaryIfName {
 		return p.PrimaryIP
 	}
+	return p.resultAddr(ifName, false)
+}
+
+// Addr6 is the IPv6 address ADD gave the attachment named ifName (family ipv6 or dual); invalid when none.
+func (p *Pod) Addr6(ifName string) netip.Addr { return p.resultAddr(ifName, true) }
+
+// resultAddr is the first address of the family in the attachment's ADD result.
+func (p *Pod) resultAddr(ifName string, v6 bool) netip.Addr {
 	r := p.Result(ifName)
-	if r == nil || len(r.IPs) == 0 {
+	if r == nil {
 		return netip.Addr{}
 	}
-	a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
-	return a
+	for _, ipc := range r.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is6() == v6 {
+			return a.Unmap()
+		}
+	}
+	return netip.Addr{}
 }
 
 // LinkStats reads the counters of a link in the pod.
