@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ip"
@@ -124,7 +125,8 @@ func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) er
 		if err != nil {
 			return err
 		}
-		if slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		has6 := slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
+		if has6 {
 			if err := setIPv6Sysctls(ifName); err != nil {
 				return err
 			}
@@ -141,6 +143,12 @@ func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) er
 		if err := netlink.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
+		if has6 {
+			// The kernel's link-local passes through its DAD work item even with accept_dad 0, so it is
+			// tentative for a moment after link up: wait for it (a second or so if all.accept_dad overrides
+			// ours), so that nothing on the link is tentative when ADD returns.
+			return ip.SettleAddresses(ifName, SettleTimeout)
+		}
 		return nil
 	})
 	if err != nil {
@@ -148,3 +156,6 @@ func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) er
 	}
 	return nil
 }
+
+// SettleTimeout bounds ConfigureInterface's wait for the link's IPv6 addresses to leave tentative.
+const SettleTimeout = 3 * time.Second
