@@ -1,6 +1,7 @@
 package eni
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -9,8 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/eni/awsec2"
 )
 
 func TestDiscoveryAndSetup(t *testing.T) {
@@ -200,5 +205,38 @@ func TestCardBandwidth(t *testing.T) {
 	if cards[0].BaselineGbps != it.CardBaselineGbps || cards[0].PeakGbps != it.CardPeakGbps || it.CardBaselineGbps == 0 {
 		t.Errorf("card 1 bandwidth %v/%v Gbps, want the catalog's %v/%v", cards[0].BaselineGbps, cards[0].PeakGbps,
 			it.CardBaselineGbps, it.CardPeakGbps)
+	}
+}
+
+// TestStartThrottled: a start whose describes run out of attempts under the account's throttle (a cluster
+// scale-up) tries again after a backoff instead of failing; a start EC2 refuses for good still fails.
+func TestStartThrottled(t *testing.T) {
+	// An empty describe bucket (5 tokens, 5/s) at the start, and one attempt per call: the start fails
+	// throttled unless it tries again; its backoff grows to 2 s, by when the bucket has filled.
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Rates: map[string]fakeec2.Rate{fakeec2.ClassDescribe: {Burst: 5, PerSecond: 5}}}})
+	for range 10 {
+		_, _ = e.srv.Client(func(o *ec2.Options) { o.Retryer = aws.NopRetryer{} }).DescribeSubnets(context.Background(), &ec2.DescribeSubnetsInput{})
+	}
+	cfg := e.cardOneConfig()
+	cfg.MaxAttempts, cfg.ErrorBackoffMax = 1, 2*time.Second
+	m := e.start(cfg, e.alloc)
+	waitReady(t, m, 30*time.Second)
+	throttled := 0
+	for _, res := range e.srv.State().Calls {
+		throttled += res["RequestLimitExceeded"]
+	}
+	if throttled == 0 {
+		t.Fatal("the fake never throttled the start: the test proves nothing")
+	}
+
+	e = newEnv(t, envOpts{faults: fakeec2.Faults{Deny: []string{"DescribeInstanceTypes"}}})
+	m, err := New(e.cardOneConfig(), Deps{EC2: e.ec2, IMDS: e.imds, Allocator: e.alloc, Links: e.links})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Start(ctx); awsec2.ErrorCode(err) != "UnauthorizedOperation" || ctx.Err() != nil {
+		t.Fatalf("start without DescribeInstanceTypes: %v (ctx %v), want UnauthorizedOperation at once", err, ctx.Err())
 	}
 }

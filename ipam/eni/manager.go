@@ -32,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/eni/plan"
@@ -179,11 +180,23 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 func (m *Manager) start(ctx context.Context) error {
-	if err := m.discover(ctx); err != nil {
-		return fmt.Errorf("discover instance: %w", err)
-	}
-	if err := m.reconcile(ctx); err != nil {
-		return fmt.Errorf("reconcile with ec2: %w", err)
+	// When a cluster scales up, every new node's agent describes at once against the account's buckets, and
+	// the start's calls may run out of attempts while EC2 throttles. They only read (and reconcile, which
+	// runs again every ReconcileInterval anyway), so the start tries again after a backoff, as a card loop
+	// does, instead of exiting into the kubelet's crash-loop backoff. Any other error ends the start.
+	for failures := 1; ; failures++ {
+		err := m.discoverAndReconcile(ctx)
+		if err == nil || !awsec2.Throttled(err) || ctx.Err() != nil {
+			if err != nil {
+				return err
+			}
+			break
+		}
+		wait := plan.Backoff(failures, m.cfg.RefillInterval, m.cfg.ErrorBackoffMax)
+		m.log.Warn("start throttled by EC2; trying again", "err", err, "failures", failures, "retryIn", wait)
+		if ctxtime.Sleep(ctx, wait) != nil {
+			return err
+		}
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
@@ -216,6 +229,17 @@ func (m *Manager) start(ctx context.Context) error {
 			defer m.wg.Done()
 			m.orphanLoop(runCtx)
 		}()
+	}
+	return nil
+}
+
+// discoverAndReconcile is the start's EC2 work before the loops run; safe to run again after a failure.
+func (m *Manager) discoverAndReconcile(ctx context.Context) error {
+	if err := m.discover(ctx); err != nil {
+		return fmt.Errorf("discover instance: %w", err)
+	}
+	if err := m.reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile with ec2: %w", err)
 	}
 	return nil
 }

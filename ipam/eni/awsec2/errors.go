@@ -61,6 +61,10 @@ var transientCodes = map[string]bool{
 	"InternalError": true, "InternalFailure": true, "ServiceUnavailable": true, "Unavailable": true,
 }
 
+// Throttled says whether err is EC2's throttling (RequestLimitExceeded and its kin): the account's bucket
+// was empty, and the same call succeeds later.
+func Throttled(err error) bool { return throttleCodes[ErrorCode(err)] }
+
 // retryable: throttles, server errors (5xx), and failures with no EC2 error code at all (transport errors,
 // a response cut off mid-body). A 4xx with a code is EC2's answer and final.
 func retryable(err error) bool {

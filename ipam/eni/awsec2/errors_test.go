@@ -68,3 +68,21 @@ func TestClassifiers(t *testing.T) {
 		t.Errorf("wrapped %v: APIError %+v, code %q", err, ae, ErrorCode(err))
 	}
 }
+
+func TestThrottled(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("discover instance: %w", wrapAPI(apiErr("RequestLimitExceeded", "Request limit exceeded."))), true},
+		{apiErr("Throttling", "m"), true},
+		{apiErr("InternalError", "m"), false}, // retried per call, but not EC2's throttle
+		{apiErr("UnauthorizedOperation", "m"), false},
+		{errors.New("connection reset"), false},
+		{nil, false},
+	} {
+		if got := Throttled(tc.err); got != tc.want {
+			t.Errorf("Throttled(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
