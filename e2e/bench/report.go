@@ -49,6 +49,8 @@ var Figures = []struct {
 	{3, "EC2 economy", ""},
 	{4, "Bandwidth over 1, 2, 4, 7 cards", ""},
 	{5, "Agent and plugin resources", ""},
+	{6, "Cluster scale-up under one account's EC2 limits", ""},
+	{7, "A p5.48xlarge node: 31 cards", ""},
 }
 
 // ReadDir reads a results folder: the results file must be there, the steps and faults files may not.

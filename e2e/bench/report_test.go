@@ -156,6 +156,7 @@ func TestReportRoundTrip(t *testing.T) {
 		"## Figure 2: ",
 		"## Figure 4: ",
 		"## Figure 5: ", "**Missing**",
+		"## Figure 6: Cluster scale-up under one account's EC2 limits", "## Figure 7: A p5.48xlarge node: 31 cards",
 		"- a note",
 		"## Faults",
 		"- Command (faults-host): `MULTINIC_FAULTS_LONG=1 go test ./e2e/faults/`",

@@ -8,7 +8,8 @@
 # Steps, one after the other (they would disturb each other's clocks side by side):
 #   refs  the reference plugins (ipvlan, host-local, host-device, static) at the module's version of
 #         containernetworking/plugins, static, into e2e/bench/bin/ (the VM reads them over 9p)
-#   host  figure 1 exclusive, figure 3, figure 5 (agent): go test on the host
+#   host  figure 1 exclusive, figure 3, figure 5 (agent), figure 6 (100-node scale-up), figure 7 (p5 node):
+#         go test on the host
 #   vm    figure 1 ipvlan, figure 4 (bandwidth over 1/2/4/7 cards; ipvlan against exclusive), figure 5
 #         (plugin RSS vs ipvlan): tests in the test VM (e2e/vm/vmtest.sh), whose kernel has ipvlan
 #   tools, multus-vm  figure 2: Multus ADD/DEL of a 7-card pod against 7 reference ipvlan + host-local
@@ -71,8 +72,8 @@ mkdir -p "$RES" "$REFBIN"
 CMDLINE="GOBIN=$REFBIN CGO_ENABLED=0 go install -trimpath ${refs[*]}"
 step refs env GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 go install -trimpath "${refs[@]}"
 
-CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
-step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
+CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst|TestScaleUp|TestP5Node)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
+step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2Burst|TestScaleUp|TestP5Node)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
 
 VMTESTS='^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive)$'
 CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run $VMTESTS -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"

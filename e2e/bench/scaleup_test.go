@@ -1,0 +1,271 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/multinic/multinic/internal/nettest"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// Figure 6's targets (issue 13).
+const (
+	maxScaleUpFailures = 0
+	// maxScaleUpPodRatio: every pod ready at least 10x sooner than under the emulated VPC CNI policy.
+	maxScaleUpPodRatio = 0.1
+	// maxNodeSpread: no node starves, the p99 node ready time within 3x the p50.
+	maxNodeSpread = 3
+)
+
+const (
+	// scaleUpLaunch is the window in which the autoscaler's instances boot and their agents start.
+	scaleUpLaunch = 3 * time.Second
+	// readyPoll is how often each node's agent is asked whether it is ready.
+	readyPoll = 250 * time.Millisecond
+)
+
+// scaleUpCards are trn1.32xlarge's managed cards: every card but the default one.
+var scaleUpCards = cardRange(1, 7)
+
+// TestScaleUp is figure 6: a cluster scale-up under one account's EC2 limits. A fresh region of n
+// trn1.32xlarge instances (100 with -multinic.full) whose fake-ec2 throttles every class account-wide at EC2's
+// published rates from the first call; the n real agents start within scaleUpLaunch of each other (an
+// autoscaler's launch); each node's pod arrives when its agent reports the node ready (the scheduler waits for
+// the cards' extended resources the agent publishes) and allocates cards 1-7 in order through the agent's
+// socket. multinic's shipped pool policy and the emulated AWS VPC CNI multi-NIC policy run one after the other,
+// each in its own region.
+func TestScaleUp(t *testing.T) {
+	nettest.RequireRoot(t)
+	nodes := size(100, 3)
+	policies := [2]burstPolicy{
+		{"multinic (agent defaults: warm target 8, min free 2, batches up to 50, 4 mutating calls/s)", []string{"--log-level", "info"}},
+		{"VPC CNI multi-NIC policy (warm target 1, one address per call)", []string{"--warm-target", "1", "--min-free", "0", "--max-batch", "1", "--log-level", "info"}},
+	}
+	var res [2]scaleUpResult
+	for i, p := range policies {
+		t.Run(strconv.Itoa(i), func(t *testing.T) { res[i] = runScaleUp(t, p, nodes) })
+	}
+	if t.Failed() {
+		return
+	}
+	a, b := res[0], res[1]
+	failRow := AtMost("failed ADDs (try again / errors the runtime sees)", "count", Value(float64(a.failures)), maxScaleUpFailures)
+	failRow.Ref = &Stat{N: 1, Value: float64(b.failures)}
+	if b.failures > 0 {
+		failRow.Ratio = float64(a.failures) / float64(b.failures)
+	}
+	spread := AtMost("node ready p99 / p50 (no node starves)", "x", Value(a.nodeSpread()), maxNodeSpread)
+	spread.Ref = &Stat{N: 1, Value: b.nodeSpread()}
+	emit(t, Result{Figure: 6, Key: "scaleup", Title: fmt.Sprintf("scale-up of %d trn1.32xlarge nodes x 7 cards under one account's EC2 limits", nodes),
+		Iterations: nodes, Ours: policies[0].name, Ref: policies[1].name,
+		Rows: []Row{
+			Compare("time until every pod has all 7 cards (from the launch)", "s", Value(a.allPods.Seconds()), Value(b.allPods.Seconds()), maxScaleUpPodRatio),
+			Compare("pod ready time (from the launch)", "s", Summarize(seconds(a.podReady)), Summarize(seconds(b.podReady)), maxScaleUpPodRatio),
+			Compare("pod ADDs (7 cards, from the pod's arrival)", "s", Summarize(seconds(a.podAdd)), Summarize(seconds(b.podAdd)), 0),
+			failRow,
+			Compare("time until every node is ready (from the launch)", "s", Value(a.allNodes.Seconds()), Value(b.allNodes.Seconds()), 0),
+			Compare("node ready time (from its agent's start)", "s", Summarize(seconds(a.nodeReady)), Summarize(seconds(b.nodeReady)), 0),
+			spread,
+			Compare("mutating EC2 calls", "calls", Value(float64(a.mutating)), Value(float64(b.mutating)), 0),
+			Compare("attach/detach EC2 calls", "calls", Value(float64(a.attach)), Value(float64(b.attach)), 0),
+			Compare("describe EC2 calls", "calls", Value(float64(a.describe)), Value(float64(b.describe)), 0),
+			Compare("throttled EC2 calls (RequestLimitExceeded)", "calls", Value(float64(a.throttled)), Value(float64(b.throttled)), 0),
+			Compare("agents' RSS in total (VmRSS, at the end)", "MiB", Value(a.rss), Value(b.rss), 0),
+			Compare("agents' peak RSS in total (VmHWM)", "MiB", Value(a.hwm), Value(b.hwm), 0),
+			Compare("agents' CPU time in total", "s", Value(a.cpu.Seconds()), Value(b.cpu.Seconds()), 0),
+		},
+		Notes: []string{
+			fmt.Sprintf("What was measured: %d real multinic-agent processes (one per trn1.32xlarge instance of fake-ec2, cards 1-7 each in its own subnet, ENI links made by the fabric in each node's netns) started at random moments within %s (an autoscaler's launch). Each node's one pod arrives when its agent reports the node ready (GET /v1/node, polled every %s: the scheduler waits for the cards' extended resources, which the agent publishes once ready) and allocates cards 1-7 in order through the agent's socket, as Multus runs the delegates; an allocation that fails is counted and retried after 1 s, as kubelet retries the sandbox.", nodes, scaleUpLaunch, readyPoll),
+			"fake-ec2 throttles per account, as EC2 does: one token bucket per class for all instances of the region (mutating 100 burst, 5/s; attach 50, 5/s; describe 100, 20/s), from the agents' first call. Both agents run with their own defaults for the EC2 limiter (4 mutating calls/s, burst 10; the other classes scaled) and backoff (full jitter 200 ms - 20 s, 8 attempts).",
+			fmt.Sprintf("Policies (agent flags beyond the harness's): multinic %v; the Amazon VPC CNI's multi-NIC behaviour emulated as in figure 3 with %v (one ENI per card at start, nothing kept warm beyond one address, one address per AssignPrivateIpAddresses).", policies[0].args, policies[1].args),
+			"Run one after the other, each on a fresh region (fresh buckets). EC2 calls are counted by fake-ec2 (every result) from the launch to the last pod; RSS and CPU from /proc of every agent at the end.",
+			fmt.Sprintf("Failures by error: multinic %v; VPC CNI policy %v.", a.errors, b.errors),
+			fmt.Sprintf("EC2 calls by action: multinic %v; VPC CNI policy %v.", a.byAction, b.byAction),
+		}})
+}
+
+type scaleUpResult struct {
+	nodeReady, podReady, podAdd           []time.Duration
+	allNodes, allPods                     time.Duration
+	failures                              int
+	errors                                map[string]int
+	mutating, attach, describe, throttled int
+	byAction                              map[string]int
+	rss, hwm                              float64 // MiB, summed over the agents
+	cpu                                   time.Duration
+}
+
+// nodeSpread is the p99 node ready time over the p50.
+func (r scaleUpResult) nodeSpread() float64 {
+	s := Summarize(seconds(r.nodeReady))
+	if s.Value == 0 {
+		return 0
+	}
+	return s.P99 / s.Value
+}
+
+func runScaleUp(t *testing.T, p burstPolicy, nodes int) scaleUpResult {
+	region := harness.NewRegion(t, harness.Config{InstanceType: "trn1.32xlarge", Nodes: nodes, ManagedCards: scaleUpCards,
+		NoAgents: true, AgentDefaults: true, AgentArgs: p.args, ReadyTimeout: 15 * time.Minute})
+	fake := region.Fake()
+	if err := fake.SetFaults(throttleAll); err != nil {
+		t.Fatal(err)
+	}
+	// Teardown releases and detaches through a throttled fake otherwise.
+	t.Cleanup(func() { _ = fake.SetFaults(fakeec2.Faults{}) })
+	// One real netns path for every request's "netns": the agents' GC keeps an allocation whose netns exists.
+	netnsPod, err := region.Node(0).NewPod("scale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netnsPod.Remove() })
+
+	res := scaleUpResult{errors: map[string]int{}}
+	deadline := time.Now().Add(time.Duration(size(1200, 180)) * time.Second)
+	before := region.State().Calls
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	launch := time.Now()
+	for i, n := range region.Nodes() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(rand.N(scaleUpLaunch))
+			started := time.Now()
+			if err := n.StartAgent(); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := waitNodeReady(ctx, n); err != nil {
+				t.Errorf("%s: %v (log %s)", n.Name, err, n.AgentLog())
+				return
+			}
+			ready := time.Now()
+			pod := newFakePod(fmt.Sprintf("scale-%d", i), netnsPod.NetNSPath)
+			failures, errs := allocateAll(ctx, n.Client, pod, scaleUpCards)
+			done := time.Now()
+			mu.Lock()
+			defer mu.Unlock()
+			res.failures += failures
+			for k, v := range errs {
+				res.errors[k] += v
+			}
+			res.nodeReady = append(res.nodeReady, ready.Sub(started))
+			res.allNodes = max(res.allNodes, ready.Sub(launch))
+			if ctx.Err() != nil {
+				t.Errorf("%s: pod not ready before the deadline", n.Name)
+				return
+			}
+			res.podReady = append(res.podReady, done.Sub(launch))
+			res.podAdd = append(res.podAdd, done.Sub(ready))
+			res.allPods = max(res.allPods, done.Sub(launch))
+		}()
+	}
+	wg.Wait()
+	after := region.State().Calls
+	m0, d0, th0 := callCounts(before)
+	m1, d1, th1 := callCounts(after)
+	res.mutating, res.describe, res.throttled = m1-m0, d1-d0, th1-th0
+	res.byAction = callDiff(before, after)
+	res.attach = res.byAction["AttachNetworkInterface"] + res.byAction["DetachNetworkInterface"]
+	res.mutating -= res.attach
+	for _, n := range region.Nodes() {
+		s := sampleProc(n.AgentPID())
+		if s.sampledErr != nil {
+			t.Errorf("%s: %v", n.Name, s.sampledErr)
+			continue
+		}
+		res.rss, res.hwm, res.cpu = res.rss+s.rss, res.hwm+s.hwm, res.cpu+s.cpu
+	}
+	nr := Summarize(seconds(res.nodeReady))
+	t.Logf("%s: %d nodes ready in %s (p50 %.1fs p99 %.1fs), %d pods ready in %s, %d failed ADDs, calls %v, agents %.0f MiB, %.1f s CPU",
+		p.name, len(res.nodeReady), res.allNodes, nr.Value, nr.P99, len(res.podReady), res.allPods, res.failures, res.byAction, res.rss, res.cpu.Seconds())
+	_ = fake.SetFaults(fakeec2.Faults{})
+	return res
+}
+
+// waitNodeReady polls the agent's node status until every managed card is ready.
+func waitNodeReady(ctx context.Context, n *harness.Node) error {
+	var last error
+	for {
+		st, err := n.Client.Node(ctx)
+		if err == nil && st.Ready {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("not ready")
+			for _, c := range st.Cards {
+				if !c.Ready {
+					err = fmt.Errorf("card %d: %s (last error %s)", c.Card, c.Reason, c.LastError)
+					break
+				}
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("not ready: %w", last)
+		case <-time.After(readyPoll):
+		}
+	}
+}
+
+// allocateAll allocates pod's cards in order through c, each retried after 1 s until it succeeds or ctx
+// ends; it returns the failed attempts, counted by error.
+func allocateAll(ctx context.Context, c *api.Client, pod fakePod, cards []int) (failures int, errs map[string]int) {
+	errs = map[string]int{}
+	for k, card := range cards {
+		f, e := allocateOne(ctx, c, pod, card, fmt.Sprintf("net%d", k+1))
+		failures += f
+		for kind, n := range e {
+			errs[kind] += n
+		}
+	}
+	return failures, errs
+}
+
+// allocateOne allocates one of pod's cards through c, retried after 1 s until it succeeds or ctx ends.
+func allocateOne(ctx context.Context, c *api.Client, pod fakePod, card int, ifName string) (failures int, errs map[string]int) {
+	errs = map[string]int{}
+	for ctx.Err() == nil {
+		_, err := pod.allocate(ctx, c, card, ifName)
+		if err == nil {
+			break
+		}
+		failures++
+		errs[errorKind(err)]++
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return failures, errs
+}
+
+func TestNodeSpread(t *testing.T) {
+	for _, tc := range []struct {
+		ready []time.Duration
+		want  float64
+	}{
+		{nil, 0},
+		{[]time.Duration{time.Second}, 1},
+		{[]time.Duration{4 * time.Second, time.Second, 2 * time.Second, 3 * time.Second}, 2}, // p99 4 s, p50 2 s
+		{[]time.Duration{0, 0, 0}, 0},
+	} {
+		if got := (scaleUpResult{nodeReady: tc.ready}).nodeSpread(); got != tc.want {
+			t.Errorf("nodeSpread(%v) = %g, want %g", tc.ready, got, tc.want)
+		}
+	}
+}
