@@ -1110,3 +1110,25 @@ func TestCNIGCDual(t *testing.T) {
 	e.requireClean([]string{"lo"})
 	e.requireENIHome()
 }
+
+// TestPolicyRoutingOffDual: without policy routing a dual-stack attachment has no rule and no table of
+// either family, keeps the main-table routes (the IPv6 subnet through the router), and CHECK passes.
+func TestPolicyRoutingOffDual(t *testing.T) {
+	e := newEnv(t, true)
+	args := e.args(e.conf(netconf.ModeExclusive, `"family": "dual", "policyRouting": false`))
+	res, err := e.add(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.del(args) })
+	if s := e.podState(); len(s.rules) != 0 || len(s.tableRoutes) != 0 {
+		t.Errorf("rules %v, table routes %v: want none with policyRouting false", s.rules, s.tableRoutes)
+	}
+	want := "2001:db8:ec2:1::/64 via fe80:ec2::1 src 2001:db8:ec2:1::5"
+	if got := routeStringsOf(t, e.pod, netlink.FAMILY_V6, unix.RT_TABLE_MAIN, podIfName); !slices.Contains(got, want) {
+		t.Errorf("IPv6 main table = %q, want %q in it", got, want)
+	}
+	if err := e.check(args, res); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+}
