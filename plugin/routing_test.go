@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -225,5 +227,112 @@ func TestConfigureIPv6(t *testing.T) {
 				t.Errorf("connect from %s to %s without the rule passed: the test cannot tell the rule's effect", podAddr6, remote6)
 			}
 		})
+	}
+}
+
+// sendRA sends a router advertisement out of the link vpcIf in vpc, from the router's link-local address:
+// a default router for 30 minutes, and subnet6 on-link and for autoconfiguration (SLAAC).
+func sendRA(t *testing.T, vpc ns.NetNS, vpcIf string) {
+	t.Helper()
+	ra := []byte{134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0}         // type, code, checksum, hop limit, flags, lifetime 1800 s, reachable, retrans
+	pio := []byte{3, 4, 64, 0xc0, 0, 1, 0x51, 0x80, 0, 0, 0x38, 0x40, 0, 0, 0, 0} // prefix information: /64, L and A, valid 86400 s, preferred 14400 s
+	pio = append(pio, subnet6.Addr().AsSlice()...)
+	err := vpc.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(vpcIf)
+		if err != nil {
+			return err
+		}
+		idx := l.Attrs().Index
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_ICMPV6) // the kernel fills the checksum
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_HOPS, 255); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: gateway6.As16(), ZoneId: uint32(idx)}); err != nil {
+			return fmt.Errorf("bind %s: %w", gateway6, err)
+		}
+		allNodes := netip.MustParseAddr("ff02::1").As16()
+		return unix.Sendto(fd, append(ra, pio...), 0, &unix.SockaddrInet6{Addr: allNodes, ZoneId: uint32(idx)})
+	})
+	if err != nil {
+		t.Fatalf("send a router advertisement on %s: %v", vpcIf, err)
+	}
+}
+
+// TestIPv6SysctlsIgnoreRouterAdvertisements: a router advertisement (default router, prefix for SLAAC)
+// reaches the pod link and a control link with the kernel's defaults; the control link takes an address
+// and a default route from it (so the advertisement works), the pod link, with IPv6Sysctls, takes neither.
+func TestIPv6SysctlsIgnoreRouterAdvertisements(t *testing.T) {
+	pod, vpc := nettest.NewNS(t), nettest.NewNS(t)
+	h := nettest.Handle(t, pod)
+	for _, pair := range [][2]string{{podIfName, "vpc0"}, {"ctl0", "vpc1"}} {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: pair[0]}, PeerName: pair[1], PeerNamespace: netlink.NsFd(int(vpc.Fd()))}
+		if err := h.LinkAdd(veth); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setUpVPC6(t, vpc, "vpc0")
+	v := nettest.Handle(t, vpc)
+	vl, err := v.LinkByName("vpc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.AddrAdd(vl, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(gateway6, 64)), Flags: unix.IFA_F_NODAD}); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.LinkSetUp(vl); err != nil {
+		t.Fatal(err)
+	}
+	if err := ConfigureInterface(pod, podIfName, netip.PrefixFrom(podAddr6, 64)); err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := h.LinkByName("ctl0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(ctl); err != nil {
+		t.Fatal(err)
+	}
+	// What the kernel took from the advertisements, per link: global addresses and main-table default routes.
+	learned := func(ifName string) (addrs, defaults []string) {
+		l, err := h.LinkByName(ifName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		as, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range as {
+			if !a.IP.IsLinkLocalUnicast() && !a.IP.Equal(netIP(podAddr6)) {
+				addrs = append(addrs, a.IPNet.String())
+			}
+		}
+		for _, r := range routeStringsOf(t, pod, netlink.FAMILY_V6, unix.RT_TABLE_MAIN, ifName) {
+			if strings.HasPrefix(r, "::/0") {
+				defaults = append(defaults, r)
+			}
+		}
+		return addrs, defaults
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sendRA(t, vpc, "vpc0")
+		sendRA(t, vpc, "vpc1")
+		time.Sleep(200 * time.Millisecond)
+		if a, d := learned("ctl0"); len(a) > 0 && len(d) > 0 {
+			t.Logf("control link took address %v and default route %v", a, d)
+			break
+		}
+		if time.Now().After(deadline) {
+			a, d := learned("ctl0")
+			t.Fatalf("the control link took addresses %v and default routes %v from the advertisements: the test cannot tell what IPv6Sysctls do", a, d)
+		}
+	}
+	if a, d := learned(podIfName); len(a) > 0 || len(d) > 0 {
+		t.Errorf("the pod link took addresses %v and default routes %v from a router advertisement, want none", a, d)
 	}
 }
