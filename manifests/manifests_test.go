@@ -642,7 +642,8 @@ func TestIAMPolicy(t *testing.T) {
 	// Every ENI mutation the agent calls is allowed on network-interface/* only under the tag condition,
 	// and on instance/* for the ones EC2 also authorizes against the instance.
 	for _, a := range []string{"ec2:AttachNetworkInterface", "ec2:DetachNetworkInterface", "ec2:DeleteNetworkInterface",
-		"ec2:ModifyNetworkInterfaceAttribute", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"} {
+		"ec2:ModifyNetworkInterfaceAttribute", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
+		"ec2:AssignIpv6Addresses", "ec2:UnassignIpv6Addresses"} {
 		ok := false
 		for _, s := range p.Statement {
 			if slices.Contains(s.Action, a) && slices.Contains(s.Resource, "arn:aws:ec2:*:*:network-interface/*") &&

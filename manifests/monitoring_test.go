@@ -31,6 +31,7 @@ type onePools struct{}
 
 func (onePools) Ready() bool                                { return true }
 func (onePools) Managed(card int) bool                      { return card == 1 }
+func (onePools) Family(int) string                          { return "ipv4" }
 func (onePools) Kick(int)                                   {}
 func (onePools) LastError(int) error                        { return nil }
 func (onePools) EnsureExclusive(context.Context, int) error { return nil }

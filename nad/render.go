@@ -86,9 +86,10 @@ type Options struct {
 	IPVlanMode string
 	// MTU of the pod interfaces; 0: the ENI's MTU (the plugin's default).
 	MTU int
-	// Families are the cards' address families as the agent serves them (netconf.FamilyIPv6 or
-	// netconf.FamilyDual); a card not listed is netconf.FamilyIPv4, which is rendered without "family" so
-	// that its NAD is the one plugins older than the key accept.
+	// Family is every card's address family as the agent serves it, Families a card's where it differs
+	// (netconf.FamilyIPv4, FamilyIPv6, FamilyDual; empty: ipv4). An ipv4 card's NAD is rendered without
+	// "family", so that it is the one plugins older than the key accept.
+	Family   string
 	Families map[int]string
 }
 
@@ -143,6 +144,11 @@ func (o Options) Validate() error {
 	}
 	if o.IPVlanMode != "" {
 		if err := netconf.CheckIPVlanMode("ipvlan mode", o.IPVlanMode); err != nil {
+			return err
+		}
+	}
+	if o.Family != "" {
+		if err := netconf.CheckFamily("family", o.Family); err != nil {
 			return err
 		}
 	}
@@ -202,7 +208,11 @@ func NetConfig(card int, mode string, o Options) (string, error) {
 	if mode == netconf.ModeIPVlan {
 		n.IPVlanMode = o.IPVlanMode
 	}
-	if f := o.Families[card]; f != netconf.FamilyIPv4 {
+	f := o.Family
+	if cf, ok := o.Families[card]; ok {
+		f = cf
+	}
+	if f != netconf.FamilyIPv4 {
 		n.Family = f
 	}
 	b, err := netconf.Render(CNIVersion, Name(card, mode), n)

@@ -47,6 +47,7 @@ type options struct {
 	managedCards []int
 	allCards     bool
 	cards        map[int]eni.CardConfig
+	family       string // every card's unless cards says otherwise (--family)
 	warmTarget   int
 	minFree      int
 	maxBatch     int
@@ -153,6 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	managed := fs.String("managed-cards", "", `network cards to serve: "" = every card but the default card (0), "all", or a list like "1,2,5-7"`)
 	subnets := fs.String("subnet-per-card", "", `subnet of each card's ENIs, e.g. "1=subnet-0a,2=subnet-0b"; cards not listed use the primary ENI's subnet`)
 	groups := fs.String("security-groups", "", `security groups of the ENIs the agent creates: "sg-1,sg-2" for every card and/or "3=sg-9" for one card (repeat the card for several groups); default the primary ENI's`)
+	family := fs.String("family", api.FamilyIPv4, `address family of the cards: "ipv4", "ipv6" (one IPv6 address per pod per card, from a /80 prefix per ENI) or "dual" (one of each, from the same ENI), for every card and/or "3=dual" for one card, e.g. "ipv4,3=dual,4=ipv6"; published in each card's NAD`)
 	fs.IntVar(&o.warmTarget, "warm-target", eni.DefaultWarmTarget, "free addresses (warm plus cooling) each card keeps assigned")
 	fs.IntVar(&o.minFree, "min-free", eni.DefaultMinFree, "addresses each card keeps ready to allocate right now")
 	fs.IntVar(&o.maxBatch, "max-batch", eni.DefaultMaxBatch, "most addresses one AssignPrivateIpAddresses asks for")
@@ -205,6 +207,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	if o.cards, err = parseCardConfig(*subnets, *groups); err != nil {
+		return o, err
+	}
+	if o.family, o.cards, err = parseFamilies(*family, o.cards); err != nil {
 		return o, err
 	}
 	if err := o.logLevel.UnmarshalText([]byte(*level)); err != nil {
@@ -281,7 +286,54 @@ func (o options) validate() error {
 // goes in (the socket path, not --mtu: the plugin takes the ENI's MTU from the agent), so that every
 // node renders the same NADs.
 func (o options) nadOptions() nad.Options {
-	return nad.Options{Namespace: o.nadNamespace, Modes: o.nadModes, ResourcePrefix: o.resourcePrefix, AgentSocket: o.socket}
+	n := nad.Options{Namespace: o.nadNamespace, Modes: o.nadModes, ResourcePrefix: o.resourcePrefix, AgentSocket: o.socket,
+		Family: o.family}
+	for card, cc := range o.cards {
+		if cc.Family != "" {
+			if n.Families == nil {
+				n.Families = map[int]string{}
+			}
+			n.Families[card] = cc.Family
+		}
+	}
+	return n
+}
+
+// parseFamilies reads --family: a family for every card and/or card=family items ("dual,3=ipv6"); the
+// per-card ones go into cards. The every-card family defaults to ipv4.
+func parseFamilies(s string, cards map[int]eni.CardConfig) (string, map[int]eni.CardConfig, error) {
+	all := ""
+	for _, item := range splitList(s) {
+		k, v, perCard := strings.Cut(item, "=")
+		if !perCard {
+			v = k
+		}
+		v = strings.TrimSpace(v)
+		if v == "" || !api.ValidFamily(v) {
+			return "", nil, fmt.Errorf("--family %q invalid: %q must be ipv4, ipv6 or dual, or card=family, e.g. 3=dual", s, item)
+		}
+		if !perCard {
+			if all != "" {
+				return "", nil, fmt.Errorf("--family %q invalid: the family of every card given twice", s)
+			}
+			all = v
+			continue
+		}
+		card, err := strconv.Atoi(strings.TrimSpace(k))
+		if err != nil || card < 0 {
+			return "", nil, fmt.Errorf("--family %q invalid: %q must be card=family, e.g. 3=dual", s, item)
+		}
+		if cards == nil {
+			cards = map[int]eni.CardConfig{}
+		}
+		cc := cards[card]
+		if cc.Family != "" {
+			return "", nil, fmt.Errorf("--family %q invalid: card %d given twice", s, card)
+		}
+		cc.Family = v
+		cards[card] = cc
+	}
+	return api.NormalFamily(all), cards, nil
 }
 
 // parseCardConfig reads --subnet-per-card ("1=subnet-a,2=subnet-b") and --security-groups ("sg-1,sg-2",
@@ -351,7 +403,7 @@ func splitList(s string) []string {
 func (o options) eniConfig(logger *slog.Logger) eni.Config {
 	return eni.Config{
 		Cluster: o.cluster, NodeName: o.nodeName,
-		ManagedCards: o.managedCards, AllCards: o.allCards, Cards: o.cards,
+		ManagedCards: o.managedCards, AllCards: o.allCards, Cards: o.cards, Family: o.family,
 		WarmTarget: &o.warmTarget, MinFree: &o.minFree, MaxBatch: o.maxBatch, PrefixMode: o.prefixMode,
 		SurplusDelay: surplusDelay(o.surplusDelay), MTU: o.mtu,
 		RefillInterval: o.refill, ReconcileInterval: o.reconcile,

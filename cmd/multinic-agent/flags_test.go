@@ -4,10 +4,15 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"log/slog"
+	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/multinic/multinic/ipam/eni"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -43,6 +48,27 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("cards %+v", o.cards)
 			}
 		}},
+		{name: "family default ipv4", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
+			if o.family != "ipv4" || o.eniConfig(slog.Default()).Family != "ipv4" || o.nadOptions().Families != nil {
+				t.Errorf("family %q, nad options %+v", o.family, o.nadOptions())
+			}
+		}},
+		{name: "family for every card and per card", args: []string{"--cluster", "c", "--subnet-per-card", "3=subnet-a",
+			"--family", "dual, 3=ipv6,4=ipv4"}, check: func(t *testing.T, o options) {
+			ec := o.eniConfig(slog.Default())
+			no := o.nadOptions()
+			if o.family != "dual" || ec.Family != "dual" || !reflect.DeepEqual(ec.Cards[3], eni.CardConfig{SubnetID: "subnet-a", Family: "ipv6"}) ||
+				ec.Cards[4].Family != "ipv4" || no.Family != "dual" || !maps.Equal(no.Families, map[int]string{3: "ipv6", 4: "ipv4"}) {
+				t.Errorf("eni config %+v, nad options %+v", ec, no)
+			}
+			if err := no.Validate(); err != nil {
+				t.Error(err)
+			}
+		}},
+		{name: "bad family", args: []string{"--cluster", "c", "--family", "inet6"}, wantErr: `--family "inet6" invalid`},
+		{name: "bad card family", args: []string{"--cluster", "c", "--family", "x=dual"}, wantErr: `--family "x=dual" invalid`},
+		{name: "family of a card twice", args: []string{"--cluster", "c", "--family", "3=dual,3=ipv6"}, wantErr: "card 3 given twice"},
+		{name: "family of every card twice", args: []string{"--cluster", "c", "--family", "dual,ipv6"}, wantErr: "given twice"},
 		{name: "surplus 0 means at once", args: []string{"--cluster", "c", "--surplus-delay", "0"}, check: func(t *testing.T, o options) {
 			if d := surplusDelay(o.surplusDelay); d >= 0 {
 				t.Errorf("surplus delay %s given to eni, want negative (at once)", d)
@@ -131,7 +157,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
 		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
 		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations",
-		"dra", "dra-mode", "sysfs"} {
+		"dra", "dra-mode", "sysfs", "family"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}

@@ -60,6 +60,8 @@ type Stats struct {
 	// Waiting counts the allocations blocked on the empty shared pool right now (WaitForAddress): demand
 	// a refill must cover at once.
 	Waiting int
+	// IPv6 is the card's IPv6 pool (ipv6.go).
+	IPv6 IPv6Counts
 }
 
 // Option configures New.
@@ -126,6 +128,7 @@ func (s *slot) pool() PoolAddress {
 type card struct {
 	shared    map[netip.Addr]*slot
 	exclusive map[string]*slot // by ENI id
+	v6        map[netip.Prefix]*prefix6
 	allocs    map[key]*api.Allocation
 	// changed is closed (and replaced) whenever an address may have become available on the card.
 	changed chan struct{}
@@ -169,6 +172,7 @@ func (a *Allocator) card(n int) *card {
 		c = &card{
 			shared:    map[netip.Addr]*slot{},
 			exclusive: map[string]*slot{},
+			v6:        map[netip.Prefix]*prefix6{},
 			allocs:    map[key]*api.Allocation{},
 			changed:   make(chan struct{}),
 		}
@@ -202,18 +206,44 @@ func (a *Allocator) removeSlot(s *slot) {
 	}
 }
 
-func (a *Allocator) hold(s *slot, al *api.Allocation) {
-	s.holder = al
+// hold records al as holding s (nil: no IPv4 address, family ipv6) and p's address al.IPv6 (p nil: none).
+func (a *Allocator) hold(s *slot, p *prefix6, al *api.Allocation) {
+	if s != nil {
+		s.holder = al
+	}
+	if p != nil {
+		p.held[al.IPv6] = al
+	}
 	k := keyOf(al.AllocateRequest)
 	a.allocs[k] = al
 	a.card(al.Card).allocs[k] = al
 }
 
-func (a *Allocator) unhold(s *slot, al *api.Allocation) {
-	s.holder = nil
+func (a *Allocator) unhold(s *slot, p *prefix6, al *api.Allocation) {
+	if s != nil {
+		s.holder = nil
+	}
+	if p != nil {
+		delete(p.held, al.IPv6)
+	}
 	k := keyOf(al.AllocateRequest)
 	delete(a.allocs, k)
 	delete(a.card(al.Card).allocs, k)
+}
+
+// slotOf is the IPv4 slot al holds (nil for family ipv6), and prefixOf6 the IPv6 prefix (nil for ipv4).
+func (a *Allocator) slotOf(al *api.Allocation) *slot {
+	if !al.Address.IsValid() {
+		return nil
+	}
+	return a.slots[al.Address]
+}
+
+func (a *Allocator) prefixOf6(al *api.Allocation) *prefix6 {
+	if !al.IPv6.IsValid() {
+		return nil
+	}
+	return a.card(al.Card).prefixOf(al.IPv6)
 }
 
 func (a *Allocator) persist() error {
@@ -260,6 +290,9 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 	if a.recentFn != nil {
 		cp.Recent = a.recentFn()
 	}
+	for _, p := range a.knownIPv6Locked() {
+		cp.IPv6Prefixes = append(cp.IPv6Prefixes, store.IPv6Prefix{Card: p.Card, ENIID: p.ENIID, Prefix: p.Prefix, Next: p.Next})
+	}
 	for _, p := range a.knownLocked() {
 		cp.Addresses = append(cp.Addresses, store.Address{
 			Card: p.Card, Address: p.Address, ENIID: p.ENIID, Exclusive: p.Exclusive, RestUntil: p.RestUntil,
@@ -289,6 +322,20 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 		a.addSlot(&slot{card: ad.Card, addr: ad.Address, eni: ad.ENIID, exclusive: ad.Exclusive, restUntil: ad.RestUntil,
 			away: ad.Away, awayNetns: ad.AwayNetns})
 	}
+	for _, sp := range cp.IPv6Prefixes {
+		if err := checkPrefix6(sp.Card, sp.ENIID, sp.Prefix); err != nil {
+			return err
+		}
+		if q := a.overlaps(sp.Prefix); q != nil {
+			return fmt.Errorf("IPv6 prefix %s overlaps %s", sp.Prefix, q.pfx)
+		}
+		next := sp.Next
+		if !next.IsValid() || (!sp.Prefix.Contains(next) && next.Less(first(sp.Prefix))) {
+			next = first(sp.Prefix)
+		}
+		a.card(sp.Card).v6[sp.Prefix] = &prefix6{card: sp.Card, eni: sp.ENIID, pfx: sp.Prefix, next: next,
+			held: map[netip.Addr]*api.Allocation{}}
+	}
 	for _, sa := range cp.Allocations {
 		al := &sa
 		if err := checkRequest(al.AllocateRequest); err != nil {
@@ -296,6 +343,27 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 		}
 		if _, dup := a.allocs[keyOf(al.AllocateRequest)]; dup {
 			return fmt.Errorf("container %s interface %s allocated twice", al.ContainerID, al.IfName)
+		}
+		var p *prefix6
+		if al.IPv6.IsValid() {
+			p = a.prefixOf6(al)
+			switch {
+			case p == nil || p.eni != al.ENIID:
+				return fmt.Errorf("allocation of %s to container %s interface %s: in no IPv6 prefix of card %d ENI %s",
+					al.IPv6, al.ContainerID, al.IfName, al.Card, al.ENIID)
+			case p.held[al.IPv6] != nil:
+				return fmt.Errorf("address %s held twice", al.IPv6)
+			}
+		}
+		if !al.Address.IsValid() && !al.Exclusive {
+			if p == nil {
+				return fmt.Errorf("allocation of container %s interface %s has no address", al.ContainerID, al.IfName)
+			}
+			if other := a.podOnCard(al.AllocateRequest); other != nil {
+				return fmt.Errorf("pod %s holds card %d twice", podName(al.AllocateRequest), al.Card)
+			}
+			a.hold(nil, p, al)
+			continue
 		}
 		s := a.slots[al.Address]
 		switch {
@@ -313,7 +381,7 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 			return fmt.Errorf("pod %s holds card %d twice: %s and %s", podName(al.AllocateRequest), al.Card,
 				other.Address, al.Address)
 		}
-		a.hold(s, al)
+		a.hold(s, p, al)
 	}
 	return nil
 }
@@ -326,6 +394,8 @@ func checkRequest(r api.AllocateRequest) error {
 		return fmt.Errorf("empty container id: %w", api.ErrInvalid)
 	case r.IfName == "":
 		return fmt.Errorf("empty interface name for container %s: %w", r.ContainerID, api.ErrInvalid)
+	case !api.ValidFamily(r.Family):
+		return fmt.Errorf("family %q: %w", r.Family, api.ErrInvalid)
 	}
 	return nil
 }
@@ -405,7 +475,8 @@ func resting[K comparable](m map[K]*slot, now time.Time) (n int, next time.Time)
 	return n, next
 }
 
-// Allocate grants req an address on its card and returns only once that is persisted.
+// Allocate grants req an address on its card (for family dual one of each, on one ENI; for ipv6 an
+// IPv6 address alone, Address zero) and returns only once that is persisted.
 //   - The same (ContainerID, IfName) again returns the same allocation, changing nothing but a Netns or a
 //     Network it lacked (the first known stays); with a different card, pod, mode or network it is
 //     api.ErrInterfaceTaken.
@@ -426,7 +497,8 @@ func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if cur, ok := a.allocs[keyOf(req)]; ok {
-		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.AllocateRequest, req) {
+		if cur.Card != req.Card || cur.Exclusive != req.Exclusive || !samePod(cur.AllocateRequest, req) ||
+			api.NormalFamily(cur.Family) != api.NormalFamily(req.Family) {
 			return api.Allocation{}, fmt.Errorf("container %s interface %s already holds %s on card %d for %s: %w",
 				req.ContainerID, req.IfName, cur.Address, cur.Card, podName(cur.AllocateRequest), api.ErrInterfaceTaken)
 		}
@@ -457,28 +529,60 @@ func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 	}
 	c := a.card(req.Card)
 	now := a.now()
-	var s *slot
-	if req.Exclusive {
-		s = pick(c.exclusive, now)
-	} else {
-		s = pick(c.shared, now)
-	}
-	if s == nil {
-		e := &PoolEmptyError{Card: req.Card, Exclusive: req.Exclusive}
+	s, p := c.pickFor(req, now)
+	if s == nil && p == nil {
+		e := &PoolEmptyError{Card: req.Card, Exclusive: req.Exclusive, Family: api.NormalFamily(req.Family)}
 		if req.Exclusive {
 			e.Cooling, e.NextReady = resting(c.exclusive, now)
-		} else {
+		} else if api.WantsIPv4(req.Family) {
 			e.Cooling, e.NextReady = resting(c.shared, now)
 		}
 		return api.Allocation{}, e
 	}
-	al := &api.Allocation{AllocateRequest: req, Address: s.addr, ENIID: s.eni, AllocatedAt: now}
-	a.hold(s, al)
+	al := &api.Allocation{AllocateRequest: req, AllocatedAt: now}
+	prevNext := netip.Addr{}
+	if s != nil {
+		al.Address, al.ENIID = s.addr, s.eni
+	}
+	if p != nil {
+		addr, next, _ := p.take()
+		prevNext, p.next = p.next, next
+		al.IPv6, al.ENIID = addr, p.eni
+	}
+	a.hold(s, p, al)
 	if err := a.persist(); err != nil {
-		a.unhold(s, al)
+		a.unhold(s, p, al)
+		if p != nil {
+			p.next = prevNext
+		}
 		return api.Allocation{}, err
 	}
 	return *al, nil
+}
+
+// pickFor is what a new allocation of req takes: an IPv4 slot (nil for family ipv6) and an IPv6 prefix
+// (nil for ipv4), both on one ENI for dual; both nil when the pool cannot serve it now. A dual allocation
+// takes the usable IPv4 address pick would, among the ENIs that have a prefix with room.
+func (c *card) pickFor(req api.AllocateRequest, now time.Time) (*slot, *prefix6) {
+	switch {
+	case req.Exclusive:
+		return pick(c.exclusive, now), nil
+	case !api.WantsIPv6(req.Family):
+		return pick(c.shared, now), nil
+	case !api.WantsIPv4(req.Family):
+		return nil, c.pick6("")
+	}
+	withPrefix := map[netip.Addr]*slot{}
+	for ad, s := range c.shared {
+		if c.pick6(s.eni) != nil {
+			withPrefix[ad] = s
+		}
+	}
+	s := pick(withPrefix, now)
+	if s == nil {
+		return nil, nil
+	}
+	return s, c.pick6(s.eni)
 }
 
 // Release frees the (container, interface)'s address into cooldown and persists before returning. An
@@ -529,9 +633,12 @@ func (a *Allocator) releaseLocked(als []*api.Allocation) error {
 	until := a.now().Add(a.cooldown)
 	prev := make([]time.Time, len(als))
 	for i, al := range als {
-		s := a.slots[al.Address]
+		s, p := a.slotOf(al), a.prefixOf6(al)
+		a.unhold(s, p, al)
+		if s == nil {
+			continue // an IPv6 address needs no rest: it is never given out again
+		}
 		prev[i] = s.restUntil
-		a.unhold(s, al)
 		s.restUntil = until
 		if s.exclusive {
 			s.away, s.awayNetns = true, al.Netns
@@ -539,10 +646,12 @@ func (a *Allocator) releaseLocked(als []*api.Allocation) error {
 	}
 	if err := a.persist(); err != nil {
 		for i, al := range als {
-			s := a.slots[al.Address]
-			s.restUntil = prev[i]
-			s.away, s.awayNetns = false, ""
-			a.hold(s, al)
+			s, p := a.slotOf(al), a.prefixOf6(al)
+			if s != nil {
+				s.restUntil = prev[i]
+				s.away, s.awayNetns = false, ""
+			}
+			a.hold(s, p, al)
 		}
 		return err
 	}
@@ -592,7 +701,7 @@ func (a *Allocator) listPtrsLocked() []*api.Allocation {
 		out = append(out, al)
 	}
 	slices.SortFunc(out, func(x, y *api.Allocation) int {
-		return cmp.Or(cmp.Compare(x.Card, y.Card), x.Address.Compare(y.Address))
+		return cmp.Or(cmp.Compare(x.Card, y.Card), x.Address.Compare(y.Address), x.IPv6.Compare(y.IPv6))
 	})
 	return out
 }
@@ -623,7 +732,7 @@ func (a *Allocator) Cards() []int {
 	defer a.mu.Unlock()
 	var out []int
 	for n, c := range a.cards {
-		if len(c.shared)+len(c.exclusive) > 0 {
+		if len(c.shared)+len(c.exclusive)+len(c.v6) > 0 {
 			out = append(out, n)
 		}
 	}

@@ -40,6 +40,8 @@ func (e *CardTakenError) Unwrap() error { return api.ErrCardTaken }
 type PoolEmptyError struct {
 	Card      int
 	Exclusive bool
+	// Family is the request's (api.FamilyIPv4, ...).
+	Family string
 	// Cooling counts free addresses (or ENIs) still resting; NextReady is when the first of them is usable
 	// again (zero when none rests).
 	Cooling   int
@@ -50,6 +52,13 @@ func (e *PoolEmptyError) Error() string {
 	what := "address"
 	if e.Exclusive {
 		what = "exclusive ENI"
+	}
+	switch {
+	case e.Exclusive:
+	case e.Family == api.FamilyIPv6:
+		what = "IPv6 address (no IPv6 prefix on the card yet)"
+	case e.Family == api.FamilyDual:
+		what = "IPv4 address on an ENI with an IPv6 prefix"
 	}
 	msg := fmt.Sprintf("no free %s on card %d", what, e.Card)
 	if e.Cooling > 0 {

@@ -84,11 +84,24 @@ func checkInvariants(t testing.TB, a *Allocator) {
 		card int
 	}
 	byPod := map[podCard]api.Allocation{}
+	byIPv6 := map[netip.Addr]api.Allocation{}
 	for _, al := range a.List() {
-		if prev, dup := byAddr[al.Address]; dup {
+		if al.IPv6.IsValid() {
+			if prev, dup := byIPv6[al.IPv6]; dup {
+				t.Errorf("%s held by %s/%s and %s/%s", al.IPv6, prev.ContainerID, prev.IfName, al.ContainerID, al.IfName)
+			}
+			byIPv6[al.IPv6] = al
+		}
+		if !al.Address.IsValid() {
+			if !al.IPv6.IsValid() {
+				t.Errorf("%s/%s holds no address", al.ContainerID, al.IfName)
+			}
+		} else if prev, dup := byAddr[al.Address]; dup {
 			t.Errorf("%s held by %s/%s and %s/%s", al.Address, prev.ContainerID, prev.IfName, al.ContainerID, al.IfName)
 		}
-		byAddr[al.Address] = al
+		if al.Address.IsValid() {
+			byAddr[al.Address] = al
+		}
 		pc := podCard{al.PodUID, al.Card}
 		if prev, dup := byPod[pc]; dup {
 			t.Errorf("pod %s holds card %d twice: %s and %s", al.PodUID, al.Card, prev.Address, al.Address)
@@ -106,5 +119,12 @@ func checkInvariants(t testing.TB, a *Allocator) {
 	}
 	if held != len(byAddr) {
 		t.Errorf("%d addresses marked allocated, %d allocations", held, len(byAddr))
+	}
+	held6 := 0
+	for _, p := range a.KnownIPv6() {
+		held6 += p.Allocated
+	}
+	if held6 != len(byIPv6) {
+		t.Errorf("%d IPv6 addresses marked allocated, %d allocations hold one", held6, len(byIPv6))
 	}
 }

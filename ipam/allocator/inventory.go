@@ -227,18 +227,25 @@ func (a *Allocator) statsLocked(cardN int) Stats {
 	for _, s := range c.exclusive {
 		count(&st.Exclusive, s)
 	}
+	for _, p := range c.v6 {
+		st.IPv6.Prefixes++
+		st.IPv6.Allocated += len(p.held)
+	}
 	st.Waiting = c.waiting
 	return st
 }
 
-// WaitForAddress blocks until the card has a usable address (exclusive: a usable exclusive ENI) or ctx
-// ends; while it waits on the shared pool it counts in the card's Stats (Waiting). It wakes on AddAddresses,
-// AddExclusiveENI, releases and reconcile, and when a resting address's time is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
-func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive bool) error {
+// WaitForAddress blocks until the card could serve req (its card, mode and family: a usable address,
+// exclusive ENI, IPv6 prefix, or for dual an address on an ENI with a prefix) or ctx ends; while it waits
+// for an IPv4 address of the shared pool it counts in the card's Stats (Waiting). It wakes on
+// AddAddresses, AddIPv6Prefixes, AddExclusiveENI, releases and reconcile, and when a resting address's time
+// is up. A nil return is a hint, not a reservation: Allocate may still find the pool empty.
+func (a *Allocator) WaitForAddress(ctx context.Context, req api.AllocateRequest) error {
+	cardN, exclusive := req.Card, req.Exclusive
 	if cardN < 0 {
 		return fmt.Errorf("wait for address on card %d: %w", cardN, api.ErrInvalid)
 	}
-	if !exclusive {
+	if !exclusive && api.WantsIPv4(req.Family) {
 		a.mu.Lock()
 		a.card(cardN).waiting++
 		a.mu.Unlock()
@@ -252,13 +259,12 @@ func (a *Allocator) WaitForAddress(ctx context.Context, cardN int, exclusive boo
 		a.mu.Lock()
 		c := a.card(cardN)
 		now := a.now()
-		var ready bool
+		s, p := c.pickFor(req, now)
+		ready := s != nil || p != nil
 		var next time.Time
 		if exclusive {
-			ready = pick(c.exclusive, now) != nil
 			_, next = resting(c.exclusive, now)
-		} else {
-			ready = pick(c.shared, now) != nil
+		} else if api.WantsIPv4(req.Family) {
 			_, next = resting(c.shared, now)
 		}
 		changed := c.changed

@@ -95,7 +95,7 @@ func TestWaiting(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = a.WaitForAddress(ctx, 5, exclusive)
+			_ = a.WaitForAddress(ctx, api.AllocateRequest{Card: 5, Exclusive: exclusive})
 		}()
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -116,7 +116,7 @@ func TestWaitForAddress(t *testing.T) {
 	t.Run("wakes on add", func(t *testing.T) {
 		a, _, _ := newTest(t)
 		done := make(chan error, 1)
-		go func() { done <- a.WaitForAddress(context.Background(), 2, false) }()
+		go func() { done <- a.WaitForAddress(context.Background(), api.AllocateRequest{Card: 2, Exclusive: false}) }()
 		select {
 		case err := <-done:
 			t.Fatalf("returned before any address: %v", err)
@@ -142,7 +142,7 @@ func TestWaitForAddress(t *testing.T) {
 		a, _, _ := newTest(t)
 		seed(t, a, 2, 1) // shared addresses do not satisfy an exclusive wait
 		done := make(chan error, 1)
-		go func() { done <- a.WaitForAddress(context.Background(), 2, true) }()
+		go func() { done <- a.WaitForAddress(context.Background(), api.AllocateRequest{Card: 2, Exclusive: true}) }()
 		time.Sleep(30 * time.Millisecond)
 		if err := a.AddExclusiveENI(2, "eni-x", netip.MustParseAddr("10.2.200.1")); err != nil {
 			t.Fatal(err)
@@ -168,7 +168,7 @@ func TestWaitForAddress(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		if err := a.WaitForAddress(context.Background(), 1, false); err != nil {
+		if err := a.WaitForAddress(context.Background(), api.AllocateRequest{Card: 1, Exclusive: false}); err != nil {
 			t.Fatal(err)
 		}
 		if waited := time.Since(start); waited < 80*time.Millisecond {
@@ -180,7 +180,7 @@ func TestWaitForAddress(t *testing.T) {
 		a, _, _ := newTest(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 		defer cancel()
-		if err := a.WaitForAddress(ctx, 1, false); !errors.Is(err, context.DeadlineExceeded) {
+		if err := a.WaitForAddress(ctx, api.AllocateRequest{Card: 1, Exclusive: false}); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("wait: %v, want deadline exceeded", err)
 		}
 	})

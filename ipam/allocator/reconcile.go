@@ -59,7 +59,7 @@ func Compare(known []PoolAddress, allocs []api.Allocation, ec2 []EC2Address) Dif
 		}
 	}
 	for _, al := range allocs {
-		if !inEC2[place{al.Card, al.ENIID, al.Address}] {
+		if al.Address.IsValid() && !inEC2[place{al.Card, al.ENIID, al.Address}] { // family ipv6: CompareIPv6
 			d.Lost = append(d.Lost, al)
 		}
 	}

@@ -175,10 +175,20 @@ func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp a
 	if !b.pools.Managed(req.Card) {
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, api.ErrNotManaged)
 	}
+	if got, want := api.NormalFamily(req.Family), b.pools.Family(req.Card); got != want {
+		// A plugin older than "family" sends none (ipv4): refuse rather than answer without the address the
+		// card's NAD promises.
+		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w: \"family\" %q invalid: card %d serves %q (a plugin older than the family key sends none, which is ipv4: update the plugin, or the NAD's family does not match the agent's --family)",
+			req.Card, pod, api.ErrInvalid, got, req.Card, want)
+	}
+	if req.Exclusive && api.WantsIPv6(req.Family) {
+		return api.AllocateResponse{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w: \"family\" %q: this agent moves whole ENIs with their IPv4 address only; use mode ipvlan for IPv6",
+			req.Card, pod, api.ErrInvalid, req.Family)
+	}
 	_, existed := b.alloc.Lookup(req.ContainerID, req.IfName)
 	var al api.Allocation
 	defer func() {
-		if retErr != nil && al.Address.IsValid() && !existed {
+		if retErr != nil && (al.Address.IsValid() || al.IPv6.IsValid()) && !existed {
 			// Give back what this call took: the caller is told it failed.
 			if _, _, err := b.alloc.Release(req.ContainerID, req.IfName); err != nil {
 				log.Error("roll back allocation", "address", al.Address, "error", err)
@@ -199,17 +209,24 @@ func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp a
 			req.Card, pod, al.Address, al.ENIID)
 	}
 	resp = api.AllocateResponse{
-		Address:    al.Address,
-		PrefixLen:  info.SubnetCIDR.Bits(),
-		Gateway:    info.Gateway,
-		SubnetCIDR: info.SubnetCIDR,
-		ENIID:      al.ENIID,
-		LinkName:   info.LinkName,
-		MAC:        info.MAC,
-		MTU:        info.MTU,
-		Exclusive:  al.Exclusive,
+		ENIID:     al.ENIID,
+		LinkName:  info.LinkName,
+		MAC:       info.MAC,
+		MTU:       info.MTU,
+		Exclusive: al.Exclusive,
 	}
-	log.Info("allocated", "address", al.Address, "eni", al.ENIID, "link", info.LinkName,
+	if api.WantsIPv4(req.Family) {
+		resp.Address, resp.PrefixLen, resp.Gateway, resp.SubnetCIDR = al.Address, info.SubnetCIDR.Bits(), info.Gateway, info.SubnetCIDR
+	}
+	if api.WantsIPv6(req.Family) {
+		if !info.IPv6SubnetCIDR.IsValid() {
+			return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: ENI %s: the ENI manager knows no IPv6 CIDR of its subnet",
+				req.Card, pod, al.ENIID)
+		}
+		resp.IPv6 = &api.IPv6Lease{Address: al.IPv6, PrefixLen: info.IPv6SubnetCIDR.Bits(), Gateway: info.IPv6Gateway,
+			SubnetCIDR: info.IPv6SubnetCIDR}
+	}
+	log.Info("allocated", "address", al.Address, "ipv6", al.IPv6, "eni", al.ENIID, "link", info.LinkName,
 		"exclusive", al.Exclusive, "again", existed, "duration", time.Since(start))
 	return resp, nil
 }
@@ -244,7 +261,7 @@ func (b *Backend) allocateWait(ctx context.Context, req api.AllocateRequest, exi
 		}
 		b.pools.Kick(req.Card)
 		log.Debug("pool empty, waiting for a refill", "error", err)
-		if werr := b.alloc.WaitForAddress(waitCtx, req.Card, req.Exclusive); werr != nil {
+		if werr := b.alloc.WaitForAddress(waitCtx, req); werr != nil {
 			if ctx.Err() != nil {
 				// The client went away or its own deadline passed.
 				return api.Allocation{}, fmt.Errorf("%w (gave up waiting for a refill: %w)", err, ctx.Err())
@@ -277,7 +294,7 @@ func (b *Backend) Release(_ context.Context, req api.ReleaseRequest) (api.Releas
 	}
 	b.metrics.releases.WithLabelValues("ok").Inc()
 	b.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
-		"pod", al.Describe(), "address", al.Address, "eni", al.ENIID)
+		"pod", al.Describe(), "address", al.Address, "ipv6", al.IPv6, "eni", al.ENIID)
 	return api.ReleaseResponse{Released: true}, nil
 }
 
@@ -295,8 +312,9 @@ func (b *Backend) Status(_ context.Context, card int) (api.Status, error) {
 	case !b.pools.Ready():
 		st.Reason = "agent not ready: ENIs of the managed cards are still being set up"
 	default:
-		stats := b.alloc.Stats(card)
-		if last := b.pools.LastError(card); stats.Warm == 0 && last != nil {
+		stats, fam := b.alloc.Stats(card), b.pools.Family(card)
+		free := (!api.WantsIPv4(fam) || stats.Warm > 0) && (!api.WantsIPv6(fam) || stats.IPv6.Prefixes > 0)
+		if last := b.pools.LastError(card); !free && last != nil {
 			st.Reason = fmt.Sprintf("card %d: no free address and the last refill failed: %v", card, last)
 			break
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/multinic/multinic/internal/logring"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/enipool"
 	"github.com/multinic/multinic/ipam/store"
 )
@@ -29,6 +30,8 @@ type fakePools struct {
 	exclusive []int
 	onKick    func(card int)
 	ensure    func(ctx context.Context, card int) error
+	// families: the cards that serve ipv6 or dual.
+	families map[int]string
 }
 
 var _ enipool.Pools = (*fakePools)(nil)
@@ -47,6 +50,12 @@ func (f *fakePools) Ready() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.ready
+}
+
+func (f *fakePools) Family(card int) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return api.NormalFamily(f.families[card])
 }
 
 func (f *fakePools) Managed(card int) bool {

@@ -116,6 +116,10 @@ var (
 		"Free, rested addresses of the card, ready to allocate now, by pool.", []string{"card", "pool"}, nil)
 	descCooling = prometheus.NewDesc(metricsNamespace+"_card_cooling",
 		"Free addresses of the card still resting after a release, by pool.", []string{"card", "pool"}, nil)
+	descIPv6Prefixes = prometheus.NewDesc(metricsNamespace+"_card_ipv6_prefixes",
+		"IPv6 /80 prefixes the card's shared ENIs hold (cards of family ipv6 or dual).", []string{"card"}, nil)
+	descIPv6Allocated = prometheus.NewDesc(metricsNamespace+"_card_ipv6_allocated",
+		"IPv6 addresses of the card given to pods (cards of family ipv6 or dual).", []string{"card"}, nil)
 	descManaged = prometheus.NewDesc(metricsNamespace+"_card_managed",
 		"1 for every card this agent serves.", []string{"card"}, nil)
 	descReady = prometheus.NewDesc(metricsNamespace+"_ready",
@@ -126,7 +130,8 @@ var (
 type poolCollector struct{ b *Backend }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCapacity, descAllocated, descWarm, descCooling, descManaged, descReady} {
+	for _, d := range []*prometheus.Desc{descCapacity, descAllocated, descWarm, descCooling, descIPv6Prefixes, descIPv6Allocated,
+		descManaged, descReady} {
 		ch <- d
 	}
 }
@@ -149,6 +154,10 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(p.c.Allocated), card, p.pool)
 			ch <- prometheus.MustNewConstMetric(descWarm, prometheus.GaugeValue, float64(p.c.Warm), card, p.pool)
 			ch <- prometheus.MustNewConstMetric(descCooling, prometheus.GaugeValue, float64(p.c.Cooling), card, p.pool)
+		}
+		if st.IPv6.Prefixes > 0 || (c.b.pools.Managed(n) && api.WantsIPv6(c.b.pools.Family(n))) {
+			ch <- prometheus.MustNewConstMetric(descIPv6Prefixes, prometheus.GaugeValue, float64(st.IPv6.Prefixes), card)
+			ch <- prometheus.MustNewConstMetric(descIPv6Allocated, prometheus.GaugeValue, float64(st.IPv6.Allocated), card)
 		}
 		if c.b.pools.Managed(n) {
 			ch <- prometheus.MustNewConstMetric(descManaged, prometheus.GaugeValue, 1, card)

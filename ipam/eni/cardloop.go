@@ -111,8 +111,10 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 			ID: e.id, Device: e.device, Exclusive: e.exclusive, DeleteOnTermination: e.dot,
 			Ready:            e.linkReady && len(e.pending) == 0 && !e.pendingExclusive,
 			PendingExclusive: e.pendingExclusive, Slots: e.slots(), Prefixes: slices.Clone(e.prefixes),
+			IPv6Prefixes: len(e.prefixes6),
 		})
 	}
+	in.Family = cs.family
 	in.Attached, in.MaxENIs, in.SlotsPerENI = len(m.occupied[cs.index]), m.limits.enisPerCard[cs.index], m.limits.ipv4PerENI
 	in.ExclusiveWaiting, in.ExclusiveAsked = cs.exclWaiting, !cs.exclAsked.IsZero()
 	in.SurplusSince, in.ExclusiveSince = cs.surplusSince, cs.exclSince
@@ -153,6 +155,10 @@ func (m *Manager) execute(ctx context.Context, cs *cardState, a plan.Action) err
 	case plan.GiveBack:
 		if e != nil {
 			return m.giveBack(ctx, cs, e, a.Addresses, a.Prefix)
+		}
+	case plan.AssignIPv6Prefix:
+		if e != nil {
+			return m.assignIPv6Prefix(ctx, cs, e)
 		}
 	case plan.RemoveExclusive:
 		cs.exclMu.Lock()
@@ -205,6 +211,40 @@ func (m *Manager) assign(ctx context.Context, cs *cardState, e *eniState, a plan
 		return fmt.Errorf("add %d addresses of %s to card %d: %w", len(addrs), e.id, cs.index, err)
 	}
 	m.log.Info("assigned addresses", "card", cs.index, "eni", e.id, "addresses", len(addrs), "prefixes", len(got.Prefixes), "need", a.Need, "waiting", a.Waiting)
+	return nil
+}
+
+// assignIPv6Prefix gives e one IPv6 /80 and adds it to the card's IPv6 pool; if the allocator cannot
+// record it, it goes back to EC2.
+func (m *Manager) assignIPv6Prefix(ctx context.Context, cs *cardState, e *eniState) error {
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
+	got, err := m.ec2.AssignIPv6Prefixes(ctx, e.id, 1)
+	if err != nil {
+		return fmt.Errorf("assign an IPv6 prefix on card %d (%s, subnet %s): %w", cs.index, e.id, e.subnetID, err)
+	}
+	if len(got) == 0 {
+		return fmt.Errorf("assign an IPv6 prefix on card %d (%s): ec2 returned none", cs.index, e.id)
+	}
+	m.recent.assign(e.id, prefixAddrs(got)...)
+	m.saveRecent()
+	m.mu.Lock()
+	e.prefixes6 = append(e.prefixes6, got...)
+	m.mu.Unlock()
+	if _, err := m.alloc.AddIPv6Prefixes(cs.index, e.id, got...); err != nil {
+		m.recent.unassign(e.id, prefixAddrs(got)...)
+		m.saveRecent()
+		if uerr := m.ec2.UnassignIPv6(ctx, e.id, nil, got); uerr != nil {
+			m.log.Error("IPv6 prefix left on ENI after a failed checkpoint; reconcile will pick it up",
+				"card", cs.index, "eni", e.id, "prefixes", got, "err", uerr)
+		} else {
+			m.mu.Lock()
+			e.prefixes6 = slices.DeleteFunc(e.prefixes6, func(p netip.Prefix) bool { return slices.Contains(got, p) })
+			m.mu.Unlock()
+		}
+		return fmt.Errorf("add IPv6 prefixes of %s to card %d: %w", e.id, cs.index, err)
+	}
+	m.log.Info("assigned IPv6 prefix", "card", cs.index, "eni", e.id, "prefixes", got)
 	return nil
 }
 

@@ -235,7 +235,7 @@ func TestWaitersAskedFor(t *testing.T) {
 			errs := make(chan error, waiters)
 			for i := range waiters {
 				go func() {
-					if err := e.alloc.WaitForAddress(ctx, 1, false); err != nil {
+					if err := e.alloc.WaitForAddress(ctx, api.AllocateRequest{Card: 1}); err != nil {
 						errs <- err
 						return
 					}

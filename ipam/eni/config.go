@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/netnsdir"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/eni/plan"
 )
@@ -55,10 +56,12 @@ const (
 	DefaultOrphanBatch       = 20
 )
 
-// CardConfig overrides where a card's ENIs are created. Empty fields mean "as the primary ENI".
+// CardConfig overrides where a card's ENIs are created (empty fields: as the primary ENI) and the
+// card's address family (empty: Config.Family).
 type CardConfig struct {
 	SubnetID         string
 	SecurityGroupIDs []string
+	Family           string
 }
 
 // Config configures a Manager. Zero values take the documented defaults.
@@ -73,8 +76,14 @@ type Config struct {
 	ManagedCards []int
 	// AllCards serves every card, the default card included (on it, extra ENIs next to the primary).
 	AllCards bool
-	// Cards overrides subnet and security groups per card; default the primary ENI's.
+	// Cards overrides subnet and security groups per card (default the primary ENI's), and the family.
 	Cards map[int]CardConfig
+	// Family is every card's address family unless Cards says otherwise: api.FamilyIPv4 (""), FamilyIPv6
+	// (pods get one IPv6 address per card) or FamilyDual (one of each, from the same ENI). A card that
+	// serves IPv6 gives every shared ENI one /80 prefix (at its CreateNetworkInterface, or
+	// AssignIpv6Addresses for an ENI found without one) and takes its pods' IPv6 addresses from it; an
+	// ipv6 card keeps no IPv4 addresses warm.
+	Family string
 
 	// WarmTarget is how many free addresses each card keeps (nil: DefaultWarmTarget).
 	WarmTarget *int
@@ -174,7 +183,16 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Family = api.NormalFamily(c.Family)
 	return c
+}
+
+// family is the card's address family (defaults applied).
+func (c Config) family(card int) string {
+	if f := c.Cards[card].Family; f != "" {
+		return f
+	}
+	return c.Family
 }
 
 func (c Config) validate() error {
@@ -194,6 +212,9 @@ func (c Config) validate() error {
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("max attempts %d invalid: must be 1 or more", c.MaxAttempts)
 	}
+	if !api.ValidFamily(c.Family) {
+		return fmt.Errorf("family %q invalid: must be %s, %s or %s", c.Family, api.FamilyIPv4, api.FamilyIPv6, api.FamilyDual)
+	}
 	for _, k := range c.ManagedCards {
 		if k < 0 {
 			return fmt.Errorf("managed card %d invalid: must be 0 or more", k)
@@ -205,6 +226,9 @@ func (c Config) validate() error {
 		}
 		if cc.SubnetID != "" && !strings.HasPrefix(cc.SubnetID, "subnet-") {
 			return fmt.Errorf("card %d subnet %q invalid: must start with subnet-", k, cc.SubnetID)
+		}
+		if !api.ValidFamily(cc.Family) {
+			return fmt.Errorf("card %d family %q invalid: must be %s, %s or %s", k, cc.Family, api.FamilyIPv4, api.FamilyIPv6, api.FamilyDual)
 		}
 		for _, g := range cc.SecurityGroupIDs {
 			if !strings.HasPrefix(g, "sg-") {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/multinic/multinic/internal/ctxtime"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
@@ -37,6 +39,9 @@ func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, 
 	m.mu.Lock()
 	e.pending = addrs
 	e.pendingExclusive = exclusive
+	if !exclusive {
+		e.pending6 = slices.Clone(e.prefixes6)
+	}
 	m.mu.Unlock()
 	if err := m.setDeleteOnTermination(ctx, e); err != nil {
 		m.log.Warn("set DeleteOnTermination failed; will retry", "card", cs.index, "eni", e.id, "err", err)
@@ -68,6 +73,9 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	req := awsec2.CreateRequest{
 		SubnetID: cs.subnetID, Groups: cs.groups, Tags: m.tags(cs.index, exclusive), Count: n, Prefixes: m.cfg.PrefixMode,
 		Description: fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID), ClientToken: newToken(),
+	}
+	if !exclusive && api.WantsIPv6(cs.family) {
+		req.IPv6Prefixes = 1 // 2^48 addresses: the card's IPv6 pool never waits on EC2 again
 	}
 	ni, err := m.ec2.Create(ctx, req)
 	if smaller, ok := plan.Smaller(n, true); ok && awsec2.SubnetFull(err) {
@@ -111,14 +119,15 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	}
 	e := &eniState{
 		id: id, mac: mac, card: cs.index, device: dev, attachmentID: attachment, subnetID: ni.SubnetID, exclusive: exclusive,
-		primary: ni.Primary, secondaries: len(ni.Secondaries), prefixes: ni.Prefixes,
+		primary: ni.Primary, secondaries: len(ni.Secondaries), prefixes: ni.Prefixes, prefixes6: ni.IPv6Prefixes,
 	}
 	addrs := ni.Addresses()
 	m.recent.attached(id, dev, e.attachmentID)
 	m.recent.assign(id, addrs...)
+	m.recent.assign(id, prefixAddrs(ni.IPv6Prefixes)...)
 	m.saveRecent() // a restarted agent adopts it before Describe shows it
 	m.mu.Lock()
-	e.cidr = m.subnets[e.subnetID]
+	e.cidr, e.cidr6 = m.subnets[e.subnetID].CIDR, m.subnets[e.subnetID].IPv6CIDR
 	m.enis[id] = e
 	if m.occupied[cs.index] == nil {
 		m.occupied[cs.index] = map[int]string{}
@@ -128,6 +137,15 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	log.Info("created and attached ENI", "device", dev, "subnet", e.subnetID, "exclusive", exclusive,
 		"addresses", e.secondaries, "prefixes", len(e.prefixes))
 	return e, addrs, nil
+}
+
+// prefixAddrs names IPv6 prefixes by their first address, as the memory of recent changes keeps them.
+func prefixAddrs(pfxs []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, len(pfxs))
+	for i, p := range pfxs {
+		out[i] = p.Masked().Addr()
+	}
+	return out
 }
 
 // freeDevice is the lowest device index >= 1 free on the card. Device 0 is left alone on every card: on
@@ -194,11 +212,20 @@ func (m *Manager) finishENI(ctx context.Context, e *eniState) error {
 	}
 	m.mu.Lock()
 	e.linkName, e.linkReady = name, true
-	pending, excl := e.pending, e.pendingExclusive
+	pending, pending6, excl, adopted := e.pending, e.pending6, e.pendingExclusive, e.adopted
 	m.mu.Unlock()
 	if len(pending) > 0 {
 		if _, err := m.alloc.AddAddresses(e.card, e.id, pending...); err != nil {
 			return fmt.Errorf("add initial addresses of %s to card %d: %w", e.id, e.card, err)
+		}
+	}
+	if len(pending6) > 0 {
+		add := m.alloc.AddIPv6Prefixes
+		if adopted { // an earlier process may have given out addresses of them
+			add = m.alloc.AdoptIPv6Prefixes
+		}
+		if _, err := add(e.card, e.id, pending6...); err != nil {
+			return fmt.Errorf("add IPv6 prefixes of %s to card %d: %w", e.id, e.card, err)
 		}
 	}
 	if excl {
@@ -207,9 +234,10 @@ func (m *Manager) finishENI(ctx context.Context, e *eniState) error {
 		}
 	}
 	m.mu.Lock()
-	e.pending, e.pendingExclusive = nil, false
+	e.pending, e.pending6, e.pendingExclusive = nil, nil, false
 	m.mu.Unlock()
-	m.log.Info("ENI ready", "card", e.card, "eni", e.id, "link", name, "mtu", m.cfg.MTU, "addresses", len(pending))
+	m.log.Info("ENI ready", "card", e.card, "eni", e.id, "link", name, "mtu", m.cfg.MTU, "addresses", len(pending),
+		"ipv6Prefixes", pending6)
 	return nil
 }
 

@@ -57,7 +57,7 @@ func (m *Manager) discover(ctx context.Context) error {
 
 	m.mu.Lock()
 	for _, k := range managed {
-		cs := &cardState{index: k, subnetID: primSubnet, groups: primGroups, kick: make(chan struct{}, 1),
+		cs := &cardState{index: k, family: m.cfg.family(k), subnetID: primSubnet, groups: primGroups, kick: make(chan struct{}, 1),
 			surplusSince: map[netip.Addr]time.Time{}, exclSince: map[string]time.Time{},
 			exclGone: map[string]time.Time{}, warned: map[string]bool{}}
 		if cc, ok := m.cfg.Cards[k]; ok {
@@ -237,12 +237,13 @@ func (m *Manager) setAttachedLocked(enis []awsec2.Interface, rv recentView) {
 		set(&e.device, dev)
 		set(&e.attachmentID, att.ID)
 		set(&e.subnetID, ni.SubnetID)
-		set(&e.cidr, m.subnets[e.subnetID])
+		set(&e.cidr, m.subnets[e.subnetID].CIDR)
+		set(&e.cidr6, m.subnets[e.subnetID].IPv6CIDR)
 		if ni.Primary.IsValid() {
 			set(&e.primary, ni.Primary)
 		}
 		e.dot = att.DeleteOnTermination
-		e.secondaries, e.prefixes = len(ni.Secondaries), ni.Prefixes
+		e.secondaries, e.prefixes, e.prefixes6 = len(ni.Secondaries), ni.Prefixes, ni.IPv6Prefixes
 	}
 	for id, c := range rv.created {
 		if !seen[id] && m.enis[id] == nil && c.rec.AttachmentID != "" {
@@ -275,11 +276,14 @@ func (m *Manager) setAttachedLocked(enis []awsec2.Interface, rv recentView) {
 func (m *Manager) fromMemory(rec store.RecentENI, rv recentView) *eniState {
 	mac, _ := net.ParseMAC(rec.MAC)
 	e := &eniState{id: rec.ID, mac: mac, card: rec.Card, device: rec.Device, attachmentID: rec.AttachmentID,
-		subnetID: rec.SubnetID, cidr: m.subnets[rec.SubnetID], exclusive: rec.Exclusive, primary: rec.Primary, adopted: true}
+		subnetID: rec.SubnetID, cidr: m.subnets[rec.SubnetID].CIDR, cidr6: m.subnets[rec.SubnetID].IPv6CIDR,
+		exclusive: rec.Exclusive, primary: rec.Primary, adopted: true}
 	pfxs := map[netip.Prefix]bool{}
 	for a, as := range rv.assigned {
 		switch {
 		case as.eniID != rec.ID:
+		case a.Is6(): // an IPv6 prefix, remembered by its first address
+			e.prefixes6 = append(e.prefixes6, netip.PrefixFrom(a, IPv6PrefixBits))
 		case m.cfg.PrefixMode:
 			pfxs[netip.PrefixFrom(a, 28).Masked()] = true
 		default:
@@ -287,6 +291,7 @@ func (m *Manager) fromMemory(rec store.RecentENI, rv recentView) *eniState {
 		}
 	}
 	e.prefixes = slices.SortedFunc(maps.Keys(pfxs), func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
+	slices.SortFunc(e.prefixes6, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
 	return e
 }
 

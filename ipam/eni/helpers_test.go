@@ -369,7 +369,7 @@ func allocWait(ctx context.Context, m *Manager, a *allocator.Allocator, r api.Al
 				return al, err
 			}
 		}
-		if err := a.WaitForAddress(ctx, r.Card, r.Exclusive); err != nil {
+		if err := a.WaitForAddress(ctx, r); err != nil {
 			return al, fmt.Errorf("%w (last EC2 error: %v)", err, m.LastError(r.Card))
 		}
 	}

@@ -34,6 +34,7 @@ import (
 
 	"github.com/multinic/multinic/internal/ctxtime"
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/eni/plan"
 	"github.com/multinic/multinic/ipam/enipool"
@@ -72,7 +73,7 @@ type Manager struct {
 	cards    map[int]*cardState
 	enis     map[string]*eniState // ours, attached to this instance
 	occupied map[int]map[int]string
-	subnets  map[string]netip.Prefix
+	subnets  map[string]awsec2.Subnet
 	// orphanSeen: available ENIs of the cluster the orphan sweep saw, since when (orphans.go).
 	orphanSeen map[string]time.Time
 
@@ -93,6 +94,7 @@ type typeLimits struct {
 
 type cardState struct {
 	index    int
+	family   string // api.FamilyIPv4, FamilyIPv6 or FamilyDual
 	subnetID string
 	groups   []string
 	kick     chan struct{}
@@ -118,23 +120,34 @@ type eniState struct {
 	card, device int
 	attachmentID string
 	subnetID     string
-	cidr         netip.Prefix
+	cidr, cidr6  netip.Prefix // the subnet's IPv4 and IPv6 blocks (cidr6 invalid: none)
 	exclusive    bool
 	primary      netip.Addr
 	secondaries  int
 	prefixes     []netip.Prefix
+	prefixes6    []netip.Prefix // IPv6 /80s
 	linkName     string
 	linkReady    bool
 	dot          bool // DeleteOnTermination set
 	// pending: addresses EC2 gave the ENI that join the pool once its link is ready;
 	// pendingExclusive: the ENI joins the exclusive pool then.
 	pending          []netip.Addr
+	pending6         []netip.Prefix
 	pendingExclusive bool
 	// adopted: found attached at discovery or reconcile; linkChecked once adoptLink looked for its link.
 	adopted, linkChecked bool
 }
 
 func (e *eniState) slots() int { return 1 + e.secondaries + len(e.prefixes) }
+
+// IPv6PrefixBits is the length of the IPv6 prefixes the manager asks EC2 for: EC2 delegates /80s.
+const IPv6PrefixBits = 80
+
+// IPv6Gateway is the VPC router's IPv6 address as pods use it: on EC2 the router answers neighbour
+// discovery for this link-local address on every subnet with an IPv6 block (the AWS VPC CNI routes its
+// IPv6 pods via it too), so one address serves every card and the pod needs no on-link route of the /64.
+// fake-ec2's fabric answers at the same address (fabric.IPv6Gateway).
+var IPv6Gateway = netip.MustParseAddr("fe80:ec2::1")
 
 // New checks cfg and returns a manager; Start does the work.
 func New(cfg Config, d Deps) (*Manager, error) {
@@ -152,7 +165,7 @@ func New(cfg Config, d Deps) (*Manager, error) {
 		cfg: cfg, log: cfg.Logger, ec2: awsec2.New(d.EC2, cfg.ec2()), imds: d.IMDS, alloc: d.Allocator, links: d.Links,
 		recent: newRecent(cfg.SettleTime),
 		cards:  map[int]*cardState{}, enis: map[string]*eniState{}, occupied: map[int]map[int]string{},
-		subnets: map[string]netip.Prefix{}, orphanSeen: map[string]time.Time{},
+		subnets: map[string]awsec2.Subnet{}, orphanSeen: map[string]time.Time{},
 	}
 	// What the previous process changed in EC2 within the settle time, and from now on this one's, in
 	// every checkpoint.
@@ -313,6 +326,16 @@ func (m *Manager) ManagedCards() []int {
 	return out
 }
 
+// Family is the address family the card serves (api.FamilyIPv4 for a card not managed).
+func (m *Manager) Family(card int) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cs := m.cards[card]; cs != nil {
+		return cs.family
+	}
+	return api.FamilyIPv4
+}
+
 // ENI describes one of the manager's ENIs.
 func (m *Manager) ENI(eniID string) (enipool.ENIInfo, bool) {
 	m.mu.Lock()
@@ -324,6 +347,7 @@ func (m *Manager) ENI(eniID string) (enipool.ENIInfo, bool) {
 	return enipool.ENIInfo{
 		ID: e.id, Card: e.card, LinkName: e.linkName, MAC: e.mac.String(), MTU: m.cfg.MTU,
 		SubnetCIDR: e.cidr, Gateway: e.cidr.Masked().Addr().Next(),
+		IPv6SubnetCIDR: e.cidr6, IPv6Gateway: IPv6Gateway,
 	}, true
 }
 

@@ -43,7 +43,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	var missing []string
 	m.mu.Lock()
 	for _, ni := range enis {
-		if id := ni.SubnetID; id != "" && !m.subnets[id].IsValid() {
+		if id := ni.SubnetID; id != "" && !m.subnets[id].CIDR.IsValid() {
 			missing = append(missing, id)
 		}
 	}
@@ -75,6 +75,10 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	known := map[netip.Addr]bool{}
 	for _, p := range m.alloc.Known() {
 		known[p.Address] = true
+	}
+	known6 := map[netip.Prefix]bool{}
+	for _, p := range m.alloc.KnownIPv6() {
+		known6[p.Prefix] = true
 	}
 	var ec2Addrs []allocator.EC2Address
 	m.mu.Lock()
@@ -109,10 +113,11 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		listed[a.Address] = true
 	}
 	for a, as := range rv.assigned {
-		if e := m.enis[as.eniID]; e != nil && !listed[a] && known[a] {
+		if e := m.enis[as.eniID]; e != nil && a.Is4() && !listed[a] && known[a] {
 			ec2Addrs = append(ec2Addrs, allocator.EC2Address{Card: e.card, ENIID: e.id, Address: a})
 		}
 	}
+	ec2Prefixes := m.ec2IPv6PrefixesLocked(enis, rv, known6)
 	m.mu.Unlock()
 
 	diff, err := m.alloc.Reconcile(ec2Addrs)
@@ -123,7 +128,56 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		m.log.Warn("allocator and EC2 disagreed", "stale", len(diff.Stale), "unknown", len(diff.Unknown), "lost", len(diff.Lost))
 	}
 	m.reassignLost(ctx, diff.Lost)
+	diff6, err := m.alloc.ReconcileIPv6(ec2Prefixes)
+	if err != nil {
+		return err
+	}
+	if !diff6.Empty() {
+		m.log.Warn("allocator and EC2 disagreed on IPv6 prefixes", "stale", len(diff6.Stale), "unknown", len(diff6.Unknown), "lost", len(diff6.Lost))
+	}
+	for _, al := range diff6.Lost {
+		// Kept (when in doubt, keep): the pod may still use it; the prefix is EC2's to give back.
+		m.log.Error("allocation's IPv6 address is in no prefix EC2 has on its ENI", "card", al.Card, "eni", al.ENIID,
+			"ipv6", al.IPv6, "container", al.ContainerID, "ifname", al.IfName)
+	}
 	return m.deleteDetachedLocked(ctx)
+}
+
+// ec2IPv6PrefixesLocked is what EC2 says the manager's shared ENIs hold of IPv6 prefixes, as reconcile
+// believes it: prefixes unassigned within SettleTime are gone, ones assigned within SettleTime are there
+// (remembered by their first address, recent.go), whatever a lagging Describe says; the prefixes of an ENI
+// whose link is not ready join when it is (pending6), unless the allocator knows them already. Under m.mu.
+func (m *Manager) ec2IPv6PrefixesLocked(enis []awsec2.Interface, rv recentView, known map[netip.Prefix]bool) []allocator.EC2Prefix {
+	var out []allocator.EC2Prefix
+	listed := map[netip.Prefix]bool{}
+	for _, ni := range enis {
+		e := m.enis[ni.ID]
+		if e == nil || e.exclusive {
+			continue
+		}
+		var pending []netip.Prefix
+		for _, p := range ni.IPv6Prefixes {
+			if _, gone := rv.unassigned[p.Addr()]; gone {
+				continue
+			}
+			if !e.linkReady && !known[p] {
+				pending = append(pending, p)
+				continue
+			}
+			listed[p] = true
+			out = append(out, allocator.EC2Prefix{Card: e.card, ENIID: e.id, Prefix: p})
+		}
+		if !e.linkReady {
+			e.pending6 = pending
+		}
+	}
+	for a, as := range rv.assigned {
+		p := netip.PrefixFrom(a, IPv6PrefixBits)
+		if e := m.enis[as.eniID]; e != nil && a.Is6() && !e.exclusive && !listed[p] && known[p] {
+			out = append(out, allocator.EC2Prefix{Card: e.card, ENIID: e.id, Prefix: p})
+		}
+	}
+	return out
 }
 
 // adoptLink looks once, without waiting, for an adopted ENI's link. An exclusive ENI whose link is not in

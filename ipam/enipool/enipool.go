@@ -21,6 +21,8 @@ type Pools interface {
 	Ready() bool
 	// Managed reports whether the card is one this agent serves.
 	Managed(card int) bool
+	// Family is the address family a managed card serves: api.FamilyIPv4, FamilyIPv6 or FamilyDual.
+	Family(card int) string
 	// ENI describes an ENI the manager created, for the plugin: its link in the node netns,
 	// its MAC and MTU, and its subnet. ok is false for an ENI the manager does not know.
 	ENI(eniID string) (info ENIInfo, ok bool)
@@ -44,4 +46,8 @@ type ENIInfo struct {
 	MTU        int
 	SubnetCIDR netip.Prefix
 	Gateway    netip.Addr // the subnet's router: its network address + 1
+	// IPv6SubnetCIDR is the subnet's IPv6 block (invalid: the subnet has none); IPv6Gateway the VPC
+	// router's link-local address, which pods route IPv6 via.
+	IPv6SubnetCIDR netip.Prefix
+	IPv6Gateway    netip.Addr
 }

@@ -44,9 +44,21 @@ type Checkpoint struct {
 	Allocations []api.Allocation `json:"allocations"`
 	// Addresses is every address the allocator knows, held or not; a held one also appears in Allocations.
 	Addresses []Address `json:"addresses"`
+	// IPv6Prefixes is every IPv6 prefix the allocator knows (cards that serve ipv6 or dual); an address
+	// held from one appears in Allocations as its IPv6.
+	IPv6Prefixes []IPv6Prefix `json:"ipv6Prefixes,omitempty"`
 	// Recent is the ENI manager's memory of its own EC2 changes (package eni), nil when it has none. The
 	// allocator carries it without reading it.
 	Recent *Recent `json:"recent,omitempty"`
+}
+
+// IPv6Prefix is one IPv6 prefix (a /80) of a shared ENI and where its next allocation starts: its
+// addresses are given out in order and never again (see package allocator), so Next must survive restarts.
+type IPv6Prefix struct {
+	Card   int          `json:"card"`
+	ENIID  string       `json:"eniID"`
+	Prefix netip.Prefix `json:"prefix"`
+	Next   netip.Addr   `json:"next"`
 }
 
 // Recent is what the ENI manager changed in EC2 within its settle time. EC2 is eventually consistent:
@@ -59,7 +71,8 @@ type Recent struct {
 	ENIs []RecentENI `json:"enis,omitempty"`
 	// Detached: ENIs detached (or being detached); only ID and At are set.
 	Detached []RecentENI `json:"detached,omitempty"`
-	// Assigned and Unassigned: secondary addresses (prefixes expanded), one entry per EC2 call.
+	// Assigned and Unassigned: secondary addresses (IPv4 prefixes expanded; an IPv6 prefix by its first
+	// address, package eni), one entry per EC2 call.
 	Assigned   []RecentAddresses `json:"assigned,omitempty"`
 	Unassigned []RecentAddresses `json:"unassigned,omitempty"`
 }

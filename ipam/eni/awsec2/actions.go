@@ -103,21 +103,37 @@ func (c *Client) Interfaces(ctx context.Context, filters ...Filter) ([]Interface
 	}
 }
 
-// Subnets returns the CIDR of each subnet.
-func (c *Client) Subnets(ctx context.Context, ids []string) (map[string]netip.Prefix, error) {
+// Subnet is what the agent needs of a subnet: its IPv4 CIDR and its IPv6 CIDR (invalid: none associated).
+type Subnet struct {
+	CIDR, IPv6CIDR netip.Prefix
+}
+
+// Subnets returns the CIDRs of each subnet. Of the IPv6 blocks, the first associated one counts (EC2
+// associates one /64 per subnet).
+func (c *Client) Subnets(ctx context.Context, ids []string) (map[string]Subnet, error) {
 	out, err := call(ctx, c, "DescribeSubnets", true, func(ctx context.Context, o func(*ec2.Options)) (*ec2.DescribeSubnetsOutput, error) {
 		return c.api.DescribeSubnets(ctx, &ec2.DescribeSubnetsInput{SubnetIds: ids}, o)
 	})
 	if err != nil {
 		return nil, err
 	}
-	cidrs := make(map[string]netip.Prefix, len(out.Subnets))
+	cidrs := make(map[string]Subnet, len(out.Subnets))
 	for _, sn := range out.Subnets {
 		p, err := netip.ParsePrefix(aws.ToString(sn.CidrBlock))
 		if err != nil {
 			return nil, fmt.Errorf("subnet %s cidr %q: %w", aws.ToString(sn.SubnetId), aws.ToString(sn.CidrBlock), err)
 		}
-		cidrs[aws.ToString(sn.SubnetId)] = p
+		s := Subnet{CIDR: p}
+		for _, a := range sn.Ipv6CidrBlockAssociationSet {
+			if st := a.Ipv6CidrBlockState; st != nil && st.State != types.SubnetCidrBlockStateCodeAssociated {
+				continue
+			}
+			if p6, err := netip.ParsePrefix(aws.ToString(a.Ipv6CidrBlock)); err == nil && p6.Addr().Is6() {
+				s.IPv6CIDR = p6.Masked()
+				break
+			}
+		}
+		cidrs[aws.ToString(sn.SubnetId)] = s
 	}
 	return cidrs, nil
 }
@@ -131,6 +147,9 @@ type CreateRequest struct {
 	// Count secondary addresses (or /28 prefixes, with Prefixes) to start with; 0: the primary alone.
 	Count    int
 	Prefixes bool
+	// IPv6Prefixes is how many IPv6 /80 prefixes (Ipv6PrefixCount), IPv6Addresses how many IPv6 addresses
+	// (Ipv6AddressCount) the ENI starts with.
+	IPv6Prefixes, IPv6Addresses int
 	// ClientToken makes the create idempotent across the client's retries; a new logical create takes a
 	// new one.
 	ClientToken string
@@ -155,6 +174,12 @@ func (c *Client) Create(ctx context.Context, r CreateRequest) (Interface, error)
 		in.Ipv4PrefixCount = aws.Int32(int32(r.Count))
 	default:
 		in.SecondaryPrivateIpAddressCount = aws.Int32(int32(r.Count))
+	}
+	if r.IPv6Prefixes > 0 {
+		in.Ipv6PrefixCount = aws.Int32(int32(r.IPv6Prefixes))
+	}
+	if r.IPv6Addresses > 0 {
+		in.Ipv6AddressCount = aws.Int32(int32(r.IPv6Addresses))
 	}
 	out, err := call(ctx, c, "CreateNetworkInterface", true, func(ctx context.Context, o func(*ec2.Options)) (*ec2.CreateNetworkInterfaceOutput, error) {
 		return c.api.CreateNetworkInterface(ctx, in, o)
@@ -257,6 +282,28 @@ func (c *Client) Unassign(ctx context.Context, eniID string, addrs []netip.Addr,
 	in := &ec2.UnassignPrivateIpAddressesInput{NetworkInterfaceId: aws.String(eniID), PrivateIpAddresses: strs(addrs), Ipv4Prefixes: strs(pfxs)}
 	_, err := call(ctx, c, "UnassignPrivateIpAddresses", true, func(ctx context.Context, o func(*ec2.Options)) (*ec2.UnassignPrivateIpAddressesOutput, error) {
 		return c.api.UnassignPrivateIpAddresses(ctx, in, o)
+	})
+	return err
+}
+
+// AssignIPv6Prefixes asks EC2 for n more IPv6 /80 prefixes on an ENI (AssignIpv6Addresses with
+// Ipv6PrefixCount) and returns the new ones.
+func (c *Client) AssignIPv6Prefixes(ctx context.Context, eniID string, n int) ([]netip.Prefix, error) {
+	in := &ec2.AssignIpv6AddressesInput{NetworkInterfaceId: aws.String(eniID), Ipv6PrefixCount: aws.Int32(int32(n))}
+	out, err := call(ctx, c, "AssignIpv6Addresses", true, func(ctx context.Context, o func(*ec2.Options)) (*ec2.AssignIpv6AddressesOutput, error) {
+		return c.api.AssignIpv6Addresses(ctx, in, o)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return parsePrefixes6(out.AssignedIpv6Prefixes), nil
+}
+
+// UnassignIPv6 gives IPv6 addresses and prefixes of an ENI back to EC2.
+func (c *Client) UnassignIPv6(ctx context.Context, eniID string, addrs []netip.Addr, pfxs []netip.Prefix) error {
+	in := &ec2.UnassignIpv6AddressesInput{NetworkInterfaceId: aws.String(eniID), Ipv6Addresses: strs(addrs), Ipv6Prefixes: strs(pfxs)}
+	_, err := call(ctx, c, "UnassignIpv6Addresses", true, func(ctx context.Context, o func(*ec2.Options)) (*ec2.UnassignIpv6AddressesOutput, error) {
+		return c.api.UnassignIpv6Addresses(ctx, in, o)
 	})
 	return err
 }

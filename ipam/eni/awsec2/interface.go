@@ -26,6 +26,9 @@ type Interface struct {
 	Primary     netip.Addr
 	Secondaries []netip.Addr
 	Prefixes    []netip.Prefix
+	// IPv6Addresses and IPv6Prefixes are its IPv6 addresses and delegated prefixes (/80s).
+	IPv6Addresses []netip.Addr
+	IPv6Prefixes  []netip.Prefix
 }
 
 // Attachment is where an ENI is attached.
@@ -64,6 +67,25 @@ func Parse(ni types.NetworkInterface) Interface {
 		out.Primary, _ = netip.ParseAddr(aws.ToString(ni.PrivateIpAddress))
 	}
 	out.Prefixes = parsePrefixes(ni.Ipv4Prefixes)
+	for _, a := range ni.Ipv6Addresses {
+		if ip, err := netip.ParseAddr(aws.ToString(a.Ipv6Address)); err == nil && ip.Is6() {
+			out.IPv6Addresses = append(out.IPv6Addresses, ip)
+		}
+	}
+	for _, p := range ni.Ipv6Prefixes {
+		out.IPv6Prefixes = append(out.IPv6Prefixes, parsePrefixes6([]string{aws.ToString(p.Ipv6Prefix)})...)
+	}
+	return out
+}
+
+// parsePrefixes6 parses IPv6 prefixes, skipping any malformed (EC2 never sends one).
+func parsePrefixes6(ps []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if pfx, err := netip.ParsePrefix(p); err == nil && pfx.Addr().Is6() {
+			out = append(out, pfx.Masked())
+		}
+	}
 	return out
 }
 

@@ -6,7 +6,8 @@ type Class string
 
 // EC2's throttling classes (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html).
 const (
-	// Mutating: Assign/UnassignPrivateIpAddresses, Create/DeleteNetworkInterface, ModifyNetworkInterfaceAttribute.
+	// Mutating: Assign/UnassignPrivateIpAddresses, Assign/UnassignIpv6Addresses, Create/DeleteNetworkInterface,
+	// ModifyNetworkInterfaceAttribute.
 	Mutating Class = "mutating"
 	// AttachDetach: Attach/DetachNetworkInterface.
 	AttachDetach Class = "attach-detach"
@@ -51,7 +52,7 @@ func Limits(mutatingRate float64, mutatingBurst int) map[Class]Bucket {
 // classOf is the class of one call; filtered says whether a Describe names filters or IDs.
 func classOf(action string, filtered bool) Class {
 	switch action {
-	case "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "CreateNetworkInterface",
+	case "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses", "UnassignIpv6Addresses", "CreateNetworkInterface",
 		"DeleteNetworkInterface", "ModifyNetworkInterfaceAttribute":
 		return Mutating
 	case "AttachNetworkInterface", "DetachNetworkInterface":

@@ -3,7 +3,9 @@
 // the actions to take come out. It calls nothing, reads no clock and keeps no state, so every rule is a
 // table test: refill (Need, Batch), batch halving (Smaller), hysteresis and shrink (Surplus, the surplus
 // timers), cooldown (resting addresses count as free but are never given back; Backoff after failures),
-// and exclusive ENIs (made for waiting allocations, waited for on a full card, given back when unasked).
+// exclusive ENIs (made for waiting allocations, waited for on a full card, given back when unasked), and
+// the card's address family (an IPv6 /80 on every shared ENI of an ipv6 or dual card; no IPv4 kept warm
+// on an ipv6 card).
 // Package eni gathers the input, executes the plan against EC2 and the allocator, and plans again.
 package plan
 
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 // PrefixSize is how many addresses a /28 prefix delegates.
@@ -45,11 +48,15 @@ type ENI struct {
 	// Slots it uses: its primary, its secondary addresses and its prefixes.
 	Slots    int
 	Prefixes []netip.Prefix
+	// IPv6Prefixes counts its IPv6 /80s.
+	IPv6Prefixes int
 }
 
 // Card is one card as the manager sees it.
 type Card struct {
-	ENIs []ENI
+	// Family is the card's: api.FamilyIPv4 (or ""), FamilyIPv6 or FamilyDual.
+	Family string
+	ENIs   []ENI
 	// Attached counts the ENIs attached to the card, the manager's or not; MaxENIs is the most it takes.
 	Attached, MaxENIs int
 	// SlotsPerENI is how many addresses (the primary included) or prefixes (plus the primary) an ENI holds.
@@ -86,6 +93,8 @@ const (
 	GiveBack
 	// RemoveExclusive detaches and deletes the free exclusive ENIID, whose primary is Addresses[0].
 	RemoveExclusive
+	// AssignIPv6Prefix gives the shared ENIID an IPv6 /80 (an ENI of an ipv6 or dual card found without).
+	AssignIPv6Prefix
 )
 
 // Action is one thing to do.
@@ -115,6 +124,9 @@ type Plan struct {
 // the refill needs nothing, the shared surplus to give back.
 func Step(c Card, cfg Config) Plan {
 	p := Plan{SurplusSince: c.SurplusSince, ExclusiveSince: c.ExclusiveSince}
+	if !api.WantsIPv4(c.Family) { // IPv6 only: no IPv4 address is ever allocated, none is kept
+		cfg.WarmTarget, cfg.MinFree = 0, 0
+	}
 	enis := slices.Clone(c.ENIs)
 	slices.SortFunc(enis, func(x, y ENI) int { return cmp.Or(cmp.Compare(x.Device, y.Device), cmp.Compare(x.ID, y.ID)) })
 	shared := 0
@@ -127,8 +139,11 @@ func Step(c Card, cfg Config) Plan {
 		}
 	}
 	for _, e := range enis {
-		if !e.Ready {
+		switch {
+		case !e.Ready:
 			p.Actions = append(p.Actions, Action{Kind: FinishENI, ENIID: e.ID})
+		case !e.Exclusive && e.IPv6Prefixes == 0 && api.WantsIPv6(c.Family):
+			p.Actions = append(p.Actions, Action{Kind: AssignIPv6Prefix, ENIID: e.ID})
 		}
 	}
 	if shared == 0 { // the card's first ENI, whatever the demand: it makes the card ready

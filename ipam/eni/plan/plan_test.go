@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/ipam/allocator"
+	"github.com/multinic/multinic/ipam/api"
 )
 
 var (
@@ -141,6 +142,11 @@ func shared(id string, device, slots int) ENI {
 
 func exclusive(id string, device int) ENI {
 	return ENI{ID: id, Device: device, Exclusive: true, Ready: true, DeleteOnTermination: true, Slots: 1}
+}
+
+func withPrefix(e ENI) ENI {
+	e.IPv6Prefixes = 1
+	return e
 }
 
 // card is a card with room for 4 ENIs of 15 slots, one shared ENI half full and the pool at its target.
@@ -308,6 +314,44 @@ func TestStep(t *testing.T) {
 				c.Pool.Exclusive.Warm = 1
 			},
 			want: Plan{ExclusiveSince: map[string]time.Time{"eni-x": t0.Add(-time.Hour)}},
+		},
+		{
+			name: "ipv6: a shared ENI without a /80 gets one, with the repairs; exclusive ENIs and ENIs not ready do not", edit: func(c *Card) {
+				c.Family = api.FamilyDual
+				c.ENIs = []ENI{shared("eni-a", 1, 8), {ID: "eni-b", Device: 2, DeleteOnTermination: true, Slots: 1},
+					exclusive("eni-x", 3), withPrefix(shared("eni-c", 4, 2))}
+				c.Pool = stats(0, 0, 3)
+			},
+			want: Plan{Actions: []Action{{Kind: AssignIPv6Prefix, ENIID: "eni-a"}, {Kind: FinishENI, ENIID: "eni-b"}}},
+		},
+		{
+			name: "ipv6: every shared ENI with its /80, dual refills IPv4 as ipv4 does", edit: func(c *Card) {
+				c.Family = api.FamilyDual
+				c.ENIs = []ENI{withPrefix(shared("eni-a", 1, 8))}
+				c.Pool = stats(1, 0, 0)
+			},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3}}},
+		},
+		{
+			name: "ipv4 card: no /80 asked for", edit: func(c *Card) { c.Family = api.FamilyIPv4 },
+			want: Plan{},
+		},
+		{
+			name: "ipv6 only: the first ENI without IPv4 addresses", edit: func(c *Card) {
+				c.Family = api.FamilyIPv6
+				c.ENIs = nil
+				c.Pool = stats(0, 0, 0)
+			},
+			want: Plan{Actions: []Action{{Kind: CreateENI, Batch: 0}}},
+		},
+		{
+			name: "ipv6 only: no IPv4 refill, and IPv4 addresses found warm are surplus", edit: func(c *Card) {
+				c.Family = api.FamilyIPv6
+				c.ENIs = []ENI{withPrefix(shared("eni-a", 1, 3))}
+				c.Pool = stats(2, 0, 0)
+				c.Warm = pool("eni-a", "10.0.0.1", "10.0.0.2")
+			},
+			want: Plan{Next: t0.Add(time.Minute), SurplusSince: map[netip.Addr]time.Time{ip("10.0.0.1"): t0, ip("10.0.0.2"): t0}},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
