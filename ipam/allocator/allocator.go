@@ -32,6 +32,9 @@ type PoolAddress struct {
 	Address netip.Addr
 	// Exclusive: the primary address standing for a whole ENI in the card's exclusive pool.
 	Exclusive bool
+	// IPv6 is an exclusive ENI's IPv6 address (zero: it has none), which an ipv6 or dual allocation of
+	// the ENI gets.
+	IPv6      netip.Addr
 	Allocated bool
 	// RestUntil is when a released address may be reused; zero if never released.
 	RestUntil time.Time
@@ -105,6 +108,7 @@ type slot struct {
 	addr      netip.Addr
 	eni       string
 	exclusive bool
+	addr6     netip.Addr      // exclusive only: the ENI's IPv6 address, if it has one
 	holder    *api.Allocation // nil when free
 	restUntil time.Time
 	// away (exclusive only): released, its link not yet confirmed home; never given out meanwhile.
@@ -121,7 +125,7 @@ func (s *slot) resting(now time.Time) bool {
 }
 
 func (s *slot) pool() PoolAddress {
-	return PoolAddress{Card: s.card, ENIID: s.eni, Address: s.addr, Exclusive: s.exclusive,
+	return PoolAddress{Card: s.card, ENIID: s.eni, Address: s.addr, Exclusive: s.exclusive, IPv6: s.addr6,
 		Allocated: s.holder != nil, RestUntil: s.restUntil, Away: s.away, AwayNetns: s.awayNetns}
 }
 
@@ -240,7 +244,7 @@ func (a *Allocator) slotOf(al *api.Allocation) *slot {
 }
 
 func (a *Allocator) prefixOf6(al *api.Allocation) *prefix6 {
-	if !al.IPv6.IsValid() {
+	if !al.IPv6.IsValid() || al.Exclusive { // an exclusive ENI's IPv6 address is its own, in no prefix
 		return nil
 	}
 	return a.card(al.Card).prefixOf(al.IPv6)
@@ -296,7 +300,7 @@ func (a *Allocator) checkpoint() store.Checkpoint {
 	for _, p := range a.knownLocked() {
 		cp.Addresses = append(cp.Addresses, store.Address{
 			Card: p.Card, Address: p.Address, ENIID: p.ENIID, Exclusive: p.Exclusive, RestUntil: p.RestUntil,
-			Away: p.Away, AwayNetns: p.AwayNetns,
+			Away: p.Away, AwayNetns: p.AwayNetns, IPv6: p.IPv6,
 		})
 	}
 	return cp
@@ -316,11 +320,11 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 				return fmt.Errorf("exclusive ENI %s listed twice on card %d", ad.ENIID, ad.Card)
 			}
 		}
-		if ad.Away && !ad.Exclusive {
-			return fmt.Errorf("shared address %s marked away", ad.Address)
+		if (ad.Away || ad.IPv6.IsValid()) && !ad.Exclusive {
+			return fmt.Errorf("shared address %s marked away or with an IPv6 address", ad.Address)
 		}
 		a.addSlot(&slot{card: ad.Card, addr: ad.Address, eni: ad.ENIID, exclusive: ad.Exclusive, restUntil: ad.RestUntil,
-			away: ad.Away, awayNetns: ad.AwayNetns})
+			away: ad.Away, awayNetns: ad.AwayNetns, addr6: ad.IPv6})
 	}
 	for _, sp := range cp.IPv6Prefixes {
 		if err := checkPrefix6(sp.Card, sp.ENIID, sp.Prefix); err != nil {
@@ -345,7 +349,12 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 			return fmt.Errorf("container %s interface %s allocated twice", al.ContainerID, al.IfName)
 		}
 		var p *prefix6
-		if al.IPv6.IsValid() {
+		if al.Exclusive && al.IPv6.IsValid() {
+			if s := a.slots[al.Address]; s == nil || s.addr6 != al.IPv6 {
+				return fmt.Errorf("exclusive allocation of %s to container %s interface %s: its ENI %s has no such IPv6 address",
+					al.IPv6, al.ContainerID, al.IfName, al.ENIID)
+			}
+		} else if al.IPv6.IsValid() {
 			p = a.prefixOf6(al)
 			switch {
 			case p == nil || p.eni != al.ENIID:
@@ -549,6 +558,9 @@ func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 		prevNext, p.next = p.next, next
 		al.IPv6, al.ENIID = addr, p.eni
 	}
+	if s != nil && s.exclusive && api.WantsIPv6(req.Family) {
+		al.IPv6 = s.addr6 // the whole ENI: its own IPv6 address
+	}
 	a.hold(s, p, al)
 	if err := a.persist(); err != nil {
 		a.unhold(s, p, al)
@@ -560,11 +572,24 @@ func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 	return *al, nil
 }
 
+// withIPv6 is the exclusive ENIs that have an IPv6 address.
+func withIPv6(m map[string]*slot) map[string]*slot {
+	out := make(map[string]*slot, len(m))
+	for k, s := range m {
+		if s.addr6.IsValid() {
+			out[k] = s
+		}
+	}
+	return out
+}
+
 // pickFor is what a new allocation of req takes: an IPv4 slot (nil for family ipv6) and an IPv6 prefix
 // (nil for ipv4), both on one ENI for dual; both nil when the pool cannot serve it now. A dual allocation
 // takes the usable IPv4 address pick would, among the ENIs that have a prefix with room.
 func (c *card) pickFor(req api.AllocateRequest, now time.Time) (*slot, *prefix6) {
 	switch {
+	case req.Exclusive && api.WantsIPv6(req.Family):
+		return pick(withIPv6(c.exclusive), now), nil
 	case req.Exclusive:
 		return pick(c.exclusive, now), nil
 	case !api.WantsIPv6(req.Family):

@@ -44,8 +44,19 @@ func (a *Allocator) AddAddresses(cardN int, eniID string, addrs ...netip.Addr) (
 }
 
 // AddExclusiveENI puts a whole ENI into the card's exclusive pool; an exclusive request gets its primary
-// address. Adding the same ENI again is a no-op; an ENI or address known in another role is ErrConflict.
-func (a *Allocator) AddExclusiveENI(cardN int, eniID string, primary netip.Addr) error {
+// address, and, given ipv6 (the ENI's IPv6 address; at most one), an ipv6 or dual request gets that (only
+// ENIs with one serve those). Adding the same ENI again is a no-op; an ENI or address known in another
+// role is ErrConflict.
+func (a *Allocator) AddExclusiveENI(cardN int, eniID string, primary netip.Addr, ipv6 ...netip.Addr) error {
+	var addr6 netip.Addr
+	switch {
+	case len(ipv6) > 1:
+		return fmt.Errorf("add exclusive ENI %s to card %d: %d IPv6 addresses, want at most one: %w", eniID, cardN, len(ipv6), api.ErrInvalid)
+	case len(ipv6) == 1 && !ipv6[0].Is6():
+		return fmt.Errorf("add exclusive ENI %s to card %d: IPv6 address %s invalid: %w", eniID, cardN, ipv6[0], api.ErrInvalid)
+	case len(ipv6) == 1:
+		addr6 = ipv6[0]
+	}
 	if err := checkAddress(cardN, eniID, primary); err != nil {
 		return fmt.Errorf("add exclusive ENI to card %d: %w", cardN, err)
 	}
@@ -69,7 +80,7 @@ func (a *Allocator) AddExclusiveENI(cardN int, eniID string, primary netip.Addr)
 				eniID, cardN, ErrConflict)
 		}
 	}
-	s := &slot{card: cardN, addr: primary, eni: eniID, exclusive: true}
+	s := &slot{card: cardN, addr: primary, eni: eniID, exclusive: true, addr6: addr6}
 	a.addSlot(s)
 	if err := a.persist(); err != nil {
 		a.removeSlot(s)

@@ -325,6 +325,51 @@ func TestReconcileIPv6(t *testing.T) {
 	checkInvariants(t, a)
 }
 
+// TestExclusiveIPv6: an ipv6 or dual exclusive allocation gets a whole ENI that has an IPv6 address, and
+// that address; ENIs without one serve ipv4 only. The ENI's primary stands for it in the record.
+func TestExclusiveIPv6(t *testing.T) {
+	a, st, _ := newTest(t)
+	if err := a.AddExclusiveENI(1, "eni-old", netip.MustParseAddr("10.1.9.1")); err != nil {
+		t.Fatal(err)
+	}
+	x := func(p int, family string) api.AllocateRequest {
+		r := reqFamily(p, 1, family)
+		r.Exclusive = true
+		return r
+	}
+	if _, err := a.Allocate(x(1, api.FamilyDual)); !errors.Is(err, ErrPoolEmpty) {
+		t.Fatalf("dual exclusive with only an ENI without IPv6: %v, want ErrPoolEmpty", err)
+	}
+	v6 := netip.MustParseAddr("2001:db8:ec2:1::77")
+	if err := a.AddExclusiveENI(1, "eni-new", netip.MustParseAddr("10.1.9.2"), v6); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AddExclusiveENI(1, "eni-bad", netip.MustParseAddr("10.1.9.3"), netip.MustParseAddr("10.1.9.4")); !errors.Is(err, api.ErrInvalid) {
+		t.Errorf("an IPv4 address as the ENI's IPv6 one: %v", err)
+	}
+	al := mustAllocate(t, a, x(1, api.FamilyDual))
+	if al.ENIID != "eni-new" || al.Address != netip.MustParseAddr("10.1.9.2") || al.IPv6 != v6 {
+		t.Errorf("dual exclusive %+v", al)
+	}
+	if old := mustAllocate(t, a, x(2, api.FamilyIPv4)); old.ENIID != "eni-old" || old.IPv6.IsValid() {
+		t.Errorf("ipv4 exclusive %+v", old)
+	}
+	b, err := New(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.Lookup(al.ContainerID, al.IfName); got != al {
+		t.Errorf("restored %+v, want %+v", got, al)
+	}
+	if _, ok, err := b.Release(al.ContainerID, al.IfName); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if k := b.AwayExclusive(1); len(k) != 1 || k[0].IPv6 != v6 {
+		t.Errorf("released ENI %+v: away, with its IPv6 address", k)
+	}
+	checkInvariants(t, b)
+}
+
 // TestAdoptIPv6Prefixes: a prefix adopted without a checkpoint gives out addresses from a random point of
 // its upper half, a fresh one from its start.
 func TestAdoptIPv6Prefixes(t *testing.T) {

@@ -181,10 +181,6 @@ func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp a
 		return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w: \"family\" %q invalid: card %d serves %q (a plugin older than the family key sends none, which is ipv4: update the plugin, or the NAD's family does not match the agent's --family)",
 			req.Card, pod, api.ErrInvalid, got, req.Card, want)
 	}
-	if req.Exclusive && api.WantsIPv6(req.Family) {
-		return api.AllocateResponse{}, fmt.Errorf("allocate exclusive ENI on card %d for %s: %w: \"family\" %q: this agent moves whole ENIs with their IPv4 address only; use mode ipvlan for IPv6",
-			req.Card, pod, api.ErrInvalid, req.Family)
-	}
 	_, existed := b.alloc.Lookup(req.ContainerID, req.IfName)
 	var al api.Allocation
 	defer func() {

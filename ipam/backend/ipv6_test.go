@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/enipool"
 )
 
 // ipv6Pools manages card 1 (dual), 2 (ipv6) and 3 (ipv4); cards 1 and 2's ENIs have an IPv6 block.
@@ -82,11 +83,6 @@ func TestAllocateFamilies(t *testing.T) {
 		{"old plugin on an ipv6 card", familyReq(2, "c2", "net2", "p2", ""), `card 2 serves "ipv6"`},
 		{"ipv6 on an ipv4 card", familyReq(3, "c2", "net3", "p2", api.FamilyIPv6), `"family" "ipv6" invalid: card 3 serves "ipv4"`},
 		{"ipv6 on a dual card", familyReq(1, "c2", "net1", "p2", api.FamilyIPv6), `card 1 serves "dual"`},
-		{"exclusive dual", func() api.AllocateRequest {
-			r := familyReq(1, "c2", "net1", "p2", api.FamilyDual)
-			r.Exclusive = true
-			return r
-		}(), `"family" "dual"`},
 	} {
 		_, err := c.Allocate(ctx, tt.req)
 		if !errors.Is(err, api.ErrInvalid) || api.CNICode(err) != 7 || !strings.Contains(err.Error(), tt.msg) {
@@ -114,6 +110,30 @@ func TestAllocateFamilies(t *testing.T) {
 	}
 	if strings.Contains(string(body), `multinic_card_ipv6_prefixes{card="3"}`) {
 		t.Error("/metrics has IPv6 gauges for the ipv4 card")
+	}
+
+	// Exclusive: the whole ENI with its own IPv6 address; an ENI without one serves no ipv6 request.
+	if err := ta.alloc.AddExclusiveENI(2, "eni-x-old", netip.MustParseAddr("10.2.9.1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ta.alloc.AddExclusiveENI(2, "eni-x", netip.MustParseAddr("10.2.9.2"), netip.MustParseAddr("2001:db8:ec2:2::abc")); err != nil {
+		t.Fatal(err)
+	}
+	ta.pools.enis["eni-x"] = enipool.ENIInfo{ID: "eni-x", Card: 2, LinkName: "ens2x", MAC: "02:00:00:00:02:99", MTU: 9001,
+		SubnetCIDR: netip.MustParsePrefix("10.2.0.0/20"), Gateway: netip.MustParseAddr("10.2.0.1"),
+		IPv6SubnetCIDR: netip.MustParsePrefix("2001:db8:ec2:2::/64"), IPv6Gateway: gw6}
+	xr := familyReq(2, "c3", "net2", "p3", api.FamilyIPv6)
+	xr.Exclusive = true
+	x, err := c.Allocate(ctx, xr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !x.Exclusive || x.ENIID != "eni-x" || x.Address.IsValid() || x.IPv6 == nil || x.IPv6.Address != netip.MustParseAddr("2001:db8:ec2:2::abc") ||
+		x.IPv6.SubnetCIDR != netip.MustParsePrefix("2001:db8:ec2:2::/64") || x.LinkName != "ens2x" {
+		t.Errorf("exclusive ipv6 answer %+v (ipv6 %+v): want eni-x with its own IPv6 address and no IPv4 fields", x, x.IPv6)
+	}
+	if al, _ := ta.alloc.Lookup("c3", "net2"); al.Address != netip.MustParseAddr("10.2.9.2") || al.IPv6 != x.IPv6.Address {
+		t.Errorf("exclusive ipv6 record %+v: the ENI's primary stands for the ENI, with its IPv6 address", al)
 	}
 
 	// Status: an ipv6 card with a prefix is ready though it has no IPv4 address.

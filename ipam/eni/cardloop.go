@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/internal/ctxtime"
+	"github.com/multinic/multinic/ipam/api"
 	"github.com/multinic/multinic/ipam/eni/awsec2"
 	"github.com/multinic/multinic/ipam/eni/plan"
 )
@@ -114,7 +115,7 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 			IPv6Prefixes: len(e.prefixes6),
 		})
 	}
-	in.Family = cs.family
+	in.NoIPv4, in.IPv6 = !api.WantsIPv4(cs.family), api.WantsIPv6(cs.family)
 	in.Attached, in.MaxENIs, in.SlotsPerENI = len(m.occupied[cs.index]), m.limits.enisPerCard[cs.index], m.limits.ipv4PerENI
 	in.ExclusiveWaiting, in.ExclusiveAsked = cs.exclWaiting, !cs.exclAsked.IsZero()
 	in.SurplusSince, in.ExclusiveSince = cs.surplusSince, cs.exclSince
@@ -315,7 +316,7 @@ func (m *Manager) removeExclusive(ctx context.Context, cs *cardState, id string,
 		return nil
 	}
 	if err := m.detachDelete(ctx, e); err != nil {
-		if aerr := m.alloc.AddExclusiveENI(cs.index, id, primary); aerr != nil {
+		if aerr := m.alloc.AddExclusiveENI(cs.index, id, primary, e.ipv6Arg()...); aerr != nil {
 			err = errors.Join(err, aerr)
 		}
 		return err

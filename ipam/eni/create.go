@@ -74,7 +74,11 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 		SubnetID: cs.subnetID, Groups: cs.groups, Tags: m.tags(cs.index, exclusive), Count: n, Prefixes: m.cfg.PrefixMode,
 		Description: fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID), ClientToken: newToken(),
 	}
-	if !exclusive && api.WantsIPv6(cs.family) {
+	switch {
+	case !api.WantsIPv6(cs.family):
+	case exclusive:
+		req.IPv6Addresses = 1 // the pod's, with the whole ENI
+	default:
 		req.IPv6Prefixes = 1 // 2^48 addresses: the card's IPv6 pool never waits on EC2 again
 	}
 	ni, err := m.ec2.Create(ctx, req)
@@ -120,6 +124,9 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	e := &eniState{
 		id: id, mac: mac, card: cs.index, device: dev, attachmentID: attachment, subnetID: ni.SubnetID, exclusive: exclusive,
 		primary: ni.Primary, secondaries: len(ni.Secondaries), prefixes: ni.Prefixes, prefixes6: ni.IPv6Prefixes,
+	}
+	if len(ni.IPv6Addresses) > 0 {
+		e.ipv6 = ni.IPv6Addresses[0]
 	}
 	addrs := ni.Addresses()
 	m.recent.attached(id, dev, e.attachmentID)
@@ -229,7 +236,7 @@ func (m *Manager) finishENI(ctx context.Context, e *eniState) error {
 		}
 	}
 	if excl {
-		if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary); err != nil {
+		if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary, e.ipv6Arg()...); err != nil {
 			return fmt.Errorf("add exclusive ENI %s to card %d: %w", e.id, e.card, err)
 		}
 	}

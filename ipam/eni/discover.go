@@ -242,6 +242,9 @@ func (m *Manager) setAttachedLocked(enis []awsec2.Interface, rv recentView) {
 		if ni.Primary.IsValid() {
 			set(&e.primary, ni.Primary)
 		}
+		if len(ni.IPv6Addresses) > 0 {
+			set(&e.ipv6, ni.IPv6Addresses[0])
+		}
 		e.dot = att.DeleteOnTermination
 		e.secondaries, e.prefixes, e.prefixes6 = len(ni.Secondaries), ni.Prefixes, ni.IPv6Prefixes
 	}

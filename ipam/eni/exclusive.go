@@ -161,7 +161,7 @@ func (m *Manager) checkExclusive(ctx context.Context, cs *cardState, deleteDead 
 		if _, err := m.restoreLink(cs, e, name); err != nil {
 			return err
 		}
-		if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary); err != nil {
+		if err := m.alloc.AddExclusiveENI(e.card, e.id, e.primary, e.ipv6Arg()...); err != nil {
 			return fmt.Errorf("register exclusive ENI %s on card %d: %w", e.id, e.card, err)
 		}
 		m.log.Info("registered exclusive ENI found in the node netns", "card", cs.index, "eni", e.id, "link", name)

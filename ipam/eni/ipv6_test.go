@@ -262,3 +262,36 @@ func TestIPv6SubnetWithoutIPv6(t *testing.T) {
 		t.Errorf("%d ENIs of ours, want card 3's alone (no ENI left behind by the failed creates)", n)
 	}
 }
+
+// TestIPv6Exclusive: on a dual card an exclusive ENI is created with one IPv6 address, which the pod gets
+// with the ENI; on an ipv4 card without one.
+func TestIPv6Exclusive(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	m := e.start(e.ipv6Config(), e.alloc)
+	waitReady(t, m, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := familyReq(1, 1, api.FamilyDual)
+	r.Exclusive = true
+	al, err := allocWait(ctx, m, e.alloc, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, ok := e.eniState(al.ENIID)
+	if !ok || x.Tags[TagMode] != ModeExclusive || x.PrimaryIP != al.Address.String() || len(x.IPv6Addresses) != 1 ||
+		x.IPv6Addresses[0] != al.IPv6.String() || !e.subnetIPv6(1).Contains(al.IPv6) || len(x.IPv6Prefixes) != 0 {
+		t.Errorf("dual exclusive allocation %+v on ENI %+v: want its primary and its one IPv6 address", al, x)
+	}
+	if info, _ := m.ENI(al.ENIID); info.IPv6SubnetCIDR != e.subnetIPv6(1) {
+		t.Errorf("ENI(%s) = %+v", al.ENIID, info)
+	}
+	r4 := podReq(2, 3)
+	r4.Exclusive = true
+	al4, err := allocWait(ctx, m, e.alloc, r4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x, _ := e.eniState(al4.ENIID); len(x.IPv6Addresses) != 0 || al4.IPv6.IsValid() {
+		t.Errorf("ipv4 card's exclusive ENI %+v, allocation %+v: want no IPv6", x, al4)
+	}
+}

@@ -123,6 +123,7 @@ type eniState struct {
 	cidr, cidr6  netip.Prefix // the subnet's IPv4 and IPv6 blocks (cidr6 invalid: none)
 	exclusive    bool
 	primary      netip.Addr
+	ipv6         netip.Addr // an exclusive ENI's IPv6 address (ipv6 and dual cards), zero when none
 	secondaries  int
 	prefixes     []netip.Prefix
 	prefixes6    []netip.Prefix // IPv6 /80s
@@ -139,6 +140,14 @@ type eniState struct {
 }
 
 func (e *eniState) slots() int { return 1 + e.secondaries + len(e.prefixes) }
+
+// ipv6Arg is e's IPv6 address as AddExclusiveENI takes it: none, or the one.
+func (e *eniState) ipv6Arg() []netip.Addr {
+	if e.ipv6.IsValid() {
+		return []netip.Addr{e.ipv6}
+	}
+	return nil
+}
 
 // IPv6PrefixBits is the length of the IPv6 prefixes the manager asks EC2 for: EC2 delegates /80s.
 const IPv6PrefixBits = 80

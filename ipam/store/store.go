@@ -110,6 +110,8 @@ type Address struct {
 	// link is seen back in the node netns. AwayNetns is the netns its last holder had, when known.
 	Away      bool   `json:"away,omitempty"`
 	AwayNetns string `json:"awayNetns,omitempty"`
+	// IPv6 is an exclusive ENI's IPv6 address, which an ipv6 or dual allocation of it gets; zero: none.
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
 }
 
 // Store loads and saves the checkpoint.

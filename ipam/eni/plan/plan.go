@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/ipam/allocator"
-	"github.com/multinic/multinic/ipam/api"
 )
 
 // PrefixSize is how many addresses a /28 prefix delegates.
@@ -54,9 +53,9 @@ type ENI struct {
 
 // Card is one card as the manager sees it.
 type Card struct {
-	// Family is the card's: api.FamilyIPv4 (or ""), FamilyIPv6 or FamilyDual.
-	Family string
-	ENIs   []ENI
+	// The card's address family: NoIPv4 for ipv6 (no IPv4 address is allocated), IPv6 for ipv6 and dual.
+	NoIPv4, IPv6 bool
+	ENIs         []ENI
 	// Attached counts the ENIs attached to the card, the manager's or not; MaxENIs is the most it takes.
 	Attached, MaxENIs int
 	// SlotsPerENI is how many addresses (the primary included) or prefixes (plus the primary) an ENI holds.
@@ -124,7 +123,7 @@ type Plan struct {
 // the refill needs nothing, the shared surplus to give back.
 func Step(c Card, cfg Config) Plan {
 	p := Plan{SurplusSince: c.SurplusSince, ExclusiveSince: c.ExclusiveSince}
-	if !api.WantsIPv4(c.Family) { // IPv6 only: no IPv4 address is ever allocated, none is kept
+	if c.NoIPv4 { // IPv6 only: no IPv4 address is ever allocated, none is kept
 		cfg.WarmTarget, cfg.MinFree = 0, 0
 	}
 	enis := slices.Clone(c.ENIs)
@@ -142,7 +141,7 @@ func Step(c Card, cfg Config) Plan {
 		switch {
 		case !e.Ready:
 			p.Actions = append(p.Actions, Action{Kind: FinishENI, ENIID: e.ID})
-		case !e.Exclusive && e.IPv6Prefixes == 0 && api.WantsIPv6(c.Family):
+		case !e.Exclusive && e.IPv6Prefixes == 0 && c.IPv6:
 			p.Actions = append(p.Actions, Action{Kind: AssignIPv6Prefix, ENIID: e.ID})
 		}
 	}

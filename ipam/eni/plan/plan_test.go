@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/ipam/allocator"
-	"github.com/multinic/multinic/ipam/api"
 )
 
 var (
@@ -317,7 +316,7 @@ func TestStep(t *testing.T) {
 		},
 		{
 			name: "ipv6: a shared ENI without a /80 gets one, with the repairs; exclusive ENIs and ENIs not ready do not", edit: func(c *Card) {
-				c.Family = api.FamilyDual
+				c.IPv6 = true
 				c.ENIs = []ENI{shared("eni-a", 1, 8), {ID: "eni-b", Device: 2, DeleteOnTermination: true, Slots: 1},
 					exclusive("eni-x", 3), withPrefix(shared("eni-c", 4, 2))}
 				c.Pool = stats(0, 0, 3)
@@ -326,19 +325,19 @@ func TestStep(t *testing.T) {
 		},
 		{
 			name: "ipv6: every shared ENI with its /80, dual refills IPv4 as ipv4 does", edit: func(c *Card) {
-				c.Family = api.FamilyDual
+				c.IPv6 = true
 				c.ENIs = []ENI{withPrefix(shared("eni-a", 1, 8))}
 				c.Pool = stats(1, 0, 0)
 			},
 			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3}}},
 		},
 		{
-			name: "ipv4 card: no /80 asked for", edit: func(c *Card) { c.Family = api.FamilyIPv4 },
+			name: "ipv4 card: no /80 asked for", edit: func(c *Card) { c.IPv6 = false },
 			want: Plan{},
 		},
 		{
 			name: "ipv6 only: the first ENI without IPv4 addresses", edit: func(c *Card) {
-				c.Family = api.FamilyIPv6
+				c.NoIPv4, c.IPv6 = true, true
 				c.ENIs = nil
 				c.Pool = stats(0, 0, 0)
 			},
@@ -346,7 +345,7 @@ func TestStep(t *testing.T) {
 		},
 		{
 			name: "ipv6 only: no IPv4 refill, and IPv4 addresses found warm are surplus", edit: func(c *Card) {
-				c.Family = api.FamilyIPv6
+				c.NoIPv4, c.IPv6 = true, true
 				c.ENIs = []ENI{withPrefix(shared("eni-a", 1, 3))}
 				c.Pool = stats(2, 0, 0)
 				c.Warm = pool("eni-a", "10.0.0.1", "10.0.0.2")
