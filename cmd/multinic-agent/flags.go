@@ -176,7 +176,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ec2Endpoint, "ec2-endpoint", "", "EC2 API endpoint URL; default $AWS_ENDPOINT_URL_EC2, else the SDK's regional endpoint")
 	fs.StringVar(&o.imdsEndpoint, "imds-endpoint", "", "IMDS endpoint URL; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, else the SDK's (http://169.254.169.254)")
 	fs.Float64Var(&o.ec2Rate, "ec2-rate", eni.DefaultEC2Rate, "mutating EC2 calls (assign, unassign, create, delete, modify) per second; EC2 refills 5/s. The agent keeps a token bucket per EC2 throttling class, as EC2 does: attach/detach, tags and describes get the same share of EC2's published rate")
-	fs.IntVar(&o.ec2Burst, "ec2-burst", eni.DefaultEC2Burst, "burst of the mutating class's token bucket (the other classes scale with EC2's published bucket sizes)")
+	fs.IntVar(&o.ec2Burst, "ec2-burst", 0, "burst of the mutating class's token bucket (the other classes scale with EC2's published bucket sizes); 0: the node's cold start at once, a create and a DeleteOnTermination per managed card, at least 10")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", DefaultLockTimeout, "how long to wait for another agent to let go of --state-dir")
 	fs.StringVar(&o.linkNetns, "link-netns", "", "path of the netns holding the ENI links (e.g. /var/run/netns/node1); default the agent's own")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -268,8 +268,8 @@ func (o options) validate() error {
 		return fmt.Errorf("--mtu %d invalid: must be 68-9001", o.mtu)
 	case o.ec2Rate <= 0:
 		return fmt.Errorf("--ec2-rate %g invalid: must be more than 0", o.ec2Rate)
-	case o.ec2Burst < 1:
-		return fmt.Errorf("--ec2-burst %d invalid: must be 1 or more", o.ec2Burst)
+	case o.ec2Burst < 0:
+		return fmt.Errorf("--ec2-burst %d invalid: must be 0 (the cold start's) or more", o.ec2Burst)
 	case o.publishInterval <= 0:
 		return fmt.Errorf("--publish-interval %s invalid: must be more than 0", o.publishInterval)
 	}

@@ -26,7 +26,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "defaults", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
 			if o.socket != "/run/multinic/agent.sock" || o.stateDir != DefaultStateDir || o.nodeName != "node-env" ||
 				o.managedCards != nil || o.allCards || o.cooldown != 30*time.Second || o.gcGrace != time.Minute ||
-				o.metricsAddr != DefaultMetricsAddr || o.waitTimeout != 10*time.Second {
+				o.metricsAddr != DefaultMetricsAddr || o.waitTimeout != 10*time.Second || o.ec2Burst != 0 {
 				t.Errorf("defaults: %+v", o)
 			}
 		}},
@@ -81,6 +81,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad group", args: []string{"--cluster", "c", "--security-groups", "group1"}, wantErr: "--security-groups"},
 		{name: "bad mtu", args: []string{"--cluster", "c", "--mtu", "10000"}, wantErr: "--mtu 10000 invalid"},
 		{name: "bad batch", args: []string{"--cluster", "c", "--max-batch", "0"}, wantErr: "--max-batch 0 invalid"},
+		{name: "bad burst", args: []string{"--cluster", "c", "--ec2-burst", "-1"}, wantErr: "--ec2-burst -1 invalid"},
 		{name: "bad grace", args: []string{"--cluster", "c", "--gc-grace", "0s"}, wantErr: "--gc-grace"},
 		{name: "relative netns dir", args: []string{"--cluster", "c", "--netns-dirs", "/run/netns,netns"}, wantErr: "--netns-dirs"},
 		{name: "negative max allocations", args: []string{"--cluster", "c", "--max-allocations", "-1"}, wantErr: "--max-allocations"},

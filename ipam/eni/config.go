@@ -45,7 +45,7 @@ const (
 	DefaultLinkTimeout       = 60 * time.Second
 	DefaultLinkPoll          = 100 * time.Millisecond
 	DefaultEC2Rate           = 4.0 // mutating calls/s, a bit under EC2's 5/s refill (the other classes scale with it)
-	DefaultEC2Burst          = 10
+	DefaultEC2Burst          = 10  // at least; see ColdStartBurst
 	DefaultMaxAttempts       = 8
 	DefaultBackoffBase       = 200 * time.Millisecond
 	DefaultBackoffMax        = 20 * time.Second
@@ -113,8 +113,9 @@ type Config struct {
 	LinkPoll time.Duration
 
 	// EC2Rate and EC2Burst set the token bucket of EC2's mutating calls (every attempt counts; 0:
-	// DefaultEC2Rate, DefaultEC2Burst). EC2 throttles each class of calls in its own bucket, and so does the
-	// agent: attach/detach, tags and describes get the same share of EC2's published rates (awsec2.Limits).
+	// DefaultEC2Rate; 0: ColdStartBurst of the managed cards). EC2 throttles each class of calls in its own
+	// bucket, and so does the agent: attach/detach, tags and describes get the same share of EC2's published
+	// rates (awsec2.Limits).
 	EC2Rate  float64
 	EC2Burst int
 	// MaxAttempts per EC2 call, the first included (0: DefaultMaxAttempts).
@@ -168,7 +169,6 @@ func (c Config) withDefaults() Config {
 	c.LinkTimeout = or(c.LinkTimeout, DefaultLinkTimeout)
 	c.LinkPoll = or(c.LinkPoll, DefaultLinkPoll)
 	c.EC2Rate = or(c.EC2Rate, DefaultEC2Rate)
-	c.EC2Burst = or(c.EC2Burst, DefaultEC2Burst)
 	c.MaxAttempts = or(c.MaxAttempts, DefaultMaxAttempts)
 	c.BackoffBase = or(c.BackoffBase, DefaultBackoffBase)
 	c.BackoffMax = or(c.BackoffMax, DefaultBackoffMax)
@@ -207,8 +207,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("max batch %d invalid: must be 1 or more", c.MaxBatch)
 	case c.MTU < 68 || c.MTU > 9001:
 		return fmt.Errorf("mtu %d invalid: must be 68-9001", c.MTU)
-	case c.EC2Rate < 0 || c.EC2Burst < 1:
-		return fmt.Errorf("ec2 rate %g burst %d invalid: rate must be > 0 and burst >= 1", c.EC2Rate, c.EC2Burst)
+	case c.EC2Rate < 0 || c.EC2Burst < 0:
+		return fmt.Errorf("ec2 rate %g burst %d invalid: rate must be > 0 and burst >= 0 (0: the cold start's)", c.EC2Rate, c.EC2Burst)
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("max attempts %d invalid: must be 1 or more", c.MaxAttempts)
 	}
@@ -271,8 +271,15 @@ func ParseCards(s string) (cards []int, all bool, err error) {
 
 // ec2 is the EC2 layer's part of the configuration.
 func (c Config) ec2() awsec2.Config {
-	return awsec2.Config{Rate: c.EC2Rate, Burst: c.EC2Burst, MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax}
+	return awsec2.Config{Rate: c.EC2Rate, Burst: or(c.EC2Burst, DefaultEC2Burst), MaxAttempts: c.MaxAttempts, BackoffBase: c.BackoffBase, BackoffMax: c.BackoffMax}
 }
+
+// ColdStartBurst is the mutating burst that lets a node's cold start go out at once: a
+// CreateNetworkInterface and a ModifyNetworkInterfaceAttribute (DeleteOnTermination) per managed card, at
+// least DefaultEC2Burst. A p5.48xlarge's 31 cards take 62 of the account's 100 tokens, where a burst of 10
+// paced the 52 calls beyond it at 4/s, ~13 s (TestColdStartBurst); the attach class gets half as many (awsec2.Limits), one
+// per card. The rate stays EC2Rate.
+func ColdStartBurst(cards int) int { return max(DefaultEC2Burst, 2*cards) }
 
 // policy is the pool policy's part of the configuration (defaults applied).
 func (c Config) policy() plan.Config {

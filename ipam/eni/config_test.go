@@ -1,6 +1,7 @@
 package eni
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -50,9 +51,9 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// TestP5DefaultsUnderThrottling: with the shipped defaults (limiter 4/s, burst 10) and EC2's published
-// throttling on, all 31 managed cards of a p5.48xlarge get their ENI and a warm pool. It takes ~25 s,
-// bounded by the limiter rather than the CPU, and it is the largest instance type we support.
+// TestP5DefaultsUnderThrottling: with the shipped defaults (limiter 4/s, the cold start's burst) and EC2's
+// published throttling on, all 31 managed cards of a p5.48xlarge get their ENI and a warm pool; it is the
+// largest instance type we support.
 func TestP5DefaultsUnderThrottling(t *testing.T) {
 	e := newEnv(t, envOpts{typ: "p5.48xlarge", faults: fakeec2.Faults{Throttle: true}})
 	cfg := e.fastConfig(32)
@@ -73,4 +74,32 @@ func TestP5DefaultsUnderThrottling(t *testing.T) {
 	st := m.Stats().EC2
 	t.Logf("p5.48xlarge defaults: 31 cards ready in %s, warm in %s; throttles %d; calls %v",
 		ready.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), st.Throttles, st.Calls)
+}
+
+// TestColdStartBurst: with EC2Burst 0 the agent's buckets hold a p5.48xlarge's whole cold start (a create
+// and a DeleteOnTermination per card, an attach per card), so its 31 cards are ready at a rate that gives
+// nothing more; with the old fixed burst of 10 they are not.
+func TestColdStartBurst(t *testing.T) {
+	if got := ColdStartBurst(31); got != 62 {
+		t.Errorf("ColdStartBurst(31) = %d, want 62", got)
+	}
+	if got := ColdStartBurst(2); got != DefaultEC2Burst {
+		t.Errorf("ColdStartBurst(2) = %d, want the floor %d", got, DefaultEC2Burst)
+	}
+	for _, tc := range []struct {
+		burst int
+		ready bool
+	}{{0, true}, {DefaultEC2Burst, false}} {
+		e := newEnv(t, envOpts{typ: "p5.48xlarge"})
+		cfg := e.fastConfig(32)
+		cfg.EC2Rate, cfg.EC2Burst = 0.001, tc.burst // the bucket alone: no token comes back during the test
+		m := e.start(cfg, e.alloc)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := m.WaitReady(ctx)
+		cancel()
+		if (err == nil) != tc.ready {
+			t.Errorf("burst %d: ready within 5 s: %v, want %v", tc.burst, err == nil, tc.ready)
+		}
+		m.Stop()
+	}
 }

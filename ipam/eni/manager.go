@@ -220,6 +220,12 @@ func (m *Manager) start(ctx context.Context) error {
 			return err
 		}
 	}
+	if m.cfg.EC2Burst == 0 {
+		m.mu.Lock()
+		cards := len(m.cards)
+		m.mu.Unlock()
+		m.ec2.SetBurst(ColdStartBurst(cards))
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel = cancel
 	go func() {

@@ -40,7 +40,7 @@ func WithAttemptObserver(ctx context.Context, observe func(action string, err er
 // fails for good, or ctx ends. Errors carry EC2's code as *APIError.
 func call[O any](ctx context.Context, c *Client, action string, filtered bool, fn func(context.Context, func(*ec2.Options)) (O, error)) (O, error) {
 	var zero O
-	lim := c.lim[classOf(action, filtered)]
+	lim := c.limiter(classOf(action, filtered))
 	for attempt := 0; ; attempt++ {
 		if err := lim.Wait(ctx); err != nil {
 			return zero, fmt.Errorf("wait for ec2 rate limiter: %w", err)

@@ -64,3 +64,26 @@ func TestBucketsPerClass(t *testing.T) {
 		t.Errorf("calls %v", st.Calls)
 	}
 }
+
+// TestSetBurst: the new buckets are full at the new size, at the old rate.
+func TestSetBurst(t *testing.T) {
+	c := New(stubEC2{}, Config{Rate: 0.01, Burst: 1, MaxAttempts: 1}) // one token, the next in 100 s
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.SetBurst(6) // mutating 6, attach/detach 3
+	for i := range 6 {
+		if err := c.Delete(ctx, "eni-1"); err != nil {
+			t.Fatalf("mutating call %d of a burst of 6: %v", i+1, err)
+		}
+	}
+	for i := range 3 {
+		if err := c.Detach(ctx, "eni-attach-1"); err != nil {
+			t.Fatalf("detach %d of a burst of 3: %v", i+1, err)
+		}
+	}
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	if err := c.Delete(short, "eni-1"); err == nil {
+		t.Fatal("a 7th mutating call went out at 0.01/s: the rate changed with the burst")
+	}
+}

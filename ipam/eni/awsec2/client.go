@@ -55,6 +55,8 @@ type Config struct {
 // Client makes the agent's EC2 calls. It is safe for concurrent use.
 type Client struct {
 	api         EC2API
+	rate        float64
+	limMu       sync.RWMutex
 	lim         map[Class]*rate.Limiter
 	maxAttempts int
 	base, cap   time.Duration
@@ -69,13 +71,35 @@ type Client struct {
 // New returns a client over api.
 func New(api EC2API, cfg Config) *Client {
 	c := &Client{
-		api: api, lim: map[Class]*rate.Limiter{}, maxAttempts: cfg.MaxAttempts, base: cfg.BackoffBase, cap: cfg.BackoffMax,
-		calls: map[string]map[string]int{}, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0xec2)),
-	}
-	for class, l := range Limits(cfg.Rate, cfg.Burst) {
-		c.lim[class] = rate.NewLimiter(rate.Limit(l.PerSecond), l.Burst)
+		api: api, rate: cfg.Rate, lim: limiters(cfg.Rate, cfg.Burst), maxAttempts: cfg.MaxAttempts, base: cfg.BackoffBase,
+		cap: cfg.BackoffMax, calls: map[string]map[string]int{}, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0xec2)),
 	}
 	return c
+}
+
+func limiters(mutatingRate float64, mutatingBurst int) map[Class]*rate.Limiter {
+	lim := map[Class]*rate.Limiter{}
+	for class, l := range Limits(mutatingRate, mutatingBurst) {
+		lim[class] = rate.NewLimiter(rate.Limit(l.PerSecond), l.Burst)
+	}
+	return lim
+}
+
+// SetBurst replaces every class's bucket with a full one for a mutating burst of mutatingBurst (the other
+// classes scaled, see Limits), at the same rates: the manager sizes the burst for the node's cold start
+// once discovery knows how many cards it serves.
+func (c *Client) SetBurst(mutatingBurst int) {
+	lim := limiters(c.rate, mutatingBurst)
+	c.limMu.Lock()
+	defer c.limMu.Unlock()
+	c.lim = lim
+}
+
+// limiter is the bucket of class.
+func (c *Client) limiter(class Class) *rate.Limiter {
+	c.limMu.RLock()
+	defer c.limMu.RUnlock()
+	return c.lim[class]
 }
 
 // CallStats counts EC2 attempts by action and result ("ok" or EC2's error code).
