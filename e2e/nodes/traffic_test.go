@@ -167,7 +167,7 @@ func tcpEcho(t *testing.T, from *harness.Pod, src netip.Addr, to *harness.Pod, d
 	t.Helper()
 	var l net.Listener
 	err := to.Do(func() (err error) {
-		l, err = net.Listen("tcp4", netip.AddrPortFrom(dst, uint16(port)).String())
+		l, err = net.Listen("tcp", netip.AddrPortFrom(dst, uint16(port)).String())
 		return err
 	})
 	if err != nil {
@@ -186,7 +186,7 @@ func tcpEcho(t *testing.T, from *harness.Pod, src netip.Addr, to *harness.Pod, d
 	var conn net.Conn
 	err = from.Do(func() (err error) {
 		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 10 * time.Second}
-		conn, err = d.DialContext(context.Background(), "tcp4", netip.AddrPortFrom(dst, uint16(port)).String())
+		conn, err = d.DialContext(context.Background(), "tcp", netip.AddrPortFrom(dst, uint16(port)).String())
 		return err
 	})
 	if err != nil {
