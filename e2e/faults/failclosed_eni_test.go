@@ -3,6 +3,7 @@ package faults
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -34,10 +35,15 @@ func heldBy(t *testing.T, node *harness.Node) map[string]api.Allocation {
 	}
 	out := map[string]api.Allocation{}
 	for _, a := range all {
-		if prev, dup := out[a.Address.String()]; dup {
-			t.Errorf("address %s held twice: %s/%s and %s/%s", a.Address, prev.ContainerID, prev.IfName, a.ContainerID, a.IfName)
+		for _, ad := range []netip.Addr{a.Address, a.IPv6} {
+			if !ad.IsValid() {
+				continue
+			}
+			if prev, dup := out[ad.String()]; dup {
+				t.Errorf("address %s held twice: %s/%s and %s/%s", ad, prev.ContainerID, prev.IfName, a.ContainerID, a.IfName)
+			}
+			out[ad.String()] = a
 		}
-		out[a.Address.String()] = a
 	}
 	return out
 }
@@ -92,11 +98,27 @@ func TestRecoverCheckpoint(t *testing.T) {
 		nettest.RequireLinkType(t, "ipvlan")
 		runRecover(t, shared, "recover-checkpoint-ipvlan")
 	})
+	// Issue 14: dual-stack pods keep both addresses, and the recovered allocations carry the IPv6 one.
+	t.Run("exclusive-dual", func(t *testing.T) {
+		att := exclusive
+		att.Family = netconf.FamilyDual
+		runRecover(t, att, "recover-checkpoint-dual", "--family", netconf.FamilyDual)
+	})
+	t.Run("ipvlan-ipv6", func(t *testing.T) {
+		nettest.RequireLinkType(t, "ipvlan")
+		att := shared
+		att.Family = netconf.FamilyIPv6
+		runRecover(t, att, "recover-checkpoint-ipvlan-ipv6", "--family", netconf.FamilyIPv6)
+	})
 }
 
-func runRecover(t *testing.T, att harness.Attachment, fault string) {
-	fc := newFaultCase(t, fault, att.Mode, "checkpoint deleted under 2 running pods, agent restarted with --recover",
-		"--gc-interval", "1s", "--gc-grace", "1s") // reclaim frees a recovered allocation once its netns is gone
+func runRecover(t *testing.T, att harness.Attachment, fault string, flags ...string) {
+	injected := "checkpoint deleted under 2 running pods, agent restarted with --recover"
+	if att.Family != "" {
+		injected += " (family " + att.Family + ")"
+	}
+	fc := newFaultCase(t, fault, att.Mode, injected,
+		append([]string{"--gc-interval", "1s", "--gc-grace", "1s"}, flags...)...) // reclaim frees a recovered allocation once its netns is gone
 	for i := range rounds() {
 		pods := []*harness.Pod{fc.newPod(t, fmt.Sprintf("a%d", i)), fc.newPod(t, fmt.Sprintf("b%d", i))}
 		before := attachPods(t, fc.node, att, pods)
@@ -116,9 +138,14 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 		held := heldBy(t, fc.node)
 		for _, p := range pods {
 			want := before[p.Name]
-			got, ok := held[want.Address.String()]
-			if !ok || got.ENIID != want.ENIID || got.Netns != p.NetNSPath || got.IfName != att.IfName || got.Exclusive != want.Exclusive {
-				t.Errorf("pod %s: after recovery %s is held as %+v (%v), want ENI %s in netns %s", p.Name, want.Address, got, ok, want.ENIID, p.NetNSPath)
+			key := want.Address
+			if !key.IsValid() {
+				key = want.IPv6 // family ipv6
+			}
+			got, ok := held[key.String()]
+			if !ok || got.ENIID != want.ENIID || got.Netns != p.NetNSPath || got.IfName != att.IfName || got.Exclusive != want.Exclusive ||
+				got.IPv6 != want.IPv6 || got.Family != want.Family {
+				t.Errorf("pod %s: after recovery %s is held as %+v (%v), want %+v", p.Name, key, got, ok, want)
 			}
 		}
 		next := fc.recover(t, i, att, "ADD of a new pod after recovery")
@@ -127,7 +154,8 @@ func runRecover(t *testing.T, att harness.Attachment, fault string) {
 			t.Errorf("new pod's allocation: %v %v", ok, err)
 		} else {
 			for _, p := range pods {
-				if b := before[p.Name]; al.Address == b.Address || (att.Mode == netconf.ModeExclusive && al.ENIID == b.ENIID) {
+				if b := before[p.Name]; al.Address == b.Address || (al.IPv6.IsValid() && al.IPv6 == b.IPv6) ||
+					(att.Mode == netconf.ModeExclusive && al.ENIID == b.ENIID) {
 					t.Errorf("new pod got %s on %s, which pod %s holds", al.Address, al.ENIID, p.Name)
 				}
 			}

@@ -334,7 +334,10 @@ func (a *Allocator) restore(cp store.Checkpoint) error {
 			return fmt.Errorf("IPv6 prefix %s overlaps %s", sp.Prefix, q.pfx)
 		}
 		next := sp.Next
-		if !next.IsValid() || (!sp.Prefix.Contains(next) && next.Less(first(sp.Prefix))) {
+		switch {
+		case !next.IsValid(): // a checkpoint that does not know the position (--recover's): see unknownStart
+			next = unknownStart(sp.Prefix)
+		case !sp.Prefix.Contains(next) && next.Less(first(sp.Prefix)):
 			next = first(sp.Prefix)
 		}
 		a.card(sp.Card).v6[sp.Prefix] = &prefix6{card: sp.Card, eni: sp.ENIID, pfx: sp.Prefix, next: next,

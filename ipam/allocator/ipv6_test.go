@@ -389,3 +389,25 @@ func TestAdoptIPv6Prefixes(t *testing.T) {
 		t.Errorf("fresh prefix gave %s, want its second address", fresh.IPv6)
 	}
 }
+
+// TestRestoreUnknownPosition: a checkpoint that lists a prefix without its position (--recover's) starts
+// it in its upper half, away from every address given out from its start.
+func TestRestoreUnknownPosition(t *testing.T) {
+	st := store.NewMemory()
+	held := netip.MustParseAddr("2001:db8:ec2:1::5")
+	if err := st.Save(store.Checkpoint{
+		IPv6Prefixes: []store.IPv6Prefix{{Card: 1, ENIID: eni(1), Prefix: pfx6(1, 0)}},
+		Allocations:  []api.Allocation{{AllocateRequest: reqFamily(1, 1, api.FamilyIPv6), ENIID: eni(1), IPv6: held}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	al := mustAllocate(t, a, reqFamily(2, 1, api.FamilyIPv6))
+	if !pfx6(1, 0).Contains(al.IPv6) || netip.PrefixFrom(pfx6(1, 0).Addr(), 81).Contains(al.IPv6) {
+		t.Errorf("got %s, want one in the upper half of %s", al.IPv6, pfx6(1, 0))
+	}
+	checkInvariants(t, a)
+}

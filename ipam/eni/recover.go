@@ -147,29 +147,62 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 				ContainerID: RecoveredPrefix + filepath.Base(path), IfName: l.name,
 				PodRef: api.PodRef{PodNamespace: pod.Namespace, PodName: pod.Name, PodUID: pod.UID},
 				Netns:  path}, ENIID: in.e.id, AllocatedAt: now}
+			var v4 bool
+			var pfx netip.Prefix // the shared ENI's IPv6 prefix al.IPv6 is in
 			switch {
 			case in.e.exclusive && l.aliased:
 				al.Exclusive, al.Address = true, in.e.primary
-				rep.Exclusive++
+				v4 = slices.Contains(l.addrs, in.e.primary)
+				if i := slices.IndexFunc(l.addrs6, func(a netip.Addr) bool { return in.ipv6[a] }); i >= 0 {
+					al.IPv6 = l.addrs6[i]
+				}
 			case !in.e.exclusive && l.ipvlan:
-				i := slices.IndexFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] })
-				if i < 0 {
+				if i := slices.IndexFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] }); i >= 0 {
+					al.Address, v4 = l.addrs[i], true
+				}
+				for _, a := range l.addrs6 {
+					if p := in.prefixOf(a); p.IsValid() {
+						al.IPv6, pfx = a, p
+						break
+					}
+				}
+				if !al.Address.IsValid() && !al.IPv6.IsValid() {
 					continue
 				}
-				al.Address = l.addrs[i]
-				rep.Shared++
 			default:
 				continue
 			}
-			if taken[al.Address] {
+			if (al.Address.IsValid() && taken[al.Address]) || (al.IPv6.IsValid() && taken[al.IPv6]) {
 				continue // one ENI, one address: never recovered twice
 			}
-			taken[al.Address] = true
+			// The family is what the plugin configured on the link.
+			switch {
+			case al.IPv6.IsValid() && v4:
+				al.Family = api.FamilyDual
+			case al.IPv6.IsValid():
+				al.Family = api.FamilyIPv6
+			}
+			if al.Exclusive {
+				rep.Exclusive++
+			} else {
+				rep.Shared++
+			}
+			taken[al.Address], taken[al.IPv6] = true, true
 			if pod.UID != "" {
 				rep.MatchedPods++
 			}
 			cp.Allocations = append(cp.Allocations, al)
-			cp.Addresses = append(cp.Addresses, store.Address{Card: al.Card, Address: al.Address, ENIID: al.ENIID, Exclusive: al.Exclusive})
+			if al.Address.IsValid() {
+				ad := store.Address{Card: al.Card, Address: al.Address, ENIID: al.ENIID, Exclusive: al.Exclusive}
+				if al.Exclusive && in.e.ipv6.IsValid() {
+					ad.IPv6 = in.e.ipv6 // EC2's, whether or not the pod configured it
+				}
+				cp.Addresses = append(cp.Addresses, ad)
+			}
+			if pfx.IsValid() && !slices.ContainsFunc(cp.IPv6Prefixes, func(p store.IPv6Prefix) bool { return p.Prefix == pfx }) {
+				// Next unknown (zero): the allocator starts it where no earlier address can be.
+				cp.IPv6Prefixes = append(cp.IPv6Prefixes, store.IPv6Prefix{Card: al.Card, ENIID: al.ENIID, Prefix: pfx})
+			}
 		}
 	}
 	for _, p := range pods {
@@ -184,10 +217,29 @@ func Recover(ctx context.Context, cfg Config, d Deps, netnsDirs []string, pods [
 // recoverPoll is how often Recover reads EC2 again while it does not explain a pod link.
 const recoverPoll = 500 * time.Millisecond
 
-// recoverENI is one of the manager's ENIs and the addresses EC2 says it holds (secondaries and prefixes).
+// recoverENI is one of the manager's ENIs and the addresses EC2 says it holds (secondaries and prefixes),
+// its IPv6 addresses and its IPv6 prefixes.
 type recoverENI struct {
 	e    *eniState
 	addr map[netip.Addr]bool
+	ipv6 map[netip.Addr]bool
+	pfx6 []netip.Prefix
+}
+
+// prefixOf is the ENI's IPv6 prefix holding a, or the zero prefix.
+func (in *recoverENI) prefixOf(a netip.Addr) netip.Prefix {
+	for _, p := range in.pfx6 {
+		if p.Contains(a) {
+			return p
+		}
+	}
+	return netip.Prefix{}
+}
+
+// explains reports whether EC2's view of the ENI explains one of the link's addresses.
+func (in *recoverENI) explains(l podLink) bool {
+	return slices.ContainsFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] }) ||
+		slices.ContainsFunc(l.addrs6, func(a netip.Addr) bool { return in.prefixOf(a).IsValid() })
 }
 
 // recoverView reads the instance's ENIs: the manager's own by MAC, and the pod links EC2 does not explain
@@ -211,9 +263,12 @@ func (m *Manager) recoverView(ctx context.Context, netns map[string][]podLink) (
 		if e == nil {
 			continue
 		}
-		in := &recoverENI{e: e, addr: map[netip.Addr]bool{}}
+		in := &recoverENI{e: e, addr: map[netip.Addr]bool{}, ipv6: map[netip.Addr]bool{}, pfx6: ni.IPv6Prefixes}
 		for _, a := range ni.Addresses() {
 			in.addr[a] = true
+		}
+		for _, a := range ni.IPv6Addresses {
+			in.ipv6[a] = true
 		}
 		byMAC[e.mac.String()] = in
 	}
@@ -227,7 +282,7 @@ func (m *Manager) recoverView(ctx context.Context, netns map[string][]podLink) (
 			case !l.ipvlan:
 			case !described[l.mac]:
 				unknown[l.mac] = append(unknown[l.mac], path+" "+l.name)
-			case in != nil && !in.e.exclusive && !slices.ContainsFunc(l.addrs, func(a netip.Addr) bool { return in.addr[a] }):
+			case in != nil && !in.e.exclusive && !in.explains(l):
 				unexplained = append(unexplained, path+" "+l.name)
 			}
 		}
@@ -283,9 +338,10 @@ type podLink struct {
 	aliased   bool // carries the plugin's alias (an exclusive ENI moved in)
 	ipvlan    bool
 	addrs     []netip.Addr
+	addrs6    []netip.Addr // global IPv6 addresses
 }
 
-// podLinks lists the links of the netns at path with their IPv4 addresses, through a handle in that netns
+// podLinks lists the links of the netns at path with their IPv4 and global IPv6 addresses, through a handle in that netns
 // (no thread changes netns).
 func podLinks(path string) ([]podLink, error) {
 	n, h, err := namedns.Open(path)
@@ -315,6 +371,15 @@ func podLinks(path string) ([]podLink, error) {
 		for _, ad := range addrs {
 			if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok {
 				pl.addrs = append(pl.addrs, ip)
+			}
+		}
+		addrs6, err := h.AddrList(k, netlink.FAMILY_V6)
+		if err != nil {
+			return nil, err
+		}
+		for _, ad := range addrs6 {
+			if ip, ok := netip.AddrFromSlice(ad.IP); ok && ip.Is6() && ip.IsGlobalUnicast() {
+				pl.addrs6 = append(pl.addrs6, ip)
 			}
 		}
 		out = append(out, pl)

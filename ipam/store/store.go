@@ -54,6 +54,8 @@ type Checkpoint struct {
 
 // IPv6Prefix is one IPv6 prefix (a /80) of a shared ENI and where its next allocation starts: its
 // addresses are given out in order and never again (see package allocator), so Next must survive restarts.
+// A zero Next (a checkpoint rebuilt by --recover) means unknown: the allocator starts it where no address
+// given out from the prefix's start can be.
 type IPv6Prefix struct {
 	Card   int          `json:"card"`
 	ENIID  string       `json:"eniID"`
