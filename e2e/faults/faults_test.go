@@ -34,8 +34,10 @@ import (
 const card = 1
 
 var (
-	exclusive = harness.Attachment{Card: card, Mode: netconf.ModeExclusive, IfName: "net1"}
-	shared    = harness.Attachment{Card: card, Mode: netconf.ModeIPVlan, IfName: "net1"}
+	exclusive     = harness.Attachment{Card: card, Mode: netconf.ModeExclusive, IfName: "net1"}
+	shared        = harness.Attachment{Card: card, Mode: netconf.ModeIPVlan, IfName: "net1"}
+	dualExclusive = harness.Attachment{Card: card, Mode: netconf.ModeExclusive, IfName: "net1", Family: netconf.FamilyDual}
+	dualShared    = harness.Attachment{Card: card, Mode: netconf.ModeIPVlan, IfName: "net1", Family: netconf.FamilyDual}
 )
 
 func attachTimed(p *harness.Pod, a harness.Attachment) (time.Duration, error) {
@@ -81,10 +83,14 @@ type ec2Case struct {
 	// fault clears.
 	prepare func(t *testing.T, r *harness.Region, n *harness.Node) (undo func())
 	extra   []string // agent flags
+	// subnets, when set, are fake-ec2's subnets (harness.Config.Subnets).
+	subnets []fakeec2.SubnetConfig
 }
 
 func runEC2Case(t *testing.T, c ec2Case) {
-	fc := newFaultCase(t, c.fault, modeOf(c.att), c.injected, c.extra...)
+	cfg := regionConfig(c.extra...)
+	cfg.Subnets = c.subnets
+	fc := newFaultCaseIn(t, cfg, c.fault, modeOf(c.att), c.injected)
 	canIPVlan := c.att.Mode != netconf.ModeIPVlan || hasIPVlan()
 	for i := range rounds() {
 		if err := fc.region.Fake().SetFaults(c.faults); err != nil {
@@ -124,7 +130,7 @@ func runEC2Case(t *testing.T, c ec2Case) {
 		} else {
 			// No ipvlan on this kernel: the plugin cannot finish an ipvlan ADD here, so recovery is checked
 			// one level down: the agent allocates again once EC2 answers.
-			d, err := agentRecovers(fc.node)
+			d, err := agentRecovers(fc.node, c.att.Family)
 			fc.run.recovered(d, err)
 			if err != nil {
 				t.Errorf("allocate after the fault cleared: %v", err)
@@ -197,12 +203,13 @@ func hasIPVlan() bool {
 	return ipvlanOK
 }
 
-// agentRecovers allocates and releases one shared address through the agent's API, waiting for a refill.
-func agentRecovers(n *harness.Node) (time.Duration, error) {
+// agentRecovers allocates and releases one shared address (of family, "" for ipv4) through the agent's
+// API, waiting for a refill.
+func agentRecovers(n *harness.Node, family string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout()+5*time.Second)
 	defer cancel()
 	req := api.AllocateRequest{Card: card, ContainerID: "faults-recover", IfName: "net1",
-		PodRef: api.PodRef{PodNamespace: "default", PodName: "recover"}, Netns: n.NetNSPath}
+		PodRef: api.PodRef{PodNamespace: "default", PodName: "recover"}, Netns: n.NetNSPath, Family: family}
 	start := time.Now()
 	_, err := n.Client.Allocate(ctx, req)
 	d := time.Since(start)
@@ -216,13 +223,26 @@ func agentRecovers(n *harness.Node) (time.Duration, error) {
 // drainShared takes every shared address of the card through the agent's API, so that the next ADD needs
 // a refill; undo gives them back. An allocation waits out the harness's --cooldown (1 s) before it gives up,
 // so addresses resting after an earlier round's release are taken too.
-func drainShared(t *testing.T, _ *harness.Region, n *harness.Node) func() {
+func drainShared(t *testing.T, r *harness.Region, n *harness.Node) func() {
+	t.Helper()
+	return drainFamily("")(t, r, n)
+}
+
+// drainFamily is drainShared for a card of family.
+func drainFamily(family string) func(t *testing.T, _ *harness.Region, n *harness.Node) func() {
+	return func(t *testing.T, _ *harness.Region, n *harness.Node) func() {
+		t.Helper()
+		return drain(t, n, family)
+	}
+}
+
+func drain(t *testing.T, n *harness.Node, family string) func() {
 	t.Helper()
 	var taken []api.ReleaseRequest
 	for i := range 200 {
 		ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 		req := api.AllocateRequest{Card: card, ContainerID: fmt.Sprintf("faults-drain-%d", i), IfName: "net1",
-			PodRef: api.PodRef{PodNamespace: "default", PodName: fmt.Sprintf("drain-%d", i)}, Netns: n.NetNSPath}
+			PodRef: api.PodRef{PodNamespace: "default", PodName: fmt.Sprintf("drain-%d", i)}, Netns: n.NetNSPath, Family: family}
 		_, err := n.Client.Allocate(ctx, req)
 		cancel()
 		if err != nil {
@@ -303,6 +323,29 @@ func TestThrottle(t *testing.T) {
 			prepare:  drainShared,
 		})
 	})
+	// Issue 14: a dual exclusive ADD needs an ENI with its IPv6 address, and EC2 throttles the create.
+	t.Run("exclusive-dual", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "throttle-dual", att: dualExclusive,
+			injected: "CreateNetworkInterface: RequestLimitExceeded (503) at rate 1.0; card 1 dual; no free exclusive ENI",
+			faults:   fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"CreateNetworkInterface": {Rate: 1, Code: "RequestLimitExceeded"}}},
+			want:     []string{"RequestLimitExceeded"},
+			extra:    []string{"--family", netconf.FamilyDual},
+		})
+	})
+	// Issue 14: a dual card's first ENI is out of IPv4 addresses and EC2 throttles every mutating call
+	// (the new ENI, an assign): the dual ADD fails with EC2's code and holds nothing of either family.
+	t.Run("ipvlan-dual", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "throttle-ipvlan-dual", att: dualShared,
+			injected: "AssignPrivateIpAddresses, CreateNetworkInterface: RequestLimitExceeded (503) at rate 1.0; card 1 dual, shared pool drained",
+			faults: fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"AssignPrivateIpAddresses": {Rate: 1, Code: "RequestLimitExceeded"},
+				"CreateNetworkInterface": {Rate: 1, Code: "RequestLimitExceeded"}}},
+			want:    []string{"RequestLimitExceeded"},
+			extra:   []string{"--family", netconf.FamilyDual},
+			prepare: drainFamily(netconf.FamilyDual),
+		})
+	})
 	t.Run("bucket", func(t *testing.T) {
 		// A squeezed bucket (1 token, 1/s) that is empty when the ADD comes: the agent's backoff may get
 		// through before --wait-timeout, or answer 11 with RequestLimitExceeded. Either is fine; which one
@@ -372,12 +415,72 @@ func fillSubnet(t *testing.T, r *harness.Region, _ *harness.Node) func() {
 
 // TestSubnetExhausted: the card's subnet has no free address when an exclusive ADD needs a new ENI.
 func TestSubnetExhausted(t *testing.T) {
-	runEC2Case(t, ec2Case{
-		fault: "subnet-exhausted", att: exclusive,
-		injected: "card 1's subnet filled by other ENIs; no free exclusive ENI",
-		want:     []string{"InsufficientFreeAddressesInSubnet", fakeec2.CardSubnetID(card)},
-		prepare:  fillSubnet,
+	t.Run("exclusive", func(t *testing.T) {
+		runEC2Case(t, ec2Case{
+			fault: "subnet-exhausted", att: exclusive,
+			injected: "card 1's subnet filled by other ENIs; no free exclusive ENI",
+			want:     []string{"InsufficientFreeAddressesInSubnet", fakeec2.CardSubnetID(card)},
+			prepare:  fillSubnet,
+		})
 	})
+	// Issue 14: a dual card whose subnet's IPv6 block has no /80 left (a /72, its other /80s taken by
+	// other ENIs) when its first ENI is out of IPv4 addresses: the new ENI cannot get its /80, and the dual
+	// ADD fails with EC2's code, holding nothing of either family.
+	t.Run("ipvlan-dual", func(t *testing.T) {
+		subnets, err := fakeec2.SubnetsPerCard(8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnets[card].IPv6CIDR = "2001:db8:ec2:1::/72"
+		runEC2Case(t, ec2Case{
+			fault: "subnet-exhausted-ipv6", att: dualShared,
+			injected: "card 1 dual in a subnet with a /72: its other /80s taken by other ENIs, its first ENI's IPv4 addresses drained",
+			want:     []string{"InsufficientCidrBlocks", fakeec2.CardSubnetID(card)},
+			extra:    []string{"--family", netconf.FamilyDual},
+			subnets:  subnets,
+			prepare: func(t *testing.T, r *harness.Region, n *harness.Node) func() {
+				unfill := fillIPv6Prefixes(t, r)
+				undrain := drain(t, n, netconf.FamilyDual)
+				return func() { undrain(); unfill() }
+			},
+		})
+	})
+}
+
+// fillIPv6Prefixes takes every free /80 of the card's subnet with ENIs that are not the agent's; undo
+// deletes them.
+func fillIPv6Prefixes(t *testing.T, r *harness.Region) func() {
+	t.Helper()
+	c := r.Fake().Client()
+	var made []string
+	undo := func() {
+		for _, id := range made {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
+				t.Errorf("delete filler ENI %s: %v", id, err)
+			}
+			cancel()
+		}
+		made = nil
+	}
+	t.Cleanup(undo)
+	for n := 40; n > 0; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := c.CreateNetworkInterface(ctx, &ec2.CreateNetworkInterfaceInput{
+			SubnetId: aws.String(fakeec2.CardSubnetID(card)), Description: aws.String("faults: IPv6 prefix filler"),
+			Ipv6PrefixCount: aws.Int32(int32(n)),
+		})
+		cancel()
+		if err != nil {
+			n /= 2 // fewer /80s left than asked for
+			continue
+		}
+		made = append(made, aws.ToString(out.NetworkInterface.NetworkInterfaceId))
+	}
+	if len(made) == 0 {
+		t.Fatal("fill IPv6 prefixes: no filler ENI made")
+	}
+	return undo
 }
 
 // TestLatency: 2 s on every EC2 call. A warm pool serves the ADD without EC2; an empty one needs

@@ -367,8 +367,14 @@ type faultCase struct {
 // finish ends it.
 func newFaultCase(t *testing.T, fault, mode, injected string, flags ...string) *faultCase {
 	t.Helper()
+	return newFaultCaseIn(t, regionConfig(flags...), fault, mode, injected)
+}
+
+// newFaultCaseIn is newFaultCase on a region made with cfg.
+func newFaultCaseIn(t *testing.T, cfg harness.Config, fault, mode, injected string) *faultCase {
+	t.Helper()
 	nettest.RequireRoot(t)
-	region := harness.NewRegion(t, regionConfig(flags...))
+	region := harness.NewRegion(t, cfg)
 	return &faultCase{watch: newWatch(t, region, region.Node(0)), run: newRun(t, fault, mode, injected)}
 }
 

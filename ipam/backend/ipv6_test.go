@@ -173,3 +173,46 @@ func TestAllocateDualWaitsForPrefix(t *testing.T) {
 		t.Errorf("dual once the prefix came: %+v %v", resp, err)
 	}
 }
+
+// TestReclaimIPv6: the agent's reclaim treats IPv6 allocations as IPv4 ones: a dual or ipv6 pod whose
+// netns is gone is released after the grace period (both its addresses), a live one's never.
+func TestReclaimIPv6(t *testing.T) {
+	nsDir := newNetnsDir(t)
+	ta := newTestBackend(t, ipv6Pools(), map[int]int{1: 2}, func(c *Config) {
+		c.ReclaimGrace = time.Minute
+		c.NetnsDirs = []string{string(nsDir)}
+	})
+	for _, c := range []int{1, 2} {
+		if _, err := ta.alloc.AddIPv6Prefixes(c, eniOf(c), ipv6Prefix(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	deadDual := familyReq(1, "c-dead", "net1", "dead", api.FamilyDual)
+	deadDual.Netns = nsDir.mk(t, "dead")
+	deadV6 := familyReq(2, "c-dead", "net2", "dead", api.FamilyIPv6)
+	deadV6.Netns = deadDual.Netns
+	live := familyReq(2, "c-live", "net2", "live", api.FamilyIPv6)
+	live.Netns = nsDir.mk(t, "live")
+	for _, r := range []api.AllocateRequest{deadDual, deadV6, live} {
+		if _, err := ta.Allocate(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nsDir.rm(t, deadDual.Netns)
+	for i, s := range []struct {
+		advance time.Duration
+		want    int
+	}{{0, 0}, {30 * time.Second, 0}, {31 * time.Second, 2}, {10 * time.Minute, 0}} {
+		ta.clock.Step(s.advance)
+		if n, err := ta.ReclaimGonePods(ctx); err != nil || n != s.want {
+			t.Fatalf("pass %d: released %d (%v), want %d", i, n, err, s.want)
+		}
+	}
+	if left := ta.alloc.List(); len(left) != 1 || left[0].ContainerID != "c-live" {
+		t.Errorf("left %+v, want c-live's alone", left)
+	}
+	if st1, st2 := ta.alloc.Stats(1), ta.alloc.Stats(2); st1.Allocated != 0 || st1.IPv6.Allocated != 0 || st2.IPv6.Allocated != 1 {
+		t.Errorf("stats card 1 %+v card 2 %+v", st1, st2)
+	}
+}
