@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -214,6 +215,9 @@ func waitNodeReady(ctx context.Context, n *harness.Node) error {
 			}
 		}
 		last = err
+		if _, serr := os.Stat(fmt.Sprintf("/proc/%d", n.AgentPID())); serr != nil { // reaped: it exited
+			return fmt.Errorf("agent exited: %w", last)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("not ready: %w", last)
