@@ -12,16 +12,13 @@ import (
 	"github.com/multinic/multinic/internal/nettest"
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/internal/testing/harness"
+	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/store"
 )
 
-// Figure 7's targets (issue 13): the first pods start without waiting on EC2.
-const (
-	maxP5Failures = 0
-	// maxP5AddMillis: an allocation served from the warm pool takes milliseconds; one that waited on an EC2
-	// call takes at least an EC2 round trip and usually a refill.
-	maxP5AddMillis = 100
-)
+// Figure 7's target (issue 13): 0 failed ADDs, and the first pods start without waiting on EC2: every card
+// has a warm address for each of them when the node is ready.
+const maxP5Failures = 0
 
 // checkpointWrites is how many times the p5 node's checkpoint is written to time one write.
 const checkpointWrites = 50
@@ -145,19 +142,20 @@ func TestP5Node(t *testing.T) {
 	t.Logf("p5: ready in %s (%d mutating, %d describe, %d throttled: %v), %d pods x %d cards in %s (ADD p99 %.1f ms, %d failures, calls %v), checkpoint %d bytes, write p50 %.2f ms",
 		readyIn, m1-m0, d1-d0, th1-th0, startCalls, npods, len(cards), allPods, addMs.P99, failures, podCalls, fi.Size(), Summarize(Millis(writes)).Value)
 	failRow := AtMost("failed ADDs", "count", Value(float64(failures)), maxP5Failures)
-	addRow := AtMost("agent allocate round trip (p99 at most, so no ADD waited on EC2)", "ms", addMs, maxP5AddMillis)
-	addRow.Pass = ptrBool(addMs.P99 <= maxP5AddMillis)
+	beyondWarm := AtMost("pods beyond the fewest warm addresses of a card at ready (0: no ADD waits on EC2)", "count",
+		Value(float64(max(npods-warmAtReady, 0))), 0)
 	emit(t, Result{Figure: 7, Key: "p5", Title: fmt.Sprintf("p5.48xlarge: cold start of %d managed cards, then %d pods x %d cards", len(cards), npods, len(cards)),
 		Iterations: npods, Ours: "multinic agent (shipped defaults)",
 		Rows: []Row{
 			{Metric: "cold start to ready (every card's ENI attached, link up)", Unit: "s", Ours: Value(readyIn.Seconds())},
 			{Metric: "warm addresses per card at ready (fewest)", Unit: "count", Ours: Value(float64(warmAtReady))},
-			{Metric: "mutating EC2 calls of the cold start (attach included)", Unit: "calls", Ours: Value(float64(m1 - m0))},
+			beyondWarm,
+			{Metric: "mutating and attach EC2 calls of the cold start", Unit: "calls", Ours: Value(float64(m1 - m0))},
 			{Metric: "EC2 describe calls of the cold start", Unit: "calls", Ours: Value(float64(d1 - d0))},
 			{Metric: "throttled EC2 calls of the cold start", Unit: "calls", Ours: Value(float64(th1 - th0))},
 			{Metric: fmt.Sprintf("time until all %d pods have all %d cards", npods, len(cards)), Unit: "s", Ours: Value(allPods.Seconds())},
 			{Metric: "pod ready time (from the pods' arrival)", Unit: "s", Ours: Summarize(seconds(podReady))},
-			addRow,
+			{Metric: "agent allocate round trip (8 pods' ADDs at once)", Unit: "ms", Ours: addMs},
 			failRow,
 			{Metric: "EC2 calls while the pods started (background refill)", Unit: "calls", Ours: Value(float64(m2 - m1 + d2 - d1))},
 			{Metric: "throttled EC2 calls while the pods started", Unit: "calls", Ours: Value(float64(th2 - th1))},
@@ -170,11 +168,9 @@ func TestP5Node(t *testing.T) {
 			{Metric: "checkpoint write (one change: temp, fsync, rename, fsync dir)", Unit: "ms", Ours: Summarize(Millis(writes))},
 		},
 		Notes: []string{
-			fmt.Sprintf("What was measured: one p5.48xlarge of fake-ec2 (32 cards x 2 ENIs; cards %d-%d managed, each in its own subnet), fake-ec2 throttling every class at EC2's published rates from the agent's first call, the real multinic-agent with its shipped defaults (warm target %d, min free %d, batches up to %d, %g mutating calls/s burst %d; the harness adds --cooldown only when not on defaults, and --refill-interval 1s). Ready is GET /v1/node's ready, polled every %s.", cards[0], cards[len(cards)-1], 8, 2, 50, 4.0, 10, readyPoll),
+			fmt.Sprintf("What was measured: one p5.48xlarge of fake-ec2 (32 cards x 2 ENIs; cards %d-%d managed, each in its own subnet), fake-ec2 throttling every class at EC2's published rates from the agent's first call, the real multinic-agent with its shipped defaults (warm target %d, min free %d, batches up to %d, %g mutating calls/s with the cold start's burst, 2 per managed card: %d; plus the harness's --refill-interval 1s). Ready is GET /v1/node's ready, polled every %s.", cards[0], cards[len(cards)-1], eni.DefaultWarmTarget, eni.DefaultMinFree, eni.DefaultMaxBatch, eni.DefaultEC2Rate, eni.ColdStartBurst(len(cards)), readyPoll),
 			fmt.Sprintf("Then %d pods arrive together (one per GPU), each allocating cards %d-%d in order through the agent's socket; a failed allocation is counted and retried after 1 s.", npods, cards[0], cards[len(cards)-1]),
 			fmt.Sprintf("Checkpoint: the agent's file after the pods (%d allocations); the write time is %d writes of that checkpoint through ipam/store's FileStore.Save on the same filesystem (%s), as the agent writes it after each change.", npods*len(cards), checkpointWrites, filepath.Dir(node.StateDir)),
 			fmt.Sprintf("EC2 calls by action, cold start: %v; while the pods started: %v. Failures by error: %v.", startCalls, podCalls, errs),
 		}})
 }
-
-func ptrBool(b bool) *bool { return &b }
