@@ -123,6 +123,19 @@ func TestFamiliesRealAgent(t *testing.T) {
 		}
 	}
 
+	// The operators' node status names each card's family and counts its IPv6 pool.
+	ns, err := n.Client.Node(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range ns.Cards {
+		want := map[int]string{1: api.FamilyIPv4, 2: api.FamilyIPv6, 3: api.FamilyDual}[c.Card]
+		if c.Family != want || (c.Card != 1 && (c.IPv6 == nil || *c.IPv6 != api.IPv6Counts{Prefixes: 1, Allocated: 1})) ||
+			(c.Card == 1 && c.IPv6 != nil) {
+			t.Errorf("node status of card %d: family %q, ipv6 %+v; want %q with one /80 and one address", c.Card, c.Family, c.IPv6, want)
+		}
+	}
+
 	// Churn on the ipv6 card: no EC2 call after the first prefix.
 	before := mutatingCalls(region.State())
 	const churn = 200

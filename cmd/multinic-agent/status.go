@@ -106,6 +106,10 @@ func writeStatusTable(w io.Writer, rep statusReport, allocs bool) error {
 			notes = append(notes, fmt.Sprintf("card %d last error %s ago (%s): %s", c.Card, age(rep.Time, c.LastErrorAt),
 				c.LastErrorAt.Format(time.RFC3339), c.LastError))
 		}
+		if c.IPv6 != nil {
+			notes = append(notes, fmt.Sprintf("card %d family %s: %d IPv6 /80 prefixes, %d IPv6 addresses allocated", c.Card, c.Family,
+				c.IPv6.Prefixes, c.IPv6.Allocated))
+		}
 		enis := or(strings.Join(c.ENIs, ","), "-")
 		if len(c.ExclusiveENIs) > 0 {
 			enis += " +" + strconv.Itoa(len(c.ExclusiveENIs)) + " exclusive"
@@ -135,7 +139,14 @@ func writeStatusTable(w io.Writer, rep statusReport, allocs bool) error {
 		if a.PodName == "" {
 			pod = or(a.PodUID, "-")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", pod, a.IfName, a.Card, a.Address, a.ENIID, excl,
+		addr := a.Address.String() // an exclusive allocation's is its ENI's primary, whatever the family
+		switch {
+		case a.IPv6.IsValid() && !a.Address.IsValid():
+			addr = a.IPv6.String()
+		case a.IPv6.IsValid():
+			addr += "," + a.IPv6.String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", pod, a.IfName, a.Card, addr, a.ENIID, excl,
 			age(rep.Time, a.AllocatedAt), a.ContainerID)
 	}
 	return tw.Flush()

@@ -41,6 +41,10 @@ type CardStatus struct {
 	// Shared and Exclusive count the card's addresses (exclusive: ENIs) by state.
 	Shared    PoolCounts `json:"shared"`
 	Exclusive PoolCounts `json:"exclusive"`
+	// Family is the card's address family (FamilyIPv4, FamilyIPv6, FamilyDual); IPv6 counts its IPv6 pool
+	// (cards of family ipv6 or dual, and cards that hold a prefix).
+	Family string      `json:"family,omitempty"`
+	IPv6   *IPv6Counts `json:"ipv6,omitempty"`
 	// Ready says whether an ADD on the card could be served now; Reason says why not.
 	Ready  bool   `json:"ready"`
 	Reason string `json:"reason,omitempty"`
@@ -55,6 +59,12 @@ type PoolCounts struct {
 	Allocated int `json:"allocated"`
 	Warm      int `json:"warm"`
 	Cooling   int `json:"cooling"`
+}
+
+// IPv6Counts are a card's IPv6 /80 prefixes and the addresses given out from them.
+type IPv6Counts struct {
+	Prefixes  int `json:"prefixes"`
+	Allocated int `json:"allocated"`
 }
 
 // LogsResponse is the body of GET /v1/logs: the agent's most recent log lines, oldest first.

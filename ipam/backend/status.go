@@ -42,13 +42,17 @@ func (b *Backend) Node(ctx context.Context) (api.NodeStatus, error) {
 		if ci.PrefixMode {
 			mode = "prefix"
 		}
-		st.Cards = append(st.Cards, api.CardStatus{
+		cs := api.CardStatus{
 			Card: ci.Card, Mode: mode, Subnet: ci.Subnet,
 			ENIs: nonNil(ci.ENIs), ExclusiveENIs: ci.Exclusive, MaxENIs: ci.MaxENIs,
-			Shared: counts(pool.Counts), Exclusive: counts(pool.Exclusive),
+			Shared: counts(pool.Counts), Exclusive: counts(pool.Exclusive), Family: b.pools.Family(ci.Card),
 			Ready: ready.Ready, Reason: ready.Reason,
 			LastError: ci.LastError, LastErrorAt: ci.LastErrorAt.UTC(),
-		})
+		}
+		if pool.IPv6.Prefixes > 0 || api.WantsIPv6(cs.Family) {
+			cs.IPv6 = &api.IPv6Counts{Prefixes: pool.IPv6.Prefixes, Allocated: pool.IPv6.Allocated}
+		}
+		st.Cards = append(st.Cards, cs)
 	}
 	return st, nil
 }
