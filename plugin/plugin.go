@@ -25,11 +25,13 @@ import (
 	"github.com/multinic/multinic/netconf"
 )
 
-// Step names a step of ADD, after which Plugin.Hook runs.
+// Step names a step of ADD or DEL. Plugin.Trace is told each one as it ends; Plugin.Hook runs after each
+// step of ADD from StepAllocate on.
 type Step string
 
 // The steps of ADD, in order. Each one's effect is undone when a later one fails.
 const (
+	StepNetns    Step = "netns"    // config read, pod netns opened, no interface of that name there (traced only)
 	StepAllocate Step = "allocate" // the agent granted an address (undo: release)
 	StepLink     Step = "link"     // the ipvlan child exists / the ENI link is in the pod (undo: delete / move back)
 	StepAddress  Step = "address"  // address and MTU set, link up
@@ -37,6 +39,12 @@ const (
 	StepRule     Step = "rule"     // the source rule (undo: delete rules)
 	StepSysctl   Step = "sysctl"   // rp_filter
 	StepResult   Step = "result"   // the result is built
+)
+
+// The steps of DEL, in order (traced only).
+const (
+	StepTeardown Step = "teardown" // what ADD made in the pod netns is gone (config read and journal replay before it)
+	StepRelease  Step = "release"  // the agent took the address back, or the release is journaled
 )
 
 // Plugin runs the CNI verbs. The zero value is not ready: use New.
@@ -47,6 +55,8 @@ type Plugin struct {
 	Timeout time.Duration
 	// Hook, when set, runs after each ADD step; an error fails ADD there. For tests.
 	Hook func(Step) error
+	// Trace, when set, is told each step of ADD and DEL as it ends (the bench's per-step breakdown, TraceTo).
+	Trace func(Step)
 	// Logf reports what does not fail the call (a journaled release, a failed replay); nil discards.
 	Logf func(format string, args ...any)
 }
@@ -92,6 +102,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error { return cniError(p.status(arg
 func (p *Plugin) GC(args *skel.CmdArgs) error { return cniError(p.cniGC(args)) }
 
 func (p *Plugin) step(s Step) error {
+	p.trace(s)
 	if p.Hook == nil {
 		return nil
 	}
@@ -99,6 +110,12 @@ func (p *Plugin) step(s Step) error {
 		return fmt.Errorf("after step %s: %w", s, err)
 	}
 	return nil
+}
+
+func (p *Plugin) trace(s Step) {
+	if p.Trace != nil {
+		p.Trace(s)
+	}
 }
 
 // connect returns a client of the agent at conf's socket.
@@ -244,6 +261,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 	if err := requireNoLink(podNS, args.IfName); err != nil {
 		return nil, nil, err
 	}
+	p.trace(StepNetns)
 
 	client := p.connect(conf)
 	defer client.Close()
@@ -502,9 +520,11 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 // The release happens even when the teardown fails: a broken netns must not leak the address.
 func (p *Plugin) remove(client *api.Client, conf *netconf.Config, containerID, ifName, netnsPath string) error {
 	terr := teardownIn(netnsPath, ifName, routeTable(conf))
+	p.trace(StepTeardown)
 	if err := p.release(client, conf, containerID, ifName); err != nil {
 		return errors.Join(terr, err)
 	}
+	p.trace(StepRelease)
 	return terr
 }
 

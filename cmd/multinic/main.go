@@ -3,6 +3,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -14,5 +16,9 @@ import (
 const about = "multinic: one ENI-backed address per EC2 network card for Kubernetes pods (CNI plugin)"
 
 func main() {
-	skel.PluginMainFuncs(plugin.New().Funcs(), version.PluginSupports(netconf.SupportedVersions...), about)
+	p := plugin.New()
+	if path := os.Getenv(plugin.TraceEnv); path != "" {
+		p.Trace = plugin.TraceTo(path) // the bench's per-step breakdown
+	}
+	skel.PluginMainFuncs(p.Funcs(), version.PluginSupports(netconf.SupportedVersions...), about)
 }

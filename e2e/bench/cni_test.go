@@ -24,24 +24,25 @@ type plugin struct {
 	conf    []byte
 }
 
-// call is what one exec of a plugin cost.
+// call is what one exec of a plugin cost: from just before fork+exec (start) to after wait.
 type call struct {
-	dur time.Duration
+	start time.Time
+	dur   time.Duration
 }
 
 // execCNI runs a plugin as a runtime does and as internal/testing/harness's Pod.CNI does: from a thread in the node's
-// netns, CNI_* in the environment, the config on stdin. The clock covers fork+exec to wait.
-func execCNI(nodeNS ns.NetNS, p plugin, command, containerID, netnsPath, ifName, podName string) (call, error) {
+// netns, CNI_* (and env) in the environment, the config on stdin. The clock covers fork+exec to wait.
+func execCNI(nodeNS ns.NetNS, p plugin, command, containerID, netnsPath, ifName, podName string, env ...string) (call, error) {
 	cmd := exec.Command(p.bin)
-	cmd.Env = cniEnv(p, command, containerID, netnsPath, ifName, podName)
+	cmd.Env = append(cniEnv(p, command, containerID, netnsPath, ifName, podName), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(p.conf), &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var c call
 	err := nodeNS.Do(func(ns.NetNS) error {
-		start := time.Now()
+		c.start = time.Now()
 		err := cmd.Run()
-		c.dur = time.Since(start)
+		c.dur = time.Since(c.start)
 		return err
 	})
 	if err != nil {

@@ -34,6 +34,7 @@ type samples struct {
 	add, del, version []time.Duration
 	rss               []float64 // MiB, per ADD and DEL call
 	allocate, release []time.Duration
+	steps             stepSamples // plugin 0's steps
 }
 
 // interleave runs ADD then DEL of each plugin in turn, warmup+n times, the order swapped every iteration
@@ -76,6 +77,7 @@ func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin
 			if k == 0 {
 				a, r := agentRoundTrip(t, node, pod, exclusive)
 				s.allocate, s.release = append(s.allocate, a), append(s.release, r)
+				traceSteps(t, node, pod, p, &s.steps)
 			}
 		}
 	}
@@ -83,7 +85,8 @@ func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin
 }
 
 // sampleEvery: every sampleEvery-th measured iteration also execs VERSION (process start) and a traced ADD
-// and DEL (RSS) of each plugin, and times the agent's round trips.
+// and DEL (RSS) of each plugin, times the agent's round trips, and runs an ADD and DEL of multinic with its
+// step trace on.
 const sampleEvery = 5
 
 // traceRSS runs one more ADD and DEL of p, traced, and returns their peak RSS in MiB.
@@ -145,6 +148,7 @@ func latencyResults(t *testing.T, key, title, refTitle string, n int, s [2]*samp
 			verRow.Ours.Value, rows[3].Ours.Value, netlinkAdd, verRow.Ref.Value, netlinkRef),
 		fmt.Sprintf("Each iteration: ADD then DEL of one plugin, then of the other, with a fresh container ID each; the order alternates (A B, B A, ...). Both plugins' binaries are copied to the same temporary folder first (in the VM: tmpfs rather than the 9p mount). Every %d iterations, VERSION is exec'd the same way after the DEL, and the agent's allocate and release are timed from the test process (a fresh connection per call, as the plugin makes).", sampleEvery))
 	emit(t, Result{Figure: 1, Key: key, Title: title, Iterations: n, Ours: "multinic", Ref: refTitle, Rows: rows, Notes: notes})
+	emit(t, stepsResult(key, "multinic "+key+" mode: ADD and DEL by step", &ours.steps))
 	rss := Compare("max RSS per call (ADD and DEL)", "MiB", Summarize(ours.rss), Summarize(ref.rss), 0)
 	emit(t, Result{Figure: 5, Key: "plugin-" + key, Title: "plugin RSS per call: " + title, Iterations: len(ours.rss),
 		Ours: "multinic", Ref: refTitle, Rows: []Row{rss},
