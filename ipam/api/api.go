@@ -204,7 +204,8 @@ type ReleaseResponse struct {
 }
 
 // Allocation is a granted AllocateRequest: one live allocation in the agent, as the allocator holds it, the
-// checkpoint saves it and GET /v1/allocations lists it.
+// checkpoint saves it and GET /v1/allocations lists it. Address is zero for a shared allocation of family
+// ipv6; an exclusive one's is its ENI's primary address whatever the family (it stands for the whole ENI).
 type Allocation struct {
 	AllocateRequest
 	Address     netip.Addr `json:"address"`

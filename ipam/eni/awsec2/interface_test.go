@@ -39,6 +39,17 @@ func TestParse(t *testing.T) {
 				Prefixes: []netip.Prefix{netip.MustParsePrefix("10.0.3.16/28")}},
 		},
 		{
+			name: "IPv6 addresses and /80s (malformed and IPv4 ones skipped, prefixes masked)",
+			in: types.NetworkInterface{NetworkInterfaceId: aws.String("eni-6"), PrivateIpAddress: aws.String("10.0.1.6"),
+				Ipv6Addresses: []types.NetworkInterfaceIpv6Address{{Ipv6Address: aws.String("2001:db8:ec2:1::77")},
+					{Ipv6Address: aws.String("10.0.1.7")}, {Ipv6Address: aws.String("bad")}},
+				Ipv6Prefixes: []types.Ipv6PrefixSpecification{{Ipv6Prefix: aws.String("2001:db8:ec2:1:5::/80")},
+					{Ipv6Prefix: aws.String("2001:db8:ec2:1:6::1/80")}, {Ipv6Prefix: aws.String("10.0.0.0/28")}}},
+			want: Interface{ID: "eni-6", Tags: map[string]string{}, Primary: ip("10.0.1.6"),
+				IPv6Addresses: []netip.Addr{ip("2001:db8:ec2:1::77")},
+				IPv6Prefixes:  []netip.Prefix{netip.MustParsePrefix("2001:db8:ec2:1:5::/80"), netip.MustParsePrefix("2001:db8:ec2:1:6::/80")}},
+		},
+		{
 			name: "available, the primary only as PrivateIpAddress (a create's answer may say no more)",
 			in: types.NetworkInterface{NetworkInterfaceId: aws.String("eni-2"), Status: types.NetworkInterfaceStatusAvailable,
 				PrivateIpAddress: aws.String("10.0.1.5")},
