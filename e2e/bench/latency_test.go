@@ -39,9 +39,9 @@ type samples struct {
 
 // interleave runs ADD then DEL of each plugin in turn, warmup+n times, the order swapped every iteration
 // (A B, B A, A B, ...) so that drift and ordering hit both; each also execs CNI_COMMAND=VERSION (process
-// start and Go runtime init, no work). agentCard >= 0 also times the agent's allocate and release for
-// plugin 0, through a fresh client per call (the plugin dials once per call too).
-func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin, n, warmup int, exclusive bool) [2]*samples {
+// start and Go runtime init, no work). It also times the agent's allocate (of rt's card, mode and family)
+// and release for plugin 0, through a fresh client per call (the plugin dials once per call too).
+func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin, n, warmup int, rt api.AllocateRequest) [2]*samples {
 	t.Helper()
 	out := [2]*samples{{}, {}}
 	const ifName = "net1"
@@ -75,7 +75,7 @@ func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin
 			s.version = append(s.version, ver.dur)
 			s.rss = append(s.rss, traceRSS(t, node, pod, p)...)
 			if k == 0 {
-				a, r := agentRoundTrip(t, node, pod, exclusive)
+				a, r := agentRoundTrip(t, node, pod, rt)
 				s.allocate, s.release = append(s.allocate, a), append(s.release, r)
 				traceSteps(t, node, pod, p, &s.steps)
 			}
@@ -104,16 +104,17 @@ func traceRSS(t *testing.T, node *harness.Node, pod *harness.Pod, p plugin) []fl
 	return out
 }
 
-// agentRoundTrip times one allocate and one release as the plugin sends them, on a fresh connection each.
-func agentRoundTrip(t *testing.T, node *harness.Node, pod *harness.Pod, exclusive bool) (alloc, rel time.Duration) {
+// agentRoundTrip times one allocate (rt's card, mode and family) and one release as the plugin sends
+// them, on a fresh connection each.
+func agentRoundTrip(t *testing.T, node *harness.Node, pod *harness.Pod, rt api.AllocateRequest) (alloc, rel time.Duration) {
 	t.Helper()
 	cid := newContainerID()
 	ctx := context.Background()
 	c := api.NewClient(node.Socket, 0)
 	start := time.Now()
-	_, err := c.Allocate(ctx, api.AllocateRequest{Card: latencyCard, ContainerID: cid, IfName: "net1",
+	_, err := c.Allocate(ctx, api.AllocateRequest{Card: rt.Card, ContainerID: cid, IfName: "net1",
 		PodRef:    api.PodRef{PodNamespace: "default", PodName: pod.Name, PodUID: "uid-" + pod.Name},
-		Exclusive: exclusive, Netns: pod.NetNSPath})
+		Exclusive: rt.Exclusive, Netns: pod.NetNSPath, Family: rt.Family})
 	alloc = time.Since(start)
 	c.Close()
 	if err != nil {
@@ -218,7 +219,7 @@ func TestLatencyIPVlan(t *testing.T) {
 		}}}},
 	})}
 	n := latencyIterations()
-	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), false)
+	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard})
 	latencyResults(t, "ipvlan", "ipvlan mode vs ipvlan + host-local", "ipvlan + host-local", n, s, []string{
 		fmt.Sprintf("Same parent link (%s, the card-%d ENI the agent serves), same pod netns (made by internal/testing/harness with its eth0), ipvlan l2, CNI 1.1.0, both exec'd from the node netns. The reference gets host-local with a range at the top of the same subnet and no routes; multinic also installs its per-card route table and policy rules (its default).", probe.LinkName, latencyCard),
 		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v, --warm-target 4.", latencyAgentArgs),
@@ -247,11 +248,46 @@ func TestLatencyExclusive(t *testing.T) {
 		}}},
 	})}
 	n := latencyIterations()
-	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), true)
+	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard, Exclusive: true})
 	latencyResults(t, "exclusive", "exclusive mode vs host-device + static", "host-device + static", n, s, []string{
 		fmt.Sprintf("multinic moves the card-%d ENI link the agent created (a veth from fake-ec2's fabric, MTU 9001) into the pod; host-device moves %s, a veth made the same way (peer in the fabric netns, MTU 9001), with static IPAM giving an address of the same subnet. Same pod netns, both exec'd from the node netns. Runs on the host (exclusive mode needs no ipvlan).", latencyCard, refDev),
 		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v: the one exclusive ENI is reused every iteration, so no EC2 call is on the hot path.", latencyAgentArgs),
 	})
+}
+
+// dualCard is the card TestLatencyDual serves dual-stack, next to latencyCard's ipv4.
+const dualCard = 2
+
+// TestLatencyDual is issue 14's ADD latency, dual-stack against IPv4-only in the same run: multinic mode
+// exclusive on a card of family dual (the ENI moved in with its IPv4 and its IPv6 address, both families'
+// routes and rules) and on a card of family ipv4, interleaved, same pod netns. Runs on the host.
+func TestLatencyDual(t *testing.T) {
+	nettest.RequireRoot(t)
+	args := append([]string{"--family", fmt.Sprintf("%d=dual", dualCard)}, latencyAgentArgs...)
+	region := harness.NewRegion(t, harness.Config{ManagedCards: []int{latencyCard, dualCard}, WarmTarget: 2, AgentArgs: args})
+	node := region.Node(0)
+	pod := newLatencyPod(t, node)
+	bins := stageBinaries(t, filepath.Join(harness.BinDir(t), harness.PluginBinary))
+	dual := plugin{name: "multinic dual", bin: filepath.Join(bins, harness.PluginBinary), cniPath: bins,
+		conf: mustJSON(harness.Attachment{Card: dualCard, Mode: "exclusive", Family: api.FamilyDual}.NetConf(node.Socket))}
+	v4 := plugin{name: "multinic ipv4", bin: filepath.Join(bins, harness.PluginBinary), cniPath: bins,
+		conf: mustJSON(harness.Attachment{Card: latencyCard, Mode: "exclusive"}.NetConf(node.Socket))}
+	n := latencyIterations()
+	s := interleave(t, node, pod, [2]plugin{dual, v4}, n, max(2, n/50), api.AllocateRequest{Card: dualCard, Exclusive: true, Family: api.FamilyDual})
+	ms := func(d []time.Duration) Stat { return Summarize(Millis(d)) }
+	emit(t, Result{Figure: 1, Key: "exclusive-dual", Title: "exclusive mode: dual-stack vs IPv4-only (issue 14)", Iterations: n,
+		Ours: "multinic dual", Ref: "multinic ipv4",
+		Rows: []Row{
+			Compare("ADD", "ms", ms(s[0].add), ms(s[1].add), 0),
+			Compare("DEL", "ms", ms(s[0].del), ms(s[1].del), 0),
+			Compare("VERSION (process start, no work)", "ms", ms(s[0].version), ms(s[1].version), 0),
+			{Metric: "agent allocate round trip, dual (in ADD)", Unit: "ms", Ours: ms(s[0].allocate)},
+			{Metric: "agent release round trip, dual (in DEL)", Unit: "ms", Ours: ms(s[0].release)},
+		},
+		Notes: []string{
+			fmt.Sprintf("The same plugin binary, mode exclusive, interleaved (A B, B A, ...) with a fresh container ID each: on card %d of family dual (the ENI, made with one IPv6 address, moved into the pod with its IPv4 and IPv6 addresses, IPv6 routes and rules through fe80:ec2::1 next to the IPv4 ones) and on card %d of family ipv4. Same pod netns, both exec'd from the node netns; the agent's allocate and release are timed for the dual card every %d iterations.", dualCard, latencyCard, sampleEvery),
+			fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v: each card's one exclusive ENI is reused every iteration, so no EC2 call is on the hot path.", args),
+		}})
 }
 
 // refDevice makes the reference's "ENI": a veth in the node netns, peer in the fabric netns, MTU 9001, up.

@@ -72,8 +72,8 @@ mkdir -p "$RES" "$REFBIN"
 CMDLINE="GOBIN=$REFBIN CGO_ENABLED=0 go install -trimpath ${refs[*]}"
 step refs env GOBIN="$ROOT/$REFBIN" CGO_ENABLED=0 go install -trimpath "${refs[@]}"
 
-CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2ChurnIPv6|TestEC2Burst|TestScaleUp|TestP5Node)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
-step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestEC2Churn|TestEC2ChurnIPv6|TestEC2Burst|TestScaleUp|TestP5Node)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
+CMDLINE="go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestLatencyDual|TestEC2Churn|TestEC2ChurnIPv6|TestEC2Burst|TestScaleUp|TestP5Node)\$' ./e2e/bench/ -args -multinic.full -multinic.n=$N"
+step host go test -count=1 -v -timeout 40m -run '^(TestLatencyExclusive|TestLatencyDual|TestEC2Churn|TestEC2ChurnIPv6|TestEC2Burst|TestScaleUp|TestP5Node)$' ./e2e/bench/ -args -multinic.full -multinic.n="$N"
 
 VMTESTS='^(TestLatencyIPVlan|TestBandwidthScaling|TestBandwidthIPVlanVsExclusive)$'
 CMDLINE="MULTINIC_VM_TEST_TIMEOUT=40m MULTINIC_VM_TESTFLAGS='-test.run $VMTESTS -multinic.full -multinic.n=$N' e2e/vm/vmtest.sh ./e2e/bench/"
