@@ -19,6 +19,7 @@ import (
 
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/manifests"
+	"github.com/multinic/multinic/netconf"
 )
 
 func TestCardResources(t *testing.T) {
@@ -127,6 +128,38 @@ func TestPublisherWiring(t *testing.T) {
 		v2, _ := capacity("2")
 		return v1 == 196 && v2 == 245
 	})
+}
+
+// TestPublisherFamily: --family reaches the published NADs, each card's own (issue 14), and the plugin's
+// parser reads it back.
+func TestPublisherFamily(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	kube := kubefake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}})
+	nads := nadfake.NewSimpleClientset()
+	cards := &fakeCards{ready: true}
+	p, err := newPublisher(mustParse(t, "--kubeconfig", "k", "--publish-interval", "1h", "--family", "dual,2=ipv6"), kube, nads, cards, logger)
+	if err != nil || p == nil {
+		t.Fatalf("newPublisher: %v, %v", p, err)
+	}
+	ctx := context.Background()
+	stop := runPublisher(ctx, p, cards.WaitReady)
+	defer stop()
+	want := map[string]string{"multinic-card-1": "dual", "multinic-card-1-exclusive": "dual",
+		"multinic-card-2": "ipv6", "multinic-card-2-exclusive": "ipv6"}
+	waitUntil(t, func() bool {
+		list, err := nads.K8sCniCncfIoV1().NetworkAttachmentDefinitions("kube-system").List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == len(want)
+	})
+	list, err := nads.K8sCniCncfIoV1().NetworkAttachmentDefinitions("kube-system").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range list.Items {
+		c, err := netconf.Load([]byte(n.Spec.Config))
+		if err != nil || c.Family != want[n.Name] {
+			t.Errorf("NAD %s: family %+v (%v) in %s, want %s", n.Name, c, err, n.Spec.Config, want[n.Name])
+		}
+	}
 }
 
 func waitUntil(t *testing.T, cond func() bool) {
