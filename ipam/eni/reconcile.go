@@ -150,32 +150,40 @@ func (m *Manager) reconcile(ctx context.Context) error {
 func (m *Manager) ec2IPv6PrefixesLocked(enis []awsec2.Interface, rv recentView, known map[netip.Prefix]bool) []allocator.EC2Prefix {
 	var out []allocator.EC2Prefix
 	listed := map[netip.Prefix]bool{}
+	pending := map[*eniState][]netip.Prefix{}
 	for _, ni := range enis {
 		e := m.enis[ni.ID]
 		if e == nil || e.exclusive {
 			continue
 		}
-		var pending []netip.Prefix
+		if !e.linkReady {
+			pending[e] = nil
+		}
 		for _, p := range ni.IPv6Prefixes {
 			if _, gone := rv.unassigned[p.Addr()]; gone {
 				continue
 			}
+			listed[p] = true
 			if !e.linkReady && !known[p] {
-				pending = append(pending, p)
+				pending[e] = append(pending[e], p)
 				continue
 			}
-			listed[p] = true
 			out = append(out, allocator.EC2Prefix{Card: e.card, ENIID: e.id, Prefix: p})
-		}
-		if !e.linkReady {
-			e.pending6 = pending
 		}
 	}
 	for a, as := range rv.assigned {
 		p := netip.PrefixFrom(a, IPv6PrefixBits)
-		if e := m.enis[as.eniID]; e != nil && a.Is6() && !e.exclusive && !listed[p] && known[p] {
+		e := m.enis[as.eniID]
+		switch {
+		case e == nil || !a.Is6() || e.exclusive || listed[p]:
+		case known[p]:
 			out = append(out, allocator.EC2Prefix{Card: e.card, ENIID: e.id, Prefix: p})
+		case !e.linkReady: // assigned a moment ago, Describe does not show it yet: it joins with the link
+			pending[e] = append(pending[e], p)
 		}
+	}
+	for e, ps := range pending {
+		e.pending6 = ps
 	}
 	return out
 }
