@@ -34,7 +34,7 @@ const (
 	StepNetns    Step = "netns"    // config read, pod netns opened, no interface of that name there (traced only)
 	StepAllocate Step = "allocate" // the agent granted an address (undo: release)
 	StepLink     Step = "link"     // the ipvlan child exists / the ENI link is in the pod (undo: delete / move back)
-	StepAddress  Step = "address"  // address and MTU set, link up
+	StepAddress  Step = "address"  // addresses and MTU set (with IPv6 the link's IPv6Sysctls first), link up
 	StepRoutes   Step = "routes"   // extra routes and the per-interface table
 	StepRule     Step = "rule"     // the source rule (undo: delete rules)
 	StepSysctl   Step = "sysctl"   // rp_filter
