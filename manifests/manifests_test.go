@@ -657,38 +657,55 @@ func TestIAMPolicy(t *testing.T) {
 	}
 }
 
-// TestExamples: the example pod names NADs the agent publishes and requests their cards' resources; the
-// example NAD's config is accepted by the plugin's own parser.
+// TestExamples: each example pod names NADs the agent publishes and requests their cards' resources
+// (pod.yaml mixes ipvlan and exclusive, pod-exclusive.yaml is exclusive only: the variant the real-node e2e
+// applies on kernels without ipvlan); the example NAD's config is accepted by the plugin's own parser.
 func TestExamples(t *testing.T) {
-	objs := load(t, "examples/pod.yaml", "examples/network-attachment-definition.yaml")
-	pod := find[*corev1.Pod](t, objs, "")
-	sel := pod.Annotations[nad.NetworksAnnotation]
-	if sel == "" {
-		t.Fatalf("pod has no %s", nad.NetworksAnnotation)
-	}
-	published := map[string]int{}
 	rendered, err := nad.Render([]int{1, 2, 3}, nad.Options{Modes: []string{netconf.ModeIPVlan, netconf.ModeExclusive}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	published := map[string]int{}
 	for i, n := range rendered {
 		published[n.Namespace+"/"+n.Name] = i
 	}
-	wantRes := corev1.ResourceList{}
-	for _, ref := range strings.Split(sel, ",") {
-		i, ok := published[strings.TrimSpace(ref)]
-		if !ok {
-			t.Errorf("pod asks for %q, which the agent does not publish (it publishes %v)", ref, published)
-			continue
+	for file, wantModes := range map[string][]string{
+		"examples/pod.yaml":           {netconf.ModeIPVlan, netconf.ModeIPVlan, netconf.ModeExclusive},
+		"examples/pod-exclusive.yaml": {netconf.ModeExclusive, netconf.ModeExclusive, netconf.ModeExclusive},
+	} {
+		pod := find[*corev1.Pod](t, load(t, file), "")
+		sel := pod.Annotations[nad.NetworksAnnotation]
+		if sel == "" {
+			t.Fatalf("%s: pod has no %s", file, nad.NetworksAnnotation)
 		}
-		res := corev1.ResourceName(rendered[i].Annotations[nad.ResourceNameAnnotation])
-		wantRes[res] = *wantQuantity(1)
-	}
-	r := pod.Spec.Containers[0].Resources
-	if !equalResources(r.Requests, wantRes) || !equalResources(r.Limits, wantRes) {
-		t.Errorf("pod resources %v / %v, want %v", r.Requests, r.Limits, wantRes)
+		wantRes := corev1.ResourceList{}
+		refs := strings.Split(sel, ",")
+		if len(refs) != len(wantModes) {
+			t.Errorf("%s asks for %d networks, want %d", file, len(refs), len(wantModes))
+		}
+		for k, ref := range refs {
+			i, ok := published[strings.TrimSpace(ref)]
+			if !ok {
+				t.Errorf("%s: pod asks for %q, which the agent does not publish (it publishes %v)", file, ref, published)
+				continue
+			}
+			if k < len(wantModes) && rendered[i].Name != nad.Name(k+1, wantModes[k]) {
+				t.Errorf("%s: network %d is %s, want %s", file, k+1, rendered[i].Name, nad.Name(k+1, wantModes[k]))
+			}
+			res := corev1.ResourceName(rendered[i].Annotations[nad.ResourceNameAnnotation])
+			wantRes[res] = *wantQuantity(1)
+		}
+		c := pod.Spec.Containers[0]
+		if !equalResources(c.Resources.Requests, wantRes) || !equalResources(c.Resources.Limits, wantRes) {
+			t.Errorf("%s: pod resources %v / %v, want %v", file, c.Resources.Requests, c.Resources.Limits, wantRes)
+		}
+		// Something to kubectl exec into (ip, ping) that keeps running.
+		if !strings.Contains(c.Image, "busybox") || !slices.Equal(c.Command, []string{"sleep", "infinity"}) {
+			t.Errorf("%s: container %s %v, want busybox sleeping", file, c.Image, c.Command)
+		}
 	}
 
+	objs := load(t, "examples/network-attachment-definition.yaml")
 	n := find[*nadv1.NetworkAttachmentDefinition](t, objs, "")
 	var nc netconf.NetConf
 	if err := json.Unmarshal([]byte(n.Spec.Config), &nc); err != nil {
