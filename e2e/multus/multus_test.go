@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,6 +114,12 @@ func runCases(t *testing.T, c *cluster.Cluster, tools *cluster.Tools, mode strin
 
 	t.Run("all-cards", func(t *testing.T) {
 		p := e.addPod(ctx, t, region.Node(0), "all-cards", allCards)
+		e.checkPod(ctx, t, p)
+		e.deletePod(ctx, t, p)
+		e.settle(t)
+	})
+	t.Run("example-pod", func(t *testing.T) {
+		p := e.addExamplePod(ctx, t, region.Node(0), exampleFile(mode))
 		e.checkPod(ctx, t, p)
 		e.deletePod(ctx, t, p)
 		e.settle(t)
@@ -512,6 +519,16 @@ type pod struct {
 	result      *current.Result
 	deleted     bool
 	removed     bool
+	// modes are the plugin mode of each card's attachment; nil: the env's mode for all.
+	modes []string
+}
+
+// mode is the plugin mode of the i-th attachment.
+func (p *pod) mode(i int, def string) string {
+	if p.modes != nil {
+		return p.modes[i]
+	}
+	return def
 }
 
 // newPod creates the Pod object (networks: the NAD of e.mode of each card, in order) and its netns,
@@ -533,13 +550,21 @@ func (e *env) newPodNets(ctx context.Context, t *testing.T, n *harness.Node, nam
 			Annotations: map[string]string{nad.NetworksAnnotation: strings.Join(nets, ",")}},
 		Spec: corev1.PodSpec{NodeName: n.Name, Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}},
 	}
-	obj, err := e.c.Client.CoreV1().Pods("default").Create(ctx, obj, metav1.CreateOptions{})
+	return e.newPodObject(ctx, t, n, obj, cards, nil)
+}
+
+// newPodObject creates the Pod object obj (its networks attach cards[i] in modes[i]; nil: e.mode) and
+// its netns on node n, without running ADD.
+func (e *env) newPodObject(ctx context.Context, t *testing.T, n *harness.Node, obj *corev1.Pod, cards []int, modes []string) (*pod, error) {
+	t.Helper()
+	name := obj.Name
+	obj, err := e.c.Client.CoreV1().Pods(obj.Namespace).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("create pod %s: %w", name, err)
 	}
 	id := make([]byte, 32)
 	_, _ = rand.Read(id)
-	p := &pod{obj: obj, node: n, cards: cards, containerID: hex.EncodeToString(id)}
+	p := &pod{obj: obj, node: n, cards: cards, modes: modes, containerID: hex.EncodeToString(id)}
 	t.Cleanup(func() { e.removePod(t, p) })
 	p.netnsPath = filepath.Join(fabric.NetNSDir, fmt.Sprintf("%s-%s", n.NetNSName, name))
 	if p.netns, p.h, err = namedns.CreateOpen(p.netnsPath); err != nil {
@@ -684,7 +709,6 @@ type networkStatus struct {
 // allocation, the ADD result and the Pod's network-status annotation agreeing.
 func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 	t.Helper()
-	exclusive := e.mode == netconf.ModeExclusive
 	st := e.region.State()
 	obj, err := e.c.Client.CoreV1().Pods(p.obj.Namespace).Get(ctx, p.obj.Name, metav1.GetOptions{})
 	if err != nil {
@@ -710,6 +734,8 @@ func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 	var summary []string
 	for i, card := range p.cards {
 		ifName := "net" + strconv.Itoa(i+1)
+		mode := p.mode(i, e.mode)
+		exclusive := mode == netconf.ModeExclusive
 		subnet, ok := st.Subnet(fakeec2.CardSubnetID(card))
 		if !ok {
 			t.Fatalf("fake-ec2 has no subnet %s for card %d", fakeec2.CardSubnetID(card), card)
@@ -775,17 +801,17 @@ func (e *env) checkPod(ctx context.Context, t *testing.T, p *pod) {
 				t.Errorf("pod %s %s MAC %s, want ENI %s's %s", p.obj.Name, ifName, link.Attrs().HardwareAddr, en.ID, en.MAC)
 			}
 			if isIPVlan := link.Type() == "ipvlan"; isIPVlan == exclusive {
-				t.Errorf("pod %s %s is a %s link, want mode %s", p.obj.Name, ifName, link.Type(), e.mode)
+				t.Errorf("pod %s %s is a %s link, want mode %s", p.obj.Name, ifName, link.Type(), mode)
 			}
 		}
 		// The agent's record.
 		if a, ok := allocs[ifName]; !ok || a.Card != card || a.Exclusive != exclusive || a.Address != addr || a.IPv6 != addr6 ||
 			a.ENIID != en.ID || a.PodName != p.obj.Name || a.PodNamespace != p.obj.Namespace {
-			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d %s %v on %s", p.obj.Name, ifName, a, ok, card, e.mode, wantIPs, en.ID)
+			t.Errorf("pod %s %s: agent allocation %+v (found %t), want card %d %s %v on %s", p.obj.Name, ifName, a, ok, card, mode, wantIPs, en.ID)
 		}
 		// The ADD result Multus returned (the primary network's) and the annotation Multus wrote: IPv4 first.
 		s := statuses[i+1]
-		wantName := nad.DefaultNamespace + "/" + nad.Name(card, e.mode)
+		wantName := nad.DefaultNamespace + "/" + nad.Name(card, mode)
 		if s.Name != wantName || s.Interface != ifName || !slices.Equal(s.IPs, wantIPs) ||
 			!strings.EqualFold(s.Mac, en.MAC) || s.Default {
 			t.Errorf("pod %s network-status[%d] = %+v, want %s %s %v mac %s", p.obj.Name, i+1, s, wantName, ifName, wantIPs, en.MAC)
@@ -1128,4 +1154,51 @@ func tcpEcho(t *testing.T, from, to *pod, ifName string, v6 bool, port int) {
 		t.Errorf("tcp %s -> %s: server saw %s", srcAddr, dstAddr, p)
 	}
 	t.Logf("tcp %s %s (%s) -> %s %s (%s): echoed", from.obj.Name, ifName, srcAddr, to.obj.Name, ifName, dstAddr)
+}
+
+// exampleFile is the example pod the cases of mode run: examples/pod.yaml (ipvlan on cards 1 and 2,
+// exclusive on card 3) where the kernel has ipvlan, its exclusive variant elsewhere.
+func exampleFile(mode string) string {
+	if mode == netconf.ModeIPVlan {
+		return "examples/pod.yaml"
+	}
+	return "examples/pod-exclusive.yaml"
+}
+
+var exampleNetwork = regexp.MustCompile(`^` + nad.DefaultNamespace + `/multinic-card-(\d+)(-exclusive)?$`)
+
+// addExamplePod creates the example pod of manifests/ as it is, bound to node n as the scheduler would bind
+// it (no scheduler runs here), and runs the Multus ADD for its sandbox there.
+func (e *env) addExamplePod(ctx context.Context, t *testing.T, n *harness.Node, file string) *pod {
+	t.Helper()
+	docs, err := manifests.Documents(file)
+	if err != nil || len(docs) != 1 {
+		t.Fatalf("manifests/%s: want one document: %d, %v", file, len(docs), err)
+	}
+	var obj corev1.Pod
+	if err := json.Unmarshal(docs[0], &obj); err != nil {
+		t.Fatal(err)
+	}
+	obj.Spec.NodeName = n.Name
+	var cards []int
+	var modes []string
+	for _, ref := range strings.Split(obj.Annotations[nad.NetworksAnnotation], ",") {
+		m := exampleNetwork.FindStringSubmatch(strings.TrimSpace(ref))
+		if m == nil {
+			t.Fatalf("manifests/%s asks for %q, not a published NAD", file, ref)
+		}
+		card, _ := strconv.Atoi(m[1])
+		mode := netconf.ModeIPVlan
+		if m[2] != "" {
+			mode = netconf.ModeExclusive
+		}
+		cards, modes = append(cards, card), append(modes, mode)
+	}
+	p, err := e.newPodObject(ctx, t, n, &obj, cards, modes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := e.add(t, p)
+	t.Logf("Multus ADD of manifests/%s (%s, cards %v, modes %v) on %s took %s", file, obj.Name, cards, modes, n.Name, took.Round(time.Millisecond))
+	return p
 }
