@@ -90,6 +90,7 @@ type Cluster struct {
 	mapper    *restmapper.DeferredDiscoveryRESTMapper
 	etcd      *Process
 	apiserver *Process
+	down      <-chan struct{} // closed when etcd or kube-apiserver exits
 	// scheduler and controllerManager run after StartControllers.
 	scheduler, controllerManager *Process
 	saKey                        string
@@ -280,6 +281,15 @@ func (c *Cluster) startProcesses(ctx context.Context, tools *Tools, p *pki, toke
 	if err != nil {
 		return err
 	}
+	down := make(chan struct{})
+	go func(etcd, apiserver <-chan struct{}) {
+		select {
+		case <-etcd:
+		case <-apiserver:
+		}
+		close(down)
+	}(c.etcd.Done(), c.apiserver.Done())
+	c.down = down
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(p.caPEM)
 	client := &http.Client{
@@ -377,6 +387,9 @@ func (c *Cluster) CreateNode(ctx context.Context, name string, labels map[string
 	}
 	return out, nil
 }
+
+// Down is closed once etcd or kube-apiserver has exited (Close, or a crash): clients can stop waiting.
+func (c *Cluster) Down() <-chan struct{} { return c.down }
 
 // Close stops kube-apiserver and etcd (SIGTERM, then SIGKILL), closes the netns proxies and removes the
 // folder it created. It is safe to call more than once.
