@@ -65,7 +65,7 @@ func testDaemonSet(ctx context.Context, t *testing.T, e *Env, image string) {
 		"-l", "app.kubernetes.io/name=multinic-agent", "--timeout=2m"); err != nil {
 		t.Fatalf("%v\n%s\n%s", err, out, e.describe(ctx, "kube-system", "app.kubernetes.io/name=multinic-agent"))
 	}
-	pods, err := e.Cluster.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=multinic-agent"})
+	pods, err := e.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=multinic-agent"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func checkPublished(ctx context.Context, t *testing.T, e *Env, cards []int) {
 	for {
 		var missing []string
 		for _, n := range e.Nodes {
-			node, err := e.Cluster.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			node, err := e.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -124,7 +124,7 @@ func checkPublished(ctx context.Context, t *testing.T, e *Env, cards []int) {
 				}
 			}
 		}
-		list, err := e.Cluster.Dynamic.Resource(nadGVR).Namespace("kube-system").List(ctx, metav1.ListOptions{})
+		list, err := e.Dynamic.Resource(nadGVR).Namespace("kube-system").List(ctx, metav1.ListOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

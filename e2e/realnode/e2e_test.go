@@ -14,11 +14,13 @@ import (
 	"github.com/multinic/multinic/tools/imagebuild"
 )
 
-// images are the archives every node imports: make image's three, and the two Multus images the test
-// builds from the static Multus binaries.
+// images are the archives every node imports: make image's multinic image, the pause and busybox images
+// (busybox also under the example pod's image name), and the two Multus images the test builds from the
+// static Multus binaries.
 type images struct {
 	archives []string
 	multinic string // the multinic image's reference, as make image tagged it
+	path     string // bin/multinic-image.tar
 }
 
 func findImages(ctx context.Context, t *testing.T) images {
@@ -35,11 +37,16 @@ func findImages(ctx context.Context, t *testing.T) images {
 	if err != nil || len(m) != 1 || len(m[0].RepoTags) != 1 {
 		t.Fatalf("%s (make image builds it): want one image with one tag: %+v, %v", multinic, m, err)
 	}
-	im := images{archives: []string{multinic}, multinic: m[0].RepoTags[0]}
+	im := images{archives: []string{multinic}, multinic: m[0].RepoTags[0], path: multinic}
 	tmp := t.TempDir()
-	for _, name := range []string{imagebuild.Pause, imagebuild.Busybox} {
-		p := filepath.Join(tmp, name+"-image.tar")
-		if _, err := imagebuild.BuildImage(ctx, name, "", p); err != nil {
+	builds := [][2]string{{imagebuild.Pause, ""}, {imagebuild.Busybox, ""}}
+	// The example pod's image is busybox: on these nodes it is the local busybox image under that name.
+	if ex := examplePod(t, exampleExclusive).Spec.Containers[0].Image; ex != imagebuild.DefaultBusyboxRef {
+		builds = append(builds, [2]string{imagebuild.Busybox, ex})
+	}
+	for i, b := range builds {
+		p := filepath.Join(tmp, b[0]+"-"+string(rune('a'+i))+"-image.tar")
+		if _, err := imagebuild.BuildImage(ctx, b[0], b[1], p); err != nil {
 			t.Fatal(err)
 		}
 		im.archives = append(im.archives, p)
@@ -48,12 +55,13 @@ func findImages(ctx context.Context, t *testing.T) images {
 }
 
 // TestRealNodes is the real-node e2e: manifests/ applied with kubectl on two real kubelet + containerd
-// nodes, then the cases once per Multus mode.
+// nodes (or, from e2e/kind/run.sh, on a kind cluster), then the cases of multusCases once per Multus mode.
 func TestRealNodes(t *testing.T) {
 	RequireE2E(t)
 	ctx := context.Background()
 	im := findImages(ctx, t)
-	e := Start(t, Options{Images: im.archives})
+	e := newEnv(t, im.archives)
+	t.Run("image-import", func(t *testing.T) { testImageImport(ctx, t, e, im) })
 	if !t.Run("DaemonSet", func(t *testing.T) { testDaemonSet(ctx, t, e, im.multinic) }) {
 		return
 	}
@@ -70,21 +78,45 @@ func TestRealNodes(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
+				if t.Failed() { // Multus' own log goes with its pods
+					out, err := e.Kubectl(ctx, nil, "-n", "kube-system", "logs", "-l", "name=multus", "--all-containers", "--prefix", "--tail=150")
+					t.Logf("Multus logs (%v):\n%s", err, out)
+				}
 				if err := e.UninstallMultus(ctx); err != nil {
 					t.Error(err)
 				}
 			})
-			if mode == MultusThin {
-				t.Run("scheduling", func(t *testing.T) { testScheduling(ctx, t, e, im.multinic) })
-			}
-			t.Run("cards-1-7", func(t *testing.T) { testAllCards(ctx, t, e) })
-			t.Run("selections", func(t *testing.T) { testSelections(ctx, t, e) })
-			t.Run("lifecycle", func(t *testing.T) { testLifecycle(ctx, t, e) })
-			if mode == MultusThin { // upstream's thick config says cniVersion 0.3.1: containerd calls no STATUS
-				t.Run("runtime-status", func(t *testing.T) { testRuntimeStatus(ctx, t, e) })
+			for _, c := range multusCases {
+				if c.thinOnly && mode != MultusThin {
+					continue
+				}
+				t.Run(c.name, func(t *testing.T) {
+					if c.localOnly != "" && e.kind != "" {
+						t.Skipf("kind: %s", c.localOnly)
+					}
+					c.run(ctx, t, e, im)
+				})
 			}
 		})
 	}
+}
+
+// multusCases are the cases that run once per Multus mode, in order, on the local real nodes (make
+// e2e-node) and on kind (e2e/kind/run.sh runs TestRealNodes): the one list of both.
+var multusCases = []struct {
+	name      string
+	thinOnly  bool   // once is enough, or (runtime-status) the thick config gives containerd no STATUS
+	localOnly string // why the case cannot run on kind; "" runs it there too
+	run       func(context.Context, *testing.T, *Env, images)
+}{
+	{name: "example-pod", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testExamplePod(ctx, t, e) }},
+	{name: "scheduling", thinOnly: true, run: func(ctx context.Context, t *testing.T, e *Env, im images) { testScheduling(ctx, t, e, im.multinic) }},
+	{name: "cards-1-7", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testAllCards(ctx, t, e) }},
+	{name: "selections", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testSelections(ctx, t, e) }},
+	{name: "lifecycle", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testLifecycle(ctx, t, e) }},
+	{name: "runtime-status", thinOnly: true,
+		localOnly: "the case takes the bridge plugin from the local nodes' primary network; kind's is kindnet (ptp, cniVersion 0.3.1: no STATUS)",
+		run:       func(ctx context.Context, t *testing.T, e *Env, _ images) { testRuntimeStatus(ctx, t, e) }},
 }
 
 // testAllCards: a pod on each node asking for cards 1-7, scheduled and Running; what the container sees

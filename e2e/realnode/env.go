@@ -2,6 +2,7 @@ package realnode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +16,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/multinic/multinic/e2e/cluster"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/internal/testing/harness"
 )
 
@@ -30,6 +34,12 @@ const (
 	E2EEnv = "MULTINIC_E2E_NODE"
 	// ImagesEnv names the folder holding the image archives (multinic, pause, busybox); default <repo>/bin.
 	ImagesEnv = "MULTINIC_IMAGES"
+	// KubeconfigEnv names the kubeconfig of an existing cluster: the cases run there instead of on nodes
+	// this package starts (e2e/kind/run.sh sets it, with KindEnv).
+	KubeconfigEnv = "MULTINIC_E2E_KUBECONFIG"
+	// KindEnv is the name of that cluster in kind: its nodes are kind's containers (docker exec), images go
+	// in with kind load image-archive. Only kind clusters are supported: the cases look inside the nodes.
+	KindEnv = "MULTINIC_E2E_KIND"
 )
 
 // nodeReadyTimeout bounds the wait for both Nodes to be Ready; the machine may be busy.
@@ -51,14 +61,26 @@ type tools struct {
 	cniBinDir                                       string
 }
 
-// Env is a running real-node cluster: the control plane with scheduler and controller-manager, the fake
-// EC2 region, and one real node per instance.
+// Env is the cluster the cases run on: either real nodes this package starts (Start: the control plane
+// with scheduler and controller-manager, the fake EC2 region, one real node per instance), or an existing
+// kind cluster whose nodes are fake-ec2 instances (Attach).
 type Env struct {
+	// Kubeconfig, Client and Dynamic reach the API server as cluster admin.
+	Kubeconfig string
+	Client     kubernetes.Interface
+	Dynamic    dynamic.Interface
+	// Nodes in instance order.
+	Nodes []*Node
+
+	// Cluster and Region are the control plane and fake EC2 region Start started (nil after Attach).
 	Cluster *cluster.Cluster
 	Region  *harness.Region
-	Nodes   []*Node
-	// Dir holds the nodes' folders.
+	// Dir holds the nodes' folders (Start).
 	Dir string
+	// kind is the kind cluster's name (Attach).
+	kind string
+	// multusMode is the Multus mode installed (InstallMultus), "" without Multus.
+	multusMode string
 
 	tools    tools
 	images   []string
@@ -110,14 +132,20 @@ func Start(tb testing.TB, opts Options) *Env {
 	}
 	tb.Cleanup(func() { e.sweep(tb) }) // first registered: runs last, after the region's own teardown
 
-	c, err := cluster.New(ctx, cluster.Options{Logf: tb.Logf, APIServerArgs: []string{
+	// Everything of the run under one folder named with Prefix, the control plane too: its processes
+	// name it on their command lines, so Leftovers finds any of them still running.
+	if e.Dir, err = os.MkdirTemp("", Prefix+"-"); err != nil {
+		tb.Fatal(err)
+	}
+	runDir.Store(e.Dir)
+	c, err := cluster.New(ctx, cluster.Options{Logf: tb.Logf, Dir: filepath.Join(e.Dir, "control-plane"), APIServerArgs: []string{
 		// kubectl exec/logs go to the node's address, not its name (no DNS for node names here)
 		"--kubelet-preferred-address-types=InternalIP",
 	}})
 	if err != nil {
 		tb.Fatalf("start control plane: %v", err)
 	}
-	e.Cluster = c
+	e.Cluster, e.Kubeconfig, e.Client, e.Dynamic = c, c.Kubeconfig, c.Client, c.Dynamic
 	scheduler, err1 := cluster.FindNodeTool(cluster.KubeScheduler)
 	kcm, err2 := cluster.FindNodeTool(cluster.KubeControllerManager)
 	if err := errors.Join(err1, err2); err != nil {
@@ -129,12 +157,9 @@ func Start(tb testing.TB, opts Options) *Env {
 
 	e.Region = harness.NewRegion(tb, harness.Config{Nodes: opts.Nodes, Prefix: Prefix, NoAgents: true, InstanceType: opts.InstanceType})
 	tb.Cleanup(func() { e.stopNodes(tb) }) // before the region goes: CNI DELs still reach fake-ec2
-	if e.Dir, err = os.MkdirTemp("", Prefix+"-"); err != nil {
-		tb.Fatal(err)
-	}
 	var ips []netip.Addr
 	for i, hn := range e.Region.Nodes() {
-		n := &Node{Name: hn.Name, IP: hn.PrimaryIP, PodCIDR: hn.PodCIDR, Region: hn, env: e,
+		n := &Node{Name: hn.Name, IP: hn.PrimaryIP, PodCIDR: hn.PodCIDR, InstanceID: hn.InstanceID, Region: hn, env: e,
 			Dir: filepath.Join(e.Dir, fmt.Sprintf("n%d", i+1)), cgroup: hn.NetNSName}
 		e.Nodes = append(e.Nodes, n)
 		ips = append(ips, n.IP)
@@ -191,8 +216,28 @@ func (e *Env) prepareNode(n *Node) error {
 
 func (e *Env) instanceType() string { return e.instType }
 
-// Import imports more image archives into every node (and again after a node's Restart).
+// State is fake-ec2's state: in process (Start), or GET /fake/state from inside the first node (Attach).
+func (e *Env) State(ctx context.Context) (fakeec2.State, error) {
+	if e.Region != nil {
+		return e.Region.State(), nil
+	}
+	body, err := e.Nodes[0].NodeGet(ctx, "http://"+EC2Addr+"/fake/state")
+	if err != nil {
+		return fakeec2.State{}, err
+	}
+	var st fakeec2.State
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		return fakeec2.State{}, fmt.Errorf("fake-ec2 state: %w", err)
+	}
+	return st, nil
+}
+
+// Import imports more image archives into every node (and again after a node's Restart): with ctr into
+// each node's containerd, or with kind load image-archive.
 func (e *Env) Import(ctx context.Context, archives []string) error {
+	if e.kind != "" {
+		return e.kindLoad(ctx, archives)
+	}
 	for _, n := range e.Nodes {
 		if err := n.importImages(ctx, archives); err != nil {
 			return err
@@ -209,7 +254,7 @@ func (e *Env) WaitNodesReady(ctx context.Context) error {
 	for {
 		var notReady []string
 		for _, n := range e.Nodes {
-			node, err := e.Cluster.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+			node, err := e.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 			if err != nil || !nodeReady(node) {
 				notReady = append(notReady, n.Name)
 			}
@@ -243,12 +288,31 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// Kubectl runs the real kubectl against the cluster and returns its stdout; stderr is in the error.
+// Kubectl runs the real kubectl against the cluster and returns its stdout; stderr is in the error. Once
+// the local control plane is down (a crash), it fails at once instead of waiting out kubectl's timeouts.
 func (e *Env) Kubectl(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, e.tools.kubectl, append([]string{"--kubeconfig", e.Cluster.Kubeconfig}, args...)...)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var down <-chan struct{}
+	if e.Cluster != nil {
+		down = e.Cluster.Down()
+	}
+	select {
+	case <-down:
+		return "", fmt.Errorf("kubectl %s: the control plane is down", strings.Join(args, " "))
+	default:
+	}
+	go func() {
+		select {
+		case <-down:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	cmd := exec.CommandContext(ctx, e.tools.kubectl, append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
 	var stdout, stderr strings.Builder
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	if err := runDying(cmd); err != nil {
 		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
@@ -282,8 +346,14 @@ func (e *Env) sweep(tb testing.TB) {
 	if err := Cleanup(); err != nil {
 		tb.Errorf("sweep real-node leftovers: %v", err)
 	}
-	if e.Dir != "" && !tb.Failed() {
-		_ = os.RemoveAll(e.Dir)
+	if e.Dir != "" {
+		if tb.Failed() {
+			tb.Logf("realnode: the run's logs are kept in %s", e.Dir)
+			_ = pruneToLogs(e.Dir)
+		} else {
+			_ = os.RemoveAll(e.Dir)
+		}
+		runDir.Store("")
 	}
 	_ = e.lock.Close()
 }

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -231,16 +234,24 @@ const (
 // Cleanup removes them, empty, even after a killed run.
 const createdDirsFile = stateDir + "/created-dirs"
 
-// ensureMountPoint creates dir if missing and records it for Cleanup.
+// ensureMountPoint creates dir if missing and records it, and every folder above it that it creates, for
+// Cleanup.
 func ensureMountPoint(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || d == filepath.Dir(d) {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if len(missing) == 0 {
 		return nil
 	}
 	f, err := os.OpenFile(createdDirsFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("record mount point %s: %w", dir, err)
 	}
-	_, err = fmt.Fprintln(f, dir)
+	_, err = fmt.Fprintln(f, strings.Join(missing, "\n"))
 	err = errors.Join(err, f.Sync(), f.Close())
 	if err != nil {
 		return fmt.Errorf("record mount point %s: %w", dir, err)
@@ -266,7 +277,7 @@ func removeCreatedDirs() error {
 }
 
 // Leftovers lists what a run with Prefix left on the host: cgroups, netns, the host link, unrestored
-// kernel settings. Empty after a clean teardown.
+// kernel settings, processes and mounts. Empty after a clean teardown.
 func Leftovers() []string {
 	var out []string
 	cgs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Prefix+"-*"))
@@ -281,5 +292,69 @@ func Leftovers() []string {
 			out = append(out, f)
 		}
 	}
+	// Processes and host mounts that name a run's folder (os.MkdirTemp(Prefix+"-")): the control plane,
+	// kubelets, containerds, a node's mount-namespace holder. (Node mounts are in the nodes' own mount
+	// namespaces: none is expected here.)
+	runDir := filepath.Join(os.TempDir(), Prefix+"-")
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		pid := filepath.Base(filepath.Dir(p))
+		if err == nil && pid != strconv.Itoa(os.Getpid()) && strings.Contains(string(b), runDir) {
+			out = append(out, "process "+pid+": "+strings.ReplaceAll(strings.TrimSpace(string(b)), "\x00", " "))
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, runDir) || strings.Contains(l, " "+Prefix+"-") {
+				out = append(out, "mount "+l)
+			}
+		}
+	}
 	return out
+}
+
+// runDir is the folder of the run in progress, for the signal handler (TestMain).
+var runDir atomic.Value
+
+// RunDir is the folder of the run in progress, "" between runs.
+func RunDir() string {
+	d, _ := runDir.Load().(string)
+	return d
+}
+
+// pruneToLogs removes everything of a run's folder but its logs (*.log): after a failure or Ctrl-C the
+// logs stay for a look, not the images, containers and etcd data (over a GB).
+func pruneToLogs(dir string) error {
+	var dirs []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return nil
+		case d.IsDir():
+			dirs = append(dirs, p)
+		case !strings.HasSuffix(p, ".log"):
+			_ = os.Remove(p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i > 0; i-- { // deepest first; the run's folder itself stays
+		_ = syscall.Rmdir(dirs[i])
+	}
+	return err
+}
+
+// runDying runs cmd so that its process gets SIGKILL when the test process dies (Pdeathsig), as the
+// control plane's do (cluster.StartProcess): after Ctrl-C the signal handler exits while a case may have
+// just started kubectl or an exec into a node. Pdeathsig follows the forking thread, and the Go runtime
+// ends locked threads whose goroutine exits (netns helpers do), so the fork happens on a thread of its own
+// that stays locked until the child has exited.
+func runDying(cmd *exec.Cmd) error {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine, after the child
+		errc <- cmd.Run()
+	}()
+	return <-errc
 }

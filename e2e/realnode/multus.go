@@ -100,17 +100,18 @@ func (e *Env) InstallMultus(ctx context.Context, mode string) error {
 	if out, err := e.Kubectl(ctx, nil, "-n", "kube-system", "rollout", "status", "daemonset/kube-multus-ds", "--timeout=3m"); err != nil {
 		return fmt.Errorf("%w\n%s\n%s", err, out, e.describe(ctx, "kube-system", "name=multus"))
 	}
+	e.multusMode = mode
 	// The DaemonSet is Ready once its entrypoint wrote the Multus config; wait until the runtime sees it
 	// (00-multus.conflist from the thin entrypoint, 00-multus.conf from the thick daemon).
 	for _, n := range e.Nodes {
-		conf := filepath.Join(n.HostPath("/etc/cni"), "net.d", "00-multus.conf*")
 		deadline := time.Now().Add(time.Minute)
 		for {
-			if m, _ := filepath.Glob(conf); len(m) > 0 {
+			out, err := n.Exec(ctx, "sh", "-c", "ls /etc/cni/net.d/00-multus.conf*")
+			if err == nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("node %s: no %s a minute after the Multus rollout", n.Name, conf)
+				return fmt.Errorf("node %s: no /etc/cni/net.d/00-multus.conf* a minute after the Multus rollout: %v: %s", n.Name, err, out)
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
@@ -128,12 +129,10 @@ func (e *Env) UninstallMultus(ctx context.Context) error {
 		!strings.Contains(err.Error(), "no matching resources") {
 		return fmt.Errorf("%w\n%s", err, out)
 	}
+	e.multusMode = ""
 	for _, n := range e.Nodes {
-		netd := filepath.Join(n.HostPath("/etc/cni"), "net.d")
-		for _, p := range []string{"00-multus.conf", "00-multus.conflist", "multus.d"} {
-			if err := os.RemoveAll(filepath.Join(netd, p)); err != nil {
-				return err
-			}
+		if out, err := n.Exec(ctx, "rm", "-rf", "/etc/cni/net.d/00-multus.conf", "/etc/cni/net.d/00-multus.conflist", "/etc/cni/net.d/multus.d"); err != nil {
+			return fmt.Errorf("node %s: remove the Multus config: %w: %s", n.Name, err, out)
 		}
 	}
 	return nil

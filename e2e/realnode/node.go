@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -37,20 +38,24 @@ var (
 )
 
 // Node is one real Kubernetes node: the netns of a fake-ec2 instance, a mount namespace of its own, and
-// in them containerd (with runc) and the kubelet, all in the node's cgroup.
+// in them containerd (with runc) and the kubelet, all in the node's cgroup. After Attach it is a kind
+// node: a container whose netns fake-ec2 serves; only Name, PodCIDR, InstanceID and kind are set.
 type Node struct {
-	// Name is the Node's name in the API (the harness node's name).
+	// Name is the Node's name in the API (the harness node's name; kind's container name).
 	Name string
 	// IP is the node's InternalIP: its primary ENI's address.
 	IP netip.Addr
-	// PodCIDR is the range of the primary network (bridge + host-local) on this node.
+	// PodCIDR is the range of the primary network on this node.
 	PodCIDR netip.Prefix
+	// InstanceID is the node's fake-ec2 instance.
+	InstanceID string
 	// Dir holds the node's config, logs and the folders bind-mounted into it (see nodeBinds).
 	Dir string
 	// Region is the fake-ec2 instance behind the node.
 	Region *harness.Node
 
 	env        *Env
+	kind       bool   // a kind node: Exec is docker exec into the container Name
 	cgroup     string // the cgroup name in every hierarchy, and the kubelet's cgroupRoot
 	holder     *cluster.Process
 	containerd *cluster.Process
@@ -181,6 +186,33 @@ func (n *Node) StartKubelet() error {
 	return err
 }
 
+// RestartKubelet stops and starts the node's kubelet; pods keep running under containerd.
+func (n *Node) RestartKubelet(ctx context.Context) error {
+	if n.kind {
+		if out, err := n.Exec(ctx, "systemctl", "restart", "kubelet"); err != nil {
+			return fmt.Errorf("node %s: systemctl restart kubelet: %w: %s", n.Name, err, out)
+		}
+		return nil
+	}
+	if err := n.StopKubelet(); err != nil {
+		return err
+	}
+	return n.StartKubelet()
+}
+
+// Crictl runs crictl against the node's containerd and returns its stdout; stderr is in the error.
+func (n *Node) Crictl(ctx context.Context, args ...string) ([]byte, error) {
+	bin := "crictl"
+	if !n.kind {
+		bin, args = n.env.tools.crictl, append([]string{"--runtime-endpoint", "unix:///run/containerd/containerd.sock"}, args...)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := n.run(ctx, &stdout, &stderr, bin, args...); err != nil {
+		return stdout.Bytes(), fmt.Errorf("crictl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
 // StopKubelet stops the kubelet (SIGTERM); pods keep running under containerd.
 func (n *Node) StopKubelet() error {
 	if n.kubelet == nil {
@@ -205,16 +237,27 @@ func (n *Node) Restart(ctx context.Context) error { return n.start(ctx) }
 
 // Exec runs a command inside the node (its netns and mount namespace) and returns its combined output.
 func (n *Node) Exec(ctx context.Context, bin string, args ...string) ([]byte, error) {
-	if n.holder == nil || n.holder.Exited() {
-		return nil, fmt.Errorf("node %s is not running", n.Name)
+	var out bytes.Buffer
+	err := n.run(ctx, &out, &out, bin, args...)
+	return out.Bytes(), err
+}
+
+// run runs a command inside the node with the given stdout and stderr.
+func (n *Node) run(ctx context.Context, stdout, stderr io.Writer, bin string, args ...string) error {
+	var enter []string
+	switch {
+	case n.kind:
+		enter = []string{"docker", "exec", n.Name}
+	case n.holder == nil || n.holder.Exited():
+		return fmt.Errorf("node %s is not running", n.Name)
+	default:
+		enter = []string{"nsenter", "-t", strconv.Itoa(n.holder.Pid()), "-m", "-n", "--"}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(n.holder.Pid()), "-m", "-n", "--", bin}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.Bytes(), err
+	cmd := exec.CommandContext(ctx, enter[0], append(append(enter[1:], bin), args...)...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	return runDying(cmd)
 }
 
 // stop tears the node down in order: kubelet, the pods' sandboxes through the CRI (CNI DEL runs), then
@@ -223,7 +266,7 @@ func (n *Node) stop(ctx context.Context) error {
 	var errs []error
 	errs = append(errs, n.StopKubelet())
 	if n.containerd != nil && !n.containerd.Exited() {
-		if out, err := n.Exec(ctx, n.env.tools.crictl, "--runtime-endpoint", "unix:///run/containerd/containerd.sock", "rmp", "-fa"); err != nil {
+		if out, err := n.Crictl(ctx, "rmp", "-fa"); err != nil {
 			errs = append(errs, fmt.Errorf("node %s: crictl rmp -fa: %w\n%s", n.Name, err, out))
 		}
 		errs = append(errs, n.containerd.Stop())

@@ -122,7 +122,7 @@ func (e *Env) runPod(ctx context.Context, t *testing.T, p testPod) *corev1.Pod {
 	if out, err := e.Kubectl(ctx, nil, "wait", "--for=condition=Ready", "pod/"+p.Name, fmt.Sprintf("--timeout=%s", podTimeout)); err != nil {
 		t.Fatalf("pod %s not Ready: %v\n%s\n%s", p.Name, err, out, e.describePod(ctx, p.Name))
 	}
-	obj, err := e.Cluster.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
+	obj, err := e.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func (e *Env) podIfaces(ctx context.Context, t *testing.T, pod string) map[strin
 // ENI of the pod's node on that card, in the card's subnet). It returns the address per interface.
 func (e *Env) checkPod(ctx context.Context, t *testing.T, p testPod) map[string]netip.Addr {
 	t.Helper()
-	obj, err := e.Cluster.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
+	obj, err := e.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,10 @@ func (e *Env) checkPod(ctx context.Context, t *testing.T, p testPod) map[string]
 		!statuses[0].Default || !slices.Equal(statuses[0].IPs, []string{eth0.Addrs[0].Addr().String()}) {
 		t.Errorf("pod %s eth0 %+v, network-status[0] %+v: want the default network's address in %s", p.Name, eth0, statuses[0], node.PodCIDR)
 	}
-	st := e.Region.State()
+	st, err := e.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := map[string]netip.Addr{}
 	var summary []string
 	for i, a := range p.Atts {
@@ -238,9 +241,9 @@ func (e *Env) checkPod(ctx context.Context, t *testing.T, p testPod) map[string]
 		case en == nil:
 			t.Errorf("pod %s %s address %s is no ENI's primary address in fake-ec2", p.Name, ifName, addr)
 			continue
-		case en.InstanceID != node.Region.InstanceID || en.Card != a.Card || en.Status != "in-use" || !strings.EqualFold(en.MAC, in.MAC):
+		case en.InstanceID != node.InstanceID || en.Card != a.Card || en.Status != "in-use" || !strings.EqualFold(en.MAC, in.MAC):
 			t.Errorf("pod %s %s (%s, %s) is ENI %s: %s card %d %s MAC %s; want %s card %d", p.Name, ifName, addr, in.MAC,
-				en.ID, en.InstanceID, en.Card, en.Status, en.MAC, node.Region.InstanceID, a.Card)
+				en.ID, en.InstanceID, en.Card, en.Status, en.MAC, node.InstanceID, a.Card)
 		}
 		s := statuses[i+1]
 		want := nad.DefaultNamespace + "/" + nad.Name(a.Card, "exclusive")
