@@ -205,8 +205,9 @@ func rmdirRetry(dir string) error {
 
 // Cleanup removes everything a run with Prefix made on the host, also when that run was killed: the
 // processes of its nodes (all in the nodes' cgroups, so their mount namespaces go with them), the
-// cgroups, the host's veth to the fabric, the fabric's and the nodes' netns; then it restores the
-// kernel settings the kubelets changed. Control-plane processes die with the test process (Pdeathsig).
+// cgroups, the host's veth to the fabric, the fabric's and the nodes' netns, the mount points it created,
+// all but the logs of its folder; then it restores the kernel settings the kubelets changed.
+// Control-plane processes die with the test process (Pdeathsig).
 func Cleanup() error {
 	var errs []error
 	names, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", Prefix+"-*"))
@@ -218,6 +219,14 @@ func Cleanup() error {
 		}
 	}
 	errs = append(errs, deleteHostLink(), fabric.Cleanup(Prefix), restoreSysctls(), removeCreatedDirs())
+	// Run folders (os.MkdirTemp(Prefix+"-")) keep only their logs: a killed run's images, containers and
+	// etcd data go.
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), Prefix+"-*"))
+	for _, d := range dirs {
+		if fi, err := os.Lstat(d); err == nil && fi.IsDir() {
+			errs = append(errs, pruneToLogs(d))
+		}
+	}
 	return errors.Join(errs...)
 }
 
