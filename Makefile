@@ -36,7 +36,7 @@ build: ## build every binary into bin/ (static, CGO_ENABLED=0, as the image)
 image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
 	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
 
-test: lint build test-unit test-lag test-vm test-fuzz e2e ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e
+test: lint build test-unit test-lag test-vm test-fuzz e2e e2e-node ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e, real nodes
 	@echo "make test: all suites passed"
 
 test-unit: ## unit tests, plus root tests in throwaway netns when run as root
@@ -63,7 +63,7 @@ e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/
 e2e-node: image ## manifests/ applied with kubectl on two real kubelet + containerd nodes (fake-ec2 instances), Multus thin and thick
 	bash e2e/tools/build.sh node
 	MULTINIC_TOOLS_STATIC=1 bash e2e/tools/build.sh multus # the Multus images have an empty base: no libc
-	MULTINIC_E2E_NODE=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 15m ./e2e/realnode/
+	MULTINIC_E2E_NODE=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 15m -run '^TestRealNodes$$' ./e2e/realnode/
 
 e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control plane on the host; ~2-3 min)
 	bash e2e/tools/build.sh
