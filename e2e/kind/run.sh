@@ -76,5 +76,5 @@ kind load image-archive "$ROOT/bin/multinic-image.tar" --name "$CLUSTER" # the t
 log "the real-node e2e's cases (TestRealNodes) on kind"
 cd "$ROOT"
 MULTINIC_E2E_NODE=1 MULTINIC_E2E_KUBECONFIG="$WORK/kubeconfig" MULTINIC_E2E_KIND="$CLUSTER" \
-	go test -count=1 -v -timeout 30m -run '^TestRealNodes$' ./e2e/realnode/
+	go test -tags e2e -count=1 -v -timeout 30m -run '^TestRealNodes$' ./e2e/realnode/
 log "PASS"

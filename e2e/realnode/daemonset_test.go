@@ -157,12 +157,3 @@ func podReady(p *corev1.Pod) bool {
 	}
 	return false
 }
-
-func (e *Env) nodeNames() []string {
-	var names []string
-	for _, n := range e.Nodes {
-		names = append(names, n.Name)
-	}
-	slices.Sort(names)
-	return names
-}

@@ -58,6 +58,9 @@ func findImages(ctx context.Context, t *testing.T) images {
 // nodes (or, from e2e/kind/run.sh, on a kind cluster), then the cases of multusCases once per Multus mode.
 func TestRealNodes(t *testing.T) {
 	RequireE2E(t)
+	if len(caseRuns) != len(multusCases) {
+		t.Fatalf("%d case functions for %d cases in multusCases", len(caseRuns), len(multusCases))
+	}
 	ctx := context.Background()
 	im := findImages(ctx, t)
 	e := newEnv(t, im.archives)
@@ -94,29 +97,25 @@ func TestRealNodes(t *testing.T) {
 					if c.localOnly != "" && e.kind != "" {
 						t.Skipf("kind: %s", c.localOnly)
 					}
-					c.run(ctx, t, e, im)
+					run, ok := caseRuns[c.name]
+					if !ok {
+						t.Fatalf("case %s has no function in caseRuns", c.name)
+					}
+					run(ctx, t, e, im)
 				})
 			}
 		})
 	}
 }
 
-// multusCases are the cases that run once per Multus mode, in order, on the local real nodes (make
-// e2e-node) and on kind (e2e/kind/run.sh runs TestRealNodes): the one list of both.
-var multusCases = []struct {
-	name      string
-	thinOnly  bool   // once is enough, or (runtime-status) the thick config gives containerd no STATUS
-	localOnly string // why the case cannot run on kind; "" runs it there too
-	run       func(context.Context, *testing.T, *Env, images)
-}{
-	{name: "example-pod", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testExamplePod(ctx, t, e) }},
-	{name: "scheduling", thinOnly: true, run: func(ctx context.Context, t *testing.T, e *Env, im images) { testScheduling(ctx, t, e, im.multinic) }},
-	{name: "cards-1-7", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testAllCards(ctx, t, e) }},
-	{name: "selections", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testSelections(ctx, t, e) }},
-	{name: "lifecycle", run: func(ctx context.Context, t *testing.T, e *Env, _ images) { testLifecycle(ctx, t, e) }},
-	{name: "runtime-status", thinOnly: true,
-		localOnly: "the case takes the bridge plugin from the local nodes' primary network; kind's is kindnet (ptp, cniVersion 0.3.1: no STATUS)",
-		run:       func(ctx context.Context, t *testing.T, e *Env, _ images) { testRuntimeStatus(ctx, t, e) }},
+// caseRuns are the functions of multusCases, by name.
+var caseRuns = map[string]func(context.Context, *testing.T, *Env, images){
+	"example-pod":    func(ctx context.Context, t *testing.T, e *Env, _ images) { testExamplePod(ctx, t, e) },
+	"scheduling":     func(ctx context.Context, t *testing.T, e *Env, im images) { testScheduling(ctx, t, e, im.multinic) },
+	"cards-1-7":      func(ctx context.Context, t *testing.T, e *Env, _ images) { testAllCards(ctx, t, e) },
+	"selections":     func(ctx context.Context, t *testing.T, e *Env, _ images) { testSelections(ctx, t, e) },
+	"lifecycle":      func(ctx context.Context, t *testing.T, e *Env, _ images) { testLifecycle(ctx, t, e) },
+	"runtime-status": func(ctx context.Context, t *testing.T, e *Env, _ images) { testRuntimeStatus(ctx, t, e) },
 }
 
 // testAllCards: a pod on each node asking for cards 1-7, scheduled and Running; what the container sees

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,4 +403,14 @@ func (e *Env) describe(ctx context.Context, ns, selector string) string {
 		return err.Error()
 	}
 	return out
+}
+
+// nodeNames are the Nodes' names, sorted.
+func (e *Env) nodeNames() []string {
+	var names []string
+	for _, n := range e.Nodes {
+		names = append(names, n.Name)
+	}
+	slices.Sort(names)
+	return names
 }

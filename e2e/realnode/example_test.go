@@ -1,3 +1,5 @@
+//go:build e2e
+
 package realnode
 
 import (
@@ -15,8 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/multinic/multinic/e2e/fakeec2"
-	"github.com/multinic/multinic/e2e/harness"
+	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/manifests"
 	"github.com/multinic/multinic/nad"
 )

@@ -25,7 +25,7 @@ func TestKindScriptRunsTheseCases(t *testing.T) {
 	script := readRepoFile(t, "e2e/kind/run.sh")
 	for _, want := range []string{
 		`kind load image-archive "$ROOT/bin/multinic-image.tar"`,
-		`go test -count=1 -v -timeout 30m -run '^TestRealNodes$' ./e2e/realnode/`,
+		`go test -tags e2e -count=1 -v -timeout 30m -run '^TestRealNodes$' ./e2e/realnode/`,
 		E2EEnv + "=1", KubeconfigEnv + "=", KindEnv + "=",
 		"--listen \"$EC2_ADDR\"", "EC2_ADDR=" + EC2Addr,
 		"make image",
