@@ -141,7 +141,23 @@ func TestControlPlane(t *testing.T) {
 		t.Errorf("DaemonSet managed fields %+v, want manager %s", mf, FieldManager)
 	}
 
-	// Close stops both processes and removes the folder.
+	// Down stays open while both run and closes once kube-apiserver crashes (SIGKILL), so a client stops
+	// waiting; Close then stops etcd and removes the folder.
+	select {
+	case <-c.Down():
+		t.Fatal("Down closed while etcd and kube-apiserver run")
+	default:
+	}
+	if err := c.apiserver.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Down():
+	case <-time.After(5 * time.Second):
+		t.Error("Down still open 5 s after kube-apiserver was killed")
+	}
+
+	// Close stops both processes (the crashed one is no error) and removes the folder.
 	dir := c.Dir
 	closed = true
 	if err := c.Close(); err != nil {
