@@ -215,6 +215,11 @@ func (e *Env) checkLeftovers(ctx context.Context, t *testing.T, n *Node, before,
 			t.Errorf("node %s: %s after every pod is gone differ from before:\n%s\nbefore:\n%s", n.Name, f.what, f.after, f.before)
 		}
 	}
+	// On the local nodes every pod but the cases' runs on the host network (the agents, Multus): none may
+	// keep a netns or a bridge port, whatever an earlier case left in "before". (kind runs pods of its own.)
+	if !n.kind && (after.NetNS != "" || after.Ports != "") {
+		t.Errorf("node %s: pod netns %q and bridge ports %q left after every pod is gone, want none", n.Name, after.NetNS, after.Ports)
+	}
 }
 
 // thickDelBug is how Multus v4.3.0's thick daemon fails the primary network's DEL: its cluster network
