@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,9 +176,17 @@ type nodeState struct {
 	Ports string
 	// IPAM are the addresses host-local holds, one "<network>/<address>" per line.
 	IPAM string
+	// Links are the node's links but lo, cni0 and the ENIs' (fake-ec2 names them ens<card>d<device>; the
+	// agent's pool changes them, and an exclusive ENI comes home under that name): a veth or any other link
+	// a pod's ADD made and its DEL left. (Compared with before only: a kernel with tunnel modules loaded
+	// gives every netns fallback devices such as tunl0.)
+	Links string
 }
 
-var primaryBridgeRoute = regexp.MustCompile(`(?m)^.* dev cni0 .*\n`)
+var (
+	primaryBridgeRoute = regexp.MustCompile(`(?m)^.* dev cni0 .*\n`)
+	nodeOwnLink        = regexp.MustCompile(`^(lo|cni0|ens\d+d\d+)$`)
+)
 
 // state reads the node's nodeState (ip, ls inside the node).
 func (n *Node) state(ctx context.Context, t *testing.T) nodeState {
@@ -194,6 +203,17 @@ func (n *Node) state(ctx context.Context, t *testing.T) nodeState {
 	s.NetNS = run("ls /run/netns", "sh", "-c", "ls /run/netns 2>/dev/null; true")
 	s.Ports = run("bridge ports", "sh", "-c", "ip -o link show type bridge_slave | sed 's/^[0-9]*: //; s/:.*//'")
 	s.IPAM = run("host-local", "sh", "-c", "cd /var/lib/cni/networks 2>/dev/null && ls -d */* | grep -v -e '/lock$' -e '/last_reserved_ip'; true")
+	var links []string
+	for _, l := range strings.Split(strings.TrimSpace(run("links", "ip", "-o", "link", "show")), "\n") {
+		// "7: ens1d1@if8: <...> ..." (ip -o: one line per link)
+		if f := strings.SplitN(l, ": ", 3); len(f) == 3 {
+			if name, _, _ := strings.Cut(f[1], "@"); !nodeOwnLink.MatchString(name) {
+				links = append(links, name)
+			}
+		}
+	}
+	slices.Sort(links)
+	s.Links = strings.Join(links, "\n")
 	return s
 }
 
@@ -203,7 +223,7 @@ func (e *Env) checkLeftovers(ctx context.Context, t *testing.T, n *Node, before,
 	t.Helper()
 	checks := []struct{ what, before, after string }{
 		{"rules and routes", before.Net, after.Net}, {"pod netns", before.NetNS, after.NetNS},
-		{"bridge ports", before.Ports, after.Ports},
+		{"bridge ports", before.Ports, after.Ports}, {"links", before.Links, after.Links},
 	}
 	if e.multusMode == MultusThick {
 		e.checkThickIPAMLeak(ctx, t, n, before.IPAM, after.IPAM)
