@@ -119,7 +119,7 @@ var caseRuns = map[string]func(context.Context, *testing.T, *Env, images){
 }
 
 // testAllCards: a pod on each node asking for cards 1-7, scheduled and Running; what the container sees
-// matches network-status and fake-ec2; the two pods reach each other over every card; deleting them
+// matches network-status and fake-ec2, and each card has its rule and its table's default route; the two pods reach each other over every card; deleting them
 // frees every allocation.
 func testAllCards(ctx context.Context, t *testing.T, e *Env) {
 	var atts []attachment
@@ -131,6 +131,8 @@ func testAllCards(ctx context.Context, t *testing.T, e *Env) {
 	e.runPod(ctx, t, a)
 	e.runPod(ctx, t, b)
 	addrA, addrB := e.checkPod(ctx, t, a), e.checkPod(ctx, t, b)
+	e.checkRoutes(ctx, t, a, addrA)
+	e.checkRoutes(ctx, t, b, addrB)
 	for i := range atts {
 		ifName := a.ifName(i)
 		if err := e.ping(ctx, a.Name, ifName, addrB[ifName]); err != nil {

@@ -157,6 +157,8 @@ func testSelections(ctx context.Context, t *testing.T, e *Env) {
 	e.runPod(ctx, t, short)
 	e.runPod(ctx, t, long)
 	a, b := e.checkPod(ctx, t, short), e.checkPod(ctx, t, long)
+	e.checkRoutes(ctx, t, short, a)
+	e.checkRoutes(ctx, t, long, b)
 	noDuplicates(t, map[string]map[string]netip.Addr{short.Name: a, long.Name: b})
 	e.deletePod(ctx, t, short.Name)
 	e.deletePod(ctx, t, long.Name)
