@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/multinic/multinic/e2e/cluster"
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/internal/testing/harness"
 )
@@ -86,7 +87,7 @@ type Env struct {
 	tools    tools
 	images   []string
 	instType string
-	lock     *os.File
+	lock     *statefile.Lock
 	logf     func(string, ...any)
 }
 
@@ -124,11 +125,11 @@ func Start(tb testing.TB, opts Options) *Env {
 		tb.Fatal(err)
 	}
 	if err := Cleanup(); err != nil { // what a killed run left
-		_ = e.lock.Close()
+		_ = e.lock.Unlock()
 		tb.Fatalf("clean up a previous run: %v", err)
 	}
 	if err := saveSysctls(); err != nil {
-		_ = e.lock.Close()
+		_ = e.lock.Unlock()
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { e.sweep(tb) }) // first registered: runs last, after the region's own teardown
@@ -356,7 +357,7 @@ func (e *Env) sweep(tb testing.TB) {
 		}
 		runDir.Store("")
 	}
-	_ = e.lock.Close()
+	_ = e.lock.Unlock()
 }
 
 func findTools() (tools, error) {

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multinic/multinic/internal/statefile"
 	"github.com/multinic/multinic/internal/testing/fabric"
 )
 
@@ -26,7 +27,7 @@ const Prefix = "mnrn"
 // Where a run keeps what must outlive it when it is killed: the lock and the host settings to restore.
 const (
 	stateDir  = "/run/multinic-realnode"
-	lockFile  = stateDir + "/lock"
+	lockName  = "lock" // in stateDir
 	savedFile = stateDir + "/host-sysctls.json"
 )
 
@@ -35,27 +36,14 @@ const (
 // back when it ends.
 var hostSysctls = []string{"kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory"}
 
-// lock takes the run lock, waiting up to timeout for another run to end. The returned file holds it.
-func lock(timeout time.Duration) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("lock real-node run: %w", err)
-	}
-	f, err := os.OpenFile(lockFile, os.O_RDWR|os.O_CREATE, 0o600)
+// lock takes the run lock, waiting up to timeout for another run to end, and removes the temp files a
+// killed run's saveSysctls left.
+func lock(timeout time.Duration) (*statefile.Lock, error) {
+	l, err := statefile.LockDir(stateDir, lockName, timeout)
 	if err != nil {
-		return nil, fmt.Errorf("lock real-node run: %w", err)
+		return nil, fmt.Errorf("lock real-node run (another real-node e2e runs?): %w", err)
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
-			_ = f.Close()
-			return nil, fmt.Errorf("lock %s (another real-node e2e runs?): %w", lockFile, err)
-		}
-		time.Sleep(time.Second)
-	}
+	return l, nil
 }
 
 // saveSysctls records the host's kernel settings the kubelet changes, unless a killed run's record is
@@ -73,11 +61,10 @@ func saveSysctls() error {
 		saved[k] = strings.TrimSpace(string(b))
 	}
 	b, _ := json.Marshal(saved)
-	tmp := savedFile + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := statefile.WriteFile(savedFile, b, 0o600); err != nil {
 		return fmt.Errorf("save sysctls: %w", err)
 	}
-	return os.Rename(tmp, savedFile)
+	return nil
 }
 
 // restoreSysctls writes the saved settings back and forgets them. Nothing saved: nothing to do.
