@@ -166,7 +166,7 @@ func TestDocumentsDecode(t *testing.T) {
 	}
 	for _, o := range objs {
 		switch o.u.GetKind() {
-		case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding":
+		case "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "DeviceClass":
 			if o.u.GetNamespace() != "" {
 				t.Errorf("%s: cluster-scoped object with a namespace", o)
 			}
