@@ -22,7 +22,7 @@ FAKE_EC2_LAG ?= 2s
 # The fault suite's ipvlan cases (subtests "ipvlan"), which only the test VM can finish (e2e/bench/run.sh too).
 FAULTS_IPVLAN := ^(TestEC2ServerError|TestThrottle|TestRecoverCheckpoint)$$/^ipvlan$$
 
-.PHONY: help build image test test-unit test-lag test-vm test-fuzz e2e e2e-node e2e-vm bench demo lint fuzz clean
+.PHONY: help build image test test-unit test-lag test-vm test-fuzz e2e e2e-dra e2e-node e2e-vm bench demo lint fuzz clean
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-z0-9-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +36,7 @@ build: ## build every binary into bin/ (static, CGO_ENABLED=0, as the image)
 image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
 	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
 
-test: lint build test-unit test-lag test-vm test-fuzz e2e e2e-node ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e, real nodes
+test: lint build test-unit test-lag test-vm test-fuzz e2e e2e-dra e2e-node ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e, the DRA e2e, real nodes
 	@echo "make test: all suites passed"
 
 test-unit: ## unit tests, plus root tests in throwaway netns when run as root
@@ -57,8 +57,12 @@ test-fuzz: ## every fuzz target for a few seconds (the committed seed corpus als
 
 e2e: ## real kube-apiserver, etcd and Multus (built once into ~/.cache/multinic/tools), end to end
 	bash e2e/tools/build.sh
-	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/ ./e2e/dra/
+	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -p 1 -timeout 20m ./e2e/cluster/ ./e2e/multus/
 	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 10m -run '^TestReclaimAPIView$$' ./e2e/faults/
+
+e2e-dra: ## the DRA driver against a real kube-apiserver, kube-scheduler and kube-controller-manager: ResourceSlices, the example claims allocated
+	bash e2e/tools/build.sh kube-apiserver etcd kube-node
+	MULTINIC_E2E=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 10m ./e2e/dra/
 
 e2e-node: image ## manifests/ applied with kubectl on two real kubelet + containerd nodes (fake-ec2 instances), Multus thin and thick
 	bash e2e/tools/build.sh node

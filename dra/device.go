@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
+	"strings"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -61,6 +63,24 @@ func DeviceName(card int, mode string) string {
 		return fmt.Sprintf("card-%d-exclusive", card)
 	}
 	return fmt.Sprintf("card-%d", card)
+}
+
+// ParseDeviceName is DeviceName's inverse: the card of card-<N> or card-<N>-exclusive.
+func ParseDeviceName(name string) (card int, ok bool) {
+	rest, found := strings.CutPrefix(name, "card-")
+	if !found {
+		return 0, false
+	}
+	rest, excl := strings.CutSuffix(rest, "-exclusive")
+	n, err := strconv.Atoi(rest)
+	mode := netconf.ModeIPVlan
+	if excl {
+		mode = netconf.ModeExclusive
+	}
+	if err != nil || n < 0 || DeviceName(n, mode) != name {
+		return 0, false
+	}
+	return n, true
 }
 
 // Devices are the devices of cards in modes (netconf.ModeIPVlan, netconf.ModeExclusive), sorted by card,

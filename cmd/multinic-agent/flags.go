@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
 	"github.com/multinic/multinic/dra"
 	"github.com/multinic/multinic/internal/netnsdir"
 	"github.com/multinic/multinic/ipam/allocator"
@@ -84,9 +86,11 @@ type options struct {
 	publishInterval time.Duration
 
 	// DRA (package dra): the cards as devices of driver multinic.io; needs --kubeconfig.
-	dra      bool
-	draModes []string
-	sysfs    string
+	dra                bool
+	draModes           []string
+	sysfs              string
+	kubeletRegistryDir string
+	kubeletPluginDir   string
 }
 
 // optBool is a boolean flag that knows whether it was given, for defaults that depend on other flags.
@@ -190,6 +194,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.dra, "dra", false, "publish the managed cards as DRA devices of driver "+dra.DriverName+" in this node's ResourceSlice (resource.k8s.io/v1; needs --kubeconfig): card-N (ipvlan, shared: consumable capacity \"addresses\") and card-N-exclusive (whole device), with the card's index, subnet, mode, bandwidth and PCIe root as attributes")
 	draMode := fs.String("dra-mode", DefaultNADMode, "which DRA devices to publish per card: ipvlan (card-N), exclusive (card-N-exclusive) or both")
 	fs.StringVar(&o.sysfs, "sysfs", dra.DefaultSysfs, "sysfs as the agent sees it, for each card's PCIe root (class/net/<ENI link>/device); it must show the netns of the ENI links")
+	fs.StringVar(&o.kubeletRegistryDir, "kubelet-registry-dir", kubeletplugin.KubeletRegistryDir, "with --dra: the kubelet's plugin registration folder, where the agent's DRA kubelet plugin registers")
+	fs.StringVar(&o.kubeletPluginDir, "kubelet-plugin-dir", filepath.Join(kubeletplugin.KubeletPluginsDir, dra.DriverName), "with --dra: the folder of the DRA kubelet plugin's socket (dra.sock), which the kubelet calls for NodePrepareResources")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

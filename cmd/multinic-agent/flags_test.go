@@ -158,7 +158,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
 		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
 		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations",
-		"dra", "dra-mode", "sysfs", "family"} {
+		"dra", "dra-mode", "sysfs", "kubelet-registry-dir", "kubelet-plugin-dir", "family"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}

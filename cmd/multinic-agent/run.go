@@ -173,7 +173,14 @@ func run(ctx context.Context, args []string) (retErr error) {
 		}
 		stop := runDRAPublisher(ctx, pub, mgr, o, mgr.WaitReady, logger.With("component", "dra"))
 		defer stop()
-		logger.Info("publishing DRA devices", "driver", dra.DriverName, "modes", o.draModes, "sysfs", o.sysfs)
+		plugin, err := dra.StartPlugin(ctx, dra.PluginConfig{Kube: kube, NodeName: o.nodeName, Allocations: be,
+			RegistryDir: o.kubeletRegistryDir, PluginDir: o.kubeletPluginDir, Logger: logger.With("component", "dra-plugin")})
+		if err != nil {
+			return err
+		}
+		defer plugin.Stop()
+		logger.Info("publishing DRA devices and serving the kubelet plugin", "driver", dra.DriverName, "modes", o.draModes,
+			"sysfs", o.sysfs, "kubeletRegistryDir", o.kubeletRegistryDir, "kubeletPluginDir", o.kubeletPluginDir)
 	}
 
 	l, err := server.Listen(o.socket)

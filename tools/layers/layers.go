@@ -44,7 +44,7 @@ var Rules = []Rule{
 	{"plugin", []string{"netconf", "ipam/api", "ipam/journal", "internal/..."}},
 	{"nad", []string{"netconf", "ipam/api", "internal/..."}},
 	// The DRA driver: devices and their publishing; like nad, it renders what the agent knows.
-	{"dra", []string{"netconf"}},
+	{"dra", []string{"netconf", "ipam/api"}},
 
 	// The binaries.
 	{"cmd/multinic", []string{"plugin", "netconf"}},

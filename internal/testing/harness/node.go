@@ -148,6 +148,7 @@ func (n *Node) agentArgs() []string {
 		"--socket", n.Socket, "--state-dir", n.StateDir,
 		"--ec2-endpoint", n.region.endpoint, "--imds-endpoint", n.IMDSEndpoint,
 		"--link-netns", n.NetNSPath, "--sysfs", n.region.SysfsRoot(n.NetNSName),
+		"--kubelet-registry-dir", filepath.Join(n.Dir, "kubelet-registry"), "--kubelet-plugin-dir", n.DRAPluginDir(),
 		"--managed-cards", strings.Join(cards, ","), "--subnet-per-card", strings.Join(subnets, ","),
 		"--refill-interval", "1s", "--metrics-addr", "", "--lock-timeout", "5s", "--log-level", "debug",
 	}
@@ -340,6 +341,9 @@ func (n *Node) ENIs(st fakeec2.State) []fakeec2.ENIState {
 	}
 	return out
 }
+
+// DRAPluginDir is the folder of the agent's DRA kubelet plugin socket (dra.sock), with --dra.
+func (n *Node) DRAPluginDir() string { return filepath.Join(n.Dir, "dra-plugin") }
 
 // AgentLog is the path of the agent's log (stdout and stderr of every start).
 func (n *Node) AgentLog() string { return filepath.Join(n.Dir, "agent.log") }

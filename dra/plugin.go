@@ -1,0 +1,279 @@
+package dra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	"github.com/go-logr/logr"
+	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	resourceapply "k8s.io/client-go/applyconfigurations/resource/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/klog/v2"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// Allocations is what the kubelet plugin needs from the agent's allocation backend (ipam/backend.Backend):
+// the same calls the CNI plugin makes over the socket, so a claim's cards are reserved, held and freed by
+// the one allocator, under its rules, in its checkpoint.
+type Allocations interface {
+	Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error)
+	Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error)
+	List(ctx context.Context) ([]api.Allocation, error)
+}
+
+// A prepared claim is one allocation per device, all of "container" ClaimContainerID(claim UID), interface
+// ClaimIfName(card), network Network. They carry no pod and no netns, so neither the agent's reclaim nor
+// CNI GC (scoped to a network) ever frees them: only NodeUnprepareResources does.
+const (
+	claimPrefix = "dra-"
+	// Network is the network name of the claims' allocations.
+	Network = "multinic.io-dra"
+)
+
+// ClaimContainerID is the allocations' container ID of the claim with this UID.
+func ClaimContainerID(uid types.UID) string { return claimPrefix + string(uid) }
+
+// ClaimIfName is the allocations' interface name of a claim's device on card.
+func ClaimIfName(card int) string { return fmt.Sprintf("card%d", card) }
+
+// PluginConfig configures the kubelet plugin.
+type PluginConfig struct {
+	Kube        kubernetes.Interface
+	NodeName    string
+	Allocations Allocations
+	// RegistryDir is the kubelet's plugin registration folder (kubeletplugin.KubeletRegistryDir), PluginDir
+	// the folder of the plugin's socket (kubeletplugin.KubeletPluginsDir/multinic.io).
+	RegistryDir, PluginDir string
+	Logger                 *slog.Logger
+}
+
+// Plugin is the kubelet plugin of driver multinic.io: NodePrepareResources reserves a claim's cards with the
+// allocator, NodeUnprepareResources releases them. The gRPC servers, the registration with the kubelet, the
+// fetching of the claims and the serialization of calls are k8s.io/dynamic-resource-allocation/kubeletplugin's.
+type Plugin struct {
+	cfg    PluginConfig
+	log    *slog.Logger
+	helper *kubeletplugin.Helper
+}
+
+var _ kubeletplugin.DRAPlugin = (*Plugin)(nil)
+
+// StartPlugin serves the kubelet plugin until ctx ends or Stop.
+func StartPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
+	p := &Plugin{cfg: cfg, log: cfg.Logger}
+	opts := []kubeletplugin.Option{
+		kubeletplugin.DriverName(DriverName), kubeletplugin.KubeClient(cfg.Kube), kubeletplugin.NodeName(cfg.NodeName),
+		kubeletplugin.HealthService(false), // no device health to report
+	}
+	if cfg.RegistryDir != "" {
+		opts = append(opts, kubeletplugin.RegistrarDirectoryPath(cfg.RegistryDir))
+	}
+	if cfg.PluginDir != "" {
+		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir))
+	}
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(cfg.Logger.Handler()))
+	h, err := kubeletplugin.Start(ctx, p, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start the kubelet plugin of %s: %w", DriverName, err)
+	}
+	p.helper = h
+	return p, nil
+}
+
+// Stop stops the plugin's servers and waits for them.
+func (p *Plugin) Stop() { p.helper.Stop() }
+
+// claimDevice is one device of a claim's allocation that this node's multinic.io serves.
+type claimDevice struct {
+	result    resourceapi.DeviceRequestAllocationResult
+	card      int
+	exclusive bool
+}
+
+// claimDevices are claim's devices of driver multinic.io in this node's pool. A device name that is not
+// one of DeviceName's is an error: the scheduler allocated from a slice this agent did not publish.
+func (p *Plugin) claimDevices(claim *resourceapi.ResourceClaim) ([]claimDevice, error) {
+	if claim.Status.Allocation == nil {
+		return nil, fmt.Errorf("claim %s/%s is not allocated", claim.Namespace, claim.Name)
+	}
+	var out []claimDevice
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if r.Driver != DriverName {
+			continue
+		}
+		if r.Pool != p.cfg.NodeName {
+			return nil, fmt.Errorf("claim %s/%s: device %s is in pool %s, not this node's (%s)", claim.Namespace, claim.Name, r.Device, r.Pool, p.cfg.NodeName)
+		}
+		d := claimDevice{result: r}
+		card, ok := ParseDeviceName(r.Device)
+		if !ok {
+			return nil, fmt.Errorf("claim %s/%s: device %q is not a multinic.io card", claim.Namespace, claim.Name, r.Device)
+		}
+		d.card, d.exclusive = card, strings.HasSuffix(r.Device, "-exclusive")
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// PrepareResourceClaims reserves every claim's cards (kubeletplugin.DRAPlugin).
+func (p *Plugin) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	for _, c := range claims {
+		devs, err := p.prepare(ctx, c)
+		out[c.UID] = kubeletplugin.PrepareResult{Devices: devs, Err: err}
+		if err != nil {
+			p.log.Error("prepare claim", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "error", err)
+		}
+	}
+	return out, nil
+}
+
+// prepare reserves one allocation per device of claim: an address on a shared card, a whole ENI on an
+// exclusive one. It is idempotent (an allocation that exists is answered as it is, also after an agent
+// restart: the allocator's checkpoint holds it) and all or nothing: on failure it releases what this call
+// took, never what an earlier call prepared.
+func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) (_ []kubeletplugin.Device, retErr error) {
+	devs, err := p.claimDevices(claim)
+	if err != nil {
+		return nil, err
+	}
+	id := ClaimContainerID(claim.UID)
+	held, err := p.cfg.Allocations.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("prepare claim %s/%s: %w", claim.Namespace, claim.Name, err)
+	}
+	had := map[string]bool{}
+	for _, al := range held {
+		if al.ContainerID == id {
+			had[al.IfName] = true
+		}
+	}
+	// The last line of defense: an exclusive card another claim holds is never given twice.
+	for _, d := range devs {
+		for _, al := range held {
+			if d.exclusive && al.Exclusive && al.Card == d.card && al.ContainerID != id && strings.HasPrefix(al.ContainerID, claimPrefix) {
+				return nil, fmt.Errorf("prepare claim %s/%s: device %s is held by claim %s", claim.Namespace, claim.Name,
+					d.result.Device, strings.TrimPrefix(al.ContainerID, claimPrefix))
+			}
+		}
+	}
+	var took []api.ReleaseRequest
+	defer func() {
+		if retErr == nil {
+			return
+		}
+		for _, r := range took {
+			if _, err := p.cfg.Allocations.Release(context.WithoutCancel(ctx), r); err != nil {
+				retErr = errors.Join(retErr, fmt.Errorf("give back card %s: %w", r.IfName, err))
+			}
+		}
+	}()
+	seen := map[int]string{}
+	var out []kubeletplugin.Device
+	var status []*resourceapply.AllocatedDeviceStatusApplyConfiguration
+	for _, d := range devs {
+		if other, ok := seen[d.card]; ok {
+			return nil, fmt.Errorf("prepare claim %s/%s: devices %s and %s are both on card %d; a pod gets one address per card "+
+				"(use distinctAttribute %s/%s)", claim.Namespace, claim.Name, other, d.result.Device, d.card, DriverName, AttrCard)
+		}
+		seen[d.card] = d.result.Device
+		req := api.AllocateRequest{Card: d.card, ContainerID: id, IfName: ClaimIfName(d.card), Exclusive: d.exclusive, Network: Network}
+		resp, err := p.cfg.Allocations.Allocate(ctx, req)
+		if err != nil {
+			return nil, fmt.Errorf("prepare claim %s/%s: device %s: %w", claim.Namespace, claim.Name, d.result.Device, err)
+		}
+		if !had[req.IfName] {
+			took = append(took, api.ReleaseRequest{ContainerID: id, IfName: req.IfName})
+		}
+		p.log.Info("prepared device", "claim", claim.Namespace+"/"+claim.Name, "uid", claim.UID, "device", d.result.Device,
+			"address", resp.Address, "eni", resp.ENIID, "exclusive", resp.Exclusive)
+		out = append(out, kubeletplugin.Device{
+			Requests: []string{d.result.Request}, PoolName: d.result.Pool, DeviceName: d.result.Device, ShareID: d.result.ShareID,
+		})
+		status = append(status, deviceStatus(d.result, resp))
+	}
+	// The claim's status says what each device got. It is information for users, not for the kubelet: a
+	// failed write is logged and made again at the next prepare, it fails nothing.
+	if err := p.applyStatus(ctx, claim.Namespace, claim.Name, status); err != nil {
+		p.log.Warn("write the claim's device status", "claim", claim.Namespace+"/"+claim.Name, "error", err)
+	}
+	return out, nil
+}
+
+// deviceStatus is the status.devices entry of one prepared device: its addresses (with the subnet's prefix
+// length) and the ENI's MAC, which an ipvlan child shares and an exclusive ENI is. The interface name is the
+// one the pod will see, set once an attachment makes it (not built yet: see the README).
+func deviceStatus(r resourceapi.DeviceRequestAllocationResult, resp api.AllocateResponse) *resourceapply.AllocatedDeviceStatusApplyConfiguration {
+	ips := []string{netip.PrefixFrom(resp.Address, resp.PrefixLen).String()}
+	if resp.IPv6 != nil {
+		ips = append(ips, netip.PrefixFrom(resp.IPv6.Address, resp.IPv6.PrefixLen).String())
+	}
+	st := resourceapply.AllocatedDeviceStatus().WithDriver(r.Driver).WithPool(r.Pool).WithDevice(r.Device).
+		WithNetworkData(resourceapply.NetworkDeviceData().WithIPs(ips...).WithHardwareAddress(resp.MAC))
+	if r.ShareID != nil {
+		st.WithShareID(string(*r.ShareID))
+	}
+	return st
+}
+
+// applyStatus makes this driver's entries of the claim's status.devices exactly devices (none: all of ours
+// go), by server-side apply with the driver's field manager, so other drivers' entries are never touched.
+func (p *Plugin) applyStatus(ctx context.Context, namespace, name string, devices []*resourceapply.AllocatedDeviceStatusApplyConfiguration) error {
+	if p.cfg.Kube == nil {
+		return nil
+	}
+	ac := resourceapply.ResourceClaim(name, namespace).WithStatus(resourceapply.ResourceClaimStatus().WithDevices(devices...))
+	_, err := p.cfg.Kube.ResourceV1().ResourceClaims(namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: DriverName, Force: true})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// UnprepareResourceClaims releases every claim's allocations (kubeletplugin.DRAPlugin). A claim with none
+// (never prepared, or released already) is done.
+func (p *Plugin) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	held, err := p.cfg.Allocations.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("unprepare claims: %w", err)
+	}
+	out := make(map[types.UID]error, len(claims))
+	for _, c := range claims {
+		id := ClaimContainerID(c.UID)
+		var errs []error
+		for _, al := range held {
+			if al.ContainerID != id {
+				continue
+			}
+			if _, err := p.cfg.Allocations.Release(ctx, api.ReleaseRequest{ContainerID: id, IfName: al.IfName}); err != nil {
+				errs = append(errs, fmt.Errorf("unprepare claim %s: card %d: %w", c, al.Card, err))
+				continue
+			}
+			p.log.Info("unprepared device", "claim", c.String(), "card", al.Card, "address", al.Address, "exclusive", al.Exclusive)
+		}
+		if err := p.applyStatus(ctx, c.Namespace, c.Name, nil); err != nil {
+			p.log.Warn("clear the claim's device status", "claim", c.String(), "error", err)
+		}
+		out[c.UID] = errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// HandleError logs errors of the helper's background work (kubeletplugin.DRAPlugin); none is fatal here.
+func (p *Plugin) HandleError(_ context.Context, err error, msg string) {
+	p.log.Error("kubelet plugin: "+msg, "error", err)
+}
+
+// WatchHealthStatus: multinic reports no device health (the service is off, see StartPlugin).
+func (p *Plugin) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
+	return kubeletplugin.ErrHealthNotSupported
+}

@@ -1,0 +1,253 @@
+package dra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	resourceapi "k8s.io/api/resource/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+
+	"github.com/multinic/multinic/ipam/api"
+)
+
+// fakeAllocations keeps allocations by (container, interface), one per card per container, as the
+// allocator does; fail makes Allocate on that card fail.
+type fakeAllocations struct {
+	mu   sync.Mutex
+	als  map[[2]string]api.Allocation
+	next int
+	fail map[int]error
+}
+
+func newFakeAllocations() *fakeAllocations {
+	return &fakeAllocations{als: map[[2]string]api.Allocation{}, fail: map[int]error{}}
+}
+
+func (f *fakeAllocations) Allocate(_ context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail[req.Card]; err != nil {
+		return api.AllocateResponse{}, err
+	}
+	k := [2]string{req.ContainerID, req.IfName}
+	if al, ok := f.als[k]; ok {
+		return response(al), nil
+	}
+	for _, al := range f.als {
+		if al.ContainerID == req.ContainerID && al.Card == req.Card {
+			return api.AllocateResponse{}, api.ErrCardTaken
+		}
+	}
+	f.next++
+	al := api.Allocation{AllocateRequest: req, Address: netip.AddrFrom4([4]byte{10, 0, byte(req.Card), byte(f.next)})}
+	f.als[k] = al
+	return response(al), nil
+}
+
+func response(al api.Allocation) api.AllocateResponse {
+	return api.AllocateResponse{Address: al.Address, PrefixLen: 24, Exclusive: al.Exclusive, MAC: fmt.Sprintf("02:00:00:00:00:%02x", al.Card)}
+}
+
+func (f *fakeAllocations) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := [2]string{req.ContainerID, req.IfName}
+	_, ok := f.als[k]
+	delete(f.als, k)
+	return api.ReleaseResponse{Released: ok}, nil
+}
+
+func (f *fakeAllocations) List(context.Context) ([]api.Allocation, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []api.Allocation
+	for _, al := range f.als {
+		out = append(out, al)
+	}
+	return out, nil
+}
+
+func (f *fakeAllocations) of(uid types.UID) map[string]api.Allocation {
+	out := map[string]api.Allocation{}
+	als, _ := f.List(context.Background())
+	for _, al := range als {
+		if al.ContainerID == ClaimContainerID(uid) {
+			out[al.IfName] = al
+		}
+	}
+	return out
+}
+
+func claim(uid string, devices ...string) *resourceapi.ResourceClaim {
+	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c-" + uid, UID: types.UID(uid)},
+		Status: resourceapi.ResourceClaimStatus{Allocation: &resourceapi.AllocationResult{}}}
+	for i, d := range devices {
+		driver, pool, dev := DriverName, "node1", d
+		if a, b, ok := strings.Cut(d, "/"); ok { // driver/device or pool:device
+			driver, dev = a, b
+		}
+		if a, b, ok := strings.Cut(dev, ":"); ok {
+			pool, dev = a, b
+		}
+		c.Status.Allocation.Devices.Results = append(c.Status.Allocation.Devices.Results, resourceapi.DeviceRequestAllocationResult{
+			Request: fmt.Sprintf("r%d", i), Driver: driver, Pool: pool, Device: dev})
+	}
+	return c
+}
+
+func newTestPlugin(f *fakeAllocations) *Plugin {
+	return &Plugin{cfg: PluginConfig{NodeName: "node1", Allocations: f}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
+func prepareOne(t *testing.T, p *Plugin, c *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+	t.Helper()
+	res, err := p.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok := res[c.UID]
+	if !ok || len(res) != 1 {
+		t.Fatalf("results %v: want one for %s", res, c.UID)
+	}
+	return r
+}
+
+func TestPrepareUnprepare(t *testing.T) {
+	f := newFakeAllocations()
+	p := newTestPlugin(f)
+	c := claim("u1", "card-1", "card-3-exclusive", "gpu.example.com/gpu-0")
+	r := prepareOne(t, p, c)
+	if r.Err != nil || len(r.Devices) != 2 || r.Devices[0].DeviceName != "card-1" || r.Devices[1].DeviceName != "card-3-exclusive" ||
+		r.Devices[0].Requests[0] != "r0" || r.Devices[0].PoolName != "node1" {
+		t.Fatalf("prepare: %+v", r)
+	}
+	got := f.of("u1")
+	if len(got) != 2 || got["card1"].Card != 1 || got["card1"].Exclusive || !got["card3"].Exclusive || got["card3"].Network != Network {
+		t.Fatalf("allocations %+v", got)
+	}
+	// Again (the kubelet restarted): the same allocations, nothing new.
+	if r2 := prepareOne(t, p, c); r2.Err != nil || len(f.of("u1")) != 2 || f.of("u1")["card1"].Address != got["card1"].Address {
+		t.Fatalf("second prepare %+v, allocations %+v", r2, f.of("u1"))
+	}
+	res, err := p.UnprepareResourceClaims(context.Background(), []kubeletplugin.NamespacedObject{
+		{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "c-u1"}, UID: "u1"},
+		{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "never"}, UID: "u9"},
+	})
+	if err != nil || len(res) != 2 || res["u1"] != nil || res["u9"] != nil || len(f.of("u1")) != 0 {
+		t.Fatalf("unprepare: %v %v, left %+v", res, err, f.of("u1"))
+	}
+}
+
+func TestPrepareRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before []*resourceapi.ResourceClaim // prepared first
+		claim  *resourceapi.ResourceClaim
+		fail   map[int]error
+		want   string
+		keep   int // allocations of the claim left after the failure
+	}{
+		{name: "same card twice", claim: claim("u1", "card-1", "card-1-exclusive"), want: "both on card 1"},
+		{name: "other pool", claim: claim("u1", "node2:card-1"), want: "not this node's"},
+		{name: "not a card", claim: claim("u1", "card-x"), want: "not a multinic.io card"},
+		{name: "exclusive held by another claim", before: []*resourceapi.ResourceClaim{claim("u0", "card-2-exclusive")},
+			claim: claim("u1", "card-2-exclusive"), want: "held by claim u0"},
+		{name: "second card fails: the first is given back", claim: claim("u1", "card-1", "card-2"),
+			fail: map[int]error{2: errors.New("subnet full")}, want: "subnet full"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeAllocations()
+			p := newTestPlugin(f)
+			for _, b := range tc.before {
+				if r := prepareOne(t, p, b); r.Err != nil {
+					t.Fatal(r.Err)
+				}
+			}
+			f.fail = tc.fail
+			r := prepareOne(t, p, tc.claim)
+			if r.Err == nil || !strings.Contains(r.Err.Error(), tc.want) {
+				t.Fatalf("prepare error %v, want one with %q", r.Err, tc.want)
+			}
+			if n := len(f.of(tc.claim.UID)); n != tc.keep {
+				t.Errorf("%d allocations left for the refused claim, want %d", n, tc.keep)
+			}
+		})
+	}
+}
+
+// TestPrepareFailureKeepsEarlierPrepare: a failing re-prepare never gives back what an earlier,
+// successful prepare reserved (a running pod may use it).
+func TestPrepareFailureKeepsEarlierPrepare(t *testing.T) {
+	f := newFakeAllocations()
+	p := newTestPlugin(f)
+	if r := prepareOne(t, p, claim("u1", "card-1")); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	f.fail = map[int]error{2: errors.New("boom")}
+	if r := prepareOne(t, p, claim("u1", "card-1", "card-2")); r.Err == nil {
+		t.Fatal("prepare with a failing card succeeded")
+	}
+	if got := f.of("u1"); len(got) != 1 || got["card1"].Card != 1 {
+		t.Errorf("allocations after the failed re-prepare %+v, want card 1's kept", got)
+	}
+}
+
+func TestParseDeviceName(t *testing.T) {
+	for name, want := range map[string]int{"card-0": 0, "card-31": 31, "card-7-exclusive": 7, "card-01": -1, "card--1": -1,
+		"card-": -1, "card-1-exclusivex": -1, "gpu-1": -1, "card-1-shared": -1} {
+		got, ok := ParseDeviceName(name)
+		if ok != (want >= 0) || (ok && got != want) {
+			t.Errorf("ParseDeviceName(%q) = %d, %v; want %d", name, got, ok, want)
+		}
+	}
+}
+
+// TestPrepareStatus: a prepared claim's status.devices carries each device's addresses and MAC, written by
+// server-side apply beside another driver's entry, which stays; unprepare takes only ours away.
+func TestPrepareStatus(t *testing.T) {
+	c := claim("u1", "card-1", "card-2-exclusive")
+	other := resourceapi.AllocatedDeviceStatus{Driver: "gpu.example.com", Pool: "node1", Device: "gpu-0"}
+	c.Status.Devices = []resourceapi.AllocatedDeviceStatus{other}
+	kube := kubefake.NewClientset(c)
+	p := newTestPlugin(newFakeAllocations())
+	p.cfg.Kube = kube
+	if r := prepareOne(t, p, c); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	got, err := kube.ResourceV1().ResourceClaims("ns").Get(context.Background(), c.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDev := map[string]resourceapi.AllocatedDeviceStatus{}
+	for _, d := range got.Status.Devices {
+		byDev[d.Device] = d
+	}
+	if _, ok := byDev["gpu-0"]; !ok {
+		t.Errorf("the other driver's entry is gone: %+v", got.Status.Devices)
+	}
+	for dev, card := range map[string]int{"card-1": 1, "card-2-exclusive": 2} {
+		d, ok := byDev[dev]
+		if !ok || d.Driver != DriverName || d.NetworkData == nil || len(d.NetworkData.IPs) != 1 ||
+			!strings.HasSuffix(d.NetworkData.IPs[0], "/24") || d.NetworkData.HardwareAddress != fmt.Sprintf("02:00:00:00:00:%02x", card) {
+			t.Errorf("status of %s: %+v", dev, d)
+		}
+	}
+	if _, err := p.UnprepareResourceClaims(context.Background(), []kubeletplugin.NamespacedObject{
+		{NamespacedName: types.NamespacedName{Namespace: "ns", Name: c.Name}, UID: c.UID}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = kube.ResourceV1().ResourceClaims("ns").Get(context.Background(), c.Name, metav1.GetOptions{})
+	if len(got.Status.Devices) != 1 || got.Status.Devices[0].Device != "gpu-0" {
+		t.Errorf("status after unprepare %+v, want the other driver's entry only", got.Status.Devices)
+	}
+}
