@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/go-logr/logr"
@@ -74,12 +76,20 @@ func StartPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 		kubeletplugin.DriverName(DriverName), kubeletplugin.KubeClient(cfg.Kube), kubeletplugin.NodeName(cfg.NodeName),
 		kubeletplugin.HealthService(false), // no device health to report
 	}
-	if cfg.RegistryDir != "" {
-		opts = append(opts, kubeletplugin.RegistrarDirectoryPath(cfg.RegistryDir))
+	if cfg.RegistryDir == "" {
+		cfg.RegistryDir = kubeletplugin.KubeletRegistryDir
 	}
-	if cfg.PluginDir != "" {
-		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir))
+	if cfg.PluginDir == "" {
+		cfg.PluginDir = filepath.Join(kubeletplugin.KubeletPluginsDir, DriverName)
 	}
+	// The helper listens in both folders but creates neither: the plugin's own is new on a node, and the
+	// kubelet's may not be there yet when the agent starts first.
+	for _, d := range []string{cfg.RegistryDir, cfg.PluginDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("start the kubelet plugin of %s: %w", DriverName, err)
+		}
+	}
+	opts = append(opts, kubeletplugin.RegistrarDirectoryPath(cfg.RegistryDir), kubeletplugin.PluginDataDirectoryPath(cfg.PluginDir))
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(cfg.Logger.Handler()))
 	h, err := kubeletplugin.Start(ctx, p, opts...)
 	if err != nil {
