@@ -76,6 +76,7 @@ func TestScaleUp(t *testing.T) {
 			Compare("node ready time (from its agent's start)", "s", Summarize(seconds(a.nodeReady)), Summarize(seconds(b.nodeReady)), 0),
 			spread,
 			Compare("mutating EC2 calls", "calls", Value(float64(a.mutating)), Value(float64(b.mutating)), 0),
+			Compare("mutating EC2 calls EC2 served (ok)", "calls", Value(float64(a.mutatingOK)), Value(float64(b.mutatingOK)), 0),
 			Compare("attach/detach EC2 calls", "calls", Value(float64(a.attach)), Value(float64(b.attach)), 0),
 			Compare("describe EC2 calls", "calls", Value(float64(a.describe)), Value(float64(b.describe)), 0),
 			Compare("throttled EC2 calls (RequestLimitExceeded)", "calls", Value(float64(a.throttled)), Value(float64(b.throttled)), 0),
@@ -99,6 +100,7 @@ type scaleUpResult struct {
 	failures                              int
 	errors                                map[string]int
 	mutating, attach, describe, throttled int
+	mutatingOK                            int // mutating calls EC2 served: what bounds the scale-up at 5/s
 	byAction                              map[string]int
 	rss, hwm                              float64 // MiB, summed over the agents
 	cpu                                   time.Duration
@@ -182,6 +184,11 @@ func runScaleUp(t *testing.T, p burstPolicy, nodes int) scaleUpResult {
 	res.byAction = callDiff(before, after)
 	res.attach = res.byAction["AttachNetworkInterface"] + res.byAction["DetachNetworkInterface"]
 	res.mutating -= res.attach
+	for action, byResult := range after {
+		if fakeec2.MutatingAction(action) {
+			res.mutatingOK += byResult["ok"] - before[action]["ok"]
+		}
+	}
 	for _, n := range region.Nodes() {
 		s := sampleProc(n.AgentPID())
 		if s.sampledErr != nil {

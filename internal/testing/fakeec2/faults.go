@@ -27,6 +27,9 @@ var PublishedRates = map[string]Rate{
 	ClassDescribeUnfiltered: {Burst: 50, PerSecond: 10},
 }
 
+// MutatingAction says whether action is in EC2's mutating throttle class (ClassMutate).
+func MutatingAction(action string) bool { return throttleClass(action, query{}) == ClassMutate }
+
 func throttleClass(action string, q query) string {
 	switch action {
 	case "AssignPrivateIpAddresses", "UnassignPrivateIpAddresses", "AssignIpv6Addresses", "UnassignIpv6Addresses", "CreateNetworkInterface",

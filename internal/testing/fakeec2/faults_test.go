@@ -283,3 +283,14 @@ func TestThrottlePublishedAccountWide(t *testing.T) {
 		t.Fatalf("%d mutating calls for two instances before the first throttle, want 100 (+%d refilled)", ok, refilled)
 	}
 }
+
+func TestMutatingAction(t *testing.T) {
+	for action, want := range map[string]bool{
+		"AssignPrivateIpAddresses": true, "CreateNetworkInterface": true, "ModifyNetworkInterfaceAttribute": true,
+		"AttachNetworkInterface": false, "DescribeNetworkInterfaces": false, "CreateTags": false,
+	} {
+		if got := MutatingAction(action); got != want {
+			t.Errorf("MutatingAction(%s) = %v, want %v", action, got, want)
+		}
+	}
+}
