@@ -45,15 +45,24 @@ func pciBusID(root string, card, device int) (string, error) {
 	return fmt.Sprintf("%s:%02x:%02x.0", m[1], bus+1+uint64(device), card), nil
 }
 
+// sysfsDevice names the fake sysfs of netnsName, the card's PCIe root and the ENI's PCI bus id; dir is ""
+// when the node has no fake sysfs or the card no root (nothing to write or remove).
+func (f *Fabric) sysfsDevice(netnsName string, card, device int) (dir, root, bdf string, err error) {
+	root, ok := f.cfg.PCIeRoots[card]
+	dir = f.cfg.SysfsRoot(netnsName)
+	if !ok || dir == "" {
+		return "", "", "", nil
+	}
+	if bdf, err = pciBusID(root, card, device); err != nil {
+		return "", "", "", err
+	}
+	return dir, root, bdf, nil
+}
+
 // writeSysfs adds the entries of the ENI on (card, device) to the node's fake sysfs.
 func (f *Fabric) writeSysfs(netnsName string, card, device int) error {
-	root, ok := f.cfg.PCIeRoots[card]
-	dir := f.cfg.SysfsRoot(netnsName)
-	if !ok || dir == "" {
-		return nil
-	}
-	bdf, err := pciBusID(root, card, device)
-	if err != nil {
+	dir, root, bdf, err := f.sysfsDevice(netnsName, card, device)
+	if dir == "" || err != nil {
 		return err
 	}
 	target := filepath.Join("..", "..", "..", "devices", root, bdf)
@@ -76,13 +85,8 @@ func (f *Fabric) writeSysfs(netnsName string, card, device int) error {
 
 // removeSysfs removes what writeSysfs made for the ENI on (card, device); missing entries are fine.
 func (f *Fabric) removeSysfs(netnsName string, card, device int) error {
-	root, ok := f.cfg.PCIeRoots[card]
-	dir := f.cfg.SysfsRoot(netnsName)
-	if !ok || dir == "" {
-		return nil
-	}
-	bdf, err := pciBusID(root, card, device)
-	if err != nil {
+	dir, root, bdf, err := f.sysfsDevice(netnsName, card, device)
+	if dir == "" || err != nil {
 		return err
 	}
 	return errors.Join(
