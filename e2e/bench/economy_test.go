@@ -218,29 +218,15 @@ func runChurn(t *testing.T, family string) {
 	atts := float64(npods * len(cards))
 	mut, desc := float64(m1-m0), float64(d1-d0)
 	churnTime := end.at.Sub(start.at)
+	key, title := "churn", fmt.Sprintf("EC2 calls during a churn of %d pods x %d cards", npods, len(cards))
+	limit, what := maxCallsPerAttachment, fmt.Sprintf("What was measured: the agent, driven through its socket API (api.Client Allocate/Release with the fields the plugin sends: card, containerID, ifName net1..net8, pod namespace/name/UID, netns), not the plugin: EC2 economy is the agent's property, and this runs on the host without ipvlan. %d pods in %d concurrent streams (like a runtime's parallel sandbox starts), each pod allocating one address on each of cards %v in order; %d pods live at a time (each stream deletes its oldest after each new one). As fast as the agent answers.", npods, workers, cards, live)
 	if family == api.FamilyIPv6 {
-		emit(t, Result{Figure: 3, Key: "churn-ipv6", Title: fmt.Sprintf("EC2 calls during a churn of %d pods x %d cards, family ipv6 (/80 prefixes)", npods, len(cards)),
-			Iterations: npods, Ours: "multinic agent",
-			Rows: []Row{
-				AtMost("EC2 calls per attachment (mutating + describe)", "calls", Value((mut+desc)/atts), maxCallsPerAttachmentIPv6),
-				{Metric: "mutating EC2 calls per attachment", Unit: "calls", Ours: Value(mut / atts)},
-				{Metric: "EC2 calls in the churn (mutating + describe)", Unit: "calls", Ours: Value(mut + desc)},
-				{Metric: "attachments (allocate + release each)", Unit: "count", Ours: Value(atts)},
-				{Metric: "churn wall time", Unit: "s", Ours: Value(churnTime.Seconds())},
-				{Metric: "agent allocate round trip", Unit: "ms", Ours: Summarize(Millis(allocLat))},
-				{Metric: "agent release round trip", Unit: "ms", Ours: Summarize(Millis(relLat))},
-			},
-			Notes: []string{
-				fmt.Sprintf("The churn of figure 3 (%d pods in %d streams, %d live, one attachment on each of cards %v, through the agent's socket API) with the agents' --family ipv6: each card's ENI got one /80 with its CreateNetworkInterface, before the count starts; a /80 is 2^48 addresses, given out in order and never twice, so the pool never calls EC2 again.", npods, workers, live, cards),
-				fmt.Sprintf("Calls counted by fake-ec2 (every result) from after the pools settled to the end of the churn: %d mutating, %d describe (IMDS not counted); by action: %v.", m1-m0, d1-d0, byAction),
-				fmt.Sprintf("Agent flags: internal/testing/harness's, then %v; trn1n.32xlarge.", args),
-			}})
-		return
+		key, title = "churn-ipv6", title+", family ipv6 (/80 prefixes)"
+		limit, what = maxCallsPerAttachmentIPv6, fmt.Sprintf("The churn of figure 3 (%d pods in %d streams, %d live, one attachment on each of cards %v, through the agent's socket API) with the agents' --family ipv6: each card's ENI got one /80 with its CreateNetworkInterface, before the count starts; a /80 is 2^48 addresses, given out in order and never twice, so the pool never calls EC2 again.", npods, workers, live, cards)
 	}
-	emit(t, Result{Figure: 3, Key: "churn", Title: fmt.Sprintf("EC2 calls during a churn of %d pods x %d cards", npods, len(cards)),
-		Iterations: npods, Ours: "multinic agent",
+	emit(t, Result{Figure: 3, Key: key, Title: title, Iterations: npods, Ours: "multinic agent",
 		Rows: []Row{
-			AtMost("EC2 calls per attachment (mutating + describe)", "calls", Value((mut+desc)/atts), maxCallsPerAttachment),
+			AtMost("EC2 calls per attachment (mutating + describe)", "calls", Value((mut+desc)/atts), limit),
 			{Metric: "mutating EC2 calls per attachment", Unit: "calls", Ours: Value(mut / atts)},
 			{Metric: "describe EC2 calls per attachment", Unit: "calls", Ours: Value(desc / atts)},
 			{Metric: "EC2 calls in the churn (mutating + describe)", Unit: "calls", Ours: Value(mut + desc)},
@@ -250,10 +236,13 @@ func runChurn(t *testing.T, family string) {
 			{Metric: "agent release round trip", Unit: "ms", Ours: Summarize(Millis(relLat))},
 		},
 		Notes: []string{
-			fmt.Sprintf("What was measured: the agent, driven through its socket API (api.Client Allocate/Release with the fields the plugin sends: card, containerID, ifName net1..net8, pod namespace/name/UID, netns), not the plugin: EC2 economy is the agent's property, and this runs on the host without ipvlan. %d pods in %d concurrent streams (like a runtime's parallel sandbox starts), each pod allocating one address on each of cards %v in order; %d pods live at a time (each stream deletes its oldest after each new one). As fast as the agent answers.", npods, workers, cards, live),
+			what,
 			fmt.Sprintf("Calls counted by fake-ec2 (every result) from after the pools settled to the end of the churn: %d mutating, %d describe (IMDS not counted); by action: %v.", m1-m0, d1-d0, byAction),
-			fmt.Sprintf("Agent flags: internal/testing/harness's (--cooldown 1s --refill-interval 1s --ec2-rate 100 --ec2-burst 100) then %v; trn1n.32xlarge.", poolArgs),
+			fmt.Sprintf("Agent flags: internal/testing/harness's (--cooldown 1s --refill-interval 1s --ec2-rate 100 --ec2-burst 100) then %v; trn1n.32xlarge.", args),
 		}})
+	if family == api.FamilyIPv6 {
+		return // figure 5's agent row is the IPv4 churn's
+	}
 	emit(t, Result{Figure: 5, Key: "agent", Title: "agent RSS and CPU, idle and under the churn above", Iterations: npods,
 		Ours: "multinic-agent",
 		Rows: []Row{
