@@ -374,6 +374,17 @@ func TestAttachFailure(t *testing.T) {
 	})
 }
 
+// deleteFillers deletes the filler ENIs a fill made (the undo of fillSubnet and fillIPv6Prefixes).
+func deleteFillers(t *testing.T, c *ec2.Client, ids []string) {
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
+			t.Errorf("delete filler ENI %s: %v", id, err)
+		}
+		cancel()
+	}
+}
+
 // fillSubnet takes every free address of the card's subnet with ENIs that are not the agent's; undo
 // deletes them.
 func fillSubnet(t *testing.T, r *harness.Region, _ *harness.Node) func() {
@@ -381,16 +392,7 @@ func fillSubnet(t *testing.T, r *harness.Region, _ *harness.Node) func() {
 	c := r.Fake().Client()
 	subnet := fakeec2.CardSubnetID(card)
 	var made []string
-	undo := func() {
-		for _, id := range made {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
-				t.Errorf("delete filler ENI %s: %v", id, err)
-			}
-			cancel()
-		}
-		made = nil
-	}
+	undo := func() { deleteFillers(t, c, made); made = nil }
 	t.Cleanup(undo)
 	for {
 		sn, ok := r.State().Subnet(subnet)
@@ -453,16 +455,7 @@ func fillIPv6Prefixes(t *testing.T, r *harness.Region) func() {
 	t.Helper()
 	c := r.Fake().Client()
 	var made []string
-	undo := func() {
-		for _, id := range made {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if _, err := c.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(id)}); err != nil {
-				t.Errorf("delete filler ENI %s: %v", id, err)
-			}
-			cancel()
-		}
-		made = nil
-	}
+	undo := func() { deleteFillers(t, c, made); made = nil }
 	t.Cleanup(undo)
 	for n := 40; n > 0; {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
