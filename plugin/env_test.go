@@ -407,6 +407,28 @@ func (e *env) podState() podState {
 	return s
 }
 
+// checkDelTwice ends a passing ADD: CHECK passes, DEL leaves nothing of the attachment (the ENI link back home
+// in exclusive mode, the node's links as they were before, nodeLinks), and a second DEL succeeds too.
+func (e *env) checkDelTwice(args *skel.CmdArgs, res *current.Result, exclusive bool, nodeLinks []string) {
+	e.t.Helper()
+	if err := e.check(args, res); err != nil {
+		e.t.Errorf("CHECK: %v", err)
+	}
+	if err := e.del(args); err != nil {
+		e.t.Fatalf("DEL: %v", err)
+	}
+	e.requireClean([]string{"eth0", "eth0-peer", "lo"})
+	if exclusive {
+		e.requireENIHome()
+	}
+	if got := linkNames(e.t, e.node); !slices.Equal(got, nodeLinks) {
+		e.t.Errorf("node links = %v, want %v", got, nodeLinks)
+	}
+	if err := e.del(args); err != nil {
+		e.t.Errorf("DEL again: %v", err)
+	}
+}
+
 // requireENIHome checks that the ENI link is back in the node as it was: name, MAC, MTU, up, no alias.
 func (e *env) requireENIHome() {
 	e.t.Helper()

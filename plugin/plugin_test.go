@@ -176,22 +176,7 @@ func TestAddCheckDel(t *testing.T) {
 				}
 			}
 
-			if err := e.check(args, res); err != nil {
-				t.Errorf("CHECK: %v", err)
-			}
-			if err := e.del(args); err != nil {
-				t.Fatalf("DEL: %v", err)
-			}
-			e.requireClean([]string{"eth0", "eth0-peer", "lo"})
-			if m.exclusive {
-				e.requireENIHome()
-			}
-			if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
-				t.Errorf("node links = %v, want %v", got, nodeLinks)
-			}
-			if err := e.del(args); err != nil {
-				t.Errorf("DEL again: %v", err)
-			}
+			e.checkDelTwice(args, res, m.exclusive, nodeLinks)
 		})
 	}
 }
@@ -954,22 +939,7 @@ func TestAddCheckDelIPv6(t *testing.T) {
 					}
 				}
 
-				if err := e.check(args, res); err != nil {
-					t.Errorf("CHECK: %v", err)
-				}
-				if err := e.del(args); err != nil {
-					t.Fatalf("DEL: %v", err)
-				}
-				e.requireClean([]string{"eth0", "eth0-peer", "lo"})
-				if m.exclusive {
-					e.requireENIHome()
-				}
-				if got := linkNames(t, e.node); !slices.Equal(got, nodeLinks) {
-					t.Errorf("node links = %v, want %v", got, nodeLinks)
-				}
-				if err := e.del(args); err != nil {
-					t.Errorf("DEL again: %v", err)
-				}
+				e.checkDelTwice(args, res, m.exclusive, nodeLinks)
 			})
 		}
 	}
