@@ -11,6 +11,7 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -101,7 +102,7 @@ func TestCreateIPVlanChild(t *testing.T) {
 			if l.Attrs().Flags&net.FlagUp == 0 {
 				t.Errorf("flags = %v, want up", l.Attrs().Flags)
 			}
-			addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+			addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V4)
 			if err != nil {
 				t.Fatalf("list addresses: %v", err)
 			}
@@ -227,7 +228,7 @@ func TestIPVlanIPv6Siblings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+		addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V6)
 		if err != nil {
 			t.Fatal(err)
 		}

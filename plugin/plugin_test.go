@@ -17,6 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -125,7 +126,7 @@ func TestAddCheckDel(t *testing.T) {
 			} else if want := map[bool]netlink.IPVlanMode{false: netlink.IPVLAN_MODE_L2, true: netlink.IPVLAN_MODE_L3}[m.l3]; ipvl.Mode != want {
 				t.Errorf("ipvlan mode = %v, want %v", ipvl.Mode, want)
 			}
-			addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+			addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V4)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -871,7 +872,7 @@ func TestAddCheckDelIPv6(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+				addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_ALL)
 				if err != nil {
 					t.Fatal(err)
 				}

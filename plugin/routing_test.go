@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -157,7 +158,7 @@ func TestConfigureIPv6(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got6, err := h.AddrList(l, netlink.FAMILY_V6)
+			got6, err := nlretry.AddrList(h, l, netlink.FAMILY_V6)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -302,7 +303,7 @@ func TestIPv6SysctlsIgnoreRouterAdvertisements(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		as, err := h.AddrList(l, netlink.FAMILY_V6)
+		as, err := nlretry.AddrList(h, l, netlink.FAMILY_V6)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -266,7 +267,7 @@ func checkRefPod(ctx context.Context, t *testing.T, e *env, p *pod, refs []refCa
 		if link.Type() != "ipvlan" || !strings.EqualFold(link.Attrs().HardwareAddr.String(), r.eni.MAC) {
 			t.Errorf("pod %s %s: %s link with MAC %s, want an ipvlan child of %s (%s)", p.obj.Name, ifName, link.Type(), link.Attrs().HardwareAddr, r.eni.LinkName, r.eni.MAC)
 		}
-		addrs, err := p.h.AddrList(link, netlink.FAMILY_V4)
+		addrs, err := nlretry.AddrList(p.h, link, netlink.FAMILY_V4)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -26,6 +26,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
@@ -856,7 +857,7 @@ func podAddrs(t *testing.T, p *pod, ifName string) []netip.Prefix {
 		t.Errorf("pod %s: no %s: %v", p.obj.Name, ifName, err)
 		return nil
 	}
-	addrs, err := p.h.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := nlretry.AddrList(p.h, l, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -877,7 +878,7 @@ func podAddrs6(t *testing.T, p *pod, ifName string) []netip.Prefix {
 		t.Errorf("pod %s: no %s: %v", p.obj.Name, ifName, err)
 		return nil
 	}
-	addrs, err := p.h.AddrList(l, netlink.FAMILY_V6)
+	addrs, err := nlretry.AddrList(p.h, l, netlink.FAMILY_V6)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -92,7 +93,7 @@ func TestAttachLifecycle(t *testing.T) {
 			} else if ipv, ok := link.(*netlink.IPVlan); !ok || ipv.Mode != tc.ipvlan {
 				t.Errorf("%s is %s (%+v), want ipvlan mode %v", ifName, link.Type(), link, tc.ipvlan)
 			}
-			addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+			addrs, err := nlretry.AddrList(h, link, netlink.FAMILY_V4)
 			if err != nil {
 				t.Fatal(err)
 			}

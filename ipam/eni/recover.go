@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -364,7 +365,7 @@ func podLinks(path string) ([]podLink, error) {
 		a := k.Attrs()
 		_, aliased := linkalias.Parse(a.Alias)
 		pl := podLink{name: a.Name, mac: net.HardwareAddr(a.HardwareAddr).String(), aliased: aliased, ipvlan: k.Type() == "ipvlan"}
-		addrs, err := h.AddrList(k, netlink.FAMILY_V4)
+		addrs, err := nlretry.AddrList(h, k, netlink.FAMILY_V4)
 		if err != nil {
 			return nil, err
 		}
@@ -373,7 +374,7 @@ func podLinks(path string) ([]podLink, error) {
 				pl.addrs = append(pl.addrs, ip)
 			}
 		}
-		addrs6, err := h.AddrList(k, netlink.FAMILY_V6)
+		addrs6, err := nlretry.AddrList(h, k, netlink.FAMILY_V6)
 		if err != nil {
 			return nil, err
 		}

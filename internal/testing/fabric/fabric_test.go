@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/multinic/multinic/internal/nlretry"
 	"github.com/vishvananda/netlink"
 
 	"github.com/multinic/multinic/internal/testing/fakeec2"
@@ -50,7 +51,7 @@ func TestAttachPingIsolation(t *testing.T) {
 		if link.Attrs().MTU != DefaultMTU {
 			t.Errorf("%s: mtu %d, want %d", tc.a.ENIID, link.Attrs().MTU, DefaultMTU)
 		}
-		addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+		addrs, err := nlretry.AddrList(h, link, netlink.FAMILY_V4)
 		if err != nil {
 			t.Fatal(err)
 		}
