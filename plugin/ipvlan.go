@@ -5,12 +5,12 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -43,10 +43,9 @@ func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlin
 	if pmtu := p.Attrs().MTU; mtu > pmtu {
 		return nil, fmt.Errorf("mtu %d invalid: must be at most the parent's %d", mtu, pmtu)
 	}
-	tmpName, err := ip.RandomVethName()
-	if err != nil {
-		return nil, err
-	}
+	// Lives only until the rename below, in this pod's netns: a clash (two ADDs into one pod drawing the same
+	// 32 bits) fails LinkAdd with EEXIST and leaves nothing behind.
+	tmpName := fmt.Sprintf("mntmp%08x", rand.Uint32())
 	child := &netlink.IPVlan{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:        tmpName,
