@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"strconv"
 	"syscall"
 	"time"
@@ -34,26 +32,18 @@ const maxResponseBytes = 16 << 20
 type Client struct {
 	path    string
 	timeout time.Duration
-	hc      *http.Client
 }
 
 // NewClient returns a client for the agent's socket. A timeout > 0 bounds every call; 0 means
 // DefaultAllocateTimeout for Allocate and DefaultTimeout for the others. A shorter deadline on the caller's
 // context wins.
 func NewClient(socketPath string, timeout time.Duration) *Client {
-	c := &Client{path: socketPath, timeout: timeout}
-	c.hc = &http.Client{Transport: &http.Transport{
-		// Proxy stays nil: HTTP_PROXY in the plugin's environment must not redirect a unix socket call.
-		DialContext:         c.dial,
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 8,
-		IdleConnTimeout:     30 * time.Second,
-	}}
-	return c
+	return &Client{path: socketPath, timeout: timeout}
 }
 
-// Close drops idle connections to the agent.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+// Close is there for callers that hold a client for a while; there is nothing to drop, since every call
+// makes and closes a connection of its own (see roundTrip).
+func (c *Client) Close() {}
 
 // Allocate asks for an address (or a whole ENI) on req.Card. An answer without the IPv6 address a family
 // ipv6 or dual request asked for (an agent older than the field) is released and refused as ErrInvalid.
@@ -61,7 +51,7 @@ func (c *Client) Allocate(ctx context.Context, req AllocateRequest) (AllocateRes
 	var resp AllocateResponse
 	err := req.Validate()
 	if err == nil {
-		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), http.MethodPost, PathAllocate, req, &resp)
+		err = c.do(ctx, c.timeoutFor(DefaultAllocateTimeout), methodPost, PathAllocate, req, &resp)
 	}
 	if err == nil && WantsIPv6(req.Family) && resp.IPv6 == nil {
 		// An agent older than "family" ignored it and gave IPv4 only: give it back, and say why.
@@ -83,7 +73,7 @@ func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseRespon
 	var resp ReleaseResponse
 	err := req.Validate()
 	if err == nil {
-		err = c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodPost, PathRelease, req, &resp)
+		err = c.do(ctx, c.timeoutFor(DefaultTimeout), methodPost, PathRelease, req, &resp)
 	}
 	if err != nil {
 		return ReleaseResponse{}, fmt.Errorf("release container %s interface %s: %w", req.ContainerID, req.IfName, err)
@@ -94,7 +84,7 @@ func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseRespon
 // List returns every live allocation on the node.
 func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 	var resp ListResponse
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathAllocations, nil, &resp); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), methodGet, PathAllocations, nil, &resp); err != nil {
 		return nil, fmt.Errorf("list allocations: %w", err)
 	}
 	return resp.Allocations, nil
@@ -103,7 +93,7 @@ func (c *Client) List(ctx context.Context) ([]Allocation, error) {
 // Status says whether an ADD on card could be served now.
 func (c *Client) Status(ctx context.Context, card int) (Status, error) {
 	var st Status
-	err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathStatus+"?card="+strconv.Itoa(card), nil, &st)
+	err := c.do(ctx, c.timeoutFor(DefaultTimeout), methodGet, PathStatus+"?card="+strconv.Itoa(card), nil, &st)
 	if err != nil {
 		return Status{}, fmt.Errorf("get status of card %d: %w", card, err)
 	}
@@ -117,7 +107,7 @@ func (c *Client) timeoutFor(def time.Duration) time.Duration {
 	return def
 }
 
-func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.path)
 	// No socket file, or a file nobody listens on (the agent died): the agent is down.
@@ -130,38 +120,22 @@ func (c *Client) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	// The host is ignored: the transport always dials the socket.
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
+	st, data, err := c.roundTrip(ctx, method, path, body)
 	if err != nil {
 		return c.transportError(ctx, timeout, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
-	if err != nil {
-		return c.transportError(ctx, timeout, err)
-	}
-	if len(data) > maxResponseBytes {
-		return &Error{Code: CodeInternal, Message: fmt.Sprintf("agent answer larger than %d bytes", maxResponseBytes)}
-	}
-	if resp.StatusCode != http.StatusOK {
+	if st.code != statusOK {
 		var e Error
 		if err := json.Unmarshal(data, &e); err != nil || e.Code == "" {
-			return &Error{Code: CodeInternal, Message: fmt.Sprintf("agent answered %s: %.200q", resp.Status, data)}
+			return &Error{Code: CodeInternal, Message: fmt.Sprintf("agent answered %s: %.200q", st.text, data)}
 		}
 		return &e
 	}

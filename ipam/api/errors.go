@@ -2,7 +2,6 @@ package api
 
 import (
 	"errors"
-	"net/http"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
@@ -71,17 +70,17 @@ var codes = []struct {
 	status   int
 	cni      uint
 }{
-	{CodeInvalid, ErrInvalid, http.StatusBadRequest, types.ErrInvalidNetworkConfig},
-	{CodeCardTaken, ErrCardTaken, http.StatusConflict, CNICardTaken},
-	{CodeInterfaceTaken, ErrInterfaceTaken, http.StatusConflict, CNIInterfaceTaken},
+	{CodeInvalid, ErrInvalid, statusBadRequest, types.ErrInvalidNetworkConfig},
+	{CodeCardTaken, ErrCardTaken, statusConflict, CNICardTaken},
+	{CodeInterfaceTaken, ErrInterfaceTaken, statusConflict, CNIInterfaceTaken},
 	// The message carries EC2's own error code when there is one.
-	{CodeTryAgain, ErrTryAgain, http.StatusServiceUnavailable, types.ErrTryAgainLater},
-	{CodeNotManaged, ErrNotManaged, http.StatusNotFound, CNICardNotManaged},
+	{CodeTryAgain, ErrTryAgain, statusServiceUnavailable, types.ErrTryAgainLater},
+	{CodeNotManaged, ErrNotManaged, statusNotFound, CNICardNotManaged},
 	// Also the agent down, on ADD (DEL journals the release instead).
-	{CodeUnavailable, ErrUnavailable, http.StatusServiceUnavailable, types.ErrTryAgainLater},
-	{CodeLimit, ErrLimit, http.StatusTooManyRequests, CNIAllocationLimit},
-	{CodeForbidden, ErrForbidden, http.StatusForbidden, types.ErrInternal},
-	{CodeInternal, ErrInternal, http.StatusInternalServerError, types.ErrInternal},
+	{CodeUnavailable, ErrUnavailable, statusServiceUnavailable, types.ErrTryAgainLater},
+	{CodeLimit, ErrLimit, statusTooManyRequests, CNIAllocationLimit},
+	{CodeForbidden, ErrForbidden, statusForbidden, types.ErrInternal},
+	{CodeInternal, ErrInternal, statusInternalServerError, types.ErrInternal},
 }
 
 // Error is an error as it travels on the wire, and as the client returns it.
@@ -114,7 +113,7 @@ func (c Code) HTTPStatus() int {
 			return x.status
 		}
 	}
-	return http.StatusInternalServerError
+	return statusInternalServerError
 }
 
 // CodeOf is the code of err: an *Error's own, else the code of the first sentinel (in the table's order) that

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 )
 
@@ -75,7 +74,7 @@ type LogsResponse struct {
 // Node returns what the agent knows of the node and its cards.
 func (c *Client) Node(ctx context.Context) (NodeStatus, error) {
 	var st NodeStatus
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathNode, nil, &st); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), methodGet, PathNode, nil, &st); err != nil {
 		return NodeStatus{}, fmt.Errorf("get node status: %w", err)
 	}
 	return st, nil
@@ -84,7 +83,7 @@ func (c *Client) Node(ctx context.Context) (NodeStatus, error) {
 // Logs returns the agent's most recent log lines.
 func (c *Client) Logs(ctx context.Context) ([]string, error) {
 	var resp LogsResponse
-	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), http.MethodGet, PathLogs, nil, &resp); err != nil {
+	if err := c.do(ctx, c.timeoutFor(DefaultTimeout), methodGet, PathLogs, nil, &resp); err != nil {
 		return nil, fmt.Errorf("get agent logs: %w", err)
 	}
 	return resp.Lines, nil

@@ -266,10 +266,18 @@ func asError(err error) *api.Error {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body, _ = json.Marshal(&api.Error{Code: api.CodeInternal, Message: "encode answer: " + err.Error()})
+	}
+	body = append(body, '\n')
+	// With Content-Length the client tells a body cut short (the agent went away) from a whole one, whatever
+	// its size.
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	// The client sees a truncated body as an error; nothing more to do here.
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(body) // the client sees a truncated body as an error; nothing more to do here
 }
 
 // decodeAllocateRequest reads and validates an allocate request. It never panics; any error matches

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -605,5 +607,44 @@ func TestPeerNotRoot(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "refused: peer uid 65534 may not use the agent's socket") {
 		t.Errorf("client as nobody got:\n%s\nwant the refusal naming uid 65534", out)
+	}
+}
+
+// TestLargeAnswerHasLength: an answer far past net/http's chunking threshold (2 KiB) carries Content-Length
+// and no chunking, so the client (HTTP/1.0, no chunked decoder) reads it whole and tells a cut-short one.
+func TestLargeAnswerHasLength(t *testing.T) {
+	const n = 500
+	var allocs []api.Allocation
+	for i := range n {
+		a := api.Allocation{AllocateRequest: testRequest, Address: testResponse.Address, ENIID: testResponse.ENIID}
+		a.ContainerID = fmt.Sprintf("container-%03d", i)
+		allocs = append(allocs, a)
+	}
+	b := &fakeBackend{list: func(context.Context) ([]api.Allocation, error) { return allocs, nil }}
+	s := startServer(t, b, nil, time.Second)
+
+	for _, proto := range []string{"HTTP/1.0", "HTTP/1.1"} {
+		conn, err := net.Dial("unix", s.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s %s\r\nHost: agent\r\nConnection: close\r\n\r\n", api.PathAllocations, proto)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(resp.Body)
+		conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ContentLength != int64(len(data)) || len(resp.TransferEncoding) > 0 || len(data) < 16<<10 {
+			t.Errorf("%s: %d bytes with Content-Length %d, Transfer-Encoding %v; want a length, no chunking, over 16 KiB",
+				proto, len(data), resp.ContentLength, resp.TransferEncoding)
+		}
+	}
+	got, err := newTestClient(t, s.path, 0).List(context.Background())
+	if err != nil || !reflect.DeepEqual(got, allocs) {
+		t.Errorf("List: %d allocations, %v; want the backend's %d", len(got), err, n)
 	}
 }
