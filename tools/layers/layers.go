@@ -1,7 +1,8 @@
 // Package layers writes down, once, which project packages each production package may import, so that every
 // import points down: the plugin links the wire package and its own config, not the agent; nothing in ipam
 // reaches up to the plugin, the NAD renderer or a command; no production package imports e2e/ or a test
-// helper. `make lint` runs its test, which checks the module's real import graph (go/packages) against Rules.
+// helper. `make lint` runs its test, which checks the module's real import graph (go/packages) against Rules,
+// and everything the plugin binary links against PluginUnlinked.
 //
 // Only production code is checked: the imports of _test.go files (a test may start the real server, or the
 // real plugin against rendered NADs) and of test infrastructure (e2e/, cmd/fake-ec2, tools/) are free.
@@ -54,6 +55,13 @@ var Rules = []Rule{
 // TestInfra is what is not production code: suites, fakes, harnesses, test helpers and build tools. It may
 // import anything; production code may import none of it, even where a rule's pattern covers it.
 var TestInfra = []string{"e2e/...", "internal/testing/...", "cmd/fake-ec2", "tools/...", "internal/nettest"}
+
+// PluginUnlinked are packages the plugin binary must link neither directly nor through another package: each
+// costs megabytes of binary and RSS in every CNI call (issue 13: plugin RSS per call no more than the reference
+// plugin's). net/http brings crypto/tls, x509 and http2 (ipam/api speaks HTTP/1.0 by hand instead);
+// containernetworking/plugins' pkg/ip brings pkg/utils, go-iptables, nftables and ethtool.
+var PluginUnlinked = []string{"net/http", "crypto/tls", "github.com/containernetworking/plugins/pkg/ip",
+	"github.com/coreos/go-iptables/iptables"}
 
 // Rule is one production package (or tree) and what it may import.
 type Rule struct {
@@ -128,4 +136,34 @@ func match(pattern, p string) bool {
 		return p == dir || strings.HasPrefix(p, dir+"/")
 	}
 	return p == pattern
+}
+
+// CheckUnlinked returns a problem for each package of unlinked that root reaches in graph (full import paths
+// to their imports), naming the chain of imports that reaches it.
+func CheckUnlinked(graph map[string][]string, root string, unlinked []string) []string {
+	via := map[string]string{root: ""} // package -> the package that first imported it
+	queue := []string{root}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, imp := range graph[p] {
+			if _, seen := via[imp]; !seen {
+				via[imp] = p
+				queue = append(queue, imp)
+			}
+		}
+	}
+	var probs []string
+	for _, u := range unlinked {
+		if _, ok := via[u]; !ok {
+			continue
+		}
+		chain := []string{u}
+		for p := via[u]; p != ""; p = via[p] {
+			chain = append(chain, p)
+		}
+		slices.Reverse(chain)
+		probs = append(probs, fmt.Sprintf("%s links %s: %s", root, u, strings.Join(chain, " -> ")))
+	}
+	return probs
 }

@@ -42,6 +42,51 @@ func TestImportsPointDown(t *testing.T) {
 	}
 }
 
+// TestPluginLinksLittle loads the plugin's binary with every package it links and checks PluginUnlinked.
+func TestPluginLinksLittle(t *testing.T) {
+	pkgs, err := packages.Load(&packages.Config{Mode: packages.NeedName | packages.NeedImports | packages.NeedDeps, Dir: "../.."}, Module+"/cmd/multinic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	graph := map[string][]string{}
+	packages.Visit(pkgs, nil, func(p *packages.Package) {
+		for _, e := range p.Errors {
+			t.Errorf("load %s: %v", p.PkgPath, e)
+		}
+		for imp := range p.Imports {
+			graph[p.PkgPath] = append(graph[p.PkgPath], imp)
+		}
+	})
+	// The load saw what the plugin links: its own packages and netlink.
+	for _, want := range []string{Module + "/plugin", Module + "/ipam/api", "github.com/vishvananda/netlink"} {
+		if _, ok := graph[want]; !ok {
+			t.Fatalf("go/packages did not list %s among the %d packages cmd/multinic links", want, len(graph))
+		}
+	}
+	for _, p := range CheckUnlinked(graph, Module+"/cmd/multinic", PluginUnlinked) {
+		t.Error(p)
+	}
+}
+
+func TestCheckUnlinked(t *testing.T) {
+	graph := map[string][]string{
+		"cmd/x":    {"plugin", "fmt"},
+		"plugin":   {"api", "fmt"},
+		"api":      {"net/http", "fmt"},
+		"net/http": {"crypto/tls"},
+		"other":    {"crypto/tls"},
+	}
+	got := CheckUnlinked(graph, "cmd/x", []string{"crypto/tls", "os/exec", "net/http"})
+	want := []string{"cmd/x links crypto/tls: cmd/x -> plugin -> api -> net/http -> crypto/tls",
+		"cmd/x links net/http: cmd/x -> plugin -> api -> net/http"}
+	if !slices.Equal(got, want) {
+		t.Errorf("CheckUnlinked = %q, want %q", got, want)
+	}
+	if got := CheckUnlinked(graph, "plugin", []string{"os/exec"}); len(got) != 0 {
+		t.Errorf("CheckUnlinked of what plugin does not link = %q", got)
+	}
+}
+
 // TestCheckRefusesUpwardEdges: a graph like the module's, with one bad edge at a time, fails the check with a
 // message naming the edge; the graph without it passes.
 func TestCheckRefusesUpwardEdges(t *testing.T) {
