@@ -65,6 +65,14 @@ func DeviceName(card int, mode string) string {
 	return fmt.Sprintf("card-%d", card)
 }
 
+// modeOf is the mode of an allocation: netconf.ModeExclusive or netconf.ModeIPVlan.
+func modeOf(exclusive bool) string {
+	if exclusive {
+		return netconf.ModeExclusive
+	}
+	return netconf.ModeIPVlan
+}
+
 // ParseDeviceName is DeviceName's inverse: the card of card-<N> or card-<N>-exclusive.
 func ParseDeviceName(name string) (card int, ok bool) {
 	rest, found := strings.CutPrefix(name, "card-")
@@ -73,11 +81,7 @@ func ParseDeviceName(name string) (card int, ok bool) {
 	}
 	rest, excl := strings.CutSuffix(rest, "-exclusive")
 	n, err := strconv.Atoi(rest)
-	mode := netconf.ModeIPVlan
-	if excl {
-		mode = netconf.ModeExclusive
-	}
-	if err != nil || n < 0 || DeviceName(n, mode) != name {
+	if err != nil || n < 0 || DeviceName(n, modeOf(excl)) != name {
 		return 0, false
 	}
 	return n, true

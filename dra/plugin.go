@@ -52,6 +52,9 @@ type PluginConfig struct {
 	Kube        kubernetes.Interface
 	NodeName    string
 	Allocations Allocations
+	// Family is the address family a card serves (api.FamilyIPv4, FamilyIPv6 or FamilyDual: the ENI
+	// manager's), which a claim's allocation asks for as a NAD's would; nil: ipv4.
+	Family func(card int) string
 	// RegistryDir is the kubelet's plugin registration folder (kubeletplugin.KubeletRegistryDir), PluginDir
 	// the folder of the plugin's socket (kubeletplugin.KubeletPluginsDir/multinic.io).
 	RegistryDir, PluginDir string
@@ -197,6 +200,9 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 		}
 		seen[d.card] = d.result.Device
 		req := api.AllocateRequest{Card: d.card, ContainerID: id, IfName: ClaimIfName(d.card), Exclusive: d.exclusive, Network: Network}
+		if p.cfg.Family != nil {
+			req.Family = p.cfg.Family(d.card)
+		}
 		resp, err := p.cfg.Allocations.Allocate(ctx, req)
 		if err != nil {
 			return nil, fmt.Errorf("prepare claim %s/%s: device %s: %w", claim.Namespace, claim.Name, d.result.Device, err)
@@ -223,7 +229,10 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 // length) and the ENI's MAC, which an ipvlan child shares and an exclusive ENI is. The interface name is the
 // one the pod will see, set once an attachment makes it (not built yet: see the README).
 func deviceStatus(r resourceapi.DeviceRequestAllocationResult, resp api.AllocateResponse) *resourceapply.AllocatedDeviceStatusApplyConfiguration {
-	ips := []string{netip.PrefixFrom(resp.Address, resp.PrefixLen).String()}
+	var ips []string
+	if resp.Address.IsValid() { // zero on an ipv6 card
+		ips = append(ips, netip.PrefixFrom(resp.Address, resp.PrefixLen).String())
+	}
 	if resp.IPv6 != nil {
 		ips = append(ips, netip.PrefixFrom(resp.IPv6.Address, resp.IPv6.PrefixLen).String())
 	}

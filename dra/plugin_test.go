@@ -54,8 +54,16 @@ func (f *fakeAllocations) Allocate(_ context.Context, req api.AllocateRequest) (
 	return response(al), nil
 }
 
+// response answers al as the agent would for its family: no IPv4 address for ipv6, both for dual.
 func response(al api.Allocation) api.AllocateResponse {
-	return api.AllocateResponse{Address: al.Address, PrefixLen: 24, Exclusive: al.Exclusive, MAC: fmt.Sprintf("02:00:00:00:00:%02x", al.Card)}
+	r := api.AllocateResponse{PrefixLen: 24, Exclusive: al.Exclusive, MAC: fmt.Sprintf("02:00:00:00:00:%02x", al.Card)}
+	if api.WantsIPv4(al.Family) {
+		r.Address = al.Address
+	}
+	if api.WantsIPv6(al.Family) {
+		r.IPv6 = &api.IPv6Lease{Address: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(al.Card)}), PrefixLen: 64}
+	}
+	return r
 }
 
 func (f *fakeAllocations) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
@@ -249,5 +257,47 @@ func TestPrepareStatus(t *testing.T) {
 	got, _ = kube.ResourceV1().ResourceClaims("ns").Get(context.Background(), c.Name, metav1.GetOptions{})
 	if len(got.Status.Devices) != 1 || got.Status.Devices[0].Device != "gpu-0" {
 		t.Errorf("status after unprepare %+v, want the other driver's entry only", got.Status.Devices)
+	}
+}
+
+// TestPrepareFamilies: a claim's allocation asks for the family its card serves (as the card's NAD would;
+// the agent refuses any other), and its status lists exactly that family's addresses: an IPv6 card's
+// device has no IPv4 entry.
+func TestPrepareFamilies(t *testing.T) {
+	c := claim("u1", "card-1", "card-2", "card-3-exclusive")
+	kube := kubefake.NewClientset(c)
+	f := newFakeAllocations()
+	p := newTestPlugin(f)
+	p.cfg.Kube = kube
+	families := map[int]string{1: api.FamilyIPv4, 2: api.FamilyIPv6, 3: api.FamilyDual}
+	p.cfg.Family = func(card int) string { return families[card] }
+	if r := prepareOne(t, p, c); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	for ifName, al := range f.of("u1") {
+		if al.Family != families[al.Card] {
+			t.Errorf("%s asked for family %q, want the card's %q", ifName, al.Family, families[al.Card])
+		}
+	}
+	got, err := kube.ResourceV1().ResourceClaims("ns").Get(context.Background(), c.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"card-1": {"/24"}, "card-2": {"::2/64"}, "card-3-exclusive": {"/24", "::3/64"}}
+	for _, d := range got.Status.Devices {
+		w := want[d.Device]
+		if d.NetworkData == nil || len(d.NetworkData.IPs) != len(w) {
+			t.Errorf("%s: %+v, want IPs ending %v", d.Device, d.NetworkData, w)
+			continue
+		}
+		for i, ip := range d.NetworkData.IPs {
+			if _, err := netip.ParsePrefix(ip); err != nil || !strings.HasSuffix(ip, w[i]) {
+				t.Errorf("%s: IP %q (%v), want a valid prefix ending %s", d.Device, ip, err, w[i])
+			}
+		}
+		delete(want, d.Device)
+	}
+	if len(want) != 0 {
+		t.Errorf("no status for %v", want)
 	}
 }

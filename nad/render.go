@@ -103,7 +103,7 @@ func ParseModes(s string) ([]string, error) {
 	case "both":
 		return []string{netconf.ModeIPVlan, netconf.ModeExclusive}, nil
 	}
-	return nil, fmt.Errorf("nad mode %q invalid: must be ipvlan, exclusive or both", s)
+	return nil, fmt.Errorf("mode %q invalid: must be ipvlan, exclusive or both", s)
 }
 
 // withDefaults fills the zero values.

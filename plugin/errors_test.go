@@ -22,6 +22,7 @@ func TestCNIError(t *testing.T) {
 		{&api.Error{Code: api.CodeInterfaceTaken}, api.CNIInterfaceTaken},
 		{&api.Error{Code: api.CodeNotManaged}, api.CNICardNotManaged},
 		{fmt.Errorf("allocate: %w", &api.Error{Code: api.CodeLimit}), api.CNIAllocationLimit},
+		{fmt.Errorf("allocate: %w", &api.Error{Code: api.CodeNotClaimed}), api.CNICardNotClaimed},
 		{&api.Error{Code: api.CodeForbidden}, types.ErrInternal},
 		{&api.Error{Code: "future", Message: "a code from a newer agent"}, types.ErrInternal},
 		{&api.Error{Code: api.CodeInternal}, types.ErrInternal},

@@ -122,10 +122,10 @@ func TestParseFlags(t *testing.T) {
 				}
 			}},
 		{name: "dra without kubeconfig", args: []string{"--cluster", "c", "--dra"}, wantErr: "--dra needs --kubeconfig"},
-		{name: "bad dra mode", args: []string{"--cluster", "c", "--dra-mode", "sriov"}, wantErr: "--dra-mode"},
+		{name: "bad dra mode", args: []string{"--cluster", "c", "--dra-mode", "sriov"}, wantErr: `--dra-mode: mode "sriov" invalid`},
 		{name: "publish without kubeconfig", args: []string{"--cluster", "c", "--publish-nads"}, wantErr: "--publish-nads needs --kubeconfig"},
 		{name: "resources without kubeconfig", args: []string{"--cluster", "c", "--node-resources=true"}, wantErr: "--node-resources needs --kubeconfig"},
-		{name: "bad nad mode", args: []string{"--cluster", "c", "--nad-mode", "all"}, wantErr: "--nad-mode"},
+		{name: "bad nad mode", args: []string{"--cluster", "c", "--nad-mode", "all"}, wantErr: `--nad-mode: mode "all" invalid`},
 		{name: "bad nad namespace", args: []string{"--cluster", "c", "--nad-namespace", "Kube_System"}, wantErr: "--nad-namespace"},
 		{name: "bad resource prefix", args: []string{"--cluster", "c", "--resource-prefix", "kubernetes.io/card-"}, wantErr: "--resource-prefix"},
 		{name: "bad publish interval", args: []string{"--cluster", "c", "--publish-interval", "0s"}, wantErr: "--publish-interval"},

@@ -105,6 +105,11 @@ func run(ctx context.Context, args []string) (retErr error) {
 		defer stop()
 		events = rec
 	}
+	// With DRA the scheduler hands out the cards: a NAD attachment must be one of its pod's claims'.
+	var claims backend.Claims
+	if o.dra {
+		claims = dra.ClaimCheck{Kube: kube, NodeName: o.nodeName}
+	}
 	be, err := backend.New(backend.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout, Events: events,
 		NodeName: o.nodeName, Kube: kube, ReclaimGrace: o.gcGrace, ReclaimInterval: o.gcInterval, NetnsDirs: o.netnsDirs,
@@ -113,6 +118,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		InstanceID: mgr.InstanceID,
 		CardInfo:   func() []backend.CardInfo { return cardInfos(mgr.Stats()) },
 		Logs:       logs.Lines,
+		Claims:     claims,
 		Logger:     logger.With("component", "agent"),
 	})
 	if err != nil {
@@ -173,7 +179,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		}
 		stop := runDRAPublisher(ctx, pub, mgr, o, mgr.WaitReady, logger.With("component", "dra"))
 		defer stop()
-		plugin, err := dra.StartPlugin(ctx, dra.PluginConfig{Kube: kube, NodeName: o.nodeName, Allocations: be,
+		plugin, err := dra.StartPlugin(ctx, dra.PluginConfig{Kube: kube, NodeName: o.nodeName, Allocations: be, Family: mgr.Family,
 			RegistryDir: o.kubeletRegistryDir, PluginDir: o.kubeletPluginDir, Logger: logger.With("component", "dra-plugin")})
 		if err != nil {
 			return err

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"os"
 	"testing"
 )
@@ -18,8 +19,14 @@ const BuildTag = "e2e"
 // in the e2e run.
 func RequireE2E(tb testing.TB) *Tools {
 	tb.Helper()
+	return RequireE2EOf(tb, fmt.Sprintf("`make e2e` (bash e2e/tools/build.sh && %s=1 go test -tags %s ./e2e/cluster/)", E2EEnv, BuildTag))
+}
+
+// RequireE2EOf is RequireE2E for a suite that runs with another command, which the skip names.
+func RequireE2EOf(tb testing.TB, runWith string) *Tools {
+	tb.Helper()
 	if os.Getenv(E2EEnv) != "1" {
-		tb.Skipf("e2e test: runs with `make e2e` (bash e2e/tools/build.sh && %s=1 go test -tags %s ./e2e/cluster/)", E2EEnv, BuildTag)
+		tb.Skipf("e2e test: runs with %s", runWith)
 	}
 	tools, err := FindTools()
 	if err != nil {

@@ -177,7 +177,7 @@ func cardOf(t *testing.T, r resourceapi.DeviceRequestAllocationResult) int {
 // this root), stays Pending with the scheduler's reason, and is allocated once the first claim is gone. Then
 // the agent's kubelet plugin prepares the allocated claims (subtest kubelet-plugin).
 func TestExampleClaims(t *testing.T) {
-	tools := cluster.RequireE2E(t)
+	tools := cluster.RequireE2EOf(t, e2eDRA)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	c := cluster.Start(t, cluster.Options{Tools: tools})

@@ -91,7 +91,7 @@ func waitDevices(ctx context.Context, t *testing.T, c *cluster.Cluster, node str
 // sysfs (the fake fabric's), owned by the Node; the fields of consumable capacity come back as sent, so the
 // API server serves DRAConsumableCapacity. A restarted agent keeps the same one slice.
 func TestResourceSlice(t *testing.T) {
-	tools := cluster.RequireE2E(t)
+	tools := cluster.RequireE2EOf(t, e2eDRA)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c := cluster.Start(t, cluster.Options{Tools: tools})

@@ -575,6 +575,45 @@ func (a *Allocator) allocate(req api.AllocateRequest) (api.Allocation, error) {
 	return *al, nil
 }
 
+// Transfer gives the allocation of (fromContainerID, fromIfName) to req, with one checkpoint write: the
+// address (or exclusive ENI) stays held throughout, now under req's container, interface, pod, netns and
+// network. It is how a pod's attachment takes over its DRA claim's reservation instead of a second address.
+// req must match the allocation's card, mode and family (else api.ErrInterfaceTaken), and hold nothing yet
+// on the card (api.ErrCardTaken). An unknown from is (zero, false, nil).
+func (a *Allocator) Transfer(fromContainerID, fromIfName string, req api.AllocateRequest) (api.Allocation, bool, error) {
+	if err := checkRequest(req); err != nil {
+		return api.Allocation{}, false, fmt.Errorf("transfer to card %d for %s: %w", req.Card, podName(req), err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	from, ok := a.allocs[key{fromContainerID, fromIfName}]
+	if !ok {
+		return api.Allocation{}, false, nil
+	}
+	if from.Card != req.Card || from.Exclusive != req.Exclusive || api.NormalFamily(from.Family) != api.NormalFamily(req.Family) {
+		return api.Allocation{}, false, fmt.Errorf("transfer container %s interface %s (card %d, exclusive %t, family %s) to card %d (exclusive %t, family %s): %w",
+			fromContainerID, fromIfName, from.Card, from.Exclusive, api.NormalFamily(from.Family), req.Card, req.Exclusive, api.NormalFamily(req.Family), api.ErrInterfaceTaken)
+	}
+	if cur, ok := a.allocs[keyOf(req)]; ok {
+		return api.Allocation{}, false, fmt.Errorf("transfer to container %s interface %s: it holds %s on card %d already: %w",
+			req.ContainerID, req.IfName, cur.Address, cur.Card, api.ErrInterfaceTaken)
+	}
+	if other := a.podOnCard(req); other != nil {
+		return api.Allocation{}, false, &CardTakenError{Pod: podName(req), Card: req.Card, Existing: *other}
+	}
+	s, p := a.slotOf(from), a.prefixOf6(from)
+	to := *from
+	to.AllocateRequest = req
+	a.unhold(s, p, from)
+	a.hold(s, p, &to)
+	if err := a.persist(); err != nil {
+		a.unhold(s, p, &to)
+		a.hold(s, p, from)
+		return api.Allocation{}, false, err
+	}
+	return to, true, nil
+}
+
 // withIPv6 is the exclusive ENIs that have an IPv6 address.
 func withIPv6(m map[string]*slot) map[string]*slot {
 	out := make(map[string]*slot, len(m))

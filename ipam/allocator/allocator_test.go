@@ -311,6 +311,67 @@ func TestRelease(t *testing.T) {
 	}
 }
 
+// A DRA claim's reservation (no pod) goes to the pod's attachment under the same address, crash-safe; the
+// rules of Allocate hold for the new holder, and the old key holds nothing afterwards.
+func TestTransfer(t *testing.T) {
+	a, st, _ := newTest(t)
+	seed(t, a, 1, 3)
+	claim := api.AllocateRequest{Card: 1, ContainerID: "dra-claim-1", IfName: "card1", Network: "multinic.io-dra"}
+	held := mustAllocate(t, a, claim)
+	pod := req(1, 1)
+	pod.Netns, pod.Network = "/var/run/netns/cni-1", "multinic-card-1"
+
+	for _, bad := range []struct {
+		name string
+		r    func() api.AllocateRequest
+		want error
+	}{
+		{"other card", func() api.AllocateRequest { r := req(1, 2); return r }, api.ErrInterfaceTaken},
+		{"exclusive", func() api.AllocateRequest { r := pod; r.Exclusive = true; return r }, api.ErrInterfaceTaken},
+		{"ipv6", func() api.AllocateRequest { r := pod; r.Family = api.FamilyIPv6; return r }, api.ErrInterfaceTaken},
+		{"invalid", func() api.AllocateRequest { r := pod; r.IfName = ""; return r }, api.ErrInvalid},
+	} {
+		if _, ok, err := a.Transfer(claim.ContainerID, claim.IfName, bad.r()); ok || !errors.Is(err, bad.want) {
+			t.Errorf("%s: ok=%v err=%v, want %v", bad.name, ok, err, bad.want)
+		}
+	}
+	// The pod already holds card 1 under another interface: one address per pod per card.
+	other := mustAllocate(t, a, api.AllocateRequest{Card: 1, ContainerID: pod.ContainerID, IfName: "net9", PodRef: pod.PodRef})
+	if _, ok, err := a.Transfer(claim.ContainerID, claim.IfName, pod); ok || !errors.Is(err, api.ErrCardTaken) {
+		t.Errorf("pod holds the card: ok=%v err=%v, want ErrCardTaken", ok, err)
+	}
+	if _, _, err := a.Release(other.ContainerID, other.IfName); err != nil {
+		t.Fatal(err)
+	}
+
+	saves := st.Saves()
+	got, ok, err := a.Transfer(claim.ContainerID, claim.IfName, pod)
+	if err != nil || !ok || got.Address != held.Address || got.ENIID != held.ENIID || got.AllocateRequest != pod || !got.AllocatedAt.Equal(held.AllocatedAt) {
+		t.Fatalf("transfer: %+v ok=%v err=%v, want %s under %+v", got, ok, err, held.Address, pod)
+	}
+	if st.Saves() != saves+1 {
+		t.Errorf("%d checkpoint writes, want 1", st.Saves()-saves)
+	}
+	if _, found := a.Lookup(claim.ContainerID, claim.IfName); found {
+		t.Error("the claim's key still holds an allocation")
+	}
+	if _, ok, err := a.Transfer(claim.ContainerID, claim.IfName, req(2, 1)); ok || err != nil {
+		t.Errorf("transfer of a key that holds nothing: ok=%v err=%v, want false, nil", ok, err)
+	}
+	if s := a.Stats(1); s.Allocated != 1 {
+		t.Errorf("stats %+v: want 1 allocated (one address, not two)", s)
+	}
+	checkInvariants(t, a)
+	// A restart finds the pod holding the address.
+	b, err := New(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if al, ok := b.Lookup(pod.ContainerID, pod.IfName); !ok || al.Address != held.Address || al.Netns != pod.Netns {
+		t.Errorf("after restart: %+v %v", al, ok)
+	}
+}
+
 func TestReleaseIf(t *testing.T) {
 	a, _, _ := newTest(t)
 	for c := range 3 {
@@ -381,6 +442,7 @@ func TestPersistFailureRollsBack(t *testing.T) {
 			return err
 		}},
 		{"release", func(a *Allocator) error { _, _, err := a.Release("sandbox-1", "net1"); return err }},
+		{"transfer", func(a *Allocator) error { _, _, err := a.Transfer("sandbox-1", "net1", req(9, 1)); return err }},
 		{"release if", func(a *Allocator) error {
 			_, err := a.ReleaseIf(func(api.Allocation) bool { return true })
 			return err

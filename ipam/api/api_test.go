@@ -15,7 +15,8 @@ func TestCodes(t *testing.T) {
 		"invalid": http.StatusBadRequest, "card-taken": http.StatusConflict, "interface-taken": http.StatusConflict,
 		"try-again": http.StatusServiceUnavailable, "not-managed": http.StatusNotFound,
 		"unavailable": http.StatusServiceUnavailable, "limit": http.StatusTooManyRequests,
-		"forbidden": http.StatusForbidden, "internal": http.StatusInternalServerError,
+		"not-claimed": http.StatusForbidden,
+		"forbidden":   http.StatusForbidden, "internal": http.StatusInternalServerError,
 	}
 	if len(codes) != len(want) {
 		t.Errorf("%d codes in the table, want %d", len(codes), len(want))

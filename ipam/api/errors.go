@@ -26,6 +26,9 @@ const (
 	CodeUnavailable Code = "unavailable"
 	// CodeLimit: the node's cap on allocations (the agent's --max-allocations) is reached.
 	CodeLimit Code = "limit"
+	// CodeNotClaimed: with DRA on the node (agent --dra), no ResourceClaim of the pod holds the card in the
+	// attachment's mode: the scheduler did not give the pod this card.
+	CodeNotClaimed Code = "not-claimed"
 	// CodeForbidden: the peer on the socket is not root (SO_PEERCRED).
 	CodeForbidden Code = "forbidden"
 	// CodeInternal: anything else.
@@ -43,6 +46,7 @@ var (
 	ErrNotManaged     = errors.New("card not managed by this agent")
 	ErrUnavailable    = errors.New("agent unavailable")
 	ErrLimit          = errors.New("allocation limit of the node reached")
+	ErrNotClaimed     = errors.New("card not in a resource claim of the pod")
 	ErrForbidden      = errors.New("peer not allowed on the agent's socket")
 	ErrInternal       = errors.New("agent internal error")
 )
@@ -60,6 +64,9 @@ const (
 	CNICardNotManaged uint = 102
 	// CNIAllocationLimit: the node's agent holds the most allocations it allows (--max-allocations).
 	CNIAllocationLimit uint = 103
+	// CNICardNotClaimed: DRA is on for the node and no ResourceClaim of the pod holds the card (in this
+	// mode): claim it with DeviceClass multinic.io.
+	CNICardNotClaimed uint = 104
 )
 
 // codes is the one table of errors: each code with its sentinel, the HTTP status the agent sends it with, and
@@ -79,6 +86,7 @@ var codes = []struct {
 	// Also the agent down, on ADD (DEL journals the release instead).
 	{CodeUnavailable, ErrUnavailable, statusServiceUnavailable, types.ErrTryAgainLater},
 	{CodeLimit, ErrLimit, statusTooManyRequests, CNIAllocationLimit},
+	{CodeNotClaimed, ErrNotClaimed, statusForbidden, CNICardNotClaimed},
 	{CodeForbidden, ErrForbidden, statusForbidden, types.ErrInternal},
 	{CodeInternal, ErrInternal, statusInternalServerError, types.ErrInternal},
 }

@@ -82,9 +82,22 @@ type Config struct {
 	Events     record.EventRecorder
 	FailingFor time.Duration
 
+	// Claims, when set (agent --dra), decides every allocation against the pod's DRA claims.
+	Claims Claims
+
 	Logger *slog.Logger
 	// Now replaces time.Now for reclaim decisions, for tests.
 	Now func() time.Time
+}
+
+// Claims is the check of an attachment against its pod's DRA ResourceClaims (package dra), for a node whose
+// cards the scheduler hands out through DRA.
+type Claims interface {
+	// Reservation is the key of the claim's prepared allocation that req takes over (Transfer), or ok false
+	// when req is allocated as it is: a claim's own allocation (prepare's), or an attachment whose claim
+	// holds the card but whose reservation was taken over before (a new sandbox of the pod). An error
+	// wrapping api.ErrNotClaimed refuses req: no claim of its pod holds its card in its mode.
+	Reservation(ctx context.Context, req api.AllocateRequest) (from api.ReleaseRequest, ok bool, err error)
 }
 
 // Backend serves allocations; it is safe for concurrent use.
@@ -183,20 +196,46 @@ func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp a
 	}
 	_, existed := b.alloc.Lookup(req.ContainerID, req.IfName)
 	var al api.Allocation
+	var claimed *api.AllocateRequest // the claim's reservation this call took over, as the claim held it
 	defer func() {
-		if retErr != nil && (al.Address.IsValid() || al.IPv6.IsValid()) && !existed {
-			// Give back what this call took: the caller is told it failed.
-			if _, _, err := b.alloc.Release(req.ContainerID, req.IfName); err != nil {
-				log.Error("roll back allocation", "address", al.Address, "error", err)
+		if retErr == nil || (!al.Address.IsValid() && !al.IPv6.IsValid()) || existed {
+			return
+		}
+		// Give back what this call took: the caller is told it failed. A reservation goes back to its claim.
+		if claimed != nil {
+			if _, _, err := b.alloc.Transfer(req.ContainerID, req.IfName, *claimed); err != nil {
+				log.Error("give the reservation back to its claim", "address", al.Address, "error", err)
 			}
+			return
+		}
+		if _, _, err := b.alloc.Release(req.ContainerID, req.IfName); err != nil {
+			log.Error("roll back allocation", "address", al.Address, "error", err)
 		}
 	}()
 
-	waited, err := b.allocateWait(ctx, req, existed, log)
-	if err != nil {
-		return api.AllocateResponse{}, err
+	if b.cfg.Claims != nil && !existed {
+		res, take, err := b.cfg.Claims.Reservation(ctx, req)
+		if err != nil {
+			return api.AllocateResponse{}, fmt.Errorf("allocate card %d for %s: %w", req.Card, pod, err)
+		}
+		if orig, ok := b.alloc.Lookup(res.ContainerID, res.IfName); take && ok {
+			moved, ok, err := b.alloc.Transfer(res.ContainerID, res.IfName, req)
+			if err != nil {
+				return api.AllocateResponse{}, err
+			}
+			if ok {
+				al, claimed = moved, &orig.AllocateRequest
+				log.Info("took over the claim's reservation", "claimContainer", res.ContainerID, "claimIfName", res.IfName, "address", al.Address)
+			}
+		}
 	}
-	al = waited
+	if claimed == nil {
+		waited, err := b.allocateWait(ctx, req, existed, log)
+		if err != nil {
+			return api.AllocateResponse{}, err
+		}
+		al = waited
+	}
 	// Refill in the background so the next pod finds a warm address.
 	b.pools.Kick(req.Card)
 	info, ok := b.pools.ENI(al.ENIID)

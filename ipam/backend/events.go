@@ -36,6 +36,7 @@ const (
 	EventInterfaceTaken = "InterfaceTaken"
 	EventCardNotManaged = "CardNotManaged"
 	EventNoAddress      = "NoAddress"
+	EventCardNotClaimed = "CardNotClaimed"
 )
 
 // DefaultFailingFor is how long a card's refill must keep failing, with addresses still free, before the
@@ -101,6 +102,8 @@ func (e *events) allocateRefused(req api.AllocateRequest, err error) {
 			req.IfName, req.Card, e.node.Name, req.Card)
 		e.rec.Eventf(e.node, corev1.EventTypeWarning, EventCardNotManaged,
 			"pod %s/%s asked for card %d, which this node's agent does not serve", req.PodNamespace, req.PodName, req.Card)
+	case errors.Is(err, api.ErrNotClaimed):
+		e.rec.Eventf(pod, corev1.EventTypeWarning, EventCardNotClaimed, "interface %s refused: %v", req.IfName, err)
 	case errors.Is(err, api.ErrTryAgain):
 		e.rec.Eventf(pod, corev1.EventTypeWarning, EventNoAddress,
 			"interface %s: no address on card %d yet, the runtime will try again: %v", req.IfName, req.Card, err)
