@@ -61,14 +61,15 @@ func makeSchedulable(ctx context.Context, t *testing.T, c *cluster.Cluster, name
 	}
 }
 
-// applyExamples applies manifests/examples/dra-*.yaml as they are: the API server validates them (CEL
-// selectors compiled, constraints checked).
+// applyExamples applies the DeviceClass of manifests/dra and manifests/examples/dra-*.yaml as they are: the
+// API server validates them (CEL selectors compiled, constraints checked).
 func applyExamples(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	t.Helper()
 	files, err := fs.Glob(manifests.Files, "examples/dra-*.yaml")
-	if err != nil || len(files) < 4 {
+	if err != nil || len(files) < 3 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
+	files = append([]string{"dra/deviceclass.yaml"}, files...)
 	for _, f := range files {
 		data, err := fs.ReadFile(manifests.Files, f)
 		if err != nil {
