@@ -81,6 +81,9 @@ func TestAllocateTakesOverClaim(t *testing.T) {
 	if s := ta.alloc.Stats(2); s.Allocated != 0 {
 		t.Errorf("card 2: %d allocated after a refusal", s.Allocated)
 	}
+	if got := gaugeValue(t, ta.Backend, "multinic_allocations_total", map[string]string{"result": "not_claimed"}); got != 1 {
+		t.Errorf("multinic_allocations_total{result=not_claimed} = %v, want 1", got)
+	}
 	// Over the socket, as the plugin sees it.
 	c := serve(t, ta.Backend)
 	if _, err := c.Allocate(ctx, req(2, "sandbox-3", "net2", "p1")); !errors.Is(err, api.ErrNotClaimed) || api.CNICode(err) != api.CNICardNotClaimed {

@@ -28,6 +28,7 @@ const (
 	resultInvalid        = "invalid"
 	resultCanceled       = "canceled"
 	resultLimit          = "limit"
+	resultNotClaimed     = "not_claimed"
 	resultError          = "error"
 )
 
@@ -47,7 +48,7 @@ func newMetrics(b *Backend) *metrics {
 		reg: prometheus.NewRegistry(),
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNamespace, Name: "allocations_total",
-			Help: "Allocate requests answered, by result (ok, try_again, card_taken, interface_taken, limit, not_managed, invalid, canceled, error).",
+			Help: "Allocate requests answered, by result (ok, try_again, card_taken, interface_taken, limit, not_claimed, not_managed, invalid, canceled, error).",
 		}, []string{"result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNamespace, Name: "allocation_duration_seconds",
@@ -101,6 +102,8 @@ func resultOf(err error) string {
 		return resultInterfaceTaken
 	case errors.Is(err, api.ErrLimit):
 		return resultLimit
+	case errors.Is(err, api.ErrNotClaimed):
+		return resultNotClaimed
 	case errors.Is(err, api.ErrInvalid):
 		return resultInvalid
 	}
