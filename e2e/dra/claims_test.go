@@ -25,7 +25,7 @@ import (
 )
 
 // gpuDriver is the test DRA driver standing for GPUs: the test publishes its ResourceSlice.
-const gpuDriver = "gpu.example.com"
+const gpuDriver = cluster.GPUDriver
 
 // startScheduling starts kube-scheduler and kube-controller-manager (its resourceclaim controller makes the
 // pods' claims from their templates) against c.
@@ -88,20 +88,7 @@ func applyExamples(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 // publishGPUs publishes node's GPUs as the test driver's pool: gpu-<i> on PCIe root roots[i].
 func publishGPUs(ctx context.Context, t *testing.T, c *cluster.Cluster, node string, roots ...string) {
 	t.Helper()
-	s := &resourceapi.ResourceSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: node + "-gpus"},
-		Spec: resourceapi.ResourceSliceSpec{
-			Driver: gpuDriver, NodeName: new(node),
-			Pool: resourceapi.ResourcePool{Name: node, ResourceSliceCount: 1},
-		},
-	}
-	for i, r := range roots {
-		s.Spec.Devices = append(s.Spec.Devices, resourceapi.Device{
-			Name:       fmt.Sprintf("gpu-%d", i),
-			Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{dra.AttrPCIeRoot: {StringValue: new(r)}},
-		})
-	}
-	if _, err := c.Client.ResourceV1().ResourceSlices().Create(ctx, s, metav1.CreateOptions{}); err != nil {
+	if _, err := cluster.PublishGPUs(ctx, c.Client, node, roots...); err != nil {
 		t.Fatal(err)
 	}
 }
