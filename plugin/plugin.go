@@ -135,9 +135,10 @@ func (p *Plugin) replay(client *api.Client, conf *netconf.Config) {
 	}
 }
 
-// openPodNS opens CNI_NETNS and refuses the plugin's own (the host's) netns. A path that does not exist or
-// is not a netns is CNI code 3 (the container is gone), which a DEL treats as nothing left to do.
-func openPodNS(path string) (ns.NetNS, error) {
+// OpenPodNS opens the pod netns at path (CNI_NETNS) and refuses the plugin's own (the host's) netns. A path
+// that does not exist or is not a netns is CNI code 3 (the container is gone), which a DEL treats as nothing
+// left to do.
+func OpenPodNS(path string) (ns.NetNS, error) {
 	podNS, err := ns.GetNS(path)
 	var notExist ns.NSPathNotExistErr
 	var notNS ns.NSPathNotNSErr
@@ -251,7 +252,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 	if err != nil {
 		return nil, nil, err
 	}
-	podNS, err := openPodNS(args.Netns)
+	podNS, err := OpenPodNS(args.Netns)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -303,97 +304,125 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 	if err := p.step(StepAllocate); err != nil {
 		return nil, nil, err
 	}
-	if err := checkResponse(conf, resp); err != nil {
+	res, err := p.Attach(podNS, conf, args.IfName, resp)
+	if err != nil {
 		return nil, nil, err
+	}
+	return res, conf, nil
+}
+
+// Attach builds the pod interface ifName in podNS from the agent's lease resp under conf: the ipvlan child
+// or the moved ENI, its addresses, routes, rule and rp_filter; it is the netlink half of ADD, which the NRI
+// plugin (package nri) runs for a DRA claim's prepared allocation. On failure it removes what it made; the
+// lease is the caller's to give back or keep.
+func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, resp api.AllocateResponse) (_ *current.Result, retErr error) {
+	if err := checkResponse(conf, resp); err != nil {
+		return nil, err
 	}
 	mtu := conf.MTU
 	if mtu == 0 {
 		mtu = resp.MTU
 	}
 
+	var err error
 	if conf.Mode == netconf.ModeExclusive {
-		err = MoveLinkIn(resp.LinkName, resp.MAC, podNS, args.IfName)
+		err = MoveLinkIn(resp.LinkName, resp.MAC, podNS, ifName)
 	} else {
-		_, err = CreateIPVlanChild(resp.LinkName, podNS, args.IfName, ipvlanModes[conf.IPVlanMode], mtu)
+		_, err = CreateIPVlanChild(resp.LinkName, podNS, ifName, ipvlanModes[conf.IPVlanMode], mtu)
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer func() {
 		if retErr == nil {
 			return
 		}
-		if err := teardown(podNS, args.IfName, routeTable(conf)); err != nil {
+		if err := teardown(podNS, ifName, routeTable(conf)); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", err))
 		}
 	}()
 	if err := p.step(StepLink); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
-	rs := routings(conf, args.IfName, resp)
+	rs := routings(conf, ifName, resp)
 	var addrs []netip.Prefix
 	for _, r := range rs {
 		addrs = append(addrs, netip.PrefixFrom(r.Address, r.PrefixLen))
 	}
 	if conf.Mode == netconf.ModeExclusive && mtu > 0 {
-		if err := setMTU(podNS, args.IfName, mtu); err != nil {
-			return nil, nil, err
+		if err := setMTU(podNS, ifName, mtu); err != nil {
+			return nil, err
 		}
 	}
-	if err := ConfigureInterface(podNS, args.IfName, addrs...); err != nil {
-		return nil, nil, err
+	if err := ConfigureInterface(podNS, ifName, addrs...); err != nil {
+		return nil, err
 	}
 	if err := p.step(StepAddress); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, r := range rs {
 		if err := AddRoutes(podNS, r); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	if err := p.step(StepRoutes); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, r := range rs {
 		if r.Table > 0 {
 			if err := AddRule(podNS, r); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
 		}
 	}
 	if err := p.step(StepRule); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if err := SetRPFilter(podNS, args.IfName); err != nil {
-		return nil, nil, err
+	if err := SetRPFilter(podNS, ifName); err != nil {
+		return nil, err
 	}
 	if err := p.step(StepSysctl); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 
-	res, err := buildResult(podNS, conf, args.IfName, rs)
+	res, err := buildResult(podNS, conf, ifName, rs)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := p.step(StepResult); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return res, conf, nil
+	return res, nil
 }
 
 // requireNoLink fails when podNS already has a link named ifName.
 func requireNoLink(podNS ns.NetNS, ifName string) error {
-	return podNS.Do(func(ns.NetNS) error {
+	has, err := HasLink(podNS, ifName)
+	if err != nil {
+		return err
+	}
+	if has {
+		return fmt.Errorf("interface %q already exists in %s: DEL the attachment first", ifName, podNS.Path())
+	}
+	return nil
+}
+
+// HasLink reports whether podNS has a link named ifName.
+func HasLink(podNS ns.NetNS, ifName string) (bool, error) {
+	var has bool
+	err := podNS.Do(func(ns.NetNS) error {
 		_, err := netlinksafe.LinkByName(ifName)
 		switch {
 		case err == nil:
-			return fmt.Errorf("interface %q already exists in %s: DEL the attachment first", ifName, podNS.Path())
+			has = true
+			return nil
 		case errors.As(err, &netlink.LinkNotFoundError{}):
 			return nil
 		}
 		return fmt.Errorf("look for %q in %s: %w", ifName, podNS.Path(), err)
 	})
+	return has, err
 }
 
 // setMTU sets the MTU of ifName in podNS.
@@ -528,12 +557,18 @@ func (p *Plugin) remove(client *api.Client, conf *netconf.Config, containerID, i
 	return terr
 }
 
+// Detach removes the pod interface ifName that Attach made under conf from the netns at netnsPath (an ENI
+// goes back to the node): the netlink half of DEL. A netns or link that is gone has nothing left to detach.
+func Detach(netnsPath string, conf *netconf.Config, ifName string) error {
+	return teardownIn(netnsPath, ifName, routeTable(conf))
+}
+
 // teardownIn is teardown in the netns at path; a path that is empty or no longer a netns has nothing left.
 func teardownIn(netnsPath, ifName string, table int) error {
 	if netnsPath == "" {
 		return nil
 	}
-	podNS, err := openPodNS(netnsPath)
+	podNS, err := OpenPodNS(netnsPath)
 	if cniErr := (*types.Error)(nil); errors.As(err, &cniErr) && cniErr.Code == types.ErrUnknownContainer {
 		return nil
 	}
@@ -644,7 +679,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		return fmt.Errorf("check %s/%s: %w", args.ContainerID, args.IfName, err)
 	}
 
-	podNS, err := openPodNS(args.Netns)
+	podNS, err := OpenPodNS(args.Netns)
 	if err != nil {
 		return err
 	}
