@@ -11,6 +11,7 @@
 //	GET  /v1/status?card=N                  -> Status
 //	GET  /v1/node                           -> NodeStatus    (read-only, for operators; ipam/server's Introspector)
 //	GET  /v1/logs                           -> LogsResponse
+//	GET  /v1/claims?namespace=&name=&uid=   -> ClaimsResponse (the NRI plugin's; only with --dra)
 //
 // # Compatibility
 //

@@ -33,6 +33,12 @@ type Introspector interface {
 	Logs(ctx context.Context) (api.LogsResponse, error)
 }
 
+// Claimer is what a Backend may also serve for the NRI plugin: the prepared DRA claim devices of a pod
+// (GET /v1/claims). The agent's DRA kubelet plugin implements it; an agent without DRA answers "no endpoint".
+type Claimer interface {
+	Claims(ctx context.Context, pod api.PodRef) ([]api.ClaimAttachment, error)
+}
+
 // MaxRequestBytes bounds a request body; a real request is a few hundred bytes.
 const MaxRequestBytes = 64 << 10
 
@@ -156,6 +162,7 @@ var methods = map[string]string{
 	api.PathStatus:      http.MethodGet,
 	api.PathNode:        http.MethodGet,
 	api.PathLogs:        http.MethodGet,
+	api.PathClaims:      http.MethodGet,
 }
 
 // route dispatches to the endpoint and returns its body or its error.
@@ -171,6 +178,9 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 	ctx := r.Context()
 	if r.URL.Path == api.PathNode || r.URL.Path == api.PathLogs {
 		return h.introspect(ctx, r)
+	}
+	if r.URL.Path == api.PathClaims {
+		return h.claims(ctx, r, rl)
 	}
 	switch r.URL.Path {
 	case api.PathAllocate:
@@ -234,6 +244,28 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 		rl.add(slog.Bool("ready", st.Ready))
 		return st, nil
 	}
+}
+
+// claims answers GET /v1/claims, when the backend serves DRA claims.
+func (h *handler) claims(ctx context.Context, r *http.Request, rl *reqLog) (any, error) {
+	c, ok := h.b.(Claimer)
+	if !ok {
+		return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("no endpoint %s: the agent serves no DRA claims (start it with --dra)", r.URL.Path)}
+	}
+	pod, err := api.PodOfClaimsQuery(r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	rl.add(slog.String("pod", pod.Describe()))
+	atts, err := c.Claims(ctx, pod)
+	if err != nil {
+		return nil, errorFor(err)
+	}
+	if atts == nil {
+		atts = []api.ClaimAttachment{} // "[]", not null
+	}
+	rl.add(slog.Int("count", len(atts)))
+	return api.ClaimsResponse{Attachments: atts}, nil
 }
 
 // introspect answers the operators' read-only endpoints, when the backend serves them.
