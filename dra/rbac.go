@@ -6,7 +6,8 @@ import rbacv1 "k8s.io/api/rbac/v1"
 // on the node's slices, create, update and delete of them, and a get of the Node for the owner's UID) and of
 // the kubelet plugin (the helper gets each claim; the plugin applies the claim's status.devices, which since
 // Kubernetes 1.36 also needs the synthetic resourceclaims/driver with the node-aware verb
-// associated-node:patch), and of ClaimCheck (a pod, then its claims, on each CNI ADD); the agent's ClusterRole grants them (manifests checks).
+// associated-node:patch), of ClaimCheck (a pod, then its claims, on each CNI ADD) and of Claims (the same for
+// the pod the NRI plugin asks about); the agent's ClusterRole grants them (manifests checks).
 var PolicyRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"resource.k8s.io"}, Resources: []string{"resourceslices"}, Verbs: []string{"list", "watch", "create", "update", "delete"}},
 	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/multinic/multinic/dra"
+	"github.com/multinic/multinic/ipam/backend"
 	"github.com/multinic/multinic/ipam/eni"
 	"github.com/multinic/multinic/ipam/enipool"
+	"github.com/multinic/multinic/ipam/server"
 )
 
 // draSource is what the DRA publisher needs from the ENI manager.
@@ -18,6 +20,18 @@ type draSource interface {
 }
 
 var _ draSource = (*eni.Manager)(nil)
+
+// withClaims is the agent's backend that also answers GET /v1/claims (server.Claimer) from the kubelet
+// plugin, for the NRI plugin; the backend's own endpoints, the operators' included, stay its.
+type withClaims struct {
+	*backend.Backend
+	server.Claimer
+}
+
+var (
+	_ server.Introspector = withClaims{}
+	_ server.Claimer      = withClaims{}
+)
 
 // draCards are the managed cards as their DRA devices describe them. A card's PCIe root is its first shared
 // ENI's, read from sysfs; a link without a PCI device (a veth) gives none, other read errors are logged.

@@ -172,6 +172,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 			"nodeResources", o.nodeResources, "resourcePrefix", o.resourcePrefix)
 	}
 
+	var served server.Backend = be
 	if o.dra {
 		pub, err := dra.StartPublisher(ctx, kube, o.nodeName, logger.With("component", "dra"))
 		if err != nil {
@@ -185,6 +186,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 			return err
 		}
 		defer plugin.Stop()
+		served = withClaims{Backend: be, Claimer: plugin}
 		logger.Info("publishing DRA devices and serving the kubelet plugin", "driver", dra.DriverName, "modes", o.draModes,
 			"sysfs", o.sysfs, "kubeletRegistryDir", o.kubeletRegistryDir, "kubeletPluginDir", o.kubeletPluginDir)
 	}
@@ -205,7 +207,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		<-runDone
 	}()
 	logger.Info("serving allocations", "socket", o.socket, "node", o.nodeName)
-	err = server.Serve(ctx, l, be, logger.With("component", "api"))
+	err = server.Serve(ctx, l, served, logger.With("component", "api"))
 	logger.Info("shutting down")
 	return err
 }
