@@ -46,9 +46,12 @@ var Rules = []Rule{
 	{"nad", []string{"netconf", "ipam/api", "internal/..."}},
 	// The DRA driver: devices and their publishing; like nad, it renders what the agent knows.
 	{"dra", []string{"netconf", "ipam/api"}},
+	// The NRI plugin: the plugin's netlink code for a claim's allocation, asked of the agent over its socket.
+	{"nri", []string{"plugin", "netconf", "ipam/api"}},
 
 	// The binaries.
 	{"cmd/multinic", []string{"plugin", "netconf"}},
+	{"cmd/multinic-nri", []string{"nri", "ipam/api"}},
 	{"cmd/multinic-agent", []string{"ipam/...", "nad", "dra", "netconf", "manifests", "internal/..."}},
 }
 
