@@ -6,9 +6,10 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /out/ ./cmd/multinic-agent ./cmd/multinic
+RUN CGO_ENABLED=0 go build -trimpath -o /out/ ./cmd/multinic-agent ./cmd/multinic ./cmd/multinic-nri
 
 FROM scratch
 COPY --from=build --chmod=0755 /out/multinic-agent /usr/local/bin/multinic-agent
 COPY --from=build --chmod=0755 /out/multinic /usr/local/bin/multinic
+COPY --from=build --chmod=0755 /out/multinic-nri /usr/local/bin/multinic-nri
 ENTRYPOINT ["/usr/local/bin/multinic-agent"]

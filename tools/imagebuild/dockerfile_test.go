@@ -110,7 +110,7 @@ func TestDockerfileMatchesImage(t *testing.T) {
 
 	// make image's side: the spec with stand-in binaries, through an archive and back.
 	bin := t.TempDir()
-	for _, p := range []string{AgentPath, PluginPath} {
+	for _, p := range []string{AgentPath, PluginPath, NRIPath} {
 		writeFile(t, bin, path.Base(p), "binary "+p)
 	}
 	out := filepath.Join(t.TempDir(), "multinic.tar")
@@ -165,7 +165,7 @@ func TestDockerfileMatchesImage(t *testing.T) {
 	if !strings.Contains(d.buildRun, "CGO_ENABLED=0") || flags == nil || strings.Join(gobuild.Flags, " ") != flags[1] {
 		t.Errorf("the Dockerfile's build %q, want CGO_ENABLED=0 go build %s", d.buildRun, strings.Join(gobuild.Flags, " "))
 	}
-	for _, pkg := range []string{"./cmd/multinic-agent", "./cmd/multinic"} {
+	for _, pkg := range []string{"./cmd/multinic-agent", "./cmd/multinic", "./cmd/multinic-nri"} {
 		if !strings.Contains(d.buildRun+" ", " "+pkg+" ") {
 			t.Errorf("the Dockerfile does not build %s", pkg)
 		}

@@ -16,7 +16,7 @@ import (
 	"github.com/multinic/multinic/internal/gobuild"
 )
 
-// The three images: multinic (agent and plugin), and the two the real-node e2e imports into containerd
+// The three images: multinic (agent, plugin and NRI plugin), and the two the real-node e2e imports into containerd
 // instead of pulling them: the pause image (named like containerd 2.4's default sandbox image) and busybox.
 const (
 	Multinic = "multinic"
@@ -36,6 +36,7 @@ const (
 const (
 	AgentPath   = "/usr/local/bin/multinic-agent"
 	PluginPath  = "/usr/local/bin/multinic"
+	NRIPath     = "/usr/local/bin/multinic-nri"
 	PausePath   = "/pause"
 	BusyboxPath = "/bin/busybox"
 	// HostBusybox is Debian's busybox-static binary, the busybox image's only file.
@@ -46,6 +47,7 @@ const (
 const (
 	agentPkg  = "github.com/multinic/multinic/cmd/multinic-agent"
 	pluginPkg = "github.com/multinic/multinic/cmd/multinic"
+	nriPkg    = "github.com/multinic/multinic/cmd/multinic-nri"
 	pausePkg  = "github.com/multinic/multinic/tools/pause"
 )
 
@@ -57,12 +59,14 @@ func DefaultRef(image string) string {
 	return map[string]string{Multinic: DefaultMultinicRef, Pause: DefaultPauseRef, Busybox: DefaultBusyboxRef}[image]
 }
 
-// MultinicSpec is the multinic image from a directory holding the built multinic-agent and multinic.
+// MultinicSpec is the multinic image from a directory holding the built multinic-agent, multinic and
+// multinic-nri.
 func MultinicSpec(binDir string) Spec {
 	return Spec{
 		Entries: []Entry{
 			{Path: AgentPath, Mode: 0o755, Src: filepath.Join(binDir, path.Base(AgentPath))},
 			{Path: PluginPath, Mode: 0o755, Src: filepath.Join(binDir, path.Base(PluginPath))},
+			{Path: NRIPath, Mode: 0o755, Src: filepath.Join(binDir, path.Base(NRIPath))},
 		},
 		Entrypoint: []string{AgentPath},
 		Arch:       runtime.GOARCH,
@@ -124,7 +128,7 @@ func BuildImage(ctx context.Context, image, ref, out string) (string, error) {
 		}
 		defer os.RemoveAll(tmp)
 		if image == Multinic {
-			if err := gobuild.Build(ctx, tmp, agentPkg, pluginPkg); err != nil {
+			if err := gobuild.Build(ctx, tmp, agentPkg, pluginPkg, nriPkg); err != nil {
 				return "", err
 			}
 			spec = MultinicSpec(tmp)

@@ -152,7 +152,7 @@ func checkLoaders(t *testing.T, archives []builtArchive) {
 	}
 }
 
-// checkContent: the three images hold what the e2e relies on: the agent and plugin (static, 0755) with
+// checkContent: the three images hold what the e2e relies on: the agent, plugin and NRI plugin (static, 0755) with
 // the agent as entrypoint; the pause program as entrypoint; busybox with the applets the e2e runs.
 func checkContent(t *testing.T, archives []builtArchive) {
 	for _, a := range archives {
@@ -162,7 +162,8 @@ func checkContent(t *testing.T, archives []builtArchive) {
 		var entry []string
 		switch a.image {
 		case Multinic:
-			want = map[string]fileInfo{"usr/local/bin/multinic-agent": {Mode: 0o755}, "usr/local/bin/multinic": {Mode: 0o755}}
+			want = map[string]fileInfo{"usr/local/bin/multinic-agent": {Mode: 0o755}, "usr/local/bin/multinic": {Mode: 0o755},
+				"usr/local/bin/multinic-nri": {Mode: 0o755}}
 			entry = []string{AgentPath}
 		case Pause:
 			want = map[string]fileInfo{"pause": {Mode: 0o755}}
