@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin
-BINARIES  := fake-ec2 multinic multinic-agent
+BINARIES  := fake-ec2 multinic multinic-agent multinic-nri
 # Packages whose tests need kernel features this host lacks (ipvlan, dummy, vlan): run in the test VM.
 VM_PKGS   ?= ./plugin/ ./e2e/nodes/
 GOTEST    ?= $(GO) test -count=1
@@ -33,7 +33,7 @@ build: ## build every binary into bin/ (static, CGO_ENABLED=0, as the image)
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
-image: ## the multinic image (agent + plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
+image: ## the multinic image (agent + plugin + NRI plugin, static, empty base, no Docker) as a docker-archive: bin/multinic-image.tar, tagged IMAGE
 	CGO_ENABLED=0 $(GO) run -trimpath ./tools/mkimage -image multinic -tag $(IMAGE) -out $(BIN)/multinic-image.tar
 
 test: lint build test-unit test-lag test-vm test-fuzz e2e e2e-dra e2e-node ## the whole suite CI runs: lint, unit + root tests, the same against a lagging EC2, kernel tests in the VM, short fuzzing, e2e, the DRA e2e, real nodes

@@ -9,7 +9,7 @@ import "embed"
 // Files are every manifest: the kustomization's resources, kustomization.yaml, iam-policy.json and
 // examples/.
 //
-//go:embed *.yaml iam-policy.json examples/*.yaml dra/*.yaml
+//go:embed *.yaml iam-policy.json examples/*.yaml dra/*.yaml nri/*.yaml
 var Files embed.FS
 
 // Kustomization is the kustomization file's name; its resources are the manifests applied to a cluster.

@@ -12,7 +12,9 @@ import (
 const PauseImage = imagebuild.DefaultPauseRef
 
 // containerdConfig is containerd's config for a node. Paths are containerd's defaults: the node's mount
-// namespace makes them the node's own.
+// namespace makes them the node's own (the NRI socket too: /var/run is the node's own /run tmpfs). NRI is
+// on, as on a node that runs multinic's NRI plugin (manifests/nri): with no plugin connected it changes
+// nothing.
 func containerdConfig(runc string) string {
 	return fmt.Sprintf(`version = 3
 
@@ -39,7 +41,8 @@ func containerdConfig(runc string) string {
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
   [plugins.'io.containerd.nri.v1.nri']
-    disable = true
+    disable = false
+    socket_path = '/var/run/nri/nri.sock'
 `, PauseImage, runc)
 }
 
