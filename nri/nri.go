@@ -101,15 +101,19 @@ func describe(pod *nriapi.PodSandbox) string { return podRef(pod).Describe() }
 // attach builds the interface of each of the pod's claim devices that is not there yet; on failure it
 // removes those it built.
 func (p *Plugin) attach(ctx context.Context, pod *nriapi.PodSandbox) (retErr error) {
-	atts, err := p.agent.Claims(ctx, podRef(pod))
-	if err != nil {
-		return fmt.Errorf("attach the claimed cards of pod %s: %w", describe(pod), err)
-	}
-	if len(atts) == 0 {
-		return nil
-	}
 	path := netnsPath(pod)
-	if path == "" {
+	atts, err := p.agent.Claims(ctx, podRef(pod))
+	switch {
+	case err != nil && path == "":
+		// Nothing could be attached to it anyway: a host-network pod (kube-proxy, the agent's own) is not held
+		// up while the agent restarts.
+		p.log.Warn("cannot check the claims of a host-network pod", "pod", describe(pod), "error", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("attach the claimed cards of pod %s: %w", describe(pod), err)
+	case len(atts) == 0:
+		return nil
+	case path == "":
 		return fmt.Errorf("attach the claimed cards of pod %s: a pod in the host's network namespace cannot take cards (claim %s)",
 			describe(pod), atts[0].Claim)
 	}

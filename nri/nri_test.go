@@ -60,12 +60,15 @@ func TestRunPodSandboxWithoutClaims(t *testing.T) {
 }
 
 // TestRunPodSandboxRefuses: an agent that cannot answer and a host-network pod with claims fail the sandbox,
-// naming why.
+// naming why; a host-network pod is not held up by an agent that cannot answer (it could take no card).
 func TestRunPodSandboxRefuses(t *testing.T) {
 	f := &fakeAgent{err: api.ErrUnavailable}
 	err := newTestPlugin(f).RunPodSandbox(context.Background(), sandbox("/nonexistent/netns"))
 	if !errors.Is(err, api.ErrUnavailable) {
 		t.Errorf("RunPodSandbox with the agent down: %v, want api.ErrUnavailable", err)
+	}
+	if err := newTestPlugin(f).RunPodSandbox(context.Background(), sandbox("")); err != nil || len(f.asked) != 2 {
+		t.Errorf("RunPodSandbox of a host-network pod with the agent down: %v (agent asked %d times), want nil after asking", err, len(f.asked))
 	}
 	f = &fakeAgent{atts: []api.ClaimAttachment{{Claim: "ns/c", Device: "card-1", Request: api.AllocateRequest{Card: 1, IfName: "card1"}}}}
 	err = newTestPlugin(f).RunPodSandbox(context.Background(), sandbox(""))
