@@ -6,8 +6,8 @@ package manifests
 
 import "embed"
 
-// Files are every manifest: the kustomization's resources, kustomization.yaml, iam-policy.json and
-// examples/.
+// Files are every manifest: the kustomization's resources, kustomization.yaml, iam-policy.json, examples/ and
+// the components dra/ and nri/.
 //
 //go:embed *.yaml iam-policy.json examples/*.yaml dra/*.yaml nri/*.yaml
 var Files embed.FS

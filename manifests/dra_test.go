@@ -15,38 +15,46 @@ import (
 	"github.com/multinic/multinic/dra"
 )
 
-// component is the part of dra/kustomization.yaml this test reads (strictly: an unknown field fails).
+// component is the part of a component's kustomization.yaml (dra/, nri/) these tests read (strictly: an unknown field fails).
 type component struct {
 	APIVersion string   `json:"apiVersion"`
 	Kind       string   `json:"kind"`
 	Resources  []string `json:"resources"`
-	Patches    []struct {
-		Target struct {
-			Kind string `json:"kind"`
-			Name string `json:"name"`
-		} `json:"target"`
-		Patch string `json:"patch"`
-	} `json:"patches"`
+	Patches    []patch  `json:"patches"`
 }
 
-// withDRA is the DaemonSet as kustomize renders it with the component manifests/dra: its JSON 6902 patches
-// applied to daemonset.yaml (the realnode e2e applies the same with kubectl apply -k on real nodes).
-func withDRA(t *testing.T) (component, *appsv1.DaemonSet) {
+// patch is a component's JSON 6902 patch of one target.
+type patch struct {
+	Target struct {
+		Kind string `json:"kind"`
+		Name string `json:"name"`
+	} `json:"target"`
+	Patch string `json:"patch"`
+}
+
+// withComponents is the DaemonSet as kustomize renders it with the components of manifests/ in dirs ("dra",
+// "nri"): their JSON 6902 patches applied in order to daemonset.yaml (the realnode e2e applies the same with
+// kubectl apply -k on real nodes).
+func withComponents(t *testing.T, dirs ...string) ([]component, *appsv1.DaemonSet) {
 	t.Helper()
-	b, err := fs.ReadFile(Files, "dra/kustomization.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c component
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
-		t.Fatal(err)
+	var cs []component
+	for _, dir := range dirs {
+		b, err := fs.ReadFile(Files, dir+"/kustomization.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c component
+		if err := yaml.UnmarshalStrict(b, &c); err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		cs = append(cs, c)
 	}
 	docs, err := Documents("daemonset.yaml")
 	if err != nil || len(docs) != 1 {
 		t.Fatalf("daemonset.yaml: %d documents, %v", len(docs), err)
 	}
 	ds := docs[0]
-	for _, p := range c.Patches {
+	for _, p := range slices.Concat(patchesOf(cs)...) {
 		if p.Target.Kind != "DaemonSet" || p.Target.Name != "multinic-agent" {
 			t.Fatalf("patch of %+v: only the agent's DaemonSet is patched", p.Target)
 		}
@@ -66,13 +74,22 @@ func withDRA(t *testing.T) (component, *appsv1.DaemonSet) {
 	if err != nil {
 		t.Fatalf("the patched DaemonSet: %v", err)
 	}
-	return c, obj.(*appsv1.DaemonSet)
+	return cs, obj.(*appsv1.DaemonSet)
+}
+
+func patchesOf(cs []component) [][]patch {
+	out := make([][]patch, len(cs))
+	for i, c := range cs {
+		out[i] = c.Patches
+	}
+	return out
 }
 
 // TestDRAComponent: manifests/dra is a kustomize Component (the default stays without DRA) that adds the
 // DeviceClass, --dra, and the kubelet's plugin folders mounted where the agent's flags look by default.
 func TestDRAComponent(t *testing.T) {
-	c, ds := withDRA(t)
+	cs, ds := withComponents(t, "dra")
+	c := cs[0]
 	if c.APIVersion != "kustomize.config.k8s.io/v1alpha1" || c.Kind != "Component" || !slices.Equal(c.Resources, []string{"deviceclass.yaml"}) {
 		t.Errorf("component %s %s resources %v", c.APIVersion, c.Kind, c.Resources)
 	}
