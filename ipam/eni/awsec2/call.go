@@ -36,6 +36,16 @@ func WithAttemptObserver(ctx context.Context, observe func(action string, err er
 	return context.WithValue(ctx, attemptObserverKey{}, observe)
 }
 
+// yieldKey marks a context whose calls give way to a busy account (see YieldOnThrottle).
+type yieldKey struct{}
+
+// YieldOnThrottle returns ctx whose calls are not retried after a throttle: work that nothing waits for gives
+// the account's tokens to the calls that something waits for (other cards, other nodes of a scale-up), and
+// tries again once EC2 has stopped throttling (ThrottledAt). Other retryable errors are retried as usual.
+func YieldOnThrottle(ctx context.Context) context.Context {
+	return context.WithValue(ctx, yieldKey{}, true)
+}
+
 // call runs fn (an SDK call given the noRetry option) through the bucket of its class until it succeeds,
 // fails for good, or ctx ends. Errors carry EC2's code as *APIError.
 func call[O any](ctx context.Context, c *Client, action string, filtered bool, fn func(context.Context, func(*ec2.Options)) (O, error)) (O, error) {
@@ -59,7 +69,8 @@ func call[O any](ctx context.Context, c *Client, action string, filtered bool, f
 			result = "error"
 		}
 		c.count(action, result, attempt > 0)
-		if !retryable(err) || attempt+1 >= c.maxAttempts || ctx.Err() != nil {
+		yield := Throttled(err) && ctx.Value(yieldKey{}) != nil
+		if !retryable(err) || yield || attempt+1 >= c.maxAttempts || ctx.Err() != nil {
 			return zero, wrapAPI(err)
 		}
 		if observe != nil {

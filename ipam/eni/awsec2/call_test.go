@@ -87,3 +87,41 @@ func TestSetBurst(t *testing.T) {
 		t.Fatal("a 7th mutating call went out at 0.01/s: the rate changed with the burst")
 	}
 }
+
+// throttlingEC2 throttles every DeleteNetworkInterface, as EC2 does when the account's bucket is empty.
+type throttlingEC2 struct{ stubEC2 }
+
+func (throttlingEC2) DeleteNetworkInterface(context.Context, *ec2.DeleteNetworkInterfaceInput, ...func(*ec2.Options)) (*ec2.DeleteNetworkInterfaceOutput, error) {
+	return nil, apiErr("RequestLimitExceeded", "Request limit exceeded.")
+}
+
+// TestYieldOnThrottle: a throttled call is retried up to MaxAttempts, but only once under YieldOnThrottle;
+// either way the client remembers when EC2 throttled it.
+func TestYieldOnThrottle(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		yield bool
+		want  int
+	}{{"retried", false, 3}, {"yields", true, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(throttlingEC2{}, Config{Rate: 1000, Burst: 10, MaxAttempts: 3, BackoffBase: time.Millisecond, BackoffMax: time.Millisecond})
+			if !c.ThrottledAt().IsZero() {
+				t.Fatal("throttled before any call")
+			}
+			ctx := context.Background()
+			if tc.yield {
+				ctx = YieldOnThrottle(ctx)
+			}
+			before := time.Now()
+			if err := c.Delete(ctx, "eni-1"); !Throttled(err) {
+				t.Fatalf("delete: %v, want the stub's throttle", err)
+			}
+			if got := c.Stats().Calls["DeleteNetworkInterface"]["RequestLimitExceeded"]; got != tc.want {
+				t.Errorf("%d attempts, want %d", got, tc.want)
+			}
+			if at := c.ThrottledAt(); at.Before(before) {
+				t.Errorf("ThrottledAt %s, before the call at %s", at, before)
+			}
+		})
+	}
+}

@@ -65,7 +65,9 @@ type Client struct {
 	calls     map[string]map[string]int
 	throttles int
 	retries   int
-	rng       *rand.Rand
+	// throttledAt is when EC2 last throttled one of the client's calls (zero: never).
+	throttledAt time.Time
+	rng         *rand.Rand
 }
 
 // New returns a client over api.
@@ -109,6 +111,14 @@ type CallStats struct {
 	Retries   int
 }
 
+// ThrottledAt is when EC2 last throttled one of the client's calls, any class (zero: never): the account's
+// budget was spent then, by this agent or by others.
+func (c *Client) ThrottledAt() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.throttledAt
+}
+
 // Stats returns the counts so far.
 func (c *Client) Stats() CallStats {
 	c.mu.Lock()
@@ -135,6 +145,7 @@ func (c *Client) count(action, result string, retry bool) {
 	m[result]++
 	if throttleCodes[result] {
 		c.throttles++
+		c.throttledAt = time.Now()
 	}
 	if retry {
 		c.retries++
