@@ -361,3 +361,53 @@ func giveBack(p prefixPool, ips []netip.Addr, pfxs []netip.Prefix) {
 		p.releasePrefix(pfx)
 	}
 }
+
+// Terminate ends an instance as EC2 does: every ENI attached to it is detached (its link goes), and deleted
+// when its attachment has DeleteOnTermination; the others stay "available" with their addresses and tags,
+// for whoever deletes them. The instance stays listed, as EC2 shows terminated instances for a while; tests
+// use it for a node that dies between an ENI's attach and its DeleteOnTermination.
+func (s *Server) Terminate(instanceID string) error {
+	if s.faults.lag() > 0 { // as serveEC2 does for a mutating action
+		s.mutMu.Lock()
+		defer s.mutMu.Unlock()
+		s.mu.Lock()
+		s.recordLocked(time.Now())
+		s.mu.Unlock()
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	s.mu.Lock()
+	if _, ok := s.instances[instanceID]; !ok {
+		s.mu.Unlock()
+		return errInstanceNotFound(instanceID)
+	}
+	attached := s.instanceENIs(instanceID)
+	infos := make([]Attachment, len(attached))
+	for i, e := range attached {
+		infos[i] = s.attachmentInfo(e)
+	}
+	s.mu.Unlock()
+	if s.links != nil { // the links go first, as in DetachNetworkInterface
+		for _, a := range infos {
+			if err := s.links.Detach(a); err != nil {
+				return fmt.Errorf("terminate %s: detach link of %s: %w", instanceID, a.ENIID, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range attached {
+		delete(s.attachments, e.att.id)
+		dot := e.att.deleteOnTermination
+		e.att = nil
+		if dot {
+			s.releaseAll(e)
+			delete(s.macs, e.mac)
+			if e.clientToken != "" {
+				delete(s.tokens, e.clientToken)
+			}
+			delete(s.enis, e.id)
+		}
+	}
+	return nil
+}

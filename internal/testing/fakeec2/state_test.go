@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"net/http"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
 func TestStateEndpoint(t *testing.T) {
@@ -68,5 +70,58 @@ func TestNoGoroutineLeak(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before {
 		buf := make([]byte, 1<<16)
 		t.Fatalf("%d goroutines before, %d after close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestTerminate: terminating an instance detaches every ENI of it; those whose attachment has
+// DeleteOnTermination are deleted (their addresses back in the subnet), the others stay available with their
+// addresses and tags. Another instance's ENIs are untouched.
+func TestTerminate(t *testing.T) {
+	cfg := perCard(t, "trn1.32xlarge")
+	cfg.Instances = append(cfg.Instances, InstanceConfig{ID: "i-0fedcba987654321f", Type: "trn1.32xlarge"})
+	f := start(t, cfg)
+	tags := func(in *ec2.CreateNetworkInterfaceInput) {
+		in.SecondaryPrivateIpAddressCount = aws.Int32(3)
+		in.TagSpecifications = []types.TagSpecification{{ResourceType: types.ResourceTypeNetworkInterface,
+			Tags: []types.Tag{{Key: aws.String("k"), Value: aws.String("v")}}}}
+	}
+	kept := aws.ToString(f.createENI(t, CardSubnetID(1), tags).NetworkInterfaceId)
+	f.attach(t, kept, 1, 1)
+	gone := aws.ToString(f.createENI(t, CardSubnetID(2), tags).NetworkInterfaceId)
+	att := f.attach(t, gone, 2, 1)
+	if _, err := f.noRetry.ModifyNetworkInterfaceAttribute(ctx(t), &ec2.ModifyNetworkInterfaceAttributeInput{NetworkInterfaceId: aws.String(gone),
+		Attachment: &types.NetworkInterfaceAttachmentChanges{AttachmentId: aws.String(att), DeleteOnTermination: aws.Bool(true)}}); err != nil {
+		t.Fatal(err)
+	}
+	other := aws.ToString(f.createENI(t, CardSubnetID(1)).NetworkInterfaceId)
+	if _, err := f.noRetry.AttachNetworkInterface(ctx(t), &ec2.AttachNetworkInterfaceInput{NetworkInterfaceId: aws.String(other),
+		InstanceId: aws.String("i-0fedcba987654321f"), DeviceIndex: aws.Int32(1), NetworkCardIndex: aws.Int32(1)}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.srv.State()
+	primary := before.Instances[0].PrimaryENI
+	snBefore, _ := before.Subnet(CardSubnetID(2))
+
+	if err := f.srv.Terminate(f.inst); err != nil {
+		t.Fatal(err)
+	}
+	st := f.srv.State()
+	for _, id := range []string{gone, primary} {
+		if _, ok := st.ENI(id); ok {
+			t.Errorf("ENI %s with DeleteOnTermination still there", id)
+		}
+	}
+	if e, ok := st.ENI(kept); !ok || e.Status != "available" || len(e.SecondaryIPs) != 3 || e.Tags["k"] != "v" {
+		t.Errorf("ENI without DeleteOnTermination after the termination: %+v (found %v), want available with its 3 addresses and tags", e, ok)
+	}
+	if e, ok := st.ENI(other); !ok || e.Status != "in-use" {
+		t.Errorf("the other instance's ENI: %+v (found %v)", e, ok)
+	}
+	if sn, _ := st.Subnet(CardSubnetID(2)); sn.Used != snBefore.Used-4 {
+		t.Errorf("subnet of the deleted ENI uses %d addresses, want %d", sn.Used, snBefore.Used-4)
+	}
+	checkInvariants(t, st)
+	if err := f.srv.Terminate("i-00000000000000bad"); err == nil || !strings.Contains(err.Error(), "InvalidInstanceID.NotFound") {
+		t.Errorf("terminate an unknown instance: %v, want InvalidInstanceID.NotFound", err)
 	}
 }
