@@ -73,6 +73,7 @@ type options struct {
 	imdsEndpoint string
 	ec2Rate      float64
 	ec2Burst     int
+	ec2Eager     bool
 	lockTimeout  time.Duration
 	linkNetns    string
 	logLevel     slog.Level
@@ -181,6 +182,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.imdsEndpoint, "imds-endpoint", "", "IMDS endpoint URL; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, else the SDK's (http://169.254.169.254)")
 	fs.Float64Var(&o.ec2Rate, "ec2-rate", eni.DefaultEC2Rate, "mutating EC2 calls (assign, unassign, create, delete, modify) per second; EC2 refills 5/s. The agent keeps a token bucket per EC2 throttling class, as EC2 does: attach/detach, tags and describes get the same share of EC2's published rate")
 	fs.IntVar(&o.ec2Burst, "ec2-burst", 0, "burst of the mutating class's token bucket (the other classes scale with EC2's published bucket sizes); 0: the node's cold start at once, a create and a DeleteOnTermination per managed card, at least 10")
+	fs.BoolVar(&o.ec2Eager, "ec2-eager", false, "make every EC2 call as soon as it is planned, as the AWS VPC CNI does: DeleteOnTermination right after each attach, and a top-up of a pool above --min-free even while EC2 throttles. Off: that idle work waits until EC2 has not throttled the agent for 20 s and gives way to a throttle, so a cluster scale-up's calls go to the ENIs nodes wait for (an ENI of a node terminated before its DeleteOnTermination is set is deleted by the orphan sweep)")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", DefaultLockTimeout, "how long to wait for another agent to let go of --state-dir")
 	fs.StringVar(&o.linkNetns, "link-netns", "", "path of the netns holding the ENI links (e.g. /var/run/netns/node1); default the agent's own")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -413,7 +415,7 @@ func (o options) eniConfig(logger *slog.Logger) eni.Config {
 		WarmTarget: &o.warmTarget, MinFree: &o.minFree, MaxBatch: o.maxBatch, PrefixMode: o.prefixMode,
 		SurplusDelay: surplusDelay(o.surplusDelay), MTU: o.mtu,
 		RefillInterval: o.refill, ReconcileInterval: o.reconcile,
-		EC2Rate: o.ec2Rate, EC2Burst: o.ec2Burst, NetnsDirs: o.netnsDirs,
+		EC2Rate: o.ec2Rate, EC2Burst: o.ec2Burst, Eager: o.ec2Eager, NetnsDirs: o.netnsDirs,
 		OrphanSweepInterval: o.orphanSweep, OrphanAge: o.orphanAge,
 		Logger: logger.With("component", "eni"),
 	}

@@ -74,6 +74,15 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("surplus delay %s given to eni, want negative (at once)", d)
 			}
 		}},
+		{name: "idle EC2 work deferred by default, eager on request", args: []string{"--cluster", "c"}, check: func(t *testing.T, o options) {
+			if o.eniConfig(slog.Default()).Eager {
+				t.Error("eager without --ec2-eager")
+			}
+			o2, err := parseFlags([]string{"--cluster", "c", "--ec2-eager"}, io.Discard)
+			if err != nil || !o2.eniConfig(slog.Default()).Eager {
+				t.Errorf("--ec2-eager: eager %v, err %v", o2.eniConfig(slog.Default()).Eager, err)
+			}
+		}},
 		{name: "no cluster", args: nil, wantErr: "--cluster is required"},
 		{name: "bad cards", args: []string{"--cluster", "c", "--managed-cards", "1,x"}, wantErr: "--managed-cards"},
 		{name: "bad subnet", args: []string{"--cluster", "c", "--subnet-per-card", "1=sn-1"}, wantErr: "--subnet-per-card"},
@@ -158,7 +167,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"security-groups", "warm-target", "min-free", "max-batch", "prefix-mode", "cooldown", "surplus-delay", "gc-grace",
 		"gc-interval", "mtu", "metrics-addr", "ec2-endpoint", "imds-endpoint", "ec2-rate", "publish-nads", "nad-namespace",
 		"nad-mode", "node-resources", "resource-prefix", "publish-interval", "netns-dirs", "journal-dir", "max-allocations",
-		"dra", "dra-mode", "sysfs", "kubelet-registry-dir", "kubelet-plugin-dir", "family"} {
+		"dra", "dra-mode", "sysfs", "kubelet-registry-dir", "kubelet-plugin-dir", "family", "ec2-eager"} {
 		if !strings.Contains(out.String(), "-"+f+" ") && !strings.Contains(out.String(), "-"+f+"\n") {
 			t.Errorf("--help does not document --%s", f)
 		}

@@ -88,7 +88,13 @@ func (m *Manager) step(ctx context.Context, cs *cardState) (next time.Time, err 
 			return p.Next, nil
 		}
 		for _, a := range p.Actions {
-			if err := m.execute(ctx, cs, a); err != nil {
+			err := m.execute(ctx, cs, a)
+			if err != nil && a.Idle && !m.cfg.Eager && awsec2.Throttled(err) {
+				// It gave way to calls something waits for; the next plan sees EC2 busy and waits too.
+				m.log.Debug("idle EC2 work throttled; it waits until EC2 is not busy", "card", cs.index, "eni", a.ENIID, "err", err)
+				break
+			}
+			if err != nil {
 				return time.Time{}, err
 			}
 		}
@@ -101,6 +107,10 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 	in := plan.Card{
 		Pool: m.alloc.Stats(cs.index), Warm: m.alloc.Warm(cs.index), FreeExclusive: m.alloc.FreeExclusive(cs.index),
 		Now: time.Now(),
+	}
+	if at := m.ec2.ThrottledAt(); !m.cfg.Eager && !at.IsZero() {
+		// EC2 is busy for as long as the agent's own throttled calls may still be backing off.
+		in.BusyUntil = at.Add(m.cfg.BackoffMax)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -122,8 +132,11 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 	return in
 }
 
-// execute does one planned action.
+// execute does one planned action. Idle work gives way to a busy EC2 (awsec2.YieldOnThrottle).
 func (m *Manager) execute(ctx context.Context, cs *cardState, a plan.Action) error {
+	if a.Idle && !m.cfg.Eager {
+		ctx = awsec2.YieldOnThrottle(ctx)
+	}
 	m.mu.Lock()
 	e := m.enis[a.ENIID]
 	m.mu.Unlock()

@@ -361,3 +361,103 @@ func TestSubnetExhaustion(t *testing.T) {
 		})
 	}
 }
+
+// TestColdStartCalls counts the EC2 calls EC2 served (through the real SDK client) from a trn1.32xlarge agent's
+// start until one pod has all 7 managed cards, and then until the agent's idle work is done, while the
+// account is busy: a mutating bucket of 1 token refilled at 10/s throttles the node's own cold start, as the
+// other nodes of a scale-up would. By default only a CreateNetworkInterface (with the warm target's addresses)
+// and an AttachNetworkInterface per card come before the pod is served; DeleteOnTermination and the top-up of
+// the address the pod took come once EC2 is no longer busy. Eager, with the emulated AWS VPC CNI policy of
+// figures 3 and 6, sets DeleteOnTermination before each card is ready. Both end with the same 21 mutating
+// calls: what differs is how many a scale-up's last pod waits behind.
+func TestColdStartCalls(t *testing.T) {
+	cards := []int{1, 2, 3, 4, 5, 6, 7}
+	const (
+		create, attach, modify, assign = "CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute", "AssignPrivateIpAddresses"
+	)
+	for _, tc := range []struct {
+		name                    string
+		eager                   bool
+		warm, minFree, maxBatch int
+		wantPath, wantSettled   map[string]int
+	}{
+		{"multinic defaults", false, DefaultWarmTarget, DefaultMinFree, DefaultMaxBatch,
+			map[string]int{create: 7, attach: 7, modify: 0, assign: 0}, map[string]int{create: 7, attach: 7, modify: 7, assign: 7}},
+		{"eager, emulated VPC CNI policy", true, 1, 0, 1,
+			map[string]int{create: 7, attach: 7, modify: 7}, map[string]int{create: 7, attach: 7, modify: 7, assign: 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{faults: fakeec2.Faults{Rates: map[string]fakeec2.Rate{fakeec2.ClassMutate: {Burst: 1, PerSecond: 10}}}})
+			cfg := e.fastConfig(8)
+			cfg.ManagedCards = cards
+			cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch, cfg.Eager = ptr(tc.warm), ptr(tc.minFree), tc.maxBatch, tc.eager
+			cfg.BackoffMax = 3 * time.Second // EC2 counts as busy for 3 s after a throttle
+			// Enough attempts that no call runs out of them behind the 10/s bucket (an eager DeleteOnTermination
+			// that did would be left to the card loop, after the card is ready): where the calls fall is measured.
+			cfg.MaxAttempts = 20
+			m := e.start(cfg, e.alloc)
+			waitReady(t, m, 20*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			for _, k := range cards {
+				if _, err := allocWait(ctx, m, e.alloc, podReq(0, k)); err != nil {
+					t.Fatalf("card %d: %v", k, err)
+				}
+			}
+			path := okCalls(e.srv.State().Calls)
+			if m.Stats().EC2.Throttles == 0 {
+				t.Fatal("the cold start was not throttled: EC2 was never busy")
+			}
+			// The scale-up is over: the account's budget is idle again.
+			if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, 20*time.Second, "DeleteOnTermination on every ENI and every card at its warm target", func() bool {
+				for _, x := range e.ours() {
+					if !x.DeleteOnTermination {
+						return false
+					}
+				}
+				for _, k := range cards {
+					if e.alloc.Stats(k).Warm < tc.warm {
+						return false
+					}
+				}
+				return true
+			})
+			settled := okCalls(e.srv.State().Calls)
+			t.Logf("EC2 calls served until the pod had its 7 cards: %v; until the idle work was done: %v", path, settled)
+			for action, want := range tc.wantPath {
+				if path[action] != want {
+					t.Errorf("%s served before the pod had its 7 cards: %d, want %d", action, path[action], want)
+				}
+			}
+			mutating := 0
+			for action, n := range settled {
+				if fakeec2.MutatingAction(action) {
+					mutating += n
+				}
+				if want, ok := tc.wantSettled[action]; ok && n != want {
+					t.Errorf("%s served in all: %d, want %d", action, n, want)
+				}
+			}
+			if mutating != 21 {
+				t.Errorf("%d mutating calls served in all, want 21 (a create, a DeleteOnTermination and a top-up per card)", mutating)
+			}
+			for _, k := range cards {
+				checkNoLeak(t, e, e.alloc, k)
+			}
+		})
+	}
+}
+
+// okCalls is fake-ec2's count of the calls it served, by action.
+func okCalls(calls map[string]map[string]int) map[string]int {
+	out := map[string]int{}
+	for action, byResult := range calls {
+		if n := byResult["ok"]; n > 0 {
+			out[action] = n
+		}
+	}
+	return out
+}

@@ -118,6 +118,11 @@ type Config struct {
 	// rates (awsec2.Limits).
 	EC2Rate  float64
 	EC2Burst int
+	// Eager makes every EC2 call as soon as it is planned, as the AWS VPC CNI does: DeleteOnTermination right
+	// after each attach, and a top-up of a pool nothing waits for even while EC2 throttles. By default that
+	// idle work waits until EC2 has not throttled the agent for BackoffMax, and gives way (one attempt) when
+	// it does: a cluster scale-up's tokens go to the ENIs and addresses that nodes and pods wait for.
+	Eager bool
 	// MaxAttempts per EC2 call, the first included (0: DefaultMaxAttempts).
 	MaxAttempts int
 	// BackoffBase and BackoffMax bound the full-jitter exponential backoff between attempts
@@ -275,8 +280,8 @@ func (c Config) ec2() awsec2.Config {
 }
 
 // ColdStartBurst is the mutating burst that lets a node's cold start go out at once: a
-// CreateNetworkInterface and a ModifyNetworkInterfaceAttribute (DeleteOnTermination) per managed card, at
-// least DefaultEC2Burst. A p5.48xlarge's 31 cards take 62 of the account's 100 tokens, where a burst of 10
+// CreateNetworkInterface and a ModifyNetworkInterfaceAttribute (DeleteOnTermination, once the card is
+// ready unless EC2 is busy) per managed card, at least DefaultEC2Burst. A p5.48xlarge's 31 cards take 62 of the account's 100 tokens, where a burst of 10
 // paced the 52 calls beyond it at 4/s, ~13 s (TestColdStartBurst); the attach class gets half as many (awsec2.Limits), one
 // per card. The rate stays EC2Rate.
 func ColdStartBurst(cards int) int { return max(DefaultEC2Burst, 2*cards) }

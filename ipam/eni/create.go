@@ -15,11 +15,13 @@ import (
 	"github.com/multinic/multinic/ipam/store"
 )
 
-// createENI creates, tags and attaches one ENI on the card, sets DeleteOnTermination, waits for its link
-// and brings it up; then a shared ENI's initial batch of addresses (prefixes) joins the pool, or an
-// exclusive ENI joins the card's exclusive pool. A failed attach deletes the new ENI. A link that does not
-// show up leaves the ENI attached but not ready; the card loop retries the link. Only the card's own loop
-// calls it, so the card's device indexes are chosen one at a time.
+// createENI creates, tags and attaches one ENI on the card, waits for its link and brings it up; then a
+// shared ENI's initial batch of addresses (prefixes) joins the pool, or an exclusive ENI joins the card's
+// exclusive pool. DeleteOnTermination is set later, as idle work the card loop plans (plan.Step), so that in
+// a cluster scale-up the account's tokens go to the ENIs nodes wait for; with Config.Eager it is set right
+// after the attach, as the AWS VPC CNI does. A failed attach deletes the new ENI. A link that does not show
+// up leaves the ENI attached but not ready; the card loop retries the link. Only the card's own loop calls
+// it, so the card's device indexes are chosen one at a time.
 func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, batch int) (*eniState, error) {
 	m.mu.Lock()
 	used, limit := len(m.occupied[cs.index]), m.limits.enisPerCard[cs.index]
@@ -43,8 +45,10 @@ func (m *Manager) createENI(ctx context.Context, cs *cardState, exclusive bool, 
 		e.pending6 = slices.Clone(e.prefixes6)
 	}
 	m.mu.Unlock()
-	if err := m.setDeleteOnTermination(ctx, e); err != nil {
-		m.log.Warn("set DeleteOnTermination failed; will retry", "card", cs.index, "eni", e.id, "err", err)
+	if m.cfg.Eager {
+		if err := m.setDeleteOnTermination(ctx, e); err != nil {
+			m.log.Warn("set DeleteOnTermination failed; will retry", "card", cs.index, "eni", e.id, "err", err)
+		}
 	}
 	if err := m.finishENI(ctx, e); err != nil {
 		return e, err

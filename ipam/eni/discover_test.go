@@ -46,9 +46,15 @@ func TestDiscoveryAndSetup(t *testing.T) {
 			m := e.start(cfg, e.alloc)
 			waitReady(t, m, 30*time.Second)
 			ready := time.Since(t0)
-			eventually(t, 10*time.Second, "warm pools", func() bool {
+			// DeleteOnTermination is idle work, set once each card is ready.
+			eventually(t, 10*time.Second, "warm pools, DeleteOnTermination on every ENI", func() bool {
 				for k := 1; k < tc.cards; k++ {
 					if e.alloc.Stats(k).Warm < 4 {
+						return false
+					}
+				}
+				for _, x := range e.ours() {
+					if !x.DeleteOnTermination {
 						return false
 					}
 				}

@@ -35,9 +35,14 @@ func TestExclusive(t *testing.T) {
 	}
 	x, ok := e.eniState(al.ENIID)
 	if !ok || x.Tags[TagMode] != ModeExclusive || x.Card != 1 || x.Device != 2 || x.PrimaryIP != al.Address.String() ||
-		len(x.SecondaryIPs) != 0 || !x.DeleteOnTermination {
+		len(x.SecondaryIPs) != 0 {
 		t.Fatalf("exclusive ENI %+v", x)
 	}
+	// Idle work, once the pod has its ENI.
+	eventually(t, 5*time.Second, "DeleteOnTermination on the exclusive ENI", func() bool {
+		x, ok := e.eniState(al.ENIID)
+		return ok && x.DeleteOnTermination
+	})
 	info, ok := m.ENI(al.ENIID)
 	if !ok || info.LinkName != "ens1d2" {
 		t.Errorf("ENI info %+v %v", info, ok)

@@ -169,6 +169,8 @@ type envOpts struct {
 	faults   fakeec2.Faults
 	cooldown time.Duration
 	links    fakeec2.LinkMaker // default a fakeLinks
+	// more instances of the same type, after the env's own (another node of the account)
+	more int
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -191,8 +193,12 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if lm == nil {
 		lm = fl
 	}
-	srv, _, err := fakeec2.Start(fakeec2.Config{Subnets: o.subnets, Faults: o.faults, Seed: 42,
-		Instances: []fakeec2.InstanceConfig{{Type: o.typ}}}, fakeec2.WithLinkMaker(lm))
+	instances := []fakeec2.InstanceConfig{{Type: o.typ}}
+	for range o.more {
+		instances = append(instances, fakeec2.InstanceConfig{Type: o.typ})
+	}
+	srv, _, err := fakeec2.Start(fakeec2.Config{Subnets: o.subnets, Faults: o.faults, Seed: 42, Instances: instances},
+		fakeec2.WithLinkMaker(lm))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,8 +265,23 @@ func (e *env) cardOneConfig() Config {
 // start builds and starts a manager, stopped at cleanup.
 func (e *env) start(cfg Config, alloc *allocator.Allocator) *Manager {
 	e.t.Helper()
+	return e.startWith(cfg, alloc, e.imds)
+}
+
+// startOn is start on the i-th instance of envOpts.more (from 1), as another node of the account.
+func (e *env) startOn(i int, cfg Config, alloc *allocator.Allocator) *Manager {
+	e.t.Helper()
+	u, err := e.srv.ListenIMDS(e.srv.State().Instances[i].ID, "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.startWith(cfg, alloc, imds.New(imds.Options{Endpoint: u}))
+}
+
+func (e *env) startWith(cfg Config, alloc *allocator.Allocator, md awsec2.IMDSAPI) *Manager {
+	e.t.Helper()
 	var links Links = e.links
-	m, err := New(cfg, Deps{EC2: e.ec2, IMDS: e.imds, Allocator: alloc, Links: links})
+	m, err := New(cfg, Deps{EC2: e.ec2, IMDS: md, Allocator: alloc, Links: links})
 	if err != nil {
 		e.t.Fatal(err)
 	}

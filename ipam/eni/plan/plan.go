@@ -3,9 +3,9 @@
 // the actions to take come out. It calls nothing, reads no clock and keeps no state, so every rule is a
 // table test: refill (Need, Batch), batch halving (Smaller), hysteresis and shrink (Surplus, the surplus
 // timers), cooldown (resting addresses count as free but are never given back; Backoff after failures),
-// exclusive ENIs (made for waiting allocations, waited for on a full card, given back when unasked), and
-// the card's address family (an IPv6 /80 on every shared ENI of an ipv6 or dual card; no IPv4 kept warm
-// on an ipv6 card).
+// exclusive ENIs (made for waiting allocations, waited for on a full card, given back when unasked), the
+// card's address family (an IPv6 /80 on every shared ENI of an ipv6 or dual card; no IPv4 kept warm on an
+// ipv6 card), and idle work (DeleteOnTermination, a top-up nothing waits for), which waits while EC2 is busy.
 // Package eni gathers the input, executes the plan against EC2 and the allocator, and plans again.
 package plan
 
@@ -73,6 +73,10 @@ type Card struct {
 	SurplusSince   map[netip.Addr]time.Time
 	ExclusiveSince map[string]time.Time
 	Now            time.Time
+	// BusyUntil: until then EC2 counts as busy (it throttled the agent lately: in a cluster scale-up every
+	// new node's agent wants the account's tokens at once). Idle work is not planned before it, so that
+	// the account's tokens go to the calls something waits for; zero: never busy.
+	BusyUntil time.Time
 }
 
 // Kind is what an Action does.
@@ -106,33 +110,38 @@ type Action struct {
 	Prefix    netip.Prefix
 	// Need and Waiting are the shared pool's demand a refill serves, for logs.
 	Need, Waiting int
+	// Idle: nothing waits for it (DeleteOnTermination, a top-up while MinFree is usable and no allocation
+	// waits). It was planned because EC2 was not busy; if EC2 throttles it, it gives way (one attempt)
+	// and waits for the next plan, without failing the card.
+	Idle bool
 }
 
 // Plan is the actions to take now, in order, and the timers to keep for the next plan.
 type Plan struct {
 	Actions []Action
-	// Next is when a surplus address or a free exclusive ENI comes due (zero: none pending).
+	// Next is when a surplus address or a free exclusive ENI comes due, or when idle work waiting for a busy
+	// EC2 may go (zero: none pending).
 	Next           time.Time
 	SurplusSince   map[netip.Addr]time.Time
 	ExclusiveSince map[string]time.Time
 }
 
 // Step plans the card's next actions; the manager executes them and plans again until a plan has none.
-// In order: repairs (DeleteOnTermination, ENIs not ready) and the card's first shared ENI, alone, so what
-// follows sees them done; then exclusive ENIs to make or give back; then the shared refill; and only once
-// the refill needs nothing, the shared surplus to give back.
+// In order: repairs (ENIs not ready, a missing IPv6 /80) and the card's first shared ENI, alone, so what
+// follows sees them done; then exclusive ENIs to make or give back; then the shared refill; then, unless
+// EC2 is busy, DeleteOnTermination on the ENIs without it; and only once the refill needs nothing, the
+// shared surplus to give back. DeleteOnTermination is idle work: until it is set, an ENI left behind by a
+// terminated node is the orphan sweep's (orphans.go).
 func Step(c Card, cfg Config) Plan {
 	p := Plan{SurplusSince: c.SurplusSince, ExclusiveSince: c.ExclusiveSince}
 	if c.NoIPv4 { // IPv6 only: no IPv4 address is ever allocated, none is kept
 		cfg.WarmTarget, cfg.MinFree = 0, 0
 	}
+	busy := c.Now.Before(c.BusyUntil)
 	enis := slices.Clone(c.ENIs)
 	slices.SortFunc(enis, func(x, y ENI) int { return cmp.Or(cmp.Compare(x.Device, y.Device), cmp.Compare(x.ID, y.ID)) })
 	shared := 0
 	for _, e := range enis {
-		if !e.DeleteOnTermination {
-			p.Actions = append(p.Actions, Action{Kind: SetDeleteOnTermination, ENIID: e.ID})
-		}
 		if !e.Exclusive {
 			shared++
 		}
@@ -158,7 +167,25 @@ func Step(c Card, cfg Config) Plan {
 	p.Actions = append(p.Actions, removals...)
 
 	if refill, ok := refill(c, enis, cfg); ok {
-		p.Actions = append(p.Actions, refill)
+		if refill.Idle && busy {
+			p.Next = earliest(p.Next, c.BusyUntil)
+		} else {
+			p.Actions = append(p.Actions, refill)
+		}
+		return p
+	}
+	var dot []Action
+	for _, e := range enis {
+		switch {
+		case e.DeleteOnTermination:
+		case busy:
+			p.Next = earliest(p.Next, c.BusyUntil)
+		default:
+			dot = append(dot, Action{Kind: SetDeleteOnTermination, ENIID: e.ID, Idle: true})
+		}
+	}
+	if len(dot) > 0 {
+		p.Actions = append(p.Actions, dot...)
 		return p
 	}
 	var giveBacks []Action
@@ -231,13 +258,14 @@ func Surplus(warm []allocator.PoolAddress, warmTarget int) []allocator.PoolAddre
 }
 
 // refill is the shared pool's next refill action, if it needs one: an assign to the ready shared ENI with
-// room and the lowest device index, or a new ENI when none has room.
+// room and the lowest device index, or a new ENI when none has room. It is idle (a top-up) while no
+// allocation waits and MinFree addresses are usable.
 func refill(c Card, enis []ENI, cfg Config) (Action, bool) {
 	need := Need(c.Pool, cfg)
 	if need == 0 {
 		return Action{}, false
 	}
-	a := Action{Need: need, Waiting: c.Pool.Waiting}
+	a := Action{Need: need, Waiting: c.Pool.Waiting, Idle: c.Pool.Waiting == 0 && c.Pool.Warm >= cfg.MinFree}
 	for _, e := range enis { // by device
 		if !e.Exclusive && e.Ready && e.Slots < c.SlotsPerENI {
 			a.Kind, a.ENIID, a.Batch = Assign, e.ID, Batch(need, c.SlotsPerENI-e.Slots, cfg)

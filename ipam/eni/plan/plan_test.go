@@ -166,8 +166,55 @@ func TestStep(t *testing.T) {
 				c.ENIs = []ENI{{ID: "eni-b", Device: 2, Slots: 1}, {ID: "eni-a", Device: 1, DeleteOnTermination: true, Slots: 1}}
 				c.Pool = stats(0, 0, 5)
 			},
-			want: Plan{Actions: []Action{{Kind: SetDeleteOnTermination, ENIID: "eni-b"},
-				{Kind: FinishENI, ENIID: "eni-a"}, {Kind: FinishENI, ENIID: "eni-b"}}},
+			want: Plan{Actions: []Action{{Kind: FinishENI, ENIID: "eni-a"}, {Kind: FinishENI, ENIID: "eni-b"}}},
+		},
+		{
+			name: "DeleteOnTermination: idle work, after what allocations wait for", edit: func(c *Card) {
+				c.ENIs = []ENI{{ID: "eni-b", Device: 2, Ready: true, Slots: 15}, shared("eni-a", 1, 15)}
+				c.Pool = stats(0, 0, 1)
+			},
+			want: Plan{Actions: []Action{{Kind: CreateENI, Batch: 5, Need: 5, Waiting: 1}}},
+		},
+		{
+			name: "DeleteOnTermination: idle work, once the pool is in shape", edit: func(c *Card) {
+				c.ENIs = []ENI{{ID: "eni-b", Device: 2, Ready: true, Slots: 15}, shared("eni-a", 1, 15), {ID: "eni-c", Device: 3, Ready: true, Slots: 1}}
+			},
+			want: Plan{Actions: []Action{{Kind: SetDeleteOnTermination, ENIID: "eni-b", Idle: true}, {Kind: SetDeleteOnTermination, ENIID: "eni-c", Idle: true}}},
+		},
+		{
+			name: "busy: DeleteOnTermination waits until EC2 is no longer busy", edit: func(c *Card) {
+				c.ENIs = []ENI{{ID: "eni-a", Device: 1, Ready: true, Slots: 15}}
+				c.BusyUntil = t0.Add(20 * time.Second)
+			},
+			want: Plan{Next: t0.Add(20 * time.Second)},
+		},
+		{
+			name: "busy: a top-up nothing waits for waits (MinFree usable)", edit: func(c *Card) {
+				c.Pool = stats(1, 0, 0)
+				c.BusyUntil = t0.Add(20 * time.Second)
+			},
+			want: Plan{Next: t0.Add(20 * time.Second)},
+		},
+		{
+			name: "busy: below MinFree the refill goes, with the whole need", edit: func(c *Card) {
+				c.Pool = stats(0, 1, 0)
+				c.BusyUntil = t0.Add(20 * time.Second)
+			},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 4, Need: 4}}},
+		},
+		{
+			name: "busy: waiting allocations are served", edit: func(c *Card) {
+				c.Pool = stats(2, 0, 1)
+				c.BusyUntil = t0.Add(20 * time.Second)
+			},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3, Waiting: 1}}},
+		},
+		{
+			name: "busy no longer: the top-up goes, idle", edit: func(c *Card) {
+				c.Pool = stats(1, 0, 0)
+				c.BusyUntil = t0
+			},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3, Idle: true}}},
 		},
 		{
 			name: "first shared ENI whatever the demand", cfg: Config{WarmTarget: 0, MaxBatch: 10}, edit: func(c *Card) {
@@ -185,7 +232,7 @@ func TestStep(t *testing.T) {
 				c.ENIs = []ENI{shared("eni-c", 3, 3), shared("eni-a", 1, 15), shared("eni-b", 2, 14), exclusive("eni-x", 4)}
 				c.Pool = stats(1, 0, 0)
 			},
-			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-b", Batch: 1, Need: 3}}},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-b", Batch: 1, Need: 3, Idle: true}}},
 		},
 		{
 			name: "refill: waiting allocations asked for at once, up to MaxBatch", edit: func(c *Card) {
@@ -329,7 +376,7 @@ func TestStep(t *testing.T) {
 				c.ENIs = []ENI{withPrefix(shared("eni-a", 1, 8))}
 				c.Pool = stats(1, 0, 0)
 			},
-			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3}}},
+			want: Plan{Actions: []Action{{Kind: Assign, ENIID: "eni-a", Batch: 3, Need: 3, Idle: true}}},
 		},
 		{
 			name: "ipv4 card: no /80 asked for", edit: func(c *Card) { c.IPv6 = false },
