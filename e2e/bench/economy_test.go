@@ -434,8 +434,9 @@ func callDiff(before, after map[string]map[string]int) map[string]int {
 }
 
 // vpcCNIPolicyArgs are the agent flags that emulate the AWS VPC CNI's multi-NIC policy (figures 3 and 6): warm
-// target 1, nothing kept ready beyond it, one address per EC2 call.
-var vpcCNIPolicyArgs = []string{"--warm-target", "1", "--min-free", "0", "--max-batch", "1", "--log-level", "info"}
+// target 1, nothing kept ready beyond it, one address per EC2 call, and every call as soon as it is due
+// (--ec2-eager: DeleteOnTermination right after the attach, as its AllocENI does, and top-ups under throttling).
+var vpcCNIPolicyArgs = []string{"--warm-target", "1", "--min-free", "0", "--max-batch", "1", "--ec2-eager", "--log-level", "info"}
 
 // failedADDsRow is the failed-ADD row of a side-by-side figure: ours against the emulated policy's, at most limit.
 func failedADDsRow(ours, ref int, limit float64) Row {

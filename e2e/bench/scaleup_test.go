@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/multinic/multinic/internal/testing/fakeec2"
 	"github.com/multinic/multinic/internal/testing/harness"
 	"github.com/multinic/multinic/ipam/api"
+	"github.com/multinic/multinic/ipam/eni"
 )
 
 // Figure 6's targets (issue 13).
@@ -46,9 +49,9 @@ var scaleUpCards = cardRange(1, 7)
 func TestScaleUp(t *testing.T) {
 	nettest.RequireRoot(t)
 	nodes := size(100, 3)
-	policies := [2]burstPolicy{
-		{"multinic (agent defaults: warm target 8, min free 2, batches up to 50, 4 mutating calls/s)", []string{"--log-level", "info"}},
-		{"VPC CNI multi-NIC policy (warm target 1, one address per call)", vpcCNIPolicyArgs},
+	policies := [2]scaleUpPolicy{
+		{burstPolicy{"multinic (agent defaults: warm target 8, min free 2, batches up to 50, 4 mutating calls/s, idle EC2 work while EC2 does not throttle)", []string{"--log-level", "info"}}, eni.DefaultWarmTarget},
+		{burstPolicy{"VPC CNI multi-NIC policy (warm target 1, one address per call)", vpcCNIPolicyArgs}, 1},
 	}
 	var res [2]scaleUpResult
 	for i, p := range policies {
@@ -73,6 +76,8 @@ func TestScaleUp(t *testing.T) {
 			spread,
 			Compare("mutating EC2 calls", "calls", Value(float64(a.mutating)), Value(float64(b.mutating)), 0),
 			Compare("mutating EC2 calls EC2 served (ok)", "calls", Value(float64(a.mutatingOK)), Value(float64(b.mutatingOK)), 0),
+			Compare("time until every agent's idle work is done (DeleteOnTermination on every ENI, every card at its warm target; from the launch)", "s", Value(a.allSettled.Seconds()), Value(b.allSettled.Seconds()), 0),
+			Compare("mutating EC2 calls EC2 served until then (ok)", "calls", Value(float64(a.mutatingSettledOK)), Value(float64(b.mutatingSettledOK)), 0),
 			Compare("attach/detach EC2 calls", "calls", Value(float64(a.attach)), Value(float64(b.attach)), 0),
 			Compare("describe EC2 calls", "calls", Value(float64(a.describe)), Value(float64(b.describe)), 0),
 			Compare("throttled EC2 calls (RequestLimitExceeded)", "calls", Value(float64(a.throttled)), Value(float64(b.throttled)), 0),
@@ -86,8 +91,47 @@ func TestScaleUp(t *testing.T) {
 			fmt.Sprintf("Policies (agent flags beyond the harness's): multinic %v; the Amazon VPC CNI's multi-NIC behaviour emulated as in figure 3 with %v (one ENI per card at start, nothing kept warm beyond one address, one address per AssignPrivateIpAddresses).", policies[0].args, policies[1].args),
 			"Run one after the other, each on a fresh region (fresh buckets). EC2 calls are counted by fake-ec2 (every result) from the launch to the last pod; RSS and CPU from /proc of every agent at the end.",
 			fmt.Sprintf("Failures by error: multinic %v; VPC CNI policy %v.", a.errors, b.errors),
-			fmt.Sprintf("EC2 calls by action: multinic %v; VPC CNI policy %v.", a.byAction, b.byAction),
+			fmt.Sprintf("EC2 calls by action (every result): multinic %v; VPC CNI policy %v.", a.byAction, b.byAction),
+			fmt.Sprintf("EC2 calls served (ok) per node, by action, until the last pod had its 7 cards: multinic %v; VPC CNI policy %v. Until every agent's idle work was done: multinic %v; VPC CNI policy %v.",
+				perNode(a.okByAction, nodes), perNode(b.okByAction, nodes), perNode(a.okSettled, nodes), perNode(b.okSettled, nodes)),
+			scaleUpFloor(nodes, len(scaleUpCards)),
 		}})
+}
+
+// scaleUpPolicy is a pool policy of figure 6 and its warm target: an agent's idle work is done once every
+// card holds it again.
+type scaleUpPolicy struct {
+	burstPolicy
+	warm int
+}
+
+// scaleUpFloor is what the issue's account limits alone allow: each node's cards need a create and an attach
+// before its pod is served (multinic: nothing else), and the emulated VPC CNI policy sends a
+// DeleteOnTermination and a top-up per card too, with nothing deferred.
+func scaleUpFloor(nodes, cards int) string {
+	mut, att := fakeec2.PublishedRates[fakeec2.ClassMutate], fakeec2.PublishedRates[fakeec2.ClassAttach]
+	floor := func(calls int, r fakeec2.Rate) float64 { return max(0, float64(calls-r.Burst)/r.PerSecond) }
+	creates, attaches := nodes*cards, nodes*cards
+	ours := max(floor(creates, mut), floor(attaches, att))
+	ref := max(floor(3*creates, mut), floor(attaches, att))
+	return fmt.Sprintf("The floor the account's limits put on the last pod: %d attaches through the attach bucket (%d burst, %g/s) take %.0f s, %d creates through the mutating bucket (%d, %g/s) %.0f s: %.0f s for multinic; the emulated policy's %d mutating calls (create, DeleteOnTermination, top-up per card) %.0f s. Agent-made ENIs cannot beat the attach floor, so the ratio is at best %.2f, not the target's 0.1.",
+		attaches, att.Burst, att.PerSecond, floor(attaches, att), creates, mut.Burst, mut.PerSecond, floor(creates, mut), ours, 3*creates, ref, ratioOrZero(ours, ref))
+}
+
+func ratioOrZero(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// perNode is calls by action divided by the nodes, rounded to a tenth.
+func perNode(calls map[string]int, nodes int) map[string]float64 {
+	out := make(map[string]float64, len(calls))
+	for action, n := range calls {
+		out[action] = math.Round(float64(n)/float64(nodes)*10) / 10
+	}
+	return out
 }
 
 type scaleUpResult struct {
@@ -98,8 +142,13 @@ type scaleUpResult struct {
 	mutating, attach, describe, throttled int
 	mutatingOK                            int // mutating calls EC2 served: what bounds the scale-up at 5/s
 	byAction                              map[string]int
-	rss, hwm                              float64 // MiB, summed over the agents
-	cpu                                   time.Duration
+	okByAction                            map[string]int // calls EC2 served until the last pod
+	// allSettled: when every agent's idle work was done; okSettled and mutatingSettledOK the calls served until then.
+	allSettled        time.Duration
+	okSettled         map[string]int
+	mutatingSettledOK int
+	rss, hwm          float64 // MiB, summed over the agents
+	cpu               time.Duration
 }
 
 // nodeSpread is the p99 node ready time over the p50.
@@ -111,7 +160,7 @@ func (r scaleUpResult) nodeSpread() float64 {
 	return s.P99 / s.Value
 }
 
-func runScaleUp(t *testing.T, p burstPolicy, nodes int) scaleUpResult {
+func runScaleUp(t *testing.T, p scaleUpPolicy, nodes int) scaleUpResult {
 	region := harness.NewRegion(t, harness.Config{InstanceType: "trn1.32xlarge", Nodes: nodes, ManagedCards: scaleUpCards,
 		NoAgents: true, AgentDefaults: true, AgentArgs: p.args, ReadyTimeout: 15 * time.Minute})
 	fake := region.Fake()
@@ -180,11 +229,12 @@ func runScaleUp(t *testing.T, p burstPolicy, nodes int) scaleUpResult {
 	res.byAction = callDiff(before, after)
 	res.attach = res.byAction["AttachNetworkInterface"] + res.byAction["DetachNetworkInterface"]
 	res.mutating -= res.attach
-	for action, byResult := range after {
-		if fakeec2.MutatingAction(action) {
-			res.mutatingOK += byResult["ok"] - before[action]["ok"]
-		}
+	res.okByAction, res.mutatingOK = served(before, after)
+	if err := waitSettled(ctx, region, p.warm); err != nil {
+		t.Errorf("idle work not done: %v", err)
 	}
+	res.allSettled = time.Since(launch)
+	res.okSettled, res.mutatingSettledOK = served(before, region.State().Calls)
 	for _, n := range region.Nodes() {
 		s := sampleProc(n.AgentPID())
 		if s.sampledErr != nil {
@@ -194,10 +244,63 @@ func runScaleUp(t *testing.T, p burstPolicy, nodes int) scaleUpResult {
 		res.rss, res.hwm, res.cpu = res.rss+s.rss, res.hwm+s.hwm, res.cpu+s.cpu
 	}
 	nr := Summarize(seconds(res.nodeReady))
-	t.Logf("%s: %d nodes ready in %s (p50 %.1fs p99 %.1fs), %d pods ready in %s, %d failed ADDs, calls %v, agents %.0f MiB, %.1f s CPU",
-		p.name, len(res.nodeReady), res.allNodes, nr.Value, nr.P99, len(res.podReady), res.allPods, res.failures, res.byAction, res.rss, res.cpu.Seconds())
+	t.Logf("%s: %d nodes ready in %s (p50 %.1fs p99 %.1fs), %d pods ready in %s, %d failed ADDs, calls %v, served %v; idle work done at %s (served %v); agents %.0f MiB, %.1f s CPU",
+		p.name, len(res.nodeReady), res.allNodes, nr.Value, nr.P99, len(res.podReady), res.allPods, res.failures, res.byAction, res.okByAction,
+		res.allSettled, res.okSettled, res.rss, res.cpu.Seconds())
 	_ = fake.SetFaults(fakeec2.Faults{})
 	return res
+}
+
+// served is the calls fake-ec2 served (ok) between two counts, by action, and the mutating ones among them.
+func served(before, after map[string]map[string]int) (byAction map[string]int, mutating int) {
+	byAction = map[string]int{}
+	for action, byResult := range after {
+		n := byResult["ok"] - before[action]["ok"]
+		if n == 0 || strings.HasPrefix(action, "IMDS.") {
+			continue
+		}
+		byAction[action] = n
+		if fakeec2.MutatingAction(action) {
+			mutating += n
+		}
+	}
+	return byAction, mutating
+}
+
+// waitSettled polls until every agent's idle work is done: DeleteOnTermination on every attached ENI but the
+// instances' own, and every managed card's warm pool back at warm.
+func waitSettled(ctx context.Context, region *harness.Region, warm int) error {
+	for {
+		err := settledErr(ctx, region, warm)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func settledErr(ctx context.Context, region *harness.Region, warm int) error {
+	for _, x := range region.State().ENIs {
+		if x.Status == "in-use" && !x.Primary && !x.DeleteOnTermination {
+			return fmt.Errorf("ENI %s on card %d of %s without DeleteOnTermination", x.ID, x.Card, x.InstanceID)
+		}
+	}
+	for _, n := range region.Nodes() {
+		st, err := n.Client.Node(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+		for _, c := range st.Cards {
+			if c.Shared.Warm < warm {
+				return fmt.Errorf("%s card %d: %d warm, want %d", n.Name, c.Card, c.Shared.Warm, warm)
+			}
+		}
+	}
+	return nil
 }
 
 // waitNodeReady polls the agent's node status until every managed card is ready.
