@@ -33,6 +33,11 @@ func (m *Manager) cardLoop(ctx context.Context, cs *cardState) {
 		}
 		if err != nil {
 			failures++
+			if awsec2.Throttled(err) {
+				// EC2 said "later", not "no": the calls' own backoff paced the attempts already, and a card
+				// that waited longer after each throttle would sit out the end of a scale-up's storm.
+				failures = 1
+			}
 			m.mu.Lock()
 			cs.setErrLocked(err)
 			cs.failedSteps++
@@ -108,9 +113,16 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 		Pool: m.alloc.Stats(cs.index), Warm: m.alloc.Warm(cs.index), FreeExclusive: m.alloc.FreeExclusive(cs.index),
 		Now: time.Now(),
 	}
-	if at := m.ec2.ThrottledAt(); !m.cfg.Eager && !at.IsZero() {
-		// EC2 is busy for as long as the agent's own throttled calls may still be backing off.
-		in.BusyUntil = at.Add(m.cfg.BackoffMax)
+	if !m.cfg.Eager {
+		// EC2 counts as busy for ErrorBackoffMax after the start (the node may be one of many an autoscaler
+		// launched together, whose first calls find the account's bucket full) and after every throttle: as
+		// long as a card still in a scale-up's storm may wait between its tries, so that it tries again
+		// before idle work does.
+		since := m.started
+		if at := m.ec2.ThrottledAt(); at.After(since) {
+			since = at
+		}
+		in.BusyUntil = since.Add(m.cfg.ErrorBackoffMax)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

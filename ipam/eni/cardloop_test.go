@@ -281,7 +281,9 @@ func TestRetryOnThrottle(t *testing.T) {
 	e := newEnv(t, envOpts{faults: fakeec2.Faults{Rates: map[string]fakeec2.Rate{
 		fakeec2.ClassMutate: {Burst: 3, PerSecond: 20}}}})
 	cfg := e.fastConfig(8)
-	cfg.WarmTarget, cfg.MaxBatch = ptr(20), 2
+	// MinFree at the target: every refill is one something waits for, retried through the throttle (a
+	// top-up above MinFree would give way to it instead: TestDeleteOnTerminationLater, plan's busy cases).
+	cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch = ptr(20), ptr(20), 2
 	m := e.start(cfg, e.alloc)
 	waitReady(t, m, 20*time.Second)
 	// A step that ran out of retries sets the card's LastError until the next step ends well, which
@@ -391,7 +393,7 @@ func TestColdStartCalls(t *testing.T) {
 			cfg := e.fastConfig(8)
 			cfg.ManagedCards = cards
 			cfg.WarmTarget, cfg.MinFree, cfg.MaxBatch, cfg.Eager = ptr(tc.warm), ptr(tc.minFree), tc.maxBatch, tc.eager
-			cfg.BackoffMax = 3 * time.Second // EC2 counts as busy for 3 s after a throttle
+			cfg.ErrorBackoffMax = 10 * time.Second // EC2 busy for 10 s after the start and after a throttle: the path fits in it
 			// Enough attempts that no call runs out of them behind the 10/s bucket (an eager DeleteOnTermination
 			// that did would be left to the card loop, after the card is ready): where the calls fall is measured.
 			cfg.MaxAttempts = 20
@@ -460,4 +462,27 @@ func okCalls(calls map[string]map[string]int) map[string]int {
 		}
 	}
 	return out
+}
+
+// TestThrottleDoesNotEscalate: a card whose steps run out of attempts against EC2's throttle tries again after
+// RefillInterval/10 each time, not after a doubling wait (a storm's last cards would sit out its end).
+func TestThrottleDoesNotEscalate(t *testing.T) {
+	const storm = 4 * time.Second
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{
+		"CreateNetworkInterface": {Rate: 1, Code: "RequestLimitExceeded", Status: 503}}}})
+	cfg := e.cardOneConfig()
+	cfg.RefillInterval, cfg.ErrorBackoffMax, cfg.MaxAttempts = time.Second, time.Minute, 1 // 100 ms after a failed step, doubling up to a minute
+	m := e.start(cfg, e.alloc)
+	time.Sleep(storm)
+	creates := e.srv.State().Calls["CreateNetworkInterface"]["RequestLimitExceeded"]
+	if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	lifted := time.Now()
+	waitReady(t, m, 5*time.Second)
+	t.Logf("%d throttled creates in %s; ready %s after the throttle ended", creates, storm, time.Since(lifted).Round(time.Millisecond))
+	// Every 100 ms: ~40; doubling from 100 ms: 6 (at 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s), the next only at 6.3 s.
+	if creates < 12 {
+		t.Errorf("%d creates tried in %s of throttling: the card's wait grew after each throttle", creates, storm)
+	}
 }

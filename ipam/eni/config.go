@@ -120,7 +120,7 @@ type Config struct {
 	EC2Burst int
 	// Eager makes every EC2 call as soon as it is planned, as the AWS VPC CNI does: DeleteOnTermination right
 	// after each attach, and a top-up of a pool nothing waits for even while EC2 throttles. By default that
-	// idle work waits until EC2 has not throttled the agent for BackoffMax, and gives way (one attempt) when
+	// idle work waits until EC2 has not throttled the agent for ErrorBackoffMax, and gives way (one attempt) when
 	// it does: a cluster scale-up's tokens go to the ENIs and addresses that nodes and pods wait for.
 	Eager bool
 	// MaxAttempts per EC2 call, the first included (0: DefaultMaxAttempts).
@@ -130,7 +130,8 @@ type Config struct {
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
 	// ErrorBackoffMax bounds how long a card's refill loop waits after repeated failures
-	// (0: DefaultErrorBackoffMax). The wait starts at RefillInterval/10 and doubles.
+	// (0: DefaultErrorBackoffMax). The wait starts at RefillInterval/10 and doubles, but not after a
+	// failure that is EC2's throttle.
 	ErrorBackoffMax time.Duration
 
 	// NetnsDirs are the directories whose netns paths count as evidence that a released exclusive ENI's

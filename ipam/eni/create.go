@@ -71,36 +71,35 @@ func (m *Manager) tags(card int, exclusive bool) map[string]string {
 	return t
 }
 
-// createAttach is CreateNetworkInterface + AttachNetworkInterface, deleting the ENI if the attach fails.
-// Caller holds opMu for reading, so the detached-ENI cleanup cannot delete the ENI between the two calls.
+// unattachedENI is an ENI a card created and could not attach yet because EC2 throttled the attach.
+type unattachedENI struct {
+	ni        awsec2.Interface
+	exclusive bool
+}
+
+// createAttach is CreateNetworkInterface + AttachNetworkInterface, deleting the ENI if the attach fails. An
+// attach EC2 throttled keeps the ENI for the card's next createAttach of the same mode, instead of a delete
+// now and a create then: two mutating calls more in a scale-up that waits on the account's tokens. Caller
+// holds opMu for reading, so the detached-ENI cleanup cannot delete the ENI between the two calls.
 func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive bool, n int) (_ *eniState, _ []netip.Addr, retErr error) {
-	req := awsec2.CreateRequest{
-		SubnetID: cs.subnetID, Groups: cs.groups, Tags: m.tags(cs.index, exclusive), Count: n, Prefixes: m.cfg.PrefixMode,
-		Description: fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID), ClientToken: newToken(),
-	}
-	switch {
-	case !api.WantsIPv6(cs.family):
-	case exclusive:
-		req.IPv6Addresses = 1 // the pod's, with the whole ENI
-	default:
-		req.IPv6Prefixes = 1 // 2^48 addresses: the card's IPv6 pool never waits on EC2 again
-	}
-	ni, err := m.ec2.Create(ctx, req)
-	if smaller, ok := plan.Smaller(n, true); ok && awsec2.SubnetFull(err) {
-		m.log.Warn("subnet too full for the initial batch; creating the ENI without", "card", cs.index,
-			"subnet", cs.subnetID, "batch", n, "err", err)
-		req.Count, req.ClientToken = smaller, newToken()
-		ni, err = m.ec2.Create(ctx, req)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("create ENI on card %d in subnet %s: %w", cs.index, cs.subnetID, err)
+	ni, kept := m.takeUnattached(cs, exclusive)
+	var err error
+	if !kept {
+		if ni, err = m.create(ctx, cs, exclusive, n); err != nil {
+			return nil, nil, err
+		}
 	}
 	id := ni.ID
-	m.recent.create(store.RecentENI{ID: id, Card: cs.index, MAC: ni.MAC, SubnetID: ni.SubnetID, Exclusive: exclusive, Primary: ni.Primary})
-	m.saveRecent() // a restarted agent deletes it if the attach never happened, and never too early
 	log := m.log.With("card", cs.index, "eni", id)
 	defer func() {
-		if retErr != nil {
+		switch {
+		case retErr == nil:
+		case awsec2.Throttled(retErr):
+			log.Info("attach throttled; the ENI waits for the card's next try", "err", retErr)
+			m.mu.Lock()
+			cs.unattached = &unattachedENI{ni: ni, exclusive: exclusive}
+			m.mu.Unlock()
+		default:
 			log.Warn("deleting ENI after failed attach", "err", retErr)
 			_ = m.deleteENI(ctx, cs.index, id)
 		}
@@ -148,6 +147,57 @@ func (m *Manager) createAttach(ctx context.Context, cs *cardState, exclusive boo
 	log.Info("created and attached ENI", "device", dev, "subnet", e.subnetID, "exclusive", exclusive,
 		"addresses", e.secondaries, "prefixes", len(e.prefixes))
 	return e, addrs, nil
+}
+
+// create is one CreateNetworkInterface for the card, with n addresses (prefixes) to start with, fewer when
+// the subnet cannot give them; recorded in the memory of recent changes.
+func (m *Manager) create(ctx context.Context, cs *cardState, exclusive bool, n int) (awsec2.Interface, error) {
+	req := awsec2.CreateRequest{
+		SubnetID: cs.subnetID, Groups: cs.groups, Tags: m.tags(cs.index, exclusive), Count: n, Prefixes: m.cfg.PrefixMode,
+		Description: fmt.Sprintf("multinic %s card %d node %s", m.cfg.Cluster, cs.index, m.instanceID), ClientToken: newToken(),
+	}
+	switch {
+	case !api.WantsIPv6(cs.family):
+	case exclusive:
+		req.IPv6Addresses = 1 // the pod's, with the whole ENI
+	default:
+		req.IPv6Prefixes = 1 // 2^48 addresses: the card's IPv6 pool never waits on EC2 again
+	}
+	ni, err := m.ec2.Create(ctx, req)
+	if smaller, ok := plan.Smaller(n, true); ok && awsec2.SubnetFull(err) {
+		m.log.Warn("subnet too full for the initial batch; creating the ENI without", "card", cs.index,
+			"subnet", cs.subnetID, "batch", n, "err", err)
+		req.Count, req.ClientToken = smaller, newToken()
+		ni, err = m.ec2.Create(ctx, req)
+	}
+	if err != nil {
+		return awsec2.Interface{}, fmt.Errorf("create ENI on card %d in subnet %s: %w", cs.index, cs.subnetID, err)
+	}
+	m.recent.create(store.RecentENI{ID: ni.ID, Card: cs.index, MAC: ni.MAC, SubnetID: ni.SubnetID, Exclusive: exclusive, Primary: ni.Primary})
+	m.saveRecent() // a restarted agent deletes it if the attach never happened, and never too early
+	return ni, nil
+}
+
+// takeUnattached hands out the card's ENI whose attach EC2 throttled, if it is of the mode asked for.
+func (m *Manager) takeUnattached(cs *cardState, exclusive bool) (awsec2.Interface, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := cs.unattached
+	if u == nil || u.exclusive != exclusive {
+		return awsec2.Interface{}, false
+	}
+	cs.unattached = nil
+	return u.ni, true
+}
+
+// keptUnattachedLocked says whether id is a card's ENI waiting for its attach; under m.mu.
+func (m *Manager) keptUnattachedLocked(id string) bool {
+	for _, cs := range m.cards {
+		if cs.unattached != nil && cs.unattached.ni.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // prefixAddrs names IPv6 prefixes by their first address, as the memory of recent changes keeps them.

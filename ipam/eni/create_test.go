@@ -41,8 +41,8 @@ func TestAttachFailureDeletesENI(t *testing.T) {
 	}
 }
 
-// TestDeleteOnTerminationLater: while EC2 is busy, DeleteOnTermination waits and gives way to the throttle (one
-// attempt, not the call's retries), so an ENI stays attached without it. Nothing leaks when the node dies
+// TestDeleteOnTerminationLater: while EC2 is busy, DeleteOnTermination waits, and each try gives way to the
+// throttle (one attempt, not the call's retries), so an ENI stays attached without it. Nothing leaks when the node dies
 // then: a restarted agent adopts the ENI and sets DeleteOnTermination once EC2 is no longer busy; an instance
 // terminated meanwhile leaves the ENI available (EC2 deletes only what has DeleteOnTermination), and another
 // node's agent's orphan sweep deletes it.
@@ -52,15 +52,16 @@ func TestDeleteOnTerminationLater(t *testing.T) {
 			// One mutating token, then one every 100 s: the create takes it, the account stays busy.
 			e := newEnv(t, envOpts{more: 1, faults: fakeec2.Faults{Rates: map[string]fakeec2.Rate{fakeec2.ClassMutate: {Burst: 1, PerSecond: 0.01}}}})
 			cfg := e.cardOneConfig()
-			cfg.BackoffMax = time.Minute // busy for a minute after a throttle
+			cfg.ErrorBackoffMax = 300 * time.Millisecond // EC2 busy for 300 ms after the start and after a throttle
 			m1 := e.start(cfg, e.alloc)
 			waitReady(t, m1, 5*time.Second)
-			eventually(t, 5*time.Second, "DeleteOnTermination tried and throttled", func() bool {
-				return e.srv.State().Calls["ModifyNetworkInterfaceAttribute"]["RequestLimitExceeded"] > 0
-			})
-			time.Sleep(200 * time.Millisecond) // room for retries, if it made any
-			if n := e.srv.State().Calls["ModifyNetworkInterfaceAttribute"]["RequestLimitExceeded"]; n != 1 {
-				t.Errorf("DeleteOnTermination throttled %d times, want once: idle work gives way", n)
+			throttled := func() int { return e.srv.State().Calls["ModifyNetworkInterfaceAttribute"]["RequestLimitExceeded"] }
+			eventually(t, 5*time.Second, "DeleteOnTermination tried and throttled", func() bool { return throttled() > 0 })
+			time.Sleep(time.Second)
+			// A try every 300 ms at most: 4 in the second, where one call that retried would make MaxAttempts (8)
+			// within tens of milliseconds.
+			if n := throttled(); n > 5 {
+				t.Errorf("DeleteOnTermination throttled %d times in about a second: idle work did not give way", n)
 			}
 			var id string
 			for eid, x := range e.ours() {
@@ -76,7 +77,6 @@ func TestDeleteOnTerminationLater(t *testing.T) {
 
 			switch how {
 			case "agent restarts":
-				cfg.BackoffMax = 0 // the default; the new process saw no throttle
 				m2 := e.start(cfg, e.newAllocator(0))
 				waitReady(t, m2, 5*time.Second)
 				eventually(t, 5*time.Second, "DeleteOnTermination set by the restarted agent", func() bool {
@@ -104,4 +104,36 @@ func TestDeleteOnTerminationLater(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestThrottledAttachKeepsENI: an ENI whose attach EC2 throttles until the step runs out of attempts is kept
+// and attached at the card's next try, not deleted and made again (two mutating calls more per throttled
+// step); reconcile's detached-ENI cleanup leaves it alone meanwhile. Another attach failure still deletes the
+// ENI (TestAttachFailureDeletesENI).
+func TestThrottledAttachKeepsENI(t *testing.T) {
+	e := newEnv(t, envOpts{faults: fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{
+		"AttachNetworkInterface": {Rate: 1, Code: "RequestLimitExceeded", Status: 503}}}})
+	cfg := e.cardOneConfig()
+	cfg.MaxAttempts = 2
+	cfg.SettleTime = time.Millisecond // the cleanup does not take the ENI for one just created
+	m := e.start(cfg, e.alloc)
+	eventually(t, 5*time.Second, "three throttled steps", func() bool {
+		return e.srv.State().Calls["AttachNetworkInterface"]["RequestLimitExceeded"] >= 6
+	})
+	if err := m.DeleteDetached(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, m, 5*time.Second)
+	calls := e.srv.State().Calls
+	t.Logf("calls %v", calls)
+	if c, d := calls["CreateNetworkInterface"]["ok"], calls["DeleteNetworkInterface"]; c != 1 || len(d) != 0 {
+		t.Errorf("%d ENIs created, deletes %v: want one ENI, kept through the throttled attaches", c, d)
+	}
+	if n := len(e.ours()); n != 1 {
+		t.Errorf("%d ENIs of ours, want 1", n)
+	}
+	checkNoLeak(t, e, e.alloc, 1)
 }

@@ -78,6 +78,7 @@ type Manager struct {
 	orphanSeen map[string]time.Time
 
 	startOnce sync.Once
+	started   time.Time // when Start ran: idle work waits a while after it (planInput)
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
@@ -111,7 +112,10 @@ type cardState struct {
 	exclWaiting int
 	exclAsked   time.Time
 	exclGone    map[string]time.Time // away ENIs whose netns is gone: since when
-	warned      map[string]bool
+	// unattached: an ENI the card created whose attach EC2 throttled, attached by the card's next create
+	// instead of a new one (create.go); reconcile's detached-ENI cleanup leaves it alone.
+	unattached *unattachedENI
+	warned     map[string]bool
 }
 
 type eniState struct {
@@ -202,6 +206,7 @@ func (m *Manager) Start(ctx context.Context) error {
 }
 
 func (m *Manager) start(ctx context.Context) error {
+	m.started = time.Now()
 	// When a cluster scales up, every new node's agent describes at once against the account's buckets, and
 	// the start's calls may run out of attempts while EC2 throttles. They only read (and reconcile, which
 	// runs again every ReconcileInterval anyway), so the start tries again after a backoff, as a card loop

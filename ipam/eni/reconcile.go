@@ -242,8 +242,8 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 }
 
 // DeleteDetached (reconcile's detached-ENI cleanup) deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
-// attach, or of a detach whose delete failed. An ENI created within SettleTime, or one the manager holds
-// as attached, is never a leftover, whatever a lagging Describe says; but one an earlier agent process
+// attach, or of a detach whose delete failed. An ENI created within SettleTime, one the manager holds
+// as attached, or one a card keeps for its next attach (its attach was throttled) is never a leftover, whatever a lagging Describe says; but one an earlier agent process
 // created within SettleTime and did not record attached is deleted even before Describe lists it: that
 // process is gone, so nobody attaches it any more, and EC2 refuses to delete it if the attach did happen.
 func (m *Manager) DeleteDetached(ctx context.Context) error {
@@ -276,10 +276,11 @@ func (m *Manager) deleteDetachedLocked(ctx context.Context) error {
 	for id, card := range leftovers {
 		m.mu.Lock()
 		_, attached := m.enis[id]
+		kept := m.keptUnattachedLocked(id)
 		m.mu.Unlock()
 		c, fresh := rv.created[id]
-		if attached || (fresh && !abandoned(c)) {
-			continue // created just now: Describe may not show its attachment yet
+		if attached || kept || (fresh && !abandoned(c)) {
+			continue // created just now (Describe may not show its attachment yet), or waiting for its attach
 		}
 		m.log.Info("deleting detached ENI of this node", "eni", id, "card", card, "abandonedByEarlierAgent", fresh)
 		if err := m.deleteENI(ctx, -1, id); err == nil {
