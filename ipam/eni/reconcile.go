@@ -242,9 +242,9 @@ func (m *Manager) reassignLost(ctx context.Context, lost []api.Allocation) {
 }
 
 // DeleteDetached (reconcile's detached-ENI cleanup) deletes detached ENIs tagged with this cluster and node: leftovers of a crash between create and
-// attach, or of a detach whose delete failed. An ENI created within SettleTime, one the manager holds
-// as attached, or one a card keeps for its next attach (its attach was throttled) is never a leftover, whatever a lagging Describe says; but one an earlier agent process
-// created within SettleTime and did not record attached is deleted even before Describe lists it: that
+// attach, or of a detach whose delete failed. An ENI created within SettleTime, one the manager holds as
+// attached, or one a card keeps for its next attach (EC2 throttled its attach) is never a leftover, whatever
+// a lagging Describe says; but one an earlier agent process created within SettleTime and did not record attached is deleted even before Describe lists it: that
 // process is gone, so nobody attaches it any more, and EC2 refuses to delete it if the attach did happen.
 func (m *Manager) DeleteDetached(ctx context.Context) error {
 	m.opMu.Lock()
