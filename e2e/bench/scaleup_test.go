@@ -114,15 +114,12 @@ func scaleUpFloor(nodes, cards int) string {
 	creates, attaches := nodes*cards, nodes*cards
 	ours := max(floor(creates, mut), floor(attaches, att))
 	ref := max(floor(3*creates, mut), floor(attaches, att))
-	return fmt.Sprintf("The floor the account's limits put on the last pod: %d attaches through the attach bucket (%d burst, %g/s) take %.0f s, %d creates through the mutating bucket (%d, %g/s) %.0f s: %.0f s for multinic; the emulated policy's %d mutating calls (create, DeleteOnTermination, top-up per card) %.0f s. Agent-made ENIs cannot beat the attach floor, so the ratio is at best %.2f, not the target's 0.1.",
-		attaches, att.Burst, att.PerSecond, floor(attaches, att), creates, mut.Burst, mut.PerSecond, floor(creates, mut), ours, 3*creates, ref, ratioOrZero(ours, ref))
-}
-
-func ratioOrZero(a, b float64) float64 {
-	if b == 0 {
-		return 0
+	s := fmt.Sprintf("The floor the account's limits put on the last pod: %d attaches through the attach bucket (%d burst, %g/s) take %.0f s, %d creates through the mutating bucket (%d, %g/s) %.0f s: %.0f s for multinic; the emulated policy's %d mutating calls (create, DeleteOnTermination, top-up per card) %.0f s.",
+		attaches, att.Burst, att.PerSecond, floor(attaches, att), creates, mut.Burst, mut.PerSecond, floor(creates, mut), ours, 3*creates, ref)
+	if ref == 0 {
+		return s + " At this size the buckets' bursts hold every call."
 	}
-	return a / b
+	return s + fmt.Sprintf(" Agent-made ENIs cannot beat the attach floor: the ratio is at best %.2f, whatever the pacing, where the target asks for 0.1.", ours/ref)
 }
 
 // perNode is calls by action divided by the nodes, rounded to a tenth.
