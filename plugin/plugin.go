@@ -41,10 +41,11 @@ const (
 	StepResult   Step = "result"   // the result is built
 )
 
-// The steps of DEL, in order (traced only).
+// The steps of DEL, in order (traced only): StepNetns (config read, journal replayed, pod netns opened),
+// StepRule (the rules gone), StepLink (the ipvlan child deleted / the ENI home), then StepRelease. A DEL
+// whose netns is gone traces StepRelease only.
 const (
-	StepTeardown Step = "teardown" // what ADD made in the pod netns is gone (config read and journal replay before it)
-	StepRelease  Step = "release"  // the agent took the address back, or the release is journaled
+	StepRelease Step = "release" // the agent took the address back, or the release is journaled
 )
 
 // Plugin runs the CNI verbs. The zero value is not ready: use New.
@@ -337,7 +338,7 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 		if retErr == nil {
 			return
 		}
-		if err := teardown(podNS, ifName, routeTable(conf)); err != nil {
+		if err := teardown(podNS, ifName, routeTable(conf), nil); err != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", err))
 		}
 	}()
@@ -497,13 +498,17 @@ func (p *Plugin) release(client *api.Client, conf *netconf.Config, containerID, 
 
 // teardown removes what ADD made in podNS, from the host's netns: the rules of table, and the link (an
 // ipvlan child is deleted; an ENI goes back to the host). A missing link is not an error; a link that is
-// neither an ipvlan nor a moved ENI is not ours and stays.
-func teardown(podNS ns.NetNS, ifName string, table int) error {
+// neither an ipvlan nor a moved ENI is not ours and stays. trace, when set, is told StepRule and StepLink.
+func teardown(podNS ns.NetNS, ifName string, table int, trace func(Step)) error {
+	if trace == nil {
+		trace = func(Step) {}
+	}
 	var isIPVlan bool
 	err := podNS.Do(func(ns.NetNS) error {
 		if err := DeleteRules(table); err != nil {
 			return err
 		}
+		trace(StepRule)
 		l, err := netlinksafe.LinkByName(ifName)
 		if errors.As(err, &netlink.LinkNotFoundError{}) {
 			return nil
@@ -525,11 +530,13 @@ func teardown(podNS ns.NetNS, ifName string, table int) error {
 	if err != nil {
 		return fmt.Errorf("clean up %q in %s: %w", ifName, podNS.Path(), err)
 	}
-	if isIPVlan {
-		return nil
+	if !isIPVlan {
+		if _, err := MoveLinkOut(podNS, ifName); err != nil {
+			return err
+		}
 	}
-	_, err = MoveLinkOut(podNS, ifName)
-	return err
+	trace(StepLink)
+	return nil
 }
 
 // del removes what ADD made, then releases (see remove).
@@ -548,8 +555,7 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 // release, so an exclusive ENI is back in the node's netns before the agent can hand it to another pod.
 // The release happens even when the teardown fails: a broken netns must not leak the address.
 func (p *Plugin) remove(client *api.Client, conf *netconf.Config, containerID, ifName, netnsPath string) error {
-	terr := teardownIn(netnsPath, ifName, routeTable(conf))
-	p.trace(StepTeardown)
+	terr := teardownIn(netnsPath, ifName, routeTable(conf), p.trace)
 	if err := p.release(client, conf, containerID, ifName); err != nil {
 		return errors.Join(terr, err)
 	}
@@ -560,11 +566,12 @@ func (p *Plugin) remove(client *api.Client, conf *netconf.Config, containerID, i
 // Detach removes the pod interface ifName that Attach made under conf from the netns at netnsPath (an ENI
 // goes back to the node): the netlink half of DEL. A netns or link that is gone has nothing left to detach.
 func Detach(netnsPath string, conf *netconf.Config, ifName string) error {
-	return teardownIn(netnsPath, ifName, routeTable(conf))
+	return teardownIn(netnsPath, ifName, routeTable(conf), nil)
 }
 
 // teardownIn is teardown in the netns at path; a path that is empty or no longer a netns has nothing left.
-func teardownIn(netnsPath, ifName string, table int) error {
+// trace, when set, is told StepNetns once the netns is open, then teardown's steps.
+func teardownIn(netnsPath, ifName string, table int, trace func(Step)) error {
 	if netnsPath == "" {
 		return nil
 	}
@@ -576,7 +583,10 @@ func teardownIn(netnsPath, ifName string, table int) error {
 		return err
 	}
 	defer podNS.Close()
-	return teardown(podNS, ifName, table)
+	if trace != nil {
+		trace(StepNetns)
+	}
+	return teardown(podNS, ifName, table, trace)
 }
 
 func (p *Plugin) status(args *skel.CmdArgs) error {

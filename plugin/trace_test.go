@@ -21,7 +21,7 @@ func TestTraceSteps(t *testing.T) {
 				want []Step
 			}{
 				{"ADD", []Step{StepStart, StepNetns, StepAllocate, StepLink, StepAddress, StepRoutes, StepRule, StepSysctl, StepResult}},
-				{"DEL", []Step{StepStart, StepTeardown, StepRelease}},
+				{"DEL", []Step{StepStart, StepNetns, StepRule, StepLink, StepRelease}},
 			} {
 				verb, want := tc.verb, tc.want
 				path := filepath.Join(t.TempDir(), "trace")

@@ -43,8 +43,9 @@ type samples struct {
 // interleave runs ADD then DEL of each plugin in turn, warmup+n times, the order swapped every iteration
 // (A B, B A, A B, ...) so that drift and ordering hit both; each also execs CNI_COMMAND=VERSION (process
 // start and Go runtime init, no work). It also times the agent's allocate (of rt's card, mode and family)
-// and release for plugin 0, through a fresh client per call (the plugin dials once per call too).
-func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin, n, warmup int, rt api.AllocateRequest) [2]*samples {
+// and release for plugin 0, through a fresh client per call (the plugin dials once per call too), and
+// traces plugin 0's steps, then runs kernel (when set) into the same step samples.
+func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin, n, warmup int, rt api.AllocateRequest, kernel func(*testing.T, *stepSamples)) [2]*samples {
 	t.Helper()
 	out := [2]*samples{{}, {}}
 	const ifName = "net1"
@@ -81,6 +82,9 @@ func interleave(t *testing.T, node *harness.Node, pod *harness.Pod, ps [2]plugin
 				a, r := agentRoundTrip(t, node, pod, rt)
 				s.allocate, s.release = append(s.allocate, a), append(s.release, r)
 				traceSteps(t, node, pod, p, &s.steps)
+				if kernel != nil {
+					kernel(t, &s.steps)
+				}
 			}
 		}
 	}
@@ -152,7 +156,7 @@ func latencyResults(t *testing.T, key, title, refTitle string, n int, s [2]*samp
 			verRow.Ours.Value, rows[3].Ours.Value, netlinkAdd, verRow.Ref.Value, netlinkRef),
 		fmt.Sprintf("Each iteration: ADD then DEL of one plugin, then of the other, with a fresh container ID each; the order alternates (A B, B A, ...). Both plugins' binaries are copied to the same temporary folder first (in the VM: tmpfs rather than the 9p mount). Every %d iterations, VERSION is exec'd the same way after the DEL, and the agent's allocate and release are timed from the test process (a fresh connection per call, as the plugin makes).", sampleEvery))
 	emit(t, Result{Figure: 1, Key: key, Title: title, Iterations: n, Ours: "multinic", Ref: refTitle, Rows: rows, Notes: notes})
-	emit(t, stepsResult(key, "multinic "+key+" mode: ADD and DEL by step", &ours.steps))
+	emit(t, stepsResult(key, "multinic "+key+" mode: ADD and DEL by step", refTitle, ours, ref))
 	rss := Compare("max RSS per call (ADD and DEL)", "MiB", Summarize(ours.rss), Summarize(ref.rss), maxRSSRatio)
 	emit(t, Result{Figure: 5, Key: "plugin-" + key, Title: "plugin RSS per call: " + title, Iterations: len(ours.rss),
 		Ours: "multinic", Ref: refTitle, Rows: []Row{rss},
@@ -222,7 +226,8 @@ func TestLatencyIPVlan(t *testing.T) {
 		}}}},
 	})}
 	n := latencyIterations()
-	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard})
+	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard},
+		kernelIPVlan(t, node, pod, probe.LinkName))
 	latencyResults(t, "ipvlan", "ipvlan mode vs ipvlan + host-local", "ipvlan + host-local", n, s, []string{
 		fmt.Sprintf("Same parent link (%s, the card-%d ENI the agent serves), same pod netns (made by internal/testing/harness with its eth0), ipvlan l2, CNI 1.1.0, both exec'd from the node netns. The reference gets host-local with a range at the top of the same subnet and no routes; multinic also installs its per-card route table and policy rules (its default).", probe.LinkName, latencyCard),
 		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v, --warm-target 4.", latencyAgentArgs),
@@ -238,7 +243,8 @@ func TestLatencyExclusive(t *testing.T) {
 	region := harness.NewRegion(t, harness.Config{ManagedCards: []int{latencyCard}, WarmTarget: 2, AgentArgs: latencyAgentArgs})
 	node := region.Node(0)
 	probe := probeCard(t, node)
-	refDev := refDevice(t, region, node)
+	refDev := refDevice(t, region, node, "refeni1")
+	kernelDev := refDevice(t, region, node, "kmove1")
 	pod := newLatencyPod(t, node)
 	_, last := subnetTail(probe.SubnetCIDR, 1)
 	bins := stageBinaries(t, filepath.Join(harness.BinDir(t), harness.PluginBinary), filepath.Join(refs, "host-device"), filepath.Join(refs, "static"))
@@ -251,7 +257,8 @@ func TestLatencyExclusive(t *testing.T) {
 		}}},
 	})}
 	n := latencyIterations()
-	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard, Exclusive: true})
+	s := interleave(t, node, pod, [2]plugin{ours, ref}, n, max(2, n/50), api.AllocateRequest{Card: latencyCard, Exclusive: true},
+		kernelMove(t, node, pod, kernelDev))
 	latencyResults(t, "exclusive", "exclusive mode vs host-device + static", "host-device + static", n, s, []string{
 		fmt.Sprintf("multinic moves the card-%d ENI link the agent created (a veth from fake-ec2's fabric, MTU 9001) into the pod; host-device moves %s, a veth made the same way (peer in the fabric netns, MTU 9001), with static IPAM giving an address of the same subnet. Same pod netns, both exec'd from the node netns. Runs on the host (exclusive mode needs no ipvlan).", latencyCard, refDev),
 		fmt.Sprintf("Agent flags (on top of internal/testing/harness's): %v: the one exclusive ENI is reused every iteration, so no EC2 call is on the hot path.", latencyAgentArgs),
@@ -276,7 +283,7 @@ func TestLatencyDual(t *testing.T) {
 	v4 := plugin{name: "multinic ipv4", bin: filepath.Join(bins, harness.PluginBinary), cniPath: bins,
 		conf: mustJSON(harness.Attachment{Card: latencyCard, Mode: "exclusive"}.NetConf(node.Socket))}
 	n := latencyIterations()
-	s := interleave(t, node, pod, [2]plugin{dual, v4}, n, max(2, n/50), api.AllocateRequest{Card: dualCard, Exclusive: true, Family: api.FamilyDual})
+	s := interleave(t, node, pod, [2]plugin{dual, v4}, n, max(2, n/50), api.AllocateRequest{Card: dualCard, Exclusive: true, Family: api.FamilyDual}, nil)
 	ms := func(d []time.Duration) Stat { return Summarize(Millis(d)) }
 	emit(t, Result{Figure: 1, Key: "exclusive-dual", Title: "exclusive mode: dual-stack vs IPv4-only (issue 14)", Iterations: n,
 		Ours: "multinic dual", Ref: "multinic ipv4",
@@ -293,17 +300,21 @@ func TestLatencyDual(t *testing.T) {
 		}})
 }
 
-// refDevice makes the reference's "ENI": a veth in the node netns, peer in the fabric netns, MTU 9001, up.
-func refDevice(t *testing.T, region *harness.Region, node *harness.Node) string {
+// refDevices counts refDevice's links, for distinct MACs.
+var refDevices int
+
+// refDevice makes a link like an ENI's (the reference's "ENI", the kernel-alone move's): a veth named name
+// in the node netns, peer in the fabric netns, MTU 9001, up.
+func refDevice(t *testing.T, region *harness.Region, node *harness.Node, name string) string {
 	t.Helper()
-	const name = "refeni1"
 	fab, err := ns.GetNS(filepath.Join(fabric.NetNSDir, region.FabricNetNS()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer fab.Close()
-	peer := fmt.Sprintf("vref%d", os.Getpid()%100000)
-	mac, _ := net.ParseMAC("02:aa:bb:00:00:01")
+	refDevices++
+	peer := fmt.Sprintf("v%s%d", name[:min(len(name), 8)], os.Getpid()%100000)
+	mac := net.HardwareAddr{0x02, 0xaa, 0xbb, 0x00, 0x00, byte(refDevices)}
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: 9001, HardwareAddr: mac},
 		PeerName: peer, PeerNamespace: netlink.NsFd(int(fab.Fd()))}
 	h := node.Handle()
