@@ -15,6 +15,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/multinic/multinic/internal/nlretry"
 )
 
 // CreateIPVlanChild creates an ipvlan child of the link named parent (in the
@@ -82,7 +84,8 @@ func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlin
 		if l, err = netlink.LinkByIndex(index); err != nil {
 			return fmt.Errorf("find link %q: %w", ifName, err)
 		}
-		iface = resultInterface(l, podNS)
+		a := l.Attrs()
+		iface = &current.Interface{Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: podNS.Path()}
 		return nil
 	})
 	if err != nil {
@@ -116,13 +119,24 @@ func deleteLink(index int, name string) error {
 // never tentative: see IPv6Sysctls for why no DAD is right) and IFA_F_NOPREFIXROUTE (no on-link /64: the
 // VPC routes IPv6, see Routing). On error the caller deletes the link, which takes the addresses with it.
 func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) error {
-	err := podNS.Do(func(ns.NetNS) error {
+	return inNetns(podNS, func(h netlinksafe.Handle) error { return configureInterface(h, podNS.Path(), ifName, 0, addrs...) })
+}
+
+// configureInterface is ConfigureInterface through h, in the calling thread's netns (the pod's, named
+// where), with the link's MTU set first when mtu > 0 and the link has another.
+func configureInterface(h netlinksafe.Handle, where, ifName string, mtu int, addrs ...netip.Prefix) error {
+	err := func() error {
 		if len(addrs) == 0 {
 			return errors.New("no address")
 		}
-		l, err := netlinksafe.LinkByName(ifName)
+		l, err := h.LinkByName(ifName)
 		if err != nil {
 			return err
+		}
+		if mtu > 0 && l.Attrs().MTU != mtu {
+			if err := h.LinkSetMTU(l, mtu); err != nil {
+				return fmt.Errorf("set mtu %d: %w", mtu, err)
+			}
 		}
 		has6 := slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.Addr().Is6() })
 		if has6 {
@@ -135,22 +149,35 @@ func ConfigureInterface(podNS ns.NetNS, ifName string, addrs ...netip.Prefix) er
 			if p.Addr().Is6() {
 				a.Flags = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
 			}
-			if err := netlink.AddrAdd(l, a); err != nil {
+			if err := h.AddrAdd(l, a); err != nil {
 				return fmt.Errorf("add address %s: %w", p, err)
 			}
 		}
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set up: %w", err)
 		}
 		if has6 {
-			return settleIPv6(l)
+			return settleIPv6(h, l)
 		}
 		return nil
-	})
+	}()
 	if err != nil {
-		return fmt.Errorf("configure %q in %s: %w", ifName, podNS.Path(), err)
+		return fmt.Errorf("configure %q in %s: %w", ifName, where, err)
 	}
 	return nil
+}
+
+// inNetns runs f in n's netns with a route netlink handle opened there: one netns switch and one netlink
+// socket for everything f does, where each package-level netlink call would open a socket of its own.
+func inNetns(n ns.NetNS, f func(netlinksafe.Handle) error) error {
+	return n.Do(func(ns.NetNS) error {
+		h, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink handle in %s: %w", n.Path(), err)
+		}
+		defer h.Close()
+		return f(h)
+	})
 }
 
 // SettleTimeout bounds ConfigureInterface's wait for the link's IPv6 addresses to leave tentative.
@@ -161,10 +188,10 @@ const SettleTimeout = 3 * time.Second
 // even with accept_dad 0, so it is tentative for a moment after link up (for about a second when
 // all.accept_dad overrides the link's 0). ip.SettleAddresses does the same with 50 ms between looks, which
 // made a dual-stack ADD about 40 ms slower than an IPv4 one; this looks every 2 ms.
-func settleIPv6(l netlink.Link) error {
+func settleIPv6(h netlinksafe.Handle, l netlink.Link) error {
 	deadline := time.Now().Add(SettleTimeout)
 	for {
-		addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V6)
+		addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V6)
 		if err != nil {
 			return fmt.Errorf("list addresses: %w", err)
 		}

@@ -346,24 +346,38 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 		return nil, err
 	}
 
-	rs := routings(conf, ifName, resp)
+	if conf.Mode != netconf.ModeExclusive {
+		mtu = 0 // the ipvlan child has it from its create
+	}
+	var res *current.Result
+	err = inNetns(podNS, func(h netlinksafe.Handle) error {
+		var err error
+		res, err = p.configure(h, podNS, conf, ifName, mtu, routings(conf, ifName, resp))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// configure, in the pod netns through h (inNetns), gives the new link ifName its MTU (mtu > 0),
+// addresses and up state, then the routes, rules and rp_filter of rs, and reads the result back: ADD's
+// steps from StepAddress on, in one netns switch with one netlink socket.
+func (p *Plugin) configure(h netlinksafe.Handle, podNS ns.NetNS, conf *netconf.Config, ifName string, mtu int, rs []Routing) (*current.Result, error) {
+	where := podNS.Path()
 	var addrs []netip.Prefix
 	for _, r := range rs {
 		addrs = append(addrs, netip.PrefixFrom(r.Address, r.PrefixLen))
 	}
-	if conf.Mode == netconf.ModeExclusive && mtu > 0 {
-		if err := setMTU(podNS, ifName, mtu); err != nil {
-			return nil, err
-		}
-	}
-	if err := ConfigureInterface(podNS, ifName, addrs...); err != nil {
+	if err := configureInterface(h, where, ifName, mtu, addrs...); err != nil {
 		return nil, err
 	}
 	if err := p.step(StepAddress); err != nil {
 		return nil, err
 	}
 	for _, r := range rs {
-		if err := AddRoutes(podNS, r); err != nil {
+		if err := addRoutes(h, where, r); err != nil {
 			return nil, err
 		}
 	}
@@ -372,7 +386,7 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 	}
 	for _, r := range rs {
 		if r.Table > 0 {
-			if err := AddRule(podNS, r); err != nil {
+			if err := addRule(h, where, r); err != nil {
 				return nil, err
 			}
 		}
@@ -380,14 +394,13 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 	if err := p.step(StepRule); err != nil {
 		return nil, err
 	}
-	if err := SetRPFilter(podNS, ifName); err != nil {
+	if err := setRPFilter(where, ifName); err != nil {
 		return nil, err
 	}
 	if err := p.step(StepSysctl); err != nil {
 		return nil, err
 	}
-
-	res, err := buildResult(podNS, conf, ifName, rs)
+	res, err := buildResult(h, where, conf, ifName, rs)
 	if err != nil {
 		return nil, err
 	}
@@ -426,46 +439,19 @@ func HasLink(podNS ns.NetNS, ifName string) (bool, error) {
 	return has, err
 }
 
-// setMTU sets the MTU of ifName in podNS.
-func setMTU(podNS ns.NetNS, ifName string, mtu int) error {
-	err := podNS.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(ifName)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetMTU(l, mtu)
-	})
+// buildResult reads the interface back through h (in the pod netns, where) and describes it: one
+// interface with its sandbox, its addresses (IPv4 first) pointing at it with their gateways, and the extra
+// routes.
+func buildResult(h netlinksafe.Handle, where string, conf *netconf.Config, ifName string, rs []Routing) (*current.Result, error) {
+	l, err := h.LinkByName(ifName)
 	if err != nil {
-		return fmt.Errorf("set mtu %d of %q in %s: %w", mtu, ifName, podNS.Path(), err)
-	}
-	return nil
-}
-
-// resultInterface is the CNI result's entry for link l in podNS.
-func resultInterface(l netlink.Link, podNS ns.NetNS) *current.Interface {
-	return &current.Interface{Name: l.Attrs().Name, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU,
-		Sandbox: podNS.Path()}
-}
-
-// buildResult reads the interface back and describes it: one interface with its sandbox, its addresses
-// (IPv4 first) pointing at it with their gateways, and the extra routes.
-func buildResult(podNS ns.NetNS, conf *netconf.Config, ifName string, rs []Routing) (*current.Result, error) {
-	var iface *current.Interface
-	err := podNS.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(ifName)
-		if err != nil {
-			return err
-		}
-		iface = resultInterface(l, podNS)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read %q in %s: %w", ifName, podNS.Path(), err)
+		return nil, fmt.Errorf("read %q in %s: %w", ifName, where, err)
 	}
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
-		Interfaces: []*current.Interface{iface},
-		DNS:        conf.DNS,
+		Interfaces: []*current.Interface{{Name: l.Attrs().Name, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU,
+			Sandbox: where}},
+		DNS: conf.DNS,
 	}
 	for _, r := range rs {
 		res.IPs = append(res.IPs, &current.IPConfig{
@@ -504,12 +490,12 @@ func teardown(podNS ns.NetNS, ifName string, table int, trace func(Step)) error 
 		trace = func(Step) {}
 	}
 	var isIPVlan bool
-	err := podNS.Do(func(ns.NetNS) error {
-		if err := DeleteRules(table); err != nil {
+	err := inNetns(podNS, func(h netlinksafe.Handle) error {
+		if err := DeleteRules(h, table); err != nil {
 			return err
 		}
 		trace(StepRule)
-		l, err := netlinksafe.LinkByName(ifName)
+		l, err := h.LinkByName(ifName)
 		if errors.As(err, &netlink.LinkNotFoundError{}) {
 			return nil
 		}
@@ -521,7 +507,7 @@ func teardown(podNS ns.NetNS, ifName string, table int, trace func(Step)) error 
 		}
 		if l.Type() == "ipvlan" {
 			isIPVlan = true
-			if err := netlink.LinkDel(l); err != nil {
+			if err := h.LinkDel(l); err != nil {
 				return fmt.Errorf("delete link: %w", err)
 			}
 		}

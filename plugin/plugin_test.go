@@ -231,7 +231,7 @@ func TestCheckDetectsDrift(t *testing.T) {
 		break_ func(e *env, h netlinksafe.Handle) error
 	}{
 		{"rule deleted", func(e *env, h netlinksafe.Handle) error {
-			return e.pod.Do(func(ns.NetNS) error { return DeleteRules(RouteTableBase + card) })
+			return DeleteRules(h, RouteTableBase+card)
 		}},
 		{"table default route deleted", func(e *env, h netlinksafe.Handle) error {
 			l, _ := h.LinkByName(podIfName)

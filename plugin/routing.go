@@ -132,8 +132,13 @@ func (r Routing) rule() *netlink.Rule {
 // AddRoutes adds r's extra routes (main table) and, with policy routing, the per-interface table's routes.
 // Routes go away with the link.
 func AddRoutes(podNS ns.NetNS, r Routing) error {
-	err := podNS.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(r.IfName)
+	return inNetns(podNS, func(h netlinksafe.Handle) error { return addRoutes(h, podNS.Path(), r) })
+}
+
+// addRoutes is AddRoutes through h, in the calling thread's netns (the pod's, named where).
+func addRoutes(h netlinksafe.Handle, where string, r Routing) error {
+	err := func() error {
+		l, err := h.LinkByName(r.IfName)
 		if err != nil {
 			return err
 		}
@@ -142,33 +147,37 @@ func AddRoutes(podNS ns.NetNS, r Routing) error {
 			routes = append(routes, r.tableRoutes(l.Attrs().Index)...)
 		}
 		for _, rt := range routes {
-			if err := netlink.RouteAdd(&rt); err != nil {
+			if err := h.RouteAdd(&rt); err != nil {
 				return fmt.Errorf("add route %s: %w", rt.String(), err)
 			}
 		}
 		return nil
-	})
+	}()
 	if err != nil {
-		return fmt.Errorf("add routes of %q in %s: %w", r.IfName, podNS.Path(), err)
+		return fmt.Errorf("add routes of %q in %s: %w", r.IfName, where, err)
 	}
 	return nil
 }
 
 // AddRule adds the rule `from <address> lookup <table>`. DeleteRules removes it.
 func AddRule(podNS ns.NetNS, r Routing) error {
-	err := podNS.Do(func(ns.NetNS) error { return netlink.RuleAdd(r.rule()) })
-	if err != nil {
-		return fmt.Errorf("add rule from %s lookup %d in %s: %w", r.Address, r.Table, podNS.Path(), err)
+	return inNetns(podNS, func(h netlinksafe.Handle) error { return addRule(h, podNS.Path(), r) })
+}
+
+// addRule is AddRule through h, in the calling thread's netns (the pod's, named where).
+func addRule(h netlinksafe.Handle, where string, r Routing) error {
+	if err := h.RuleAdd(r.rule()); err != nil {
+		return fmt.Errorf("add rule from %s lookup %d in %s: %w", r.Address, r.Table, where, err)
 	}
 	return nil
 }
 
-// DeleteRules removes every rule (IPv4 and IPv6) at RulePriority that looks up table, from the calling
-// thread's netns. No rule is not an error.
-func DeleteRules(table int) error {
+// DeleteRules removes every rule (IPv4 and IPv6) at RulePriority that looks up table, through h (in its
+// netns). No rule is not an error.
+func DeleteRules(h netlinksafe.Handle, table int) error {
 	var errs []error
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rules, err := netlinksafe.RuleListFiltered(family, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
+		rules, err := h.RuleListFiltered(family, &netlink.Rule{Table: table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list rules of table %d: %w", table, err))
 			continue
@@ -177,7 +186,7 @@ func DeleteRules(table int) error {
 			if rule.Priority != RulePriority || rule.Table != table {
 				continue
 			}
-			if err := netlink.RuleDel(&rule); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := h.RuleDel(&rule); err != nil && !errors.Is(err, unix.ENOENT) {
 				errs = append(errs, fmt.Errorf("delete rule %s: %w", rule.String(), err))
 			}
 		}
@@ -190,13 +199,11 @@ func sysctlPath(family, ifName, key string) string {
 	return filepath.Join("/proc/sys/net", family, "conf", ifName, key)
 }
 
-// SetRPFilter sets net.ipv4.conf.<ifName>.rp_filter to loose in podNS.
-func SetRPFilter(podNS ns.NetNS, ifName string) error {
-	err := podNS.Do(func(ns.NetNS) error {
-		return os.WriteFile(sysctlPath("ipv4", ifName, "rp_filter"), []byte(RPFilterLoose), 0o644)
-	})
-	if err != nil {
-		return fmt.Errorf("set rp_filter of %q in %s: %w", ifName, podNS.Path(), err)
+// setRPFilter sets net.ipv4.conf.<ifName>.rp_filter to loose in the calling thread's netns (the pod's,
+// named where).
+func setRPFilter(where, ifName string) error {
+	if err := os.WriteFile(sysctlPath("ipv4", ifName, "rp_filter"), []byte(RPFilterLoose), 0o644); err != nil {
+		return fmt.Errorf("set rp_filter of %q in %s: %w", ifName, where, err)
 	}
 	return nil
 }

@@ -214,7 +214,7 @@ func TestConfigureIPv6(t *testing.T) {
 				}
 			}
 
-			if err := pod.Do(func(ns.NetNS) error { return DeleteRules(table) }); err != nil {
+			if err := DeleteRules(h, table); err != nil {
 				t.Fatal(err)
 			}
 			for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
