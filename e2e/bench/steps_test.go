@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -81,12 +82,8 @@ func traceSteps(t *testing.T, node *harness.Node, pod *harness.Pod, p plugin, s 
 // ENI link the agent serves is.
 func kernelMove(t *testing.T, node *harness.Node, pod *harness.Pod, name string) func(*testing.T, *stepSamples) {
 	t.Helper()
-	podNS, err := ns.GetNS(pod.NetNSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { podNS.Close() })
-	ph, nh := nettest.Handle(t, podNS), node.Handle()
+	podNS, ph := openPod(t, pod)
+	nh := node.Handle()
 	return func(t *testing.T, s *stepSamples) {
 		t.Helper()
 		l, err := nh.LinkByName(name)
@@ -116,6 +113,17 @@ func kernelMove(t *testing.T, node *harness.Node, pod *harness.Pod, name string)
 	}
 }
 
+// openPod opens pod's netns and a netlink handle in it, both closed when the test ends.
+func openPod(t *testing.T, pod *harness.Pod) (ns.NetNS, netlinksafe.Handle) {
+	t.Helper()
+	podNS, err := ns.GetNS(pod.NetNSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { podNS.Close() })
+	return podNS, nettest.Handle(t, podNS)
+}
+
 const (
 	kernelMoveIn  = "kernel alone: link move node -> pod"
 	kernelMoveOut = "kernel alone: link move pod -> node"
@@ -127,12 +135,8 @@ const (
 // requests are timed.
 func kernelIPVlan(t *testing.T, node *harness.Node, pod *harness.Pod, parent string) func(*testing.T, *stepSamples) {
 	t.Helper()
-	podNS, err := ns.GetNS(pod.NetNSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { podNS.Close() })
-	ph, nh := nettest.Handle(t, podNS), node.Handle()
+	podNS, ph := openPod(t, pod)
+	nh := node.Handle()
 	p, err := nh.LinkByName(parent)
 	if err != nil {
 		t.Fatal(err)
