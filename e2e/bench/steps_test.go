@@ -202,7 +202,7 @@ func stepsResult(key, title, refTitle string, ours, ref *samples) Result {
 	if _, ok := s.dur[kernelMoveIn]; ok {
 		p50 := func(name string) float64 { return ms(s.dur[name]).Value }
 		add, in, del, out := p50("ADD: link"), p50(kernelMoveIn), p50("DEL: link"), p50(kernelMoveOut)
-		notes = append(notes, fmt.Sprintf("Kernel alone: the same kind of link (a veth, peer in the fabric netns, MTU 9001) moved by one netlink request each way, right after the traced calls. p50: ADD's link step %.2f ms = %.2f ms the kernel's move + %.2f ms beyond it; DEL's link step %.2f ms = %.2f ms the kernel's move back + %.2f ms beyond it.",
+		notes = append(notes, fmt.Sprintf("Kernel alone: the same kind of link (a veth, peer in the fabric netns, MTU 9001) moved by one netlink request each way, right after the traced calls. p50: ADD's link step %.2f ms against %.2f ms for the kernel's move alone (the plugin spends %+.2f ms beyond it); DEL's link step %.2f ms against %.2f ms for the kernel's move back alone (%+.2f ms beyond it). A difference within a millisecond or two either way is noise between two sets of samples.",
 			add, in, add-in, del, out, del-out))
 	}
 	return Result{Figure: 1, Key: key + "-steps", Title: title, Iterations: len(s.dur[s.order[0]]), Ours: "multinic", Ref: refTitle, Rows: rows, Notes: notes}
@@ -245,7 +245,7 @@ func TestStepsResult(t *testing.T) {
 	if res.Key != "exclusive-steps" || res.Iterations != 1 || res.Ref != "host-device + static" {
 		t.Errorf("result key %q, iterations %d, ref %q", res.Key, res.Iterations, res.Ref)
 	}
-	beyond := "ADD's link step 12.00 ms = 8.00 ms the kernel's move + 4.00 ms beyond it; DEL's link step 9.00 ms = 6.00 ms the kernel's move back + 3.00 ms beyond it"
+	beyond := "ADD's link step 12.00 ms against 8.00 ms for the kernel's move alone (the plugin spends +4.00 ms beyond it); DEL's link step 9.00 ms against 6.00 ms for the kernel's move back alone (+3.00 ms beyond it)"
 	if !slices.ContainsFunc(res.Notes, func(n string) bool { return strings.Contains(n, beyond) }) {
 		t.Errorf("notes %q, want one saying %q", res.Notes, beyond)
 	}
