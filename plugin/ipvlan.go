@@ -183,30 +183,48 @@ func inNetns(n ns.NetNS, f func(netlinksafe.Handle) error) error {
 // SettleTimeout bounds ConfigureInterface's wait for the link's IPv6 addresses to leave tentative.
 const SettleTimeout = 3 * time.Second
 
-// settleIPv6 waits until no IPv6 address of l is tentative, for at most SettleTimeout; one that failed DAD
-// is an error. Ours never is (IFA_F_NODAD), but the kernel's link-local passes through its DAD work item
-// even with accept_dad 0, so it is tentative for a moment after link up (for about a second when
-// all.accept_dad overrides the link's 0). ip.SettleAddresses does the same with 50 ms between looks, which
-// made a dual-stack ADD about 40 ms slower than an IPv4 one; this looks every 2 ms.
+// settleIPv6 waits until no IPv6 address of l is tentative and, while l has carrier and makes one, its
+// link-local exists, for at most SettleTimeout; one that failed DAD is an error. Ours never is (IFA_F_NODAD),
+// but the kernel's link-local passes through its DAD work item even with accept_dad 0, so it is tentative
+// for a moment after link up (for about a second when all.accept_dad overrides the link's 0). The kernel
+// adds the link-local only once the link is operationally up, which linkwatch reports a few milliseconds
+// after link up: a look before that sees nothing tentative, and the link-local turns up tentative after
+// ADD returned. ip.SettleAddresses does the same with 50 ms between looks, which made a dual-stack ADD about
+// 40 ms slower than an IPv4 one; this looks every 2 ms.
 func settleIPv6(h netlinksafe.Handle, l netlink.Link) error {
+	// addr_gen_mode 1 (none): the kernel makes no link-local to wait for.
+	mode, err := readSysctl("ipv6", l.Attrs().Name, "addr_gen_mode")
+	if err != nil {
+		return fmt.Errorf("read addr_gen_mode: %w", err)
+	}
+	makesLinkLocal := mode != "1"
 	deadline := time.Now().Add(SettleTimeout)
 	for {
 		addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V6)
 		if err != nil {
 			return fmt.Errorf("list addresses: %w", err)
 		}
-		tentative := false
+		tentative, linkLocal := false, false
 		for _, a := range addrs {
 			if a.Flags&unix.IFA_F_DADFAILED != 0 {
 				return fmt.Errorf("address %s failed duplicate address detection", a.IPNet)
 			}
 			tentative = tentative || a.Flags&unix.IFA_F_TENTATIVE != 0
+			linkLocal = linkLocal || a.IP.IsLinkLocalUnicast()
+		}
+		if !tentative && !linkLocal && makesLinkLocal {
+			// Without carrier the link-local comes with the carrier, not now: nothing to wait for.
+			cur, err := h.LinkByIndex(l.Attrs().Index)
+			if err != nil {
+				return fmt.Errorf("read link: %w", err)
+			}
+			tentative = cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0
 		}
 		if !tentative {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("addresses still tentative after %s: %v", SettleTimeout, addrs)
+			return fmt.Errorf("addresses still tentative or the link-local missing after %s: %v", SettleTimeout, addrs)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
