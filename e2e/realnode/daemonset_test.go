@@ -27,8 +27,9 @@ var (
 )
 
 // installAgent applies manifests/ through a kustomize overlay (the image built by make image, the agent
-// pointed at fake-ec2) and waits for the DaemonSet's rollout: a pod Ready on every node.
-func installAgent(ctx context.Context, t *testing.T, e *Env, image string, cards []int) {
+// pointed at fake-ec2, the components of manifests/ named) and waits for the DaemonSet's rollout: a pod
+// Ready on every node.
+func installAgent(ctx context.Context, t *testing.T, e *Env, image string, cards []int, components ...string) {
 	t.Helper()
 	name, tag, ok := strings.Cut(image, ":")
 	if !ok {
@@ -40,7 +41,7 @@ func installAgent(ctx context.Context, t *testing.T, e *Env, image string, cards
 		t.Fatal(err)
 	}
 	it, _ := fakeec2.LookupInstanceType(e.instanceType())
-	o := AgentOverlay{ImageName: name, ImageTag: tag, ManagedCards: cards, Cards: it.NetworkCards}
+	o := AgentOverlay{ImageName: name, ImageTag: tag, ManagedCards: cards, Cards: it.NetworkCards, Components: components}
 	if err := o.Write(dir, manifests); err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,8 @@ type AgentOverlay struct {
 	ImageName, ImageTag string
 	ManagedCards        []int
 	Cards               int // the instance type's number of cards (each card's ENIs in its own subnet)
+	// Components are kustomize components of manifests/ to turn on, by folder: "dra", "nri".
+	Components []string
 }
 
 // Write writes the overlay's kustomization.yaml into dir, referring to the repository's manifests/.
@@ -46,6 +48,13 @@ func (o AgentOverlay) Write(dir, manifestsDir string) error {
 		"--warm-target=2", "--min-free=1", "--cooldown=1s", "--refill-interval=1s",
 		"--ec2-rate=100", "--ec2-burst=100", "--log-level=debug",
 	}
+	var components strings.Builder
+	if len(o.Components) > 0 {
+		components.WriteString("components:\n")
+		for _, c := range o.Components {
+			fmt.Fprintf(&components, "- %s\n", filepath.Join(rel, c))
+		}
+	}
 	var argOps strings.Builder
 	for _, a := range args {
 		fmt.Fprintf(&argOps, "    - {op: add, path: /spec/template/spec/containers/0/args/-, value: %q}\n", a)
@@ -56,7 +65,7 @@ apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
 - %s
-images:
+%simages:
 - name: %s
   newName: %s
   newTag: %s
@@ -80,7 +89,7 @@ patches:
             - {name: AWS_ACCESS_KEY_ID, value: AKIDREALNODE}
             - {name: AWS_SECRET_ACCESS_KEY, value: realnode}
             - {name: AWS_REGION, value: %s}
-`, rel, ManifestImage, o.ImageName, o.ImageTag, harness.DefaultCluster, argOps.String(), fakeec2.DefaultRegion)
+`, rel, components.String(), ManifestImage, o.ImageName, o.ImageTag, harness.DefaultCluster, argOps.String(), fakeec2.DefaultRegion)
 	return os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644)
 }
 
