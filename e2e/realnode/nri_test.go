@@ -72,7 +72,11 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 	}
 	installAgent(ctx, t, e, image, firstCards, "dra", "nri")
 	n := e.Nodes[0]
-	waitSliceDevices(ctx, t, e, n.Name, len(firstCards)*2)
+	var exclusive []string
+	for _, c := range firstCards {
+		exclusive = append(exclusive, dra.DeviceName(c, "exclusive"))
+	}
+	waitSliceDevices(ctx, t, e, n.Name, exclusive)
 	if out, err := e.Kubectl(ctx, strings.NewReader(nriClaimTemplate("nri-cards")), "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -182,23 +186,25 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 	e.checkFreed(ctx, t)
 }
 
-// waitSliceDevices waits until node's ResourceSlice of multinic.io lists want devices.
-func waitSliceDevices(ctx context.Context, t *testing.T, e *Env, node string, want int) {
+// waitSliceDevices waits until node's ResourceSlices of multinic.io list every device named.
+func waitSliceDevices(ctx context.Context, t *testing.T, e *Env, node string, want []string) {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		l, err := e.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName + ",spec.nodeName=" + node})
-		got := 0
+		var got []string
 		if err == nil {
 			for _, s := range l.Items {
-				got += len(s.Spec.Devices)
+				for _, d := range s.Spec.Devices {
+					got = append(got, d.Name)
+				}
 			}
 		}
-		if got == want {
+		if !slices.ContainsFunc(want, func(w string) bool { return !slices.Contains(got, w) }) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node %s's ResourceSlices of %s list %d devices (%v), want %d", node, dra.DriverName, got, err, want)
+			t.Fatalf("node %s's ResourceSlices of %s list %v (%v), want %v among them", node, dra.DriverName, got, err, want)
 		}
 		time.Sleep(time.Second)
 	}
