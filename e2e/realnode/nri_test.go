@@ -22,8 +22,8 @@ import (
 // nriClaimCards is how many exclusive cards the NRI case's pod claims (the host kernel has no ipvlan).
 const nriClaimCards = 3
 
-// nriClaimTemplate is a ResourceClaimTemplate for nriClaimCards exclusive multinic.io devices, any cards.
-func nriClaimTemplate(name string) string {
+// claimTemplate is a ResourceClaimTemplate for count exclusive multinic.io devices, any cards.
+func claimTemplate(name string, count int) string {
 	b, _ := json.Marshal(map[string]any{
 		"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
 		"metadata": map[string]any{"name": name, "namespace": "default"},
@@ -32,7 +32,7 @@ func nriClaimTemplate(name string) string {
 			"exactly": map[string]any{
 				"deviceClassName": dra.DriverName,
 				"selectors":       []any{map[string]any{"cel": map[string]any{"expression": `device.attributes["multinic.io"].mode == "exclusive"`}}},
-				"allocationMode":  "ExactCount", "count": nriClaimCards,
+				"allocationMode":  "ExactCount", "count": count,
 			},
 		}}}}},
 	})
@@ -77,7 +77,7 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 		exclusive = append(exclusive, dra.DeviceName(c, "exclusive"))
 	}
 	waitSliceDevices(ctx, t, e, n.Name, exclusive)
-	if out, err := e.Kubectl(ctx, strings.NewReader(nriClaimTemplate("nri-cards")), "apply", "-f", "-"); err != nil {
+	if out, err := e.Kubectl(ctx, strings.NewReader(claimTemplate("nri-cards", nriClaimCards)), "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	const pod = "nri-pod"
