@@ -14,6 +14,8 @@
 #         (plugin RSS vs ipvlan): tests in the test VM (e2e/vm/vmtest.sh), whose kernel has ipvlan
 #   tools, multus-vm  figure 2: Multus ADD/DEL of a 7-card pod against 7 reference ipvlan + host-local
 #         delegates, in the VM against a control plane on the host (e2e/multus TestMultusBenchVM)
+#   realnode  figure 8: a 7-card pod from creation to Running, DRA + NRI vs DRA + Multus, on the real-node e2e
+#         (two kubelet + containerd nodes; make image and the node tools first)
 #   faults-host, faults-vm  the fault suite's long variants (e2e/faults, $MULTINIC_FAULTS_LONG=1): exclusive
 #         mode on the host (with the e2e tag and the tools step's control plane, so that TestReclaimAPIView
 #         runs too), the ipvlan cases in the VM; records into faults.jsonl
@@ -86,6 +88,12 @@ CMDLINE="bash e2e/tools/build.sh"
 step tools bash e2e/tools/build.sh
 CMDLINE="MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -tags e2e -count=1 -v -timeout 40m -run '^TestMultusBenchVM\$' ./e2e/multus/"
 step multus-vm env MULTINIC_E2E=1 MULTINIC_BENCH_MULTUS=1 MULTINIC_BENCH=1 go test -tags e2e -count=1 -v -timeout 40m -run '^TestMultusBenchVM$' ./e2e/multus/
+
+# Figure 8: the real nodes (kubelet, containerd with NRI, scheduler), the image as make image builds it.
+CMDLINE="make image && bash e2e/tools/build.sh node && MULTINIC_TOOLS_STATIC=1 bash e2e/tools/build.sh multus"
+step realnode-tools bash -c "$CMDLINE"
+CMDLINE="MULTINIC_E2E_NODE=1 MULTINIC_BENCH_DRA=1 go test -tags e2e -count=1 -v -timeout 20m -run '^TestRealNodes\$/^(image-import|DaemonSet|bench-dra-nri)\$' ./e2e/realnode/"
+step realnode env MULTINIC_E2E_NODE=1 MULTINIC_BENCH_DRA=1 go test -tags e2e -count=1 -v -timeout 20m -run '^TestRealNodes$/^(image-import|DaemonSet|bench-dra-nri)$' ./e2e/realnode/
 
 # The fault suite's long variants: everything but the ipvlan cases on the host; those in the VM, where the
 # plugin can finish an ipvlan ADD (on the host they only check the agent). Same pattern as the Makefile's.

@@ -19,6 +19,10 @@ import (
 	"github.com/multinic/multinic/e2e/bench"
 )
 
+// BenchDRAEnv turns on the DRA+NRI vs DRA+Multus benchmark (make bench's realnode step): it takes a few
+// minutes more than the real-node cases.
+const BenchDRAEnv = "MULTINIC_BENCH_DRA"
+
 // Rounds of the DRA+NRI vs DRA+Multus benchmark, each side once per round, after one warm-up per side.
 const (
 	benchDRARounds = 5
@@ -71,6 +75,9 @@ func (e *Env) timeToReady(ctx context.Context, t *testing.T, manifest string) ti
 // sides alternating, each pod deleted and every allocation freed before the next. Checked per pod, untimed:
 // the 7 interfaces are there (card<N> or net<N>). Prints one BENCHRESULT line.
 func benchDRANRIvsMultus(ctx context.Context, t *testing.T, e *Env, image string) {
+	if os.Getenv(BenchDRAEnv) != "1" {
+		t.Skipf("the DRA+NRI vs Multus benchmark (issue 15, figure 8) runs in the real-node e2e with %s=1 (make bench)", BenchDRAEnv)
+	}
 	if e.kind != "" {
 		t.Skip("kind: its node image's containerd runs with NRI off")
 	}

@@ -108,6 +108,7 @@ func TestRealNodes(t *testing.T) {
 	}
 	// After Multus is gone: the claimed cards attached by the NRI plugin alone.
 	t.Run("dra-nri", func(t *testing.T) { testNRIAttach(ctx, t, e, im.multinic) })
+	t.Run("bench-dra-nri", func(t *testing.T) { benchDRANRIvsMultus(ctx, t, e, im.multinic) })
 }
 
 // caseRuns are the functions of multusCases, by name.
