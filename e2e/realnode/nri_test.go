@@ -40,7 +40,7 @@ func claimTemplate(name string, count int) string {
 }
 
 // nriPod is a busybox pod on node using a claim from template, with no Multus annotation. The container
-// writes the links it sees when it starts to /tmp/links-at-start.
+// writes the links it sees when it starts to /links-at-start (the image has no /tmp).
 func nriPod(name, node, template string) string {
 	b, _ := json.Marshal(map[string]any{
 		"apiVersion": "v1", "kind": "Pod",
@@ -51,7 +51,7 @@ func nriPod(name, node, template string) string {
 			"resourceClaims":                []any{map[string]any{"name": "cards", "resourceClaimTemplateName": template}},
 			"containers": []any{map[string]any{
 				"name": "app", "image": BusyboxImage, "imagePullPolicy": "Never",
-				"command":   []string{"sh", "-c", "ip -o link > /tmp/links-at-start; exec sleep 3600"},
+				"command":   []string{"sh", "-c", "ip -o link > /links-at-start; exec sleep 3600"},
 				"resources": map[string]any{"claims": []any{map[string]any{"name": "cards"}}},
 			}},
 		},
@@ -121,7 +121,7 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 	if !slices.Equal(names, want) {
 		t.Errorf("pod %s has interfaces %v, want exactly %v (eth0, lo and the claimed cards)", pod, names, want)
 	}
-	atStart, err := e.Kubectl(ctx, nil, "exec", pod, "--", "cat", "/tmp/links-at-start")
+	atStart, err := e.Kubectl(ctx, nil, "exec", pod, "--", "cat", "/links-at-start")
 	if err != nil {
 		t.Fatal(err)
 	}
