@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -133,7 +134,7 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 	for name, ds := range cards {
 		card, _ := dra.ParseDeviceName(ds.Device)
 		in := ifaces[name]
-		if !strings.Contains(atStart, " "+name+": ") {
+		if !regexp.MustCompile(`(?m)^\d+: ` + name + `[:@]`).MatchString(atStart) { // card1@if24 from a veth ENI
 			t.Errorf("pod %s: %s was not there when the container started:\n%s", pod, name, atStart)
 		}
 		if in == nil || len(in.Addrs) != 1 {
