@@ -106,6 +106,7 @@ func TestRealNodes(t *testing.T) {
 			}
 		})
 	}
+	t.Run("dra", func(t *testing.T) { testDRA(ctx, t, e, im.multinic) })
 	// After Multus is gone: the claimed cards attached by the NRI plugin alone.
 	t.Run("dra-nri", func(t *testing.T) { testNRIAttach(ctx, t, e, im.multinic) })
 	t.Run("bench-dra-nri", func(t *testing.T) { benchDRANRIvsMultus(ctx, t, e, im.multinic) })

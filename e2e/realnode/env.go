@@ -44,6 +44,11 @@ const (
 	KindEnv = "MULTINIC_E2E_KIND"
 )
 
+// PCIeRoots are the nodes' cards' PCIe roots in the fake sysfs (the DRA cases' alignment): cards 3-6 share
+// one root, card 1 has one of its own, the others none (as a veth). The DRA cases' test GPU driver puts a
+// GPU on each of the two roots.
+var PCIeRoots = map[int]string{1: "pci0000:10", 3: "pci0000:30", 4: "pci0000:30", 5: "pci0000:30", 6: "pci0000:30"}
+
 // nodeReadyTimeout bounds the wait for both Nodes to be Ready; the machine may be busy.
 const nodeReadyTimeout = 3 * time.Minute
 
@@ -157,7 +162,8 @@ func Start(tb testing.TB, opts Options) *Env {
 		tb.Fatalf("start controllers: %v", err)
 	}
 
-	e.Region = harness.NewRegion(tb, harness.Config{Nodes: opts.Nodes, Prefix: Prefix, NoAgents: true, InstanceType: opts.InstanceType})
+	e.Region = harness.NewRegion(tb, harness.Config{Nodes: opts.Nodes, Prefix: Prefix, NoAgents: true, InstanceType: opts.InstanceType,
+		PCIeRoots: PCIeRoots})
 	tb.Cleanup(func() { e.stopNodes(tb) }) // before the region goes: CNI DELs still reach fake-ec2
 	var ips []netip.Addr
 	for i, hn := range e.Region.Nodes() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,9 +26,18 @@ type AgentOverlay struct {
 	ImageName, ImageTag string
 	ManagedCards        []int
 	Cards               int // the instance type's number of cards (each card's ENIs in its own subnet)
-	// Components are kustomize components of manifests/ to turn on, by folder: "dra", "nri".
+	// Components are kustomize components of manifests/ to turn on, by folder: "dra", "nri". With "dra" the
+	// agent's --sysfs is the node's fake sysfs (NodeSysfs: a veth has no PCI device; the fabric writes what a
+	// real instance's sysfs says).
 	Components []string
 }
+
+// NodeSysfs is where a node shows its fake sysfs (the fabric's tree for the node's ENI links), and
+// agentSysfs where the DaemonSet's agent sees it (--sysfs) with DRA on.
+const (
+	NodeSysfs  = "/var/lib/multinic-test-sysfs"
+	agentSysfs = "/host/fake-sysfs"
+)
 
 // Write writes the overlay's kustomization.yaml into dir, referring to the repository's manifests/.
 func (o AgentOverlay) Write(dir, manifestsDir string) error {
@@ -48,6 +58,9 @@ func (o AgentOverlay) Write(dir, manifestsDir string) error {
 		"--warm-target=2", "--min-free=1", "--cooldown=1s", "--refill-interval=1s",
 		"--ec2-rate=100", "--ec2-burst=100", "--log-level=debug",
 	}
+	if slices.Contains(o.Components, "dra") {
+		args = append(args, "--sysfs="+agentSysfs)
+	}
 	var components strings.Builder
 	if len(o.Components) > 0 {
 		components.WriteString("components:\n")
@@ -58,6 +71,10 @@ func (o AgentOverlay) Write(dir, manifestsDir string) error {
 	var argOps strings.Builder
 	for _, a := range args {
 		fmt.Fprintf(&argOps, "    - {op: add, path: /spec/template/spec/containers/0/args/-, value: %q}\n", a)
+	}
+	if slices.Contains(o.Components, "dra") {
+		fmt.Fprintf(&argOps, "    - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: fake-sysfs, mountPath: %s, readOnly: true}}\n", agentSysfs)
+		fmt.Fprintf(&argOps, "    - {op: add, path: /spec/template/spec/volumes/-, value: {name: fake-sysfs, hostPath: {path: %s, type: DirectoryOrCreate}}}\n", NodeSysfs)
 	}
 	k := fmt.Sprintf(`# Written by the real-node e2e (e2e/realnode): manifests/ as a user applies them, pointed at this
 # machine's fake EC2 region and the locally built image.

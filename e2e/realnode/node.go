@@ -141,6 +141,16 @@ func (n *Node) startHolder(ctx context.Context) error {
 		}
 		fmt.Fprintf(&script, "mount --bind %s %s; ", src, b[1])
 	}
+	// The fabric's fake sysfs of this node (the ENI links' PCI devices on their cards' PCIe roots), where
+	// the DaemonSet's agent reads it with DRA on (AgentOverlay.DRA).
+	sysfs := n.env.Region.SysfsRoot(n.Region.NetNSName)
+	if err := os.MkdirAll(sysfs, 0o755); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if err := ensureMountPoint(NodeSysfs); err != nil {
+		return err
+	}
+	fmt.Fprintf(&script, "mount --bind %s %s; ", sysfs, NodeSysfs)
 	ready := filepath.Join(n.Dir, "holder.ready")
 	_ = os.Remove(ready)
 	fmt.Fprintf(&script, "touch %s; exec sleep infinity", ready)

@@ -44,6 +44,9 @@ type testPod struct {
 	Atts     []attachment
 	JSONForm bool
 	Limits   map[string]string // resource limits that replace the one-per-card default
+	// ClaimTemplate, when set, gives the pod one ResourceClaim "cards" from this template (DRA) instead of
+	// the multinic.io/card-N limits: the scheduler places it by its claim.
+	ClaimTemplate string
 }
 
 func (p testPod) ifName(i int) string {
@@ -80,6 +83,10 @@ func (p testPod) manifest() string {
 	for k, v := range p.Limits {
 		limits[k] = v
 	}
+	resources := map[string]any{"limits": limits}
+	if p.ClaimTemplate != "" {
+		resources = map[string]any{"claims": []map[string]string{{"name": "cards"}}}
+	}
 	networks := strings.Join(short, ",")
 	if p.JSONForm {
 		b, _ := json.Marshal(long)
@@ -90,8 +97,11 @@ func (p testPod) manifest() string {
 		"containers": []any{map[string]any{
 			"name": "app", "image": BusyboxImage, "imagePullPolicy": "Never",
 			"command":   []string{"sleep", "3600"},
-			"resources": map[string]any{"limits": limits},
+			"resources": resources,
 		}},
+	}
+	if p.ClaimTemplate != "" {
+		spec["resourceClaims"] = []map[string]string{{"name": "cards", "resourceClaimTemplateName": p.ClaimTemplate}}
 	}
 	if p.Node != "" {
 		spec["nodeSelector"] = map[string]string{"kubernetes.io/hostname": p.Node}
