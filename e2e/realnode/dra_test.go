@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
 	"github.com/multinic/multinic/dra"
 	"github.com/multinic/multinic/e2e/cluster"
@@ -55,7 +58,7 @@ func testDRA(ctx context.Context, t *testing.T, e *Env, image string) {
 	installAgent(ctx, t, e, image, allCards, "dra")
 	waitDRASlices(ctx, t, e)
 	for _, n := range e.Nodes {
-		publishGPUs(ctx, t, e, n.Name)
+		publishGPUs(ctx, t, e, n)
 	}
 	example, err := filepath.Abs(filepath.Join("..", "..", "manifests", "examples", alignedExample))
 	if err != nil {
@@ -126,11 +129,12 @@ func waitDRASlices(ctx context.Context, t *testing.T, e *Env) {
 	}
 }
 
-// publishGPUs publishes node's GPUs as the test driver's pool: gpu-0 on the root of cards 3-6, gpu-1 on
-// card 1's. Removed when t ends.
-func publishGPUs(ctx context.Context, t *testing.T, e *Env, node string) {
+// publishGPUs publishes node's GPUs as the test driver's pool, gpu-0 on the root of cards 3-6 and gpu-1 on
+// card 1's, and serves the test driver's kubelet plugin on the node (the kubelet prepares every driver of a
+// claim before the pod starts). Both go when t ends.
+func publishGPUs(ctx context.Context, t *testing.T, e *Env, n *Node) {
 	t.Helper()
-	name, err := cluster.PublishGPUs(ctx, e.Client, node, PCIeRoots[alignedCards[0]], PCIeRoots[1])
+	name, err := cluster.PublishGPUs(ctx, e.Client, n.Name, PCIeRoots[alignedCards[0]], PCIeRoots[1])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,6 +143,58 @@ func publishGPUs(ctx context.Context, t *testing.T, e *Env, node string) {
 			t.Error(err)
 		}
 	})
+	// The plugin runs in the test process; its sockets are in the node's kubelet folder (the kubelet sees
+	// the host path too: its mount namespace keeps the host's /tmp).
+	registry := n.HostPath("/var/lib/kubelet/plugins_registry")
+	data := n.HostPath("/var/lib/kubelet/plugins/" + gpuDriver)
+	for _, d := range []string{registry, data} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := kubeletplugin.Start(ctx, gpuPlugin{logf: e.logf}, kubeletplugin.DriverName(gpuDriver), kubeletplugin.KubeClient(e.Client),
+		kubeletplugin.NodeName(n.Name), kubeletplugin.HealthService(false),
+		kubeletplugin.RegistrarDirectoryPath(registry), kubeletplugin.PluginDataDirectoryPath(data))
+	if err != nil {
+		t.Fatalf("node %s: start the test GPU driver's kubelet plugin: %v", n.Name, err)
+	}
+	t.Cleanup(h.Stop)
+}
+
+// gpuPlugin is the test GPU driver's kubelet plugin: it prepares the GPUs of a claim without doing
+// anything (no CDI devices), so that the kubelet starts the pod.
+type gpuPlugin struct{ logf func(string, ...any) }
+
+func (gpuPlugin) PrepareResourceClaims(_ context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := map[types.UID]kubeletplugin.PrepareResult{}
+	for _, c := range claims {
+		var res kubeletplugin.PrepareResult
+		if c.Status.Allocation != nil {
+			for _, r := range c.Status.Allocation.Devices.Results {
+				if r.Driver == gpuDriver {
+					res.Devices = append(res.Devices, kubeletplugin.Device{Requests: []string{r.Request}, PoolName: r.Pool, DeviceName: r.Device})
+				}
+			}
+		}
+		out[c.UID] = res
+	}
+	return out, nil
+}
+
+func (gpuPlugin) UnprepareResourceClaims(_ context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := map[types.UID]error{}
+	for _, c := range claims {
+		out[c.UID] = nil
+	}
+	return out, nil
+}
+
+func (p gpuPlugin) HandleError(_ context.Context, err error, msg string) {
+	p.logf("test GPU driver's kubelet plugin: %s: %v", msg, err)
+}
+
+func (gpuPlugin) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
+	return kubeletplugin.ErrHealthNotSupported
 }
 
 // claimPod is a pod with one claim from template and the exclusive NADs of cards in Multus' annotation.
@@ -254,6 +310,7 @@ func (e *Env) checkClaimedPod(ctx context.Context, t *testing.T, p testPod) map[
 func testDRAAligned(ctx context.Context, t *testing.T, e *Env) {
 	a := claimPod("gpu-a", e.Nodes[0].Name, alignedClaim, alignedCards...)
 	b := claimPod("gpu-b", e.Nodes[1].Name, alignedClaim, alignedCards...)
+	e.deleteAtEnd(ctx, t, "gpu-a", "gpu-b", "gpu-c")
 	e.runPod(ctx, t, a)
 	e.runPod(ctx, t, b)
 	addrA, addrB := e.checkClaimedPod(ctx, t, a), e.checkClaimedPod(ctx, t, b)
@@ -315,6 +372,7 @@ spec:
 	}
 	defer e.Kubectl(ctx, nil, "delete", "resourceclaimtemplate", "card-2-exclusive", "--ignore-not-found")
 	p := claimPod("not-claimed", e.Nodes[0].Name, "card-2-exclusive", 2, 5)
+	e.deleteAtEnd(ctx, t, p.Name)
 	e.apply(ctx, t, p)
 	want := []string{"card 5 (device card-5-exclusive of multinic.io)", "no ResourceClaim of pod default/not-claimed"}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -351,6 +409,17 @@ spec:
 	e.deletePod(ctx, t, p.Name)
 	e.checkFreed(ctx, t)
 	e.waitNoClaims(ctx, t)
+}
+
+// deleteAtEnd deletes the pods (those still there) when t ends, so that a failed case leaves no pod and
+// no claim to the next.
+func (e *Env) deleteAtEnd(ctx context.Context, t *testing.T, pods ...string) {
+	t.Cleanup(func() {
+		args := append([]string{"delete", "pod", "--ignore-not-found", "--wait=true", "--timeout=2m"}, pods...)
+		if out, err := e.Kubectl(ctx, nil, args...); err != nil {
+			t.Errorf("%v\n%s", err, out)
+		}
+	})
 }
 
 // restartAgent deletes the agent pod on n and waits until the DaemonSet's new one there is Ready.
