@@ -209,7 +209,17 @@ func claimPod(name, node, template string, cards ...int) testPod {
 // agentAllocations is what the node's agent holds (GET /v1/allocations on its socket, from inside the node).
 func (e *Env) agentAllocations(ctx context.Context, t *testing.T, n *Node) []api.Allocation {
 	t.Helper()
-	out, err := n.Exec(ctx, "curl", "-sS", "--fail-with-body", "--max-time", "10", "--unix-socket", api.DefaultSocketPath, "http://agent"+api.PathAllocations)
+	// Retried: a restarted agent is Ready (its cards are) a moment before it serves its socket.
+	deadline := time.Now().Add(30 * time.Second)
+	var out []byte
+	var err error
+	for {
+		out, err = n.Exec(ctx, "curl", "-sS", "--fail-with-body", "--max-time", "10", "--unix-socket", api.DefaultSocketPath, "http://agent"+api.PathAllocations)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("node %s: allocations: %v: %s", n.Name, err, out)
 	}
