@@ -16,3 +16,8 @@ var multusCases = []struct {
 	{name: "runtime-status", thinOnly: true,
 		localOnly: "the case takes the bridge plugin from the local nodes' primary network; kind's is kindnet (ptp, cniVersion 0.3.1: no STATUS)"},
 }
+
+// draCases are the cases of TestRealNodes' subtest "dra", in order, run once after the Multus modes with the
+// agents rolled out with manifests/dra (local nodes only: they read the nodes' fake sysfs). Each is run by
+// its function in draRuns (dra_test.go).
+var draCases = []string{"gpu-aligned", "not-claimed"}

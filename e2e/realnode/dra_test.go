@@ -26,16 +26,13 @@ import (
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// draCases run after the Multus modes, once, with the agents rolled out with the component manifests/dra
-// (--dra) and Multus thin: the cards are handed out by the real kube-scheduler from the agents'
-// ResourceSlices, prepared by the agents' kubelet plugins, and attached by Multus NADs naming the claimed
-// cards (exclusive: this host's kernel has no ipvlan).
-var draCases = []struct {
-	name string
-	run  func(context.Context, *testing.T, *Env)
-}{
-	{"gpu-aligned", testDRAAligned},
-	{"not-claimed", testDRANotClaimed},
+// draRuns are the functions of draCases (cases.go), by name: the agents rolled out with the component
+// manifests/dra (--dra) and Multus thin; the cards are handed out by the real kube-scheduler from the
+// agents' ResourceSlices, prepared by the agents' kubelet plugins, and attached by Multus NADs naming the
+// claimed cards (exclusive: this host's kernel has no ipvlan).
+var draRuns = map[string]func(context.Context, *testing.T, *Env){
+	"gpu-aligned": testDRAAligned,
+	"not-claimed": testDRANotClaimed,
 }
 
 // gpuDriver is the test DRA driver standing for GPUs (the test publishes its ResourceSlices); its
@@ -80,8 +77,14 @@ func testDRA(ctx context.Context, t *testing.T, e *Env, image string) {
 			t.Error(err)
 		}
 	})
-	for _, c := range draCases {
-		t.Run(c.name, func(t *testing.T) { c.run(ctx, t, e) })
+	for _, name := range draCases {
+		t.Run(name, func(t *testing.T) {
+			run, ok := draRuns[name]
+			if !ok {
+				t.Fatalf("case %s has no function in draRuns", name)
+			}
+			run(ctx, t, e)
+		})
 	}
 }
 

@@ -74,10 +74,11 @@ func TestKindScriptSkipsWithoutDocker(t *testing.T) {
 // TestREADMENamesTheCases: the README's section on make e2e-node names every case TestRealNodes runs.
 func TestREADMENamesTheCases(t *testing.T) {
 	readme := readRepoFile(t, "README.md")
-	names := []string{"image-import", "DaemonSet"}
+	names := []string{"image-import", "DaemonSet", "dra"}
 	for _, c := range multusCases {
 		names = append(names, c.name)
 	}
+	names = append(names, draCases...)
 	for _, n := range names {
 		if !strings.Contains(readme, "`"+n+"`") {
 			t.Errorf("README.md does not name the real-node case `%s`", n)
