@@ -3,6 +3,7 @@ package dra
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -55,7 +56,7 @@ func TestClaimCheck(t *testing.T) {
 		podWith("p5", "p5-cards", ""), claimOf("p5-cards", "u5", "n1", []string{"card-1"}, "p1"),
 		podWith("p6", "", ""),
 	)
-	check := ClaimCheck{Kube: kube, NodeName: "n1"}
+	check := NewClaimCheck(kube, "n1")
 	attach := func(pod string, card int, exclusive bool) api.AllocateRequest {
 		return api.AllocateRequest{Card: card, Exclusive: exclusive, ContainerID: "sb-" + pod, IfName: "net1",
 			PodRef: api.PodRef{PodNamespace: "ml", PodName: pod, PodUID: pod}}
@@ -106,5 +107,37 @@ func TestClaimCheck(t *testing.T) {
 	// The API server unreachable or the pod unknown: try again (CNI 11), not a refusal.
 	if _, _, err := check.Reservation(ctx, attach("gone", 1, false)); !errors.Is(err, api.ErrTryAgain) {
 		t.Errorf("unknown pod: %v, want try again", err)
+	}
+}
+
+// ClaimCheck looks a pod's claims up once for all its cards' ADDs (Multus calls them in a row), while it
+// keeps nothing that may still change: a pod whose claim is not allocated yet is looked up again.
+func TestClaimCheckLooksUpOncePerPod(t *testing.T) {
+	ctx := context.Background()
+	pending := claimOf("p2-cards", "u2", "n1", nil)
+	pending.Status.Allocation = nil
+	kube := kubefake.NewClientset(
+		podWith("p1", "p1-cards", ""), claimOf("p1-cards", "u1", "n1", []string{"card-1", "card-2", "card-3"}, "p1"),
+		podWith("p2", "p2-cards", ""), pending,
+	)
+	check := NewClaimCheck(kube, "n1")
+	for card := 1; card <= 3; card++ {
+		r := api.AllocateRequest{Card: card, ContainerID: "sb", IfName: fmt.Sprintf("net%d", card), PodRef: api.PodRef{PodNamespace: "ml", PodName: "p1", PodUID: "p1"}}
+		if _, take, err := check.Reservation(ctx, r); !take || err != nil {
+			t.Fatalf("card %d: %v %v", card, take, err)
+		}
+	}
+	if n := len(kube.Actions()); n != 2 {
+		t.Errorf("%d API calls for 3 cards of one pod, want 2 (the pod, its claim): %v", n, kube.Actions())
+	}
+	kube.ClearActions()
+	for range 2 {
+		r := api.AllocateRequest{Card: 1, ContainerID: "sb2", IfName: "net1", PodRef: api.PodRef{PodNamespace: "ml", PodName: "p2", PodUID: "p2"}}
+		if _, _, err := check.Reservation(ctx, r); !errors.Is(err, api.ErrNotClaimed) {
+			t.Fatalf("unallocated claim: %v, want not-claimed", err)
+		}
+	}
+	if n := len(kube.Actions()); n != 4 {
+		t.Errorf("%d API calls for 2 ADDs of a pod whose claim is not allocated, want 4 (nothing kept)", n)
 	}
 }

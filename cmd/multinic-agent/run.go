@@ -108,7 +108,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 	// With DRA the scheduler hands out the cards: a NAD attachment must be one of its pod's claims'.
 	var claims backend.Claims
 	if o.dra {
-		claims = dra.ClaimCheck{Kube: kube, NodeName: o.nodeName}
+		claims = dra.NewClaimCheck(kube, o.nodeName)
 	}
 	be, err := backend.New(backend.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout, Events: events,
