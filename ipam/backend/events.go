@@ -101,7 +101,7 @@ func (e *events) allocateRefused(req api.AllocateRequest, err error) {
 			"interface %s: card %d is not served on node %s: schedule the pod with the resource multinic.io/card-%d, or add the card to the agent's --managed-cards",
 			req.IfName, req.Card, e.node.Name, req.Card)
 		e.rec.Eventf(e.node, corev1.EventTypeWarning, EventCardNotManaged,
-			"pod %s/%s asked for card %d, which this node's agent does not serve", req.PodNamespace, req.PodName, req.Card)
+			"pod %s asked for card %d, which this node's agent does not serve", req.Describe(), req.Card)
 	case errors.Is(err, api.ErrNotClaimed):
 		e.rec.Eventf(pod, corev1.EventTypeWarning, EventCardNotClaimed, "interface %s refused: %v", req.IfName, err)
 	case errors.Is(err, api.ErrTryAgain):

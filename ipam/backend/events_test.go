@@ -71,7 +71,7 @@ func TestPodEvents(t *testing.T) {
 		t.Fatal("card 9 (not managed) allocated")
 	}
 	wantEvents(t, drain(rec), "Warning CardNotManaged interface net9: card 9 is not served on node node-a",
-		"Warning CardNotManaged pod default/p asked for card 9, which this node's agent does not serve")
+		"Warning CardNotManaged pod default/p (uid uid-p) asked for card 9, which this node's agent does not serve")
 
 	if _, err := ta.Allocate(ctx, req(2, "c1", "net2", "p")); err == nil {
 		t.Fatal("card 2 (empty, refill failing) allocated")
