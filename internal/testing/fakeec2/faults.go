@@ -9,7 +9,9 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Throttle classes, as EC2 documents its per-account token buckets.
+// Throttle classes, as EC2 documents its per-account token buckets. The agent's buckets
+// (ipam/eni/awsec2/limits.go) are written separately on purpose: this is the fake's own model of EC2, which
+// tests the agent's; awsec2's TestClassesMatchFake keeps the two in step.
 const (
 	ClassMutate             = "mutate"              // Assign/Unassign(Ipv6|PrivateIp)Addresses, Create/Delete/ModifyNetworkInterfaceAttribute
 	ClassAttach             = "attach"              // Attach/DetachNetworkInterface
@@ -29,6 +31,16 @@ var PublishedRates = map[string]Rate{
 
 // MutatingAction says whether action is in EC2's mutating throttle class (ClassMutate).
 func MutatingAction(action string) bool { return throttleClass(action, query{}) == ClassMutate }
+
+// ThrottleClass is the class a call of action counts against; filtered says whether the call names filters
+// (only DescribeInstances and DescribeNetworkInterfaces without filters or IDs are ClassDescribeUnfiltered).
+func ThrottleClass(action string, filtered bool) string {
+	q := query{}
+	if filtered {
+		q["Filter.1.Name"] = []string{"filtered"}
+	}
+	return throttleClass(action, q)
+}
 
 func throttleClass(action string, q query) string {
 	switch action {

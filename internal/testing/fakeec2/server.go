@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -433,6 +435,9 @@ func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 type actionFunc func(s *Server, q query) (any, error)
 
 var actions map[string]actionFunc
+
+// Actions are the EC2 actions the fake serves, sorted.
+func Actions() []string { return slices.Sorted(maps.Keys(actions)) }
 
 func init() {
 	actions = map[string]actionFunc{

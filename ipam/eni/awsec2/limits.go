@@ -25,7 +25,9 @@ type Bucket struct {
 	PerSecond float64
 }
 
-// Published are EC2's default buckets per class.
+// Published are EC2's default buckets per class. internal/testing/fakeec2 (faults.go) writes EC2's classes
+// down again on purpose: the fake is an independent model of EC2 that tests these; TestClassesMatchFake
+// keeps the two in step.
 var Published = map[Class]Bucket{
 	Mutating:           {Burst: 100, PerSecond: 5},
 	AttachDetach:       {Burst: 50, PerSecond: 5},
