@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/go-logr/logr"
@@ -170,12 +171,24 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 			had[al.IfName] = true
 		}
 	}
-	// The last line of defense: an exclusive card another claim holds is never given twice.
+	// The last line of defense: an exclusive card is never given twice. The scheduler gives card-N-exclusive
+	// to one claim at a time, so any other live exclusive allocation on card N means it and the agent
+	// disagree: refuse before taking anything. The claim's own are prepare's (key id) and those its pod took
+	// over (a Multus attachment's, Transfer): that device is prepared already.
+	takenOver := map[int]bool{}
 	for _, d := range devs {
+		if !d.exclusive {
+			continue
+		}
 		for _, al := range held {
-			if d.exclusive && al.Exclusive && al.Card == d.card && al.ContainerID != id && strings.HasPrefix(al.ContainerID, claimPrefix) {
-				return nil, fmt.Errorf("prepare claim %s/%s: device %s is held by claim %s", claim.Namespace, claim.Name,
-					d.result.Device, strings.TrimPrefix(al.ContainerID, claimPrefix))
+			switch {
+			case !al.Exclusive || al.Card != d.card || al.ContainerID == id:
+			case tookOver(claim, al):
+				takenOver[d.card] = true
+			default:
+				return nil, fmt.Errorf("prepare claim %s/%s: device %s: card %d's exclusive ENI %s is held by %s: "+
+					"the scheduler and this node's agent disagree, so the card is not given twice",
+					claim.Namespace, claim.Name, d.result.Device, d.card, al.ENIID, holder(al))
 			}
 		}
 	}
@@ -199,6 +212,13 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 				"(use distinctAttribute %s/%s)", claim.Namespace, claim.Name, other, d.result.Device, d.card, DriverName, AttrCard)
 		}
 		seen[d.card] = d.result.Device
+		if takenOver[d.card] {
+			p.log.Info("prepared device, held by the claim's pod", "claim", claim.Namespace+"/"+claim.Name, "uid", claim.UID, "device", d.result.Device)
+			out = append(out, kubeletplugin.Device{
+				Requests: []string{d.result.Request}, PoolName: d.result.Pool, DeviceName: d.result.Device, ShareID: d.result.ShareID,
+			})
+			continue
+		}
 		req := api.AllocateRequest{Card: d.card, ContainerID: id, IfName: ClaimIfName(d.card), Exclusive: d.exclusive, Network: Network}
 		if p.cfg.Family != nil {
 			req.Family = p.cfg.Family(d.card)
@@ -218,11 +238,36 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 		status = append(status, deviceStatus(d.result, resp))
 	}
 	// The claim's status says what each device got. It is information for users, not for the kubelet: a
-	// failed write is logged and made again at the next prepare, it fails nothing.
+	// failed write is logged and made again at the next prepare, it fails nothing. A device the pod took
+	// over has its entry from the first prepare; a write without it would take it away.
+	if len(takenOver) > 0 {
+		return out, nil
+	}
 	if err := p.applyStatus(ctx, claim.Namespace, claim.Name, status); err != nil {
 		p.log.Warn("write the claim's device status", "claim", claim.Namespace+"/"+claim.Name, "error", err)
 	}
 	return out, nil
+}
+
+// tookOver says whether al, an allocation that is not under claim's key, is one claim's pod took over from
+// claim's prepare: it is held by a pod claim is reserved for.
+func tookOver(claim *resourceapi.ResourceClaim, al api.Allocation) bool {
+	return slices.ContainsFunc(claim.Status.ReservedFor, func(r resourceapi.ResourceClaimConsumerReference) bool {
+		return r.Resource == "pods" && ((al.PodUID != "" && string(r.UID) == al.PodUID) ||
+			(al.PodUID == "" && al.PodNamespace == claim.Namespace && al.PodName != "" && r.Name == al.PodName))
+	})
+}
+
+// holder names who holds al, for errors: a claim (by UID), or a pod's attachment.
+func holder(al api.Allocation) string {
+	if uid, ok := strings.CutPrefix(al.ContainerID, claimPrefix); ok && al.Network == Network {
+		return "claim " + uid
+	}
+	who := "container " + al.ContainerID + " interface " + al.IfName
+	if pod := al.Describe(); pod != "" {
+		who = "pod " + pod + ", " + who
+	}
+	return who
 }
 
 // deviceStatus is the status.devices entry of one prepared device: its addresses (with the subnet's prefix

@@ -301,3 +301,56 @@ func TestPrepareFamilies(t *testing.T) {
 		t.Errorf("no status for %v", want)
 	}
 }
+
+// TestPrepareExclusiveHeldByPod: once a pod's Multus attachment took a claim's exclusive reservation over
+// (the allocation is then the pod's, not under dra-<uid>), a second claim allocated the same exclusive device
+// (the scheduler and the agent disagree) is refused, naming the card and the pod, and takes nothing; the
+// claim the pod took it from prepares again without a second ENI.
+func TestPrepareExclusiveHeldByPod(t *testing.T) {
+	f := newFakeAllocations()
+	p := newTestPlugin(f)
+	c0 := claim("u0", "card-1", "card-2-exclusive")
+	p.cfg.Kube = kubefake.NewClientset(c0)
+	if r := prepareOne(t, p, c0); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	// The pod's ADD of card 2 takes the reservation over, as allocator.Transfer does: same ENI and address,
+	// now under the sandbox's container ID, interface and pod.
+	k := [2]string{ClaimContainerID("u0"), ClaimIfName(2)}
+	al := f.als[k]
+	delete(f.als, k)
+	al.ContainerID, al.IfName, al.Network, al.ENIID = "sandbox-a", "net1", "card2-exclusive", "eni-2a"
+	al.PodRef = api.PodRef{PodNamespace: "ns", PodName: "pod-a", PodUID: "pod-a-uid"}
+	f.als[[2]string{al.ContainerID, al.IfName}] = al
+	c0.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "pod-a", UID: "pod-a-uid"}}
+	before, _ := f.List(context.Background())
+
+	c1 := claim("u1", "card-3", "card-2-exclusive")
+	c1.Status.ReservedFor = []resourceapi.ResourceClaimConsumerReference{{Resource: "pods", Name: "pod-b", UID: "pod-b-uid"}}
+	r := prepareOne(t, p, c1)
+	if r.Err == nil || !strings.Contains(r.Err.Error(), "card 2's exclusive ENI eni-2a is held by pod ns/pod-a (uid pod-a-uid), container sandbox-a interface net1") {
+		t.Errorf("second claim of card-2-exclusive: error %v, want one naming card 2 and pod-a", r.Err)
+	}
+	if after, _ := f.List(context.Background()); len(after) != len(before) || len(f.of("u1")) != 0 {
+		t.Errorf("the refused claim took something: %d allocations before, %d after (%d of u1)", len(before), len(after), len(f.of("u1")))
+	}
+
+	// The claim the pod took card 2 from, prepared again (the kubelet lost its checkpoint): its devices are
+	// prepared, card 1 is its own allocation still, card 2 the pod's; no second ENI of card 2.
+	r = prepareOne(t, p, c0)
+	if r.Err != nil || len(r.Devices) != 2 || r.Devices[1].DeviceName != "card-2-exclusive" {
+		t.Fatalf("re-prepare of the claim its pod took card 2 from: %+v", r)
+	}
+	after, _ := f.List(context.Background())
+	if len(after) != len(before) || len(f.of("u0")) != 1 || f.of("u0")["card1"].Card != 1 {
+		t.Errorf("re-prepare changed the allocations: %d before, %d after: %+v", len(before), len(after), after)
+	}
+	// Its status keeps both entries of the first prepare (a write without card 2 would take its entry away).
+	got, err := p.cfg.Kube.ResourceV1().ResourceClaims("ns").Get(context.Background(), c0.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(got.Status.Devices); n != 2 || got.Status.Devices[1].Device != "card-2-exclusive" {
+		t.Errorf("status after the re-prepare: %+v, want the entries of card-1 and card-2-exclusive", got.Status.Devices)
+	}
+}
