@@ -75,7 +75,7 @@ e2e-vm: ## the Multus e2e cases with ipvlan NADs inside the test VM (control pla
 	bash e2e/tools/build.sh
 	MULTINIC_E2E=1 MULTINIC_E2E_VM=1 $(GOTEST) -tags $(E2E_TAGS) -timeout 20m -run 'TestMultinicThroughMultusIPVlanVM' ./e2e/multus/
 
-bench: ## benchmarks (issue 6: figures 1-5; issue 13: 6 scale-up, 7 p5 node; the fault suite's long variants; root; host + test VM) into BENCHMARKS.md
+bench: ## benchmarks (issue 6: figures 1-5; issue 13: 6 scale-up, 7 p5 node; issue 15: 8 a 7-card pod to Running, DRA + NRI vs DRA + Multus, on the real nodes; the fault suite's long variants; root; host + test VM) into BENCHMARKS.md
 	bash e2e/bench/run.sh
 
 # Flags of the demo, e.g. DEMO_FLAGS="-rate-per-card 50000000 -conns 8" (bin/demo -h lists them).

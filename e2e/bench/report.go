@@ -51,6 +51,7 @@ var Figures = []struct {
 	{5, "Agent and plugin resources", ""},
 	{6, "Cluster scale-up under one account's EC2 limits", ""},
 	{7, "A p5.48xlarge node: 31 cards", ""},
+	{8, "A 7-card pod from creation to Running: DRA + NRI vs DRA + Multus", ""},
 }
 
 // ReadDir reads a results folder: the results file must be there, the steps and faults files may not.

@@ -94,6 +94,10 @@ func TestReportRoundTrip(t *testing.T) {
 			Rows: []Row{Compare("ADD", "ms", Stat{N: 500, Value: 13, P99: 30, Mean: 14, Max: 40}, Stat{N: 500, Value: 10, P99: 20, Mean: 11, Max: 25}, 1.2)}},
 		{Figure: 3, Key: "churn", Title: "churn", Part: "host", Machine: m, Date: date, Ours: "multinic agent",
 			Rows: []Row{AtMost("EC2 calls per attachment", "calls", Value(0.0125), 0.05)}},
+		{Figure: 8, Key: "dra-nri-vs-multus-7-cards", Title: "A 7-card pod from creation to Running (status.phase)", Part: "realnode",
+			Machine: m, Date: date, Iterations: 5, Ours: "DRA + NRI (no NAD)", Ref: "DRA + Multus thin (7 NADs)", Notes: []string{"phase Running first"},
+			Rows: []Row{Compare("pod creation to Running, 7 exclusive cards", "ms", Stat{N: 5, Value: 900, P99: 1000, Mean: 920, Max: 1000}, Stat{N: 5, Value: 1200, P99: 1300, Mean: 1210, Max: 1300}, 0),
+				Compare("pod creation to Ready, 7 exclusive cards", "ms", Value(950), Value(1250), 0)}},
 	} {
 		if err := Emit(&lines, r); err != nil {
 			t.Fatal(err)
@@ -134,7 +138,7 @@ func TestReportRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(run.Results) != 2 || len(run.Steps) != 3 || len(run.Faults) != 2 {
+	if len(run.Results) != 3 || len(run.Steps) != 3 || len(run.Faults) != 2 {
 		t.Fatalf("read %d results, %d steps, %d fault records", len(run.Results), len(run.Steps), len(run.Faults))
 	}
 	var out bytes.Buffer
@@ -157,6 +161,11 @@ func TestReportRoundTrip(t *testing.T) {
 		"## Figure 4: ",
 		"## Figure 5: ", "**Missing**",
 		"## Figure 6: Cluster scale-up under one account's EC2 limits", "## Figure 7: A p5.48xlarge node: 31 cards",
+		"## Figure 8: A 7-card pod from creation to Running: DRA + NRI vs DRA + Multus\n\n### A 7-card pod from creation to Running (status.phase)\n",
+		"| metric | DRA + NRI (no NAD) | DRA + Multus thin (7 NADs) | ratio | target | |",
+		"| pod creation to Running, 7 exclusive cards (ms) | p50 900 / p99 1000 (mean 920, max 1000) | p50 1200 / p99 1300 (mean 1210, max 1300) | 0.75x |  |  |\n| pod creation to Ready, 7 exclusive cards (ms) | 950 | 1250 | 0.76x |  |  |\n",
+		"| 8 | A 7-card pod from creation to Running (status.phase) | pod creation to Running, 7 exclusive cards | 900 ms | 1200 ms | 0.75x |  |  |",
+		"- phase Running first",
 		"- a note",
 		"## Faults",
 		"- Command (faults-host): `MULTINIC_FAULTS_LONG=1 go test ./e2e/faults/`",

@@ -14,7 +14,7 @@ const ResultPrefix = "BENCHRESULT "
 
 // Result is one measurement: a titled table of rows, measured in one run on one machine.
 type Result struct {
-	// Figure is the issue's figure number (1-5); Key orders and identifies the table within it.
+	// Figure is the issue's figure number (Figures); Key orders and identifies the table within it.
 	Figure int    `json:"figure"`
 	Key    string `json:"key"`
 	Title  string `json:"title"`
