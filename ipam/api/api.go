@@ -12,6 +12,7 @@
 //	GET  /v1/node                           -> NodeStatus    (read-only, for operators; ipam/server's Introspector)
 //	GET  /v1/logs                           -> LogsResponse
 //	GET  /v1/claims?namespace=&name=&uid=   -> ClaimsResponse (the NRI plugin's; only with --dra)
+//	POST /v1/claims/interfaces ClaimInterfacesRequest -> ClaimInterfacesResponse (the NRI plugin's; only with --dra)
 //
 // # Compatibility
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 )
 
 // PathClaims is GET /v1/claims?namespace=NS&name=N&uid=U -> ClaimsResponse: the allocations the agent's DRA
@@ -65,4 +66,57 @@ func (c *Client) Claims(ctx context.Context, pod PodRef) ([]ClaimAttachment, err
 		return nil, fmt.Errorf("get the claims of pod %s: %w", pod.Describe(), err)
 	}
 	return resp.Attachments, nil
+}
+
+// PathClaimInterfaces is POST /v1/claims/interfaces ClaimInterfacesRequest -> ClaimInterfacesResponse: the NRI
+// plugin tells the agent which interfaces it built in (or removed from) a pod for the pod's claim devices, and
+// the agent writes them into the claims' status (networkData.interfaceName) in the background. An agent
+// older than the call answers CodeInvalid ("no endpoint"); the plugin logs that and goes on.
+const PathClaimInterfaces = "/v1/claims/interfaces"
+
+// PodInterface is the interface IfName inside a pod of the pod's claim device on Card.
+type PodInterface struct {
+	Card   int    `json:"card"`
+	IfName string `json:"ifName"`
+}
+
+// ClaimInterfacesRequest is the body of POST /v1/claims/interfaces: the pod's claim interfaces attached and
+// detached since the last report (a Synchronize reports those already there again; that is harmless).
+type ClaimInterfacesRequest struct {
+	PodRef
+	Attached []PodInterface `json:"attached,omitempty"`
+	Detached []PodInterface `json:"detached,omitempty"`
+}
+
+// ClaimInterfacesResponse is the (empty) answer of POST /v1/claims/interfaces: the status is written later.
+type ClaimInterfacesResponse struct{}
+
+// Validate checks a claim interfaces report: the agent finds the claim devices by the pod's UID and the card;
+// errors match ErrInvalid and name the key.
+func (r ClaimInterfacesRequest) Validate() error {
+	if r.PodUID == "" {
+		return invalidf("\"podUID\" is required")
+	}
+	for _, i := range append(slices.Clone(r.Attached), r.Detached...) {
+		switch {
+		case i.Card < 0:
+			return invalidf("\"card\" %d invalid: must be 0 or more", i.Card)
+		case i.IfName == "":
+			return invalidf("\"ifName\" is required (card %d)", i.Card)
+		}
+	}
+	return nil
+}
+
+// ClaimInterfaces reports the pod's claim interfaces attached and detached (see PathClaimInterfaces).
+func (c *Client) ClaimInterfaces(ctx context.Context, req ClaimInterfacesRequest) error {
+	var resp ClaimInterfacesResponse
+	err := req.Validate()
+	if err == nil {
+		err = c.do(ctx, c.timeoutFor(DefaultTimeout), methodPost, PathClaimInterfaces, req, &resp)
+	}
+	if err != nil {
+		return fmt.Errorf("report the claim interfaces of pod %s: %w", req.Describe(), err)
+	}
+	return nil
 }

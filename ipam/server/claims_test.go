@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -13,17 +14,24 @@ import (
 	"github.com/multinic/multinic/ipam/api"
 )
 
-// claimingBackend is a fakeBackend that also serves the pods' prepared claims.
+// claimingBackend is a fakeBackend that also serves the pods' prepared claims, and records the claim
+// interfaces reported.
 type claimingBackend struct {
 	fakeBackend
-	asked []api.PodRef
-	atts  []api.ClaimAttachment
-	err   error
+	asked    []api.PodRef
+	atts     []api.ClaimAttachment
+	err      error
+	reported []api.ClaimInterfacesRequest
 }
 
 func (b *claimingBackend) Claims(_ context.Context, pod api.PodRef) ([]api.ClaimAttachment, error) {
 	b.asked = append(b.asked, pod)
 	return b.atts, b.err
+}
+
+func (b *claimingBackend) ClaimInterfaces(_ context.Context, req api.ClaimInterfacesRequest) error {
+	b.reported = append(b.reported, req)
+	return b.err
 }
 
 // TestClaims: the client's pod reaches the backend as it was sent, and the attachments come back whole.
@@ -95,4 +103,51 @@ func TestClaimsWithoutClaimer(t *testing.T) {
 
 func containsQuoted(err error, key string) bool {
 	return err != nil && strings.Contains(err.Error(), `"`+key+`"`)
+}
+
+// TestClaimInterfaces: the NRI plugin's report reaches the backend as it was sent (POST with its JSON body);
+// a report without the pod's UID, or with an interface without name, is refused by name by the client and
+// the server and never reaches the backend; an agent without DRA answers ErrInvalid (no endpoint).
+func TestClaimInterfaces(t *testing.T) {
+	b := &claimingBackend{}
+	srv := startServer(t, b, nil, time.Second)
+	c := newTestClient(t, srv.path, 0)
+	req := api.ClaimInterfacesRequest{PodRef: api.PodRef{PodNamespace: "ns", PodName: "p", PodUID: "uid-1"},
+		Attached: []api.PodInterface{{Card: 0, IfName: "card0"}, {Card: 3, IfName: "card3"}}, Detached: []api.PodInterface{{Card: 1, IfName: "card1"}}}
+	if err := c.ClaimInterfaces(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(b.reported, []api.ClaimInterfacesRequest{req}) {
+		t.Errorf("backend got %+v, want %+v", b.reported, req)
+	}
+	b.err = api.ErrTryAgain
+	if err := c.ClaimInterfaces(context.Background(), req); !errors.Is(err, api.ErrTryAgain) {
+		t.Errorf("ClaimInterfaces() with a failing backend: %v, want api.ErrTryAgain", err)
+	}
+	b.reported = nil
+	for key, bad := range map[string]api.ClaimInterfacesRequest{
+		"podUID": {PodRef: api.PodRef{PodNamespace: "ns", PodName: "p"}, Attached: req.Attached},
+		"ifName": {PodRef: req.PodRef, Detached: []api.PodInterface{{Card: 1}}},
+		"card":   {PodRef: req.PodRef, Attached: []api.PodInterface{{Card: -1, IfName: "card1"}}},
+	} {
+		if err := c.ClaimInterfaces(context.Background(), bad); !errors.Is(err, api.ErrInvalid) || !containsQuoted(err, key) {
+			t.Errorf("ClaimInterfaces(%+v): %v, want api.ErrInvalid naming %q", bad, err, key)
+		}
+		body, err := json.Marshal(bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, e := rawDo(t, srv.path, http.MethodPost, api.PathClaimInterfaces, body)
+		if code != http.StatusBadRequest || e == nil || e.Code != api.CodeInvalid || !containsQuoted(errors.New(e.Message), key) {
+			t.Errorf("raw POST without a valid %s: %d %+v, want 400 invalid naming it", key, code, e)
+		}
+	}
+	if len(b.reported) != 0 {
+		t.Errorf("backend got %+v, want nothing invalid", b.reported)
+	}
+
+	plain := startServer(t, &fakeBackend{}, nil, time.Second)
+	if err := newTestClient(t, plain.path, 0).ClaimInterfaces(context.Background(), req); !errors.Is(err, api.ErrInvalid) {
+		t.Errorf("ClaimInterfaces() on a plain backend: %v, want api.ErrInvalid", err)
+	}
 }

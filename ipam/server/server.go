@@ -34,9 +34,12 @@ type Introspector interface {
 }
 
 // Claimer is what a Backend may also serve for the NRI plugin: the prepared DRA claim devices of a pod
-// (GET /v1/claims). The agent's DRA kubelet plugin implements it; an agent without DRA answers "no endpoint".
+// (GET /v1/claims), and the interfaces the plugin made of them (POST /v1/claims/interfaces, which must not
+// wait on the API server: the plugin waits for its answer within containerd's time budget). The agent's DRA
+// kubelet plugin implements it; an agent without DRA answers "no endpoint".
 type Claimer interface {
 	Claims(ctx context.Context, pod api.PodRef) ([]api.ClaimAttachment, error)
+	ClaimInterfaces(ctx context.Context, req api.ClaimInterfacesRequest) error
 }
 
 // MaxRequestBytes bounds a request body; a real request is a few hundred bytes.
@@ -156,13 +159,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // methods is each endpoint's one method.
 var methods = map[string]string{
-	api.PathAllocate:    http.MethodPost,
-	api.PathRelease:     http.MethodPost,
-	api.PathAllocations: http.MethodGet,
-	api.PathStatus:      http.MethodGet,
-	api.PathNode:        http.MethodGet,
-	api.PathLogs:        http.MethodGet,
-	api.PathClaims:      http.MethodGet,
+	api.PathAllocate:        http.MethodPost,
+	api.PathRelease:         http.MethodPost,
+	api.PathAllocations:     http.MethodGet,
+	api.PathStatus:          http.MethodGet,
+	api.PathNode:            http.MethodGet,
+	api.PathLogs:            http.MethodGet,
+	api.PathClaims:          http.MethodGet,
+	api.PathClaimInterfaces: http.MethodPost,
 }
 
 // route dispatches to the endpoint and returns its body or its error.
@@ -179,8 +183,8 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 	if r.URL.Path == api.PathNode || r.URL.Path == api.PathLogs {
 		return h.introspect(ctx, r)
 	}
-	if r.URL.Path == api.PathClaims {
-		return h.claims(ctx, r, rl)
+	if r.URL.Path == api.PathClaims || r.URL.Path == api.PathClaimInterfaces {
+		return h.claims(ctx, r, body, rl)
 	}
 	switch r.URL.Path {
 	case api.PathAllocate:
@@ -246,11 +250,25 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request, rl *reqLog) (any
 	}
 }
 
-// claims answers GET /v1/claims, when the backend serves DRA claims.
-func (h *handler) claims(ctx context.Context, r *http.Request, rl *reqLog) (any, error) {
+// claims answers GET /v1/claims and POST /v1/claims/interfaces, when the backend serves DRA claims.
+func (h *handler) claims(ctx context.Context, r *http.Request, body io.Reader, rl *reqLog) (any, error) {
 	c, ok := h.b.(Claimer)
 	if !ok {
 		return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("no endpoint %s: the agent serves no DRA claims (start it with --dra)", r.URL.Path)}
+	}
+	if r.URL.Path == api.PathClaimInterfaces {
+		var req api.ClaimInterfacesRequest
+		if err := decodeJSON(body, &req); err != nil {
+			return nil, err
+		}
+		rl.add(slog.String("pod", req.Describe()), slog.Int("attached", len(req.Attached)), slog.Int("detached", len(req.Detached)))
+		if err := req.Validate(); err != nil {
+			return nil, err
+		}
+		if err := c.ClaimInterfaces(ctx, req); err != nil {
+			return nil, errorFor(err)
+		}
+		return api.ClaimInterfacesResponse{}, nil
 	}
 	pod, err := api.PodOfClaimsQuery(r.URL.Query())
 	if err != nil {
