@@ -44,7 +44,7 @@ func TestAttachments(t *testing.T) {
 	kube := kubefake.NewClientset(claimPod(c1, c2), c1, c2)
 	f := newFakeAllocations()
 	p := newTestPlugin(f)
-	p.cfg.Kube = kube
+	withKube(p, kube)
 	for _, c := range []*resourceapi.ResourceClaim{c1, c2} {
 		if r := prepareOne(t, p, c); r.Err != nil {
 			t.Fatal(r.Err)
@@ -92,7 +92,7 @@ func TestAttachmentsNone(t *testing.T) {
 	pod := claimPod(c)
 	plain := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "plain", UID: "plain-uid"}}
 	p := newTestPlugin(newFakeAllocations())
-	p.cfg.Kube = kubefake.NewClientset(pod, plain, c)
+	withKube(p, kubefake.NewClientset(pod, plain, c))
 	if r := prepareOne(t, p, c); r.Err != nil {
 		t.Fatal(r.Err)
 	}
@@ -128,7 +128,7 @@ func TestAttachmentsRefuses(t *testing.T) {
 			pod := claimPod(c1, c2)
 			tc.edit(c2)
 			p := newTestPlugin(newFakeAllocations())
-			p.cfg.Kube = kubefake.NewClientset(pod, c1, c2)
+			withKube(p, kubefake.NewClientset(pod, c1, c2))
 			for _, c := range []*resourceapi.ResourceClaim{c1, c2} {
 				if tc.prepare || c == c1 {
 					if r := prepareOne(t, p, c); r.Err != nil {
@@ -150,7 +150,7 @@ func TestAttachmentsLeavesTakenOver(t *testing.T) {
 	c := claim("u1", "card-1", "card-2")
 	f := newFakeAllocations()
 	p := newTestPlugin(f)
-	p.cfg.Kube = kubefake.NewClientset(claimPod(c), c)
+	withKube(p, kubefake.NewClientset(claimPod(c), c))
 	if r := prepareOne(t, p, c); r.Err != nil {
 		t.Fatal(r.Err)
 	}

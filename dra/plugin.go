@@ -13,8 +13,6 @@ import (
 
 	"github.com/go-logr/logr"
 	resourceapi "k8s.io/api/resource/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	resourceapply "k8s.io/client-go/applyconfigurations/resource/v1"
 	"k8s.io/client-go/kubernetes"
@@ -59,7 +57,10 @@ type PluginConfig struct {
 	// RegistryDir is the kubelet's plugin registration folder (kubeletplugin.KubeletRegistryDir), PluginDir
 	// the folder of the plugin's socket (kubeletplugin.KubeletPluginsDir/multinic.io).
 	RegistryDir, PluginDir string
-	Logger                 *slog.Logger
+	// Statuses writes the claims' status (shared with the backend's Config.Interfaces, which tells it the
+	// interfaces Multus attachments make; its caller runs it). nil: StartPlugin makes and runs one of its own.
+	Statuses *Statuses
+	Logger   *slog.Logger
 }
 
 // Plugin is the kubelet plugin of driver multinic.io: NodePrepareResources reserves a claim's cards with the
@@ -75,6 +76,10 @@ var _ kubeletplugin.DRAPlugin = (*Plugin)(nil)
 
 // StartPlugin serves the kubelet plugin until ctx ends or Stop.
 func StartPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
+	if cfg.Statuses == nil {
+		cfg.Statuses = NewStatuses(cfg.Kube, cfg.Logger)
+		go cfg.Statuses.Run(ctx)
+	}
 	p := &Plugin{cfg: cfg, log: cfg.Logger}
 	opts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(DriverName), kubeletplugin.KubeClient(cfg.Kube), kubeletplugin.NodeName(cfg.NodeName),
@@ -205,7 +210,7 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 	}()
 	seen := map[int]string{}
 	var out []kubeletplugin.Device
-	var status []*resourceapply.AllocatedDeviceStatusApplyConfiguration
+	var status []preparedDevice
 	for _, d := range devs {
 		if other, ok := seen[d.card]; ok {
 			return nil, fmt.Errorf("prepare claim %s/%s: devices %s and %s are both on card %d; a pod gets one address per card "+
@@ -235,15 +240,16 @@ func (p *Plugin) prepare(ctx context.Context, claim *resourceapi.ResourceClaim) 
 		out = append(out, kubeletplugin.Device{
 			Requests: []string{d.result.Request}, PoolName: d.result.Pool, DeviceName: d.result.Device, ShareID: d.result.ShareID,
 		})
-		status = append(status, deviceStatus(d.result, resp))
+		status = append(status, preparedDevice{result: d.result, card: d.card, lease: resp})
 	}
 	// The claim's status says what each device got. It is information for users, not for the kubelet: a
-	// failed write is logged and made again at the next prepare, it fails nothing. A device the pod took
-	// over has its entry from the first prepare; a write without it would take it away.
+	// failed write is logged and made again in the background (Statuses.Run), it fails nothing. A device the
+	// pod took over has its entry from the first prepare (Statuses keeps it, interface name included); a
+	// write without it would take it away.
 	if len(takenOver) > 0 {
 		return out, nil
 	}
-	if err := p.applyStatus(ctx, claim.Namespace, claim.Name, status); err != nil {
+	if err := p.cfg.Statuses.Prepared(ctx, claim, status); err != nil {
 		p.log.Warn("write the claim's device status", "claim", claim.Namespace+"/"+claim.Name, "error", err)
 	}
 	return out, nil
@@ -271,9 +277,10 @@ func holder(al api.Allocation) string {
 }
 
 // deviceStatus is the status.devices entry of one prepared device: its addresses (with the subnet's prefix
-// length) and the ENI's MAC, which an ipvlan child shares and an exclusive ENI is. The interface name is the
-// one the pod will see, set once an attachment makes it (not built yet: see the README).
-func deviceStatus(r resourceapi.DeviceRequestAllocationResult, resp api.AllocateResponse) *resourceapply.AllocatedDeviceStatusApplyConfiguration {
+// length), the ENI's MAC (which an ipvlan child shares and an exclusive ENI is), and the pod's interface of
+// it once an attachment made one (Statuses.Attached: the Multus ADD's ifname, or the NRI plugin's card<N>).
+func deviceStatus(d preparedDevice) *resourceapply.AllocatedDeviceStatusApplyConfiguration {
+	r, resp := d.result, d.lease
 	var ips []string
 	if resp.Address.IsValid() { // zero on an ipv6 card
 		ips = append(ips, netip.PrefixFrom(resp.Address, resp.PrefixLen).String())
@@ -281,26 +288,15 @@ func deviceStatus(r resourceapi.DeviceRequestAllocationResult, resp api.Allocate
 	if resp.IPv6 != nil {
 		ips = append(ips, netip.PrefixFrom(resp.IPv6.Address, resp.IPv6.PrefixLen).String())
 	}
-	st := resourceapply.AllocatedDeviceStatus().WithDriver(r.Driver).WithPool(r.Pool).WithDevice(r.Device).
-		WithNetworkData(resourceapply.NetworkDeviceData().WithIPs(ips...).WithHardwareAddress(resp.MAC))
+	nd := resourceapply.NetworkDeviceData().WithIPs(ips...).WithHardwareAddress(resp.MAC)
+	if d.ifName != "" {
+		nd.WithInterfaceName(d.ifName)
+	}
+	st := resourceapply.AllocatedDeviceStatus().WithDriver(r.Driver).WithPool(r.Pool).WithDevice(r.Device).WithNetworkData(nd)
 	if r.ShareID != nil {
 		st.WithShareID(string(*r.ShareID))
 	}
 	return st
-}
-
-// applyStatus makes this driver's entries of the claim's status.devices exactly devices (none: all of ours
-// go), by server-side apply with the driver's field manager, so other drivers' entries are never touched.
-func (p *Plugin) applyStatus(ctx context.Context, namespace, name string, devices []*resourceapply.AllocatedDeviceStatusApplyConfiguration) error {
-	if p.cfg.Kube == nil {
-		return nil
-	}
-	ac := resourceapply.ResourceClaim(name, namespace).WithStatus(resourceapply.ResourceClaimStatus().WithDevices(devices...))
-	_, err := p.cfg.Kube.ResourceV1().ResourceClaims(namespace).ApplyStatus(ctx, ac, metav1.ApplyOptions{FieldManager: DriverName, Force: true})
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
 }
 
 // UnprepareResourceClaims releases every claim's allocations (kubeletplugin.DRAPlugin). A claim with none
@@ -324,12 +320,24 @@ func (p *Plugin) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 			}
 			p.log.Info("unprepared device", "claim", c.String(), "card", al.Card, "address", al.Address, "exclusive", al.Exclusive)
 		}
-		if err := p.applyStatus(ctx, c.Namespace, c.Name, nil); err != nil {
+		if err := p.cfg.Statuses.Unprepared(ctx, c.Namespace, c.Name, c.UID); err != nil {
 			p.log.Warn("clear the claim's device status", "claim", c.String(), "error", err)
 		}
 		out[c.UID] = errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// ClaimInterfaces notes the interfaces the NRI plugin built in or removed from a pod for its claim devices,
+// for the claims' status (server.Claimer). It only notes them: Statuses writes in the background.
+func (p *Plugin) ClaimInterfaces(_ context.Context, req api.ClaimInterfacesRequest) error {
+	for _, i := range req.Attached {
+		p.cfg.Statuses.Attached(req.PodUID, i.Card, i.IfName)
+	}
+	for _, i := range req.Detached {
+		p.cfg.Statuses.Detached(req.PodUID, i.Card, i.IfName)
+	}
+	return nil
 }
 
 // HandleError logs errors of the helper's background work (kubeletplugin.DRAPlugin); none is fatal here.

@@ -14,6 +14,7 @@ import (
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 
@@ -114,7 +115,13 @@ func claim(uid string, devices ...string) *resourceapi.ResourceClaim {
 }
 
 func newTestPlugin(f *fakeAllocations) *Plugin {
-	return &Plugin{cfg: PluginConfig{NodeName: "node1", Allocations: f}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return &Plugin{cfg: PluginConfig{NodeName: "node1", Allocations: f, Statuses: NewStatuses(nil, log)}, log: log}
+}
+
+// withKube gives p (and its claims' status writer, not running) the API server behind kube.
+func withKube(p *Plugin, kube kubernetes.Interface) {
+	p.cfg.Kube, p.cfg.Statuses = kube, NewStatuses(kube, p.log)
 }
 
 func prepareOne(t *testing.T, p *Plugin, c *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
@@ -228,7 +235,7 @@ func TestPrepareStatus(t *testing.T) {
 	c.Status.Devices = []resourceapi.AllocatedDeviceStatus{other}
 	kube := kubefake.NewClientset(c)
 	p := newTestPlugin(newFakeAllocations())
-	p.cfg.Kube = kube
+	withKube(p, kube)
 	if r := prepareOne(t, p, c); r.Err != nil {
 		t.Fatal(r.Err)
 	}
@@ -268,7 +275,7 @@ func TestPrepareFamilies(t *testing.T) {
 	kube := kubefake.NewClientset(c)
 	f := newFakeAllocations()
 	p := newTestPlugin(f)
-	p.cfg.Kube = kube
+	withKube(p, kube)
 	families := map[int]string{1: api.FamilyIPv4, 2: api.FamilyIPv6, 3: api.FamilyDual}
 	p.cfg.Family = func(card int) string { return families[card] }
 	if r := prepareOne(t, p, c); r.Err != nil {
@@ -310,7 +317,7 @@ func TestPrepareExclusiveHeldByPod(t *testing.T) {
 	f := newFakeAllocations()
 	p := newTestPlugin(f)
 	c0 := claim("u0", "card-1", "card-2-exclusive")
-	p.cfg.Kube = kubefake.NewClientset(c0)
+	withKube(p, kubefake.NewClientset(c0))
 	if r := prepareOne(t, p, c0); r.Err != nil {
 		t.Fatal(r.Err)
 	}

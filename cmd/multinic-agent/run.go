@@ -106,9 +106,18 @@ func run(ctx context.Context, args []string) (retErr error) {
 		events = rec
 	}
 	// With DRA the scheduler hands out the cards: a NAD attachment must be one of its pod's claims'.
-	var claims backend.Claims
+	// The claims' status gets each device's pod interface in the background, from the Multus ADDs that take
+	// a claim's reservation over (the backend) and from the NRI plugin (the kubelet plugin's endpoint).
+	var (
+		claims     backend.Claims
+		interfaces backend.Interfaces
+		statuses   *dra.Statuses
+	)
 	if o.dra {
 		claims = dra.NewClaimCheck(kube, o.nodeName)
+		statuses = dra.NewStatuses(kube, logger.With("component", "dra-status"))
+		interfaces = statuses
+		go statuses.Run(ctx)
 	}
 	be, err := backend.New(backend.Config{
 		Allocator: alloc, Pools: mgr, WaitTimeout: o.waitTimeout, Events: events,
@@ -119,6 +128,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		CardInfo:   func() []backend.CardInfo { return cardInfos(mgr.Stats()) },
 		Logs:       logs.Lines,
 		Claims:     claims,
+		Interfaces: interfaces,
 		Logger:     logger.With("component", "agent"),
 	})
 	if err != nil {
@@ -181,7 +191,7 @@ func run(ctx context.Context, args []string) (retErr error) {
 		stop := runDRAPublisher(ctx, pub, mgr, o, mgr.WaitReady, logger.With("component", "dra"))
 		defer stop()
 		plugin, err := dra.StartPlugin(ctx, dra.PluginConfig{Kube: kube, NodeName: o.nodeName, Allocations: be, Family: mgr.Family,
-			RegistryDir: o.kubeletRegistryDir, PluginDir: o.kubeletPluginDir, Logger: logger.With("component", "dra-plugin")})
+			RegistryDir: o.kubeletRegistryDir, PluginDir: o.kubeletPluginDir, Statuses: statuses, Logger: logger.With("component", "dra-plugin")})
 		if err != nil {
 			return err
 		}

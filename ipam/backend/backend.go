@@ -84,6 +84,9 @@ type Config struct {
 
 	// Claims, when set (agent --dra), decides every allocation against the pod's DRA claims.
 	Claims Claims
+	// Interfaces, when set (agent --dra), hears which pod interface took over a claim's reservation, and
+	// when that interface is released.
+	Interfaces Interfaces
 
 	Logger *slog.Logger
 	// Now replaces time.Now for reclaim decisions, for tests.
@@ -98,6 +101,15 @@ type Claims interface {
 	// holds the card but whose reservation was taken over before (a new sandbox of the pod). An error
 	// wrapping api.ErrNotClaimed refuses req: no claim of its pod holds its card in its mode.
 	Reservation(ctx context.Context, req api.AllocateRequest) (from api.ReleaseRequest, ok bool, err error)
+}
+
+// Interfaces hears of the pod interfaces that take over claims' reservations, for the claims' status
+// (package dra's Statuses, which writes interfaceName in the background): it must return at once.
+type Interfaces interface {
+	// Attached: the pod's (UID) claim device on card is now its interface ifName.
+	Attached(pod string, card int, ifName string)
+	// Detached: the pod's interface ifName on card is released (a DEL); ignored unless ifName is the name noted.
+	Detached(pod string, card int, ifName string)
 }
 
 // Backend serves allocations; it is safe for concurrent use.
@@ -263,6 +275,10 @@ func (b *Backend) Allocate(ctx context.Context, req api.AllocateRequest) (resp a
 	}
 	log.Info("allocated", "address", al.Address, "ipv6", al.IPv6, "eni", al.ENIID, "link", info.LinkName,
 		"exclusive", al.Exclusive, "again", existed, "duration", time.Since(start))
+	if claimed != nil && b.cfg.Interfaces != nil {
+		// Told only now that nothing can fail any more: a reservation given back was never the pod's interface.
+		b.cfg.Interfaces.Attached(req.PodUID, req.Card, req.IfName)
+	}
 	return resp, nil
 }
 
@@ -328,6 +344,11 @@ func (b *Backend) Release(_ context.Context, req api.ReleaseRequest) (api.Releas
 		return api.ReleaseResponse{}, nil
 	}
 	b.metrics.releases.WithLabelValues("ok").Inc()
+	if b.cfg.Interfaces != nil && al.PodUID != "" {
+		// The address is freed, not given back to the claim (its prepare's reservation is spent), but the
+		// pod's interface of the claim device is gone: its status says so.
+		b.cfg.Interfaces.Detached(al.PodUID, al.Card, al.IfName)
+	}
 	b.log.Info("released", "card", al.Card, "container", al.ContainerID, "ifname", al.IfName,
 		"pod", al.Describe(), "address", al.Address, "ipv6", al.IPv6, "eni", al.ENIID)
 	return api.ReleaseResponse{Released: true}, nil

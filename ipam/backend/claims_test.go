@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/multinic/multinic/ipam/api"
@@ -30,15 +32,46 @@ func (f *fakeClaims) Reservation(_ context.Context, req api.AllocateRequest) (ap
 	return res, true, nil
 }
 
+// fakeInterfaces records what the backend reports of claim devices' pod interfaces.
+type fakeInterfaces struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (f *fakeInterfaces) Attached(pod string, card int, ifName string) {
+	f.add("attached", pod, card, ifName)
+}
+func (f *fakeInterfaces) Detached(pod string, card int, ifName string) {
+	f.add("detached", pod, card, ifName)
+}
+
+func (f *fakeInterfaces) add(what, pod string, card int, ifName string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seen = append(f.seen, fmt.Sprintf("%s %s card %d %s", what, pod, card, ifName))
+}
+
+// take returns what was reported since the last take.
+func (f *fakeInterfaces) take() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.seen
+	f.seen = nil
+	return out
+}
+
 // With DRA on: the attachment takes over its claim's prepared address (no second address, one write), a
 // second sandbox of the pod whose reservation is gone gets a new one, an unclaimed card is refused with
 // CNI code 104 naming the card, and a failure after the takeover gives the address back to the claim.
+// The takeover is reported as the pod's interface of its claim device on the card, and its DEL as gone;
+// nothing else is reported attached.
 func TestAllocateTakesOverClaim(t *testing.T) {
 	ctx := context.Background()
 	claims := &fakeClaims{own: map[string]bool{"dra-c1": true}, byPod: map[string]map[int]api.ReleaseRequest{
 		"uid-p1": {1: {ContainerID: "dra-c1", IfName: "card1"}},
 	}}
-	ta := newTestBackend(t, newFakePools(1, 2), map[int]int{1: 3, 2: 3}, func(c *Config) { c.Claims = claims })
+	ifs := &fakeInterfaces{}
+	ta := newTestBackend(t, newFakePools(1, 2), map[int]int{1: 3, 2: 3}, func(c *Config) { c.Claims, c.Interfaces = claims, ifs })
 	prepared, err := ta.Allocate(ctx, api.AllocateRequest{Card: 1, ContainerID: "dra-c1", IfName: "card1", Network: "multinic.io-dra"})
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +92,9 @@ func TestAllocateTakesOverClaim(t *testing.T) {
 	if s := ta.alloc.Stats(1); s.Allocated != 1 {
 		t.Errorf("card 1: %d allocated, want 1 (the claim's address, not a second)", s.Allocated)
 	}
+	if got, want := ifs.take(), []string{"attached uid-p1 card 1 net1"}; !slices.Equal(got, want) {
+		t.Errorf("reported %q after the takeover (and the claim's own prepare), want %q", got, want)
+	}
 	// ADD again: the same answer, without asking the claims again.
 	calls := claims.calls
 	if again, err := ta.Allocate(ctx, r); err != nil || again.Address != got.Address || claims.calls != calls {
@@ -66,11 +102,20 @@ func TestAllocateTakesOverClaim(t *testing.T) {
 	}
 
 	// A new sandbox of the pod after the first's DEL: the claim still holds the card, its reservation is gone.
+	if got := ifs.take(); len(got) != 0 {
+		t.Errorf("ADD again reported %q, want nothing new", got)
+	}
 	if _, err := ta.Release(ctx, api.ReleaseRequest{ContainerID: "sandbox-1", IfName: "net1"}); err != nil {
 		t.Fatal(err)
 	}
+	if got, want := ifs.take(), []string{"detached uid-p1 card 1 net1"}; !slices.Equal(got, want) {
+		t.Errorf("reported %q after the DEL, want %q", got, want)
+	}
 	if again, err := ta.Allocate(ctx, req(1, "sandbox-2", "net1", "p1")); err != nil || !again.Address.IsValid() {
 		t.Errorf("second sandbox: %+v, %v", again, err)
+	}
+	if got := ifs.take(); len(got) != 0 {
+		t.Errorf("a new address (no takeover) reported %q, want nothing: the claim's status has no address of it", got)
 	}
 
 	// Card 2 is in no claim of the pod: refused, nothing taken, the pod told why.
@@ -98,7 +143,8 @@ func TestAllocateTakeoverRollsBackToClaim(t *testing.T) {
 		"uid-p1": {1: {ContainerID: "dra-c1", IfName: "card1"}},
 	}}
 	fp := newFakePools(1)
-	ta := newTestBackend(t, fp, map[int]int{1: 2}, func(c *Config) { c.Claims = claims })
+	ifs := &fakeInterfaces{}
+	ta := newTestBackend(t, fp, map[int]int{1: 2}, func(c *Config) { c.Claims, c.Interfaces = claims, ifs })
 	prepared, err := ta.Allocate(ctx, api.AllocateRequest{Card: 1, ContainerID: "dra-c1", IfName: "card1", Network: "multinic.io-dra"})
 	if err != nil {
 		t.Fatal(err)
@@ -115,5 +161,9 @@ func TestAllocateTakeoverRollsBackToClaim(t *testing.T) {
 	}
 	if n := len(ta.alloc.List()); n != 1 {
 		t.Errorf("%d allocations, want the claim's only", n)
+	}
+	// The reservation went back to the claim before it was ever reported as the pod's interface.
+	if got := ifs.take(); len(got) != 0 {
+		t.Errorf("a rolled-back takeover reported %q, want nothing", got)
 	}
 }
