@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strconv"
+	"time"
 
 	nriapi "github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
@@ -31,7 +32,12 @@ import (
 // Agent is what the NRI plugin asks the node agent (api.Client).
 type Agent interface {
 	Claims(ctx context.Context, pod api.PodRef) ([]api.ClaimAttachment, error)
+	ClaimInterfaces(ctx context.Context, req api.ClaimInterfacesRequest) error
 }
+
+// reportTimeout bounds the report of a pod's claim interfaces to the agent, within containerd's time budget
+// for the event (plugin_request_timeout, 2 s by default). The agent only notes them, so it answers at once.
+const reportTimeout = 500 * time.Millisecond
 
 // Plugin is the NRI plugin. Its exported methods are the NRI events it subscribes to (package stub finds
 // them by their interfaces).
@@ -62,13 +68,13 @@ func (p *Plugin) RunPodSandbox(ctx context.Context, pod *nriapi.PodSandbox) erro
 
 // StopPodSandbox detaches the pod's cards before containerd tears down the netns, so an exclusive ENI comes
 // back to the node instead of going with the netns.
-func (p *Plugin) StopPodSandbox(_ context.Context, pod *nriapi.PodSandbox) error {
-	return p.detach(pod)
+func (p *Plugin) StopPodSandbox(ctx context.Context, pod *nriapi.PodSandbox) error {
+	return p.detach(ctx, pod)
 }
 
 // RemovePodSandbox detaches what a stop missed (a sandbox that failed to start is removed without a stop).
-func (p *Plugin) RemovePodSandbox(_ context.Context, pod *nriapi.PodSandbox) error {
-	return p.detach(pod)
+func (p *Plugin) RemovePodSandbox(ctx context.Context, pod *nriapi.PodSandbox) error {
+	return p.detach(ctx, pod)
 }
 
 // Synchronize is the runtime's list of pods when the plugin (re)connects: pods that started while it was
@@ -123,8 +129,10 @@ func (p *Plugin) attach(ctx context.Context, pod *nriapi.PodSandbox) (retErr err
 	}
 	defer podNS.Close()
 	var made []string
+	var attached []api.PodInterface // made now or before: each device's interface, for the claims' status
 	defer func() {
 		if retErr == nil {
+			p.report(ctx, pod, api.ClaimInterfacesRequest{Attached: attached})
 			return
 		}
 		for _, name := range made {
@@ -143,6 +151,7 @@ func (p *Plugin) attach(ctx context.Context, pod *nriapi.PodSandbox) (retErr err
 			return err
 		}
 		if has {
+			attached = append(attached, api.PodInterface{Card: a.Request.Card, IfName: name})
 			continue // attached before (a Synchronize after a restart)
 		}
 		conf, err := p.config(a.Request)
@@ -153,6 +162,7 @@ func (p *Plugin) attach(ctx context.Context, pod *nriapi.PodSandbox) (retErr err
 			return fmt.Errorf("attach claim %s device %s to pod %s: %w", a.Claim, a.Device, describe(pod), err)
 		}
 		made = append(made, name)
+		attached = append(attached, api.PodInterface{Card: a.Request.Card, IfName: name})
 		p.log.Info("attached", "pod", describe(pod), "claim", a.Claim, "device", a.Device, "ifname", name,
 			"address", a.Lease.Address, "eni", a.Lease.ENIID, "exclusive", a.Lease.Exclusive)
 	}
@@ -179,8 +189,23 @@ func (p *Plugin) config(req api.AllocateRequest) (*netconf.Config, error) {
 // cniVersion is the version of the rendered configurations (no result is printed from them).
 const cniVersion = "1.1.0"
 
+// report tells the agent which claim interfaces the pod got or lost, for the claims' status (interfaceName).
+// That is information for users: a failure (an agent older than the call answers "no endpoint") is logged,
+// never returned, and it waits at most reportTimeout.
+func (p *Plugin) report(ctx context.Context, pod *nriapi.PodSandbox, req api.ClaimInterfacesRequest) {
+	if len(req.Attached) == 0 && len(req.Detached) == 0 {
+		return
+	}
+	req.PodRef = podRef(pod)
+	ctx, cancel := context.WithTimeout(ctx, reportTimeout)
+	defer cancel()
+	if err := p.agent.ClaimInterfaces(ctx, req); err != nil {
+		p.log.Warn("tell the agent the pod's claim interfaces (the claims' status will not name them)", "pod", describe(pod), "error", err)
+	}
+}
+
 // detach removes every claim interface (card<N>) from the pod's netns; a netns already gone has none.
-func (p *Plugin) detach(pod *nriapi.PodSandbox) error {
+func (p *Plugin) detach(ctx context.Context, pod *nriapi.PodSandbox) error {
 	path := netnsPath(pod)
 	if path == "" {
 		return nil
@@ -190,13 +215,17 @@ func (p *Plugin) detach(pod *nriapi.PodSandbox) error {
 		return fmt.Errorf("detach the claimed cards of pod %s: %w", describe(pod), err)
 	}
 	var errs []error
+	var detached []api.PodInterface
 	for _, name := range names {
 		if err := p.detachOne(path, name); err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		card, _ := cardOf(name)
+		detached = append(detached, api.PodInterface{Card: card, IfName: name})
 		p.log.Info("detached", "pod", describe(pod), "ifname", name)
 	}
+	p.report(ctx, pod, api.ClaimInterfacesRequest{Detached: detached})
 	if len(errs) > 0 {
 		return fmt.Errorf("detach the claimed cards of pod %s: %w", describe(pod), errors.Join(errs...))
 	}

@@ -2,13 +2,18 @@ package nri
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	nriapi "github.com/containerd/nri/pkg/api"
@@ -21,16 +26,39 @@ import (
 	"github.com/multinic/multinic/netconf"
 )
 
-// fakeAgent answers Claims with atts (or err) and records the pods asked about.
+// fakeAgent answers Claims with atts (or err) and records the pods asked about, and the claim interfaces
+// reported (answered with reportErr).
 type fakeAgent struct {
-	atts  []api.ClaimAttachment
-	err   error
-	asked []api.PodRef
+	atts      []api.ClaimAttachment
+	err       error
+	asked     []api.PodRef
+	reports   []api.ClaimInterfacesRequest
+	reportErr error
 }
 
 func (f *fakeAgent) Claims(_ context.Context, pod api.PodRef) ([]api.ClaimAttachment, error) {
 	f.asked = append(f.asked, pod)
 	return f.atts, f.err
+}
+
+func (f *fakeAgent) ClaimInterfaces(_ context.Context, req api.ClaimInterfacesRequest) error {
+	f.reports = append(f.reports, req)
+	return f.reportErr
+}
+
+// takeReports returns the reports since the last call, as JSON for easy comparison.
+func (f *fakeAgent) takeReports(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, r := range f.reports {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	f.reports = nil
+	return out
 }
 
 func newTestPlugin(f *fakeAgent) *Plugin {
@@ -163,11 +191,15 @@ func inNode(t *testing.T, node ns.NetNS, f func() error) error {
 
 // TestAttachDetachExclusive: RunPodSandbox moves the claimed ENI into the pod as card2 with the claim's
 // address, a second delivery (a Synchronize) changes nothing, StopPodSandbox brings the ENI home under its
-// own name, and RemovePodSandbox after it has nothing left to do. The agent is never asked to release.
+// own name, and RemovePodSandbox after it has nothing left to do. The agent is never asked to release; it is
+// told the pod's claim interface after each attach (again after the Synchronize) and once after the detach.
 func TestAttachDetachExclusive(t *testing.T) {
 	node, att := exclusiveNode(t)
 	pod := nettest.NewNS(t)
-	p := newTestPlugin(&fakeAgent{atts: []api.ClaimAttachment{att}})
+	agent := &fakeAgent{atts: []api.ClaimAttachment{att}}
+	p := newTestPlugin(agent)
+	const attached = `{"podNamespace":"ns","podName":"p","podUID":"u","attached":[{"card":2,"ifName":"card2"}]}`
+	const detached = `{"podNamespace":"ns","podName":"p","podUID":"u","detached":[{"card":2,"ifName":"card2"}]}`
 	sb := sandbox(pod.Path())
 	ctx := context.Background()
 	if err := inNode(t, node, func() error { return p.RunPodSandbox(ctx, sb) }); err != nil {
@@ -193,10 +225,16 @@ func TestAttachDetachExclusive(t *testing.T) {
 		}
 	}
 	checkPodCard("after RunPodSandbox")
+	if got := agent.takeReports(t); !slices.Equal(got, []string{attached}) {
+		t.Errorf("reported after RunPodSandbox %q, want %q", got, attached)
+	}
 	if err := inNode(t, node, func() error { _, err := p.Synchronize(ctx, []*nriapi.PodSandbox{sb}, nil); return err }); err != nil {
 		t.Fatalf("Synchronize: %v", err)
 	}
 	checkPodCard("after Synchronize")
+	if got := agent.takeReports(t); !slices.Equal(got, []string{attached}) {
+		t.Errorf("reported after Synchronize %q, want %q", got, attached)
+	}
 
 	if err := inNode(t, node, func() error { return p.StopPodSandbox(ctx, sb) }); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)
@@ -210,16 +248,71 @@ func TestAttachDetachExclusive(t *testing.T) {
 	if err := inNode(t, node, func() error { return p.RemovePodSandbox(ctx, sb) }); err != nil {
 		t.Errorf("RemovePodSandbox after the stop: %v", err)
 	}
+	if got := agent.takeReports(t); !slices.Equal(got, []string{detached}) {
+		t.Errorf("reported after StopPodSandbox and RemovePodSandbox %q, want %q once", got, detached)
+	}
+}
+
+// oldAgent serves GET /v1/claims with atts on a unix socket, and answers anything else 404 Not Found, as an
+// agent older than POST /v1/claims/interfaces might; it counts the requests for other paths.
+func oldAgent(t *testing.T, atts []api.ClaimAttachment) (socket string, others *atomic.Int32) {
+	t.Helper()
+	socket = filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	others = &atomic.Int32{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != api.PathClaims {
+			others.Add(1)
+			http.NotFound(w, r)
+			return
+		}
+		b, _ := json.Marshal(api.ClaimsResponse{Attachments: atts})
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.Write(b)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return socket, others
+}
+
+// TestAttachWithOldAgent: an agent that answers the report of the claim interfaces 404 (older than it) fails
+// neither RunPodSandbox nor StopPodSandbox: the card is attached and detached all the same.
+func TestAttachWithOldAgent(t *testing.T) {
+	node, att := exclusiveNode(t)
+	pod := nettest.NewNS(t)
+	socket, others := oldAgent(t, []api.ClaimAttachment{att})
+	p := New(api.NewClient(socket, 0), socket, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	sb := sandbox(pod.Path())
+	if err := inNode(t, node, func() error { return p.RunPodSandbox(context.Background(), sb) }); err != nil {
+		t.Fatalf("RunPodSandbox with an agent that answers the report 404: %v", err)
+	}
+	if got := nettest.LinkNames(t, nettest.Handle(t, pod)); !slices.Equal(got, []string{"card2", "lo"}) {
+		t.Errorf("pod links %v, want card2 and lo", got)
+	}
+	if err := inNode(t, node, func() error { return p.StopPodSandbox(context.Background(), sb) }); err != nil {
+		t.Fatalf("StopPodSandbox with an agent that answers the report 404: %v", err)
+	}
+	if got := nettest.LinkNames(t, nettest.Handle(t, node)); !slices.Contains(got, "eni2") {
+		t.Errorf("node links after StopPodSandbox %v, want eni2 back", got)
+	}
+	if n := others.Load(); n != 2 {
+		t.Errorf("the agent got %d requests besides GET %s, want 2 (a report after the attach and one after the detach)", n, api.PathClaims)
+	}
 }
 
 // TestAttachRollsBack: when a later device cannot be attached, RunPodSandbox fails and the devices it
-// attached before are detached: the ENI is back in the node, the pod has nothing of the claim.
+// attached before are detached: the ENI is back in the node, the pod has nothing of the claim, and the agent
+// is told of no interface.
 func TestAttachRollsBack(t *testing.T) {
 	node, att := exclusiveNode(t)
 	bad := att
 	bad.Device, bad.Request.Card, bad.Request.IfName, bad.Lease.LinkName = "card-3-exclusive", 3, dra.ClaimIfName(3), "missing3"
 	pod := nettest.NewNS(t)
-	p := newTestPlugin(&fakeAgent{atts: []api.ClaimAttachment{att, bad}})
+	agent := &fakeAgent{atts: []api.ClaimAttachment{att, bad}}
+	p := newTestPlugin(agent)
 	err := inNode(t, node, func() error { return p.RunPodSandbox(context.Background(), sandbox(pod.Path())) })
 	if err == nil || !strings.Contains(err.Error(), "card-3-exclusive") {
 		t.Fatalf("RunPodSandbox with an ENI that is not there: %v, want an error naming the device", err)
@@ -229,5 +322,8 @@ func TestAttachRollsBack(t *testing.T) {
 	}
 	if got := nettest.LinkNames(t, nettest.Handle(t, node)); !slices.Contains(got, "eni2") {
 		t.Errorf("node links after the failed attach %v, want eni2 back", got)
+	}
+	if got := agent.takeReports(t); len(got) != 0 {
+		t.Errorf("a failed attach reported %q, want nothing", got)
 	}
 }
