@@ -290,6 +290,27 @@ func TestExampleClaims(t *testing.T) {
 			}
 		}
 
+		// The NRI plugin's report of a pod's claim interfaces (POST /v1/claims/interfaces on the agent's
+		// socket, as it sends it after RunPodSandbox and after the detach): the agent writes each device's
+		// interfaceName into the claim's status in the background, addresses and MACs kept.
+		one := claims[1] // pod one-three's: card-1 and card-3
+		pod, err := c.Client.CoreV1().Pods("default").Get(ctx, "one-three", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		report := api.ClaimInterfacesRequest{PodRef: api.PodRef{PodNamespace: "default", PodName: pod.Name, PodUID: string(pod.UID)},
+			Attached: []api.PodInterface{{Card: 1, IfName: "card1"}, {Card: 3, IfName: "card3"}}}
+		if err := n.Client.ClaimInterfaces(ctx, report); err != nil {
+			t.Fatal(err)
+		}
+		waitIfNames(ctx, t, c, one, map[int]string{1: "card1", 3: "card3"})
+		checkStatus(ctx, t, c, region, one, before[one.Name])
+		report.Attached, report.Detached = nil, report.Attached
+		if err := n.Client.ClaimInterfaces(ctx, report); err != nil {
+			t.Fatal(err)
+		}
+		waitIfNames(ctx, t, c, one, map[int]string{1: "", 3: ""})
+
 		for _, cl := range claims {
 			k.unprepare(ctx, cl)
 			if left := claimAllocations(t, n, cl); len(left) != 0 {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -159,4 +160,28 @@ func checkStatus(ctx context.Context, t *testing.T, c *cluster.Cluster, region *
 			break
 		}
 	}
+}
+
+// waitIfNames waits until the claim's status names want's interface (by card; "": none) on each of our
+// devices; the agent writes them in the background.
+func waitIfNames(ctx context.Context, t *testing.T, c *cluster.Cluster, cl *resourceapi.ResourceClaim, want map[int]string) {
+	t.Helper()
+	var got map[int]string
+	for deadline := time.Now().Add(waitTimeout); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		cur, err := c.Client.ResourceV1().ResourceClaims(cl.Namespace).Get(ctx, cl.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = map[int]string{}
+		for _, d := range cur.Status.Devices {
+			if card, ok := dra.ParseDeviceName(d.Device); ok && d.Driver == dra.DriverName && d.NetworkData != nil {
+				got[card] = d.NetworkData.InterfaceName
+			}
+		}
+		if maps.Equal(got, want) {
+			t.Logf("claim %s: interfaceName by card %v", cl.Name, got)
+			return
+		}
+	}
+	t.Errorf("claim %s: interfaceName by card %v, want %v", cl.Name, got, want)
 }
