@@ -160,7 +160,8 @@ func cardOf(t *testing.T, r resourceapi.DeviceRequestAllocationResult) int {
 // TestExampleClaims: the DeviceClass and the example ResourceClaimTemplates of manifests/examples, applied
 // unchanged to the real kube-apiserver, and allocated by the real kube-scheduler from the agent's
 // ResourceSlice and a test driver's GPUs: any 2 distinct cards get two cards; cards 1 and 3 get exactly
-// those; a GPU with 4 cards gets the GPU and the 4 cards on its PCIe root, exclusive; a second such claim,
+// those; a GPU with 5 cards on its root, while all are free, stays Pending (no root has 5), and is allocated
+// without the matchAttribute; a GPU with 4 cards gets the GPU and the 4 cards on its PCIe root, exclusive; a second such claim,
 // which cannot be aligned (the other GPU's root has one card, the first claim holds the exclusive cards of
 // this root), stays Pending with the scheduler's reason, and is allocated once the first claim is gone. Then
 // the agent's kubelet plugin prepares the allocated claims (subtest kubelet-plugin).
@@ -202,6 +203,36 @@ func TestExampleClaims(t *testing.T) {
 		if len(res["card-1"]) != 1 || res["card-1"][0].Device != "card-1" || len(res["card-3"]) != 1 || res["card-3"][0].Device != "card-3" {
 			t.Fatalf("allocation %+v, want card-1 and card-3", res)
 		}
+	})
+	// Alignment as the only blocker: every GPU and every exclusive card is free (any2 and one-three hold
+	// shared devices, which are others), but no PCIe root has 5 cards (gpu-0's has 4, gpu-1's 1, card 2 has
+	// none), so "1 GPU + 5 exclusive cards on its root" stays Pending with the scheduler's reason, while the
+	// same claim without the matchAttribute is allocated. Both go before the next case, which needs gpu-0
+	// and cards 3-6.
+	t.Run("cannot-align", func(t *testing.T) {
+		claimPod(ctx, t, c, "gpu-5-aligned", fiveCardsTemplate(ctx, t, c, true))
+		reason := waitUnschedulable(ctx, t, c, "gpu-5-aligned")
+		t.Logf("gpu-5-aligned Pending, scheduler: %s", reason)
+		if !strings.Contains(reason, "cannot allocate all claims") {
+			t.Errorf("scheduler's reason %q does not say the claim cannot be allocated", reason)
+		}
+		if p, cl := podClaim(ctx, t, c, "gpu-5-aligned"); p.Spec.NodeName != "" || cl == nil || cl.Status.Allocation != nil {
+			t.Errorf("gpu-5-aligned: node %q, claim %v: want unbound with its claim made and unallocated", p.Spec.NodeName, cl)
+		}
+
+		claimPod(ctx, t, c, "gpu-5-any", fiveCardsTemplate(ctx, t, c, false))
+		_, res := allocated(ctx, t, c, "gpu-5-any")
+		cards := map[int]bool{}
+		for _, r := range res["cards"] {
+			if !strings.HasSuffix(r.Device, "-exclusive") {
+				t.Errorf("device %s: want exclusive", r.Device)
+			}
+			cards[cardOf(t, r)] = true
+		}
+		if len(res["gpu"]) != 1 || res["gpu"][0].Driver != gpuDriver || len(res["cards"]) != 5 || len(cards) != 5 {
+			t.Fatalf("allocation without matchAttribute %+v, want a GPU and 5 distinct cards", res)
+		}
+		deletePods(ctx, t, c, "gpu-5-aligned", "gpu-5-any")
 	})
 	t.Run("gpu-aligned", func(t *testing.T) {
 		claimPod(ctx, t, c, "gpu-a", "multinic-gpu-aligned-4-cards")
@@ -262,12 +293,32 @@ func TestExampleClaims(t *testing.T) {
 			before[cl.Name] = checkPrepared(t, n, cl, k.prepare(ctx, cl))
 			checkStatus(ctx, t, c, region, cl, before[cl.Name])
 		}
-		enis := map[string]bool{}
-		for card, al := range before[claims[2].Name] {
-			if enis[al.ENIID] {
-				t.Errorf("card %d: exclusive ENI %s given twice", card, al.ENIID)
+		// An exclusive ENI is one allocation's, among all the agent holds.
+		all, err := n.Allocations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		holders := map[string][]string{}
+		for _, al := range all {
+			holders[al.ENIID] = append(holders[al.ENIID], fmt.Sprintf("%s/%s exclusive=%t", al.ContainerID, al.IfName, al.Exclusive))
+		}
+		for _, al := range all {
+			if al.Exclusive && len(holders[al.ENIID]) != 1 {
+				t.Errorf("card %d: exclusive ENI %s given more than once: %v", al.Card, al.ENIID, holders[al.ENIID])
 			}
-			enis[al.ENIID] = true
+		}
+		// The agent's own guard: a claim whose allocation the test wrote, gpu-b's card-3-exclusive (as if
+		// the scheduler and the agent disagreed), is refused, naming the card and its holder, and gets nothing.
+		rogue := rogueClaim(ctx, t, c, "card-3-exclusive")
+		msg := k.prepareError(ctx, rogue)
+		if want := fmt.Sprintf("card 3's exclusive ENI %s is held by claim %s", before[claims[2].Name][3].ENIID, claims[2].UID); !strings.Contains(msg, want) {
+			t.Errorf("NodePrepareResources of a second claim of card-3-exclusive: %q, want an error with %q", msg, want)
+		}
+		if now, err := n.Allocations(); err != nil || len(now) != len(all) || len(claimAllocations(t, n, rogue)) != 0 {
+			t.Errorf("after the refusal the agent holds %d allocations (%v), before %d; want the same, none of the rogue claim", len(now), err, len(all))
+		}
+		if err := c.Client.ResourceV1().ResourceClaims("default").Delete(ctx, rogue.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
 		}
 
 		if err := n.StopAgent(); err != nil {
@@ -320,6 +371,112 @@ func TestExampleClaims(t *testing.T) {
 			k.unprepare(ctx, cl) // again: nothing to do, no error
 		}
 	})
+}
+
+// rogueClaim makes a ResourceClaim that no scheduler allocated: its status says node1's device of
+// multinic.io, whoever else holds it.
+func rogueClaim(ctx context.Context, t *testing.T, c *cluster.Cluster, device string) *resourceapi.ResourceClaim {
+	t.Helper()
+	claims := c.Client.ResourceV1().ResourceClaims("default")
+	cl, err := claims.Create(ctx, &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: "rogue", Namespace: "default"},
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{
+			{Name: "card", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: dra.DriverName}}}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{Results: []resourceapi.DeviceRequestAllocationResult{
+		{Request: "card", Driver: dra.DriverName, Pool: "node1", Device: device}}}}
+	if cl, err = claims.UpdateStatus(ctx, cl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// fiveCardsTemplate makes a ResourceClaimTemplate from the example multinic-gpu-aligned-4-cards asking for 5
+// cards instead of 4, with its matchAttribute constraint (aligned) or without it, and returns its name.
+func fiveCardsTemplate(ctx context.Context, t *testing.T, c *cluster.Cluster, aligned bool) string {
+	t.Helper()
+	tmpls := c.Client.ResourceV1().ResourceClaimTemplates("default")
+	ex, err := tmpls.Get(ctx, "multinic-gpu-aligned-4-cards", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, spec := "test-gpu-any-5-cards", ex.Spec.Spec.DeepCopy()
+	if aligned {
+		name = "test-gpu-aligned-5-cards"
+	}
+	n := 0
+	for _, r := range spec.Devices.Requests {
+		if r.Name == "cards" {
+			r.Exactly.Count, n = 5, n+1
+		}
+	}
+	spec.Devices.Constraints = slices.DeleteFunc(spec.Devices.Constraints, func(cn resourceapi.DeviceConstraint) bool {
+		if cn.MatchAttribute != nil {
+			n++
+		}
+		return !aligned && cn.MatchAttribute != nil
+	})
+	if n != 2 {
+		t.Fatalf("example template %+v: want one request \"cards\" and one matchAttribute", ex.Spec.Spec)
+	}
+	tmpl := &resourceapi.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: *spec}}
+	if _, err := tmpls.Create(ctx, tmpl, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// podClaim is pod and the ResourceClaim made for it from its template (nil: none yet).
+func podClaim(ctx context.Context, t *testing.T, c *cluster.Cluster, pod string) (*corev1.Pod, *resourceapi.ResourceClaim) {
+	t.Helper()
+	p, err := c.Client.CoreV1().Pods("default").Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range p.Status.ResourceClaimStatuses {
+		if st.ResourceClaimName != nil {
+			cl, err := c.Client.ResourceV1().ResourceClaims("default").Get(ctx, *st.ResourceClaimName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p, cl
+		}
+	}
+	return p, nil
+}
+
+// deletePods deletes pods and waits until no ResourceClaim made for them is left (the devices are free).
+func deletePods(ctx context.Context, t *testing.T, c *cluster.Cluster, pods ...string) {
+	t.Helper()
+	for _, pod := range pods {
+		if err := c.Client.CoreV1().Pods("default").Delete(ctx, pod, metav1.DeleteOptions{GracePeriodSeconds: new(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		claims, err := c.Client.ResourceV1().ResourceClaims("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []string
+		for _, cl := range claims.Items {
+			for _, o := range cl.OwnerReferences {
+				if o.Kind == "Pod" && slices.Contains(pods, o.Name) {
+					left = append(left, cl.Name)
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("claims %v of deleted pods %v still there after %s", left, pods, waitTimeout)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 // waitUnschedulable waits for the scheduler to mark pod unschedulable and returns its message.

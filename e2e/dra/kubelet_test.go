@@ -50,8 +50,8 @@ func (k *kubelet) claim(ctx context.Context, name string) *resourceapi.ResourceC
 	return cl
 }
 
-// prepare calls NodePrepareResources for claim and fails the test on any error; it returns the devices.
-func (k *kubelet) prepare(ctx context.Context, cl *resourceapi.ResourceClaim) []*drapb.Device {
+// call calls NodePrepareResources for claim and returns its answer for the claim.
+func (k *kubelet) call(ctx context.Context, cl *resourceapi.ResourceClaim) *drapb.NodePrepareResourceResponse {
 	k.t.Helper()
 	resp, err := k.api.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{
 		{Namespace: cl.Namespace, Name: cl.Name, Uid: string(cl.UID)}}})
@@ -59,10 +59,30 @@ func (k *kubelet) prepare(ctx context.Context, cl *resourceapi.ResourceClaim) []
 		k.t.Fatalf("NodePrepareResources %s: %v", cl.Name, err)
 	}
 	r := resp.Claims[string(cl.UID)]
-	if r == nil || r.Error != "" {
+	if r == nil {
+		k.t.Fatalf("NodePrepareResources %s: no answer for the claim: %+v", cl.Name, resp)
+	}
+	return r
+}
+
+// prepare calls NodePrepareResources for claim and fails the test on any error; it returns the devices.
+func (k *kubelet) prepare(ctx context.Context, cl *resourceapi.ResourceClaim) []*drapb.Device {
+	k.t.Helper()
+	r := k.call(ctx, cl)
+	if r.Error != "" {
 		k.t.Fatalf("NodePrepareResources %s: %+v", cl.Name, r)
 	}
 	return r.Devices
+}
+
+// prepareError calls NodePrepareResources for claim, wants it to fail the claim, and returns its error.
+func (k *kubelet) prepareError(ctx context.Context, cl *resourceapi.ResourceClaim) string {
+	k.t.Helper()
+	r := k.call(ctx, cl)
+	if r.Error == "" || len(r.Devices) != 0 {
+		k.t.Errorf("NodePrepareResources %s: %+v, want an error and no devices", cl.Name, r)
+	}
+	return r.Error
 }
 
 func (k *kubelet) unprepare(ctx context.Context, cl *resourceapi.ResourceClaim) {
