@@ -237,8 +237,9 @@ func (e *Env) agentAllocations(ctx context.Context, t *testing.T, n *Node) []api
 // sees: the scheduler gave it gpu-0 and exclusive cards 3-6 of its node (the cards on the GPU's root); it
 // has exactly those cards' interfaces (and eth0, lo); the agent holds exactly one exclusive allocation per
 // card for the pod, at the address inside (the claim's reservation taken over, none left under the claim,
-// no second address); the claim's status.devices says each card's address and MAC as the container sees
-// them. It returns the pod's address per interface.
+// no second address); the claim's status.devices says each card's address, MAC and interface name as the
+// container sees them (the name written by the agent after the takeover). It returns the pod's address per
+// interface.
 func (e *Env) checkClaimedPod(ctx context.Context, t *testing.T, p testPod) map[string]netip.Addr {
 	t.Helper()
 	addrs := e.checkPod(ctx, t, p)
@@ -246,7 +247,11 @@ func (e *Env) checkClaimedPod(ctx context.Context, t *testing.T, p testPod) map[
 	if err != nil {
 		t.Fatal(err)
 	}
-	claim := e.podClaim(ctx, t, p.Name)
+	ifNames := map[string]string{} // device -> the pod's interface of it (its Multus attachment's)
+	for i, a := range p.Atts {
+		ifNames[dra.DeviceName(a.Card, "exclusive")] = p.ifName(i)
+	}
+	claim := e.podClaimWithIfNames(ctx, t, p.Name, ifNames)
 	var gpus []string
 	claimed := map[int]string{} // card -> device
 	for _, r := range claim.Status.Allocation.Devices.Results {
@@ -304,7 +309,7 @@ func (e *Env) checkClaimedPod(ctx context.Context, t *testing.T, p testPod) map[
 		}
 		st, ok := status[claimed[a.Card]]
 		in := ifaces[ifName]
-		if !ok || st.NetworkData == nil || in == nil || len(in.Addrs) != 1 ||
+		if !ok || st.NetworkData == nil || in == nil || len(in.Addrs) != 1 || st.NetworkData.InterfaceName != ifName ||
 			!slices.Equal(st.NetworkData.IPs, []string{in.Addrs[0].String()}) || !strings.EqualFold(st.NetworkData.HardwareAddress, in.MAC) {
 			t.Errorf("claim %s status of %s: %+v; pod %s %s: %+v", claim.Name, claimed[a.Card], st.NetworkData, p.Name, ifName, in)
 		}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -64,7 +65,8 @@ func nriPod(name, node, template string) string {
 // and containerd's NRI on, a pod that claims nriClaimCards exclusive cards and names no Multus network is
 // scheduled by the real scheduler, prepared by the agent's kubelet plugin, and Running with exactly the
 // claimed cards' interfaces card<N> seen from inside the container, already there when its container
-// started; each has the claim status's address and MAC, which are the in-use ENI's of that card in fake-ec2.
+// started; each has the claim status's address, MAC and interface name (card<N>, written by the agent once
+// the NRI plugin reported it), the address and MAC being the in-use ENI's of that card in fake-ec2.
 // Deleting the pod detaches them (each claimed ENI still on the node is back in the node's netns, the NRI
 // plugin logged the detach) and frees every allocation.
 func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
@@ -92,6 +94,13 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 	t.Logf("pod %s (DRA claim, NRI, no Multus): Ready in %s", pod, time.Since(start).Round(100*time.Millisecond))
 
 	claim := e.podClaim(ctx, t, pod)
+	ifNames := map[string]string{} // device -> card<N>, the interface the NRI plugin made of it
+	for _, r := range claim.Status.Allocation.Devices.Results {
+		if card, ok := dra.ParseDeviceName(r.Device); ok && r.Driver == dra.DriverName {
+			ifNames[r.Device] = dra.ClaimIfName(card)
+		}
+	}
+	claim = e.podClaimWithIfNames(ctx, t, pod, ifNames)
 	cards := map[string]resourceapi.AllocatedDeviceStatus{} // card<N> -> the claim's status of its device
 	for _, r := range claim.Status.Allocation.Devices.Results {
 		card, ok := dra.ParseDeviceName(r.Device)
@@ -141,9 +150,10 @@ func testNRIAttach(ctx context.Context, t *testing.T, e *Env, image string) {
 			t.Errorf("pod %s %s = %+v, want one address", pod, name, in)
 			continue
 		}
-		if !slices.Equal(ds.NetworkData.IPs, []string{in.Addrs[0].String()}) || !strings.EqualFold(ds.NetworkData.HardwareAddress, in.MAC) {
-			t.Errorf("pod %s %s: %s %s; the claim's status of %s says %v %s", pod, name, in.Addrs[0], in.MAC, ds.Device,
-				ds.NetworkData.IPs, ds.NetworkData.HardwareAddress)
+		if !slices.Equal(ds.NetworkData.IPs, []string{in.Addrs[0].String()}) || !strings.EqualFold(ds.NetworkData.HardwareAddress, in.MAC) ||
+			ds.NetworkData.InterfaceName != name {
+			t.Errorf("pod %s %s: %s %s; the claim's status of %s says %v %s interface %q", pod, name, in.Addrs[0], in.MAC, ds.Device,
+				ds.NetworkData.IPs, ds.NetworkData.HardwareAddress, ds.NetworkData.InterfaceName)
 		}
 		i := slices.IndexFunc(st.ENIs, func(en fakeec2.ENIState) bool { return en.PrimaryIP == in.Addrs[0].Addr().String() })
 		if i < 0 {
@@ -228,6 +238,29 @@ func (e *Env) podClaim(ctx context.Context, t *testing.T, pod string) *resourcea
 	if c.Status.Allocation == nil {
 		t.Fatalf("claim %s of pod %s is not allocated", c.Name, pod)
 	}
+	return c
+}
+
+// podClaimWithIfNames is pod's claim once its status names, for each device in want, the interface want
+// gives (the agent writes interfaceName in the background after the attachment); on timeout the test
+// fails and the claim is returned as it last was.
+func (e *Env) podClaimWithIfNames(ctx context.Context, t *testing.T, pod string, want map[string]string) *resourceapi.ResourceClaim {
+	t.Helper()
+	var c *resourceapi.ResourceClaim
+	got := map[string]string{}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		c = e.podClaim(ctx, t, pod)
+		clear(got)
+		for _, d := range c.Status.Devices {
+			if _, ok := want[d.Device]; ok && d.Driver == dra.DriverName && d.NetworkData != nil {
+				got[d.Device] = d.NetworkData.InterfaceName
+			}
+		}
+		if maps.Equal(got, want) {
+			return c
+		}
+	}
+	t.Errorf("claim %s of pod %s: interfaceName by device %v, want %v", c.Name, pod, got, want)
 	return c
 }
 
