@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	resourceapply "k8s.io/client-go/applyconfigurations/resource/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/workqueue"
 
 	"github.com/multinic/multinic/ipam/api"
 )
@@ -25,7 +26,8 @@ import (
 //
 // Prepare and unprepare write at once (the kubelet waits for them anyway). Attached and Detached only note
 // the name and queue the claim for Run, one goroutine that writes each queued claim once however many of
-// its devices changed, and retries with backoff while the API server fails: an ADD or a RunPodSandbox never
+// its devices changed, and retries it with backoff while the API server fails (client-go's rate-limited
+// workqueue: it coalesces a claim queued again before it is written): an ADD or a RunPodSandbox never
 // waits on the API server for it and never fails because of it. Make it with NewStatuses.
 //
 // What it knows is in memory: after an agent restart, a claim prepared before it gets no interfaceName
@@ -33,17 +35,15 @@ import (
 type Statuses struct {
 	kube kubernetes.Interface
 	log  *slog.Logger
-	// minBackoff and maxBackoff bound the wait before Run retries a failed write.
-	minBackoff, maxBackoff time.Duration
+	// queue holds the claims whose status Run writes next; a failed write comes back after a backoff.
+	queue workqueue.TypedRateLimitingInterface[types.UID]
 
 	// applyMu makes writes one at a time, each with the entries as they are when it starts, so the last
 	// write carries the newest entries.
 	applyMu sync.Mutex
 
-	mu     sync.Mutex // guards what follows; never held across an API call
+	mu     sync.Mutex // guards claims; never held across an API call
 	claims map[types.UID]*claimStatus
-	dirty  map[types.UID]bool
-	wake   chan struct{}
 }
 
 // claimStatus is what Statuses keeps of one prepared claim.
@@ -64,8 +64,14 @@ type preparedDevice struct {
 
 // NewStatuses writes the claims' status through kube (nil: writes nothing).
 func NewStatuses(kube kubernetes.Interface, logger *slog.Logger) *Statuses {
-	return &Statuses{kube: kube, log: logger, minBackoff: 100 * time.Millisecond, maxBackoff: 30 * time.Second,
-		claims: map[types.UID]*claimStatus{}, dirty: map[types.UID]bool{}, wake: make(chan struct{}, 1)}
+	return newStatuses(kube, logger, 100*time.Millisecond)
+}
+
+// newStatuses retries a failed write after minBackoff, doubling per failure of that claim up to 30 s.
+func newStatuses(kube kubernetes.Interface, logger *slog.Logger, minBackoff time.Duration) *Statuses {
+	limiter := workqueue.NewTypedItemExponentialFailureRateLimiter[types.UID](minBackoff, 30*time.Second)
+	return &Statuses{kube: kube, log: logger, claims: map[types.UID]*claimStatus{},
+		queue: workqueue.NewTypedRateLimitingQueue(limiter)}
 }
 
 // Prepared records claim's prepared devices and writes its status now. An interface noted before for the same
@@ -88,7 +94,7 @@ func (s *Statuses) Prepared(ctx context.Context, claim *resourceapi.ResourceClai
 	s.claims[claim.UID] = c
 	s.mu.Unlock()
 	if err := s.apply(ctx, claim.UID); err != nil {
-		s.queue(claim.UID)
+		s.queue.Add(claim.UID)
 		return err
 	}
 	return nil
@@ -97,8 +103,7 @@ func (s *Statuses) Prepared(ctx context.Context, claim *resourceapi.ResourceClai
 // Unprepared forgets the claim and removes all of our entries from its status now.
 func (s *Statuses) Unprepared(ctx context.Context, namespace, name string, uid types.UID) error {
 	s.mu.Lock()
-	delete(s.claims, uid)
-	delete(s.dirty, uid)
+	delete(s.claims, uid) // a queued write of it then writes nothing
 	s.mu.Unlock()
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
@@ -133,66 +138,30 @@ func (s *Statuses) setInterface(pod types.UID, card int, was, ifName string) {
 			}
 			d.ifName = ifName
 			s.log.Info("claim device interface", "claim", c.namespace+"/"+c.name, "device", d.result.Device, "pod", pod, "ifname", ifName)
-			s.queueLocked(uid)
+			s.queue.Add(uid)
 			return
 		}
 	}
 }
 
-func (s *Statuses) queue(uid types.UID) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.queueLocked(uid)
-}
-
-func (s *Statuses) queueLocked(uid types.UID) {
-	s.dirty[uid] = true
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// Run writes the queued claims until ctx ends: each once per pass, a failed one again after a backoff that
-// doubles up to maxBackoff while writes keep failing.
+// Run writes the queued claims until ctx ends, one at a time; a failed one again after its backoff.
 func (s *Statuses) Run(ctx context.Context) {
-	backoff := s.minBackoff
+	go func() {
+		<-ctx.Done()
+		s.queue.ShutDown()
+	}()
 	for {
-		select {
-		case <-ctx.Done():
+		uid, quit := s.queue.Get()
+		if quit {
 			return
-		case <-s.wake:
 		}
-		for {
-			s.mu.Lock()
-			uids := make([]types.UID, 0, len(s.dirty))
-			for uid := range s.dirty {
-				uids = append(uids, uid)
-			}
-			clear(s.dirty)
-			s.mu.Unlock()
-			if len(uids) == 0 {
-				break
-			}
-			failed := false
-			for _, uid := range uids {
-				if err := s.apply(ctx, uid); err != nil {
-					s.log.Warn("write the claim's device status; will retry", "uid", uid, "retryIn", backoff, "error", err)
-					s.queue(uid)
-					failed = true
-				}
-			}
-			if !failed {
-				backoff = s.minBackoff
-				continue
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, s.maxBackoff)
+		if err := s.apply(ctx, uid); err != nil {
+			s.log.Warn("write the claim's device status; will retry", "uid", uid, "failures", s.queue.NumRequeues(uid)+1, "error", err)
+			s.queue.AddRateLimited(uid)
+		} else {
+			s.queue.Forget(uid)
 		}
+		s.queue.Done(uid)
 	}
 }
 

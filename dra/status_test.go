@@ -29,7 +29,7 @@ func preparedForPod(t *testing.T) (*Plugin, *kubefake.Clientset, *resourceapi.Re
 	kube := kubefake.NewClientset(c)
 	p := newTestPlugin(newFakeAllocations())
 	withKube(p, kube)
-	p.cfg.Statuses.minBackoff = 10 * time.Millisecond
+	p.cfg.Statuses = newStatuses(kube, p.log, 10*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go p.cfg.Statuses.Run(ctx)
