@@ -68,7 +68,8 @@ collect() {
 	: >"$RES/steps.jsonl"
 	for part in $PARTS; do
 		[ -f "$RES/$part.step" ] || continue
-		grep -a '^BENCHRESULT ' "$RES/$part.log" | sed 's/^BENCHRESULT //' >>"$RES/results.jsonl"
+		# A result names the step that made it (its command is shown with it): a test only knows host or vm.
+		grep -a '^BENCHRESULT ' "$RES/$part.log" | sed 's/^BENCHRESULT //; s/"part":"[^"]*"/"part":"'"$part"'"/' >>"$RES/results.jsonl"
 		grep -a '^FAULTRECORD ' "$RES/$part.log" | sed 's/^FAULTRECORD //' >>"$RES/faults.jsonl"
 		cat "$RES/$part.step" >>"$RES/steps.jsonl"
 	done
