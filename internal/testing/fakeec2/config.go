@@ -57,6 +57,9 @@ type InstanceConfig struct {
 	ID       string `json:"id,omitempty"`
 	Type     string `json:"type,omitempty"`     // default DefaultInstanceType
 	SubnetID string `json:"subnetId,omitempty"` // subnet of the primary ENI; default the first subnet
+	// LaunchTemplateData: the ENIs (and their tags) the instance was launched with, in EC2's JSON shape;
+	// the primary's SubnetId there, when given, overrides SubnetID.
+	LaunchTemplateData
 }
 
 // Faults are all off by default.
@@ -203,7 +206,7 @@ func (c Config) withDefaults() Config {
 		if c.Instances[i].Type == "" {
 			c.Instances[i].Type = DefaultInstanceType
 		}
-		if c.Instances[i].SubnetID == "" {
+		if c.Instances[i].SubnetID = c.Instances[i].primarySubnet(); c.Instances[i].SubnetID == "" {
 			c.Instances[i].SubnetID = c.Subnets[0].ID
 		}
 	}
@@ -270,6 +273,9 @@ func (c Config) validate() error {
 			return fmt.Errorf("instances[%d].id %q invalid: duplicate", i, in.ID)
 		}
 		seen[in.ID] = true
+		if err := c.validateLaunch(i, in, seen); err != nil {
+			return err
+		}
 	}
 	for name, r := range c.Faults.Rates {
 		if r.Burst < 1 || r.PerSecond <= 0 {

@@ -110,6 +110,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		s.attachments[e.att.id] = e.id
 		s.instances[ic.ID] = &instance{id: ic.ID, typ: catalog[ic.Type], az: cfg.AZ, subnetID: sn.id, primary: e.id, tags: map[string]string{}, launched: now}
 		s.instOrder = append(s.instOrder, ic.ID)
+		if err := s.launchENIs(ic, e, now); err != nil {
+			return nil, fmt.Errorf("new fake ec2: instance %s: launch template: %w", ic.ID, err)
+		}
 	}
 	for _, o := range opts {
 		o(s)
