@@ -110,8 +110,7 @@ func (m *Manager) step(ctx context.Context, cs *cardState) (next time.Time, err 
 // planInput is the card as the planner sees it now.
 func (m *Manager) planInput(cs *cardState) plan.Card {
 	in := plan.Card{
-		Pool: m.alloc.Stats(cs.index), Warm: m.alloc.Warm(cs.index), FreeExclusive: m.alloc.FreeExclusive(cs.index),
-		Now: time.Now(),
+		Pool: m.alloc.Stats(cs.index), Warm: m.alloc.Warm(cs.index), Now: time.Now(),
 	}
 	if !m.cfg.Eager {
 		// EC2 counts as busy for ErrorBackoffMax after the start (the node may be one of many an autoscaler
@@ -124,14 +123,21 @@ func (m *Manager) planInput(cs *cardState) plan.Card {
 		}
 		in.BusyUntil = since.Add(m.cfg.ErrorBackoffMax)
 	}
+	free := m.alloc.FreeExclusive(cs.index)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for _, p := range free {
+		if e := m.enis[p.ENIID]; e == nil || !e.launch { // a launch ENI is never given back
+			in.FreeExclusive = append(in.FreeExclusive, p)
+		}
+	}
 	for _, e := range m.enis {
 		if e.card != cs.index {
 			continue
 		}
 		in.ENIs = append(in.ENIs, plan.ENI{
-			ID: e.id, Device: e.device, Exclusive: e.exclusive, DeleteOnTermination: e.dot,
+			// A launch ENI's DeleteOnTermination is the launch template's to decide.
+			ID: e.id, Device: e.device, Exclusive: e.exclusive, DeleteOnTermination: e.dot || e.launch,
 			Ready:            e.linkReady && len(e.pending) == 0 && !e.pendingExclusive,
 			PendingExclusive: e.pendingExclusive, Slots: e.slots(), Prefixes: slices.Clone(e.prefixes),
 			IPv6Prefixes: len(e.prefixes6),
@@ -328,6 +334,12 @@ func (m *Manager) giveBack(ctx context.Context, cs *cardState, e *eniState, addr
 // removeExclusive takes a free exclusive ENI out of the allocator, then detaches and deletes it; on a
 // failure it goes back into the pool.
 func (m *Manager) removeExclusive(ctx context.Context, cs *cardState, id string, primary netip.Addr) error {
+	m.mu.Lock()
+	launch := m.enis[id] != nil && m.enis[id].launch
+	m.mu.Unlock()
+	if launch {
+		return nil // never detached or deleted by the agent
+	}
 	m.opMu.RLock()
 	defer m.opMu.RUnlock()
 	removed, err := m.alloc.RemoveAddresses(cs.index, primary)

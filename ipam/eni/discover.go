@@ -196,8 +196,22 @@ func (m *Manager) ownsTags(ni awsec2.Interface) bool {
 	return true
 }
 
+// isLaunchENI: an ENI the instance's launch template made (EC2 created and attached it in RunInstances): a
+// plain interface, not the primary nor opted out, tagged with this cluster and with no TagNode (a launch
+// template cannot know the instance ID). Only its attachment to this instance, which the caller checks,
+// makes it this node's: EC2 attaches an ENI to one instance at a time, so no other node uses it.
+func (m *Manager) isLaunchENI(ni awsec2.Interface) bool {
+	switch {
+	case ni.Tags[TagNoManage] == "true" || !ni.Plain() || ni.ID == m.primaryENI:
+		return false
+	case ni.Tags[TagCluster] != m.cfg.Cluster || ni.Tags[TagNode] != "":
+		return false
+	}
+	return true
+}
+
 // setAttachedLocked rebuilds device occupancy from enis (every ENI attached to this instance) and adopts or
-// refreshes the manager's own ENIs; link state of known ENIs is kept. Describe may lag (recent): an ENI
+// refreshes the manager's own ENIs and the launch ENIs (isLaunchENI); link state of known ENIs is kept. Describe may lag (recent): an ENI
 // the manager created within SettleTime and Describe does not show yet is kept (adopted from the memory
 // when an earlier process created and attached it), one it detached within SettleTime and Describe still
 // shows is not adopted again.
@@ -214,7 +228,8 @@ func (m *Manager) setAttachedLocked(enis []awsec2.Interface, rv recentView) {
 			m.occupied[card] = map[int]string{}
 		}
 		m.occupied[card][dev] = id
-		if !m.ownsTags(ni) || (card == 0 && dev == 0) {
+		launch := m.isLaunchENI(ni)
+		if !(m.ownsTags(ni) || launch) || (card == 0 && dev == 0) {
 			continue
 		}
 		if _, managed := m.cards[card]; !managed {
@@ -227,9 +242,9 @@ func (m *Manager) setAttachedLocked(enis []awsec2.Interface, rv recentView) {
 		e := m.enis[id]
 		if e == nil {
 			mac, _ := net.ParseMAC(ni.MAC)
-			e = &eniState{id: id, mac: mac, exclusive: ni.Tags[TagMode] == ModeExclusive, adopted: true}
+			e = &eniState{id: id, mac: mac, exclusive: ni.Tags[TagMode] == ModeExclusive, adopted: true, launch: launch}
 			m.enis[id] = e
-			m.log.Info("adopted ENI", "card", card, "eni", id, "device", dev, "exclusive", e.exclusive)
+			m.log.Info("adopted ENI", "card", card, "eni", id, "device", dev, "exclusive", e.exclusive, "launchTemplate", launch)
 		}
 		// Fields other goroutines read without m.mu are written only when they change (they never do
 		// for an attachment that stays): card, device, attachment, subnet, primary.

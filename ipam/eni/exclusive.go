@@ -218,6 +218,11 @@ const deadLinkGrace = 5 * time.Second
 // dies, only a virtual one dies with it. An unknown netns, or one in a directory the agent cannot see, is
 // no evidence: the ENI is kept.
 func (m *Manager) deleteIfDead(ctx context.Context, cs *cardState, e *eniState, p allocator.PoolAddress) error {
+	if e.launch {
+		m.logOnce(cs, e.id, "released exclusive launch ENI's link is not home: kept, not handed out (the agent never deletes a launch ENI)",
+			"card", cs.index, "eni", e.id, "netns", p.AwayNetns)
+		return nil
+	}
 	if gone, _ := netnsdir.Gone(m.cfg.NetnsDirs, p.AwayNetns); !gone {
 		m.logOnce(cs, e.id, "released exclusive ENI's link is not home and its netns is not known gone: kept, not handed out",
 			"card", cs.index, "eni", e.id, "netns", p.AwayNetns)

@@ -171,6 +171,8 @@ type envOpts struct {
 	links    fakeec2.LinkMaker // default a fakeLinks
 	// more instances of the same type, after the env's own (another node of the account)
 	more int
+	// launch: the ENIs the env's own instance was launched with (its launch template's)
+	launch fakeec2.LaunchTemplateData
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -193,7 +195,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if lm == nil {
 		lm = fl
 	}
-	instances := []fakeec2.InstanceConfig{{Type: o.typ}}
+	instances := []fakeec2.InstanceConfig{{Type: o.typ, LaunchTemplateData: o.launch}}
 	for range o.more {
 		instances = append(instances, fakeec2.InstanceConfig{Type: o.typ})
 	}

@@ -11,8 +11,9 @@
 // (cardloop.go), and adopts, reconciles and recovers what EC2 and the node say.
 //
 // Ownership: the manager changes only ENIs that carry its tags (TagCluster = Config.Cluster, TagNode = this
-// instance, TagCard); never card 0's primary ENI, an ENI tagged TagNoManage=true, or an EFA ENI. Every other
-// ENI only occupies a device index.
+// instance, TagCard), and the addresses of launch ENIs (attached to this instance by its launch template,
+// TagCluster = Config.Cluster and no TagNode; discover.go), which it never detaches or deletes; never card
+// 0's primary ENI, an ENI tagged TagNoManage=true, or an EFA ENI. Every other ENI only occupies a device index.
 //
 // Concurrency: one goroutine per managed card fills and shrinks that card's pool; a reconcile goroutine
 // compares the allocator with EC2. Address changes (EC2 call + allocator update) hold opMu for reading;
@@ -134,6 +135,10 @@ type eniState struct {
 	linkName     string
 	linkReady    bool
 	dot          bool // DeleteOnTermination set
+	// launch: made by the instance's launch template (isLaunchENI). The agent assigns and unassigns its
+	// addresses as on any of its ENIs, but never detaches, deletes or retags it, nor changes its
+	// DeleteOnTermination: the operator asked for it in the launch template, which decides its lifetime.
+	launch bool
 	// pending: addresses EC2 gave the ENI that join the pool once its link is ready;
 	// pendingExclusive: the ENI joins the exclusive pool then.
 	pending          []netip.Addr

@@ -18,7 +18,7 @@ import (
 // per pass through the one EC2 limiter, so N agents add N calls of DescribeNetworkInterfaces per interval
 // and the deletes are shared among them.
 //
-// An ENI is an orphan only when: it carries TagCluster = this cluster and TagManaged = true, it is not
+// An ENI is an orphan only when: it carries TagCluster = this cluster, TagManaged = true and a TagNode, it is not
 // tagged no_manage, it is a plain interface (never EFA or trunk), it is available (attached to nothing),
 // and it is older than OrphanAge: by its TagCreatedAt, or, without one, by how long this agent has seen
 // it available. A live agent attaches what it creates within seconds and deletes what it detaches.
@@ -101,6 +101,8 @@ func orphanCandidate(ni awsec2.Interface, cluster string) bool {
 	switch {
 	case tags[TagCluster] != cluster || tags[TagManaged] != "true" || tags[TagCard] == "":
 		return false
+	case tags[TagNode] == "":
+		return false // not made by an agent (every agent tags its node at create): a launch template's, say
 	case tags[TagNoManage] == "true":
 		return false
 	case !ni.Plain():

@@ -45,11 +45,12 @@ func TestSweepOrphans(t *testing.T) {
 	}
 	untagged := e.foreignENI(1, -1, tags(nil)) // an older agent's: no creation time
 	keep := map[string]string{
-		e.foreignENI(1, -1, tags(map[string]string{TagCreatedAt: young})):                                                "young",
-		e.foreignENI(1, 5, tags(map[string]string{TagCreatedAt: old})):                                                   "attached",
-		e.foreignENI(1, -1, map[string]string{TagCluster: "other", TagManaged: "true", TagCard: "1", TagCreatedAt: old}): "other cluster",
-		e.foreignENI(1, -1, tags(map[string]string{TagCreatedAt: old, TagNoManage: "true"})):                             "no_manage",
-		e.foreignENI(1, -1, map[string]string{TagCard: "1"}):                                                             "untagged",
+		e.foreignENI(1, -1, tags(map[string]string{TagCreatedAt: young})):                                                    "young",
+		e.foreignENI(1, 5, tags(map[string]string{TagCreatedAt: old})):                                                       "attached",
+		e.foreignENI(1, -1, map[string]string{TagCluster: "other", TagManaged: "true", TagCard: "1", TagCreatedAt: old}):     "other cluster",
+		e.foreignENI(1, -1, tags(map[string]string{TagCreatedAt: old, TagNoManage: "true"})):                                 "no_manage",
+		e.foreignENI(1, -1, map[string]string{TagCard: "1"}):                                                                 "untagged",
+		e.foreignENI(1, -1, map[string]string{TagCluster: testCluster, TagManaged: "true", TagCard: "1", TagCreatedAt: old}): "no node tag: a launch template's, left by an instance without DeleteOnTermination",
 	}
 	out, err := e.ec2.CreateNetworkInterface(context.Background(), &ec2.CreateNetworkInterfaceInput{
 		SubnetId: aws.String(fakeec2.CardSubnetID(1)), InterfaceType: types.NetworkInterfaceCreationTypeEfa,

@@ -62,7 +62,8 @@ type Card struct {
 	SlotsPerENI int
 	// Pool is the allocator's counts of the card's pools, with the allocations waiting for an address.
 	Pool allocator.Stats
-	// Warm is the shared pool's addresses usable now; FreeExclusive the exclusive ENIs usable now.
+	// Warm is the shared pool's addresses usable now; FreeExclusive the exclusive ENIs usable now that the
+	// card may give back (launch ENIs are not among them).
 	Warm, FreeExclusive []allocator.PoolAddress
 	// ExclusiveWaiting counts exclusive allocations waiting for an ENI; ExclusiveAsked: one asked and was
 	// not served yet.
