@@ -21,23 +21,45 @@ import (
 
 // CreateIPVlanChild creates an ipvlan child of the link named parent (in the
 // calling thread's netns, the host's) inside podNS, named ifName. mtu 0 keeps the
-// parent's MTU. The child is created under a random temporary name and renamed
-// inside podNS, so it never appears in either netns under a name someone else may
-// be using or waiting for. It is left down and unaddressed (see ConfigureInterface);
-// on error nothing is left behind.
+// parent's MTU. It is left down and unaddressed (see ConfigureInterface); on error
+// nothing is left behind.
 func CreateIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlink.IPVlanMode, mtu int) (*current.Interface, error) {
-	iface, err := createIPVlanChild(parent, podNS, ifName, mode, mtu)
+	h, err := openHandle(podNS)
 	if err != nil {
-		return nil, fmt.Errorf("create ipvlan child of %q in %s: %w", parent, podNS.Path(), err)
+		return nil, err
 	}
-	return iface, nil
+	defer h.Close()
+	return createIPVlanChild(h, parent, podNS, ifName, mode, mtu)
 }
 
-func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlink.IPVlanMode, mtu int) (_ *current.Interface, retErr error) {
+// createIPVlanChild is CreateIPVlanChild with h, a route netlink handle opened in podNS (openHandle).
+//
+// The child is created straight into podNS (IFLA_NET_NS_FD): the kernel allocates and registers the device
+// in the target netns (rtnl_newlink_create, rtnl_create_link), so it never appears in the host's, and
+// register_netdevice refuses a name podNS already has (EEXIST). It gets its final name at once when it can:
+// a rename costs the kernel a synchronize_rcu (dev_change_name), about 20 ms of a 1-vCPU VM's ADD. But
+// kernels without "rtnetlink: Lookup device in target netns when creating link" (2025; the test VM's 6.1
+// among them) also look the name up in the netns of the socket that asks, the host's, before creating
+// (rtnl_newlink), and refuse a name a host link has (EEXIST, NLM_F_EXCL: the host's link is left alone). On EEXIST the child is made again under a random temporary
+// name, unique in both netns, and renamed in podNS; a name podNS has fails that rename with EEXIST, and
+// the temporary child is deleted.
+func createIPVlanChild(h netlinksafe.Handle, parent string, podNS ns.NetNS, ifName string, mode netlink.IPVlanMode, mtu int) (_ *current.Interface, retErr error) {
+	defer func() {
+		if retErr != nil {
+			retErr = fmt.Errorf("create ipvlan child of %q in %s: %w", parent, podNS.Path(), retErr)
+		}
+	}()
 	if mtu < 0 {
 		return nil, fmt.Errorf("mtu %d invalid: must be 0 (the parent's) or more", mtu)
 	}
-	p, err := netlinksafe.LinkByName(parent)
+	// In the calling thread's netns, the host's: the kernel looks the parent's index up in the netns of
+	// the socket that asks.
+	host, err := netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	defer host.Close()
+	p, err := host.LinkByName(parent)
 	if err != nil {
 		return nil, fmt.Errorf("find parent: %w", err)
 	}
@@ -45,73 +67,79 @@ func createIPVlanChild(parent string, podNS ns.NetNS, ifName string, mode netlin
 	if pmtu := p.Attrs().MTU; mtu > pmtu {
 		return nil, fmt.Errorf("mtu %d invalid: must be at most the parent's %d", mtu, pmtu)
 	}
-	// Lives only until the rename below, in this pod's netns: a clash (two ADDs into one pod drawing the same
-	// 32 bits) fails LinkAdd with EEXIST and leaves nothing behind.
-	tmpName := fmt.Sprintf("mntmp%08x", rand.Uint32())
-	child := &netlink.IPVlan{
-		LinkAttrs: netlink.LinkAttrs{
-			Name:        tmpName,
-			MTU:         mtu,
-			ParentIndex: p.Attrs().Index,
-			Namespace:   netlink.NsFd(int(podNS.Fd())),
-		},
-		Mode: mode,
+	add := func(name string) error {
+		child := &netlink.IPVlan{
+			LinkAttrs: netlink.LinkAttrs{
+				Name:        name,
+				MTU:         mtu,
+				ParentIndex: p.Attrs().Index,
+				Namespace:   netlink.NsFd(int(podNS.Fd())),
+			},
+			Mode: mode,
+		}
+		// child.Index is not read after this: the library fills it from a look-up of the name in the host's
+		// netns.
+		if err := host.LinkAdd(child); err != nil {
+			return fmt.Errorf("add link %q: %w", name, err)
+		}
+		return nil
 	}
-	if err := netlink.LinkAdd(child); err != nil {
-		return nil, fmt.Errorf("add link %q: %w", tmpName, err)
+	name := ifName
+	err = add(name)
+	if errors.Is(err, unix.EEXIST) {
+		// A clash of the temporary name (two ADDs into one pod drawing the same 32 bits) fails with EEXIST
+		// and leaves nothing behind.
+		name = fmt.Sprintf("mntmp%08x", rand.Uint32())
+		err = add(name)
+	}
+	if err != nil {
+		return nil, err
 	}
 	index := 0 // the child's index in podNS, once known
 	defer func() {
 		if retErr == nil {
 			return
 		}
-		if delErr := podNS.Do(func(ns.NetNS) error { return deleteLink(index, tmpName) }); delErr != nil {
+		if delErr := deleteLink(h, index, name); delErr != nil {
 			retErr = errors.Join(retErr, fmt.Errorf("roll back: %w", delErr))
 		}
 	}()
 
-	var iface *current.Interface
-	err = podNS.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(tmpName)
-		if err != nil {
-			return fmt.Errorf("find link %q: %w", tmpName, err)
-		}
-		index = l.Attrs().Index
-		if err := netlink.LinkSetName(l, ifName); err != nil {
-			return fmt.Errorf("rename %q to %q: %w", tmpName, ifName, err)
-		}
-		// Read it back: the name is now ifName, and the MAC is the parent's.
-		if l, err = netlink.LinkByIndex(index); err != nil {
-			return fmt.Errorf("find link %q: %w", ifName, err)
-		}
-		a := l.Attrs()
-		iface = &current.Interface{Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: podNS.Path()}
-		return nil
-	})
+	// Read it back in podNS: the name is ifName, and the MAC is the parent's.
+	l, err := h.LinkByName(name)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("find link %q: %w", name, err)
 	}
-	return iface, nil
+	if name != ifName {
+		index = l.Attrs().Index
+		if err := h.LinkSetName(l, ifName); err != nil {
+			return nil, fmt.Errorf("rename %q to %q: %w", name, ifName, err)
+		}
+		if l, err = h.LinkByIndex(index); err != nil {
+			return nil, fmt.Errorf("find link %q: %w", ifName, err)
+		}
+	}
+	a := l.Attrs()
+	return &current.Interface{Name: a.Name, Mac: a.HardwareAddr.String(), Mtu: a.MTU, Sandbox: podNS.Path()}, nil
 }
 
-// deleteLink deletes the link with this index, or this name when the index is 0,
-// from the calling thread's netns. A link already gone is not an error.
-func deleteLink(index int, name string) error {
+// deleteLink deletes, through h, the link with this index, or this name when the index is 0. A link
+// already gone is not an error.
+func deleteLink(h netlinksafe.Handle, index int, name string) error {
 	var l netlink.Link
 	var err error
 	if index > 0 {
-		l, err = netlink.LinkByIndex(index)
+		l, err = h.LinkByIndex(index)
 	} else {
-		l, err = netlinksafe.LinkByName(name)
+		l, err = h.LinkByName(name)
 	}
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	return netlink.LinkDel(l)
+	return h.LinkDel(l)
 }
 
 // ConfigureInterface adds addrs (IPv4, IPv6 or one of each) to the link ifName in podNS and sets it up. An
@@ -165,6 +193,21 @@ func configureInterface(h netlinksafe.Handle, where, ifName string, mtu int, add
 		return fmt.Errorf("configure %q in %s: %w", ifName, where, err)
 	}
 	return nil
+}
+
+// openHandle opens a route netlink handle in n's netns. The socket stays in that netns whichever thread
+// uses it, so netlink through it needs no netns switch (only /proc/sys writes do).
+func openHandle(n ns.NetNS) (netlinksafe.Handle, error) {
+	var h netlinksafe.Handle
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		h, err = netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	if err != nil {
+		return netlinksafe.Handle{}, fmt.Errorf("netlink handle in %s: %w", n.Path(), err)
+	}
+	return h, nil
 }
 
 // inNetns runs f in n's netns with a route netlink handle opened there: one netns switch and one netlink

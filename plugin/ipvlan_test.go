@@ -59,91 +59,125 @@ func TestCreateIPVlanChild(t *testing.T) {
 		{name: "l3", mode: netlink.IPVLAN_MODE_L3, mtu: 1500, wantMTU: 1500},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			hostNS, podNS := newParent(t)
-			hostLinks := linkNames(t, hostNS)
-			addr := netip.MustParsePrefix("10.1.0.5/24")
+		// With a host link of the child's name, older kernels refuse the name (looked up in the host's netns
+		// too) and the child is made under a temporary name and renamed; the host's link stays as it was.
+		for _, hostNet1 := range []bool{false, true} {
+			name := tt.name
+			if hostNet1 {
+				name += " host has net1"
+			}
+			t.Run(name, func(t *testing.T) { testCreateIPVlanChild(t, tt.mode, tt.mtu, tt.wantMTU, hostNet1) })
+		}
+	}
+}
 
-			var iface *current.Interface
-			err := hostNS.Do(func(ns.NetNS) error {
-				var err error
-				iface, err = CreateIPVlanChild(parentName, podNS, "net1", tt.mode, tt.mtu)
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := current.Interface{Name: "net1", Mac: parentMAC.String(), Mtu: tt.wantMTU, Sandbox: podNS.Path()}
-			if *iface != want {
-				t.Errorf("interface = %+v, want %+v", *iface, want)
-			}
-			if err := ConfigureInterface(podNS, "net1", addr); err != nil {
-				t.Fatal(err)
-			}
+// testCreateIPVlanChild makes the child net1 (mode, mtu) in a fresh pod netns, configures it, and checks
+// it and the host netns, which holds a bridge named net1 when hostNet1.
+func testCreateIPVlanChild(t *testing.T, mode netlink.IPVlanMode, mtu, wantMTU int, hostNet1 bool) {
+	hostNS, podNS := newParent(t)
+	var hostIndex int
+	if hostNet1 {
+		hh := nettest.Handle(t, hostNS)
+		if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "net1"}}); err != nil {
+			t.Fatalf("add the host's net1: %v", err)
+		}
+		l, err := hh.LinkByName("net1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostIndex = l.Attrs().Index
+	}
+	hostLinks := linkNames(t, hostNS)
+	addr := netip.MustParsePrefix("10.1.0.5/24")
 
-			h := nettest.Handle(t, podNS)
-			l, err := h.LinkByName("net1")
-			if err != nil {
-				t.Fatalf("child not in pod netns: %v", err)
-			}
-			ipvl, ok := l.(*netlink.IPVlan)
-			if !ok || l.Type() != "ipvlan" {
-				t.Fatalf("child is %T (type %q), want ipvlan", l, l.Type())
-			}
-			if ipvl.Mode != tt.mode {
-				t.Errorf("mode = %v, want %v", ipvl.Mode, tt.mode)
-			}
-			if got := l.Attrs().MTU; got != tt.wantMTU {
-				t.Errorf("mtu = %d, want %d", got, tt.wantMTU)
-			}
-			if got := l.Attrs().HardwareAddr; got.String() != parentMAC.String() {
-				t.Errorf("mac = %s, want the parent's %s", got, parentMAC)
-			}
-			if l.Attrs().Flags&net.FlagUp == 0 {
-				t.Errorf("flags = %v, want up", l.Attrs().Flags)
-			}
-			addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V4)
-			if err != nil {
-				t.Fatalf("list addresses: %v", err)
-			}
-			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == addr.String() }) {
-				t.Errorf("addresses = %v, want %s", addrs, addr)
-			}
-			// The child takes the parent's carrier (lower up), asynchronously; ipvlan
-			// reports operstate unknown rather than up.
-			deadline := time.Now().Add(5 * time.Second)
-			for l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-				if l, err = h.LinkByName("net1"); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
-				t.Errorf("raw flags = %#x, want lower up (the parent has carrier)", l.Attrs().RawFlags)
-			}
-			if got := l.Attrs().OperState; got != netlink.OperUp && got != netlink.OperUnknown {
-				t.Errorf("operstate = %v, want up or unknown", got)
-			}
-			if got := linkNames(t, hostNS); !slices.Equal(got, hostLinks) {
-				t.Errorf("host netns links = %v, want unchanged %v", got, hostLinks)
-			}
-		})
+	var iface *current.Interface
+	err := hostNS.Do(func(ns.NetNS) error {
+		var err error
+		iface, err = CreateIPVlanChild(parentName, podNS, "net1", mode, mtu)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := current.Interface{Name: "net1", Mac: parentMAC.String(), Mtu: wantMTU, Sandbox: podNS.Path()}
+	if *iface != want {
+		t.Errorf("interface = %+v, want %+v", *iface, want)
+	}
+	if err := ConfigureInterface(podNS, "net1", addr); err != nil {
+		t.Fatal(err)
+	}
+
+	h := nettest.Handle(t, podNS)
+	l, err := h.LinkByName("net1")
+	if err != nil {
+		t.Fatalf("child not in pod netns: %v", err)
+	}
+	ipvl, ok := l.(*netlink.IPVlan)
+	if !ok || l.Type() != "ipvlan" {
+		t.Fatalf("child is %T (type %q), want ipvlan", l, l.Type())
+	}
+	if ipvl.Mode != mode {
+		t.Errorf("mode = %v, want %v", ipvl.Mode, mode)
+	}
+	if got := l.Attrs().MTU; got != wantMTU {
+		t.Errorf("mtu = %d, want %d", got, wantMTU)
+	}
+	if got := l.Attrs().HardwareAddr; got.String() != parentMAC.String() {
+		t.Errorf("mac = %s, want the parent's %s", got, parentMAC)
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("flags = %v, want up", l.Attrs().Flags)
+	}
+	addrs, err := nlretry.AddrList(h, l, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatalf("list addresses: %v", err)
+	}
+	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == addr.String() }) {
+		t.Errorf("addresses = %v, want %s", addrs, addr)
+	}
+	// The child takes the parent's carrier (lower up), asynchronously; ipvlan
+	// reports operstate unknown rather than up.
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		if l, err = h.LinkByName("net1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+		t.Errorf("raw flags = %#x, want lower up (the parent has carrier)", l.Attrs().RawFlags)
+	}
+	if got := l.Attrs().OperState; got != netlink.OperUp && got != netlink.OperUnknown {
+		t.Errorf("operstate = %v, want up or unknown", got)
+	}
+	if got := linkNames(t, hostNS); !slices.Equal(got, hostLinks) {
+		t.Errorf("host netns links = %v, want unchanged %v", got, hostLinks)
+	}
+	if l, err := nettest.Handle(t, hostNS).LinkByName("net1"); hostNet1 && (err != nil || l.Type() != "bridge" || l.Attrs().Index != hostIndex) {
+		t.Errorf("the host's net1 = %v (err %v), want the bridge of index %d", l, err, hostIndex)
 	}
 }
 
 // TestCreateIPVlanChildFailure checks that a failed create leaves both netns as
-// they were, including when it fails after the link exists (the rename).
+// they were, including a name taken in the pod netns: the kernel refuses the create itself (EEXIST).
 func TestCreateIPVlanChildFailure(t *testing.T) {
 	nettest.RequireLinkType(t, "ipvlan")
 	tests := []struct {
-		name    string
-		parent  string
-		ifName  string
-		mtu     int
-		wantErr func(error) bool
+		name      string
+		parent    string
+		ifName    string
+		mtu       int
+		hostTaken bool // the host netns has a link named taken0 too
+		wantErr   func(error) bool
 	}{
 		{
 			name: "ifname taken in pod netns", parent: parentName, ifName: "taken0",
+			wantErr: func(err error) bool { return errors.Is(err, unix.EEXIST) },
+		},
+		{
+			// Refused by name in the host's netns first on older kernels: the child made under a temporary
+			// name fails its rename instead, and is deleted.
+			name: "ifname taken in pod and host netns", parent: parentName, ifName: "taken0", hostTaken: true,
 			wantErr: func(err error) bool { return errors.Is(err, unix.EEXIST) },
 		},
 		{
@@ -160,6 +194,11 @@ func TestCreateIPVlanChildFailure(t *testing.T) {
 			hostNS, podNS := newParent(t)
 			if err := nettest.Handle(t, podNS).LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "taken0"}}); err != nil {
 				t.Fatalf("add taken0: %v", err)
+			}
+			if tt.hostTaken {
+				if err := nettest.Handle(t, hostNS).LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "taken0"}}); err != nil {
+					t.Fatalf("add the host's taken0: %v", err)
+				}
 			}
 			hostLinks, podLinks := linkNames(t, hostNS), linkNames(t, podNS)
 

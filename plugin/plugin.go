@@ -258,9 +258,15 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 		return nil, nil, err
 	}
 	defer podNS.Close()
+	// One netlink socket in the pod netns serves every look-up and change there until the result.
+	h, err := openHandle(podNS)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer h.Close()
 	// An interface already there (a repeated ADD, another plugin's) is refused before the agent is asked:
 	// the rollback of a failed ADD must never take away what an earlier ADD made.
-	if err := requireNoLink(podNS, args.IfName); err != nil {
+	if err := requireNoLink(h, podNS.Path(), args.IfName); err != nil {
 		return nil, nil, err
 	}
 	p.trace(StepNetns)
@@ -305,7 +311,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 	if err := p.step(StepAllocate); err != nil {
 		return nil, nil, err
 	}
-	res, err := p.Attach(podNS, conf, args.IfName, resp)
+	res, err := p.attach(h, podNS, conf, args.IfName, resp)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -316,7 +322,17 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *current.Result, _ *netconf.Config, 
 // or the moved ENI, its addresses, routes, rule and rp_filter; it is the netlink half of ADD, which the NRI
 // plugin (package nri) runs for a DRA claim's prepared allocation. On failure it removes what it made; the
 // lease is the caller's to give back or keep.
-func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, resp api.AllocateResponse) (_ *current.Result, retErr error) {
+func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, resp api.AllocateResponse) (*current.Result, error) {
+	h, err := openHandle(podNS)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return p.attach(h, podNS, conf, ifName, resp)
+}
+
+// attach is Attach through h, a route netlink handle opened in podNS (openHandle).
+func (p *Plugin) attach(h netlinksafe.Handle, podNS ns.NetNS, conf *netconf.Config, ifName string, resp api.AllocateResponse) (_ *current.Result, retErr error) {
 	if err := checkResponse(conf, resp); err != nil {
 		return nil, err
 	}
@@ -329,7 +345,7 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 	if conf.Mode == netconf.ModeExclusive {
 		err = MoveLinkIn(resp.LinkName, resp.MAC, podNS, ifName)
 	} else {
-		_, err = CreateIPVlanChild(resp.LinkName, podNS, ifName, ipvlanModes[conf.IPVlanMode], mtu)
+		_, err = createIPVlanChild(h, resp.LinkName, podNS, ifName, ipvlanModes[conf.IPVlanMode], mtu)
 	}
 	if err != nil {
 		return nil, err
@@ -349,8 +365,9 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 	if conf.Mode != netconf.ModeExclusive {
 		mtu = 0 // the ipvlan child has it from its create
 	}
+	// In the pod netns for the /proc/sys writes; netlink goes through h.
 	var res *current.Result
-	err = inNetns(podNS, func(h netlinksafe.Handle) error {
+	err = podNS.Do(func(ns.NetNS) error {
 		var err error
 		res, err = p.configure(h, podNS, conf, ifName, mtu, routings(conf, ifName, resp))
 		return err
@@ -361,7 +378,7 @@ func (p *Plugin) Attach(podNS ns.NetNS, conf *netconf.Config, ifName string, res
 	return res, nil
 }
 
-// configure, in the pod netns through h (inNetns), gives the new link ifName its MTU (mtu > 0),
+// configure, in the pod netns through h, gives the new link ifName its MTU (mtu > 0),
 // addresses and up state, then the routes, rules and rp_filter of rs, and reads the result back: ADD's
 // steps from StepAddress on, in one netns switch with one netlink socket.
 func (p *Plugin) configure(h netlinksafe.Handle, podNS ns.NetNS, conf *netconf.Config, ifName string, mtu int, rs []Routing) (*current.Result, error) {
@@ -410,33 +427,38 @@ func (p *Plugin) configure(h netlinksafe.Handle, podNS ns.NetNS, conf *netconf.C
 	return res, nil
 }
 
-// requireNoLink fails when podNS already has a link named ifName.
-func requireNoLink(podNS ns.NetNS, ifName string) error {
-	has, err := HasLink(podNS, ifName)
+// requireNoLink fails when h's netns (the pod's, named where) already has a link named ifName.
+func requireNoLink(h netlinksafe.Handle, where, ifName string) error {
+	has, err := hasLink(h, where, ifName)
 	if err != nil {
 		return err
 	}
 	if has {
-		return fmt.Errorf("interface %q already exists in %s: DEL the attachment first", ifName, podNS.Path())
+		return fmt.Errorf("interface %q already exists in %s: DEL the attachment first", ifName, where)
 	}
 	return nil
 }
 
 // HasLink reports whether podNS has a link named ifName.
 func HasLink(podNS ns.NetNS, ifName string) (bool, error) {
-	var has bool
-	err := podNS.Do(func(ns.NetNS) error {
-		_, err := netlinksafe.LinkByName(ifName)
-		switch {
-		case err == nil:
-			has = true
-			return nil
-		case errors.As(err, &netlink.LinkNotFoundError{}):
-			return nil
-		}
-		return fmt.Errorf("look for %q in %s: %w", ifName, podNS.Path(), err)
-	})
-	return has, err
+	h, err := openHandle(podNS)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	return hasLink(h, podNS.Path(), ifName)
+}
+
+// hasLink is HasLink through h, a handle in the netns named where.
+func hasLink(h netlinksafe.Handle, where, ifName string) (bool, error) {
+	_, err := h.LinkByName(ifName)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &netlink.LinkNotFoundError{}):
+		return false, nil
+	}
+	return false, fmt.Errorf("look for %q in %s: %w", ifName, where, err)
 }
 
 // buildResult reads the interface back through h (in the pod netns, where) and describes it: one
