@@ -39,70 +39,93 @@ const (
 // scaleUpCards are trn1.32xlarge's managed cards: every card but the default one.
 var scaleUpCards = cardRange(1, 7)
 
+// launchSecondaries is the secondary addresses each launch ENI of figure 6's launch run is launched with,
+// sized as the README advises: the pods the node starts with on the card (one here) plus the agent's warm
+// target, so that the agent has nothing to top up after them.
+const launchSecondaries = 1 + eni.DefaultWarmTarget
+
 // TestScaleUp is figure 6: a cluster scale-up under one account's EC2 limits. A fresh region of n
 // trn1.32xlarge instances (100 with -multinic.full) whose fake-ec2 throttles every class account-wide at EC2's
 // published rates from the first call; the n real agents start within scaleUpLaunch of each other (an
 // autoscaler's launch); each node's pod arrives when its agent reports the node ready (the scheduler waits for
 // the cards' extended resources the agent publishes) and allocates cards 1-7 in order through the agent's
-// socket. multinic's shipped pool policy and the emulated AWS VPC CNI multi-NIC policy run one after the other,
-// each in its own region.
+// socket. Three policies run one after the other, each in its own region: multinic with the ENIs its agents
+// make, multinic with the ENIs the instances' launch template made (harness.LaunchENIs), and the emulated AWS
+// VPC CNI multi-NIC policy. Two results: agent-made ENIs against the emulated policy, and launch ENIs
+// against it, which carries the targets.
 func TestScaleUp(t *testing.T) {
 	nettest.RequireRoot(t)
 	nodes := size(100, 3)
-	policies := [2]scaleUpPolicy{
-		{burstPolicy{"multinic (agent defaults: warm target 8, min free 2, batches up to 50, 4 mutating calls/s, idle EC2 work while EC2 does not throttle)", []string{"--log-level", "info"}}, eni.DefaultWarmTarget},
-		{burstPolicy{"VPC CNI multi-NIC policy (warm target 1, one address per call)", vpcCNIPolicyArgs}, 1},
-	}
-	var res [2]scaleUpResult
+	agentMade := scaleUpPolicy{burstPolicy{"multinic, ENIs the agents make (agent defaults: warm target 8, min free 2, batches up to 50, 4 mutating calls/s, idle EC2 work while EC2 does not throttle)", []string{"--log-level", "info"}}, eni.DefaultWarmTarget, false}
+	launch := scaleUpPolicy{burstPolicy{fmt.Sprintf("multinic, ENIs from the launch template (one per card, %d secondaries each; agent defaults)", launchSecondaries), []string{"--log-level", "info"}}, eni.DefaultWarmTarget, true}
+	ref := scaleUpPolicy{burstPolicy{"VPC CNI multi-NIC policy (warm target 1, one address per call)", vpcCNIPolicyArgs}, 1, false}
+	policies := []scaleUpPolicy{agentMade, launch, ref}
+	res := make([]scaleUpResult, len(policies))
 	for i, p := range policies {
 		t.Run(strconv.Itoa(i), func(t *testing.T) { res[i] = runScaleUp(t, p, nodes) })
 	}
 	if t.Failed() {
 		return
 	}
-	a, b := res[0], res[1]
-	failRow := failedADDsRow(a.failures, b.failures, maxScaleUpFailures)
-	spread := AtMost("node ready p99 / p50 (no node starves)", "x", Value(a.nodeSpread()), maxNodeSpread)
-	spread.Ref = &Stat{N: 1, Value: b.nodeSpread()}
-	emit(t, Result{Figure: 6, Key: "scaleup", Title: fmt.Sprintf("scale-up of %d trn1.32xlarge nodes x 7 cards under one account's EC2 limits", nodes),
-		Iterations: nodes, Ours: policies[0].name, Ref: policies[1].name,
-		Rows: []Row{
-			Compare("time until every pod has all 7 cards (from the launch)", "s", Value(a.allPods.Seconds()), Value(b.allPods.Seconds()), maxScaleUpPodRatio),
-			Compare("pod ready time (from the launch)", "s", Summarize(seconds(a.podReady)), Summarize(seconds(b.podReady)), maxScaleUpPodRatio),
-			Compare("pod ADDs (7 cards, from the pod's arrival)", "s", Summarize(seconds(a.podAdd)), Summarize(seconds(b.podAdd)), 0),
-			failRow,
-			Compare("time until every node is ready (from the launch)", "s", Value(a.allNodes.Seconds()), Value(b.allNodes.Seconds()), 0),
-			Compare("node ready time (from its agent's start)", "s", Summarize(seconds(a.nodeReady)), Summarize(seconds(b.nodeReady)), 0),
-			spread,
-			Compare("mutating EC2 calls", "calls", Value(float64(a.mutating)), Value(float64(b.mutating)), 0),
-			Compare("mutating EC2 calls EC2 served (ok)", "calls", Value(float64(a.mutatingOK)), Value(float64(b.mutatingOK)), 0),
-			Compare("time until every agent's idle work is done (DeleteOnTermination on every ENI, every card at its warm target; from the launch)", "s", Value(a.allSettled.Seconds()), Value(b.allSettled.Seconds()), 0),
-			Compare("mutating EC2 calls EC2 served until then (ok)", "calls", Value(float64(a.mutatingSettledOK)), Value(float64(b.mutatingSettledOK)), 0),
-			Compare("attach/detach EC2 calls", "calls", Value(float64(a.attach)), Value(float64(b.attach)), 0),
-			Compare("describe EC2 calls", "calls", Value(float64(a.describe)), Value(float64(b.describe)), 0),
-			Compare("throttled EC2 calls (RequestLimitExceeded)", "calls", Value(float64(a.throttled)), Value(float64(b.throttled)), 0),
-			Compare("agents' RSS in total (VmRSS, at the end)", "MiB", Value(a.rss), Value(b.rss), 0),
-			Compare("agents' peak RSS in total (VmHWM)", "MiB", Value(a.hwm), Value(b.hwm), 0),
-			Compare("agents' CPU time in total", "s", Value(a.cpu.Seconds()), Value(b.cpu.Seconds()), 0),
-		},
-		Notes: []string{
-			fmt.Sprintf("What was measured: %d real multinic-agent processes (one per trn1.32xlarge instance of fake-ec2, cards 1-7 each in its own subnet, ENI links made by the fabric in each node's netns) started at random moments within %s (an autoscaler's launch). Each node's one pod arrives when its agent reports the node ready (GET /v1/node, polled every %s: the scheduler waits for the cards' extended resources, which the agent publishes once ready) and allocates cards 1-7 in order through the agent's socket, as Multus runs the delegates; an allocation that fails is counted and retried after 1 s, as kubelet retries the sandbox.", nodes, scaleUpLaunch, readyPoll),
-			"fake-ec2 throttles per account, as EC2 does: one token bucket per class for all instances of the region (mutating 100 burst, 5/s; attach 50, 5/s; describe 100, 20/s), from the agents' first call. Both agents run with their own defaults for the EC2 limiter (4 mutating calls/s; burst eni.ColdStartBurst: 2 per managed card, at least 10, so 14 here; the other classes scaled) and backoff (full jitter 200 ms - 20 s, 8 attempts).",
-			fmt.Sprintf("Policies (agent flags beyond the harness's): multinic %v; the Amazon VPC CNI's multi-NIC behaviour emulated as in figure 3 with %v (one ENI per card at start, nothing kept warm beyond one address, one address per AssignPrivateIpAddresses).", policies[0].args, policies[1].args),
-			"Run one after the other, each on a fresh region (fresh buckets). EC2 calls are counted by fake-ec2 (every result) from the launch to the last pod; RSS and CPU from /proc of every agent at the end.",
-			fmt.Sprintf("Failures by error: multinic %v; VPC CNI policy %v.", a.errors, b.errors),
-			fmt.Sprintf("EC2 calls by action (every result): multinic %v; VPC CNI policy %v.", a.byAction, b.byAction),
-			fmt.Sprintf("EC2 calls served (ok) per node, by action, until the last pod had its 7 cards: multinic %v; VPC CNI policy %v. Until every agent's idle work was done: multinic %v; VPC CNI policy %v.",
-				perNode(a.okByAction, nodes), perNode(b.okByAction, nodes), perNode(a.okSettled, nodes), perNode(b.okSettled, nodes)),
-			scaleUpFloor(nodes, len(scaleUpCards)),
-		}})
+	a, l, b := res[0], res[1], res[2]
+	common := []string{
+		fmt.Sprintf("What was measured: %d real multinic-agent processes (one per trn1.32xlarge instance of fake-ec2, cards 1-7 each in its own subnet, ENI links made by the fabric in each node's netns) started at random moments within %s (an autoscaler's launch). Each node's one pod arrives when its agent reports the node ready (GET /v1/node, polled every %s: the scheduler waits for the cards' extended resources, which the agent publishes once ready) and allocates cards 1-7 in order through the agent's socket, as Multus runs the delegates; an allocation that fails is counted and retried after 1 s, as kubelet retries the sandbox.", nodes, scaleUpLaunch, readyPoll),
+		"fake-ec2 throttles per account, as EC2 does: one token bucket per class for all instances of the region (mutating 100 burst, 5/s; attach 50, 5/s; describe 100, 20/s), from the agents' first call. Every agent runs with its own defaults for the EC2 limiter (4 mutating calls/s; burst eni.ColdStartBurst: 2 per managed card, at least 10, so 14 here; the other classes scaled) and backoff (full jitter 200 ms - 20 s, 8 attempts).",
+		fmt.Sprintf("Policies (agent flags beyond the harness's): multinic %v; the Amazon VPC CNI's multi-NIC behaviour emulated as in figure 3 with %v (its agents make their own ENI per card at start, nothing kept warm beyond one address, one address per AssignPrivateIpAddresses).", agentMade.args, ref.args),
+		"Run one after the other, each on a fresh region (fresh buckets). EC2 calls are counted by fake-ec2 (every result) from the launch to the last pod; RSS and CPU from /proc of every agent at the end.",
+	}
+	detail := func(name string, r scaleUpResult) []string {
+		return []string{
+			fmt.Sprintf("Failures by error: %s %v; VPC CNI policy %v.", name, r.errors, b.errors),
+			fmt.Sprintf("EC2 calls by action (every result): %s %v; VPC CNI policy %v.", name, r.byAction, b.byAction),
+			fmt.Sprintf("EC2 calls served (ok) per node, by action, until the last pod had its 7 cards: %s %v; VPC CNI policy %v. Until every agent's idle work was done: %s %v; VPC CNI policy %v.",
+				name, perNode(r.okByAction, nodes), perNode(b.okByAction, nodes), name, perNode(r.okSettled, nodes), perNode(b.okSettled, nodes)),
+		}
+	}
+	title := fmt.Sprintf("scale-up of %d trn1.32xlarge nodes x 7 cards under one account's EC2 limits", nodes)
+	emit(t, Result{Figure: 6, Key: "scaleup", Title: title + ": ENIs the agents make",
+		Iterations: nodes, Ours: agentMade.name, Ref: ref.name, Rows: scaleUpRows(a, b, 0),
+		Notes: append(append(common, detail("multinic", a)...), scaleUpFloor(nodes, len(scaleUpCards)))})
+	emit(t, Result{Figure: 6, Key: "scaleup-launch", Title: title + ": ENIs from the launch template",
+		Iterations: nodes, Ours: launch.name, Ref: ref.name, Rows: scaleUpRows(l, b, maxScaleUpPodRatio),
+		Notes: append(append(common, detail("multinic", l)...),
+			fmt.Sprintf("The launch run's instances were launched from launch template data as the README's example gives it (manifests/examples/launch-template-trn1.json; harness.LaunchENIs): the primary on card 0 and one plain ENI at device index 1 of each of cards 1-7, %d secondary addresses each, DeleteOnTermination, tagged %s=<cluster> and no node tag. The agents adopt them (launch ENIs) and serve their addresses; the agents neither create, attach nor tag them.", launchSecondaries, eni.TagCluster),
+			"Where the difference comes from: the launch template. RunInstances made the ENIs and their addresses, outside the account's mutating and attach buckets the agents draw on; the same agents with ENIs they make themselves are the other result of this figure. The emulated VPC CNI policy makes its own ENI per card, as figure 3 defines it, so this compares a node launched with its ENIs against one whose CNI makes them.",
+			launchBound(nodes, l))})
 }
 
-// scaleUpPolicy is a pool policy of figure 6 and its warm target: an agent's idle work is done once every
-// card holds it again.
+// scaleUpRows compares run r with the emulated policy's ref; podRatio is the pod rows' target (0: none).
+func scaleUpRows(r, ref scaleUpResult, podRatio float64) []Row {
+	spread := AtMost("node ready p99 / p50 (no node starves)", "x", Value(r.nodeSpread()), maxNodeSpread)
+	spread.Ref = &Stat{N: 1, Value: ref.nodeSpread()}
+	return []Row{
+		Compare("time until every pod has all 7 cards (from the launch)", "s", Value(r.allPods.Seconds()), Value(ref.allPods.Seconds()), podRatio),
+		Compare("pod ready time (from the launch)", "s", Summarize(seconds(r.podReady)), Summarize(seconds(ref.podReady)), podRatio),
+		Compare("pod ADDs (7 cards, from the pod's arrival)", "s", Summarize(seconds(r.podAdd)), Summarize(seconds(ref.podAdd)), 0),
+		failedADDsRow(r.failures, ref.failures, maxScaleUpFailures),
+		Compare("time until every node is ready (from the launch)", "s", Value(r.allNodes.Seconds()), Value(ref.allNodes.Seconds()), 0),
+		Compare("node ready time (from its agent's start)", "s", Summarize(seconds(r.nodeReady)), Summarize(seconds(ref.nodeReady)), 0),
+		spread,
+		Compare("mutating EC2 calls", "calls", Value(float64(r.mutating)), Value(float64(ref.mutating)), 0),
+		Compare("mutating EC2 calls EC2 served (ok)", "calls", Value(float64(r.mutatingOK)), Value(float64(ref.mutatingOK)), 0),
+		Compare("time until every agent's idle work is done (DeleteOnTermination on every ENI, every card at its warm target; from the launch)", "s", Value(r.allSettled.Seconds()), Value(ref.allSettled.Seconds()), 0),
+		Compare("mutating EC2 calls EC2 served until then (ok)", "calls", Value(float64(r.mutatingSettledOK)), Value(float64(ref.mutatingSettledOK)), 0),
+		Compare("attach/detach EC2 calls", "calls", Value(float64(r.attach)), Value(float64(ref.attach)), 0),
+		Compare("describe EC2 calls", "calls", Value(float64(r.describe)), Value(float64(ref.describe)), 0),
+		Compare("throttled EC2 calls (RequestLimitExceeded)", "calls", Value(float64(r.throttled)), Value(float64(ref.throttled)), 0),
+		Compare("agents' RSS in total (VmRSS, at the end)", "MiB", Value(r.rss), Value(ref.rss), 0),
+		Compare("agents' peak RSS in total (VmHWM)", "MiB", Value(r.hwm), Value(ref.hwm), 0),
+		Compare("agents' CPU time in total", "s", Value(r.cpu.Seconds()), Value(ref.cpu.Seconds()), 0),
+	}
+}
+
+// scaleUpPolicy is a pool policy of figure 6 and its warm target (an agent's idle work is done once every
+// card holds it again), and whether the instances are launched with their ENIs.
 type scaleUpPolicy struct {
 	burstPolicy
 	warm int
+	// launchENIs: the instances are launched with one ENI per managed card (harness.LaunchENIs).
+	launchENIs bool
 }
 
 // scaleUpFloor is what the account limits alone allow: each node's cards need a create and an attach
@@ -119,7 +142,16 @@ func scaleUpFloor(nodes, cards int) string {
 	if ref == 0 {
 		return s + " At this size the buckets' bursts hold every call."
 	}
-	return s + fmt.Sprintf(" Agent-made ENIs cannot beat the attach floor: the ratio is at best %.2f, whatever the pacing, where the target asks for 0.1.", ours/ref)
+	return s + fmt.Sprintf(" Agent-made ENIs cannot beat the attach floor: the ratio is at best %.2f, whatever the pacing, where the target asks for 0.1; that is why the target is carried by the launch run.", ours/ref)
+}
+
+// launchBound is what bounds the launch run r: no create, attach or assign stands before a pod, so only the
+// describe bucket is drawn on at start, by each agent's Describe calls (discovery: DescribeInstanceTypes, its
+// instance's DescribeNetworkInterfaces, DescribeSubnets; then its first reconcile's).
+func launchBound(nodes int, r scaleUpResult) string {
+	d := fakeec2.PublishedRates[fakeec2.ClassDescribe]
+	return fmt.Sprintf("What bounds the launch run: no mutating or attach call stands before a pod (%d mutating and %d attach calls until the last pod: the ENIs and addresses exist from the launch), so only the agents' Describe calls at start draw on the account's buckets: %d until the last pod (%.1f per agent), through the describe bucket (%d burst, %g/s): %.0f s at most for all of them; the rest is the agents' own start and their links.",
+		r.mutating, r.attach, r.describe, float64(r.describe)/float64(nodes), d.Burst, d.PerSecond, max(0, float64(r.describe-d.Burst)/d.PerSecond))
 }
 
 // perNode is calls by action divided by the nodes, rounded to a tenth.
@@ -158,8 +190,12 @@ func (r scaleUpResult) nodeSpread() float64 {
 }
 
 func runScaleUp(t *testing.T, p scaleUpPolicy, nodes int) scaleUpResult {
-	region := harness.NewRegion(t, harness.Config{InstanceType: "trn1.32xlarge", Nodes: nodes, ManagedCards: scaleUpCards,
-		NoAgents: true, AgentDefaults: true, AgentArgs: p.args, ReadyTimeout: 15 * time.Minute})
+	cfg := harness.Config{InstanceType: "trn1.32xlarge", Nodes: nodes, ManagedCards: scaleUpCards,
+		NoAgents: true, AgentDefaults: true, AgentArgs: p.args, ReadyTimeout: 15 * time.Minute}
+	if p.launchENIs {
+		cfg.LaunchTemplate = harness.LaunchENIs(scaleUpCards, launchSecondaries)
+	}
+	region := harness.NewRegion(t, cfg)
 	fake := region.Fake()
 	if err := fake.SetFaults(throttleAll); err != nil {
 		t.Fatal(err)

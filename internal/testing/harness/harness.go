@@ -38,6 +38,7 @@ import (
 	"github.com/multinic/multinic/internal/namedns"
 	"github.com/multinic/multinic/internal/testing/fabric"
 	"github.com/multinic/multinic/internal/testing/fakeec2"
+	"github.com/multinic/multinic/ipam/eni"
 )
 
 // Defaults of Config's zero values.
@@ -85,6 +86,9 @@ type Config struct {
 	// PCIeRoots gives cards a PCIe root ("pci0000:10") in each node's fake sysfs (fabric.Config.PCIeRoots),
 	// which the agents read (--sysfs); other cards' links have no PCI device, as a veth.
 	PCIeRoots map[int]string
+	// LaunchTemplate: every node is launched from this launch template data (its NetworkInterfaces and
+	// TagSpecifications, EC2's JSON shape), as an autoscaler's launch template gives them; see LaunchENIs.
+	LaunchTemplate *fakeec2.LaunchTemplateData
 	// RatePerCard is the fabric's rate limit of every ENI in bit/s, both directions (fabric.Config.RatePerCard:
 	// tbf, and ifb + mirred for what the ENI sends); 0 = none.
 	RatePerCard uint64
@@ -176,7 +180,11 @@ func (r *Region) start(tb TB) error {
 	nodeNS := map[string]string{}
 	for i := range r.cfg.Nodes {
 		id := fmt.Sprintf("i-0%016x", i+1)
-		fcfg.Instances = append(fcfg.Instances, fakeec2.InstanceConfig{ID: id, Type: it.Name})
+		ic := fakeec2.InstanceConfig{ID: id, Type: it.Name}
+		if r.cfg.LaunchTemplate != nil {
+			ic.LaunchTemplateData = *r.cfg.LaunchTemplate
+		}
+		fcfg.Instances = append(fcfg.Instances, ic)
 		nodeNS[id] = fmt.Sprintf("%s-n%d", r.cfg.Prefix, i+1)
 	}
 	if err := shareNetNSDir(); err != nil {
@@ -216,6 +224,24 @@ func (r *Region) start(tb TB) error {
 		}
 	}
 	return r.routeVPC()
+}
+
+// LaunchENIs is launch template data as the README's example lays it out: the primary on card 0 and one
+// plain ENI at device index 1 of each of cards, in the card's subnet (fakeec2.CardSubnetID), with secondaries
+// secondary addresses and DeleteOnTermination, tagged with the harness's cluster and no node: the agents
+// adopt them as launch ENIs.
+func LaunchENIs(cards []int, secondaries int) *fakeec2.LaunchTemplateData {
+	dot := true
+	d := &fakeec2.LaunchTemplateData{
+		NetworkInterfaces: []fakeec2.LaunchNetworkInterface{{SubnetID: fakeec2.CardSubnetID(0), DeleteOnTermination: &dot}},
+		TagSpecifications: []fakeec2.LaunchTagSpecification{{ResourceType: "network-interface",
+			Tags: []fakeec2.LaunchTag{{Key: eni.TagCluster, Value: DefaultCluster}}}},
+	}
+	for _, k := range cards {
+		d.NetworkInterfaces = append(d.NetworkInterfaces, fakeec2.LaunchNetworkInterface{NetworkCardIndex: k, DeviceIndex: 1,
+			SubnetID: fakeec2.CardSubnetID(k), SecondaryPrivateIPAddressCount: secondaries, DeleteOnTermination: &dot})
+	}
+	return d
 }
 
 // Node returns the i-th node (0-based).
