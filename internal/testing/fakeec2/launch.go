@@ -34,7 +34,8 @@ type LaunchNetworkInterface struct {
 }
 
 // LaunchTagSpecification tags what the launch creates: ResourceType "network-interface" tags every ENI the
-// launch template's NetworkInterfaces make (the primary included).
+// launch template's NetworkInterfaces make (the primary included), "instance" the instance; the fake keeps
+// no other resources, so other types' tags go nowhere.
 type LaunchTagSpecification struct {
 	ResourceType string      `json:"ResourceType"`
 	Tags         []LaunchTag `json:"Tags"`
@@ -118,8 +119,13 @@ func (in InstanceConfig) primarySubnet() string {
 func (s *Server) launchENIs(ic InstanceConfig, primary *eni, at time.Time) error {
 	var tags []LaunchTag
 	for _, ts := range ic.TagSpecifications {
-		if ts.ResourceType == "network-interface" {
+		switch ts.ResourceType {
+		case "network-interface":
 			tags = append(tags, ts.Tags...)
+		case "instance":
+			for _, t := range ts.Tags {
+				s.instances[ic.ID].tags[t.Key] = t.Value
+			}
 		}
 	}
 	for _, ni := range ic.NetworkInterfaces {

@@ -2,6 +2,8 @@ package fakeec2
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -67,6 +69,9 @@ func TestLaunchTemplateExample(t *testing.T) {
 		if len(ips) != 1+want.SecondaryPrivateIPAddressCount {
 			t.Errorf("IMDS local-ipv4s of card %d: %v", want.NetworkCardIndex, ips)
 		}
+	}
+	if got := f.srv.State().Instances[0].Tags["multinic.io/cluster"]; got != "my-cluster" {
+		t.Errorf("instance tag multinic.io/cluster %q, want the template's my-cluster", got)
 	}
 	for action, byResult := range f.srv.State().Calls {
 		if MutatingAction(action) && len(byResult) > 0 {
@@ -145,5 +150,32 @@ func TestLaunchTemplateInvalid(t *testing.T) {
 				t.Fatalf("New: %v, want an error with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestLaunchTemplateConfigJSON: fake-ec2's --config takes an instance's launch template data in EC2's JSON.
+func TestLaunchTemplateConfigJSON(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(path, []byte(`{"subnets":[{"id":"subnet-a","cidr":"10.0.0.0/20"}],
+		"instances":[{"type":"trn1.32xlarge","NetworkInterfaces":[{"DeviceIndex":0},
+			{"NetworkCardIndex":2,"DeviceIndex":1,"SecondaryPrivateIpAddressCount":3,"DeleteOnTermination":false}],
+		"TagSpecifications":[{"ResourceType":"network-interface","Tags":[{"Key":"k","Value":"v"}]}]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range srv.State().ENIs {
+		if !x.Primary && (x.Card != 2 || x.Device != 1 || len(x.SecondaryIPs) != 3 || x.DeleteOnTermination || x.Tags["k"] != "v") {
+			t.Errorf("launch ENI %+v, want card 2 device 1, 3 secondaries, no DeleteOnTermination, tag k=v", x)
+		}
+	}
+	if n := len(srv.State().ENIs); n != 2 {
+		t.Errorf("%d ENIs, want the primary and the launch ENI", n)
 	}
 }
