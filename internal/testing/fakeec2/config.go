@@ -123,16 +123,22 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // LoadConfig reads a JSON config file; unknown keys are an error.
 func LoadConfig(path string) (Config, error) {
 	var cfg Config
+	err := loadStrict(path, "config", &cfg)
+	return cfg, err
+}
+
+// loadStrict decodes the JSON file at path into v; unknown keys are an error. what names it in errors.
+func loadStrict(path, what string, v any) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return cfg, fmt.Errorf("read config: %w", err)
+		return fmt.Errorf("read %s: %w", what, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cfg); err != nil {
-		return cfg, fmt.Errorf("parse config %s: %w", path, err)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("parse %s %s: %w", what, path, err)
 	}
-	return cfg, nil
+	return nil
 }
 
 // SubnetsPerCard returns n subnets in DefaultVPCCIDR, one per network card:

@@ -1,11 +1,8 @@
 package fakeec2
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"time"
 )
@@ -168,14 +165,6 @@ func (s *Server) launchENIs(ic InstanceConfig, primary *eni, at time.Time) error
 // passes launches here exactly as written.
 func LoadLaunchTemplateData(path string) (LaunchTemplateData, error) {
 	var d LaunchTemplateData
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return d, fmt.Errorf("read launch template data: %w", err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&d); err != nil {
-		return d, fmt.Errorf("parse launch template data %s: %w", path, err)
-	}
-	return d, nil
+	err := loadStrict(path, "launch template data", &d)
+	return d, err
 }
