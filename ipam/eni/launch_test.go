@@ -65,6 +65,7 @@ func TestLaunchENIs(t *testing.T) {
 	e, cluster := launchEnv(t, fakeec2.LaunchNetworkInterface{NetworkCardIndex: 4, DeviceIndex: 0, InterfaceType: "efa", SubnetID: fakeec2.CardSubnetID(4)})
 	otherCluster := e.foreignENI(2, 2, map[string]string{TagCluster: "other"})
 	noManage := e.foreignENI(3, 2, map[string]string{TagCluster: cluster, TagNoManage: "true"})
+	e.waitDescribed()
 	before := e.launchENIs()
 	calls0 := e.mutatingCalls()
 
@@ -127,6 +128,7 @@ func TestLaunchENIsNeverDetached(t *testing.T) {
 		NetworkInterfaceId: aws.String(excl), PrivateIpAddresses: st.SecondaryIPs}); err != nil {
 		t.Fatal(err) // an exclusive ENI hands its pod the primary address: no secondaries
 	}
+	e.waitDescribed() // attached before the agent starts, as by the launch
 	cfg := e.fastConfig(3)
 	cfg.ManagedCards, cfg.WarmTarget, cfg.MinFree, cfg.SurplusDelay = []int{1, 2}, ptr(2), ptr(1), 50*time.Millisecond
 	m := e.start(cfg, e.alloc)
