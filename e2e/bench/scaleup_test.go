@@ -89,7 +89,7 @@ func TestScaleUp(t *testing.T) {
 	emit(t, Result{Figure: 6, Key: "scaleup-launch", Title: title + ": ENIs from the launch template",
 		Iterations: nodes, Ours: launch.name, Ref: ref.name, Rows: scaleUpRows(l, b, maxScaleUpPodRatio),
 		Notes: append(append(common, detail("multinic", l)...),
-			fmt.Sprintf("The launch run's instances were launched from launch template data as the README's example gives it (manifests/examples/launch-template-trn1.json; harness.LaunchENIs): the primary on card 0 and one plain ENI at device index 1 of each of cards 1-7, %d secondary addresses each, DeleteOnTermination, tagged %s=<cluster> and no node tag. The agents adopt them (launch ENIs) and serve their addresses; the agents neither create, attach nor tag them.", launchSecondaries, eni.TagCluster),
+			fmt.Sprintf("The launch run's instances were launched from launch template data laid out as the README's example (manifests/examples/launch-template-trn1.json; harness.LaunchENIs): the primary on card 0 and one plain ENI at device index 1 of each of cards 1-7, %d secondary addresses each, DeleteOnTermination, tagged %s=<cluster> and no node tag. The agents adopt them (launch ENIs) and serve their addresses; the agents neither create, attach nor tag them.", launchSecondaries, eni.TagCluster),
 			"Where the difference comes from: the launch template. RunInstances made the ENIs and their addresses, outside the account's mutating and attach buckets the agents draw on; the same agents with ENIs they make themselves are the other result of this figure. The emulated VPC CNI policy makes its own ENI per card, as figure 3 defines it, so this compares a node launched with its ENIs against one whose CNI makes them.",
 			launchBound(nodes, l))})
 }
@@ -150,8 +150,14 @@ func scaleUpFloor(nodes, cards int) string {
 // instance's DescribeNetworkInterfaces, DescribeSubnets; then its first reconcile's).
 func launchBound(nodes int, r scaleUpResult) string {
 	d := fakeec2.PublishedRates[fakeec2.ClassDescribe]
-	return fmt.Sprintf("What bounds the launch run: no mutating or attach call stands before a pod (%d mutating and %d attach calls until the last pod: the ENIs and addresses exist from the launch), so only the agents' Describe calls at start draw on the account's buckets: %d until the last pod (%.1f per agent), through the describe bucket (%d burst, %g/s): %.0f s at most for all of them; the rest is the agents' own start and their links.",
-		r.mutating, r.attach, r.describe, float64(r.describe)/float64(nodes), d.Burst, d.PerSecond, max(0, float64(r.describe-d.Burst)/d.PerSecond))
+	served := 0
+	for action, n := range r.okByAction {
+		if strings.HasPrefix(action, "Describe") {
+			served += n
+		}
+	}
+	return fmt.Sprintf("What bounds the launch run: no mutating or attach call stands before a pod (%d mutating and %d attach calls until the last pod: the ENIs and addresses exist from the launch), so only the agents' Describe calls at start draw on the account's buckets: %d served until the last pod (%.1f per agent; %d sent, the rest throttled and retried) through the describe bucket (%d burst, %g/s) take %.0f s; the rest is the launch window (%s), the agents' own start and their links.",
+		r.mutating, r.attach, served, float64(served)/float64(nodes), r.describe, d.Burst, d.PerSecond, max(0, float64(served-d.Burst)/d.PerSecond), scaleUpLaunch)
 }
 
 // perNode is calls by action divided by the nodes, rounded to a tenth.
