@@ -246,3 +246,43 @@ func TestStartThrottled(t *testing.T) {
 		t.Fatalf("start without DescribeInstanceTypes: %v (ctx %v), want UnauthorizedOperation at once", err, ctx.Err())
 	}
 }
+
+// TestStartIMDSUnavailable: a start whose IMDS reads fail for a while (503s, as from an overloaded IMDS on a
+// node whose 100 neighbours start at once) keeps trying instead of failing, and starts once IMDS answers.
+func TestStartIMDSUnavailable(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	unavailable := fakeec2.Faults{Errors: map[string]fakeec2.ErrorFault{"IMDS.Get": {Rate: 1, Code: "ServiceUnavailable"}}}
+	if err := e.srv.SetFaults(unavailable); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.cardOneConfig()
+	cfg.ErrorBackoffMax = 500 * time.Millisecond
+	m, err := New(cfg, Deps{EC2: e.ec2, IMDS: e.imds, Allocator: e.alloc, Links: e.links})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- m.Start(context.Background()) }()
+	t.Cleanup(m.Stop)
+	// Longer than the SDK's own attempts (3, backoff under a second in all): only the start's loop outlasts it.
+	select {
+	case err := <-started:
+		t.Fatalf("start ended while IMDS failed: %v", err)
+	case <-time.After(4 * time.Second):
+	}
+	if n := e.srv.State().Calls["IMDS.Get"]["503"]; n < 4 {
+		t.Fatalf("IMDS answered 503 %d times: the start did not try again", n)
+	}
+	if err := e.srv.SetFaults(fakeec2.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("start after IMDS came back: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("start did not end 10 s after IMDS came back")
+	}
+	waitReady(t, m, 30*time.Second)
+}

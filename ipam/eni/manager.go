@@ -213,19 +213,20 @@ func (m *Manager) Start(ctx context.Context) error {
 func (m *Manager) start(ctx context.Context) error {
 	m.started = time.Now()
 	// When a cluster scales up, every new node's agent describes at once against the account's buckets, and
-	// the start's calls may run out of attempts while EC2 throttles. They only read (and reconcile, which
-	// runs again every ReconcileInterval anyway), so the start tries again after a backoff, as a card loop
-	// does, instead of exiting into the kubelet's crash-loop backoff. Any other error ends the start.
+	// the start's calls may run out of attempts while EC2 throttles; on a loaded node IMDS may not answer
+	// the first reads in time. They only read (and reconcile, which runs again every ReconcileInterval
+	// anyway), so the start tries again after a backoff, as a card loop does, instead of exiting into the
+	// kubelet's crash-loop backoff. A final answer (a 4xx, a bad instance type) ends the start.
 	for failures := 1; ; failures++ {
 		err := m.discoverAndReconcile(ctx)
-		if err == nil || !awsec2.Throttled(err) || ctx.Err() != nil {
+		if err == nil || !awsec2.Transient(err) || ctx.Err() != nil {
 			if err != nil {
 				return err
 			}
 			break
 		}
 		wait := plan.Backoff(failures, m.cfg.RefillInterval, m.cfg.ErrorBackoffMax)
-		m.log.Warn("start throttled by EC2; trying again", "err", err, "failures", failures, "retryIn", wait)
+		m.log.Warn("start: EC2 or IMDS failed for now; trying again", "err", err, "failures", failures, "retryIn", wait)
 		if ctxtime.Sleep(ctx, wait) != nil {
 			return err
 		}

@@ -72,7 +72,8 @@ type Faults struct {
 	// Latency is added to every EC2 call; ActionLatency replaces it for one action.
 	Latency       Duration            `json:"latency,omitempty"`
 	ActionLatency map[string]Duration `json:"actionLatency,omitempty"`
-	// Errors fails a fraction of calls of an action ("*" for all) with a given code.
+	// Errors fails a fraction of calls of an action ("*" for all) with a given code; "IMDS.Get" fails IMDS
+	// metadata reads with the fault's Status (default 503: IMDS answers with HTTP status only).
 	Errors map[string]ErrorFault `json:"errors,omitempty"`
 	// Deny answers these actions with UnauthorizedOperation, like a missing IAM permission.
 	Deny []string `json:"deny,omitempty"`

@@ -3,6 +3,7 @@ package fakeec2
 import (
 	"cmp"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
@@ -107,6 +108,18 @@ func (f *faults) latency(action string) time.Duration {
 		return time.Duration(d)
 	}
 	return time.Duration(f.cfg.Latency)
+}
+
+// imdsFault is the HTTP status an injected Errors["IMDS.Get"] fault answers a metadata read with (its
+// Status, default 503: IMDS has no error codes), or 0. Only that key applies: "*" is EC2's.
+func (f *faults) imdsFault() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ef, ok := f.cfg.Errors["IMDS.Get"]
+	if !ok || f.rng.Float64() >= ef.Rate {
+		return 0
+	}
+	return cmp.Or(ef.Status, http.StatusServiceUnavailable)
 }
 
 // check decides whether a call fails before it reaches the state: throttled,

@@ -39,6 +39,11 @@ func (s *Server) imdsHandler(instanceID string) http.Handler {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
+		if status := s.faults.imdsFault(); status != 0 {
+			s.faults.count("IMDS.Get", strconv.Itoa(status))
+			http.Error(w, http.StatusText(status), status)
+			return
+		}
 		body, ok := s.imdsLookup(instanceID, r.URL.Path)
 		if !ok {
 			s.faults.count("IMDS.Get", "404")

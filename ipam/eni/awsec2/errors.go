@@ -65,6 +65,24 @@ var transientCodes = map[string]bool{
 // was empty, and the same call succeeds later.
 func Throttled(err error) bool { return throttleCodes[ErrorCode(err)] }
 
+// Transient says whether err is a failure of an AWS call (EC2's or IMDS's) that passes by itself: a
+// throttle, a server error (EC2's transient codes, any 5xx), or no answer at all (a transport error, the
+// SDK's own operation timeout, as when an overloaded IMDS does not answer a node's first reads in time).
+// EC2's and IMDS's 4xx answers are final, and so is an error that is not an AWS call's.
+func Transient(err error) bool {
+	// EC2's errors carry awshttp.ResponseError, IMDS's smithyhttp.ResponseError: both tell the status.
+	var re interface{ HTTPStatusCode() int }
+	hasResponse := errors.As(err, &re)
+	if code := ErrorCode(err); code != "" {
+		return throttleCodes[code] || transientCodes[code] || hasResponse && re.HTTPStatusCode() >= 500
+	}
+	var op *smithy.OperationError
+	if !errors.As(err, &op) {
+		return false
+	}
+	return !hasResponse || re.HTTPStatusCode() >= 500
+}
+
 // retryable: throttles, server errors (5xx), and failures with no EC2 error code at all (transport errors,
 // a response cut off mid-body). A 4xx with a code is EC2's answer and final.
 func retryable(err error) bool {

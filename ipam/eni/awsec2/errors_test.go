@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/smithy-go"
+	"net/http"
+	"net/http/httptest"
+	"time"
 )
 
 func apiErr(code, msg string) error { return &smithy.GenericAPIError{Code: code, Message: msg} }
@@ -83,6 +88,58 @@ func TestThrottled(t *testing.T) {
 	} {
 		if got := Throttled(tc.err); got != tc.want {
 			t.Errorf("Throttled(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestTransient: the real SDK clients' errors, as the agent's start sees them. IMDS has no error codes, only
+// HTTP status: a 5xx or no answer passes, a 4xx is final; EC2's codes decide for EC2; an error that is not an
+// AWS call's (a bad instance type found by the agent) is final.
+func TestTransient(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/latest/api/token":
+			w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+			fmt.Fprint(w, "token")
+		case "/latest/meta-data/unavailable":
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+		case "/latest/meta-data/missing":
+			http.Error(w, "not found", http.StatusNotFound)
+		case "/latest/meta-data/slow":
+			time.Sleep(300 * time.Millisecond)
+			fmt.Fprint(w, "late")
+		default:
+			fmt.Fprint(w, "ok")
+		}
+	}))
+	defer srv.Close()
+	client := imds.New(imds.Options{Endpoint: srv.URL, Retryer: aws.NopRetryer{},
+		HTTPClient: &http.Client{Timeout: 100 * time.Millisecond}})
+	read := func(path string) error {
+		_, err := Metadata(context.Background(), client, path)
+		return err
+	}
+	if err := read("instance-id"); err != nil {
+		t.Fatalf("the server answers nothing: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"imds 503", read("unavailable"), true},
+		{"imds no answer in time", read("slow"), true},
+		{"imds 404", read("missing"), false},
+		{"ec2 throttle", wrapAPI(apiErr("RequestLimitExceeded", "m")), true},
+		{"ec2 internal", wrapAPI(apiErr("InternalError", "m")), true},
+		{"ec2 denied", wrapAPI(apiErr("UnauthorizedOperation", "m")), false},
+		{"not an aws call", errors.New("2 IPv4 addresses per ENI leave none for pods"), false},
+	} {
+		if tc.err == nil {
+			t.Fatalf("%s: no error", tc.name)
+		}
+		if got := Transient(fmt.Errorf("discover: %w", tc.err)); got != tc.want {
+			t.Errorf("%s (%v): Transient %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }
