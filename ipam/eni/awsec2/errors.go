@@ -66,8 +66,9 @@ var transientCodes = map[string]bool{
 func Throttled(err error) bool { return throttleCodes[ErrorCode(err)] }
 
 // Transient says whether err is a failure of an AWS call (EC2's or IMDS's) that passes by itself: a
-// throttle, a server error (EC2's transient codes, any 5xx), or no answer at all (a transport error, the
-// SDK's own operation timeout, as when an overloaded IMDS does not answer a node's first reads in time).
+// throttle, a server error (EC2's transient codes, any 5xx), or no whole answer (a transport error, the
+// SDK's own operation timeout, as when an overloaded IMDS does not answer a node's first reads in time, or a
+// response body cut off, as when an overloaded EC2 endpoint closes the connection mid-answer).
 // EC2's and IMDS's 4xx answers are final, and so is an error that is not an AWS call's.
 func Transient(err error) bool {
 	// EC2's errors carry awshttp.ResponseError, IMDS's smithyhttp.ResponseError: both tell the status.
@@ -80,7 +81,8 @@ func Transient(err error) bool {
 	if !errors.As(err, &op) {
 		return false
 	}
-	return !hasResponse || re.HTTPStatusCode() >= 500
+	// No answer, a 5xx, or a 200 whose body was cut off: only a 4xx is the service's final word.
+	return !hasResponse || re.HTTPStatusCode() < 400 || re.HTTPStatusCode() >= 500
 }
 
 // retryable: throttles, server errors (5xx), and failures with no EC2 error code at all (transport errors,

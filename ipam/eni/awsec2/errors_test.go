@@ -105,6 +105,9 @@ func TestTransient(t *testing.T) {
 			http.Error(w, "unavailable", http.StatusServiceUnavailable)
 		case "/latest/meta-data/missing":
 			http.Error(w, "not found", http.StatusNotFound)
+		case "/latest/meta-data/cut":
+			w.Header().Set("Content-Length", "100")
+			fmt.Fprint(w, "cut off")
 		case "/latest/meta-data/slow":
 			time.Sleep(300 * time.Millisecond)
 			fmt.Fprint(w, "late")
@@ -129,6 +132,7 @@ func TestTransient(t *testing.T) {
 	}{
 		{"imds 503", read("unavailable"), true},
 		{"imds no answer in time", read("slow"), true},
+		{"imds body cut off", read("cut"), true},
 		{"imds 404", read("missing"), false},
 		{"ec2 throttle", wrapAPI(apiErr("RequestLimitExceeded", "m")), true},
 		{"ec2 internal", wrapAPI(apiErr("InternalError", "m")), true},
