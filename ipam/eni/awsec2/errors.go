@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/smithy-go"
 )
 
@@ -71,7 +70,7 @@ func Throttled(err error) bool { return throttleCodes[ErrorCode(err)] }
 // response body cut off, as when an overloaded EC2 endpoint closes the connection mid-answer).
 // EC2's and IMDS's 4xx answers are final, and so is an error that is not an AWS call's.
 func Transient(err error) bool {
-	// EC2's errors carry awshttp.ResponseError, IMDS's smithyhttp.ResponseError: both tell the status.
+	// EC2's errors carry the SDK's awshttp.ResponseError, IMDS's smithyhttp.ResponseError: both tell the status.
 	var re interface{ HTTPStatusCode() int }
 	hasResponse := errors.As(err, &re)
 	if code := ErrorCode(err); code != "" {
@@ -85,20 +84,13 @@ func Transient(err error) bool {
 	return !hasResponse || re.HTTPStatusCode() < 400 || re.HTTPStatusCode() >= 500
 }
 
-// retryable: throttles, server errors (5xx), and failures with no EC2 error code at all (transport errors,
-// a response cut off mid-body). A 4xx with a code is EC2's answer and final.
+// retryable: what Transient passes, and any failure with no EC2 error code (transport errors, a response cut
+// off mid-body), but never the caller's own cancel or deadline. A 4xx with a code is EC2's answer and final.
 func retryable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	if code := ErrorCode(err); code != "" {
-		if throttleCodes[code] || transientCodes[code] {
-			return true
-		}
-		var re *awshttp.ResponseError
-		return errors.As(err, &re) && re.HTTPStatusCode() >= 500
-	}
-	return true
+	return ErrorCode(err) == "" || Transient(err)
 }
 
 func wrapAPI(err error) error {
